@@ -1,0 +1,18 @@
+//! The LoRa radio side of berrygw: the frame types that cross the radio
+//! boundary, the `RadioSource` trait every radio implements (simulated radio
+//! now; SX1302 HAL and GWMP ingest later), LoRaWAN PHY parsing and the uplink
+//! filters. Nothing here knows about journals, sinks or MQTT.
+
+pub mod filter;
+pub mod frame;
+pub mod phy;
+pub mod radio;
+pub mod sim;
+
+pub use filter::{FilterConfig, Rejection, UplinkFilter};
+pub use frame::{
+    CodeRate, CrcStatus, DownlinkFrame, Frequency, Modulation, TxAck, TxStatus, TxTiming, UplinkFrame,
+};
+pub use phy::{AesKey, DevAddr, Eui64, MType, PhyError, PhyFrame};
+pub use radio::{RadioError, RadioIo, RadioSource};
+pub use sim::{SimConfig, SimRadio};

@@ -1,0 +1,41 @@
+//! The contract between a radio and the pipeline: a radio source pushes every
+//! received frame into `RadioIo::uplinks`, takes transmit requests from
+//! `RadioIo::downlinks` and answers each with a `TxAck` on `RadioIo::tx_acks`.
+//! Channels are bounded; a radio that cannot hand over a frame waits (the
+//! concentrator has its own FIFO) rather than growing memory.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+
+use crate::frame::{DownlinkFrame, TxAck, UplinkFrame};
+
+/// The channels a radio source talks through.
+pub struct RadioIo {
+    pub uplinks: mpsc::Sender<UplinkFrame>,
+    pub downlinks: mpsc::Receiver<DownlinkFrame>,
+    pub tx_acks: mpsc::Sender<TxAck>,
+}
+
+/// Why a radio source stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RadioError {
+    #[error("radio start failed: {0}")]
+    Start(String),
+    #[error("radio failed: {0}")]
+    Failed(String),
+}
+
+/// A future that runs a radio until the pipeline closes its channels.
+pub type RadioTask = Pin<Box<dyn Future<Output = Result<(), RadioError>> + Send>>;
+
+/// Something that receives LoRa frames and can transmit them.
+pub trait RadioSource: Send {
+    /// Short name for logs and status ("sim", "sx1302", "gwmp").
+    fn kind(&self) -> &'static str;
+
+    /// Start the radio. The returned future runs until the uplink channel is
+    /// closed (pipeline shutdown) or the radio fails for good.
+    fn start(self: Box<Self>, io: RadioIo) -> RadioTask;
+}

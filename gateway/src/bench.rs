@@ -1,0 +1,290 @@
+//! `berrygw bench`: measures the uplink path on this machine against a real
+//! MQTT broker (mosquitto, started by `scripts/bench`), one phase per process
+//! so that each phase's peak memory is its own:
+//!
+//! - `throughput`: simulated radio → filters → journal → sink → broker at
+//!   QoS 1; uplinks/s, CPU µs per uplink, bytes written to disk per uplink.
+//! - `drain`: a backlog written straight into the journal while the broker
+//!   is unreachable, then drained; drain rate, bytes written per queued
+//!   uplink, peak RSS with the backlog on disk.
+//!
+//! Results print as one JSON object per phase for BENCHMARKS.md.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use berrygw_lora::{CodeRate, CrcStatus, Frequency, Modulation, UplinkFrame};
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{self, BrokerUrl, PayloadFormat};
+use crate::journal::{Journal, JournalConfig, NewRecord, Seq};
+use crate::pipeline::{Counters, Gateway};
+use crate::sink::chirpstack::{self, RecordKind, Topics};
+use crate::sink::mqtt::{self, MqttSinkSettings, SinkRadioIo};
+
+/// Options of `berrygw bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// `throughput` or `drain`.
+    #[arg(long)]
+    pub phase: String,
+    /// Broker address, host:port (plain MQTT on loopback).
+    #[arg(long)]
+    pub broker: String,
+    /// Journal backend: sqlite or sled.
+    #[arg(long, default_value = "sqlite")]
+    pub backend: String,
+    /// Uplinks to send (throughput) or to queue (drain).
+    #[arg(long, default_value_t = 100_000)]
+    pub uplinks: u64,
+    /// Working directory for the journal (emptied first).
+    #[arg(long)]
+    pub dir: PathBuf,
+}
+
+/// Process counters read from /proc.
+#[derive(Clone, Copy, Debug, Default)]
+struct ProcSample {
+    cpu: Duration,
+    write_bytes: u64,
+}
+
+fn sample() -> ProcSample {
+    // utime and stime (fields 14 and 15) of the whole process, in clock ticks
+    // (100 per second on Linux): coarse, but the phases run for many seconds.
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after_comm = &s[s.rfind(')')? + 2..];
+            let fields: Vec<&str> = after_comm.split_whitespace().collect();
+            let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(Duration::from_millis(ticks * 10))
+        })
+        .unwrap_or(Duration::ZERO);
+    let write_bytes = std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:").map(|v| v.trim().parse::<u64>().ok()))
+                .flatten()
+        })
+        .unwrap_or(0);
+    ProcSample { cpu, write_bytes }
+}
+
+/// Peak resident set size in KiB (VmHWM).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+                .flatten()
+        })
+        .unwrap_or(0)
+}
+
+/// Run one benchmark phase and print its JSON result line.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir).with_context(|| format!("emptying {}", args.dir.display()))?;
+    }
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let result = match args.phase.as_str() {
+        "throughput" => rt.block_on(throughput(&args))?,
+        "drain" => rt.block_on(drain(&args))?,
+        other => bail!("unknown phase `{other}`: use throughput or drain"),
+    };
+    println!("{result}");
+    Ok(())
+}
+
+async fn throughput(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    // 20 devices every 2 ms offer 10,000 uplinks/s: more than the target, so the
+    // pipeline, not the simulator, sets the pace.
+    let devices = 20u64;
+    let per_device = args.uplinks.div_ceil(devices);
+    let total = per_device * devices;
+    let text = format!(
+        r#"
+[gateway]
+id = "0016c001ffbe0001"
+state_dir = "{dir}"
+stats_interval_secs = 3600
+report_interval_secs = 3600
+[radio]
+kind = "sim"
+[radio.sim]
+devices = []
+[journal]
+backend = "{backend}"
+max_bytes = 4000000000
+[sinks.chirpstack]
+server = "mqtt://{broker}"
+max_inflight = 500
+"#,
+        dir = args.dir.display(),
+        backend = args.backend,
+        broker = args.broker
+    );
+    let mut cfg = config::parse(Path::new("<bench>"), text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sim = cfg.config.radio.sim.as_mut().context("bench config has [radio.sim]")?;
+    let template = berrygw_lora::sim::example_devices();
+    sim.devices = (0..devices)
+        .map(|i| {
+            let mut d = template[(i as usize) % template.len()].clone();
+            d.name = format!("bench-{i}");
+            d.dev_addr = berrygw_lora::phy::DevAddr::from_u32(0x2600_0000 + i as u32);
+            d.interval_ms = 2;
+            d.count = Some(per_device);
+            d
+        })
+        .collect();
+    let before = sample();
+    let start = Instant::now();
+    let gateway = Gateway::start(&cfg).await?;
+    let deadline = start + Duration::from_secs(600);
+    while gateway.counters.forwarded.load(Ordering::Relaxed) < total {
+        if Instant::now() > deadline {
+            bail!("only {} of {total} forwarded after 600 s", gateway.counters.forwarded.load(Ordering::Relaxed));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed();
+    let after = sample();
+    let commits = gateway.journal.watch().borrow().commits;
+    gateway.stop().await?;
+    Ok(serde_json::json!({
+        "phase": "throughput",
+        "backend": args.backend,
+        "uplinks": total,
+        "seconds": round(elapsed.as_secs_f64()),
+        "uplinks_per_s": round(total as f64 / elapsed.as_secs_f64()),
+        "cpu_us_per_uplink": round(after.cpu.saturating_sub(before.cpu).as_micros() as f64 / total as f64),
+        "bytes_written_per_uplink": round((after.write_bytes - before.write_bytes) as f64 / total as f64),
+        "record_bytes": record_size(),
+        "journal_commits": commits,
+        "peak_rss_mib": round(peak_rss_kib() as f64 / 1024.0),
+    }))
+}
+
+/// Size of one stored uplink record (the protobuf message) for the write-amplification ratio.
+fn record_size() -> usize {
+    sample_record(1).payload.len()
+}
+
+fn sample_record(seq: u64) -> NewRecord {
+    let frame = UplinkFrame {
+        phy_payload: vec![0x40, 0xda, 0x1b, 0x01, 0x26, 0x00, 0x2a, 0x00, 0x02, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xaa, 0xbb, 0xcc, 0xdd],
+        frequency: Frequency(868_100_000),
+        modulation: Modulation::Lora { spreading_factor: 7, bandwidth: 125_000, code_rate: CodeRate::Cr4_5 },
+        rssi: -97,
+        snr: 6.5,
+        crc: CrcStatus::Ok,
+        channel: 0,
+        rf_chain: 0,
+        board: 0,
+        counter_us: 1_234_567,
+        received_at: SystemTime::now(),
+    };
+    let msg = chirpstack::uplink_message("0016c001ffbe0001", &frame, seq, 42);
+    NewRecord { kind: RecordKind::Uplink as u8, received_at_ms: chirpstack::unix_ms(frame.received_at), payload: msg.encode_to_vec() }
+}
+
+async fn drain(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    let backend = match args.backend.as_str() {
+        "sqlite" => crate::journal::Backend::Sqlite,
+        "sled" => crate::journal::Backend::Sled,
+        other => bail!("unknown backend `{other}`"),
+    };
+    let path = args.dir.join(format!("bench.{}", args.backend));
+    let cfg = JournalConfig {
+        backend,
+        path,
+        max_bytes: 4_000_000_000,
+        commit_interval: Duration::from_millis(100),
+        commit_max_records: 1000,
+    };
+    let journal = tokio::task::spawn_blocking(move || Journal::open("bench", cfg)).await??;
+
+    // Fill: the broker is "down", uplinks arrive and wait on disk.
+    let fill_before = sample();
+    let fill_start = Instant::now();
+    for seq in 1..=args.uplinks {
+        journal.append(sample_record(seq)).await?;
+    }
+    journal.flush().await?;
+    let fill_elapsed = fill_start.elapsed();
+    let fill_after = sample();
+
+    // Drain: the broker is back.
+    let server: BrokerUrl = format!("mqtt://{}", args.broker).parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let settings = MqttSinkSettings {
+        server,
+        tls: None,
+        allow_plaintext: false,
+        client_id: "berrygw-bench".into(),
+        credentials: None,
+        gateway_id: "0016c001ffbe0001".into(),
+        topics: Topics::new("bench", "0016c001ffbe0001"),
+        format: PayloadFormat::Protobuf,
+        keep_alive: Duration::from_secs(30),
+        max_inflight: 500,
+        reconnect_min: Duration::from_millis(200),
+        reconnect_max: Duration::from_secs(2),
+    };
+    let counters = Arc::new(Counters::default());
+    let (_down_tx, _down_rx) = mpsc::channel(1);
+    let (_ack_tx, ack_rx) = mpsc::channel(1);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let drain_before = sample();
+    let drain_start = Instant::now();
+    let sink = tokio::spawn(mqtt::run(
+        settings,
+        journal.clone(),
+        counters.clone(),
+        SinkRadioIo { downlinks: _down_tx, tx_acks: ack_rx },
+        stop_rx,
+    ));
+    let mut watch = journal.watch();
+    let target = Seq(args.uplinks);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let stats = watch.borrow_and_update().clone();
+        if stats.acked >= target && stats.records == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("drain incomplete after 900 s: acked {}", stats.acked);
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), watch.changed()).await;
+    }
+    let drain_elapsed = drain_start.elapsed();
+    let drain_after = sample();
+    let _ = stop_tx.send(true);
+    let _ = sink.await;
+    let n = args.uplinks as f64;
+    Ok(serde_json::json!({
+        "phase": "drain",
+        "backend": args.backend,
+        "uplinks": args.uplinks,
+        "fill_seconds": round(fill_elapsed.as_secs_f64()),
+        "fill_per_s": round(n / fill_elapsed.as_secs_f64()),
+        "bytes_written_per_queued_uplink": round((fill_after.write_bytes - fill_before.write_bytes) as f64 / n),
+        "record_bytes": record_size(),
+        "drain_seconds": round(drain_elapsed.as_secs_f64()),
+        "drain_per_s": round(n / drain_elapsed.as_secs_f64()),
+        "drain_cpu_us_per_uplink": round(drain_after.cpu.saturating_sub(drain_before.cpu).as_micros() as f64 / n),
+        "bytes_written_per_drained_uplink": round((drain_after.write_bytes - drain_before.write_bytes) as f64 / n),
+        "peak_rss_mib": round(peak_rss_kib() as f64 / 1024.0),
+    }))
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}

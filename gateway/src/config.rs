@@ -1,0 +1,516 @@
+//! The gateway's configuration file (`/etc/berrygw/berrygw.toml`): its shape,
+//! its defaults, and the checks that make the daemon refuse to start rather
+//! than guess. Every error names the file, the line and the key.
+//!
+//! Parsing is strict (`deny_unknown_fields` everywhere); values that need the
+//! file system (certificate paths) are checked here too, so `check-config`
+//! and `run` reject exactly the same files.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berrygw_lora::filter::FilterConfig;
+use berrygw_lora::phy::Eui64;
+use berrygw_lora::sim::SimConfig;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::journal::Backend;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub radio: RadioConfig,
+    #[serde(default)]
+    pub filters: FilterConfig,
+    #[serde(default)]
+    pub journal: JournalSection,
+    pub sinks: SinksConfig,
+}
+
+/// `[gateway]`: who this gateway is and where it keeps its state.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Gateway EUI, 16 hex digits; names the MQTT topics.
+    pub id: Eui64,
+    /// Journal, sequence counter and other durable state live here.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How often gateway statistics are sent to the network server.
+    #[serde(default = "default_stats_interval_secs")]
+    pub stats_interval_secs: u64,
+    /// How often the daemon logs a one-line summary (received, queued, forwarded).
+    #[serde(default = "default_report_interval_secs")]
+    pub report_interval_secs: u64,
+}
+
+/// `[radio]`: which radio source feeds the pipeline, and its settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RadioConfig {
+    pub kind: Spanned<RadioKind>,
+    /// `[radio.sim]`, used when `kind = "sim"`.
+    pub sim: Option<SimConfig>,
+}
+
+/// The radio sources berrygw can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RadioKind {
+    /// Simulated radio playing virtual devices (no hardware).
+    Sim,
+}
+
+/// `[journal]`: the durable queue in front of every sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSection {
+    #[serde(default = "default_backend")]
+    pub backend: Backend,
+    /// Upper bound of each sink's journal; the oldest records are evicted past it.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Group commit window: appends within it share one durable write.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Group commit size: a batch this large is written without waiting.
+    #[serde(default = "default_commit_max_records")]
+    pub commit_max_records: usize,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            backend: default_backend(),
+            max_bytes: default_max_bytes(),
+            commit_interval_ms: default_commit_interval_ms(),
+            commit_max_records: default_commit_max_records(),
+        }
+    }
+}
+
+impl JournalSection {
+    /// Group commit window as a duration.
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.commit_interval_ms)
+    }
+}
+
+/// `[sinks]`: where records go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    pub chirpstack: Option<ChirpstackSinkConfig>,
+}
+
+/// `[sinks.chirpstack]`: MQTT to a ChirpStack v4 network server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChirpstackSinkConfig {
+    /// `mqtts://host:port` (TLS) or `mqtt://host:port` (plaintext).
+    pub server: Spanned<BrokerUrl>,
+    /// Topic prefix, usually the region name (`eu868`).
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// MQTT client id; defaults to `berrygw-<gateway id>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// CA bundle (PEM) the server certificate must chain to; system roots when absent.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// Client certificate chain (PEM) for mutual TLS.
+    pub client_cert_file: Option<Spanned<PathBuf>>,
+    /// Client private key (PEM) for mutual TLS.
+    pub client_key_file: Option<Spanned<PathBuf>>,
+    /// Allow `mqtt://` to a non-loopback host. Credentials and data then cross the network in clear.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: u64,
+    /// Publishes awaiting PUBACK at once.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+    /// First reconnect delay; doubles up to `reconnect_max_ms`.
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+/// Encoding of ChirpStack messages on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    #[default]
+    Protobuf,
+    Json,
+}
+
+/// An MQTT broker address with its transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    /// Whether the host is this machine (plaintext is acceptable there).
+    pub fn is_loopback(&self) -> bool {
+        if self.host.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        self.host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+impl std::str::FromStr for BrokerUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("`{s}` has no scheme; write mqtts://host:port or mqtt://host:port"))?;
+        let (tls, default_port) = match scheme {
+            "mqtts" | "ssl" | "tls" => (true, 8883),
+            "mqtt" | "tcp" => (false, 1883),
+            other => return Err(format!("unknown scheme `{other}`; use mqtts:// or mqtt://")),
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') && !p.contains(']') => {
+                let port = p.parse::<u16>().map_err(|_| format!("bad port `{p}` in `{s}`"))?;
+                (h, port)
+            }
+            _ => (rest, default_port),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("bad host in `{s}`"));
+        }
+        Ok(BrokerUrl { tls, host: host.to_string(), port })
+    }
+}
+
+impl<'de> Deserialize<'de> for BrokerUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A configuration error located in its file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A loaded, checked configuration and where it came from.
+#[derive(Debug)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub source: String,
+    pub config: Config,
+}
+
+impl LoadedConfig {
+    /// Build a `ConfigError` pointing at `span` in this file.
+    pub fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        locate(&self.path, &self.source, Some(span), message.into())
+    }
+
+    /// Path of the directory holding the journal of sink `name`.
+    pub fn journal_path(&self, sink: &str) -> PathBuf {
+        let ext = match self.config.journal.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Sled => "sled",
+        };
+        self.config.gateway.state_dir.join("journal").join(format!("{sink}.{ext}"))
+    }
+}
+
+/// Read, parse and check a configuration file.
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, source)
+}
+
+/// Parse and check configuration text; `path` is only used in messages.
+pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, ConfigError> {
+    let config: Config = toml::from_str(&source)
+        .map_err(|e| locate(path, &source, e.span(), e.message().to_string()))?;
+    let loaded = LoadedConfig { path: path.to_path_buf(), source, config };
+    check(&loaded)?;
+    Ok(loaded)
+}
+
+/// Checks that serde cannot express: ranges, combinations, files that must exist.
+fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
+    let c = &loaded.config;
+    let whole = |message: String| ConfigError {
+        file: loaded.path.clone(),
+        line: None,
+        key: None,
+        message,
+    };
+    if c.gateway.stats_interval_secs == 0 || c.gateway.report_interval_secs == 0 {
+        return Err(whole("gateway.stats_interval_secs and gateway.report_interval_secs must be at least 1".into()));
+    }
+    if c.journal.max_bytes < 4096 {
+        return Err(whole("journal.max_bytes must be at least 4096".into()));
+    }
+    if c.journal.commit_max_records == 0 || c.journal.commit_interval_ms == 0 {
+        return Err(whole("journal.commit_interval_ms and journal.commit_max_records must be at least 1".into()));
+    }
+    match c.radio.kind.get_ref() {
+        RadioKind::Sim if c.radio.sim.is_none() => {
+            return Err(loaded.error_at(
+                c.radio.kind.span(),
+                "kind = \"sim\" needs a [radio.sim] section with its devices",
+            ))
+        }
+        RadioKind::Sim => {}
+    }
+    let Some(cs) = &c.sinks.chirpstack else {
+        return Err(whole("no sink configured: add a [sinks.chirpstack] section".into()));
+    };
+    let server = cs.server.get_ref();
+    if !server.tls && !server.is_loopback() && !cs.allow_plaintext {
+        return Err(loaded.error_at(
+            cs.server.span(),
+            format!(
+                "plaintext MQTT to {} would send data and credentials in clear; use mqtts:// or set allow_plaintext = true",
+                server.host
+            ),
+        ));
+    }
+    if cs.max_inflight == 0 {
+        return Err(whole("sinks.chirpstack.max_inflight must be at least 1".into()));
+    }
+    if cs.reconnect_min_ms == 0 || cs.reconnect_max_ms < cs.reconnect_min_ms {
+        return Err(whole("sinks.chirpstack.reconnect_min_ms must be ≥ 1 and ≤ reconnect_max_ms".into()));
+    }
+    if cs.client_cert_file.is_some() != cs.client_key_file.is_some() {
+        return Err(whole("sinks.chirpstack: client_cert_file and client_key_file go together (mutual TLS needs both)".into()));
+    }
+    for file in [&cs.ca_file, &cs.client_cert_file, &cs.client_key_file].into_iter().flatten() {
+        if let Err(e) = std::fs::metadata(file.get_ref()) {
+            return Err(loaded.error_at(
+                file.span(),
+                format!("cannot read {}: {e}", file.get_ref().display()),
+            ));
+        }
+        if !server.tls {
+            return Err(loaded.error_at(file.span(), "certificate files need an mqtts:// server"));
+        }
+    }
+    Ok(())
+}
+
+/// Turn a byte span into line number and dotted key, as a person reads the file.
+fn locate(path: &Path, source: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
+    let (line, key) = match span {
+        Some(span) => {
+            let start = span.start.min(source.len());
+            let line = source[..start].matches('\n').count() + 1;
+            (Some(line), key_at(source, line))
+        }
+        None => (None, None),
+    };
+    ConfigError { file: path.to_path_buf(), line, key, message }
+}
+
+/// The dotted key written on `line` (1-based), prefixed by its table header.
+fn key_at(source: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = source.lines().collect();
+    let text = lines.get(line.checked_sub(1)?)?.trim();
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    if text.starts_with('[') {
+        return Some(text.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    }
+    let key = text.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string());
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (t, None) => t,
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/berrygw")
+}
+fn default_stats_interval_secs() -> u64 {
+    30
+}
+fn default_report_interval_secs() -> u64 {
+    60
+}
+fn default_backend() -> Backend {
+    Backend::Sqlite
+}
+fn default_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_commit_interval_ms() -> u64 {
+    100
+}
+fn default_commit_max_records() -> usize {
+    1000
+}
+fn default_topic_prefix() -> String {
+    "eu868".into()
+}
+fn default_keep_alive_secs() -> u64 {
+    30
+}
+fn default_max_inflight() -> u16 {
+    100
+}
+fn default_reconnect_min_ms() -> u64 {
+    1000
+}
+fn default_reconnect_max_ms() -> u64 {
+    60_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[gateway]
+id = "0016c001ff10a235"
+
+[radio]
+kind = "sim"
+[radio.sim]
+devices = []
+
+[sinks.chirpstack]
+server = "mqtt://127.0.0.1:1883"
+"#;
+
+    fn parse_str(text: &str) -> Result<LoadedConfig, ConfigError> {
+        parse(Path::new("berrygw.toml"), text.to_string())
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = parse_str(MINIMAL).expect("minimal config parses").config;
+        assert_eq!(c.journal.backend, Backend::Sqlite);
+        assert_eq!(c.journal.max_bytes, 256 * 1024 * 1024);
+        let cs = c.sinks.chirpstack.expect("sink");
+        assert_eq!(cs.topic_prefix, "eu868");
+        assert_eq!(cs.format, PayloadFormat::Protobuf);
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_key() {
+        let text = MINIMAL.replace("[radio]", "[radio]\nfrobnicate = 3");
+        let err = parse_str(&text).expect_err("unknown key refused");
+        assert_eq!(err.line, Some(6), "{err}");
+        assert_eq!(err.key.as_deref(), Some("radio.frobnicate"), "{err}");
+        assert!(err.message.contains("frobnicate"), "{err}");
+        assert!(err.to_string().starts_with("berrygw.toml:6: key `radio.frobnicate`"), "{err}");
+    }
+
+    #[test]
+    fn bad_gateway_id_names_the_key() {
+        let text = MINIMAL.replace("0016c001ff10a235", "00zz");
+        let err = parse_str(&text).expect_err("bad id refused");
+        assert_eq!(err.line, Some(3));
+        assert_eq!(err.key.as_deref(), Some("gateway.id"));
+    }
+
+    #[test]
+    fn plaintext_to_remote_host_is_refused_unless_allowed() {
+        let text = MINIMAL.replace("127.0.0.1", "broker.example.org");
+        let err = parse_str(&text).expect_err("plaintext refused");
+        assert_eq!(err.key.as_deref(), Some("sinks.chirpstack.server"));
+        assert!(err.message.contains("allow_plaintext"), "{err}");
+        let allowed = format!("{text}allow_plaintext = true\n");
+        parse_str(&allowed).expect("explicitly allowed");
+    }
+
+    #[test]
+    fn missing_certificate_file_is_reported_with_its_line() {
+        let text = MINIMAL.replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")
+            + "ca_file = \"/nonexistent/ca.pem\"\n";
+        let err = parse_str(&text).expect_err("missing CA refused");
+        assert_eq!(err.key.as_deref(), Some("sinks.chirpstack.ca_file"));
+        assert!(err.message.contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn client_cert_without_key_is_refused() {
+        let text = MINIMAL.replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")
+            + "client_cert_file = \"/etc/hostname\"\n";
+        let err = parse_str(&text).expect_err("cert without key");
+        assert!(err.message.contains("client_key_file"), "{err}");
+    }
+
+    #[test]
+    fn broker_urls_parse() {
+        let u: BrokerUrl = "mqtts://gw.example.org".parse().expect("url");
+        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "gw.example.org", 8883));
+        let u: BrokerUrl = "tcp://[::1]:1884".parse().expect("url");
+        assert!(u.is_loopback() && !u.tls && u.port == 1884);
+        assert!("http://x".parse::<BrokerUrl>().is_err());
+        assert!("mqtt://x:99999".parse::<BrokerUrl>().is_err());
+        assert!("broker:1883".parse::<BrokerUrl>().is_err());
+    }
+
+    #[test]
+    fn missing_sink_is_refused() {
+        let text = MINIMAL.replace("[sinks.chirpstack]\nserver = \"mqtt://127.0.0.1:1883\"", "[sinks]");
+        let err = parse_str(&text).expect_err("no sink");
+        assert!(err.message.contains("no sink"), "{err}");
+    }
+}

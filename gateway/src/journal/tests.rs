@@ -1,0 +1,513 @@
+//! One behaviour suite for both backends: each test is a generic async fn over a
+//! [`Backend`], instantiated for SQLite and sled by `for_both_backends!`. No test asserts on
+//! timing; waits on the stats watch are guarded only against hanging forever.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::{
+    Backend, Journal, JournalConfig, JournalError, JournalStats, NewRecord, Record, Seq,
+    RECORD_OVERHEAD_BYTES,
+};
+
+type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
+
+/// Guard against a hung test, not a performance bound.
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+macro_rules! for_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> super::TestResult {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod on_sled {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> super::TestResult {
+                    super::$name(super::Backend::Sled).await
+                }
+            )*
+        }
+    };
+}
+
+for_both_backends!(
+    append_then_read_in_order,
+    survives_reopen_and_continues_seq,
+    ack_deletes_and_is_durable,
+    ack_alone_is_committed_when_idle,
+    large_ack_is_fully_deleted,
+    seq_never_reused_after_full_ack,
+    evicts_oldest_when_over_max_bytes_and_counts,
+    read_after_skips_evicted,
+    corrupt_store_is_quarantined_and_fresh_store_works,
+    unreadable_record_is_dropped_and_counted,
+    group_commit_batches_many_appends_into_few_commits,
+    appends_become_readable_without_flush,
+    flush_makes_appends_durable,
+    concurrent_reader_while_appending,
+    rejects_invalid_config,
+);
+
+fn store_path(backend: Backend, dir: &TempDir) -> PathBuf {
+    match backend {
+        Backend::Sqlite => dir.path().join("uplinks.db"),
+        Backend::Sled => dir.path().join("uplinks.sled"),
+    }
+}
+
+fn config(backend: Backend, dir: &TempDir) -> JournalConfig {
+    JournalConfig {
+        commit_interval: Duration::from_millis(5),
+        ..JournalConfig::new(backend, store_path(backend, dir), 64 * 1024 * 1024)
+    }
+}
+
+fn uplink(i: u64) -> NewRecord {
+    NewRecord {
+        kind: (i % 7) as u8,
+        received_at_ms: 1_700_000_000_000 + i as i64,
+        payload: format!("uplink number {i}").into_bytes(),
+    }
+}
+
+fn sized_uplink(i: u64, payload_len: usize) -> NewRecord {
+    NewRecord {
+        payload: vec![(i % 251) as u8; payload_len],
+        ..uplink(i)
+    }
+}
+
+/// `uplink(i)` as it reads back with seq `i` (tests append uplink(1), uplink(2), ...).
+fn expected(i: u64) -> Record {
+    let new = uplink(i);
+    Record {
+        seq: Seq(i),
+        kind: new.kind,
+        received_at_ms: new.received_at_ms,
+        payload: new.payload,
+    }
+}
+
+fn seqs(records: &[Record]) -> Vec<u64> {
+    records.iter().map(|r| r.seq.0).collect()
+}
+
+async fn open(config: &JournalConfig) -> Result<Journal, JournalError> {
+    // Show the journal's log lines in failing tests' output; a second init is a no-op.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || Journal::open("test", config))
+        .await
+        .map_err(|join| JournalError::Closed {
+            name: format!("open task failed: {join}"),
+        })?
+}
+
+async fn append_range(journal: &Journal, range: std::ops::RangeInclusive<u64>) -> TestResult {
+    for i in range {
+        journal.append(uplink(i)).await?;
+    }
+    Ok(())
+}
+
+/// Wait until the published stats satisfy `done`.
+async fn wait_for(journal: &Journal, done: impl Fn(&JournalStats) -> bool) -> TestResult {
+    let mut watch = journal.watch();
+    tokio::time::timeout(HANG_GUARD, watch.wait_for(|stats| done(stats))).await??;
+    Ok(())
+}
+
+async fn append_then_read_in_order(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let journal = open(&config(backend, &dir)).await?;
+    append_range(&journal, 1..=10).await?;
+    journal.flush().await?;
+
+    let all = journal.read_after(Seq::NONE, 100).await?;
+    assert_eq!(all, (1..=10).map(expected).collect::<Vec<_>>());
+    assert_eq!(seqs(&journal.read_after(Seq(4), 3).await?), [5, 6, 7]);
+    assert!(journal.read_after(Seq(10), 100).await?.is_empty());
+
+    let stats = journal.watch().borrow().clone();
+    assert_eq!(stats.records, 10);
+    assert_eq!(stats.last_seq, Seq(10));
+    let payload_bytes: u64 = (1..=10).map(|i| uplink(i).payload.len() as u64).sum();
+    assert_eq!(stats.bytes, payload_bytes + 10 * RECORD_OVERHEAD_BYTES);
+    assert_eq!(stats.oldest_received_at_ms, Some(uplink(1).received_at_ms));
+    assert_eq!(stats.quarantined, None);
+    journal.close().await?;
+    Ok(())
+}
+
+async fn survives_reopen_and_continues_seq(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = config(backend, &dir);
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=5).await?;
+    journal.close().await?;
+
+    let journal = open(&config).await?;
+    assert_eq!(journal.watch().borrow().records, 5);
+    assert_eq!(
+        journal.read_after(Seq::NONE, 100).await?,
+        (1..=5).map(expected).collect::<Vec<_>>()
+    );
+    journal.append(uplink(6)).await?;
+    journal.flush().await?;
+    assert_eq!(journal.read_after(Seq(5), 100).await?, [expected(6)]);
+    journal.close().await?;
+    Ok(())
+}
+
+async fn ack_deletes_and_is_durable(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = config(backend, &dir);
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=10).await?;
+    journal.flush().await?;
+    journal.ack(Seq(4));
+    journal.flush().await?;
+
+    let stats = journal.watch().borrow().clone();
+    assert_eq!((stats.records, stats.acked), (6, Seq(4)));
+    assert_eq!(stats.oldest_received_at_ms, Some(uplink(5).received_at_ms));
+    assert_eq!(seqs(&journal.read_after(Seq::NONE, 100).await?), [5, 6, 7, 8, 9, 10]);
+    journal.close().await?;
+
+    let journal = open(&config).await?;
+    let stats = journal.watch().borrow().clone();
+    assert_eq!((stats.records, stats.acked, stats.last_seq), (6, Seq(4), Seq(10)));
+    assert_eq!(seqs(&journal.read_after(Seq::NONE, 100).await?), [5, 6, 7, 8, 9, 10]);
+    journal.close().await?;
+    Ok(())
+}
+
+async fn ack_alone_is_committed_when_idle(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let journal = open(&config(backend, &dir)).await?;
+    append_range(&journal, 1..=5).await?;
+    journal.flush().await?;
+    journal.ack(Seq(5));
+    wait_for(&journal, |stats| stats.acked == Seq(5)).await?;
+    assert_eq!(journal.watch().borrow().records, 0);
+    journal.close().await?;
+    Ok(())
+}
+
+async fn large_ack_is_fully_deleted(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = JournalConfig {
+        commit_max_records: 5000,
+        ..config(backend, &dir)
+    };
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=20_000).await?;
+    journal.flush().await?;
+    journal.ack(Seq(19_999));
+    // sled deletes a large ack over several commits; both must end with one record left.
+    wait_for(&journal, |stats| stats.records == 1).await?;
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?, [expected(20_000)]);
+    journal.close().await?;
+
+    let journal = open(&config).await?;
+    let stats = journal.watch().borrow().clone();
+    assert_eq!((stats.records, stats.acked), (1, Seq(19_999)));
+    journal.close().await?;
+    Ok(())
+}
+
+async fn seq_never_reused_after_full_ack(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = config(backend, &dir);
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=3).await?;
+    journal.flush().await?;
+    journal.ack(Seq(3));
+    journal.flush().await?;
+    assert_eq!(journal.watch().borrow().records, 0);
+    journal.close().await?;
+
+    let journal = open(&config).await?;
+    assert_eq!(journal.watch().borrow().last_seq, Seq(3));
+    journal.append(uplink(4)).await?;
+    journal.flush().await?;
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?, [expected(4)]);
+    journal.close().await?;
+    Ok(())
+}
+
+/// 20 records of 100-byte payloads into a budget that holds 7 of them.
+async fn fill_past_budget(backend: Backend, dir: &TempDir) -> Result<Journal, JournalError> {
+    let config = JournalConfig {
+        max_bytes: 7 * (100 + RECORD_OVERHEAD_BYTES) + 50,
+        ..config(backend, dir)
+    };
+    let journal = open(&config).await?;
+    for i in 1..=20 {
+        journal.append(sized_uplink(i, 100)).await?;
+    }
+    journal.flush().await?;
+    Ok(journal)
+}
+
+async fn evicts_oldest_when_over_max_bytes_and_counts(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let journal = fill_past_budget(backend, &dir).await?;
+    let stats = journal.watch().borrow().clone();
+    assert_eq!((stats.records, stats.evicted_total), (7, 13));
+    assert_eq!(stats.bytes, 7 * (100 + RECORD_OVERHEAD_BYTES));
+    assert_eq!(stats.oldest_received_at_ms, Some(uplink(14).received_at_ms));
+    let kept = journal.read_after(Seq::NONE, 100).await?;
+    assert_eq!(seqs(&kept), (14..=20).collect::<Vec<_>>());
+    assert_eq!(kept[0].payload, sized_uplink(14, 100).payload);
+    journal.close().await?;
+
+    // The count survives a restart.
+    let journal = open(&config(backend, &dir)).await?;
+    assert_eq!(journal.watch().borrow().evicted_total, 13);
+    journal.close().await?;
+    Ok(())
+}
+
+async fn read_after_skips_evicted(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let journal = fill_past_budget(backend, &dir).await?;
+    assert_eq!(seqs(&journal.read_after(Seq(2), 3).await?), [14, 15, 16]);
+    assert_eq!(seqs(&journal.read_after(Seq(15), 100).await?), [16, 17, 18, 19, 20]);
+    journal.close().await?;
+    Ok(())
+}
+
+/// Bytes that are no valid SQLite page nor sled segment or config.
+fn garbage(len: usize) -> Vec<u8> {
+    let mut state: u32 = 0x2545_f491;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Overwrite every file under `path` (or `path` itself) with garbage.
+fn scribble_over(path: &Path) -> TestResult {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            scribble_over(&entry?.path())?;
+        }
+    } else {
+        let len = std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0);
+        std::fs::write(path, garbage(len.max(8192)))?;
+    }
+    Ok(())
+}
+
+async fn corrupt_store_is_quarantined_and_fresh_store_works(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = config(backend, &dir);
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=100).await?;
+    journal.close().await?;
+    scribble_over(&config.path)?;
+
+    let journal = open(&config).await?;
+    let stats = journal.watch().borrow().clone();
+    let Some((moved_to, reason)) = stats.quarantined else {
+        return Err("corrupt store was not quarantined".into());
+    };
+    assert!(!reason.is_empty());
+    assert!(moved_to.exists(), "{} should hold the old store", moved_to.display());
+    let moved_name = moved_to.file_name().unwrap_or_default().to_string_lossy();
+    let original_name = config.path.file_name().unwrap_or_default().to_string_lossy();
+    assert!(
+        moved_name.starts_with(&format!("{original_name}.corrupt-")),
+        "moved to {moved_name}"
+    );
+    assert_eq!((stats.records, stats.last_seq), (0, Seq::NONE));
+
+    journal.append(uplink(1)).await?;
+    journal.flush().await?;
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?, [expected(1)]);
+    journal.close().await?;
+
+    // The fresh store is sound: it opens again without another quarantine.
+    let journal = open(&config).await?;
+    assert_eq!(journal.watch().borrow().quarantined, None);
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?, [expected(1)]);
+    journal.close().await?;
+    Ok(())
+}
+
+/// Damage record `seq` in place, behind the journal's back.
+fn damage_record(backend: Backend, path: &Path, seq: Seq) -> TestResult {
+    match backend {
+        Backend::Sqlite => {
+            let conn = rusqlite::Connection::open(path)?;
+            conn.execute("UPDATE records SET kind = 999 WHERE seq = ?1", [seq.0 as i64])?;
+        }
+        Backend::Sled => {
+            let db = ::sled::Config::new().path(path).open()?;
+            db.open_tree("records")?.insert(seq.0.to_be_bytes(), &[1u8, 2, 3][..])?;
+            db.flush()?;
+        }
+    }
+    Ok(())
+}
+
+async fn unreadable_record_is_dropped_and_counted(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = config(backend, &dir);
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=3).await?;
+    journal.close().await?;
+    damage_record(backend, &config.path, Seq(2))?;
+
+    let journal = open(&config).await?;
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?, [expected(1), expected(3)]);
+    let stats = journal.watch().borrow().clone();
+    assert_eq!((stats.records, stats.evicted_total), (2, 1));
+    journal.close().await?;
+    Ok(())
+}
+
+async fn group_commit_batches_many_appends_into_few_commits(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = JournalConfig {
+        // Only the batch size triggers commits here.
+        commit_interval: Duration::from_secs(3600),
+        commit_max_records: 100,
+        ..config(backend, &dir)
+    };
+    let journal = open(&config).await?;
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                for i in 0..250 {
+                    journal.append(uplink(w * 1000 + i)).await?;
+                }
+                Ok::<_, JournalError>(())
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await??;
+    }
+    journal.flush().await?;
+    let stats = journal.watch().borrow().clone();
+    assert_eq!(stats.records, 1000);
+    assert!(
+        stats.commits <= 20,
+        "1000 appends took {} commits",
+        stats.commits
+    );
+    journal.close().await?;
+    Ok(())
+}
+
+async fn appends_become_readable_without_flush(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let journal = open(&config(backend, &dir)).await?;
+    append_range(&journal, 1..=3).await?;
+    wait_for(&journal, |stats| stats.last_seq == Seq(3)).await?;
+    assert_eq!(seqs(&journal.read_after(Seq::NONE, 10).await?), [1, 2, 3]);
+    journal.close().await?;
+    Ok(())
+}
+
+async fn flush_makes_appends_durable(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = JournalConfig {
+        commit_interval: Duration::from_secs(3600),
+        ..config(backend, &dir)
+    };
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=50).await?;
+    journal.flush().await?;
+    // Dropping the last handle stops the owner thread; `open` waits for it to let go.
+    drop(journal);
+
+    let journal = open(&config).await?;
+    assert_eq!(
+        journal.read_after(Seq::NONE, 100).await?,
+        (1..=50).map(expected).collect::<Vec<_>>()
+    );
+    journal.close().await?;
+    Ok(())
+}
+
+async fn concurrent_reader_while_appending(backend: Backend) -> TestResult {
+    const TOTAL: u64 = 5000;
+    let dir = tempfile::tempdir()?;
+    let config = JournalConfig {
+        commit_max_records: 200,
+        ..config(backend, &dir)
+    };
+    let journal = open(&config).await?;
+    let writer = {
+        let journal = journal.clone();
+        tokio::spawn(async move {
+            for i in 1..=TOTAL {
+                journal.append(uplink(i)).await?;
+            }
+            Ok::<_, JournalError>(())
+        })
+    };
+    let reader = {
+        let journal = journal.clone();
+        tokio::spawn(async move {
+            let mut watch = journal.watch();
+            let mut last = Seq::NONE;
+            while last.0 < TOTAL {
+                watch.borrow_and_update();
+                let batch = journal.read_after(last, 300).await?;
+                if batch.is_empty() {
+                    if watch.changed().await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                for record in &batch {
+                    assert_eq!(record, &expected(last.0 + 1));
+                    last = record.seq;
+                }
+                journal.ack(last);
+            }
+            Ok::<_, JournalError>(last)
+        })
+    };
+    writer.await??;
+    let last = tokio::time::timeout(HANG_GUARD, reader).await???;
+    assert_eq!(last, Seq(TOTAL));
+    journal.flush().await?;
+    let stats = journal.watch().borrow().clone();
+    assert_eq!((stats.acked, stats.records), (Seq(TOTAL), 0));
+    journal.close().await?;
+    Ok(())
+}
+
+async fn rejects_invalid_config(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let no_batch = JournalConfig {
+        commit_max_records: 0,
+        ..config(backend, &dir)
+    };
+    assert!(matches!(open(&no_batch).await, Err(JournalError::Config { .. })));
+    let no_budget = JournalConfig {
+        max_bytes: 0,
+        ..config(backend, &dir)
+    };
+    assert!(matches!(open(&no_budget).await, Err(JournalError::Config { .. })));
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! The uplink pipeline of a running gateway: radio source → PHY parse and
+//! filters → sequence number → sink journal(s) → sink. This module wires the
+//! parts together, owns their shutdown order, and keeps the counters that the
+//! periodic report and the gateway stats are made of.
+//!
+//! Invariant: once `Journal::append` has accepted a record, the journal owns
+//! it until the sink acknowledges it; nothing here keeps a copy.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use berrygw_lora::filter::UplinkFilter;
+use berrygw_lora::sim::SimRadio;
+use berrygw_lora::{RadioIo, RadioSource, UplinkFrame};
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::config::{LoadedConfig, RadioKind};
+use crate::journal::{Journal, JournalConfig, JournalStats, NewRecord};
+use crate::seq::UplinkSeq;
+use crate::sink::chirpstack::{self, RecordKind, StatsSnapshot, Topics};
+use crate::sink::mqtt::{self, MqttSinkSettings, SinkRadioIo};
+use crate::sink::tls::{self, TlsFiles};
+
+/// Counters shared by the pipeline tasks (plain atomics; read by reports and stats).
+#[derive(Default)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub received_crc_ok: AtomicU64,
+    pub rejected: AtomicU64,
+    pub queued: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub publish_errors: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub downlinks_received: AtomicU64,
+    pub tx_acks: AtomicU64,
+    pub bad_commands: AtomicU64,
+    pub sink_connected: AtomicBool,
+    /// Rejections by reason label; touched only when a frame is rejected.
+    pub rejected_by_reason: Mutex<HashMap<&'static str, u64>>,
+    /// Received frames by frequency since the last stats message.
+    rx_per_frequency: Mutex<HashMap<u32, u32>>,
+}
+
+impl Counters {
+    fn reject(&self, reason: &'static str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.rejected_by_reason.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+}
+
+/// A running gateway: its tasks and the handles to stop them.
+pub struct Gateway {
+    pub counters: Arc<Counters>,
+    pub journal: Journal,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Start every part described by `cfg`. Fails (and starts nothing) on any setup error.
+    pub async fn start(cfg: &LoadedConfig) -> anyhow::Result<Gateway> {
+        let c = &cfg.config;
+        let gateway_id = c.gateway.id.to_string();
+        std::fs::create_dir_all(&c.gateway.state_dir)
+            .with_context(|| format!("creating state directory {}", c.gateway.state_dir.display()))?;
+        let journal_path = cfg.journal_path("chirpstack");
+        if let Some(parent) = journal_path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let sink_cfg = c.sinks.chirpstack.as_ref().context("no [sinks.chirpstack] section")?;
+        let tls = if sink_cfg.server.get_ref().tls {
+            let files = TlsFiles {
+                ca_file: sink_cfg.ca_file.as_ref().map(|f| f.get_ref().as_path()),
+                client_cert_file: sink_cfg.client_cert_file.as_ref().map(|f| f.get_ref().as_path()),
+                client_key_file: sink_cfg.client_key_file.as_ref().map(|f| f.get_ref().as_path()),
+            };
+            Some(tls::client_config(&files).with_context(|| format!("{}: sinks.chirpstack", cfg.path.display()))?)
+        } else {
+            None
+        };
+        let journal_cfg = JournalConfig {
+            backend: c.journal.backend,
+            path: journal_path,
+            max_bytes: c.journal.max_bytes,
+            commit_interval: c.journal.commit_interval(),
+            commit_max_records: c.journal.commit_max_records,
+        };
+        let journal = tokio::task::spawn_blocking(move || Journal::open("chirpstack", journal_cfg))
+            .await
+            .context("journal open task")?
+            .context("opening the chirpstack journal")?;
+        let state_dir = c.gateway.state_dir.clone();
+        let seq = tokio::task::spawn_blocking(move || UplinkSeq::open(&state_dir))
+            .await
+            .context("sequence open task")?
+            .context("opening the uplink sequence counter")?;
+        let filter = UplinkFilter::new(c.filters.clone());
+        let radio: Box<dyn RadioSource> = match c.radio.kind.get_ref() {
+            RadioKind::Sim => {
+                let sim = c.radio.sim.clone().context("[radio.sim] missing")?;
+                Box::new(SimRadio::new(sim).context("radio.sim")?)
+            }
+        };
+
+        let counters = Arc::new(Counters::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (uplink_tx, uplink_rx) = mpsc::channel(1024);
+        let (down_tx, down_rx) = mpsc::channel(64);
+        let (ack_tx, ack_rx) = mpsc::channel(64);
+        let mut tasks = Vec::new();
+
+        let radio_kind = radio.kind();
+        let radio_task = radio.start(RadioIo { uplinks: uplink_tx, downlinks: down_rx, tx_acks: ack_tx });
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = radio_task.await {
+                error!("radio ({radio_kind}) stopped: {e}");
+            }
+        }));
+
+        let ingest = Ingest {
+            gateway_id: gateway_id.clone(),
+            filter,
+            seq,
+            journal: journal.clone(),
+            counters: counters.clone(),
+        };
+        tasks.push(tokio::spawn(ingest.run(uplink_rx)));
+
+        let settings = MqttSinkSettings {
+            server: sink_cfg.server.get_ref().clone(),
+            tls,
+            allow_plaintext: sink_cfg.allow_plaintext,
+            client_id: sink_cfg.client_id.clone().unwrap_or_else(|| format!("berrygw-{gateway_id}")),
+            credentials: sink_cfg
+                .username
+                .clone()
+                .map(|u| (u, sink_cfg.password.clone().unwrap_or_default())),
+            gateway_id: gateway_id.clone(),
+            topics: Topics::new(&sink_cfg.topic_prefix, &gateway_id),
+            format: sink_cfg.format,
+            keep_alive: Duration::from_secs(sink_cfg.keep_alive_secs),
+            max_inflight: sink_cfg.max_inflight,
+            reconnect_min: Duration::from_millis(sink_cfg.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(sink_cfg.reconnect_max_ms),
+        };
+        tasks.push(tokio::spawn(mqtt::run(
+            settings,
+            journal.clone(),
+            counters.clone(),
+            SinkRadioIo { downlinks: down_tx, tx_acks: ack_rx },
+            shutdown_rx.clone(),
+        )));
+
+        tasks.push(tokio::spawn(stats_loop(
+            gateway_id.clone(),
+            Duration::from_secs(c.gateway.stats_interval_secs),
+            journal.clone(),
+            counters.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(report_loop(
+            Duration::from_secs(c.gateway.report_interval_secs),
+            journal.clone(),
+            counters.clone(),
+            shutdown_rx,
+        )));
+
+        let stats = journal.watch().borrow().clone();
+        if let Some((moved_to, reason)) = &stats.quarantined {
+            error!(
+                "JOURNAL WAS CORRUPT: moved aside to {} ({reason}); started a fresh one. Records in the damaged file were not forwarded.",
+                moved_to.display()
+            );
+        }
+        info!(
+            gateway_id,
+            radio = radio_kind,
+            backend = ?c.journal.backend,
+            backlog = stats.records,
+            "berrygw running"
+        );
+        Ok(Gateway { counters, journal, shutdown, tasks })
+    }
+
+    /// Stop the sink and reports, make every accepted record durable, and return.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let flush = self.journal.flush().await;
+        for t in self.tasks {
+            t.abort();
+        }
+        flush.context("flushing the journal")?;
+        info!("berrygw stopped; journal flushed");
+        Ok(())
+    }
+}
+
+/// Turns radio frames into journal records.
+struct Ingest {
+    gateway_id: String,
+    filter: UplinkFilter,
+    seq: UplinkSeq,
+    journal: Journal,
+    counters: Arc<Counters>,
+}
+
+impl Ingest {
+    async fn run(mut self, mut uplinks: mpsc::Receiver<UplinkFrame>) {
+        while let Some(frame) = uplinks.recv().await {
+            if let Err(e) = self.accept(frame).await {
+                // Only the journal or the sequence file can fail here: both mean the
+                // gateway can no longer keep uplinks safe. Say so and keep trying.
+                error!("uplink not stored: {e:#}");
+            }
+        }
+    }
+
+    async fn accept(&mut self, frame: UplinkFrame) -> anyhow::Result<()> {
+        let c = &self.counters;
+        c.received.fetch_add(1, Ordering::Relaxed);
+        if frame.crc == berrygw_lora::CrcStatus::Ok {
+            c.received_crc_ok.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut m) = c.rx_per_frequency.lock() {
+            *m.entry(frame.frequency.0).or_default() += 1;
+        }
+        if let Err(rejection) = self.filter.check(&frame) {
+            c.reject(rejection.reason());
+            tracing::debug!("uplink dropped: {rejection:?}");
+            return Ok(());
+        }
+        let seq = match self.seq.try_next() {
+            Some(n) => n,
+            None => {
+                // One small fsync per 10,000 uplinks; block_in_place keeps the other workers free.
+                tokio::task::block_in_place(|| self.seq.reserve())
+                    .context("reserving uplink sequence numbers")?;
+                self.seq.try_next().context("no sequence number after reserving")?
+            }
+        };
+        let msg = chirpstack::uplink_message(&self.gateway_id, &frame, seq, rand::random());
+        self.journal
+            .append(NewRecord {
+                kind: RecordKind::Uplink as u8,
+                received_at_ms: chirpstack::unix_ms(frame.received_at),
+                payload: msg.encode_to_vec(),
+            })
+            .await
+            .context("journal append")?;
+        c.queued.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Summary of journal state for stats metadata and reports.
+fn journal_metadata(j: &JournalStats) -> HashMap<String, String> {
+    let mut m = HashMap::from([
+        ("berrygw_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("journal_records".to_string(), j.records.to_string()),
+        ("journal_bytes".to_string(), j.bytes.to_string()),
+        ("journal_evicted_total".to_string(), j.evicted_total.to_string()),
+    ]);
+    if let Some((path, reason)) = &j.quarantined {
+        m.insert("journal_quarantined".into(), format!("{} ({reason})", path.display()));
+    }
+    m
+}
+
+async fn stats_loop(
+    gateway_id: String,
+    every: Duration,
+    journal: Journal,
+    counters: Arc<Counters>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let mut last = (0u64, 0u64, 0u64, 0u64);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = (
+            counters.received.load(Ordering::Relaxed),
+            counters.received_crc_ok.load(Ordering::Relaxed),
+            counters.downlinks_received.load(Ordering::Relaxed),
+            counters.tx_acks.load(Ordering::Relaxed),
+        );
+        let per_freq = counters.rx_per_frequency.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default();
+        let snapshot = StatsSnapshot {
+            rx_received: (now.0 - last.0) as u32,
+            rx_received_ok: (now.1 - last.1) as u32,
+            tx_received: (now.2 - last.2) as u32,
+            tx_emitted: (now.3 - last.3) as u32,
+            rx_per_frequency: per_freq,
+            tx_per_status: HashMap::new(),
+            metadata: journal_metadata(&journal.watch().borrow()),
+        };
+        last = now;
+        let at = SystemTime::now();
+        let msg = chirpstack::stats_message(&gateway_id, at, snapshot);
+        let rec = NewRecord {
+            kind: RecordKind::Stats as u8,
+            received_at_ms: chirpstack::unix_ms(at),
+            payload: msg.encode_to_vec(),
+        };
+        if let Err(e) = journal.append(rec).await {
+            warn!("gateway stats not stored: {e}");
+        }
+    }
+}
+
+/// One line per interval for the operator: what came in, what waits, what left.
+async fn report_loop(every: Duration, journal: Journal, counters: Arc<Counters>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let j = journal.watch().borrow().clone();
+        let oldest_age = j
+            .oldest_received_at_ms
+            .map(|ms| (chirpstack::unix_ms(SystemTime::now()) - ms).max(0) / 1000);
+        info!(
+            received = counters.received.load(Ordering::Relaxed),
+            rejected = counters.rejected.load(Ordering::Relaxed),
+            queued = counters.queued.load(Ordering::Relaxed),
+            forwarded = counters.forwarded.load(Ordering::Relaxed),
+            backlog = j.records,
+            backlog_bytes = j.bytes,
+            oldest_age_s = oldest_age.unwrap_or(0),
+            committed_seq = j.last_seq.0,
+            acked_seq = j.acked.0,
+            evicted = j.evicted_total,
+            connected = counters.sink_connected.load(Ordering::Relaxed),
+            "report"
+        );
+    }
+}
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub async fn run_until_signal(cfg: &LoadedConfig) -> anyhow::Result<()> {
+    let gw = Gateway::start(cfg).await?;
+    wait_for_signal().await;
+    info!("stopping");
+    gw.stop().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot watch SIGTERM ({e}); stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

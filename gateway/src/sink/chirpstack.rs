@@ -1,0 +1,419 @@
+//! The ChirpStack v4 gateway protocol as berrygw speaks it over MQTT: topic
+//! names, and the translation between our frame types and the
+//! `chirpstack_api::gw` messages (protobuf on disk, protobuf or JSON on the
+//! wire). Pure functions; the connection lives in `sink::mqtt`.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berrygw_lora::{
+    CodeRate, CrcStatus, DownlinkFrame, Frequency, Modulation, TxAck, TxStatus, TxTiming,
+    UplinkFrame,
+};
+use chirpstack_api::gw;
+use chirpstack_api::pbjson_types::{Duration as PbDuration, Timestamp};
+use prost::Message;
+
+use crate::config::PayloadFormat;
+
+/// Metadata key carrying the per-gateway uplink sequence number.
+pub const META_SEQ: &str = "berrygw_seq";
+/// Metadata key carrying the original receive time (RFC 3339 is in `gw_time`; this is unix ms).
+pub const META_RECEIVED_MS: &str = "berrygw_received_ms";
+
+/// Journal record kinds of the ChirpStack sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    Uplink = 1,
+    Stats = 2,
+}
+
+impl RecordKind {
+    /// Kind from its journal byte.
+    pub fn from_u8(b: u8) -> Option<RecordKind> {
+        match b {
+            1 => Some(RecordKind::Uplink),
+            2 => Some(RecordKind::Stats),
+            _ => None,
+        }
+    }
+
+    /// The event name in the topic (`event/<name>`).
+    pub fn event(self) -> &'static str {
+        match self {
+            RecordKind::Uplink => "up",
+            RecordKind::Stats => "stats",
+        }
+    }
+}
+
+/// Topic names for one gateway.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    base: String,
+}
+
+impl Topics {
+    /// `<prefix>/gateway/<gateway_id>`.
+    pub fn new(prefix: &str, gateway_id: &str) -> Topics {
+        let prefix = prefix.trim_matches('/');
+        let base = if prefix.is_empty() {
+            format!("gateway/{gateway_id}")
+        } else {
+            format!("{prefix}/gateway/{gateway_id}")
+        };
+        Topics { base }
+    }
+
+    /// `…/event/<name>`.
+    pub fn event(&self, name: &str) -> String {
+        format!("{}/event/{name}", self.base)
+    }
+
+    /// `…/state/conn` (retained).
+    pub fn conn_state(&self) -> String {
+        format!("{}/state/conn", self.base)
+    }
+
+    /// `…/command/down`.
+    pub fn command_down(&self) -> String {
+        format!("{}/command/down", self.base)
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+fn code_rate(cr: CodeRate) -> gw::CodeRate {
+    match cr {
+        CodeRate::Cr4_5 => gw::CodeRate::Cr45,
+        CodeRate::Cr4_6 => gw::CodeRate::Cr46,
+        CodeRate::Cr4_7 => gw::CodeRate::Cr47,
+        CodeRate::Cr4_8 => gw::CodeRate::Cr48,
+    }
+}
+
+fn modulation(m: &Modulation, polarization_inversion: bool) -> gw::Modulation {
+    let parameters = match *m {
+        Modulation::Lora { spreading_factor, bandwidth, code_rate: cr } => {
+            gw::modulation::Parameters::Lora(gw::LoraModulationInfo {
+                bandwidth,
+                spreading_factor: spreading_factor.into(),
+                code_rate: code_rate(cr).into(),
+                polarization_inversion,
+                ..Default::default()
+            })
+        }
+        Modulation::Fsk { datarate, frequency_deviation } => {
+            gw::modulation::Parameters::Fsk(gw::FskModulationInfo { datarate, frequency_deviation })
+        }
+    };
+    gw::Modulation { parameters: Some(parameters) }
+}
+
+/// The ChirpStack message for one accepted uplink, with its sequence number.
+pub fn uplink_message(gateway_id: &str, frame: &UplinkFrame, seq: u64, uplink_id: u32) -> gw::UplinkFrame {
+    let metadata = HashMap::from([
+        (META_SEQ.to_string(), seq.to_string()),
+        (META_RECEIVED_MS.to_string(), unix_ms(frame.received_at).to_string()),
+    ]);
+    gw::UplinkFrame {
+        phy_payload: frame.phy_payload.clone(),
+        tx_info: Some(gw::UplinkTxInfo {
+            frequency: frame.frequency.0,
+            modulation: Some(modulation(&frame.modulation, false)),
+        }),
+        rx_info: Some(gw::UplinkRxInfo {
+            gateway_id: gateway_id.to_string(),
+            uplink_id,
+            gw_time: Some(timestamp(frame.received_at)),
+            rssi: frame.rssi.into(),
+            snr: frame.snr,
+            channel: frame.channel.into(),
+            rf_chain: frame.rf_chain.into(),
+            board: frame.board.into(),
+            context: frame.counter_us.to_be_bytes().to_vec(),
+            metadata,
+            crc_status: match frame.crc {
+                CrcStatus::Ok => gw::CrcStatus::CrcOk,
+                CrcStatus::Bad => gw::CrcStatus::BadCrc,
+                CrcStatus::Missing => gw::CrcStatus::NoCrc,
+            }
+            .into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Counters that go into a `GatewayStats` message.
+#[derive(Clone, Debug, Default)]
+pub struct StatsSnapshot {
+    pub rx_received: u32,
+    pub rx_received_ok: u32,
+    pub tx_received: u32,
+    pub tx_emitted: u32,
+    pub rx_per_frequency: HashMap<u32, u32>,
+    pub tx_per_status: HashMap<String, u32>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// The ChirpStack stats message for one interval.
+pub fn stats_message(gateway_id: &str, at: SystemTime, s: StatsSnapshot) -> gw::GatewayStats {
+    gw::GatewayStats {
+        gateway_id: gateway_id.to_string(),
+        time: Some(timestamp(at)),
+        rx_packets_received: s.rx_received,
+        rx_packets_received_ok: s.rx_received_ok,
+        tx_packets_received: s.tx_received,
+        tx_packets_emitted: s.tx_emitted,
+        metadata: s.metadata,
+        rx_packets_per_frequency: s.rx_per_frequency,
+        tx_packets_per_status: s.tx_per_status,
+        ..Default::default()
+    }
+}
+
+/// The retained connection state message (`ONLINE`, or `OFFLINE` as last will).
+pub fn conn_state(gateway_id: &str, online: bool, format: PayloadFormat) -> Vec<u8> {
+    let msg = gw::ConnState {
+        gateway_id: gateway_id.to_string(),
+        state: if online { gw::conn_state::State::Online } else { gw::conn_state::State::Offline }.into(),
+        ..Default::default()
+    };
+    match format {
+        PayloadFormat::Protobuf => msg.encode_to_vec(),
+        PayloadFormat::Json => serde_json::to_vec(&msg).unwrap_or_default(),
+    }
+}
+
+/// Why a journal record or a command could not be translated.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("unknown journal record kind {0}")]
+    UnknownKind(u8),
+    #[error("undecodable protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("undecodable JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("downlink {0} has no items")]
+    NoItems(u32),
+    #[error("downlink {id}: {what}")]
+    BadDownlink { id: u32, what: &'static str },
+}
+
+/// Wire payload for a journal record (stored as protobuf) in the sink's format.
+pub fn wire_payload(kind: RecordKind, stored: &[u8], format: PayloadFormat) -> Result<Vec<u8>, ProtocolError> {
+    match format {
+        PayloadFormat::Protobuf => Ok(stored.to_vec()),
+        PayloadFormat::Json => Ok(match kind {
+            RecordKind::Uplink => serde_json::to_vec(&gw::UplinkFrame::decode(stored)?)?,
+            RecordKind::Stats => serde_json::to_vec(&gw::GatewayStats::decode(stored)?)?,
+        }),
+    }
+}
+
+/// A downlink command from the network server, translated for the radio.
+#[derive(Debug)]
+pub struct DownlinkCommand {
+    pub frame: DownlinkFrame,
+    /// How many alternatives (RX1, RX2) the network server offered; the ack lists each.
+    pub items: usize,
+}
+
+/// Decode a `command/down` payload. Only the first item is tried for now;
+/// the others are acknowledged as ignored.
+pub fn decode_downlink(payload: &[u8], format: PayloadFormat) -> Result<DownlinkCommand, ProtocolError> {
+    let msg: gw::DownlinkFrame = match format {
+        PayloadFormat::Protobuf => gw::DownlinkFrame::decode(payload)?,
+        PayloadFormat::Json => serde_json::from_slice(payload)?,
+    };
+    let id = msg.downlink_id;
+    let item = msg.items.first().ok_or(ProtocolError::NoItems(id))?;
+    let tx = item.tx_info.as_ref().ok_or(ProtocolError::BadDownlink { id, what: "no tx_info" })?;
+    let m = tx
+        .modulation
+        .as_ref()
+        .and_then(|m| m.parameters.as_ref())
+        .ok_or(ProtocolError::BadDownlink { id, what: "no modulation" })?;
+    let (modulation, invert_iq) = match m {
+        gw::modulation::Parameters::Lora(l) => {
+            let sf = u8::try_from(l.spreading_factor)
+                .ok()
+                .filter(|sf| (5..=12).contains(sf))
+                .ok_or(ProtocolError::BadDownlink { id, what: "spreading factor out of range" })?;
+            let cr = match gw::CodeRate::try_from(l.code_rate).unwrap_or(gw::CodeRate::CrUndefined) {
+                gw::CodeRate::Cr45 | gw::CodeRate::CrUndefined => CodeRate::Cr4_5,
+                gw::CodeRate::Cr46 => CodeRate::Cr4_6,
+                gw::CodeRate::Cr47 => CodeRate::Cr4_7,
+                gw::CodeRate::Cr48 => CodeRate::Cr4_8,
+                _ => return Err(ProtocolError::BadDownlink { id, what: "unsupported code rate" }),
+            };
+            (Modulation::Lora { spreading_factor: sf, bandwidth: l.bandwidth, code_rate: cr }, l.polarization_inversion)
+        }
+        gw::modulation::Parameters::Fsk(f) => {
+            (Modulation::Fsk { datarate: f.datarate, frequency_deviation: f.frequency_deviation }, false)
+        }
+        gw::modulation::Parameters::LrFhss(_) => {
+            return Err(ProtocolError::BadDownlink { id, what: "LR-FHSS downlinks are not supported" })
+        }
+    };
+    let timing = match tx.timing.as_ref().and_then(|t| t.parameters.as_ref()) {
+        None | Some(gw::timing::Parameters::Immediately(_)) => TxTiming::Immediately,
+        Some(gw::timing::Parameters::Delay(d)) => {
+            let counter = item
+                .tx_info
+                .as_ref()
+                .map(|t| t.context.as_slice())
+                .and_then(|c| <[u8; 4]>::try_from(c.get(..4)?).ok())
+                .map(u32::from_be_bytes)
+                .ok_or(ProtocolError::BadDownlink { id, what: "delay timing without uplink context" })?;
+            let delay = d.delay.as_ref().map(duration_us).unwrap_or(0);
+            TxTiming::Counter(counter.wrapping_add(delay as u32))
+        }
+        Some(gw::timing::Parameters::GpsEpoch(g)) => {
+            TxTiming::GpsEpoch(g.time_since_gps_epoch.as_ref().map(duration_us).unwrap_or(0))
+        }
+    };
+    let power_dbm = i8::try_from(tx.power).map_err(|_| ProtocolError::BadDownlink { id, what: "power out of range" })?;
+    Ok(DownlinkCommand {
+        frame: DownlinkFrame {
+            downlink_id: id,
+            phy_payload: item.phy_payload.clone(),
+            frequency: Frequency(tx.frequency),
+            modulation,
+            power_dbm,
+            timing,
+            invert_iq,
+            board: u8::try_from(tx.board).unwrap_or(0),
+            antenna: u8::try_from(tx.antenna).unwrap_or(0),
+        },
+        items: msg.items.len(),
+    })
+}
+
+fn duration_us(d: &PbDuration) -> u64 {
+    (d.seconds.max(0) as u64) * 1_000_000 + (d.nanos.max(0) as u64) / 1000
+}
+
+/// The `event/ack` payload for a radio's answer to a downlink.
+pub fn tx_ack_message(gateway_id: &str, ack: &TxAck, items: usize, format: PayloadFormat) -> Vec<u8> {
+    let status = match ack.status {
+        TxStatus::Ok => gw::TxAckStatus::Ok,
+        TxStatus::TooLate => gw::TxAckStatus::TooLate,
+        TxStatus::TooEarly => gw::TxAckStatus::TooEarly,
+        TxStatus::CollisionPacket => gw::TxAckStatus::CollisionPacket,
+        TxStatus::CollisionBeacon => gw::TxAckStatus::CollisionBeacon,
+        TxStatus::TxFrequency => gw::TxAckStatus::TxFreq,
+        TxStatus::TxPower => gw::TxAckStatus::TxPower,
+        TxStatus::GpsUnlocked => gw::TxAckStatus::GpsUnlocked,
+        TxStatus::QueueFull => gw::TxAckStatus::QueueFull,
+        TxStatus::InternalError => gw::TxAckStatus::InternalError,
+        TxStatus::DutyCycleOverflow => gw::TxAckStatus::DutyCycleOverflow,
+    };
+    let mut list = vec![gw::DownlinkTxAckItem { status: status.into() }];
+    list.extend((1..items.max(1)).map(|_| gw::DownlinkTxAckItem { status: gw::TxAckStatus::Ignored.into() }));
+    let msg = gw::DownlinkTxAck {
+        gateway_id: gateway_id.to_string(),
+        downlink_id: ack.downlink_id,
+        items: list,
+        ..Default::default()
+    };
+    match format {
+        PayloadFormat::Protobuf => msg.encode_to_vec(),
+        PayloadFormat::Json => serde_json::to_vec(&msg).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame() -> UplinkFrame {
+        UplinkFrame {
+            phy_payload: vec![0x40, 1, 2, 3, 4, 0, 1, 0, 2, 9, 9, 9, 9],
+            frequency: Frequency(868_100_000),
+            modulation: Modulation::Lora { spreading_factor: 7, bandwidth: 125_000, code_rate: CodeRate::Cr4_5 },
+            rssi: -87,
+            snr: 7.5,
+            crc: CrcStatus::Ok,
+            channel: 0,
+            rf_chain: 1,
+            board: 0,
+            counter_us: 123_456,
+            received_at: UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+        }
+    }
+
+    #[test]
+    fn uplink_carries_seq_and_original_receive_time() {
+        let msg = uplink_message("0016c001ff10a235", &frame(), 42, 7);
+        let bytes = msg.encode_to_vec();
+        let back = gw::UplinkFrame::decode(bytes.as_slice()).expect("decodes");
+        let rx = back.rx_info.expect("rx_info");
+        assert_eq!(rx.metadata.get(META_SEQ).map(String::as_str), Some("42"));
+        assert_eq!(rx.metadata.get(META_RECEIVED_MS).map(String::as_str), Some("1700000000123"));
+        assert_eq!(rx.gw_time.map(|t| t.seconds), Some(1_700_000_000));
+        assert_eq!((rx.rssi, rx.snr, rx.rf_chain), (-87, 7.5, 1));
+        assert_eq!(back.tx_info.map(|t| t.frequency), Some(868_100_000));
+    }
+
+    #[test]
+    fn json_wire_format_is_chirpstack_json() {
+        let stored = uplink_message("0016c001ff10a235", &frame(), 1, 7).encode_to_vec();
+        let json = wire_payload(RecordKind::Uplink, &stored, PayloadFormat::Json).expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("valid json");
+        assert_eq!(v["rxInfo"]["gatewayId"], "0016c001ff10a235");
+        assert_eq!(v["rxInfo"]["metadata"][META_SEQ], "1");
+    }
+
+    #[test]
+    fn corrupt_stored_record_is_an_error_not_a_panic() {
+        let err = wire_payload(RecordKind::Uplink, &[0xff, 0xff, 0xff], PayloadFormat::Json).expect_err("garbage");
+        assert!(err.to_string().contains("protobuf"), "{err}");
+    }
+
+    #[test]
+    fn downlink_round_trip_and_malformed_commands() {
+        let cmd = gw::DownlinkFrame {
+            downlink_id: 9,
+            items: vec![gw::DownlinkFrameItem {
+                phy_payload: vec![0x60, 1, 2],
+                tx_info: Some(gw::DownlinkTxInfo {
+                    frequency: 869_525_000,
+                    power: 14,
+                    modulation: Some(modulation(
+                        &Modulation::Lora { spreading_factor: 9, bandwidth: 125_000, code_rate: CodeRate::Cr4_5 },
+                        true,
+                    )),
+                    timing: Some(gw::Timing {
+                        parameters: Some(gw::timing::Parameters::Delay(gw::DelayTimingInfo {
+                            delay: Some(PbDuration { seconds: 1, nanos: 0 }),
+                        })),
+                    }),
+                    context: 1000u32.to_be_bytes().to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let d = decode_downlink(&cmd.encode_to_vec(), PayloadFormat::Protobuf).expect("decodes");
+        assert_eq!(d.frame.timing, TxTiming::Counter(1_001_000));
+        assert!(d.frame.invert_iq);
+        assert_eq!(d.items, 1);
+        assert!(decode_downlink(b"\xff\xff", PayloadFormat::Protobuf).is_err());
+        assert!(decode_downlink(b"{not json", PayloadFormat::Json).is_err());
+        let empty = gw::DownlinkFrame { downlink_id: 3, ..Default::default() };
+        let err = decode_downlink(&empty.encode_to_vec(), PayloadFormat::Protobuf).expect_err("no items");
+        assert!(err.to_string().contains("no items"));
+    }
+}

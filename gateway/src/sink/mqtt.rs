@@ -1,0 +1,348 @@
+//! The ChirpStack MQTT sink: one connection to the network server's broker at
+//! a time, fed from this sink's journal. Records are published at QoS 1 in
+//! journal order and acknowledged to the journal only once the broker's
+//! PUBACK for them (and for every older one) has arrived. The MQTT client's
+//! own queue is disposable: on any connection error the client is dropped
+//! whole and the next connection starts again from the journal's ack point.
+//!
+//! Also here: the retained `state/conn` message with its OFFLINE last will,
+//! and the `command/down` subscription whose downlinks go to the radio, each
+//! answered on `event/ack`.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use berrygw_lora::{DownlinkFrame, TxAck};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::chirpstack::{self, RecordKind, Topics};
+use crate::config::{BrokerUrl, PayloadFormat};
+use crate::journal::{Journal, Seq};
+use crate::pipeline::Counters;
+
+/// Everything a sink needs, resolved from configuration.
+pub struct MqttSinkSettings {
+    pub server: BrokerUrl,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub allow_plaintext: bool,
+    pub client_id: String,
+    pub credentials: Option<(String, String)>,
+    pub gateway_id: String,
+    pub topics: Topics,
+    pub format: PayloadFormat,
+    pub keep_alive: Duration,
+    pub max_inflight: u16,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// Channels between the sink and the radio.
+pub struct SinkRadioIo {
+    pub downlinks: mpsc::Sender<DownlinkFrame>,
+    pub tx_acks: mpsc::Receiver<TxAck>,
+}
+
+/// How a connection ended when it did not fail.
+enum SessionEnd {
+    Shutdown,
+}
+
+/// The sink task: connect, drain, reconnect with backoff, until shutdown.
+pub async fn run(
+    settings: MqttSinkSettings,
+    journal: Journal,
+    counters: Arc<Counters>,
+    mut radio: SinkRadioIo,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = settings.reconnect_min;
+    loop {
+        let started = Instant::now();
+        match session(&settings, &journal, &counters, &mut radio, &mut shutdown).await {
+            Ok(SessionEnd::Shutdown) => return,
+            Err(e) => {
+                counters.sink_connected.store(false, Ordering::Relaxed);
+                counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                // A connection that lived a while was healthy: start backing off afresh.
+                if started.elapsed() > settings.reconnect_max {
+                    backoff = settings.reconnect_min;
+                }
+                warn!(server = %settings.server, "chirpstack sink: {e:#}; reconnecting in {:.1} s", backoff.as_secs_f32());
+                tokio::select! {
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(settings.reconnect_max);
+            }
+        }
+    }
+}
+
+/// Up to +25 % so that a fleet does not reconnect in lockstep after a broker restart.
+fn jitter(d: Duration) -> Duration {
+    d + d.mul_f64(rand::random::<f64>() * 0.25)
+}
+
+fn options(s: &MqttSinkSettings) -> MqttOptions {
+    let mut o = MqttOptions::new(s.client_id.clone(), s.server.host.clone(), s.server.port);
+    o.set_keep_alive(s.keep_alive.max(Duration::from_secs(5)));
+    o.set_clean_session(true);
+    // Headroom over our window so state, ack and subscribe packets never collide.
+    o.set_inflight(s.max_inflight.saturating_add(16));
+    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    o.set_last_will(LastWill::new(
+        s.topics.conn_state(),
+        chirpstack::conn_state(&s.gateway_id, false, s.format),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some((user, pass)) = &s.credentials {
+        o.set_credentials(user.clone(), pass.clone());
+    }
+    if let Some(tls) = &s.tls {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+    }
+    o
+}
+
+/// Publishes of this connection that wait for their PUBACK.
+#[derive(Default)]
+struct InFlight {
+    /// Journal seqs (or None for state/ack messages) in publish order, awaiting a packet id.
+    unassigned: VecDeque<Option<u64>>,
+    by_pkid: HashMap<u16, Option<u64>>,
+    seqs: BTreeSet<u64>,
+    highest_sent: u64,
+}
+
+impl InFlight {
+    fn record_published(&mut self, tag: Option<u64>) {
+        self.unassigned.push_back(tag);
+        if let Some(seq) = tag {
+            self.seqs.insert(seq);
+            self.highest_sent = self.highest_sent.max(seq);
+        }
+    }
+
+    fn assign(&mut self, pkid: u16) {
+        if let Some(tag) = self.unassigned.pop_front() {
+            self.by_pkid.insert(pkid, tag);
+        }
+    }
+
+    /// PUBACK for `pkid`: returns the journal seq up to which everything is acknowledged, if it moved.
+    fn acked(&mut self, pkid: u16) -> Option<Seq> {
+        let seq = self.by_pkid.remove(&pkid)??;
+        self.seqs.remove(&seq);
+        let up_to = match self.seqs.first() {
+            Some(oldest) => oldest - 1,
+            None => self.highest_sent,
+        };
+        Some(Seq(up_to))
+    }
+}
+
+async fn session(
+    s: &MqttSinkSettings,
+    journal: &Journal,
+    counters: &Counters,
+    radio: &mut SinkRadioIo,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<SessionEnd> {
+    if !s.server.tls && s.allow_plaintext && !s.server.is_loopback() {
+        warn!(server = %s.server, "chirpstack sink: connecting WITHOUT TLS (allow_plaintext = true): data and credentials cross the network in clear");
+    }
+    let window = usize::from(s.max_inflight);
+    let (client, mut eventloop) = AsyncClient::new(options(s), window + 64);
+    connect(&mut eventloop, s).await?;
+    counters.sink_connected.store(true, Ordering::Relaxed);
+    info!(server = %s.server, "chirpstack sink: connected");
+
+    let mut flight = InFlight::default();
+    client
+        .try_publish(s.topics.conn_state(), QoS::AtLeastOnce, true, chirpstack::conn_state(&s.gateway_id, true, s.format))
+        .context("queueing state/conn")?;
+    flight.record_published(None);
+    client.try_subscribe(s.topics.command_down(), QoS::AtLeastOnce).context("queueing subscribe")?;
+
+    let mut committed = journal.watch();
+    let mut acked = committed.borrow().acked;
+    flight.highest_sent = acked.0;
+    let mut caught_up = false;
+    let mut downlink_items: HashMap<u32, usize> = HashMap::new();
+
+    loop {
+        if !caught_up && flight.seqs.len() < window {
+            committed.borrow_and_update();
+            let want = (window - flight.seqs.len()).min(500);
+            let records = journal.read_after(Seq(flight.highest_sent), want).await.context("reading journal")?;
+            if records.is_empty() {
+                caught_up = true;
+            }
+            for r in records {
+                let Some(kind) = RecordKind::from_u8(r.kind) else {
+                    warn!(seq = r.seq.0, kind = r.kind, "chirpstack sink: skipping journal record of unknown kind");
+                    counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    flight.highest_sent = r.seq.0;
+                    continue;
+                };
+                let payload = match chirpstack::wire_payload(kind, &r.payload, s.format) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        warn!(seq = r.seq.0, "chirpstack sink: skipping undecodable journal record: {e}");
+                        counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+                        flight.highest_sent = r.seq.0;
+                        continue;
+                    }
+                };
+                client
+                    .try_publish(s.topics.event(kind.event()), QoS::AtLeastOnce, false, payload)
+                    .context("queueing publish")?;
+                flight.record_published(Some(r.seq.0));
+            }
+            // Records skipped above are acknowledged as soon as nothing older is in flight.
+            if flight.seqs.is_empty() && flight.highest_sent > acked.0 {
+                acked = Seq(flight.highest_sent);
+                journal.ack(acked);
+            }
+            continue;
+        }
+
+        tokio::select! {
+            event = eventloop.poll() => match event.context("connection")? {
+                Event::Outgoing(Outgoing::Publish(pkid)) => flight.assign(pkid),
+                Event::Incoming(Packet::PubAck(ack)) => {
+                    if let Some(up_to) = flight.acked(ack.pkid) {
+                        counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                        if up_to > acked {
+                            acked = up_to;
+                            journal.ack(acked);
+                        }
+                    }
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    match chirpstack::decode_downlink(&p.payload, s.format) {
+                        Ok(cmd) => {
+                            counters.downlinks_received.fetch_add(1, Ordering::Relaxed);
+                            downlink_items.insert(cmd.frame.downlink_id, cmd.items);
+                            if radio.downlinks.try_send(cmd.frame).is_err() {
+                                warn!("chirpstack sink: radio downlink queue full; downlink dropped");
+                            }
+                        }
+                        Err(e) => {
+                            counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                            warn!(topic = %p.topic, "chirpstack sink: rejected command: {e}");
+                        }
+                    }
+                }
+                Event::Incoming(Packet::SubAck(ack)) => debug!(?ack, "chirpstack sink: subscribed"),
+                _ => {}
+            },
+            Some(ack) = radio.tx_acks.recv() => {
+                let items = downlink_items.remove(&ack.downlink_id).unwrap_or(1);
+                let payload = chirpstack::tx_ack_message(&s.gateway_id, &ack, items, s.format);
+                client.try_publish(s.topics.event("ack"), QoS::AtLeastOnce, false, payload).context("queueing ack")?;
+                flight.record_published(None);
+            }
+            changed = committed.changed(), if caught_up => {
+                if changed.is_err() {
+                    bail!("journal closed");
+                }
+                caught_up = false;
+            }
+            _ = shutdown.changed() => {
+                drain_before_shutdown(s, &client, &mut eventloop, journal, &mut flight, &mut acked).await;
+                return Ok(SessionEnd::Shutdown);
+            }
+        }
+    }
+}
+
+/// Wait for the CONNACK; a refusal names its reason.
+async fn connect(eventloop: &mut EventLoop, s: &MqttSinkSettings) -> anyhow::Result<()> {
+    let wait = async {
+        loop {
+            match eventloop.poll().await.with_context(|| format!("connecting to {}", s.server))? {
+                Event::Incoming(Packet::ConnAck(ack)) => {
+                    return match ack.code {
+                        ConnectReturnCode::Success => Ok(()),
+                        code => Err(anyhow!("broker refused the connection: {code:?}")),
+                    }
+                }
+                _ => continue,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .map_err(|_| anyhow!("no CONNACK from {} within 15 s", s.server))?
+}
+
+/// On shutdown: give in-flight publishes a moment to be acknowledged, then say goodbye.
+async fn drain_before_shutdown(
+    s: &MqttSinkSettings,
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    journal: &Journal,
+    flight: &mut InFlight,
+    acked: &mut Seq,
+) {
+    let _ = client.try_publish(
+        s.topics.conn_state(),
+        QoS::AtMostOnce,
+        true,
+        chirpstack::conn_state(&s.gateway_id, false, s.format),
+    );
+    let deadline = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(deadline);
+    while !flight.seqs.is_empty() {
+        tokio::select! {
+            _ = &mut deadline => break,
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flight.assign(pkid),
+                Ok(Event::Incoming(Packet::PubAck(a))) => {
+                    if let Some(up_to) = flight.acked(a.pkid) {
+                        if up_to > *acked {
+                            *acked = up_to;
+                            journal.ack(up_to);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_point_waits_for_the_oldest_publish() {
+        let mut f = InFlight::default();
+        f.record_published(None); // state/conn
+        for seq in 1..=3 {
+            f.record_published(Some(seq));
+        }
+        for pkid in 1..=4 {
+            f.assign(pkid);
+        }
+        assert_eq!(f.acked(1), None, "state message moves nothing");
+        assert_eq!(f.acked(3), Some(Seq(0)), "seq 2 acked but seq 1 still out");
+        assert_eq!(f.acked(2), Some(Seq(2)));
+        assert_eq!(f.acked(4), Some(Seq(3)));
+        assert_eq!(f.acked(4), None, "duplicate PUBACK ignored");
+    }
+}

@@ -1,0 +1,188 @@
+//! End to end: the real `berrygw` binary forwards simulated uplinks to a real
+//! mosquitto over plain MQTT, TLS and mutual TLS; messages are decoded with
+//! `chirpstack_api` and checked field by field.
+
+mod support;
+
+use std::time::Duration;
+
+use berrygw_lora::phy::{self, MType, PhyFrame};
+use chirpstack_api::gw;
+use prost::Message;
+use rumqttc::{Client, Event, MqttOptions, Packet, TlsConfiguration, Transport};
+use support::*;
+
+const EU868: [u32; 8] =
+    [868_100_000, 868_300_000, 868_500_000, 867_100_000, 867_300_000, 867_500_000, 867_700_000, 867_900_000];
+
+#[test]
+fn forwards_uplinks_over_plain_mqtt_field_by_field() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/0016c001ff10a235/#", None);
+    let devices = sim_device("compteur-eau", "water_meter", "26011bda", 100, Some(5));
+    let state = dir.path().join("state");
+    let before = now_ms();
+    let _gw = Berrygw::start(dir.path(), &config(&state, "sqlite", &broker.url(false), "", &devices));
+
+    let ups = sub.wait_uplinks(5, Duration::from_secs(30));
+    let after = now_ms();
+    for (i, seen) in ups.iter().enumerate() {
+        let up = seen.uplink();
+        let rx = up.rx_info.clone().expect("rx_info");
+        let tx = up.tx_info.clone().expect("tx_info");
+        assert_eq!(rx.gateway_id, "0016c001ff10a235");
+        assert_eq!(rx.crc_status(), gw::CrcStatus::CrcOk);
+        assert!((-130..0).contains(&rx.rssi), "rssi {}", rx.rssi);
+        assert!(EU868.contains(&tx.frequency), "frequency {}", tx.frequency);
+        match tx.modulation.and_then(|m| m.parameters) {
+            Some(gw::modulation::Parameters::Lora(l)) => {
+                assert_eq!((l.spreading_factor, l.bandwidth), (7, 125_000));
+                assert_eq!(l.code_rate(), gw::CodeRate::Cr45);
+            }
+            other => panic!("expected LoRa modulation, got {other:?}"),
+        }
+        assert_eq!(seen.seq(), i as u64 + 1, "per-gateway sequence numbers start at 1 and follow arrival");
+        let received_ms: i64 = rx.metadata["berrygw_received_ms"].parse().expect("ms");
+        assert!((before..=after).contains(&received_ms), "receive time {received_ms} not within the run");
+        assert_eq!(rx.gw_time.map(|t| t.seconds), Some(received_ms / 1000));
+        match phy::parse(&up.phy_payload).expect("PHYPayload parses") {
+            PhyFrame::Data(d) => {
+                assert_eq!(d.mtype, MType::UnconfirmedDataUp);
+                assert_eq!(d.dev_addr.to_string(), "26011bda");
+                assert_eq!(u32::from(d.fcnt), i as u32, "FCnt counts from 0");
+                assert_eq!(d.fport, Some(2));
+            }
+            other => panic!("expected a data frame, got {other:?}"),
+        }
+    }
+    let state_msgs = sub.on_topic("/state/conn");
+    let last = state_msgs.last().expect("state/conn published");
+    let conn = gw::ConnState::decode(last.payload.as_slice()).expect("ConnState decodes");
+    assert_eq!(conn.state(), gw::conn_state::State::Online);
+}
+
+#[test]
+fn last_will_marks_gateway_offline_when_killed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/state/conn", None);
+    let devices = sim_device("d", "water_meter", "26011bda", 1000, Some(1));
+    let mut gw = Berrygw::start(dir.path(), &config(&dir.path().join("s"), "sqlite", &broker.url(false), "", &devices));
+    wait_for(Duration::from_secs(20), "ONLINE state", || {
+        sub.seen().iter().any(|s| gw::ConnState::decode(s.payload.as_slice()).map(|c| c.state() == gw::conn_state::State::Online).unwrap_or(false)).then_some(())
+    });
+    gw.kill9();
+    wait_for(Duration::from_secs(20), "OFFLINE last will", || {
+        let last = sub.seen().last().cloned()?;
+        let c = gw::ConnState::decode(last.payload.as_slice()).ok()?;
+        (c.state() == gw::conn_state::State::Offline).then_some(())
+    });
+}
+
+#[test]
+fn json_format_publishes_chirpstack_json() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", None);
+    let devices = sim_device("d", "river_level", "26011bdb", 100, Some(2));
+    let _gw = Berrygw::start(
+        dir.path(),
+        &config(&dir.path().join("s"), "sled", &broker.url(false), "format = \"json\"", &devices),
+    );
+    let ups = wait_for(Duration::from_secs(30), "2 JSON uplinks", || {
+        let v = sub.seen();
+        (v.len() >= 2).then_some(v)
+    });
+    for (i, s) in ups.iter().enumerate() {
+        let frame: gw::UplinkFrame = serde_json::from_slice(&s.payload).expect("ChirpStack JSON UplinkFrame");
+        let rx = frame.rx_info.expect("rx_info");
+        assert_eq!(rx.gateway_id, "0016c001ff10a235");
+        assert_eq!(rx.metadata["berrygw_seq"], (i + 1).to_string());
+        assert!(!frame.phy_payload.is_empty());
+    }
+}
+
+#[test]
+fn forwards_over_tls_verified_against_configured_ca() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = Certs::generate(dir.path(), "tls");
+    let tls = BrokerTls { ca: certs.ca.clone(), cert: certs.server_cert.clone(), key: certs.server_key.clone(), require_client_cert: false };
+    let broker = Mosquitto::start(dir.path(), Some(tls));
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, false)));
+    let devices = sim_device("d", "waste_fill", "26011bdc", 100, Some(3));
+    let extra = format!("ca_file = \"{}\"", certs.ca.display());
+    let _gw = Berrygw::start(dir.path(), &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices));
+    let ups = sub.wait_uplinks(3, Duration::from_secs(30));
+    assert_eq!(first_arrivals(&ups), vec![1, 2, 3]);
+}
+
+#[test]
+fn refuses_a_broker_whose_certificate_does_not_chain_to_the_ca() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = Certs::generate(dir.path(), "real");
+    let other = Certs::generate(dir.path(), "other");
+    let tls = BrokerTls { ca: certs.ca.clone(), cert: certs.server_cert.clone(), key: certs.server_key.clone(), require_client_cert: false };
+    let broker = Mosquitto::start(dir.path(), Some(tls));
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, false)));
+    let devices = sim_device("d", "waste_fill", "26011bdc", 100, Some(3));
+    let extra = format!("ca_file = \"{}\"", other.ca.display());
+    let gw = Berrygw::start(dir.path(), &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices));
+    let line = gw.wait_log(Duration::from_secs(30), "chirpstack sink:");
+    assert!(line.contains("reconnecting"), "{line}");
+    assert!(line.to_lowercase().contains("certificate") || line.contains("UnknownIssuer"), "TLS error should say why: {line}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(sub.on_topic("/event/up").is_empty(), "nothing may reach an unverified broker");
+}
+
+#[test]
+fn mutual_tls_client_certificate_is_required_and_used() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = Certs::generate(dir.path(), "mtls");
+    let tls = BrokerTls { ca: certs.ca.clone(), cert: certs.server_cert.clone(), key: certs.server_key.clone(), require_client_cert: true };
+    let broker = Mosquitto::start(dir.path(), Some(tls));
+
+    // A client without a certificate is refused by the broker.
+    let mut opts = MqttOptions::new("no-cert", "127.0.0.1", broker.port);
+    opts.set_transport(Transport::tls_with_config(client_tls(&certs, false)));
+    let (_c, mut conn) = Client::new(opts, 10);
+    let refused = (0..3).all(|_| !matches!(conn.recv(), Ok(Ok(Event::Incoming(Packet::ConnAck(_))))));
+    assert!(refused, "a client without a certificate must not get a CONNACK");
+
+    // berrygw with its client certificate gets through.
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, true)));
+    let devices = sim_device("d", "lighting_cabinet", "26011bdd", 100, Some(3));
+    let extra = format!(
+        "ca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        certs.ca.display(),
+        certs.client_cert.display(),
+        certs.client_key.display()
+    );
+    let _gw = Berrygw::start(dir.path(), &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices));
+    let ups = sub.wait_uplinks(3, Duration::from_secs(30));
+    assert_eq!(first_arrivals(&ups), vec![1, 2, 3]);
+}
+
+#[test]
+fn mutual_tls_without_client_certificate_delivers_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = Certs::generate(dir.path(), "mtls2");
+    let tls = BrokerTls { ca: certs.ca.clone(), cert: certs.server_cert.clone(), key: certs.server_key.clone(), require_client_cert: true };
+    let broker = Mosquitto::start(dir.path(), Some(tls));
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, true)));
+    let devices = sim_device("d", "lighting_cabinet", "26011bdd", 100, Some(3));
+    let extra = format!("ca_file = \"{}\"", certs.ca.display());
+    let gw = Berrygw::start(dir.path(), &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices));
+    gw.wait_log(Duration::from_secs(30), "reconnecting in");
+    assert!(sub.on_topic("/event/up").is_empty());
+}
+
+/// rumqttc TLS settings for the test subscriber, with or without the client certificate.
+fn client_tls(certs: &Certs, with_cert: bool) -> TlsConfiguration {
+    let files = berrygw::sink::tls::TlsFiles {
+        ca_file: Some(&certs.ca),
+        client_cert_file: with_cert.then_some(certs.client_cert.as_path()),
+        client_key_file: with_cert.then_some(certs.client_key.as_path()),
+    };
+    TlsConfiguration::Rustls(berrygw::sink::tls::client_config(&files).expect("test TLS config"))
+}

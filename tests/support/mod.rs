@@ -1,0 +1,420 @@
+//! Test harness for the end-to-end tests: real mosquitto brokers, the real
+//! `berrygw` binary, certificates made with openssl, all on loopback ports
+//! picked here and stopped when the test ends (on `Drop`, even on panic).
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chirpstack_api::gw;
+use prost::Message;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Poll `f` until it returns Some, or panic with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn mosquitto_bin() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    PathBuf::from("mosquitto")
+}
+
+/// TLS material for a broker listener.
+#[derive(Clone)]
+pub struct BrokerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub require_client_cert: bool,
+}
+
+/// A mosquitto process with a persistent store in its own directory.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path, tls: Option<BrokerTls>) -> Mosquitto {
+        let port = free_port();
+        let dir = dir.join(format!("mosquitto-{port}"));
+        fs::create_dir_all(&dir).expect("mosquitto dir");
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest file {}/mosquitto.log\n",
+            dir.display(),
+            dir.display()
+        );
+        if let Some(t) = tls {
+            conf += &format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display(),
+                t.require_client_cert
+            );
+        }
+        fs::write(dir.join("mosquitto.conf"), conf).expect("write mosquitto.conf");
+        let mut m = Mosquitto { port, dir, child: None };
+        m.restart();
+        m
+    }
+
+    /// Start (again) on the same port with the same store.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "mosquitto already running");
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto (is it installed? scripts/test installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(Duration::from_secs(10), "mosquitto to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+    }
+
+    /// Stop cleanly (SIGTERM, so the persistent store is saved).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let _ = wait_timeout(&mut child, Duration::from_secs(10)).or_else(|| {
+                let _ = child.kill();
+                child.wait().ok()
+            });
+        }
+    }
+
+    pub fn url(&self, tls: bool) -> String {
+        format!("{}://127.0.0.1:{}", if tls { "mqtts" } else { "mqtt" }, self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+pub struct Certs {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Certs {
+    /// Generate everything under `dir/<name>`.
+    pub fn generate(dir: &Path, name: &str) -> Certs {
+        let d = dir.join(name);
+        fs::create_dir_all(&d).expect("cert dir");
+        openssl(&d, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", &format!("/CN=berrygw test CA {name}")]);
+        for (who, ext) in [
+            ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+            ("client", "extendedKeyUsage=clientAuth"),
+        ] {
+            fs::write(d.join(format!("{who}.ext")), format!("{ext}\nbasicConstraints=CA:FALSE\n")).expect("ext");
+            openssl(&d, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", &format!("{who}.key"), "-out", &format!("{who}.csr"), "-subj", &format!("/CN={who}")]);
+            openssl(&d, &["x509", "-req", "-in", &format!("{who}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", &format!("{who}.pem"), "-days", "2", "-extfile", &format!("{who}.ext")]);
+        }
+        Certs {
+            ca: d.join("ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            client_cert: d.join("client.pem"),
+            client_key: d.join("client.key"),
+        }
+    }
+}
+
+/// The real berrygw binary running `run --config`.
+pub struct Berrygw {
+    child: Option<Child>,
+    pub config: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn berrygw_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_berrygw")
+}
+
+impl Berrygw {
+    /// Write `config_text` to `dir/berrygw.toml` and start the daemon on it.
+    pub fn start(dir: &Path, config_text: &str) -> Berrygw {
+        let config = dir.join("berrygw.toml");
+        fs::write(&config, config_text).expect("write config");
+        let mut b = Berrygw { child: None, config, log: Arc::default() };
+        b.restart();
+        b
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "berrygw already running");
+        let mut child = Command::new(berrygw_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("BERRYGW_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start berrygw");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = self.log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("BERRYGW_TEST_ECHO").is_some() {
+                    eprintln!("berrygw| {line}");
+                }
+                if let Ok(mut l) = log.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        self.child = Some(child);
+    }
+
+    /// Every line logged so far (all runs of this daemon).
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Wait until a log line contains `needle`; returns that line.
+    pub fn wait_log(&self, timeout: Duration, needle: &str) -> String {
+        wait_for(timeout, &format!("berrygw to log {needle:?}"), || {
+            self.log().into_iter().find(|l| l.contains(needle))
+        })
+    }
+
+    /// SIGKILL: as a power cut, nothing gets flushed.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        signal(&c, "TERM");
+        wait_timeout(&mut c, Duration::from_secs(20))
+    }
+}
+
+impl Drop for Berrygw {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One message seen by the test subscriber.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+    pub at: SystemTime,
+}
+
+impl Seen {
+    pub fn uplink(&self) -> gw::UplinkFrame {
+        gw::UplinkFrame::decode(self.payload.as_slice()).expect("uplink decodes as chirpstack_api gw.UplinkFrame")
+    }
+
+    /// The berrygw sequence number in the uplink's metadata.
+    pub fn seq(&self) -> u64 {
+        let up = self.uplink();
+        let rx = up.rx_info.expect("rx_info");
+        rx.metadata.get("berrygw_seq").expect("berrygw_seq metadata").parse().expect("numeric seq")
+    }
+}
+
+/// A persistent-session QoS 1 subscriber on its own thread, as a network server would be.
+pub struct Subscriber {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    client: Client,
+}
+
+impl Subscriber {
+    pub fn connect(port: u16, filter: &str, tls: Option<TlsConfiguration>) -> Subscriber {
+        let mut opts = MqttOptions::new(format!("test-sub-{port}-{}", std::process::id()), "127.0.0.1", port);
+        opts.set_clean_session(false);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        if let Some(t) = tls {
+            opts.set_transport(Transport::tls_with_config(t));
+        }
+        let (client, mut conn) = Client::new(opts, 100);
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let s = seen.clone();
+        let c = client.clone();
+        let filter = filter.to_string();
+        thread::spawn(move || loop {
+            match conn.recv() {
+                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                    let _ = c.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                }
+                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    if let Ok(mut v) = s.lock() {
+                        v.push(Seen { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain, at: SystemTime::now() });
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => thread::sleep(Duration::from_millis(200)),
+                Err(_) => return,
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("test subscriber subscribed");
+        Subscriber { seen, client }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    pub fn on_topic(&self, suffix: &str) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.topic.ends_with(suffix)).collect()
+    }
+
+    /// Wait until at least `n` uplinks arrived.
+    pub fn wait_uplinks(&self, n: usize, timeout: Duration) -> Vec<Seen> {
+        wait_for(timeout, &format!("{n} uplinks at the broker"), || {
+            let ups = self.on_topic("/event/up");
+            (ups.len() >= n).then_some(ups)
+        })
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A sim device table entry in TOML.
+pub fn sim_device(name: &str, kind: &str, dev_addr: &str, interval_ms: u64, count: Option<u64>) -> String {
+    let count = count.map(|c| format!("count = {c}\n")).unwrap_or_default();
+    format!(
+        "[[radio.sim.devices]]\nname = \"{name}\"\nkind = \"{kind}\"\ndev_addr = \"{dev_addr}\"\nnwk_s_key = \"2b7e151628aed2a6abf7158809cf4f3c\"\napp_s_key = \"000102030405060708090a0b0c0d0e0f\"\ninterval_ms = {interval_ms}\n{count}"
+    )
+}
+
+/// The four example device kinds at `interval_ms` each, `count` uplinks each.
+pub fn four_devices(interval_ms: u64, count: Option<u64>) -> String {
+    [
+        sim_device("compteur-eau", "water_meter", "26011001", interval_ms, count),
+        sim_device("sonde-niveau", "river_level", "26011002", interval_ms, count),
+        sim_device("conteneur-verre", "waste_fill", "26011003", interval_ms, count),
+        sim_device("armoire-ep", "lighting_cabinet", "26011004", interval_ms, count),
+    ]
+    .join("\n")
+}
+
+/// A complete config; `sink_extra` is appended to `[sinks.chirpstack]`, `devices` after `[radio.sim]`.
+pub fn config(state_dir: &Path, backend: &str, server: &str, sink_extra: &str, devices: &str) -> String {
+    format!(
+        r#"[gateway]
+id = "0016c001ff10a235"
+state_dir = "{}"
+stats_interval_secs = 3600
+report_interval_secs = 1
+
+[journal]
+backend = "{backend}"
+commit_interval_ms = 50
+
+[radio]
+kind = "sim"
+
+[radio.sim]
+seed = 7
+
+{devices}
+
+[sinks.chirpstack]
+server = "{server}"
+reconnect_min_ms = 200
+reconnect_max_ms = 1000
+keep_alive_secs = 5
+{sink_extra}
+"#,
+        state_dir.display()
+    )
+}
+
+/// Each uplink's seq in arrival order, first arrival only.
+pub fn first_arrivals(ups: &[Seen]) -> Vec<u64> {
+    let mut seen = std::collections::HashSet::new();
+    ups.iter().map(Seen::seq).filter(|s| seen.insert(*s)).collect()
+}
