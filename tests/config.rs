@@ -17,7 +17,13 @@ fn check_config(text: &str) -> (bool, String) {
 }
 
 fn valid() -> String {
-    config(std::path::Path::new("/tmp/berrygw-test-state"), "sqlite", "mqtt://127.0.0.1:1883", "", "devices = []")
+    config(
+        std::path::Path::new("/tmp/berrygw-test-state"),
+        "sqlite",
+        "mqtt://127.0.0.1:1883",
+        "",
+        "devices = []",
+    )
 }
 
 #[test]
@@ -59,10 +65,9 @@ fn bad_values_are_named() {
 
 #[test]
 fn missing_certificate_file_is_refused_with_its_path() {
-    let text = valid().replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883").replace(
-        "keep_alive_secs = 5",
-        "keep_alive_secs = 5\nca_file = \"/nonexistent/ca.pem\"",
-    );
+    let text = valid()
+        .replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")
+        .replace("keep_alive_secs = 5", "keep_alive_secs = 5\nca_file = \"/nonexistent/ca.pem\"");
     let (ok, out) = check_config(&text);
     assert!(!ok);
     assert!(out.contains("key `sinks.chirpstack.ca_file`") && out.contains("/nonexistent/ca.pem"), "{out}");
@@ -73,7 +78,13 @@ fn garbage_certificate_file_stops_run_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("ca.pem");
     std::fs::write(&bad, "this is not PEM").expect("write");
-    let text = config(&dir.path().join("s"), "sqlite", "mqtts://127.0.0.1:8883", &format!("ca_file = \"{}\"", bad.display()), "devices = []");
+    let text = config(
+        &dir.path().join("s"),
+        "sqlite",
+        "mqtts://127.0.0.1:8883",
+        &format!("ca_file = \"{}\"", bad.display()),
+        "devices = []",
+    );
     let path = dir.path().join("berrygw.toml");
     std::fs::write(&path, text).expect("write");
     let out = Command::new(berrygw_bin()).args(["run", "--config"]).arg(&path).output().expect("run");

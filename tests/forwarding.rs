@@ -51,7 +51,7 @@ fn forwards_uplinks_over_plain_mqtt_field_by_field() {
                 assert_eq!(d.mtype, MType::UnconfirmedDataUp);
                 assert_eq!(d.dev_addr.to_string(), "26011bda");
                 assert_eq!(u32::from(d.fcnt), i as u32, "FCnt counts from 0");
-                assert_eq!(d.fport, Some(2));
+                assert_eq!(d.f_port, Some(2));
             }
             other => panic!("expected a data frame, got {other:?}"),
         }
@@ -68,9 +68,19 @@ fn last_will_marks_gateway_offline_when_killed() {
     let broker = Mosquitto::start(dir.path(), None);
     let sub = Subscriber::connect(broker.port, "eu868/gateway/+/state/conn", None);
     let devices = sim_device("d", "water_meter", "26011bda", 1000, Some(1));
-    let mut gw = Berrygw::start(dir.path(), &config(&dir.path().join("s"), "sqlite", &broker.url(false), "", &devices));
+    let mut gw = Berrygw::start(
+        dir.path(),
+        &config(&dir.path().join("s"), "sqlite", &broker.url(false), "", &devices),
+    );
     wait_for(Duration::from_secs(20), "ONLINE state", || {
-        sub.seen().iter().any(|s| gw::ConnState::decode(s.payload.as_slice()).map(|c| c.state() == gw::conn_state::State::Online).unwrap_or(false)).then_some(())
+        sub.seen()
+            .iter()
+            .any(|s| {
+                gw::ConnState::decode(s.payload.as_slice())
+                    .map(|c| c.state() == gw::conn_state::State::Online)
+                    .unwrap_or(false)
+            })
+            .then_some(())
     });
     gw.kill9();
     wait_for(Duration::from_secs(20), "OFFLINE last will", || {
@@ -107,12 +117,20 @@ fn json_format_publishes_chirpstack_json() {
 fn forwards_over_tls_verified_against_configured_ca() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = Certs::generate(dir.path(), "tls");
-    let tls = BrokerTls { ca: certs.ca.clone(), cert: certs.server_cert.clone(), key: certs.server_key.clone(), require_client_cert: false };
+    let tls = BrokerTls {
+        ca: certs.ca.clone(),
+        cert: certs.server_cert.clone(),
+        key: certs.server_key.clone(),
+        require_client_cert: false,
+    };
     let broker = Mosquitto::start(dir.path(), Some(tls));
     let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, false)));
     let devices = sim_device("d", "waste_fill", "26011bdc", 100, Some(3));
     let extra = format!("ca_file = \"{}\"", certs.ca.display());
-    let _gw = Berrygw::start(dir.path(), &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices));
+    let _gw = Berrygw::start(
+        dir.path(),
+        &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices),
+    );
     let ups = sub.wait_uplinks(3, Duration::from_secs(30));
     assert_eq!(first_arrivals(&ups), vec![1, 2, 3]);
 }
@@ -122,15 +140,26 @@ fn refuses_a_broker_whose_certificate_does_not_chain_to_the_ca() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = Certs::generate(dir.path(), "real");
     let other = Certs::generate(dir.path(), "other");
-    let tls = BrokerTls { ca: certs.ca.clone(), cert: certs.server_cert.clone(), key: certs.server_key.clone(), require_client_cert: false };
+    let tls = BrokerTls {
+        ca: certs.ca.clone(),
+        cert: certs.server_cert.clone(),
+        key: certs.server_key.clone(),
+        require_client_cert: false,
+    };
     let broker = Mosquitto::start(dir.path(), Some(tls));
     let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, false)));
     let devices = sim_device("d", "waste_fill", "26011bdc", 100, Some(3));
     let extra = format!("ca_file = \"{}\"", other.ca.display());
-    let gw = Berrygw::start(dir.path(), &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices));
+    let gw = Berrygw::start(
+        dir.path(),
+        &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices),
+    );
     let line = gw.wait_log(Duration::from_secs(30), "chirpstack sink:");
     assert!(line.contains("reconnecting"), "{line}");
-    assert!(line.to_lowercase().contains("certificate") || line.contains("UnknownIssuer"), "TLS error should say why: {line}");
+    assert!(
+        line.to_lowercase().contains("certificate") || line.contains("UnknownIssuer"),
+        "TLS error should say why: {line}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert!(sub.on_topic("/event/up").is_empty(), "nothing may reach an unverified broker");
 }
@@ -139,7 +168,12 @@ fn refuses_a_broker_whose_certificate_does_not_chain_to_the_ca() {
 fn mutual_tls_client_certificate_is_required_and_used() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = Certs::generate(dir.path(), "mtls");
-    let tls = BrokerTls { ca: certs.ca.clone(), cert: certs.server_cert.clone(), key: certs.server_key.clone(), require_client_cert: true };
+    let tls = BrokerTls {
+        ca: certs.ca.clone(),
+        cert: certs.server_cert.clone(),
+        key: certs.server_key.clone(),
+        require_client_cert: true,
+    };
     let broker = Mosquitto::start(dir.path(), Some(tls));
 
     // A client without a certificate is refused by the broker.
@@ -158,7 +192,10 @@ fn mutual_tls_client_certificate_is_required_and_used() {
         certs.client_cert.display(),
         certs.client_key.display()
     );
-    let _gw = Berrygw::start(dir.path(), &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices));
+    let _gw = Berrygw::start(
+        dir.path(),
+        &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices),
+    );
     let ups = sub.wait_uplinks(3, Duration::from_secs(30));
     assert_eq!(first_arrivals(&ups), vec![1, 2, 3]);
 }
@@ -167,12 +204,20 @@ fn mutual_tls_client_certificate_is_required_and_used() {
 fn mutual_tls_without_client_certificate_delivers_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = Certs::generate(dir.path(), "mtls2");
-    let tls = BrokerTls { ca: certs.ca.clone(), cert: certs.server_cert.clone(), key: certs.server_key.clone(), require_client_cert: true };
+    let tls = BrokerTls {
+        ca: certs.ca.clone(),
+        cert: certs.server_cert.clone(),
+        key: certs.server_key.clone(),
+        require_client_cert: true,
+    };
     let broker = Mosquitto::start(dir.path(), Some(tls));
     let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, true)));
     let devices = sim_device("d", "lighting_cabinet", "26011bdd", 100, Some(3));
     let extra = format!("ca_file = \"{}\"", certs.ca.display());
-    let gw = Berrygw::start(dir.path(), &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices));
+    let gw = Berrygw::start(
+        dir.path(),
+        &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices),
+    );
     gw.wait_log(Duration::from_secs(30), "reconnecting in");
     assert!(sub.on_topic("/event/up").is_empty());
 }

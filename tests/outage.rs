@@ -17,7 +17,8 @@ fn replays_backlog_in_order_after_outage(backend: &str) {
     let per_device = 625;
     let total = 4 * per_device as usize;
     let devices = four_devices(80, Some(per_device));
-    let _gw = Berrygw::start(dir.path(), &config(&dir.path().join("s"), backend, &broker.url(false), "", &devices));
+    let _gw =
+        Berrygw::start(dir.path(), &config(&dir.path().join("s"), backend, &broker.url(false), "", &devices));
 
     sub.wait_uplinks(200, Duration::from_secs(30));
     broker.stop();
@@ -41,7 +42,10 @@ fn replays_backlog_in_order_after_outage(backend: &str) {
         if (down_from + 500..down_to - 500).contains(&ms) {
             during += 1;
             let delivered = s.at.duration_since(std::time::UNIX_EPOCH).expect("time").as_millis() as i64;
-            assert!(delivered >= down_to - 1000, "an uplink received at {ms} during the outage was delivered at {delivered}");
+            assert!(
+                delivered >= down_to - 1000,
+                "an uplink received at {ms} during the outage was delivered at {delivered}"
+            );
         }
         if s.seq() as usize == order.len() {
             last_ms = ms;
@@ -71,16 +75,24 @@ fn kill9_while_draining_loses_nothing_persisted(backend: &str) {
     let total = 8000u64;
     let devices = four_devices(2, Some(total / 4));
     let state = dir.path().join("s");
-    let mut gw = Berrygw::start(dir.path(), &config(&state, backend, &broker.url(false), "max_inflight = 1", &devices));
+    let mut gw = Berrygw::start(
+        dir.path(),
+        &config(&state, backend, &broker.url(false), "max_inflight = 1", &devices),
+    );
     gw.wait_log(Duration::from_secs(60), "all devices done");
     gw.wait_log(Duration::from_secs(30), &format!("committed_seq={total}"));
 
     // Broker back: kill berrygw in the middle of the drain.
     broker.restart();
-    wait_for(Duration::from_secs(60), "drain to start", || (!sub.on_topic("/event/up").is_empty()).then_some(()));
+    wait_for(Duration::from_secs(60), "drain to start", || {
+        (!sub.on_topic("/event/up").is_empty()).then_some(())
+    });
     gw.kill9();
     let delivered_before_kill = first_arrivals(&sub.on_topic("/event/up")).len() as u64;
-    assert!(delivered_before_kill < total, "the kill must land mid-drain (delivered {delivered_before_kill})");
+    assert!(
+        delivered_before_kill < total,
+        "the kill must land mid-drain (delivered {delivered_before_kill})"
+    );
 
     // Restart with a radio that sends nothing new: only the backlog drains.
     let idle = config(&state, backend, &broker.url(false), "", "devices = []");

@@ -82,7 +82,10 @@ fn peak_rss_kib() -> u64 {
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+                .find_map(|l| {
+                    l.strip_prefix("VmHWM:")
+                        .map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
                 .flatten()
         })
         .unwrap_or(0)
@@ -151,7 +154,10 @@ max_inflight = 500
     let deadline = start + Duration::from_secs(600);
     while gateway.counters.forwarded.load(Ordering::Relaxed) < total {
         if Instant::now() > deadline {
-            bail!("only {} of {total} forwarded after 600 s", gateway.counters.forwarded.load(Ordering::Relaxed));
+            bail!(
+                "only {} of {total} forwarded after 600 s",
+                gateway.counters.forwarded.load(Ordering::Relaxed)
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -180,7 +186,10 @@ fn record_size() -> usize {
 
 fn sample_record(seq: u64) -> NewRecord {
     let frame = UplinkFrame {
-        phy_payload: vec![0x40, 0xda, 0x1b, 0x01, 0x26, 0x00, 0x2a, 0x00, 0x02, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xaa, 0xbb, 0xcc, 0xdd],
+        phy_payload: vec![
+            0x40, 0xda, 0x1b, 0x01, 0x26, 0x00, 0x2a, 0x00, 0x02, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xaa, 0xbb,
+            0xcc, 0xdd,
+        ],
         frequency: Frequency(868_100_000),
         modulation: Modulation::Lora { spreading_factor: 7, bandwidth: 125_000, code_rate: CodeRate::Cr4_5 },
         rssi: -97,
@@ -193,7 +202,11 @@ fn sample_record(seq: u64) -> NewRecord {
         received_at: SystemTime::now(),
     };
     let msg = chirpstack::uplink_message("0016c001ffbe0001", &frame, seq, 42);
-    NewRecord { kind: RecordKind::Uplink as u8, received_at_ms: chirpstack::unix_ms(frame.received_at), payload: msg.encode_to_vec() }
+    NewRecord {
+        kind: RecordKind::Uplink as u8,
+        received_at_ms: chirpstack::unix_ms(frame.received_at),
+        payload: msg.encode_to_vec(),
+    }
 }
 
 async fn drain(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
@@ -223,7 +236,8 @@ async fn drain(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let fill_after = sample();
 
     // Drain: the broker is back.
-    let server: BrokerUrl = format!("mqtt://{}", args.broker).parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let server: BrokerUrl =
+        format!("mqtt://{}", args.broker).parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let settings = MqttSinkSettings {
         server,
         tls: None,

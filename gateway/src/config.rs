@@ -279,8 +279,8 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
 
 /// Parse and check configuration text; `path` is only used in messages.
 pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, ConfigError> {
-    let config: Config = toml::from_str(&source)
-        .map_err(|e| locate(path, &source, e.span(), e.message().to_string()))?;
+    let config: Config =
+        toml::from_str(&source).map_err(|e| locate(path, &source, e.span(), e.message().to_string()))?;
     let loaded = LoadedConfig { path: path.to_path_buf(), source, config };
     check(&loaded)?;
     Ok(loaded)
@@ -289,20 +289,19 @@ pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, ConfigError> {
 /// Checks that serde cannot express: ranges, combinations, files that must exist.
 fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let c = &loaded.config;
-    let whole = |message: String| ConfigError {
-        file: loaded.path.clone(),
-        line: None,
-        key: None,
-        message,
-    };
+    let whole = |message: String| ConfigError { file: loaded.path.clone(), line: None, key: None, message };
     if c.gateway.stats_interval_secs == 0 || c.gateway.report_interval_secs == 0 {
-        return Err(whole("gateway.stats_interval_secs and gateway.report_interval_secs must be at least 1".into()));
+        return Err(whole(
+            "gateway.stats_interval_secs and gateway.report_interval_secs must be at least 1".into(),
+        ));
     }
     if c.journal.max_bytes < 4096 {
         return Err(whole("journal.max_bytes must be at least 4096".into()));
     }
     if c.journal.commit_max_records == 0 || c.journal.commit_interval_ms == 0 {
-        return Err(whole("journal.commit_interval_ms and journal.commit_max_records must be at least 1".into()));
+        return Err(whole(
+            "journal.commit_interval_ms and journal.commit_max_records must be at least 1".into(),
+        ));
     }
     match c.radio.kind.get_ref() {
         RadioKind::Sim if c.radio.sim.is_none() => {
@@ -333,14 +332,16 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         return Err(whole("sinks.chirpstack.reconnect_min_ms must be ≥ 1 and ≤ reconnect_max_ms".into()));
     }
     if cs.client_cert_file.is_some() != cs.client_key_file.is_some() {
-        return Err(whole("sinks.chirpstack: client_cert_file and client_key_file go together (mutual TLS needs both)".into()));
+        return Err(whole(
+            "sinks.chirpstack: client_cert_file and client_key_file go together (mutual TLS needs both)"
+                .into(),
+        ));
     }
     for file in [&cs.ca_file, &cs.client_cert_file, &cs.client_key_file].into_iter().flatten() {
         if let Err(e) = std::fs::metadata(file.get_ref()) {
-            return Err(loaded.error_at(
-                file.span(),
-                format!("cannot read {}: {e}", file.get_ref().display()),
-            ));
+            return Err(
+                loaded.error_at(file.span(), format!("cannot read {}: {e}", file.get_ref().display()))
+            );
         }
         if !server.tls {
             return Err(loaded.error_at(file.span(), "certificate files need an mqtts:// server"));

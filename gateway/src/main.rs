@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "berrygw", version, about = "LoRaWAN gateway runtime: uplinks kept safe through outages, forwarded over MQTT/TLS")]
+#[command(
+    name = "berrygw",
+    version,
+    about = "LoRaWAN gateway runtime: uplinks kept safe through outages, forwarded over MQTT/TLS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,7 +92,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => {
             // The demo prints its own account; logs only for trouble.
             init_logging("warn");
-            report(runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(berrygw::demo::run(args))))
+            report(
+                runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(berrygw::demo::run(args))),
+            )
         }
         Command::Bench(args) => {
             init_logging("warn");

@@ -82,7 +82,10 @@ impl Gateway {
                 client_cert_file: sink_cfg.client_cert_file.as_ref().map(|f| f.get_ref().as_path()),
                 client_key_file: sink_cfg.client_key_file.as_ref().map(|f| f.get_ref().as_path()),
             };
-            Some(tls::client_config(&files).with_context(|| format!("{}: sinks.chirpstack", cfg.path.display()))?)
+            Some(
+                tls::client_config(&files)
+                    .with_context(|| format!("{}: sinks.chirpstack", cfg.path.display()))?,
+            )
         } else {
             None
         };
@@ -295,7 +298,8 @@ async fn stats_loop(
             counters.downlinks_received.load(Ordering::Relaxed),
             counters.tx_acks.load(Ordering::Relaxed),
         );
-        let per_freq = counters.rx_per_frequency.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default();
+        let per_freq =
+            counters.rx_per_frequency.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default();
         let snapshot = StatsSnapshot {
             rx_received: (now.0 - last.0) as u32,
             rx_received_ok: (now.1 - last.1) as u32,
@@ -320,7 +324,12 @@ async fn stats_loop(
 }
 
 /// One line per interval for the operator: what came in, what waits, what left.
-async fn report_loop(every: Duration, journal: Journal, counters: Arc<Counters>, mut shutdown: watch::Receiver<bool>) {
+async fn report_loop(
+    every: Duration,
+    journal: Journal,
+    counters: Arc<Counters>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -329,9 +338,8 @@ async fn report_loop(every: Duration, journal: Journal, counters: Arc<Counters>,
             _ = shutdown.changed() => return,
         }
         let j = journal.watch().borrow().clone();
-        let oldest_age = j
-            .oldest_received_at_ms
-            .map(|ms| (chirpstack::unix_ms(SystemTime::now()) - ms).max(0) / 1000);
+        let oldest_age =
+            j.oldest_received_at_ms.map(|ms| (chirpstack::unix_ms(SystemTime::now()) - ms).max(0) / 1000);
         info!(
             received = counters.received.load(Ordering::Relaxed),
             rejected = counters.rejected.load(Ordering::Relaxed),

@@ -72,6 +72,11 @@ impl Mosquitto {
             dir.display(),
             dir.display()
         );
+        // Run as whoever runs the tests: as root, mosquitto would otherwise switch to
+        // its own user and fail to read the test's private keys.
+        if let Ok(out) = Command::new("id").arg("-un").output() {
+            conf += &format!("user {}\n", String::from_utf8_lossy(&out.stdout).trim());
+        }
         if let Some(t) = tls {
             conf += &format!(
                 "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
@@ -165,17 +170,69 @@ impl Certs {
     pub fn generate(dir: &Path, name: &str) -> Certs {
         let d = dir.join(name);
         fs::create_dir_all(&d).expect("cert dir");
-        openssl(&d, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", &format!("/CN=berrygw test CA {name}")]);
+        openssl(
+            &d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=berrygw test CA {name}"),
+            ],
+        );
         for (who, ext) in [
             ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
             ("client", "extendedKeyUsage=clientAuth"),
         ] {
-            fs::write(d.join(format!("{who}.ext")), format!("{ext}\nbasicConstraints=CA:FALSE\n")).expect("ext");
-            openssl(&d, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", &format!("{who}.key"), "-out", &format!("{who}.csr"), "-subj", &format!("/CN={who}")]);
-            openssl(&d, &["x509", "-req", "-in", &format!("{who}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", &format!("{who}.pem"), "-days", "2", "-extfile", &format!("{who}.ext")]);
+            fs::write(d.join(format!("{who}.ext")), format!("{ext}\nbasicConstraints=CA:FALSE\n"))
+                .expect("ext");
+            openssl(
+                &d,
+                &[
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{who}.key"),
+                    "-out",
+                    &format!("{who}.csr"),
+                    "-subj",
+                    &format!("/CN={who}"),
+                ],
+            );
+            openssl(
+                &d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{who}.csr"),
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &format!("{who}.pem"),
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{who}.ext"),
+                ],
+            );
         }
         Certs {
             ca: d.join("ca.pem"),
@@ -280,7 +337,8 @@ pub struct Seen {
 
 impl Seen {
     pub fn uplink(&self) -> gw::UplinkFrame {
-        gw::UplinkFrame::decode(self.payload.as_slice()).expect("uplink decodes as chirpstack_api gw.UplinkFrame")
+        gw::UplinkFrame::decode(self.payload.as_slice())
+            .expect("uplink decodes as chirpstack_api gw.UplinkFrame")
     }
 
     /// The berrygw sequence number in the uplink's metadata.
@@ -322,7 +380,12 @@ impl Subscriber {
                 }
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                     if let Ok(mut v) = s.lock() {
-                        v.push(Seen { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain, at: SystemTime::now() });
+                        v.push(Seen {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                            at: SystemTime::now(),
+                        });
                     }
                 }
                 Ok(Ok(_)) => {}
@@ -342,12 +405,24 @@ impl Subscriber {
         self.seen().into_iter().filter(|s| s.topic.ends_with(suffix)).collect()
     }
 
-    /// Wait until at least `n` uplinks arrived.
+    /// Wait until `n` distinct uplinks (by sequence number) arrived; returns every
+    /// uplink message seen, duplicates included.
     pub fn wait_uplinks(&self, n: usize, timeout: Duration) -> Vec<Seen> {
-        wait_for(timeout, &format!("{n} uplinks at the broker"), || {
+        let deadline = Instant::now() + timeout;
+        loop {
             let ups = self.on_topic("/event/up");
-            (ups.len() >= n).then_some(ups)
-        })
+            let distinct = first_arrivals(&ups).len();
+            if distinct >= n {
+                return ups;
+            }
+            if Instant::now() > deadline {
+                let have: std::collections::BTreeSet<u64> = first_arrivals(&ups).into_iter().collect();
+                let max = have.iter().next_back().copied().unwrap_or(0);
+                let missing: Vec<u64> = (1..=max).filter(|s| !have.contains(s)).take(20).collect();
+                panic!("timed out after {timeout:?}: {distinct} of {n} distinct uplinks; missing below {max}: {missing:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

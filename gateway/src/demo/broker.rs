@@ -158,7 +158,10 @@ async fn connection(mut stream: TcpStream, router: Arc<Mutex<Router>>, mut stop:
             match Packet::read(&mut inbuf, MAX_PACKET) {
                 Ok(packet) => match packet {
                     Packet::Connect(c) => {
-                        will = c.last_will.map(|w| Publish { retain: w.retain, ..Publish::new(w.topic, w.qos, w.message.to_vec()) });
+                        will = c.last_will.map(|w| Publish {
+                            retain: w.retain,
+                            ..Publish::new(w.topic, w.qos, w.message.to_vec())
+                        });
                         replies.push(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)));
                     }
                     Packet::Publish(p) => {
@@ -170,7 +173,8 @@ async fn connection(mut stream: TcpStream, router: Arc<Mutex<Router>>, mut stop:
                         }
                     }
                     Packet::Subscribe(s) => {
-                        let codes = s.filters.iter().map(|_| SubscribeReasonCode::Success(QoS::AtMostOnce)).collect();
+                        let codes =
+                            s.filters.iter().map(|_| SubscribeReasonCode::Success(QoS::AtMostOnce)).collect();
                         if let Ok(mut r) = router.lock() {
                             let filters: Vec<String> = s.filters.iter().map(|f| f.path.clone()).collect();
                             for p in r.retained.values() {

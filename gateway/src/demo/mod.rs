@@ -104,15 +104,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 async fn run_in(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     let mut broker = DemoBroker::start().await.context("starting the embedded broker")?;
     println!("berrygw demo");
-    println!("  embedded MQTT broker: backhaul on {}, platform on {}", broker.backhaul_addr(), broker.platform_addr());
+    println!(
+        "  embedded MQTT broker: backhaul on {}, platform on {}",
+        broker.backhaul_addr(),
+        broker.platform_addr()
+    );
     println!("  journal ({}) in {}", args.backend, dir.display());
 
     let received = Arc::new(Mutex::new(Received::default()));
     let consumer = tokio::spawn(consume(broker.platform_addr().to_string(), received.clone()));
     let cfg = demo_config(dir, &broker.backhaul_addr().to_string(), args)?;
     let gateway = Gateway::start(&cfg).await?;
-    let expected = cfg.config.radio.sim.as_ref().map(|s| s.devices.iter().filter_map(|d| d.count).sum::<u64>()).unwrap_or(0);
-    println!("  simulated radio: 4 devices, {:.0} uplinks/s for {} s ({expected} uplinks)", args.rate, args.duration);
+    let expected = cfg
+        .config
+        .radio
+        .sim
+        .as_ref()
+        .map(|s| s.devices.iter().filter_map(|d| d.count).sum::<u64>())
+        .unwrap_or(0);
+    println!(
+        "  simulated radio: 4 devices, {:.0} uplinks/s for {} s ({expected} uplinks)",
+        args.rate, args.duration
+    );
     println!();
 
     let start = Instant::now();
@@ -125,7 +138,10 @@ async fn run_in(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         if let Some((at, len)) = outage {
             if broker.is_backhaul_up() && t >= at && t < at + len {
                 broker.cut_backhaul().await;
-                println!("  ---- backhaul DOWN for {} s: uplinks now wait in the journal ----", len.as_secs());
+                println!(
+                    "  ---- backhaul DOWN for {} s: uplinks now wait in the journal ----",
+                    len.as_secs()
+                );
             } else if !broker.is_backhaul_up() && t >= at + len {
                 broker.restore_backhaul().await.context("restoring the backhaul")?;
                 println!("  ---- backhaul UP: replaying the backlog in order ----");
@@ -170,7 +186,10 @@ async fn run_in(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
 
 /// The stand-in central platform: subscribes to every gateway's uplinks.
 async fn consume(addr: String, received: Arc<Mutex<Received>>) {
-    let (host, port) = addr.rsplit_once(':').map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883))).unwrap_or((addr, 1883));
+    let (host, port) = addr
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
+        .unwrap_or((addr, 1883));
     let mut opts = MqttOptions::new(format!("demo-platform-{}", std::process::id()), host, port);
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(opts, 100);

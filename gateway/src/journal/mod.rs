@@ -203,7 +203,9 @@ pub enum JournalError {
         reason: String,
     },
     /// Another journal in this process still owns the path.
-    #[error("journal {path}: still open by another journal in this process (waited {waited:?}); close it first")]
+    #[error(
+        "journal {path}: still open by another journal in this process (waited {waited:?}); close it first"
+    )]
     InUse {
         /// Store path.
         path: PathBuf,
@@ -249,19 +251,13 @@ impl Journal {
 
     /// Enqueue one record; durable within `commit_interval`. Waits only if the bounded queue is full (backpressure).
     pub async fn append(&self, record: NewRecord) -> Result<(), JournalError> {
-        self.commands
-            .send(Command::Append(record))
-            .await
-            .map_err(|_| self.closed())
+        self.commands.send(Command::Append(record)).await.map_err(|_| self.closed())
     }
 
     /// Up to `max` (at most [`MAX_READ_RECORDS`]) committed, unacknowledged records with seq > `after`, oldest first.
     pub async fn read_after(&self, after: Seq, max: usize) -> Result<Vec<Record>, JournalError> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Read { after, max, reply })
-            .await
-            .map_err(|_| self.closed())?;
+        self.commands.send(Command::Read { after, max, reply }).await.map_err(|_| self.closed())?;
         answer.await.map_err(|_| self.closed())?
     }
 
@@ -294,27 +290,19 @@ impl Journal {
     /// Wait until everything appended (and acked) before this call is durable (used on SIGTERM).
     pub async fn flush(&self) -> Result<(), JournalError> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Flush(reply))
-            .await
-            .map_err(|_| self.closed())?;
+        self.commands.send(Command::Flush(reply)).await.map_err(|_| self.closed())?;
         answer.await.map_err(|_| self.closed())?
     }
 
     /// Commit what is pending, stop the owner thread and release the store; other clones then get `Closed`.
     pub async fn close(self) -> Result<(), JournalError> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Close(reply))
-            .await
-            .map_err(|_| self.closed())?;
+        self.commands.send(Command::Close(reply)).await.map_err(|_| self.closed())?;
         answer.await.map_err(|_| self.closed())?
     }
 
     fn closed(&self) -> JournalError {
-        JournalError::Closed {
-            name: self.name.to_string(),
-        }
+        JournalError::Closed { name: self.name.to_string() }
     }
 }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    sled, sqlite, AckSlot, Backend, Command, Commit, Counters, Journal, JournalConfig,
-    JournalError, JournalStats, NewRecord, Record, Seq, Store, MAX_READ_RECORDS,
+    sled, sqlite, AckSlot, Backend, Command, Commit, Counters, Journal, JournalConfig, JournalError,
+    JournalStats, NewRecord, Record, Seq, Store, MAX_READ_RECORDS,
 };
 
 /// How long `open` waits for a previous journal on the same path (in this process) to finish.
@@ -50,19 +50,14 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Journal, Journa
     let counters = store.counters();
     let (stats_tx, stats_rx) = watch::channel(stats_from(&counters, 0, &quarantined));
     let (commands_tx, commands_rx) = mpsc::channel(config.commit_max_records.clamp(64, 8192));
-    let acks = Arc::new(AckSlot {
-        up_to: AtomicU64::new(counters.acked.0),
-        wake_sent: AtomicBool::new(false),
-    });
+    let acks =
+        Arc::new(AckSlot { up_to: AtomicU64::new(counters.acked.0), wake_sent: AtomicBool::new(false) });
     let io_error = |source| JournalError::Io {
         path: config.path.clone(),
         action: "starting the journal thread",
         source,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(io_error)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(io_error)?;
     tracing::info!(
         journal = name,
         backend = %config.backend,
@@ -94,12 +89,7 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Journal, Journa
         .name(format!("journal-{name}"))
         .spawn(move || owner.run(runtime, claim))
         .map_err(io_error)?;
-    Ok(Journal {
-        name: Arc::from(name),
-        commands: commands_tx,
-        acks,
-        stats: stats_rx,
-    })
+    Ok(Journal { name: Arc::from(name), commands: commands_tx, acks, stats: stats_rx })
 }
 
 fn validate(config: &JournalConfig) -> Result<(), JournalError> {
@@ -112,17 +102,10 @@ fn validate(config: &JournalConfig) -> Result<(), JournalError> {
     } else {
         return Ok(());
     };
-    Err(JournalError::Config {
-        path: config.path.clone(),
-        reason: reason.to_string(),
-    })
+    Err(JournalError::Config { path: config.path.clone(), reason: reason.to_string() })
 }
 
-fn stats_from(
-    counters: &Counters,
-    commits: u64,
-    quarantined: &Option<(PathBuf, String)>,
-) -> JournalStats {
+fn stats_from(counters: &Counters, commits: u64, quarantined: &Option<(PathBuf, String)>) -> JournalStats {
     JournalStats {
         records: counters.records,
         bytes: counters.bytes,
@@ -205,8 +188,7 @@ impl Owner {
                 Some(deadline) => {
                     // The timer must be created inside the runtime it belongs to.
                     let commands = &mut self.commands;
-                    let receive =
-                        async { tokio::time::timeout_at(deadline.into(), commands.recv()).await };
+                    let receive = async { tokio::time::timeout_at(deadline.into(), commands.recv()).await };
                     match runtime.block_on(receive) {
                         Ok(message) => message,
                         Err(_elapsed) => continue,
@@ -225,8 +207,7 @@ impl Owner {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Append(record) => {
-                self.deadline
-                    .get_or_insert_with(|| Instant::now() + self.config.commit_interval);
+                self.deadline.get_or_insert_with(|| Instant::now() + self.config.commit_interval);
                 self.pending.push(record);
             }
             Command::Read { after, max, reply } => {
@@ -271,8 +252,7 @@ impl Owner {
     fn notice_acks(&mut self) {
         self.acks.wake_sent.store(false, Ordering::SeqCst);
         if self.requested_ack() > self.store.counters().acked {
-            self.deadline
-                .get_or_insert_with(|| Instant::now() + self.config.commit_interval);
+            self.deadline.get_or_insert_with(|| Instant::now() + self.config.commit_interval);
         }
     }
 
@@ -311,11 +291,7 @@ impl Owner {
                 self.deadline = None;
                 self.retrying = false;
                 self.failures = 0;
-                let evicted = self
-                    .store
-                    .counters()
-                    .evicted_total
-                    .saturating_sub(evicted_before);
+                let evicted = self.store.counters().evicted_total.saturating_sub(evicted_before);
                 self.note_evictions(evicted.saturating_sub(unreadable.len() as u64));
                 self.publish();
                 for waiter in self.flush_waiters.drain(..) {
@@ -385,10 +361,7 @@ impl Owner {
             return;
         }
         let now = Instant::now();
-        if self
-            .last_eviction_log
-            .is_some_and(|last| now.duration_since(last) < EVICTION_LOG_INTERVAL)
-        {
+        if self.last_eviction_log.is_some_and(|last| now.duration_since(last) < EVICTION_LOG_INTERVAL) {
             return;
         }
         tracing::warn!(
@@ -403,11 +376,7 @@ impl Owner {
     }
 
     fn publish(&self) {
-        self.stats.send_replace(stats_from(
-            &self.store.counters(),
-            self.commits,
-            &self.quarantined,
-        ));
+        self.stats.send_replace(stats_from(&self.store.counters(), self.commits, &self.quarantined));
     }
 }
 

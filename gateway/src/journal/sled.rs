@@ -76,10 +76,9 @@ impl SledStore {
 /// little after the previous owner dropped the `Db`; so a held lock is retried for a while.
 fn is_lock_held(failure: &OpenFailure) -> bool {
     match failure {
-        OpenFailure::Failed(JournalError::Sled {
-            source: ::sled::Error::Io(io),
-            ..
-        }) => io.to_string().contains("could not acquire lock"),
+        OpenFailure::Failed(JournalError::Sled { source: ::sled::Error::Io(io), .. }) => {
+            io.to_string().contains("could not acquire lock")
+        }
         _ => false,
     }
 }
@@ -101,12 +100,8 @@ fn open_store(path: &Path) -> Result<SledStore, OpenFailure> {
         .flush_every_ms(None)
         .open()
         .map_err(open_failure(path, "opening the database"))?;
-    let records = db
-        .open_tree(RECORDS_TREE)
-        .map_err(open_failure(path, "opening the records tree"))?;
-    let meta = db
-        .open_tree(META_TREE)
-        .map_err(open_failure(path, "opening the meta tree"))?;
+    let records = db.open_tree(RECORDS_TREE).map_err(open_failure(path, "opening the records tree"))?;
+    let meta = db.open_tree(META_TREE).map_err(open_failure(path, "opening the meta tree"))?;
 
     let read_meta = |key: &str| -> Result<u64, OpenFailure> {
         let value = meta.get(key).map_err(open_failure(path, "reading meta"))?;
@@ -122,14 +117,11 @@ fn open_store(path: &Path) -> Result<SledStore, OpenFailure> {
             // Every store gets its format mark when created, so sled has silently recovered
             // an existing log to nothing: the files are damaged.
             return Err(OpenFailure::Corrupt(
-                "sled recovered an existing store as empty (no format mark): its log is damaged"
-                    .to_string(),
+                "sled recovered an existing store as empty (no format mark): its log is damaged".to_string(),
             ));
         }
-        meta.insert(META_FORMAT, &FORMAT.to_be_bytes())
-            .map_err(open_failure(path, "marking a new store"))?;
-        db.flush()
-            .map_err(open_failure(path, "marking a new store"))?;
+        meta.insert(META_FORMAT, &FORMAT.to_be_bytes()).map_err(open_failure(path, "marking a new store"))?;
+        db.flush().map_err(open_failure(path, "marking a new store"))?;
     } else if format > FORMAT {
         return Err(OpenFailure::Failed(JournalError::Config {
             path: path.to_path_buf(),
@@ -160,9 +152,7 @@ fn open_store(path: &Path) -> Result<SledStore, OpenFailure> {
         }
         max_seq = seq.0;
         counters.records += 1;
-        counters.bytes = counters
-            .bytes
-            .saturating_add(record_bytes(value.len().saturating_sub(HEADER_LEN)));
+        counters.bytes = counters.bytes.saturating_add(record_bytes(value.len().saturating_sub(HEADER_LEN)));
     }
     // Seqs are never reused: the highest ever issued wins, whichever place remembers it.
     counters.last_seq = Seq(meta_last_seq.max(max_seq));
@@ -181,19 +171,10 @@ fn open_store(path: &Path) -> Result<SledStore, OpenFailure> {
         let mut fix = Batch::default();
         fix.insert(META_RECORDS, &counters.records.to_be_bytes());
         fix.insert(META_EVICTED_TOTAL, &counters.evicted_total.to_be_bytes());
-        meta.apply_batch(fix)
-            .map_err(open_failure(path, "recording lost records"))?;
-        db.flush()
-            .map_err(open_failure(path, "recording lost records"))?;
+        meta.apply_batch(fix).map_err(open_failure(path, "recording lost records"))?;
+        db.flush().map_err(open_failure(path, "recording lost records"))?;
     }
-    Ok(SledStore {
-        path: path.to_path_buf(),
-        db,
-        records,
-        meta,
-        counters,
-        poisoned: None,
-    })
+    Ok(SledStore { path: path.to_path_buf(), db, records, meta, counters, poisoned: None })
 }
 
 /// Corruption (and sled's "this is a bug" errors, which damaged files produce) means "move
@@ -204,10 +185,9 @@ fn open_failure<'a>(path: &'a Path, action: &'static str) -> impl Fn(::sled::Err
             ::sled::Error::Corruption { .. }
             | ::sled::Error::ReportableBug(_)
             | ::sled::Error::Unsupported(_) => true,
-            ::sled::Error::Io(io) => matches!(
-                io.kind(),
-                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
-            ),
+            ::sled::Error::Io(io) => {
+                matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData)
+            }
             _ => false,
         };
         if corrupt {
@@ -219,11 +199,7 @@ fn open_failure<'a>(path: &'a Path, action: &'static str) -> impl Fn(::sled::Err
 }
 
 fn sled_error<'a>(path: &'a Path, action: &'static str) -> impl Fn(::sled::Error) -> JournalError + 'a {
-    move |source| JournalError::Sled {
-        path: path.to_path_buf(),
-        action,
-        source,
-    }
+    move |source| JournalError::Sled { path: path.to_path_buf(), action, source }
 }
 
 fn key(seq: Seq) -> [u8; 8] {
@@ -292,17 +268,13 @@ impl Store for SledStore {
 
         let mut removed = BTreeSet::new();
         for &seq in commit.unreadable {
-            let value = self
-                .records
-                .get(key(seq))
-                .map_err(sled_error(path, "measuring an unreadable record"))?;
+            let value =
+                self.records.get(key(seq)).map_err(sled_error(path, "measuring an unreadable record"))?;
             if let Some(value) = value {
                 batch.remove(&key(seq));
                 removed.insert(seq);
                 next.records = next.records.saturating_sub(1);
-                next.bytes = next
-                    .bytes
-                    .saturating_sub(record_bytes(value.len().saturating_sub(HEADER_LEN)));
+                next.bytes = next.bytes.saturating_sub(record_bytes(value.len().saturating_sub(HEADER_LEN)));
                 next.evicted_total = next.evicted_total.saturating_add(1);
             }
         }
@@ -324,11 +296,7 @@ impl Store for SledStore {
                     if removed.contains(&seq) {
                         continue;
                     }
-                    Candidate {
-                        seq,
-                        value_len: v.len(),
-                        received_at_ms: decode_header(&v).map(|(_, at)| at),
-                    }
+                    Candidate { seq, value_len: v.len(), received_at_ms: decode_header(&v).map(|(_, at)| at) }
                 }
                 None => match fresh.next() {
                     Some((record, seq)) => Candidate {
@@ -348,9 +316,8 @@ impl Store for SledStore {
             }
             batch.remove(&key(candidate.seq));
             next.records = next.records.saturating_sub(1);
-            next.bytes = next
-                .bytes
-                .saturating_sub(record_bytes(candidate.value_len.saturating_sub(HEADER_LEN)));
+            next.bytes =
+                next.bytes.saturating_sub(record_bytes(candidate.value_len.saturating_sub(HEADER_LEN)));
             if acked {
                 purged += 1;
             } else {
@@ -367,12 +334,8 @@ impl Store for SledStore {
         meta.insert(META_ACKED, &next.acked.0.to_be_bytes());
         meta.insert(META_EVICTED_TOTAL, &next.evicted_total.to_be_bytes());
         meta.insert(META_RECORDS, &next.records.to_be_bytes());
-        self.meta
-            .apply_batch(meta)
-            .map_err(sled_error(path, "updating meta"))?;
-        self.records
-            .apply_batch(batch)
-            .map_err(sled_error(path, "writing records"))?;
+        self.meta.apply_batch(meta).map_err(sled_error(path, "updating meta"))?;
+        self.records.apply_batch(batch).map_err(sled_error(path, "writing records"))?;
         if let Err(error) = self.db.flush() {
             self.poisoned = Some(error.to_string());
             return Err(sled_error(path, "flushing to disk")(error));
@@ -390,15 +353,11 @@ impl Store for SledStore {
         for item in self.records.range(key(Seq(start))..).take(max) {
             let (k, v) = item.map_err(sled_error(path, "reading records"))?;
             let seq = decode_key(&k).ok_or_else(|| self.corrupt_key(&k))?;
-            let (kind, received_at_ms) =
-                decode_header(&v).ok_or_else(|| JournalError::CorruptRecord {
-                    path: self.path.clone(),
-                    seq,
-                    reason: format!(
-                        "value has {} bytes, shorter than the {HEADER_LEN}-byte header",
-                        v.len()
-                    ),
-                })?;
+            let (kind, received_at_ms) = decode_header(&v).ok_or_else(|| JournalError::CorruptRecord {
+                path: self.path.clone(),
+                seq,
+                reason: format!("value has {} bytes, shorter than the {HEADER_LEN}-byte header", v.len()),
+            })?;
             records.push(Record {
                 seq,
                 kind,

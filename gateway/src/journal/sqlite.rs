@@ -40,9 +40,7 @@ pub(super) struct SqliteStore {
 
 impl SqliteStore {
     /// Open or create the database at `path`, moving it aside first if it is corrupt.
-    pub(super) fn open(
-        path: &Path,
-    ) -> Result<(SqliteStore, Option<(PathBuf, String)>), JournalError> {
+    pub(super) fn open(path: &Path) -> Result<(SqliteStore, Option<(PathBuf, String)>), JournalError> {
         open_or_quarantine(path, COMPANION_SUFFIXES, open_store)
     }
 }
@@ -56,15 +54,11 @@ fn open_store(path: &Path) -> Result<SqliteStore, OpenFailure> {
         })?;
     }
     let conn = Connection::open(path).map_err(open_failure(path, "opening the database"))?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(open_failure(path, "setting busy_timeout"))?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(open_failure(path, "setting busy_timeout"))?;
 
     let problems = quick_check(&conn).map_err(open_failure(path, "PRAGMA quick_check"))?;
     if problems != ["ok"] {
-        return Err(OpenFailure::Corrupt(format!(
-            "PRAGMA quick_check reported: {}",
-            problems.join("; ")
-        )));
+        return Err(OpenFailure::Corrupt(format!("PRAGMA quick_check reported: {}", problems.join("; "))));
     }
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
@@ -72,9 +66,7 @@ fn open_store(path: &Path) -> Result<SqliteStore, OpenFailure> {
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(OpenFailure::Failed(JournalError::Config {
             path: path.to_path_buf(),
-            reason: format!(
-                "SQLite refused WAL mode (got {mode:?}); put the journal on a local file system"
-            ),
+            reason: format!("SQLite refused WAL mode (got {mode:?}); put the journal on a local file system"),
         }));
     }
     // FULL: a commit is on the medium when it returns. Small cache: records are read once.
@@ -98,14 +90,9 @@ fn open_store(path: &Path) -> Result<SqliteStore, OpenFailure> {
             ),
         }));
     }
-    conn.execute_batch(SCHEMA)
-        .map_err(open_failure(path, "creating tables"))?;
+    conn.execute_batch(SCHEMA).map_err(open_failure(path, "creating tables"))?;
     let counters = load_counters(path, &conn)?;
-    Ok(SqliteStore {
-        path: path.to_path_buf(),
-        conn,
-        counters,
-    })
+    Ok(SqliteStore { path: path.to_path_buf(), conn, counters })
 }
 
 /// The rows of `PRAGMA quick_check` (a single "ok" when the file is sound).
@@ -119,12 +106,9 @@ fn quick_check(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 fn load_counters(path: &Path, conn: &Connection) -> Result<Counters, OpenFailure> {
     let mut counters = Counters::default();
     let mut meta_last_seq = 0;
-    let mut statement = conn
-        .prepare("SELECT key, value FROM meta")
-        .map_err(open_failure(path, "reading meta"))?;
-    let mut rows = statement
-        .query([])
-        .map_err(open_failure(path, "reading meta"))?;
+    let mut statement =
+        conn.prepare("SELECT key, value FROM meta").map_err(open_failure(path, "reading meta"))?;
+    let mut rows = statement.query([]).map_err(open_failure(path, "reading meta"))?;
     while let Some(row) = rows.next().map_err(open_failure(path, "reading meta"))? {
         let key: String = row.get(0).map_err(open_failure(path, "reading meta"))?;
         let value: i64 = row.get(1).map_err(open_failure(path, "reading meta"))?;
@@ -138,11 +122,9 @@ fn load_counters(path: &Path, conn: &Connection) -> Result<Counters, OpenFailure
         }
     }
     let (records, payload_bytes, max_seq): (i64, i64, Option<i64>) = conn
-        .query_row(
-            "SELECT count(*), coalesce(sum(length(payload)), 0), max(seq) FROM records",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
+        .query_row("SELECT count(*), coalesce(sum(length(payload)), 0), max(seq) FROM records", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .map_err(open_failure(path, "counting records"))?;
     let max_seq = u64::try_from(max_seq.unwrap_or(0))
         .map_err(|_| OpenFailure::Corrupt("a record has a negative seq".to_string()))?;
@@ -182,11 +164,7 @@ fn open_failure<'a>(path: &'a Path, action: &'static str) -> impl Fn(rusqlite::E
 }
 
 fn sql_error<'a>(path: &'a Path, action: &'static str) -> impl Fn(rusqlite::Error) -> JournalError + 'a {
-    move |source| JournalError::Sqlite {
-        path: path.to_path_buf(),
-        action,
-        source,
-    }
+    move |source| JournalError::Sqlite { path: path.to_path_buf(), action, source }
 }
 
 /// Seqs are u64 in the API and INTEGER (i64) in SQLite; 2^63 records will not happen.
@@ -200,21 +178,17 @@ fn sql_seq(path: &Path, seq: Seq) -> Result<i64, JournalError> {
 /// Count and counted bytes of the records with seq <= `up_to`.
 fn range_totals(tx: &Transaction<'_>, up_to: i64) -> rusqlite::Result<(u64, u64)> {
     let (count, payload_bytes): (i64, i64) = tx
-        .prepare_cached(
-            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM records WHERE seq <= ?1",
-        )?
+        .prepare_cached("SELECT count(*), coalesce(sum(length(payload)), 0) FROM records WHERE seq <= ?1")?
         .query_row([up_to], |row| Ok((row.get(0)?, row.get(1)?)))?;
     let count = u64::try_from(count).unwrap_or(0);
-    let bytes = u64::try_from(payload_bytes)
-        .unwrap_or(0)
-        .saturating_add(count.saturating_mul(record_bytes(0)));
+    let bytes =
+        u64::try_from(payload_bytes).unwrap_or(0).saturating_add(count.saturating_mul(record_bytes(0)));
     Ok((count, bytes))
 }
 
 /// The seq up to which the oldest records must go to free `needed` bytes.
 fn eviction_cutoff(tx: &Transaction<'_>, needed: u64) -> rusqlite::Result<Option<i64>> {
-    let mut statement =
-        tx.prepare_cached("SELECT seq, length(payload) FROM records ORDER BY seq")?;
+    let mut statement = tx.prepare_cached("SELECT seq, length(payload) FROM records ORDER BY seq")?;
     let mut rows = statement.query([])?;
     let mut freed = 0u64;
     let mut cutoff = None;
@@ -232,10 +206,7 @@ impl Store for SqliteStore {
     fn commit(&mut self, commit: &Commit<'_>) -> Result<(), JournalError> {
         let path = self.path.as_path();
         let mut next = self.counters;
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(sql_error(path, "starting a commit"))?;
+        let tx = self.conn.transaction().map_err(sql_error(path, "starting a commit"))?;
         {
             let mut insert = tx
                 .prepare_cached(
@@ -245,12 +216,7 @@ impl Store for SqliteStore {
             for record in commit.records {
                 let seq = Seq(next.last_seq.0.saturating_add(1));
                 insert
-                    .execute(params![
-                        sql_seq(path, seq)?,
-                        record.kind,
-                        record.received_at_ms,
-                        record.payload
-                    ])
+                    .execute(params![sql_seq(path, seq)?, record.kind, record.received_at_ms, record.payload])
                     .map_err(sql_error(path, "appending a record"))?;
                 next.last_seq = seq;
                 next.first_seq.get_or_insert(seq);
@@ -263,9 +229,7 @@ impl Store for SqliteStore {
             let seq = sql_seq(path, seq)?;
             let length: Option<Option<i64>> = tx
                 .prepare_cached("SELECT length(payload) FROM records WHERE seq = ?1")
-                .and_then(|mut statement| {
-                    statement.query_row([seq], |row| row.get(0)).optional()
-                })
+                .and_then(|mut statement| statement.query_row([seq], |row| row.get(0)).optional())
                 .map_err(sql_error(path, "measuring an unreadable record"))?;
             let Some(length) = length else { continue };
             tx.execute("DELETE FROM records WHERE seq = ?1", [seq])
@@ -294,8 +258,8 @@ impl Store for SqliteStore {
             let cutoff = eviction_cutoff(&tx, next.bytes - commit.max_bytes)
                 .map_err(sql_error(path, "choosing records to evict"))?;
             if let Some(cutoff) = cutoff {
-                let (count, bytes) = range_totals(&tx, cutoff)
-                    .map_err(sql_error(path, "measuring records to evict"))?;
+                let (count, bytes) =
+                    range_totals(&tx, cutoff).map_err(sql_error(path, "measuring records to evict"))?;
                 tx.execute("DELETE FROM records WHERE seq <= ?1", [cutoff])
                     .map_err(sql_error(path, "evicting records"))?;
                 next.records = next.records.saturating_sub(count);
@@ -332,9 +296,7 @@ impl Store for SqliteStore {
                 "SELECT seq, kind, received_at_ms, payload FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )
             .map_err(sql_error(path, "preparing a read"))?;
-        let mut rows = statement
-            .query([after, limit])
-            .map_err(sql_error(path, "reading records"))?;
+        let mut rows = statement.query([after, limit]).map_err(sql_error(path, "reading records"))?;
         let mut records = Vec::with_capacity(max.min(1024));
         while let Some(row) = rows.next().map_err(sql_error(path, "reading records"))? {
             let seq: i64 = row.get(0).map_err(sql_error(path, "reading a seq"))?;
@@ -342,11 +304,9 @@ impl Store for SqliteStore {
             let unreadable = |error: rusqlite::Error| match error {
                 rusqlite::Error::FromSqlConversionFailure(..)
                 | rusqlite::Error::IntegralValueOutOfRange(..)
-                | rusqlite::Error::InvalidColumnType(..) => JournalError::CorruptRecord {
-                    path: path.to_path_buf(),
-                    seq,
-                    reason: error.to_string(),
-                },
+                | rusqlite::Error::InvalidColumnType(..) => {
+                    JournalError::CorruptRecord { path: path.to_path_buf(), seq, reason: error.to_string() }
+                }
                 other => sql_error(path, "reading a record")(other),
             };
             records.push(Record {

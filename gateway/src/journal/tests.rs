@@ -80,21 +80,13 @@ fn uplink(i: u64) -> NewRecord {
 }
 
 fn sized_uplink(i: u64, payload_len: usize) -> NewRecord {
-    NewRecord {
-        payload: vec![(i % 251) as u8; payload_len],
-        ..uplink(i)
-    }
+    NewRecord { payload: vec![(i % 251) as u8; payload_len], ..uplink(i) }
 }
 
 /// `uplink(i)` as it reads back with seq `i` (tests append uplink(1), uplink(2), ...).
 fn expected(i: u64) -> Record {
     let new = uplink(i);
-    Record {
-        seq: Seq(i),
-        kind: new.kind,
-        received_at_ms: new.received_at_ms,
-        payload: new.payload,
-    }
+    Record { seq: Seq(i), kind: new.kind, received_at_ms: new.received_at_ms, payload: new.payload }
 }
 
 fn seqs(records: &[Record]) -> Vec<u64> {
@@ -107,9 +99,7 @@ async fn open(config: &JournalConfig) -> Result<Journal, JournalError> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || Journal::open("test", config))
         .await
-        .map_err(|join| JournalError::Closed {
-            name: format!("open task failed: {join}"),
-        })?
+        .map_err(|join| JournalError::Closed { name: format!("open task failed: {join}") })?
 }
 
 async fn append_range(journal: &Journal, range: std::ops::RangeInclusive<u64>) -> TestResult {
@@ -157,10 +147,7 @@ async fn survives_reopen_and_continues_seq(backend: Backend) -> TestResult {
 
     let journal = open(&config).await?;
     assert_eq!(journal.watch().borrow().records, 5);
-    assert_eq!(
-        journal.read_after(Seq::NONE, 100).await?,
-        (1..=5).map(expected).collect::<Vec<_>>()
-    );
+    assert_eq!(journal.read_after(Seq::NONE, 100).await?, (1..=5).map(expected).collect::<Vec<_>>());
     journal.append(uplink(6)).await?;
     journal.flush().await?;
     assert_eq!(journal.read_after(Seq(5), 100).await?, [expected(6)]);
@@ -205,10 +192,7 @@ async fn ack_alone_is_committed_when_idle(backend: Backend) -> TestResult {
 
 async fn large_ack_is_fully_deleted(backend: Backend) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let config = JournalConfig {
-        commit_max_records: 5000,
-        ..config(backend, &dir)
-    };
+    let config = JournalConfig { commit_max_records: 5000, ..config(backend, &dir) };
     let journal = open(&config).await?;
     append_range(&journal, 1..=20_000).await?;
     journal.flush().await?;
@@ -247,10 +231,7 @@ async fn seq_never_reused_after_full_ack(backend: Backend) -> TestResult {
 
 /// 20 records of 100-byte payloads into a budget that holds 7 of them.
 async fn fill_past_budget(backend: Backend, dir: &TempDir) -> Result<Journal, JournalError> {
-    let config = JournalConfig {
-        max_bytes: 7 * (100 + RECORD_OVERHEAD_BYTES) + 50,
-        ..config(backend, dir)
-    };
+    let config = JournalConfig { max_bytes: 7 * (100 + RECORD_OVERHEAD_BYTES) + 50, ..config(backend, dir) };
     let journal = open(&config).await?;
     for i in 1..=20 {
         journal.append(sized_uplink(i, 100)).await?;
@@ -330,10 +311,7 @@ async fn corrupt_store_is_quarantined_and_fresh_store_works(backend: Backend) ->
     assert!(moved_to.exists(), "{} should hold the old store", moved_to.display());
     let moved_name = moved_to.file_name().unwrap_or_default().to_string_lossy();
     let original_name = config.path.file_name().unwrap_or_default().to_string_lossy();
-    assert!(
-        moved_name.starts_with(&format!("{original_name}.corrupt-")),
-        "moved to {moved_name}"
-    );
+    assert!(moved_name.starts_with(&format!("{original_name}.corrupt-")), "moved to {moved_name}");
     assert_eq!((stats.records, stats.last_seq), (0, Seq::NONE));
 
     journal.append(uplink(1)).await?;
@@ -407,11 +385,7 @@ async fn group_commit_batches_many_appends_into_few_commits(backend: Backend) ->
     journal.flush().await?;
     let stats = journal.watch().borrow().clone();
     assert_eq!(stats.records, 1000);
-    assert!(
-        stats.commits <= 20,
-        "1000 appends took {} commits",
-        stats.commits
-    );
+    assert!(stats.commits <= 20, "1000 appends took {} commits", stats.commits);
     journal.close().await?;
     Ok(())
 }
@@ -428,10 +402,7 @@ async fn appends_become_readable_without_flush(backend: Backend) -> TestResult {
 
 async fn flush_makes_appends_durable(backend: Backend) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let config = JournalConfig {
-        commit_interval: Duration::from_secs(3600),
-        ..config(backend, &dir)
-    };
+    let config = JournalConfig { commit_interval: Duration::from_secs(3600), ..config(backend, &dir) };
     let journal = open(&config).await?;
     append_range(&journal, 1..=50).await?;
     journal.flush().await?;
@@ -439,10 +410,7 @@ async fn flush_makes_appends_durable(backend: Backend) -> TestResult {
     drop(journal);
 
     let journal = open(&config).await?;
-    assert_eq!(
-        journal.read_after(Seq::NONE, 100).await?,
-        (1..=50).map(expected).collect::<Vec<_>>()
-    );
+    assert_eq!(journal.read_after(Seq::NONE, 100).await?, (1..=50).map(expected).collect::<Vec<_>>());
     journal.close().await?;
     Ok(())
 }
@@ -450,10 +418,7 @@ async fn flush_makes_appends_durable(backend: Backend) -> TestResult {
 async fn concurrent_reader_while_appending(backend: Backend) -> TestResult {
     const TOTAL: u64 = 5000;
     let dir = tempfile::tempdir()?;
-    let config = JournalConfig {
-        commit_max_records: 200,
-        ..config(backend, &dir)
-    };
+    let config = JournalConfig { commit_max_records: 200, ..config(backend, &dir) };
     let journal = open(&config).await?;
     let writer = {
         let journal = journal.clone();
@@ -499,15 +464,9 @@ async fn concurrent_reader_while_appending(backend: Backend) -> TestResult {
 
 async fn rejects_invalid_config(backend: Backend) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let no_batch = JournalConfig {
-        commit_max_records: 0,
-        ..config(backend, &dir)
-    };
+    let no_batch = JournalConfig { commit_max_records: 0, ..config(backend, &dir) };
     assert!(matches!(open(&no_batch).await, Err(JournalError::Config { .. })));
-    let no_budget = JournalConfig {
-        max_bytes: 0,
-        ..config(backend, &dir)
-    };
+    let no_budget = JournalConfig { max_bytes: 0, ..config(backend, &dir) };
     assert!(matches!(open(&no_budget).await, Err(JournalError::Config { .. })));
     Ok(())
 }

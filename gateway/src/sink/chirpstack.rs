@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berrygw_lora::{
-    CodeRate, CrcStatus, DownlinkFrame, Frequency, Modulation, TxAck, TxStatus, TxTiming,
-    UplinkFrame,
+    CodeRate, CrcStatus, DownlinkFrame, Frequency, Modulation, TxAck, TxStatus, TxTiming, UplinkFrame,
 };
 use chirpstack_api::gw;
 use chirpstack_api::pbjson_types::{Duration as PbDuration, Timestamp};
@@ -211,7 +210,11 @@ pub enum ProtocolError {
 }
 
 /// Wire payload for a journal record (stored as protobuf) in the sink's format.
-pub fn wire_payload(kind: RecordKind, stored: &[u8], format: PayloadFormat) -> Result<Vec<u8>, ProtocolError> {
+pub fn wire_payload(
+    kind: RecordKind,
+    stored: &[u8],
+    format: PayloadFormat,
+) -> Result<Vec<u8>, ProtocolError> {
     match format {
         PayloadFormat::Protobuf => Ok(stored.to_vec()),
         PayloadFormat::Json => Ok(match kind {
@@ -257,7 +260,10 @@ pub fn decode_downlink(payload: &[u8], format: PayloadFormat) -> Result<Downlink
                 gw::CodeRate::Cr48 => CodeRate::Cr4_8,
                 _ => return Err(ProtocolError::BadDownlink { id, what: "unsupported code rate" }),
             };
-            (Modulation::Lora { spreading_factor: sf, bandwidth: l.bandwidth, code_rate: cr }, l.polarization_inversion)
+            (
+                Modulation::Lora { spreading_factor: sf, bandwidth: l.bandwidth, code_rate: cr },
+                l.polarization_inversion,
+            )
         }
         gw::modulation::Parameters::Fsk(f) => {
             (Modulation::Fsk { datarate: f.datarate, frequency_deviation: f.frequency_deviation }, false)
@@ -283,7 +289,8 @@ pub fn decode_downlink(payload: &[u8], format: PayloadFormat) -> Result<Downlink
             TxTiming::GpsEpoch(g.time_since_gps_epoch.as_ref().map(duration_us).unwrap_or(0))
         }
     };
-    let power_dbm = i8::try_from(tx.power).map_err(|_| ProtocolError::BadDownlink { id, what: "power out of range" })?;
+    let power_dbm =
+        i8::try_from(tx.power).map_err(|_| ProtocolError::BadDownlink { id, what: "power out of range" })?;
     Ok(DownlinkCommand {
         frame: DownlinkFrame {
             downlink_id: id,
@@ -341,7 +348,11 @@ mod tests {
         UplinkFrame {
             phy_payload: vec![0x40, 1, 2, 3, 4, 0, 1, 0, 2, 9, 9, 9, 9],
             frequency: Frequency(868_100_000),
-            modulation: Modulation::Lora { spreading_factor: 7, bandwidth: 125_000, code_rate: CodeRate::Cr4_5 },
+            modulation: Modulation::Lora {
+                spreading_factor: 7,
+                bandwidth: 125_000,
+                code_rate: CodeRate::Cr4_5,
+            },
             rssi: -87,
             snr: 7.5,
             crc: CrcStatus::Ok,
@@ -377,7 +388,8 @@ mod tests {
 
     #[test]
     fn corrupt_stored_record_is_an_error_not_a_panic() {
-        let err = wire_payload(RecordKind::Uplink, &[0xff, 0xff, 0xff], PayloadFormat::Json).expect_err("garbage");
+        let err =
+            wire_payload(RecordKind::Uplink, &[0xff, 0xff, 0xff], PayloadFormat::Json).expect_err("garbage");
         assert!(err.to_string().contains("protobuf"), "{err}");
     }
 
@@ -391,7 +403,11 @@ mod tests {
                     frequency: 869_525_000,
                     power: 14,
                     modulation: Some(modulation(
-                        &Modulation::Lora { spreading_factor: 9, bandwidth: 125_000, code_rate: CodeRate::Cr4_5 },
+                        &Modulation::Lora {
+                            spreading_factor: 9,
+                            bandwidth: 125_000,
+                            code_rate: CodeRate::Cr4_5,
+                        },
                         true,
                     )),
                     timing: Some(gw::Timing {

@@ -168,7 +168,12 @@ async fn session(
 
     let mut flight = InFlight::default();
     client
-        .try_publish(s.topics.conn_state(), QoS::AtLeastOnce, true, chirpstack::conn_state(&s.gateway_id, true, s.format))
+        .try_publish(
+            s.topics.conn_state(),
+            QoS::AtLeastOnce,
+            true,
+            chirpstack::conn_state(&s.gateway_id, true, s.format),
+        )
         .context("queueing state/conn")?;
     flight.record_published(None);
     client.try_subscribe(s.topics.command_down(), QoS::AtLeastOnce).context("queueing subscribe")?;
@@ -183,13 +188,18 @@ async fn session(
         if !caught_up && flight.seqs.len() < window {
             committed.borrow_and_update();
             let want = (window - flight.seqs.len()).min(500);
-            let records = journal.read_after(Seq(flight.highest_sent), want).await.context("reading journal")?;
+            let records =
+                journal.read_after(Seq(flight.highest_sent), want).await.context("reading journal")?;
             if records.is_empty() {
                 caught_up = true;
             }
             for r in records {
                 let Some(kind) = RecordKind::from_u8(r.kind) else {
-                    warn!(seq = r.seq.0, kind = r.kind, "chirpstack sink: skipping journal record of unknown kind");
+                    warn!(
+                        seq = r.seq.0,
+                        kind = r.kind,
+                        "chirpstack sink: skipping journal record of unknown kind"
+                    );
                     counters.publish_errors.fetch_add(1, Ordering::Relaxed);
                     flight.highest_sent = r.seq.0;
                     continue;

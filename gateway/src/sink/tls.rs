@@ -72,9 +72,11 @@ pub fn client_config(files: &TlsFiles<'_>) -> Result<Arc<ClientConfig>, TlsError
 }
 
 fn open(key: &'static str, path: &Path) -> Result<BufReader<File>, TlsError> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|source| TlsError::Read { key, path: path.display().to_string(), source })
+    File::open(path).map(BufReader::new).map_err(|source| TlsError::Read {
+        key,
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -105,9 +107,13 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("tmp");
         let path = dir.join("empty.pem");
         std::fs::write(&path, "not a certificate\n").expect("write");
-        let err = client_config(&TlsFiles { ca_file: Some(&path), client_cert_file: None, client_key_file: None })
-            .expect_err("garbage CA refused");
-        assert!(err.to_string().contains("ca_file") && err.to_string().contains("no PEM certificate"), "{err}");
+        let err =
+            client_config(&TlsFiles { ca_file: Some(&path), client_cert_file: None, client_key_file: None })
+                .expect_err("garbage CA refused");
+        assert!(
+            err.to_string().contains("ca_file") && err.to_string().contains("no PEM certificate"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
