@@ -231,3 +231,79 @@ fn client_tls(certs: &Certs, with_cert: bool) -> TlsConfiguration {
     };
     TlsConfiguration::Rustls(berrygw::sink::tls::client_config(&files).expect("test TLS config"))
 }
+
+#[test]
+fn gateway_stats_are_published_with_journal_state() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/stats", None);
+    let devices = sim_device("d", "water_meter", "26011bda", 100, Some(10));
+    let text = config(&dir.path().join("s"), "sqlite", &broker.url(false), "", &devices)
+        .replace("stats_interval_secs = 3600", "stats_interval_secs = 1");
+    let _gw = Berrygw::start(dir.path(), &text);
+    let stats = wait_for(Duration::from_secs(30), "stats counting received uplinks", || {
+        let all: Vec<gw::GatewayStats> =
+            sub.seen().iter().filter_map(|s| gw::GatewayStats::decode(s.payload.as_slice()).ok()).collect();
+        (all.iter().map(|s| s.rx_packets_received).sum::<u32>() >= 10).then_some(all)
+    });
+    let last = stats.last().expect("stats");
+    assert_eq!(last.gateway_id, "0016c001ff10a235");
+    assert!(last.metadata.contains_key("journal_records"), "{:?}", last.metadata);
+    assert!(last.metadata.contains_key("journal_evicted_total"));
+    assert_eq!(stats.iter().map(|s| s.rx_packets_received_ok).sum::<u32>(), 10);
+}
+
+#[test]
+fn downlink_commands_reach_the_radio_and_are_acknowledged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/#", None);
+    let devices = sim_device("d", "water_meter", "26011bda", 200, Some(1));
+    let daemon = Berrygw::start(
+        dir.path(),
+        &config(&dir.path().join("s"), "sqlite", &broker.url(false), "", &devices),
+    );
+    sub.wait_uplinks(1, Duration::from_secs(30));
+
+    let (client, mut conn) = Client::new(MqttOptions::new("test-ns", "127.0.0.1", broker.port), 10);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    let topic = "eu868/gateway/0016c001ff10a235/command/down";
+    // A malformed command is rejected alone; the next good one still goes through.
+    client.publish(topic, rumqttc::QoS::AtLeastOnce, false, vec![0xff, 0x00, 0x13]).expect("publish garbage");
+    let down = gw::DownlinkFrame {
+        downlink_id: 4242,
+        gateway_id: "0016c001ff10a235".into(),
+        items: vec![gw::DownlinkFrameItem {
+            phy_payload: vec![0x60, 0xda, 0x1b, 0x01, 0x26, 0x20, 0x01, 0x00, 0x11, 0x22, 0x33, 0x44],
+            tx_info: Some(gw::DownlinkTxInfo {
+                frequency: 869_525_000,
+                power: 14,
+                modulation: Some(gw::Modulation {
+                    parameters: Some(gw::modulation::Parameters::Lora(gw::LoraModulationInfo {
+                        bandwidth: 125_000,
+                        spreading_factor: 9,
+                        code_rate: gw::CodeRate::Cr45.into(),
+                        polarization_inversion: true,
+                        ..Default::default()
+                    })),
+                }),
+                timing: Some(gw::Timing {
+                    parameters: Some(gw::timing::Parameters::Immediately(gw::ImmediatelyTimingInfo {})),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    client.publish(topic, rumqttc::QoS::AtLeastOnce, false, down.encode_to_vec()).expect("publish downlink");
+    let ack = wait_for(Duration::from_secs(20), "event/ack", || {
+        sub.on_topic("/event/ack").first().and_then(|s| gw::DownlinkTxAck::decode(s.payload.as_slice()).ok())
+    });
+    assert_eq!(ack.downlink_id, 4242);
+    assert_eq!(ack.gateway_id, "0016c001ff10a235");
+    assert_eq!(ack.items.len(), 1);
+    assert_eq!(ack.items[0].status(), gw::TxAckStatus::Ok);
+    let rejected = daemon.wait_log(Duration::from_secs(5), "rejected command");
+    assert!(rejected.contains("protobuf"), "the log says why: {rejected}");
+}

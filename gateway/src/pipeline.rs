@@ -380,3 +380,92 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berrygw_lora::phy::{build_data_uplink, AesKey, DataUplink, DevAddr};
+    use berrygw_lora::{CodeRate, CrcStatus, Frequency, Modulation};
+
+    fn frame(phy_payload: Vec<u8>, crc: CrcStatus) -> UplinkFrame {
+        UplinkFrame {
+            phy_payload,
+            frequency: Frequency(868_100_000),
+            modulation: Modulation::Lora {
+                spreading_factor: 7,
+                bandwidth: 125_000,
+                code_rate: CodeRate::Cr4_5,
+            },
+            rssi: -80,
+            snr: 5.0,
+            crc,
+            channel: 0,
+            rf_chain: 0,
+            board: 0,
+            counter_us: 0,
+            received_at: SystemTime::now(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_and_filtered_frames_are_counted_and_dropped() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let journal = Journal::open(
+            "test",
+            JournalConfig {
+                backend: crate::journal::Backend::Sqlite,
+                path: dir.path().join("j.sqlite"),
+                max_bytes: 1 << 20,
+                commit_interval: Duration::from_millis(10),
+                commit_max_records: 100,
+            },
+        )
+        .expect("journal");
+        let counters = Arc::new(Counters::default());
+        let ingest = Ingest {
+            gateway_id: "0016c001ff10a235".into(),
+            filter: UplinkFilter::new(Default::default()),
+            seq: UplinkSeq::open(dir.path()).expect("seq"),
+            journal: journal.clone(),
+            counters: counters.clone(),
+        };
+        let key = AesKey([7; 16]);
+        let good = build_data_uplink(
+            &DataUplink {
+                dev_addr: DevAddr::from_u32(0x2601_1bda),
+                fcnt: 1,
+                confirmed: false,
+                adr: false,
+                f_port: 2,
+                payload: &[1, 2, 3],
+            },
+            &key,
+            &key,
+        )
+        .expect("frame");
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(ingest.run(rx));
+        for f in [
+            frame(good.clone(), CrcStatus::Ok),
+            frame(vec![], CrcStatus::Ok),
+            frame(vec![0x40, 1, 2], CrcStatus::Ok),
+            frame(vec![0xff; 40], CrcStatus::Ok),
+            frame(good.clone(), CrcStatus::Bad),
+            frame(vec![0x20; 17], CrcStatus::Ok), // JoinAccept heard over the air
+            frame(good.clone(), CrcStatus::Ok),
+        ] {
+            tx.send(f).await.expect("send");
+        }
+        drop(tx);
+        task.await.expect("ingest ends when the radio closes");
+        journal.flush().await.expect("flush");
+        let stored = journal.read_after(crate::journal::Seq(0), 100).await.expect("read");
+        assert_eq!(stored.len(), 2, "only the two good frames are kept");
+        assert_eq!(counters.received.load(Ordering::Relaxed), 7);
+        assert_eq!(counters.rejected.load(Ordering::Relaxed), 5);
+        let reasons = counters.rejected_by_reason.lock().expect("lock").clone();
+        assert_eq!(reasons.get("crc_bad"), Some(&1), "{reasons:?}");
+        assert_eq!(reasons.get("malformed"), Some(&3), "{reasons:?}");
+        assert_eq!(reasons.values().sum::<u64>(), 5, "{reasons:?}");
+    }
+}

@@ -8,6 +8,8 @@
 //! [`Store`] backend — SQLite (`sqlite.rs`) or sled (`sled.rs`). A store that is corrupt on
 //! open is moved aside and replaced by a fresh one (`quarantine.rs`).
 
+#[cfg(test)]
+mod bench;
 mod owner;
 mod quarantine;
 mod sled;

@@ -52,12 +52,6 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Journal, Journa
     let (commands_tx, commands_rx) = mpsc::channel(config.commit_max_records.clamp(64, 8192));
     let acks =
         Arc::new(AckSlot { up_to: AtomicU64::new(counters.acked.0), wake_sent: AtomicBool::new(false) });
-    let io_error = |source| JournalError::Io {
-        path: config.path.clone(),
-        action: "starting the journal thread",
-        source,
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(io_error)?;
     tracing::info!(
         journal = name,
         backend = %config.backend,
@@ -85,10 +79,13 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Journal, Journa
         evicted_unlogged: 0,
         last_eviction_log: None,
     };
-    std::thread::Builder::new()
-        .name(format!("journal-{name}"))
-        .spawn(move || owner.run(runtime, claim))
-        .map_err(io_error)?;
+    std::thread::Builder::new().name(format!("journal-{name}")).spawn(move || owner.run(claim)).map_err(
+        |source| JournalError::Io {
+            path: config.path.clone(),
+            action: "starting the journal thread",
+            source,
+        },
+    )?;
     Ok(Journal { name: Arc::from(name), commands: commands_tx, acks, stats: stats_rx })
 }
 
@@ -141,10 +138,17 @@ struct Owner {
 }
 
 impl Owner {
-    fn run(mut self, runtime: tokio::runtime::Runtime, claim: PathClaim) {
+    fn run(mut self, claim: PathClaim) {
         let name = self.name.clone();
         let outcome = catch_unwind(AssertUnwindSafe(move || {
-            let close_reply = self.serve(&runtime);
+            // Only for the commit timer: a current-thread runtime with no I/O driver.
+            let close_reply = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                Ok(runtime) => self.serve(&runtime),
+                Err(error) => {
+                    tracing::error!(journal = %self.name, %error, "journal thread could not start its timer; closing the journal");
+                    None
+                }
+            };
             let result = self.finish();
             // Release the store before answering, so a reopen right after `close` succeeds.
             drop(self);
@@ -269,14 +273,30 @@ impl Owner {
         if self.retrying {
             return deadline_passed;
         }
+        deadline_passed || self.batch_full() || !self.flush_waiters.is_empty() || self.purge_left()
+    }
+
+    /// Acked records still stored (a backend may delete a large ack over several writes).
+    fn purge_left(&self) -> bool {
         let counters = self.store.counters();
-        // Acked records still stored (a backend may delete large acks in several writes).
-        let purge_left = counters.first_seq.is_some_and(|first| first <= counters.acked);
-        deadline_passed || self.batch_full() || !self.flush_waiters.is_empty() || purge_left
+        counters.first_seq.is_some_and(|first| first <= counters.acked)
+    }
+
+    /// Whether a commit now would change anything on disk.
+    fn has_writes(&self) -> bool {
+        !self.pending.is_empty() || self.requested_ack() > self.store.counters().acked || self.purge_left()
     }
 
     /// One durable write of everything pending; answers flush waiters either way.
     fn commit(&mut self, unreadable: &[Seq]) -> Result<(), JournalError> {
+        if unreadable.is_empty() && !self.has_writes() {
+            // A flush with nothing pending: already durable, spare the medium a write.
+            self.deadline = None;
+            for waiter in self.flush_waiters.drain(..) {
+                let _ = waiter.send(Ok(()));
+            }
+            return Ok(());
+        }
         let evicted_before = self.store.counters().evicted_total;
         let commit = Commit {
             records: &self.pending,

@@ -1,8 +1,9 @@
 //! The sled backend (pinned 0.34.7): one sled directory per journal with a 1 MiB page cache
-//! in low-space mode and no background flusher — each group commit is one `Batch` per tree
-//! followed by one explicit flush. Tree `records`: key = seq as u64 big-endian, value = kind
-//! byte + received_at_ms i64 big-endian + payload. Tree `meta`: counters that must outlive
-//! the records. sled can panic on a damaged store, so opening runs under `catch_unwind`.
+//! and no background flusher — each group commit is one `Batch` per tree followed by one
+//! explicit flush. Tree `records`: key = seq as u64 big-endian, value = kind byte +
+//! received_at_ms i64 big-endian + payload. Tree `meta`: counters that must outlive the
+//! records. sled can panic on a damaged store, so opening runs under `catch_unwind`; it can
+//! also silently recover a damaged log to an earlier point, which `meta` is used to notice.
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -96,6 +97,7 @@ fn open_store(path: &Path) -> Result<SledStore, OpenFailure> {
     let db = Config::new()
         .path(path)
         .cache_capacity(CACHE_CAPACITY)
+        // What the design asks for; sled 0.34.7 stores but never reads this setting.
         .mode(Mode::LowSpace)
         .flush_every_ms(None)
         .open()

@@ -185,9 +185,12 @@ async fn session(
     let mut downlink_items: HashMap<u32, usize> = HashMap::new();
 
     loop {
-        if !caught_up && flight.seqs.len() < window {
+        // Refill in batches (a quarter of the window at least): one journal read
+        // per PUBACK would make the drain rate a journal round trip per record.
+        let free = window - flight.seqs.len().min(window);
+        if !caught_up && free >= (window / 4).max(1) {
             committed.borrow_and_update();
-            let want = (window - flight.seqs.len()).min(500);
+            let want = free.min(1000);
             let records =
                 journal.read_after(Seq(flight.highest_sent), want).await.context("reading journal")?;
             if records.is_empty() {
@@ -257,6 +260,7 @@ async fn session(
                 _ => {}
             },
             Some(ack) = radio.tx_acks.recv() => {
+                counters.tx_acks.fetch_add(1, Ordering::Relaxed);
                 let items = downlink_items.remove(&ack.downlink_id).unwrap_or(1);
                 let payload = chirpstack::tx_ack_message(&s.gateway_id, &ack, items, s.format);
                 client.try_publish(s.topics.event("ack"), QoS::AtLeastOnce, false, payload).context("queueing ack")?;
