@@ -237,6 +237,7 @@ pub struct Journal {
     commands: mpsc::Sender<Command>,
     acks: Arc<AckSlot>,
     stats: watch::Receiver<JournalStats>,
+    appended: watch::Receiver<Seq>,
 }
 
 impl fmt::Debug for Journal {
@@ -256,7 +257,9 @@ impl Journal {
         self.commands.send(Command::Append(record)).await.map_err(|_| self.closed())
     }
 
-    /// Up to `max` (at most [`MAX_READ_RECORDS`]) committed, unacknowledged records with seq > `after`, oldest first.
+    /// Up to `max` (at most [`MAX_READ_RECORDS`]) unacknowledged records with seq > `after`, oldest
+    /// first: committed ones, then those still waiting for their durable write (publishing does not
+    /// wait for the fsync; deleting waits for the far side's acknowledgement).
     pub async fn read_after(&self, after: Seq, max: usize) -> Result<Vec<Record>, JournalError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Read { after, max, reply }).await.map_err(|_| self.closed())?;
@@ -265,11 +268,11 @@ impl Journal {
 
     /// The far side acknowledged everything up to `up_to`: those records may be deleted. Non-blocking, coalesced.
     pub fn ack(&self, up_to: Seq) {
-        // Only committed records can have been read, so anything beyond the last commit is a
+        // Only appended records can have been read, so anything beyond the last append is a
         // caller bug; clamping keeps it from deleting records appended later.
-        let last_seq = self.stats.borrow().last_seq;
+        let last_seq = *self.appended.borrow();
         let up_to = if up_to > last_seq {
-            tracing::warn!(journal = %self.name, %up_to, %last_seq, "ack beyond the last committed record; clamped");
+            tracing::warn!(journal = %self.name, %up_to, %last_seq, "ack beyond the last appended record; clamped");
             last_seq
         } else {
             up_to
@@ -284,9 +287,14 @@ impl Journal {
         }
     }
 
-    /// Watch stats; updated after every commit (use this to learn that new records are readable).
+    /// Watch stats; updated after every commit.
     pub fn watch(&self) -> watch::Receiver<JournalStats> {
         self.stats.clone()
+    }
+
+    /// Watch the highest appended seq (durable or not); changes as soon as a record is readable.
+    pub fn watch_appended(&self) -> watch::Receiver<Seq> {
+        self.appended.clone()
     }
 
     /// Wait until everything appended (and acked) before this call is durable (used on SIGTERM).

@@ -49,6 +49,7 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Journal, Journa
     };
     let counters = store.counters();
     let (stats_tx, stats_rx) = watch::channel(stats_from(&counters, 0, &quarantined));
+    let (appended_tx, appended_rx) = watch::channel(counters.last_seq);
     let (commands_tx, commands_rx) = mpsc::channel(config.commit_max_records.clamp(64, 8192));
     let acks =
         Arc::new(AckSlot { up_to: AtomicU64::new(counters.acked.0), wake_sent: AtomicBool::new(false) });
@@ -68,6 +69,7 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Journal, Journa
         commands: commands_rx,
         acks: Arc::clone(&acks),
         stats: stats_tx,
+        appended: appended_tx,
         config: config.clone(),
         quarantined,
         commits: 0,
@@ -86,7 +88,7 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Journal, Journa
             source,
         },
     )?;
-    Ok(Journal { name: Arc::from(name), commands: commands_tx, acks, stats: stats_rx })
+    Ok(Journal { name: Arc::from(name), commands: commands_tx, acks, stats: stats_rx, appended: appended_rx })
 }
 
 fn validate(config: &JournalConfig) -> Result<(), JournalError> {
@@ -122,10 +124,13 @@ struct Owner {
     commands: mpsc::Receiver<Command>,
     acks: Arc<AckSlot>,
     stats: watch::Sender<JournalStats>,
+    /// Highest seq handed out, pending included.
+    appended: watch::Sender<Seq>,
     config: JournalConfig,
     quarantined: Option<(PathBuf, String)>,
     commits: u64,
-    /// Appended, not yet durable; at most `commit_max_records`.
+    /// Appended, not yet durable; at most `commit_max_records`. They hold seqs
+    /// `last_seq + 1 ..` of the store, in order, and are readable already.
     pending: Vec<NewRecord>,
     flush_waiters: Vec<oneshot::Sender<Result<(), JournalError>>>,
     /// When the next durable write must happen (set by the first pending append or ack).
@@ -213,6 +218,7 @@ impl Owner {
             Command::Append(record) => {
                 self.deadline.get_or_insert_with(|| Instant::now() + self.config.commit_interval);
                 self.pending.push(record);
+                self.appended.send_replace(self.pending_seq(self.pending.len() - 1));
             }
             Command::Read { after, max, reply } => {
                 let _ = reply.send(self.read(after, max));
@@ -348,12 +354,38 @@ impl Owner {
         }
     }
 
+    /// The seq the pending record at `index` will be stored under.
+    fn pending_seq(&self, index: usize) -> Seq {
+        Seq(self.store.counters().last_seq.0 + 1 + index as u64)
+    }
+
+    /// Stored records after `after`, then pending ones, up to `max`.
     fn read(&mut self, after: Seq, max: usize) -> Result<Vec<Record>, JournalError> {
         let after = after.max(self.requested_ack());
         let max = max.min(MAX_READ_RECORDS);
         if max == 0 {
             return Ok(Vec::new());
         }
+        let mut records = self.read_stored(after, max)?;
+        // Fewer than asked means every stored record after `after` is in hand.
+        for (index, record) in self.pending.iter().enumerate() {
+            if records.len() >= max {
+                break;
+            }
+            let seq = self.pending_seq(index);
+            if seq > after {
+                records.push(Record {
+                    seq,
+                    kind: record.kind,
+                    received_at_ms: record.received_at_ms,
+                    payload: record.payload.clone(),
+                });
+            }
+        }
+        Ok(records)
+    }
+
+    fn read_stored(&mut self, after: Seq, max: usize) -> Result<Vec<Record>, JournalError> {
         let mut dropped = 0;
         loop {
             match self.store.read_after(after, max) {

@@ -283,8 +283,9 @@ impl Store for SledStore {
 
         // Walk from the head: delete acked records (a chunk at a time), then the oldest while
         // over budget — stored ones first, then this batch's own. The first kept one is the head.
-        // Acks never go backwards, and never cover this batch's records (nobody has read them).
-        next.acked = commit.ack_up_to.max(next.acked).min(self.counters.last_seq);
+        // Acks never go backwards and never pass the last record appended; they may cover
+        // this batch's records (published before their durable write), which are then dropped.
+        next.acked = commit.ack_up_to.max(next.acked).min(next.last_seq);
         let mut stored = self.records.iter();
         let mut fresh = commit.records.iter().zip(first_new.0..);
         let mut purged = 0;

@@ -215,6 +215,12 @@ impl Store for SqliteStore {
                 .map_err(sql_error(path, "preparing an insert"))?;
             for record in commit.records {
                 let seq = Seq(next.last_seq.0.saturating_add(1));
+                if seq <= commit.ack_up_to {
+                    // Published and acknowledged before its durable write: the far side has
+                    // it, so it never needs to touch the SD card.
+                    next.last_seq = seq;
+                    continue;
+                }
                 insert
                     .execute(params![sql_seq(path, seq)?, record.kind, record.received_at_ms, record.payload])
                     .map_err(sql_error(path, "appending a record"))?;
@@ -240,8 +246,8 @@ impl Store for SqliteStore {
             next.evicted_total = next.evicted_total.saturating_add(1);
         }
 
-        // Acks never go backwards, and never cover this batch's records (nobody has read them).
-        next.acked = commit.ack_up_to.max(next.acked).min(self.counters.last_seq);
+        // Acks never go backwards and never pass the last record appended.
+        next.acked = commit.ack_up_to.max(next.acked).min(next.last_seq);
         if next.first_seq.is_some_and(|first| first <= next.acked) {
             let up_to = sql_seq(path, next.acked)?;
             let (count, bytes) =

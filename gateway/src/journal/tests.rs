@@ -52,6 +52,8 @@ for_both_backends!(
     unreadable_record_is_dropped_and_counted,
     group_commit_batches_many_appends_into_few_commits,
     appends_become_readable_without_flush,
+    pending_records_are_readable_before_their_durable_write,
+    records_acked_before_their_durable_write_are_never_replayed,
     flush_makes_appends_durable,
     concurrent_reader_while_appending,
     rejects_invalid_config,
@@ -396,6 +398,44 @@ async fn appends_become_readable_without_flush(backend: Backend) -> TestResult {
     append_range(&journal, 1..=3).await?;
     wait_for(&journal, |stats| stats.last_seq == Seq(3)).await?;
     assert_eq!(seqs(&journal.read_after(Seq::NONE, 10).await?), [1, 2, 3]);
+    journal.close().await?;
+    Ok(())
+}
+
+async fn pending_records_are_readable_before_their_durable_write(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = JournalConfig { commit_interval: Duration::from_secs(3600), ..config(backend, &dir) };
+    let journal = open(&config).await?;
+    let mut appended = journal.watch_appended();
+    append_range(&journal, 1..=3).await?;
+    tokio::time::timeout(HANG_GUARD, appended.wait_for(|s| *s == Seq(3))).await??;
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?, (1..=3).map(expected).collect::<Vec<_>>());
+    assert_eq!(journal.read_after(Seq(2), 10).await?, vec![expected(3)]);
+    assert_eq!(journal.watch().borrow().last_seq, Seq::NONE, "nothing committed yet");
+    journal.flush().await?;
+    assert_eq!(journal.watch().borrow().last_seq, Seq(3));
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?, (1..=3).map(expected).collect::<Vec<_>>());
+    journal.close().await?;
+    Ok(())
+}
+
+async fn records_acked_before_their_durable_write_are_never_replayed(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = JournalConfig { commit_interval: Duration::from_secs(3600), ..config(backend, &dir) };
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=5).await?;
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?.len(), 5);
+    journal.ack(Seq(3));
+    journal.flush().await?;
+    let stats = journal.watch().borrow().clone();
+    assert_eq!((stats.last_seq, stats.acked, stats.records), (Seq(5), Seq(3), 2));
+    drop(journal);
+
+    let journal = open(&config).await?;
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?, vec![expected(4), expected(5)]);
+    append_range(&journal, 6..=6).await?;
+    journal.flush().await?;
+    assert_eq!(seqs(&journal.read_after(Seq(5), 10).await?), [6], "seqs continue after the skipped ones");
     journal.close().await?;
     Ok(())
 }

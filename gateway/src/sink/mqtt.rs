@@ -178,8 +178,9 @@ async fn session(
     flight.record_published(None);
     client.try_subscribe(s.topics.command_down(), QoS::AtLeastOnce).context("queueing subscribe")?;
 
-    let mut committed = journal.watch();
-    let mut acked = committed.borrow().acked;
+    // Woken by appends, not commits: publishing does not wait for the durable write.
+    let mut appended = journal.watch_appended();
+    let mut acked = journal.watch().borrow().acked;
     flight.highest_sent = acked.0;
     let mut caught_up = false;
     let mut downlink_items: HashMap<u32, usize> = HashMap::new();
@@ -189,7 +190,7 @@ async fn session(
         // per PUBACK would make the drain rate a journal round trip per record.
         let free = window - flight.seqs.len().min(window);
         if !caught_up && free >= (window / 4).max(1) {
-            committed.borrow_and_update();
+            appended.borrow_and_update();
             let want = free.min(1000);
             let records =
                 journal.read_after(Seq(flight.highest_sent), want).await.context("reading journal")?;
@@ -266,7 +267,7 @@ async fn session(
                 client.try_publish(s.topics.event("ack"), QoS::AtLeastOnce, false, payload).context("queueing ack")?;
                 flight.record_published(None);
             }
-            changed = committed.changed(), if caught_up => {
+            changed = appended.changed(), if caught_up => {
                 if changed.is_err() {
                     bail!("journal closed");
                 }
