@@ -117,20 +117,10 @@ fn json_format_publishes_chirpstack_json() {
 fn forwards_over_tls_verified_against_configured_ca() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = Certs::generate(dir.path(), "tls");
-    let tls = BrokerTls {
-        ca: certs.ca.clone(),
-        cert: certs.server_cert.clone(),
-        key: certs.server_key.clone(),
-        require_client_cert: false,
-    };
-    let broker = Mosquitto::start(dir.path(), Some(tls));
+    let broker = tls_broker(dir.path(), &certs, false);
     let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, false)));
-    let devices = sim_device("d", "waste_fill", "26011bdc", 100, Some(3));
     let extra = format!("ca_file = \"{}\"", certs.ca.display());
-    let _gw = Berrygw::start(
-        dir.path(),
-        &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices),
-    );
+    let _gw = gateway_over_tls(dir.path(), &broker, &extra);
     let ups = sub.wait_uplinks(3, Duration::from_secs(30));
     assert_eq!(first_arrivals(&ups), vec![1, 2, 3]);
 }
@@ -140,20 +130,10 @@ fn refuses_a_broker_whose_certificate_does_not_chain_to_the_ca() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = Certs::generate(dir.path(), "real");
     let other = Certs::generate(dir.path(), "other");
-    let tls = BrokerTls {
-        ca: certs.ca.clone(),
-        cert: certs.server_cert.clone(),
-        key: certs.server_key.clone(),
-        require_client_cert: false,
-    };
-    let broker = Mosquitto::start(dir.path(), Some(tls));
+    let broker = tls_broker(dir.path(), &certs, false);
     let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, false)));
-    let devices = sim_device("d", "waste_fill", "26011bdc", 100, Some(3));
     let extra = format!("ca_file = \"{}\"", other.ca.display());
-    let gw = Berrygw::start(
-        dir.path(),
-        &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices),
-    );
+    let gw = gateway_over_tls(dir.path(), &broker, &extra);
     let line = gw.wait_log(Duration::from_secs(30), "chirpstack sink:");
     assert!(line.contains("reconnecting"), "{line}");
     assert!(
@@ -168,13 +148,7 @@ fn refuses_a_broker_whose_certificate_does_not_chain_to_the_ca() {
 fn mutual_tls_client_certificate_is_required_and_used() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = Certs::generate(dir.path(), "mtls");
-    let tls = BrokerTls {
-        ca: certs.ca.clone(),
-        cert: certs.server_cert.clone(),
-        key: certs.server_key.clone(),
-        require_client_cert: true,
-    };
-    let broker = Mosquitto::start(dir.path(), Some(tls));
+    let broker = tls_broker(dir.path(), &certs, true);
 
     // A client without a certificate is refused by the broker.
     let mut opts = MqttOptions::new("no-cert", "127.0.0.1", broker.port);
@@ -185,17 +159,13 @@ fn mutual_tls_client_certificate_is_required_and_used() {
 
     // berrygw with its client certificate gets through.
     let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, true)));
-    let devices = sim_device("d", "lighting_cabinet", "26011bdd", 100, Some(3));
     let extra = format!(
         "ca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
         certs.ca.display(),
         certs.client_cert.display(),
         certs.client_key.display()
     );
-    let _gw = Berrygw::start(
-        dir.path(),
-        &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices),
-    );
+    let _gw = gateway_over_tls(dir.path(), &broker, &extra);
     let ups = sub.wait_uplinks(3, Duration::from_secs(30));
     assert_eq!(first_arrivals(&ups), vec![1, 2, 3]);
 }
@@ -204,22 +174,29 @@ fn mutual_tls_client_certificate_is_required_and_used() {
 fn mutual_tls_without_client_certificate_delivers_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = Certs::generate(dir.path(), "mtls2");
+    let broker = tls_broker(dir.path(), &certs, true);
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, true)));
+    let extra = format!("ca_file = \"{}\"", certs.ca.display());
+    let gw = gateway_over_tls(dir.path(), &broker, &extra);
+    gw.wait_log(Duration::from_secs(30), "reconnecting in");
+    assert!(sub.on_topic("/event/up").is_empty());
+}
+
+/// berrygw sending 3 uplinks to `broker` over TLS, with `extra` in its sink section.
+fn gateway_over_tls(dir: &std::path::Path, broker: &Mosquitto, extra: &str) -> Berrygw {
+    let devices = sim_device("d", "waste_fill", "26011bdc", 100, Some(3));
+    Berrygw::start(dir, &config(&dir.join("s"), "sqlite", &broker.url(true), extra, &devices))
+}
+
+/// A mosquitto with a TLS listener using `certs`' server identity.
+fn tls_broker(dir: &std::path::Path, certs: &Certs, require_client_cert: bool) -> Mosquitto {
     let tls = BrokerTls {
         ca: certs.ca.clone(),
         cert: certs.server_cert.clone(),
         key: certs.server_key.clone(),
-        require_client_cert: true,
+        require_client_cert,
     };
-    let broker = Mosquitto::start(dir.path(), Some(tls));
-    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", Some(client_tls(&certs, true)));
-    let devices = sim_device("d", "lighting_cabinet", "26011bdd", 100, Some(3));
-    let extra = format!("ca_file = \"{}\"", certs.ca.display());
-    let gw = Berrygw::start(
-        dir.path(),
-        &config(&dir.path().join("s"), "sqlite", &broker.url(true), &extra, &devices),
-    );
-    gw.wait_log(Duration::from_secs(30), "reconnecting in");
-    assert!(sub.on_topic("/event/up").is_empty());
+    Mosquitto::start(dir, Some(tls))
 }
 
 /// rumqttc TLS settings for the test subscriber, with or without the client certificate.

@@ -385,27 +385,7 @@ async fn wait_for_signal() {
 mod tests {
     use super::*;
     use berrygw_lora::phy::{build_data_uplink, AesKey, DataUplink, DevAddr};
-    use berrygw_lora::{CodeRate, CrcStatus, Frequency, Modulation};
-
-    fn frame(phy_payload: Vec<u8>, crc: CrcStatus) -> UplinkFrame {
-        UplinkFrame {
-            phy_payload,
-            frequency: Frequency(868_100_000),
-            modulation: Modulation::Lora {
-                spreading_factor: 7,
-                bandwidth: 125_000,
-                code_rate: CodeRate::Cr4_5,
-            },
-            rssi: -80,
-            snr: 5.0,
-            crc,
-            channel: 0,
-            rf_chain: 0,
-            board: 0,
-            counter_us: 0,
-            received_at: SystemTime::now(),
-        }
-    }
+    use berrygw_lora::CrcStatus;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn malformed_and_filtered_frames_are_counted_and_dropped() {
@@ -446,13 +426,13 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let task = tokio::spawn(ingest.run(rx));
         for f in [
-            frame(good.clone(), CrcStatus::Ok),
-            frame(vec![], CrcStatus::Ok),
-            frame(vec![0x40, 1, 2], CrcStatus::Ok),
-            frame(vec![0xff; 40], CrcStatus::Ok),
-            frame(good.clone(), CrcStatus::Bad),
-            frame(vec![0x20; 17], CrcStatus::Ok), // JoinAccept heard over the air
-            frame(good.clone(), CrcStatus::Ok),
+            UplinkFrame::example(good.clone(), CrcStatus::Ok),
+            UplinkFrame::example(vec![], CrcStatus::Ok),
+            UplinkFrame::example(vec![0x40, 1, 2], CrcStatus::Ok),
+            UplinkFrame::example(vec![0xff; 40], CrcStatus::Ok),
+            UplinkFrame::example(good.clone(), CrcStatus::Bad),
+            UplinkFrame::example(vec![0x20; 17], CrcStatus::Ok), // JoinAccept heard over the air
+            UplinkFrame::example(good.clone(), CrcStatus::Ok),
         ] {
             tx.send(f).await.expect("send");
         }

@@ -260,26 +260,6 @@ mod tests {
     use crate::phy::{build_data_uplink, AesKey, DataUplink};
     use std::time::SystemTime;
 
-    fn radio_frame(phy_payload: Vec<u8>, crc: CrcStatus) -> UplinkFrame {
-        UplinkFrame {
-            phy_payload,
-            frequency: Frequency(868_100_000),
-            modulation: Modulation::Lora {
-                spreading_factor: 7,
-                bandwidth: 125_000,
-                code_rate: CodeRate::Cr4_5,
-            },
-            rssi: -80,
-            snr: 7.5,
-            crc,
-            channel: 0,
-            rf_chain: 0,
-            board: 0,
-            counter_us: 0,
-            received_at: SystemTime::UNIX_EPOCH,
-        }
-    }
-
     fn data_up(addr: &str) -> UplinkFrame {
         let bytes = build_data_uplink(
             &DataUplink {
@@ -294,7 +274,7 @@ mod tests {
             &AesKey([2; 16]),
         )
         .unwrap();
-        radio_frame(bytes, CrcStatus::Ok)
+        UplinkFrame::example(bytes, CrcStatus::Ok)
     }
 
     fn join_request(join_eui: &str) -> UplinkFrame {
@@ -302,7 +282,7 @@ mod tests {
         b.extend_from_slice(&join_eui.parse::<Eui64>().unwrap().to_le_bytes());
         b.extend_from_slice(&[0x11; 8]);
         b.extend_from_slice(&[0x01, 0x00, 1, 2, 3, 4]);
-        radio_frame(b, CrcStatus::Ok)
+        UplinkFrame::example(b, CrcStatus::Ok)
     }
 
     fn filter(toml_text: &str) -> UplinkFilter {
@@ -367,8 +347,8 @@ mod tests {
         // Rejoin and proprietary frames pass.
         let mut rejoin = vec![0xc0, 0x00, 1, 2, 3];
         rejoin.extend_from_slice(&[0u8; 14]);
-        assert!(f.check(&radio_frame(rejoin, CrcStatus::Ok)).is_ok());
-        assert!(f.check(&radio_frame(vec![0xe0, 9, 9], CrcStatus::Ok)).is_ok());
+        assert!(f.check(&UplinkFrame::example(rejoin, CrcStatus::Ok)).is_ok());
+        assert!(f.check(&UplinkFrame::example(vec![0xe0, 9, 9], CrcStatus::Ok)).is_ok());
     }
 
     #[test]
@@ -423,7 +403,7 @@ mod tests {
             down.phy_payload[0] = mhdr;
             assert_eq!(f.check(&down), Err(Rejection::NotUplink(mtype)));
         }
-        let accept = radio_frame(vec![0x20; 17], CrcStatus::Ok);
+        let accept = UplinkFrame::example(vec![0x20; 17], CrcStatus::Ok);
         assert_eq!(f.check(&accept), Err(Rejection::NotUplink(MType::JoinAccept)));
         assert_eq!(f.check(&accept).unwrap_err().reason(), "not_uplink");
     }
@@ -431,8 +411,11 @@ mod tests {
     #[test]
     fn malformed_frames_are_rejected_with_the_parse_error() {
         let f = UplinkFilter::default();
-        assert_eq!(f.check(&radio_frame(vec![], CrcStatus::Ok)), Err(Rejection::Malformed(PhyError::Empty)));
-        let r = f.check(&radio_frame(vec![0x40], CrcStatus::Ok)).unwrap_err();
+        assert_eq!(
+            f.check(&UplinkFrame::example(vec![], CrcStatus::Ok)),
+            Err(Rejection::Malformed(PhyError::Empty))
+        );
+        let r = f.check(&UplinkFrame::example(vec![0x40], CrcStatus::Ok)).unwrap_err();
         assert_eq!(r.reason(), "malformed");
         assert_eq!(
             r.to_string(),

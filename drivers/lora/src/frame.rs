@@ -126,3 +126,27 @@ pub struct TxAck {
     pub downlink_id: u32,
     pub status: TxStatus,
 }
+
+impl UplinkFrame {
+    /// A frame as a radio reports it on 868.1 MHz, SF7/125 kHz, received now;
+    /// for tests and benchmarks that need a plausible frame around a payload.
+    pub fn example(phy_payload: Vec<u8>, crc: CrcStatus) -> UplinkFrame {
+        UplinkFrame {
+            phy_payload,
+            frequency: Frequency(868_100_000),
+            modulation: Modulation::Lora {
+                spreading_factor: 7,
+                bandwidth: 125_000,
+                code_rate: CodeRate::Cr4_5,
+            },
+            rssi: -80,
+            snr: 7.5,
+            crc,
+            channel: 0,
+            rf_chain: 0,
+            board: 0,
+            counter_us: 0,
+            received_at: SystemTime::now(),
+        }
+    }
+}

@@ -345,23 +345,10 @@ mod tests {
     use super::*;
 
     fn frame() -> UplinkFrame {
-        UplinkFrame {
-            phy_payload: vec![0x40, 1, 2, 3, 4, 0, 1, 0, 2, 9, 9, 9, 9],
-            frequency: Frequency(868_100_000),
-            modulation: Modulation::Lora {
-                spreading_factor: 7,
-                bandwidth: 125_000,
-                code_rate: CodeRate::Cr4_5,
-            },
-            rssi: -87,
-            snr: 7.5,
-            crc: CrcStatus::Ok,
-            channel: 0,
-            rf_chain: 1,
-            board: 0,
-            counter_us: 123_456,
-            received_at: UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
-        }
+        let mut f = UplinkFrame::example(vec![0x40, 1, 2, 3, 4, 0, 1, 0, 2, 9, 9, 9, 9], CrcStatus::Ok);
+        (f.rssi, f.rf_chain, f.counter_us) = (-87, 1, 123_456);
+        f.received_at = UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        f
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! answered on `event/ack`.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::chirpstack::{self, RecordKind, Topics};
 use crate::config::{BrokerUrl, PayloadFormat};
-use crate::journal::{Journal, Seq};
+use crate::journal::{Journal, JournalError, Record, Seq};
 use crate::pipeline::Counters;
 
 /// Everything a sink needs, resolved from configuration.
@@ -184,53 +186,39 @@ async fn session(
     flight.highest_sent = acked.0;
     let mut caught_up = false;
     let mut downlink_items: HashMap<u32, usize> = HashMap::new();
+    // Records read ahead of the window. The read runs beside the event loop, so a journal
+    // busy with a commit (fsync) never stalls PUBACK handling or empties the window.
+    let mut prefetched: VecDeque<Record> = VecDeque::new();
+    let mut read_upto = acked;
+    let mut reading: Option<ReadAhead> = None;
 
     loop {
-        // Refill in batches (a quarter of the window at least): one journal read
-        // per PUBACK would make the drain rate a journal round trip per record.
-        let free = window - flight.seqs.len().min(window);
-        if !caught_up && free >= (window / 4).max(1) {
+        while flight.seqs.len() < window {
+            let Some(r) = prefetched.pop_front() else { break };
+            publish_record(s, &client, counters, &mut flight, r)?;
+        }
+        // Records skipped as unpublishable are acknowledged once nothing older is in flight.
+        if flight.seqs.is_empty() && flight.highest_sent > acked.0 && prefetched.is_empty() {
+            acked = Seq(flight.highest_sent);
+            journal.ack(acked);
+        }
+        if reading.is_none() && !caught_up && prefetched.len() < PREFETCH / 2 {
             appended.borrow_and_update();
-            let want = free.min(1000);
-            let records =
-                journal.read_after(Seq(flight.highest_sent), want).await.context("reading journal")?;
-            if records.is_empty() {
-                caught_up = true;
-            }
-            for r in records {
-                let Some(kind) = RecordKind::from_u8(r.kind) else {
-                    warn!(
-                        seq = r.seq.0,
-                        kind = r.kind,
-                        "chirpstack sink: skipping journal record of unknown kind"
-                    );
-                    counters.publish_errors.fetch_add(1, Ordering::Relaxed);
-                    flight.highest_sent = r.seq.0;
-                    continue;
-                };
-                let payload = match chirpstack::wire_payload(kind, &r.payload, s.format) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        warn!(seq = r.seq.0, "chirpstack sink: skipping undecodable journal record: {e}");
-                        counters.publish_errors.fetch_add(1, Ordering::Relaxed);
-                        flight.highest_sent = r.seq.0;
-                        continue;
-                    }
-                };
-                client
-                    .try_publish(s.topics.event(kind.event()), QoS::AtLeastOnce, false, payload)
-                    .context("queueing publish")?;
-                flight.record_published(Some(r.seq.0));
-            }
-            // Records skipped above are acknowledged as soon as nothing older is in flight.
-            if flight.seqs.is_empty() && flight.highest_sent > acked.0 {
-                acked = Seq(flight.highest_sent);
-                journal.ack(acked);
-            }
-            continue;
+            let journal = journal.clone();
+            let after = read_upto;
+            reading = Some(Box::pin(async move { journal.read_after(after, PREFETCH).await }));
         }
 
         tokio::select! {
+            records = async { reading.as_mut().expect("guarded by is_some").await }, if reading.is_some() => {
+                reading = None;
+                let records = records.context("reading journal")?;
+                match records.last() {
+                    Some(last) => read_upto = last.seq,
+                    None => caught_up = true,
+                }
+                prefetched.extend(records);
+            }
             event = eventloop.poll() => match event.context("connection")? {
                 Event::Outgoing(Outgoing::Publish(pkid)) => flight.assign(pkid),
                 Event::Incoming(Packet::PubAck(ack)) => {
@@ -279,6 +267,38 @@ async fn session(
             }
         }
     }
+}
+
+/// Records read from the journal ahead of publishing.
+const PREFETCH: usize = 2000;
+
+type ReadAhead = Pin<Box<dyn Future<Output = Result<Vec<Record>, JournalError>> + Send>>;
+
+/// Publish one journal record at QoS 1, or skip it (counted, logged) if it cannot be encoded.
+fn publish_record(
+    s: &MqttSinkSettings,
+    client: &AsyncClient,
+    counters: &Counters,
+    flight: &mut InFlight,
+    r: Record,
+) -> anyhow::Result<()> {
+    let encoded = RecordKind::from_u8(r.kind)
+        .ok_or_else(|| anyhow!("unknown record kind {}", r.kind))
+        .and_then(|kind| Ok((kind, chirpstack::wire_payload(kind, &r.payload, s.format)?)));
+    match encoded {
+        Ok((kind, payload)) => {
+            client
+                .try_publish(s.topics.event(kind.event()), QoS::AtLeastOnce, false, payload)
+                .context("queueing publish")?;
+            flight.record_published(Some(r.seq.0));
+        }
+        Err(e) => {
+            warn!(seq = r.seq.0, "chirpstack sink: skipping a journal record that cannot be published: {e}");
+            counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+            flight.highest_sent = flight.highest_sent.max(r.seq.0);
+        }
+    }
+    Ok(())
 }
 
 /// Wait for the CONNACK; a refusal names its reason.
