@@ -256,9 +256,7 @@ impl From<FilterConfig> for UplinkFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{CodeRate, Frequency, Modulation};
     use crate::phy::{build_data_uplink, AesKey, DataUplink};
-    use std::time::SystemTime;
 
     fn data_up(addr: &str) -> UplinkFrame {
         let bytes = build_data_uplink(
