@@ -77,7 +77,12 @@ pub async fn run(
                 if started.elapsed() > settings.reconnect_max {
                     backoff = settings.reconnect_min;
                 }
-                warn!(server = %settings.server, "chirpstack sink: {e:#}; reconnecting in {:.1} s", backoff.as_secs_f32());
+                warn!(
+                    server = %settings.server,
+                    "chirpstack sink: {}; reconnecting in {:.1} s",
+                    error_chain(&e),
+                    backoff.as_secs_f32()
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(jitter(backoff)) => {}
                     _ = shutdown.changed() => return,
@@ -86,6 +91,21 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The error and its causes on one line, without the repeats some libraries add
+/// (rumqttc's I/O errors print their source twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !out.contains(&cause) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&cause);
+        }
+    }
+    out
 }
 
 /// Up to +25 % so that a fleet does not reconnect in lockstep after a broker restart.
@@ -363,6 +383,13 @@ async fn drain_before_shutdown(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chain_drops_repeated_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(io).context("I/O: Connection refused").context("connecting to mqtt://x:1");
+        assert_eq!(error_chain(&e), "connecting to mqtt://x:1: I/O: Connection refused");
+    }
 
     #[test]
     fn ack_point_waits_for_the_oldest_publish() {
