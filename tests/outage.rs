@@ -116,3 +116,28 @@ fn kill9_while_draining_loses_nothing_persisted_sqlite() {
 fn kill9_while_draining_loses_nothing_persisted_sled() {
     kill9_while_draining_loses_nothing_persisted("sled");
 }
+
+#[test]
+fn sigterm_makes_pending_uplinks_durable_before_exit() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut broker = Mosquitto::start(dir.path(), None);
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", None);
+    broker.stop();
+    // A group-commit window of a minute: only the SIGTERM flush can make these durable.
+    let devices = sim_device("d", "water_meter", "26011bda", 10, Some(20));
+    let state = dir.path().join("s");
+    let text = config(&state, "sqlite", &broker.url(false), "", &devices)
+        .replace("commit_interval_ms = 50", "commit_interval_ms = 60000");
+    let mut gw = Berrygw::start(dir.path(), &text);
+    gw.wait_log(Duration::from_secs(30), "all devices done");
+    let status = gw.stop().expect("berrygw exits on SIGTERM");
+    assert!(status.success(), "clean exit, got {status:?}");
+    assert!(gw.log().iter().any(|l| l.contains("journal flushed")));
+
+    broker.restart();
+    let idle = config(&state, "sqlite", &broker.url(false), "", "devices = []");
+    std::fs::write(&gw.config, idle).expect("rewrite config");
+    gw.restart();
+    let ups = sub.wait_uplinks(20, Duration::from_secs(30));
+    assert_eq!(first_arrivals(&ups), (1..=20).collect::<Vec<_>>());
+}
