@@ -225,8 +225,8 @@ fn gateway_stats_are_published_with_journal_state() {
     });
     let last = stats.last().expect("stats");
     assert_eq!(last.gateway_id, "0016c001ff10a235");
-    assert!(last.metadata.contains_key("journal_records"), "{:?}", last.metadata);
-    assert!(last.metadata.contains_key("journal_evicted_total"));
+    assert!(last.metadata.contains_key("journal_chirpstack_records"), "{:?}", last.metadata);
+    assert!(last.metadata.contains_key("journal_chirpstack_evicted_total"));
     assert_eq!(stats.iter().map(|s| s.rx_packets_received_ok).sum::<u32>(), 10);
 }
 

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, BrokerUrl, PayloadFormat};
 use crate::journal::{Journal, JournalConfig, NewRecord, Seq};
-use crate::pipeline::{Counters, Gateway};
+use crate::pipeline::{Gateway, SinkCounters};
 use crate::sink::chirpstack::{self, RecordKind, Topics};
 use crate::sink::mqtt::{self, MqttSinkSettings, SinkRadioIo};
 
@@ -151,19 +151,20 @@ max_inflight = 500
     let before = sample();
     let start = Instant::now();
     let gateway = Gateway::start(&cfg).await?;
+    let sink = gateway.sink("chirpstack").context("bench config has the chirpstack sink")?;
     let deadline = start + Duration::from_secs(600);
-    while gateway.counters.forwarded.load(Ordering::Relaxed) < total {
+    while sink.counters.forwarded.load(Ordering::Relaxed) < total {
         if Instant::now() > deadline {
             bail!(
                 "only {} of {total} forwarded after 600 s",
-                gateway.counters.forwarded.load(Ordering::Relaxed)
+                sink.counters.forwarded.load(Ordering::Relaxed)
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed();
     let after = sample();
-    let commits = gateway.journal.watch().borrow().commits;
+    let commits = sink.journal.watch().borrow().commits;
     gateway.stop().await?;
     Ok(serde_json::json!({
         "phase": "throughput",
@@ -244,7 +245,7 @@ async fn drain(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         reconnect_min: Duration::from_millis(200),
         reconnect_max: Duration::from_secs(2),
     };
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(SinkCounters::default());
     let (_down_tx, _down_rx) = mpsc::channel(1);
     let (_ack_tx, ack_rx) = mpsc::channel(1);
     let (stop_tx, stop_rx) = watch::channel(false);

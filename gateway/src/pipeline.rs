@@ -6,7 +6,7 @@
 //! Invariant: once `Journal::append` has accepted a record, the journal owns
 //! it until the sink acknowledges it; nothing here keeps a copy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -14,33 +14,26 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use berrygw_lora::filter::UplinkFilter;
 use berrygw_lora::sim::SimRadio;
-use berrygw_lora::{RadioIo, RadioSource, UplinkFrame};
+use berrygw_lora::{DownlinkFrame, RadioIo, RadioSource, TxAck, UplinkFrame};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::{LoadedConfig, RadioKind};
-use crate::journal::{Journal, JournalConfig, JournalStats, NewRecord};
+use crate::config::{ChirpstackSinkConfig, LoadedConfig, RadioKind};
+use crate::journal::{Journal, JournalConfig, NewRecord};
 use crate::seq::UplinkSeq;
 use crate::sink::chirpstack::{self, RecordKind, StatsSnapshot, Topics};
 use crate::sink::mqtt::{self, MqttSinkSettings, SinkRadioIo};
 use crate::sink::tls::{self, TlsFiles};
 
-/// Counters shared by the pipeline tasks (plain atomics; read by reports and stats).
+/// Counters of the radio side: what came in and what the filters made of it.
 #[derive(Default)]
 pub struct Counters {
     pub received: AtomicU64,
     pub received_crc_ok: AtomicU64,
     pub rejected: AtomicU64,
     pub queued: AtomicU64,
-    pub forwarded: AtomicU64,
-    pub publish_errors: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub downlinks_received: AtomicU64,
-    pub tx_acks: AtomicU64,
-    pub bad_commands: AtomicU64,
-    pub sink_connected: AtomicBool,
     /// Rejections by reason label; touched only when a frame is rejected.
     pub rejected_by_reason: Mutex<HashMap<&'static str, u64>>,
     /// Received frames by frequency since the last stats message.
@@ -56,13 +49,35 @@ impl Counters {
     }
 }
 
+/// Counters of one sink, written by its task only.
+#[derive(Default)]
+pub struct SinkCounters {
+    /// Records the far side acknowledged.
+    pub forwarded: AtomicU64,
+    /// Journal records that could not be encoded and were skipped.
+    pub publish_errors: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub downlinks_received: AtomicU64,
+    pub tx_acks: AtomicU64,
+    /// Malformed commands or datagrams from the far side.
+    pub bad_commands: AtomicU64,
+    pub connected: AtomicBool,
+}
+
+/// One sink of a running gateway: its journal, its counters, its task.
+pub struct SinkRuntime {
+    pub name: &'static str,
+    pub journal: Journal,
+    pub counters: Arc<SinkCounters>,
+    task: JoinHandle<()>,
+}
+
 /// A running gateway: its tasks and the handles to stop them.
 pub struct Gateway {
     pub counters: Arc<Counters>,
-    pub journal: Journal,
+    /// Every configured sink; stopped first so that their last acknowledgements reach the journals.
+    pub sinks: Vec<SinkRuntime>,
     shutdown: watch::Sender<bool>,
-    /// The sink, stopped first so that its last PUBACKs still reach the journal.
-    sink: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -73,35 +88,6 @@ impl Gateway {
         let gateway_id = c.gateway.id.to_string();
         std::fs::create_dir_all(&c.gateway.state_dir)
             .with_context(|| format!("creating state directory {}", c.gateway.state_dir.display()))?;
-        let journal_path = cfg.journal_path("chirpstack");
-        if let Some(parent) = journal_path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let sink_cfg = c.sinks.chirpstack.as_ref().context("no [sinks.chirpstack] section")?;
-        let tls = if sink_cfg.server.get_ref().tls {
-            let files = TlsFiles {
-                ca_file: sink_cfg.ca_file.as_ref().map(|f| f.get_ref().as_path()),
-                client_cert_file: sink_cfg.client_cert_file.as_ref().map(|f| f.get_ref().as_path()),
-                client_key_file: sink_cfg.client_key_file.as_ref().map(|f| f.get_ref().as_path()),
-            };
-            Some(
-                tls::client_config(&files)
-                    .with_context(|| format!("{}: sinks.chirpstack", cfg.path.display()))?,
-            )
-        } else {
-            None
-        };
-        let journal_cfg = JournalConfig {
-            backend: c.journal.backend,
-            path: journal_path,
-            max_bytes: c.journal.max_bytes,
-            commit_interval: c.journal.commit_interval(),
-            commit_max_records: c.journal.commit_max_records,
-        };
-        let journal = tokio::task::spawn_blocking(move || Journal::open("chirpstack", journal_cfg))
-            .await
-            .context("journal open task")?
-            .context("opening the chirpstack journal")?;
         let state_dir = c.gateway.state_dir.clone();
         let seq = tokio::task::spawn_blocking(move || UplinkSeq::open(&state_dir))
             .await
@@ -118,97 +104,220 @@ impl Gateway {
         let counters = Arc::new(Counters::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (uplink_tx, uplink_rx) = mpsc::channel(1024);
-        let (down_tx, down_rx) = mpsc::channel(64);
-        let (ack_tx, ack_rx) = mpsc::channel(64);
-        let mut tasks = Vec::new();
+        let (radio_down_tx, radio_down_rx) = mpsc::channel(64);
+        let (radio_ack_tx, radio_ack_rx) = mpsc::channel(64);
+        let mut router = DownlinkRouter::new(radio_down_tx);
+        let mut sinks = Vec::new();
+        if let Some(sink_cfg) = &c.sinks.chirpstack {
+            let journal = open_journal(cfg, "chirpstack").await?;
+            let settings = mqtt_settings(cfg, sink_cfg, &gateway_id)?;
+            let sink_counters = Arc::new(SinkCounters::default());
+            let task = tokio::spawn(mqtt::run(
+                settings,
+                journal.clone(),
+                sink_counters.clone(),
+                router.attach(),
+                shutdown_rx.clone(),
+            ));
+            sinks.push(SinkRuntime { name: "chirpstack", journal, counters: sink_counters, task });
+        }
+        let journals: Vec<Journal> = sinks.iter().map(|s| s.journal.clone()).collect();
 
+        let mut tasks = Vec::new();
         let radio_kind = radio.kind();
-        let radio_task = radio.start(RadioIo { uplinks: uplink_tx, downlinks: down_rx, tx_acks: ack_tx });
+        let radio_task =
+            radio.start(RadioIo { uplinks: uplink_tx, downlinks: radio_down_rx, tx_acks: radio_ack_tx });
         tasks.push(tokio::spawn(async move {
             if let Err(e) = radio_task.await {
                 error!("radio ({radio_kind}) stopped: {e}");
             }
         }));
-
+        tasks.push(tokio::spawn(router.run(radio_ack_rx)));
         let ingest = Ingest {
             gateway_id: gateway_id.clone(),
             filter,
             seq,
-            journal: journal.clone(),
+            journals: journals.clone(),
             counters: counters.clone(),
         };
         tasks.push(tokio::spawn(ingest.run(uplink_rx)));
-
-        let settings = MqttSinkSettings {
-            server: sink_cfg.server.get_ref().clone(),
-            tls,
-            allow_plaintext: sink_cfg.allow_plaintext,
-            client_id: sink_cfg.client_id.clone().unwrap_or_else(|| format!("berrygw-{gateway_id}")),
-            credentials: sink_cfg
-                .username
-                .clone()
-                .map(|u| (u, sink_cfg.password.clone().unwrap_or_default())),
-            gateway_id: gateway_id.clone(),
-            topics: Topics::new(&sink_cfg.topic_prefix, &gateway_id),
-            format: sink_cfg.format,
-            keep_alive: Duration::from_secs(sink_cfg.keep_alive_secs),
-            max_inflight: sink_cfg.max_inflight,
-            reconnect_min: Duration::from_millis(sink_cfg.reconnect_min_ms),
-            reconnect_max: Duration::from_millis(sink_cfg.reconnect_max_ms),
-        };
-        let sink = tokio::spawn(mqtt::run(
-            settings,
-            journal.clone(),
-            counters.clone(),
-            SinkRadioIo { downlinks: down_tx, tx_acks: ack_rx },
-            shutdown_rx.clone(),
-        ));
-
         tasks.push(tokio::spawn(stats_loop(
             gateway_id.clone(),
             Duration::from_secs(c.gateway.stats_interval_secs),
-            journal.clone(),
+            sinks.iter().map(|s| (s.name, s.journal.clone())).collect(),
             counters.clone(),
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(report_loop(
             Duration::from_secs(c.gateway.report_interval_secs),
-            journal.clone(),
+            sinks.iter().map(|s| (s.name, s.journal.clone(), s.counters.clone())).collect(),
             counters.clone(),
             shutdown_rx,
         )));
 
-        let stats = journal.watch().borrow().clone();
-        if let Some((moved_to, reason)) = &stats.quarantined {
-            error!(
-                "JOURNAL WAS CORRUPT: moved aside to {} ({reason}); started a fresh one. Records in the damaged file were not forwarded.",
-                moved_to.display()
-            );
+        for sink in &sinks {
+            let stats = sink.journal.watch().borrow().clone();
+            if let Some((moved_to, reason)) = &stats.quarantined {
+                error!(
+                    sink = sink.name,
+                    "JOURNAL WAS CORRUPT: moved aside to {} ({reason}); started a fresh one. Records in the damaged file were not forwarded.",
+                    moved_to.display()
+                );
+            }
+            info!(sink = sink.name, backlog = stats.records, "sink ready");
         }
-        info!(
-            gateway_id,
-            radio = radio_kind,
-            backend = ?c.journal.backend,
-            backlog = stats.records,
-            "berrygw running"
-        );
-        Ok(Gateway { counters, journal, shutdown, sink, tasks })
+        info!(gateway_id, radio = radio_kind, backend = ?c.journal.backend, "berrygw running");
+        Ok(Gateway { counters, sinks, shutdown, tasks })
     }
 
-    /// Stop the sink and reports, make every accepted record durable, and return.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    /// The sink called `name`, if configured.
+    pub fn sink(&self, name: &str) -> Option<&SinkRuntime> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+
+    /// Stop the sinks and reports, make every accepted record durable, and return.
+    pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        // The sink waits up to 2 s for outstanding PUBACKs: fewer duplicates after a restart.
-        if tokio::time::timeout(Duration::from_secs(4), &mut self.sink).await.is_err() {
-            self.sink.abort();
+        let mut result = Ok(());
+        for mut sink in self.sinks {
+            // A sink waits up to 2 s for outstanding acknowledgements: fewer duplicates after a restart.
+            if tokio::time::timeout(Duration::from_secs(4), &mut sink.task).await.is_err() {
+                sink.task.abort();
+            }
+            if let Err(e) = sink.journal.flush().await {
+                result = Err(e).with_context(|| format!("flushing the {} journal", sink.name));
+            }
         }
-        let flush = self.journal.flush().await;
         for t in self.tasks {
             t.abort();
         }
-        flush.context("flushing the journal")?;
+        result?;
         info!("berrygw stopped; journal flushed");
         Ok(())
+    }
+}
+
+/// Open (creating its folder) the journal of sink `name`.
+async fn open_journal(cfg: &LoadedConfig, name: &'static str) -> anyhow::Result<Journal> {
+    let c = &cfg.config;
+    let path = cfg.journal_path(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let journal_cfg = JournalConfig {
+        backend: c.journal.backend,
+        path,
+        max_bytes: c.journal.max_bytes,
+        commit_interval: c.journal.commit_interval(),
+        commit_max_records: c.journal.commit_max_records,
+    };
+    tokio::task::spawn_blocking(move || Journal::open(name, journal_cfg))
+        .await
+        .context("journal open task")?
+        .with_context(|| format!("opening the {name} journal"))
+}
+
+/// The ChirpStack MQTT sink's settings, TLS files read and checked.
+fn mqtt_settings(
+    cfg: &LoadedConfig,
+    sink_cfg: &ChirpstackSinkConfig,
+    gateway_id: &str,
+) -> anyhow::Result<MqttSinkSettings> {
+    let tls = if sink_cfg.server.get_ref().tls {
+        let files = TlsFiles {
+            ca_file: sink_cfg.ca_file.as_ref().map(|f| f.get_ref().as_path()),
+            client_cert_file: sink_cfg.client_cert_file.as_ref().map(|f| f.get_ref().as_path()),
+            client_key_file: sink_cfg.client_key_file.as_ref().map(|f| f.get_ref().as_path()),
+        };
+        Some(
+            tls::client_config(&files)
+                .with_context(|| format!("{}: sinks.chirpstack", cfg.path.display()))?,
+        )
+    } else {
+        None
+    };
+    Ok(MqttSinkSettings {
+        server: sink_cfg.server.get_ref().clone(),
+        tls,
+        allow_plaintext: sink_cfg.allow_plaintext,
+        client_id: sink_cfg.client_id.clone().unwrap_or_else(|| format!("berrygw-{gateway_id}")),
+        credentials: sink_cfg.username.clone().map(|u| (u, sink_cfg.password.clone().unwrap_or_default())),
+        gateway_id: gateway_id.to_string(),
+        topics: Topics::new(&sink_cfg.topic_prefix, gateway_id),
+        format: sink_cfg.format,
+        keep_alive: Duration::from_secs(sink_cfg.keep_alive_secs),
+        max_inflight: sink_cfg.max_inflight,
+        reconnect_min: Duration::from_millis(sink_cfg.reconnect_min_ms),
+        reconnect_max: Duration::from_millis(sink_cfg.reconnect_max_ms),
+    })
+}
+
+/// Downlinks from every sink go to the one radio; each `TxAck` goes back to the
+/// sink whose downlink it answers (by downlink id; the newest claim wins).
+struct DownlinkRouter {
+    to_radio: mpsc::Sender<DownlinkFrame>,
+    from_sinks: mpsc::Sender<(usize, DownlinkFrame)>,
+    from_sinks_rx: mpsc::Receiver<(usize, DownlinkFrame)>,
+    to_sinks: Vec<mpsc::Sender<TxAck>>,
+    forwarders: Vec<JoinHandle<()>>,
+}
+
+/// Downlink ids remembered for routing acks; older ones are forgotten.
+const ROUTED_DOWNLINKS: usize = 1024;
+
+impl DownlinkRouter {
+    fn new(to_radio: mpsc::Sender<DownlinkFrame>) -> DownlinkRouter {
+        let (from_sinks, from_sinks_rx) = mpsc::channel(64);
+        DownlinkRouter { to_radio, from_sinks, from_sinks_rx, to_sinks: Vec::new(), forwarders: Vec::new() }
+    }
+
+    /// Channels for one more sink.
+    fn attach(&mut self) -> SinkRadioIo {
+        let index = self.to_sinks.len();
+        let (down_tx, mut down_rx) = mpsc::channel::<DownlinkFrame>(64);
+        let (ack_tx, ack_rx) = mpsc::channel(64);
+        self.to_sinks.push(ack_tx);
+        let tagged = self.from_sinks.clone();
+        self.forwarders.push(tokio::spawn(async move {
+            while let Some(frame) = down_rx.recv().await {
+                if tagged.send((index, frame)).await.is_err() {
+                    return;
+                }
+            }
+        }));
+        SinkRadioIo { downlinks: down_tx, tx_acks: ack_rx }
+    }
+
+    async fn run(mut self, mut acks: mpsc::Receiver<TxAck>) {
+        drop(self.from_sinks);
+        let mut owner: HashMap<u32, usize> = HashMap::new();
+        let mut order: VecDeque<u32> = VecDeque::new();
+        loop {
+            tokio::select! {
+                Some((index, frame)) = self.from_sinks_rx.recv() => {
+                    if owner.insert(frame.downlink_id, index).is_none() {
+                        order.push_back(frame.downlink_id);
+                        if order.len() > ROUTED_DOWNLINKS {
+                            if let Some(old) = order.pop_front() {
+                                owner.remove(&old);
+                            }
+                        }
+                    }
+                    if self.to_radio.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                ack = acks.recv() => {
+                    let Some(ack) = ack else { return };
+                    match owner.remove(&ack.downlink_id).and_then(|i| self.to_sinks.get(i)) {
+                        Some(sink) => {
+                            let _ = sink.send(ack).await;
+                        }
+                        None => tracing::debug!(downlink_id = ack.downlink_id, "TxAck for an unknown downlink dropped"),
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -217,7 +326,8 @@ struct Ingest {
     gateway_id: String,
     filter: UplinkFilter,
     seq: UplinkSeq,
-    journal: Journal,
+    /// One journal per sink; each gets every accepted uplink.
+    journals: Vec<Journal>,
     counters: Arc<Counters>,
 }
 
@@ -256,29 +366,30 @@ impl Ingest {
             }
         };
         let msg = chirpstack::uplink_message(&self.gateway_id, &frame, seq, rand::random());
-        self.journal
-            .append(NewRecord {
-                kind: RecordKind::Uplink as u8,
-                received_at_ms: chirpstack::unix_ms(frame.received_at),
-                payload: msg.encode_to_vec(),
-            })
-            .await
-            .context("journal append")?;
+        let record = NewRecord {
+            kind: RecordKind::Uplink as u8,
+            received_at_ms: chirpstack::unix_ms(frame.received_at),
+            payload: msg.encode_to_vec(),
+        };
+        for journal in &self.journals {
+            journal.append(record.clone()).await.context("journal append")?;
+        }
         c.queued.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
 
-/// Summary of journal state for stats metadata and reports.
-fn journal_metadata(j: &JournalStats) -> HashMap<String, String> {
-    let mut m = HashMap::from([
-        ("berrygw_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-        ("journal_records".to_string(), j.records.to_string()),
-        ("journal_bytes".to_string(), j.bytes.to_string()),
-        ("journal_evicted_total".to_string(), j.evicted_total.to_string()),
-    ]);
-    if let Some((path, reason)) = &j.quarantined {
-        m.insert("journal_quarantined".into(), format!("{} ({reason})", path.display()));
+/// Journal state of every sink for the stats metadata (`journal_<sink>_records`, ...).
+fn journal_metadata(journals: &[(&'static str, Journal)]) -> HashMap<String, String> {
+    let mut m = HashMap::from([("berrygw_version".to_string(), env!("CARGO_PKG_VERSION").to_string())]);
+    for (name, journal) in journals {
+        let j = journal.watch().borrow().clone();
+        m.insert(format!("journal_{name}_records"), j.records.to_string());
+        m.insert(format!("journal_{name}_bytes"), j.bytes.to_string());
+        m.insert(format!("journal_{name}_evicted_total"), j.evicted_total.to_string());
+        if let Some((path, reason)) = &j.quarantined {
+            m.insert(format!("journal_{name}_quarantined"), format!("{} ({reason})", path.display()));
+        }
     }
     m
 }
@@ -286,34 +397,28 @@ fn journal_metadata(j: &JournalStats) -> HashMap<String, String> {
 async fn stats_loop(
     gateway_id: String,
     every: Duration,
-    journal: Journal,
+    journals: Vec<(&'static str, Journal)>,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
-    let mut last = (0u64, 0u64, 0u64, 0u64);
+    let mut last = (0u64, 0u64);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let now = (
-            counters.received.load(Ordering::Relaxed),
-            counters.received_crc_ok.load(Ordering::Relaxed),
-            counters.downlinks_received.load(Ordering::Relaxed),
-            counters.tx_acks.load(Ordering::Relaxed),
-        );
+        let now =
+            (counters.received.load(Ordering::Relaxed), counters.received_crc_ok.load(Ordering::Relaxed));
         let per_freq =
             counters.rx_per_frequency.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default();
         let snapshot = StatsSnapshot {
             rx_received: (now.0 - last.0) as u32,
             rx_received_ok: (now.1 - last.1) as u32,
-            tx_received: (now.2 - last.2) as u32,
-            tx_emitted: (now.3 - last.3) as u32,
             rx_per_frequency: per_freq,
-            tx_per_status: HashMap::new(),
-            metadata: journal_metadata(&journal.watch().borrow()),
+            metadata: journal_metadata(&journals),
+            ..Default::default()
         };
         last = now;
         let at = SystemTime::now();
@@ -323,16 +428,18 @@ async fn stats_loop(
             received_at_ms: chirpstack::unix_ms(at),
             payload: msg.encode_to_vec(),
         };
-        if let Err(e) = journal.append(rec).await {
-            warn!("gateway stats not stored: {e}");
+        for (name, journal) in &journals {
+            if let Err(e) = journal.append(rec.clone()).await {
+                warn!(sink = name, "gateway stats not stored: {e}");
+            }
         }
     }
 }
 
-/// One line per interval for the operator: what came in, what waits, what left.
+/// One line per sink and interval for the operator: what came in, what waits, what left.
 async fn report_loop(
     every: Duration,
-    journal: Journal,
+    sinks: Vec<(&'static str, Journal, Arc<SinkCounters>)>,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -343,23 +450,26 @@ async fn report_loop(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let j = journal.watch().borrow().clone();
-        let oldest_age =
-            j.oldest_received_at_ms.map(|ms| (chirpstack::unix_ms(SystemTime::now()) - ms).max(0) / 1000);
-        info!(
-            received = counters.received.load(Ordering::Relaxed),
-            rejected = counters.rejected.load(Ordering::Relaxed),
-            queued = counters.queued.load(Ordering::Relaxed),
-            forwarded = counters.forwarded.load(Ordering::Relaxed),
-            backlog = j.records,
-            backlog_bytes = j.bytes,
-            oldest_age_s = oldest_age.unwrap_or(0),
-            committed_seq = j.last_seq.0,
-            acked_seq = j.acked.0,
-            evicted = j.evicted_total,
-            connected = counters.sink_connected.load(Ordering::Relaxed),
-            "report"
-        );
+        for (name, journal, sink) in &sinks {
+            let j = journal.watch().borrow().clone();
+            let oldest_age =
+                j.oldest_received_at_ms.map(|ms| (chirpstack::unix_ms(SystemTime::now()) - ms).max(0) / 1000);
+            info!(
+                sink = name,
+                received = counters.received.load(Ordering::Relaxed),
+                rejected = counters.rejected.load(Ordering::Relaxed),
+                queued = counters.queued.load(Ordering::Relaxed),
+                forwarded = sink.forwarded.load(Ordering::Relaxed),
+                backlog = j.records,
+                backlog_bytes = j.bytes,
+                oldest_age_s = oldest_age.unwrap_or(0),
+                committed_seq = j.last_seq.0,
+                acked_seq = j.acked.0,
+                evicted = j.evicted_total,
+                connected = sink.connected.load(Ordering::Relaxed),
+                "report"
+            );
+        }
     }
 }
 
@@ -412,7 +522,7 @@ mod tests {
             gateway_id: "0016c001ff10a235".into(),
             filter: UplinkFilter::new(Default::default()),
             seq: UplinkSeq::open(dir.path()).expect("seq"),
-            journal: journal.clone(),
+            journals: vec![journal.clone()],
             counters: counters.clone(),
         };
         let key = AesKey([7; 16]);

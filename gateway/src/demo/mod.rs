@@ -148,14 +148,15 @@ async fn run_in(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
             }
         }
         let c = &gateway.counters;
-        let j = gateway.journal.watch().borrow().clone();
+        let sink = gateway.sink("chirpstack").context("demo config has the chirpstack sink")?;
+        let j = sink.journal.watch().borrow().clone();
         let (got, ooo) = received.lock().map(|r| (r.seqs.len() as u64, r.out_of_order)).unwrap_or((0, 0));
         println!(
             "  t={:>3}s  radio {:>5} uplinks | journal {:>5} waiting | forwarded {:>5} | platform received {:>5}{}",
             t.as_secs(),
             c.received.load(Ordering::Relaxed),
             j.records,
-            c.forwarded.load(Ordering::Relaxed),
+            sink.counters.forwarded.load(Ordering::Relaxed),
             got,
             if ooo > 0 { format!(" ({ooo} out of order)") } else { String::new() }
         );

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::chirpstack::{self, RecordKind, Topics};
 use crate::config::{BrokerUrl, PayloadFormat};
 use crate::journal::{Journal, JournalError, Record, Seq};
-use crate::pipeline::Counters;
+use crate::pipeline::SinkCounters;
 
 /// Everything a sink needs, resolved from configuration.
 pub struct MqttSinkSettings {
@@ -61,7 +61,7 @@ enum SessionEnd {
 pub async fn run(
     settings: MqttSinkSettings,
     journal: Journal,
-    counters: Arc<Counters>,
+    counters: Arc<SinkCounters>,
     mut radio: SinkRadioIo,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -71,7 +71,7 @@ pub async fn run(
         match session(&settings, &journal, &counters, &mut radio, &mut shutdown).await {
             Ok(SessionEnd::Shutdown) => return,
             Err(e) => {
-                counters.sink_connected.store(false, Ordering::Relaxed);
+                counters.connected.store(false, Ordering::Relaxed);
                 counters.reconnects.fetch_add(1, Ordering::Relaxed);
                 // A connection that lived a while was healthy: start backing off afresh.
                 if started.elapsed() > settings.reconnect_max {
@@ -175,7 +175,7 @@ impl InFlight {
 async fn session(
     s: &MqttSinkSettings,
     journal: &Journal,
-    counters: &Counters,
+    counters: &SinkCounters,
     radio: &mut SinkRadioIo,
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<SessionEnd> {
@@ -185,7 +185,7 @@ async fn session(
     let window = usize::from(s.max_inflight);
     let (client, mut eventloop) = AsyncClient::new(options(s), window + 64);
     connect(&mut eventloop, s).await?;
-    counters.sink_connected.store(true, Ordering::Relaxed);
+    counters.connected.store(true, Ordering::Relaxed);
     info!(server = %s.server, "chirpstack sink: connected");
 
     let mut flight = InFlight::default();
@@ -298,7 +298,7 @@ type ReadAhead = Pin<Box<dyn Future<Output = Result<Vec<Record>, JournalError>> 
 fn publish_record(
     s: &MqttSinkSettings,
     client: &AsyncClient,
-    counters: &Counters,
+    counters: &SinkCounters,
     flight: &mut InFlight,
     r: Record,
 ) -> anyhow::Result<()> {
