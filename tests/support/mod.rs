@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod gwmp;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -456,8 +458,15 @@ pub fn four_devices(interval_ms: u64, count: Option<u64>) -> String {
     .join("\n")
 }
 
-/// A complete config; `sink_extra` is appended to `[sinks.chirpstack]`, `devices` after `[radio.sim]`.
+/// A complete config with the simulated radio; `sink_extra` is appended to
+/// `[sinks.chirpstack]`, `devices` after `[radio.sim]`.
 pub fn config(state_dir: &Path, backend: &str, server: &str, sink_extra: &str, devices: &str) -> String {
+    let radio = format!("[radio]\nkind = \"sim\"\n\n[radio.sim]\nseed = 7\n\n{devices}\n");
+    config_with_radio(state_dir, backend, &radio, &format!("[sinks.chirpstack]\nserver = \"{server}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\nkeep_alive_secs = 5\n{sink_extra}\n"))
+}
+
+/// A complete config from its `[radio...]` and `[sinks...]` sections.
+pub fn config_with_radio(state_dir: &Path, backend: &str, radio: &str, sinks: &str) -> String {
     format!(
         r#"[gateway]
 id = "0016c001ff10a235"
@@ -469,20 +478,8 @@ report_interval_secs = 1
 backend = "{backend}"
 commit_interval_ms = 50
 
-[radio]
-kind = "sim"
-
-[radio.sim]
-seed = 7
-
-{devices}
-
-[sinks.chirpstack]
-server = "{server}"
-reconnect_min_ms = 200
-reconnect_max_ms = 1000
-keep_alive_secs = 5
-{sink_extra}
+{radio}
+{sinks}
 "#,
         state_dir.display()
     )
