@@ -10,4 +10,5 @@ pub mod demo;
 pub mod journal;
 pub mod pipeline;
 pub mod seq;
+pub mod service;
 pub mod sink;

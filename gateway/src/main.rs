@@ -37,18 +37,31 @@ enum Command {
     Bench(berrygw::bench::BenchArgs),
 }
 
-/// Logs to stderr; `BERRYGW_LOG` (or `RUST_LOG`) overrides `default_level`.
+/// Logs to the systemd journal when started by systemd with its journal on
+/// stderr (`JOURNAL_STREAM`), to stderr otherwise; `BERRYGW_LOG` (or
+/// `RUST_LOG`) overrides `default_level`.
 fn init_logging(default_level: &str) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BERRYGW_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            registry.with(journald.with_syslog_identifier("berrygw".into())).init();
+            return;
+        }
+    }
+    registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_target(false),
+        )
         .init();
 }
 

@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 use crate::config::{ChirpstackSinkConfig, LoadedConfig, RadioKind};
 use crate::journal::{Journal, JournalConfig, NewRecord};
 use crate::seq::UplinkSeq;
+use crate::service::{self, Heartbeat, Liveness};
 use crate::sink::chirpstack::{self, RecordKind, StatsSnapshot, Topics};
 use crate::sink::mqtt::{self, MqttSinkSettings, SinkRadioIo};
 use crate::sink::tls::{self, TlsFiles};
@@ -133,6 +134,10 @@ impl Gateway {
             }
         }));
         tasks.push(tokio::spawn(router.run(radio_ack_rx)));
+        let mut liveness = Liveness::default();
+        for sink in &sinks {
+            liveness.journal(sink.name, sink.journal.clone());
+        }
         let ingest = Ingest {
             gateway_id: gateway_id.clone(),
             filter,
@@ -140,7 +145,8 @@ impl Gateway {
             journals: journals.clone(),
             counters: counters.clone(),
         };
-        tasks.push(tokio::spawn(ingest.run(uplink_rx)));
+        tasks.push(tokio::spawn(ingest.run(uplink_rx, liveness.heartbeat("ingest"))));
+        tasks.push(tokio::spawn(service::watchdog(liveness, shutdown_rx.clone())));
         tasks.push(tokio::spawn(stats_loop(
             gateway_id.clone(),
             Duration::from_secs(c.gateway.stats_interval_secs),
@@ -332,13 +338,21 @@ struct Ingest {
 }
 
 impl Ingest {
-    async fn run(mut self, mut uplinks: mpsc::Receiver<UplinkFrame>) {
-        while let Some(frame) = uplinks.recv().await {
-            if let Err(e) = self.accept(frame).await {
-                // Only the journal or the sequence file can fail here: both mean the
-                // gateway can no longer keep uplinks safe. Say so and keep trying.
-                error!("uplink not stored: {e:#}");
+    async fn run(mut self, mut uplinks: mpsc::Receiver<UplinkFrame>, heartbeat: Heartbeat) {
+        let mut tick = tokio::time::interval(service::BEAT_EVERY);
+        loop {
+            tokio::select! {
+                frame = uplinks.recv() => {
+                    let Some(frame) = frame else { return };
+                    if let Err(e) = self.accept(frame).await {
+                        // Only the journal or the sequence file can fail here: both mean the
+                        // gateway can no longer keep uplinks safe. Say so and keep trying.
+                        error!("uplink not stored: {e:#}");
+                    }
+                }
+                _ = tick.tick() => {}
             }
+            heartbeat.beat();
         }
     }
 
@@ -476,8 +490,10 @@ async fn report_loop(
 /// Run the daemon until SIGTERM/SIGINT.
 pub async fn run_until_signal(cfg: &LoadedConfig) -> anyhow::Result<()> {
     let gw = Gateway::start(cfg).await?;
+    service::notify_ready();
     wait_for_signal().await;
     info!("stopping");
+    service::notify_stopping();
     gw.stop().await
 }
 
@@ -540,7 +556,7 @@ mod tests {
         )
         .expect("frame");
         let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(ingest.run(rx));
+        let task = tokio::spawn(ingest.run(rx, Liveness::default().heartbeat("ingest")));
         for f in [
             UplinkFrame::example(good.clone(), CrcStatus::Ok),
             UplinkFrame::example(vec![], CrcStatus::Ok),

@@ -251,6 +251,7 @@ pub struct Berrygw {
     child: Option<Child>,
     pub config: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
+    env: Vec<(String, String)>,
 }
 
 pub fn berrygw_bin() -> &'static str {
@@ -260,9 +261,15 @@ pub fn berrygw_bin() -> &'static str {
 impl Berrygw {
     /// Write `config_text` to `dir/berrygw.toml` and start the daemon on it.
     pub fn start(dir: &Path, config_text: &str) -> Berrygw {
+        Berrygw::start_with_env(dir, config_text, &[])
+    }
+
+    /// As `start`, with extra environment variables for the daemon.
+    pub fn start_with_env(dir: &Path, config_text: &str, env: &[(&str, &str)]) -> Berrygw {
         let config = dir.join("berrygw.toml");
         fs::write(&config, config_text).expect("write config");
-        let mut b = Berrygw { child: None, config, log: Arc::default() };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut b = Berrygw { child: None, config, log: Arc::default(), env };
         b.restart();
         b
     }
@@ -275,6 +282,7 @@ impl Berrygw {
             .arg(&self.config)
             .env("BERRYGW_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
