@@ -13,12 +13,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berrygw_lora::filter::FilterConfig;
+use berrygw_lora::gwmp::GwmpConfig;
 use berrygw_lora::phy::Eui64;
 use berrygw_lora::sim::SimConfig;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::journal::Backend;
+use crate::sink::semtech_udp::SemtechUdpSinkConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -57,6 +59,8 @@ pub struct RadioConfig {
     pub kind: Spanned<RadioKind>,
     /// `[radio.sim]`, used when `kind = "sim"`.
     pub sim: Option<SimConfig>,
+    /// `[radio.gwmp]`, used when `kind = "gwmp"` (defaults apply when absent).
+    pub gwmp: Option<GwmpConfig>,
 }
 
 /// The radio sources berrygw can run.
@@ -65,6 +69,8 @@ pub struct RadioConfig {
 pub enum RadioKind {
     /// Simulated radio playing virtual devices (no hardware).
     Sim,
+    /// A local packet forwarder sending Semtech UDP (GWMP) to berrygw.
+    Gwmp,
 }
 
 /// `[journal]`: the durable queue in front of every sink.
@@ -107,6 +113,8 @@ impl JournalSection {
 #[serde(deny_unknown_fields)]
 pub struct SinksConfig {
     pub chirpstack: Option<ChirpstackSinkConfig>,
+    /// `[sinks.semtech_udp]`: GWMP to any network server.
+    pub semtech_udp: Option<SemtechUdpSinkConfig>,
 }
 
 /// `[sinks.chirpstack]`: MQTT to a ChirpStack v4 network server.
@@ -310,10 +318,23 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
                 "kind = \"sim\" needs a [radio.sim] section with its devices",
             ))
         }
-        RadioKind::Sim => {}
+        RadioKind::Sim | RadioKind::Gwmp => {}
+    }
+    if let Some(udp) = &c.sinks.semtech_udp {
+        udp.check().map_err(|message| ConfigError {
+            file: loaded.path.clone(),
+            line: None,
+            key: Some("sinks.semtech_udp".into()),
+            message,
+        })?;
     }
     let Some(cs) = &c.sinks.chirpstack else {
-        return Err(whole("no sink configured: add a [sinks.chirpstack] section".into()));
+        if c.sinks.semtech_udp.is_none() {
+            return Err(whole(
+                "no sink configured: add [sinks.chirpstack] and/or [sinks.semtech_udp]".into(),
+            ));
+        }
+        return Ok(());
     };
     let server = cs.server.get_ref();
     if !server.tls && !server.is_loopback() && !cs.allow_plaintext {

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use berrygw_lora::filter::UplinkFilter;
+use berrygw_lora::gwmp::GwmpIngest;
 use berrygw_lora::sim::SimRadio;
 use berrygw_lora::{DownlinkFrame, RadioIo, RadioSource, TxAck, UplinkFrame};
 use prost::Message;
@@ -26,6 +27,7 @@ use crate::seq::UplinkSeq;
 use crate::service::{self, Heartbeat, Liveness};
 use crate::sink::chirpstack::{self, RecordKind, StatsSnapshot, Topics};
 use crate::sink::mqtt::{self, MqttSinkSettings, SinkRadioIo};
+use crate::sink::semtech_udp;
 use crate::sink::tls::{self, TlsFiles};
 
 /// Counters of the radio side: what came in and what the filters made of it.
@@ -100,6 +102,10 @@ impl Gateway {
                 let sim = c.radio.sim.clone().context("[radio.sim] missing")?;
                 Box::new(SimRadio::new(sim).context("radio.sim")?)
             }
+            RadioKind::Gwmp => {
+                let gwmp = c.radio.gwmp.clone().unwrap_or_default();
+                Box::new(GwmpIngest::new(gwmp).context("radio.gwmp")?)
+            }
         };
 
         let counters = Arc::new(Counters::default());
@@ -121,6 +127,18 @@ impl Gateway {
                 shutdown_rx.clone(),
             ));
             sinks.push(SinkRuntime { name: "chirpstack", journal, counters: sink_counters, task });
+        }
+        if let Some(sink_cfg) = &c.sinks.semtech_udp {
+            let journal = open_journal(cfg, "semtech_udp").await?;
+            let sink_counters = Arc::new(SinkCounters::default());
+            let task = tokio::spawn(semtech_udp::run(
+                sink_cfg.settings(c.gateway.id),
+                journal.clone(),
+                sink_counters.clone(),
+                router.attach(),
+                shutdown_rx.clone(),
+            ));
+            sinks.push(SinkRuntime { name: "semtech_udp", journal, counters: sink_counters, task });
         }
         let journals: Vec<Journal> = sinks.iter().map(|s| s.journal.clone()).collect();
 

@@ -5,6 +5,7 @@
 
 pub mod filter;
 pub mod frame;
+pub mod gwmp;
 pub mod phy;
 pub mod radio;
 pub mod sim;

@@ -5,4 +5,5 @@
 
 pub mod chirpstack;
 pub mod mqtt;
+pub mod semtech_udp;
 pub mod tls;

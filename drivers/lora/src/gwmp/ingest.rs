@@ -1,0 +1,788 @@
+//! The GWMP ingest radio source: berrygw plays the network server for a packet
+//! forwarder on this gateway (vendor firmware running Semtech's `lora_pkt_fwd`,
+//! pointed at `127.0.0.1:1700`). PUSH_DATA `rxpk`s become `UplinkFrame`s,
+//! downlinks go out as PULL_RESP to the address of the last PULL_DATA, and the
+//! forwarder's TX_ACK becomes the `TxAck`. It owns no radio and keeps no
+//! uplink: a datagram lost before it reaches us is lost, as with any UDP
+//! forwarder.
+//!
+//! Transmit outcomes: a GWMP v2 forwarder answers every PULL_RESP with a TX_ACK
+//! within milliseconds, so silence for `tx_ack_timeout_ms` means the PULL_RESP or
+//! the forwarder was lost and is answered [`TxStatus::InternalError`]. A GWMP v1
+//! forwarder (its PULL_DATA says version 1) has no TX_ACK: its downlinks are
+//! answered [`TxStatus::Ok`] once the PULL_RESP is sent, the best we can know.
+//! With no forwarder yet (no PULL_DATA) a downlink is refused at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::codec::{Datagram, Packet, RxTime, TxPk, MAX_DATAGRAM_BYTES, PROTOCOL_V1};
+use super::LogLimiter;
+use crate::frame::{DownlinkFrame, TxAck, TxStatus, UplinkFrame};
+use crate::phy::Eui64;
+use crate::radio::{RadioError, RadioIo, RadioSource, RadioTask};
+
+/// The `[radio.gwmp]` configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GwmpConfig {
+    /// UDP address the packet forwarder sends to (its `server_address`/`serv_port_up`/`serv_port_down`).
+    #[serde(default = "default_bind")]
+    pub bind: SocketAddr,
+    /// Accept only this gateway EUI; datagrams from others are counted and dropped.
+    #[serde(default)]
+    pub gateway_id: Option<Eui64>,
+    /// How long a downlink waits for the forwarder's TX_ACK before it counts as failed.
+    #[serde(default = "default_tx_ack_timeout_ms")]
+    pub tx_ack_timeout_ms: u64,
+}
+
+fn default_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1700))
+}
+
+fn default_tx_ack_timeout_ms() -> u64 {
+    2000
+}
+
+impl Default for GwmpConfig {
+    fn default() -> GwmpConfig {
+        GwmpConfig { bind: default_bind(), gateway_id: None, tx_ack_timeout_ms: default_tx_ack_timeout_ms() }
+    }
+}
+
+/// Why a GWMP ingest configuration was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GwmpError {
+    #[error(
+        "radio.gwmp: tx_ack_timeout_ms = {0} is outside 1..=60000; a forwarder answers within milliseconds, 2000 is safe"
+    )]
+    TxAckTimeout(u64),
+}
+
+/// What the ingest has seen and done since it started; plain counters for metrics and tests.
+#[derive(Debug, Default)]
+pub struct GwmpStats {
+    /// Datagrams received, good or bad.
+    pub datagrams: AtomicU64,
+    /// Datagrams dropped whole: bad version or identifier, truncated, bad JSON, or a
+    /// server-to-forwarder type sent to us.
+    pub malformed: AtomicU64,
+    /// Datagrams dropped because their gateway EUI is not `gateway_id`.
+    pub foreign_gateway: AtomicU64,
+    /// PUSH_DATA accepted (and acknowledged).
+    pub push_data: AtomicU64,
+    /// PULL_DATA accepted (and acknowledged).
+    pub pull_data: AtomicU64,
+    /// `rxpk`s handed to the pipeline as uplinks.
+    pub uplinks: AtomicU64,
+    /// `rxpk`s refused (bad base64, missing or implausible field); the rest of their datagram is kept.
+    pub rxpk_rejected: AtomicU64,
+    /// Uplinks whose forwarder `time` was unusable and replaced by ours.
+    pub time_replaced: AtomicU64,
+    /// PULL_RESPs sent.
+    pub downlinks_sent: AtomicU64,
+    /// Downlinks refused because no forwarder had sent PULL_DATA yet.
+    pub downlinks_without_forwarder: AtomicU64,
+    /// TX_ACKs matched to a downlink.
+    pub tx_acks: AtomicU64,
+    /// Downlinks with no TX_ACK in time (answered InternalError).
+    pub tx_ack_timeouts: AtomicU64,
+    /// TX_ACKs whose token matches no waiting downlink (late, or duplicated).
+    pub unknown_tx_acks: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A view of a (running) ingest: its counters and the address it listens on.
+#[derive(Clone, Debug)]
+pub struct GwmpHandle {
+    stats: Arc<GwmpStats>,
+    bound: watch::Receiver<Option<SocketAddr>>,
+}
+
+impl GwmpHandle {
+    /// The ingest's counters.
+    pub fn stats(&self) -> &GwmpStats {
+        &self.stats
+    }
+
+    /// The bound UDP address, once the ingest listens; `None` if it stopped before binding.
+    pub async fn local_addr(&mut self) -> Option<SocketAddr> {
+        self.bound.wait_for(Option::is_some).await.ok().and_then(|a| *a)
+    }
+}
+
+/// The GWMP ingest radio source; `start` binds the socket and serves the forwarder.
+#[derive(Debug)]
+pub struct GwmpIngest {
+    config: GwmpConfig,
+    stats: Arc<GwmpStats>,
+    bound: watch::Sender<Option<SocketAddr>>,
+}
+
+impl GwmpIngest {
+    /// An ingest for a configuration that passes its checks (it binds nothing yet).
+    pub fn new(config: GwmpConfig) -> Result<GwmpIngest, GwmpError> {
+        if !(1..=60_000).contains(&config.tx_ack_timeout_ms) {
+            return Err(GwmpError::TxAckTimeout(config.tx_ack_timeout_ms));
+        }
+        let (bound, _) = watch::channel(None);
+        Ok(GwmpIngest { config, stats: Arc::default(), bound })
+    }
+
+    /// Counters and bound address, readable while the ingest runs.
+    pub fn handle(&self) -> GwmpHandle {
+        GwmpHandle { stats: self.stats.clone(), bound: self.bound.subscribe() }
+    }
+
+    async fn run(self, io: RadioIo) -> Result<(), RadioError> {
+        let GwmpIngest { config, stats, bound } = self;
+        let socket = UdpSocket::bind(config.bind).await.map_err(|e| {
+            RadioError::Start(format!(
+                "gwmp ingest: cannot listen on udp {}: {e}; is another packet-forwarder server bound to it?",
+                config.bind
+            ))
+        })?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| RadioError::Start(format!("gwmp ingest: no local address: {e}")))?;
+        bound.send_replace(Some(local));
+        info!(%local, "gwmp ingest: listening for a packet forwarder");
+
+        let RadioIo { uplinks, mut downlinks, tx_acks } = io;
+        let mut server = Server {
+            socket,
+            tx_ack_timeout: Duration::from_millis(config.tx_ack_timeout_ms),
+            gateway_filter: config.gateway_id,
+            stats,
+            forwarder: None,
+            pending: HashMap::new(),
+            warn: LogLimiter::default(),
+            tx_acks,
+        };
+        // One byte more than the largest datagram, so that nothing valid is cut short.
+        let mut buf = vec![0u8; MAX_DATAGRAM_BYTES + 1];
+        let mut downlinks_open = true;
+        loop {
+            let next_timeout = server.pending.values().map(|p| p.deadline).min();
+            tokio::select! {
+                biased;
+                () = uplinks.closed() => return Ok(()),
+                received = server.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => {
+                        for frame in server.on_datagram(&buf[..len], from).await {
+                            if uplinks.send(frame).await.is_err() {
+                                return Ok(());
+                            }
+                            bump(&server.stats.uplinks);
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(held) = server.warn.allow("recv") {
+                            warn!(held_back = held, "gwmp ingest: receive failed: {e}");
+                        }
+                        // Do not spin on a persistent socket error.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                downlink = downlinks.recv(), if downlinks_open => match downlink {
+                    Some(d) => server.on_downlink(d).await,
+                    None => downlinks_open = false,
+                },
+                () = tokio::time::sleep_until(next_timeout.unwrap_or_else(Instant::now)), if next_timeout.is_some() => {
+                    server.expire_tx_acks().await;
+                }
+            }
+        }
+    }
+}
+
+impl RadioSource for GwmpIngest {
+    fn kind(&self) -> &'static str {
+        "gwmp"
+    }
+
+    fn start(self: Box<Self>, io: RadioIo) -> RadioTask {
+        Box::pin(self.run(io))
+    }
+}
+
+/// The packet forwarder downlinks go to: whoever sent the last PULL_DATA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Forwarder {
+    addr: SocketAddr,
+    gateway_id: Eui64,
+    version: u8,
+}
+
+/// A PULL_RESP waiting for its TX_ACK.
+struct PendingTx {
+    downlink_id: u32,
+    deadline: Instant,
+}
+
+/// The running ingest's state, owned by its task.
+struct Server {
+    socket: UdpSocket,
+    tx_ack_timeout: Duration,
+    gateway_filter: Option<Eui64>,
+    stats: Arc<GwmpStats>,
+    forwarder: Option<Forwarder>,
+    /// By PULL_RESP token.
+    pending: HashMap<u16, PendingTx>,
+    warn: LogLimiter,
+    tx_acks: mpsc::Sender<TxAck>,
+}
+
+impl Server {
+    /// Handle one datagram; returns the uplinks it carried.
+    async fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> Vec<UplinkFrame> {
+        bump(&self.stats.datagrams);
+        let dg = match Datagram::parse(bytes) {
+            Ok(dg) => dg,
+            Err(e) => {
+                self.malformed(e.cause(), from, &e);
+                return Vec::new();
+            }
+        };
+        let (version, token) = (dg.version, dg.token);
+        match dg.packet {
+            Packet::PushData { gateway_id, rxpk, stat } => {
+                if !self.accepts(gateway_id, from) {
+                    return Vec::new();
+                }
+                bump(&self.stats.push_data);
+                self.reply(Datagram { version, token, packet: Packet::PushAck }, from).await;
+                if stat.is_some() {
+                    debug!(%gateway_id, "gwmp ingest: forwarder status ignored (berrygw reports its own)");
+                }
+                let now = SystemTime::now();
+                let mut frames = Vec::with_capacity(rxpk.len());
+                for r in &rxpk {
+                    match r.to_uplink(now) {
+                        Ok((frame, when)) => {
+                            if when == RxTime::Replaced {
+                                bump(&self.stats.time_replaced);
+                                if let Some(held) = self.warn.allow("time") {
+                                    warn!(%gateway_id, time = ?r.time, held_back = held, "gwmp ingest: forwarder time unusable (unparsable or over a day off our clock); using ours");
+                                }
+                            }
+                            frames.push(frame);
+                        }
+                        Err(e) => {
+                            bump(&self.stats.rxpk_rejected);
+                            if let Some(held) = self.warn.allow(e.cause()) {
+                                warn!(%gateway_id, %from, held_back = held, "gwmp ingest: rxpk dropped: {e}");
+                            }
+                        }
+                    }
+                }
+                frames
+            }
+            Packet::PullData { gateway_id } => {
+                if !self.accepts(gateway_id, from) {
+                    return Vec::new();
+                }
+                bump(&self.stats.pull_data);
+                self.reply(Datagram { version, token, packet: Packet::PullAck }, from).await;
+                let forwarder = Forwarder { addr: from, gateway_id, version };
+                if self.forwarder != Some(forwarder) {
+                    info!(%gateway_id, %from, version, "gwmp ingest: downlinks go to this packet forwarder");
+                    self.forwarder = Some(forwarder);
+                }
+                Vec::new()
+            }
+            Packet::TxAck { gateway_id, ack } => {
+                if !self.accepts(gateway_id, from) {
+                    return Vec::new();
+                }
+                let Some(pending) = self.pending.remove(&token) else {
+                    bump(&self.stats.unknown_tx_acks);
+                    debug!(token, "gwmp ingest: TX_ACK for no waiting downlink (late or duplicate)");
+                    return Vec::new();
+                };
+                bump(&self.stats.tx_acks);
+                let status = ack.status();
+                if status == TxStatus::InternalError && ack.error.as_deref() != Some("INTERNAL_ERROR") {
+                    if let Some(held) = self.warn.allow("tx_ack_error") {
+                        warn!(error = ?ack.error, held_back = held, "gwmp ingest: unknown TX_ACK error, reported as INTERNAL_ERROR");
+                    }
+                }
+                if let Some(w) = &ack.warn {
+                    debug!(downlink_id = pending.downlink_id, warn = %w, value = ?ack.value, "gwmp ingest: forwarder transmitted with a warning");
+                }
+                self.answer(pending.downlink_id, status).await;
+                Vec::new()
+            }
+            other @ (Packet::PushAck | Packet::PullAck | Packet::PullResp { .. }) => {
+                let name = other.identifier().name();
+                self.malformed("unexpected", from, &format_args!("{name} is sent by servers, not to them"));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Whether the gateway EUI passes the filter; counts and logs it when not.
+    fn accepts(&mut self, gateway_id: Eui64, from: SocketAddr) -> bool {
+        match self.gateway_filter {
+            Some(expected) if expected != gateway_id => {
+                bump(&self.stats.foreign_gateway);
+                if let Some(held) = self.warn.allow("foreign_gateway") {
+                    warn!(%gateway_id, %expected, %from, held_back = held, "gwmp ingest: datagram from another gateway EUI dropped");
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn malformed(&mut self, cause: &'static str, from: SocketAddr, what: &dyn std::fmt::Display) {
+        bump(&self.stats.malformed);
+        if let Some(held) = self.warn.allow(cause) {
+            warn!(%from, held_back = held, "gwmp ingest: datagram dropped: {what}");
+        }
+    }
+
+    async fn reply(&mut self, dg: Datagram, to: SocketAddr) {
+        let sent = match dg.encode() {
+            Ok(bytes) => self.socket.send_to(&bytes, to).await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            if let Some(held) = self.warn.allow("send") {
+                warn!(%to, held_back = held, "gwmp ingest: sending {} failed: {e}", dg.packet.identifier().name());
+            }
+        }
+    }
+
+    async fn on_downlink(&mut self, d: DownlinkFrame) {
+        let Some(fwd) = self.forwarder else {
+            bump(&self.stats.downlinks_without_forwarder);
+            if let Some(held) = self.warn.allow("no_forwarder") {
+                warn!(
+                    downlink_id = d.downlink_id,
+                    held_back = held,
+                    "gwmp ingest: downlink refused: no packet forwarder has sent PULL_DATA yet"
+                );
+            }
+            return self.answer(d.downlink_id, TxStatus::InternalError).await;
+        };
+        let token = self.fresh_token();
+        let dg = Datagram {
+            version: fwd.version,
+            token,
+            packet: Packet::PullResp { txpk: TxPk::from_downlink(&d) },
+        };
+        let sent = match dg.encode() {
+            Ok(bytes) => self.socket.send_to(&bytes, fwd.addr).await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            if let Some(held) = self.warn.allow("send") {
+                warn!(to = %fwd.addr, held_back = held, "gwmp ingest: sending PULL_RESP failed: {e}");
+            }
+            return self.answer(d.downlink_id, TxStatus::InternalError).await;
+        }
+        bump(&self.stats.downlinks_sent);
+        debug!(downlink_id = d.downlink_id, token, to = %fwd.addr, "gwmp ingest: PULL_RESP sent");
+        if fwd.version == PROTOCOL_V1 {
+            // Version 1 has no TX_ACK: handing the frame over is all we will ever know.
+            self.answer(d.downlink_id, TxStatus::Ok).await;
+        } else {
+            let deadline = Instant::now() + self.tx_ack_timeout;
+            self.pending.insert(token, PendingTx { downlink_id: d.downlink_id, deadline });
+        }
+    }
+
+    /// A token no waiting PULL_RESP uses.
+    fn fresh_token(&self) -> u16 {
+        loop {
+            let token = rand::random();
+            if !self.pending.contains_key(&token) {
+                return token;
+            }
+        }
+    }
+
+    async fn expire_tx_acks(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u16> =
+            self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(token, _)| *token).collect();
+        for token in expired {
+            let Some(p) = self.pending.remove(&token) else { continue };
+            bump(&self.stats.tx_ack_timeouts);
+            if let Some(held) = self.warn.allow("tx_ack_timeout") {
+                warn!(
+                    downlink_id = p.downlink_id,
+                    held_back = held,
+                    "gwmp ingest: no TX_ACK from the packet forwarder in time; downlink reported as failed"
+                );
+            }
+            self.answer(p.downlink_id, TxStatus::InternalError).await;
+        }
+    }
+
+    async fn answer(&mut self, downlink_id: u32, status: TxStatus) {
+        if self.tx_acks.send(TxAck { downlink_id, status }).await.is_err() {
+            debug!("gwmp ingest: nobody listens for tx acks any more");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{CodeRate, CrcStatus, Frequency, Modulation, TxTiming};
+    use tokio::task::JoinHandle;
+
+    /// Guard against a hung test, not a performance bound.
+    const HANG_GUARD: Duration = Duration::from_secs(20);
+    const FORWARDER_EUI: [u8; 8] = [0xaa, 0x55, 0x5a, 0, 0, 0, 0, 0x01];
+
+    struct Harness {
+        uplinks: mpsc::Receiver<UplinkFrame>,
+        downlinks: mpsc::Sender<DownlinkFrame>,
+        tx_acks: mpsc::Receiver<TxAck>,
+        handle: GwmpHandle,
+        task: JoinHandle<Result<(), RadioError>>,
+        /// Plays the packet forwarder.
+        forwarder: UdpSocket,
+    }
+
+    async fn start(config: GwmpConfig) -> Harness {
+        let (up_tx, uplinks) = mpsc::channel(64);
+        let (downlinks, down_rx) = mpsc::channel(8);
+        let (ack_tx, tx_acks) = mpsc::channel(8);
+        let ingest = Box::new(
+            GwmpIngest::new(GwmpConfig { bind: "127.0.0.1:0".parse().expect("addr"), ..config })
+                .expect("config"),
+        );
+        assert_eq!(ingest.kind(), "gwmp");
+        let mut handle = ingest.handle();
+        let task =
+            tokio::spawn(ingest.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx }));
+        let server = tokio::time::timeout(HANG_GUARD, handle.local_addr())
+            .await
+            .expect("bound in time")
+            .expect("bound");
+        let forwarder = UdpSocket::bind("127.0.0.1:0").await.expect("client socket");
+        forwarder.connect(server).await.expect("connect");
+        Harness { uplinks, downlinks, tx_acks, handle, task, forwarder }
+    }
+
+    impl Harness {
+        async fn send(&self, bytes: &[u8]) {
+            self.forwarder.send(bytes).await.expect("send");
+        }
+
+        async fn recv(&self) -> Vec<u8> {
+            let mut buf = vec![0; 65_536];
+            let len = tokio::time::timeout(HANG_GUARD, self.forwarder.recv(&mut buf))
+                .await
+                .expect("an answer in time")
+                .expect("recv");
+            buf.truncate(len);
+            buf
+        }
+
+        async fn uplink(&mut self) -> UplinkFrame {
+            tokio::time::timeout(HANG_GUARD, self.uplinks.recv())
+                .await
+                .expect("uplink in time")
+                .expect("open")
+        }
+
+        async fn tx_ack(&mut self) -> TxAck {
+            tokio::time::timeout(HANG_GUARD, self.tx_acks.recv())
+                .await
+                .expect("tx ack in time")
+                .expect("open")
+        }
+
+        async fn pull(&self, version: u8, token: u16) {
+            let mut d = vec![version, (token >> 8) as u8, token as u8, 2];
+            d.extend_from_slice(&FORWARDER_EUI);
+            self.send(&d).await;
+            assert_eq!(self.recv().await, vec![version, (token >> 8) as u8, token as u8, 4], "PULL_ACK");
+        }
+
+        fn stat(&self, counter: fn(&GwmpStats) -> &AtomicU64) -> u64 {
+            counter(self.handle.stats()).load(Ordering::Relaxed)
+        }
+    }
+
+    fn push_data(token: u16, eui: [u8; 8], json: &str) -> Vec<u8> {
+        let mut d = vec![2, (token >> 8) as u8, token as u8, 0];
+        d.extend_from_slice(&eui);
+        d.extend_from_slice(json.as_bytes());
+        d
+    }
+
+    fn one_rxpk(data: &str) -> String {
+        format!(
+            r#"{{"rxpk":[{{"tmst":42,"chan":0,"rfch":0,"freq":868.1,"stat":1,"modu":"LORA","datr":"SF7BW125","codr":"4/5","rssi":-60,"lsnr":9.0,"size":3,"data":"{data}"}}]}}"#
+        )
+    }
+
+    fn downlink(id: u32, timing: TxTiming) -> DownlinkFrame {
+        DownlinkFrame {
+            downlink_id: id,
+            phy_payload: vec![0x20, 1, 2, 3, 4],
+            frequency: Frequency(869_525_000),
+            modulation: Modulation::Lora {
+                spreading_factor: 12,
+                bandwidth: 125_000,
+                code_rate: CodeRate::Cr4_5,
+            },
+            power_dbm: 27,
+            timing,
+            invert_iq: true,
+            board: 0,
+            antenna: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn push_data_rxpks_become_uplinks_and_are_acknowledged_with_the_token() {
+        let mut h = start(GwmpConfig::default()).await;
+        let json = r#"{"rxpk":[
+            {"time":"2030-01-02T03:04:05.678901Z","tmst":3512348611,"chan":2,"rfch":0,"freq":866.349812,"stat":1,"modu":"LORA","datr":"SF7BW125","codr":"4/6","rssi":-35,"lsnr":5.1,"size":4,"data":"QAECAw=="},
+            {"tmst":100,"chan":7,"rfch":1,"freq":867.9,"stat":-1,"modu":"LORA","datr":"SF12BW125","codr":"4/5","rssi":-120,"rssis":-125,"lsnr":-17.5,"size":1,"data":"/w=="},
+            {"tmst":200,"chan":8,"rfch":1,"freq":868.8,"stat":0,"modu":"FSK","datr":50000,"rssi":-75,"size":2,"data":"AAE="}
+        ],"stat":{"time":"2014-01-12 08:59:28 GMT","rxnb":2,"rxok":2,"rxfw":2,"ackr":100.0,"dwnb":2,"txnb":2}}"#;
+        let before = SystemTime::now();
+        h.send(&push_data(0xbeef, FORWARDER_EUI, json)).await;
+        assert_eq!(h.recv().await, vec![2, 0xbe, 0xef, 1], "PUSH_ACK echoes the token");
+
+        let a = h.uplink().await;
+        assert_eq!(a.phy_payload, vec![0x40, 1, 2, 3]);
+        assert_eq!(a.frequency, Frequency(866_349_812));
+        assert_eq!(
+            a.modulation,
+            Modulation::Lora { spreading_factor: 7, bandwidth: 125_000, code_rate: CodeRate::Cr4_6 }
+        );
+        assert_eq!(
+            (a.rssi, a.snr, a.crc, a.channel, a.rf_chain, a.counter_us),
+            (-35, 5.1, CrcStatus::Ok, 2, 0, 3_512_348_611)
+        );
+        // 2030 is more than a day from now: replaced by our clock, and counted.
+        assert!(a.received_at >= before);
+
+        let b = h.uplink().await;
+        assert_eq!(
+            (b.rssi, b.snr, b.crc, b.channel, b.rf_chain, b.counter_us),
+            (-120, -17.5, CrcStatus::Bad, 7, 1, 100)
+        );
+        assert_eq!(b.phy_payload, vec![0xff]);
+        assert!(b.received_at >= before, "no time: received now");
+
+        let c = h.uplink().await;
+        assert_eq!(c.modulation, Modulation::Fsk { datarate: 50_000, frequency_deviation: 0 });
+        assert_eq!((c.crc, c.frequency), (CrcStatus::Missing, Frequency(868_800_000)));
+
+        assert_eq!(h.stat(|s| &s.uplinks), 3);
+        assert_eq!(h.stat(|s| &s.push_data), 1);
+        assert_eq!(h.stat(|s| &s.time_replaced), 1);
+    }
+
+    #[tokio::test]
+    async fn reported_receive_time_is_kept() {
+        let mut h = start(GwmpConfig::default()).await;
+        let t = SystemTime::now() - Duration::from_secs(90);
+        let json = format!(
+            r#"{{"rxpk":[{{"time":"{}","tmst":1,"freq":868.1,"stat":1,"modu":"LORA","datr":"SF7BW125","codr":"4/5","rssi":-60,"lsnr":9.0,"size":1,"data":"QA=="}}]}}"#,
+            crate::gwmp::codec::rfc3339_micros(t)
+        );
+        h.send(&push_data(1, FORWARDER_EUI, &json)).await;
+        let f = h.uplink().await;
+        let skew = f.received_at.duration_since(t).unwrap_or_else(|e| e.duration());
+        assert!(skew < Duration::from_millis(1), "µs precision: {skew:?}");
+    }
+
+    #[tokio::test]
+    async fn downlink_goes_out_as_pull_resp_and_the_tx_ack_error_comes_back() {
+        let mut h = start(GwmpConfig::default()).await;
+        h.pull(2, 0x0102).await;
+        // The uplink was at counter 4_294_000_000; RX window 5 s later wraps the 32-bit counter.
+        h.downlinks
+            .send(downlink(501, TxTiming::Counter(4_294_000_000u32.wrapping_add(5_000_000))))
+            .await
+            .expect("send");
+        let resp = h.recv().await;
+        assert_eq!((resp[0], resp[3]), (2, 3), "PULL_RESP");
+        let txpk: serde_json::Value = serde_json::from_slice(&resp[4..]).expect("json");
+        let txpk = &txpk["txpk"];
+        assert_eq!(txpk["imme"], false);
+        assert_eq!(txpk["tmst"], 4_032_704);
+        assert_eq!(txpk["freq"], 869.525);
+        assert_eq!(txpk["powe"], 27);
+        assert_eq!(txpk["modu"], "LORA");
+        assert_eq!(txpk["datr"], "SF12BW125");
+        assert_eq!(txpk["codr"], "4/5");
+        assert_eq!(txpk["ipol"], true);
+        assert_eq!(txpk["size"], 5);
+        assert_eq!(txpk["data"], "IAECAwQ=");
+        assert_eq!(txpk["rfch"], 0);
+
+        let mut ack = vec![2, resp[1], resp[2], 5];
+        ack.extend_from_slice(&FORWARDER_EUI);
+        ack.extend_from_slice(br#"{"txpk_ack":{"error":"TOO_LATE"}}"#);
+        h.send(&ack).await;
+        assert_eq!(h.tx_ack().await, TxAck { downlink_id: 501, status: TxStatus::TooLate });
+
+        // GPS-timed and immediate downlinks, and a TX_ACK without error.
+        h.downlinks.send(downlink(502, TxTiming::GpsEpoch(1_400_000_000_250_000))).await.expect("send");
+        let resp = h.recv().await;
+        let v: serde_json::Value = serde_json::from_slice(&resp[4..]).expect("json");
+        assert_eq!(
+            (&v["txpk"]["tmms"], &v["txpk"]["imme"]),
+            (&serde_json::json!(1_400_000_000_250u64), &serde_json::json!(false))
+        );
+        let mut ack = vec![2, resp[1], resp[2], 5];
+        ack.extend_from_slice(&FORWARDER_EUI);
+        ack.extend_from_slice(br#"{"txpk_ack":{"error":"NONE"}}"#);
+        h.send(&ack).await;
+        assert_eq!(h.tx_ack().await, TxAck { downlink_id: 502, status: TxStatus::Ok });
+
+        h.downlinks.send(downlink(503, TxTiming::Immediately)).await.expect("send");
+        let resp = h.recv().await;
+        let v: serde_json::Value = serde_json::from_slice(&resp[4..]).expect("json");
+        assert_eq!(v["txpk"]["imme"], true);
+        let mut ack = vec![2, resp[1], resp[2], 5];
+        ack.extend_from_slice(&FORWARDER_EUI);
+        ack.extend_from_slice(br#"{"txpk_ack":{"error":"GPS_UNLOCKED"}}"#);
+        h.send(&ack).await;
+        assert_eq!(h.tx_ack().await, TxAck { downlink_id: 503, status: TxStatus::GpsUnlocked });
+        assert_eq!(h.stat(|s| &s.tx_acks), 3);
+    }
+
+    #[tokio::test]
+    async fn downlink_without_a_forwarder_is_refused_at_once() {
+        let mut h = start(GwmpConfig::default()).await;
+        h.downlinks.send(downlink(7, TxTiming::Immediately)).await.expect("send");
+        assert_eq!(h.tx_ack().await, TxAck { downlink_id: 7, status: TxStatus::InternalError });
+        assert_eq!(h.stat(|s| &s.downlinks_without_forwarder), 1);
+    }
+
+    #[tokio::test]
+    async fn silent_forwarder_downlink_is_reported_failed() {
+        let mut h = start(GwmpConfig { tx_ack_timeout_ms: 50, ..GwmpConfig::default() }).await;
+        h.pull(2, 1).await;
+        h.downlinks.send(downlink(8, TxTiming::Immediately)).await.expect("send");
+        let resp = h.recv().await;
+        assert_eq!(resp[3], 3, "PULL_RESP sent");
+        assert_eq!(h.tx_ack().await, TxAck { downlink_id: 8, status: TxStatus::InternalError });
+        assert_eq!(h.stat(|s| &s.tx_ack_timeouts), 1);
+        // A TX_ACK arriving after that is counted and ignored.
+        let mut ack = vec![2, resp[1], resp[2], 5];
+        ack.extend_from_slice(&FORWARDER_EUI);
+        h.send(&ack).await;
+        h.send(&push_data(9, FORWARDER_EUI, &one_rxpk("AQID"))).await;
+        assert_eq!(h.recv().await, vec![2, 0, 9, 1]);
+        assert_eq!(h.stat(|s| &s.unknown_tx_acks), 1);
+    }
+
+    #[tokio::test]
+    async fn version_1_forwarder_downlinks_are_acknowledged_once_sent() {
+        let mut h = start(GwmpConfig::default()).await;
+        h.pull(1, 0x0a0b).await;
+        h.downlinks.send(downlink(9, TxTiming::Counter(1000))).await.expect("send");
+        let resp = h.recv().await;
+        assert_eq!((resp[0], resp[3]), (1, 3), "PULL_RESP in version 1");
+        assert_eq!(h.tx_ack().await, TxAck { downlink_id: 9, status: TxStatus::Ok });
+    }
+
+    #[tokio::test]
+    async fn garbage_datagrams_are_counted_and_dropped_and_the_next_good_one_works() {
+        let mut h = start(GwmpConfig::default()).await;
+        let mut noise = [0u8; 97];
+        noise.iter_mut().enumerate().for_each(|(i, b)| *b = (i as u8).wrapping_mul(151).wrapping_add(7));
+        let mut wrong_version = push_data(1, FORWARDER_EUI, &one_rxpk("AQID"));
+        wrong_version[0] = 3;
+        let garbage: [&[u8]; 7] = [
+            &noise,
+            &wrong_version,
+            &[2, 0],                                               // truncated header
+            &[2, 0, 1, 0, 0xaa, 0x55],                             // truncated EUI
+            &push_data(2, FORWARDER_EUI, "{\"rxpk\":[{\"tmst\":"), // bad JSON
+            &[2, 0, 3, 9, 1, 2, 3, 4, 5, 6, 7, 8],                 // unknown identifier
+            &[2, 0, 4, 1],                                         // PUSH_ACK: servers send those
+        ];
+        for g in garbage {
+            h.send(g).await;
+        }
+        // Bad base64 and absurd values spoil only their rxpk: the datagram is acknowledged.
+        h.send(&push_data(0x0505, FORWARDER_EUI, &one_rxpk("!!not base64!!"))).await;
+        assert_eq!(h.recv().await, vec![2, 5, 5, 1]);
+        h.send(&push_data(0x0606, FORWARDER_EUI, &one_rxpk("AQID").replace("868.1", "1e9"))).await;
+        assert_eq!(h.recv().await, vec![2, 6, 6, 1]);
+
+        h.send(&push_data(0x0707, FORWARDER_EUI, &one_rxpk("AQID"))).await;
+        assert_eq!(h.recv().await, vec![2, 7, 7, 1], "only the good datagrams were answered");
+        assert_eq!(h.uplink().await.phy_payload, vec![1, 2, 3]);
+        assert_eq!(h.stat(|s| &s.malformed), garbage.len() as u64);
+        assert_eq!(h.stat(|s| &s.rxpk_rejected), 2);
+        assert_eq!(h.stat(|s| &s.uplinks), 1);
+        assert!(h.uplinks.try_recv().is_err(), "nothing else reached the pipeline");
+    }
+
+    #[tokio::test]
+    async fn datagrams_from_another_gateway_are_dropped_when_filtered() {
+        let mut h =
+            start(GwmpConfig { gateway_id: Some(Eui64(FORWARDER_EUI)), ..GwmpConfig::default() }).await;
+        h.send(&push_data(1, [9; 8], &one_rxpk("AQID"))).await;
+        h.send(&push_data(2, FORWARDER_EUI, &one_rxpk("BAUG"))).await;
+        assert_eq!(h.recv().await, vec![2, 0, 2, 1], "only our gateway is answered");
+        assert_eq!(h.uplink().await.phy_payload, vec![4, 5, 6]);
+        assert_eq!(h.stat(|s| &s.foreign_gateway), 1);
+    }
+
+    #[tokio::test]
+    async fn bind_failure_is_a_start_error() {
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let config = GwmpConfig { bind: taken.local_addr().expect("addr"), ..GwmpConfig::default() };
+        let (up_tx, _up_rx) = mpsc::channel(1);
+        let (_down_tx, down_rx) = mpsc::channel(1);
+        let (ack_tx, _ack_rx) = mpsc::channel(1);
+        let ingest = Box::new(GwmpIngest::new(config).expect("config"));
+        let mut handle = ingest.handle();
+        let err = ingest.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx }).await;
+        assert!(matches!(err, Err(RadioError::Start(ref m)) if m.contains("cannot listen")), "{err:?}");
+        assert_eq!(handle.local_addr().await, None);
+    }
+
+    #[tokio::test]
+    async fn stops_when_the_pipeline_closes() {
+        let h = start(GwmpConfig::default()).await;
+        drop(h.uplinks);
+        let r = tokio::time::timeout(HANG_GUARD, h.task).await.expect("stopped in time").expect("joined");
+        assert!(r.is_ok());
+    }
+
+    #[test]
+    fn config_defaults_and_checks() {
+        let c: GwmpConfig = toml::from_str("").expect("empty is fine");
+        assert_eq!(c, GwmpConfig::default());
+        assert_eq!(c.bind, "127.0.0.1:1700".parse().expect("addr"));
+        let c: GwmpConfig =
+            toml::from_str("bind = \"0.0.0.0:1700\"\ngateway_id = \"aa555a0000000001\"").expect("parse");
+        assert_eq!(c.gateway_id, Some(Eui64(FORWARDER_EUI)));
+        assert!(toml::from_str::<GwmpConfig>("port = 1700").is_err(), "unknown keys refused");
+        assert_eq!(
+            GwmpIngest::new(GwmpConfig { tx_ack_timeout_ms: 0, ..c }).expect_err("zero"),
+            GwmpError::TxAckTimeout(0)
+        );
+    }
+}
