@@ -16,6 +16,7 @@ use berrygw_lora::filter::FilterConfig;
 use berrygw_lora::gwmp::GwmpConfig;
 use berrygw_lora::phy::Eui64;
 use berrygw_lora::sim::SimConfig;
+use berrygw_sx1302::{ConcentratorSetup, Sx1302Config};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
@@ -61,6 +62,8 @@ pub struct RadioConfig {
     pub sim: Option<SimConfig>,
     /// `[radio.gwmp]`, used when `kind = "gwmp"` (defaults apply when absent).
     pub gwmp: Option<GwmpConfig>,
+    /// `[radio.sx1302]`, used when `kind = "sx1302"`.
+    pub sx1302: Option<Sx1302Config>,
 }
 
 /// The radio sources berrygw can run.
@@ -71,6 +74,8 @@ pub enum RadioKind {
     Sim,
     /// A local packet forwarder sending Semtech UDP (GWMP) to berrygw.
     Gwmp,
+    /// An SX1302/SX1303 concentrator on SPI, driven through libloragw.
+    Sx1302,
 }
 
 /// `[journal]`: the durable queue in front of every sink.
@@ -318,6 +323,29 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
                 "kind = \"sim\" needs a [radio.sim] section with its devices",
             ))
         }
+        RadioKind::Sx1302 => match &c.radio.sx1302 {
+            None => {
+                return Err(loaded.error_at(
+                    c.radio.kind.span(),
+                    "kind = \"sx1302\" needs a [radio.sx1302] section (at least `board`)",
+                ))
+            }
+            Some(_) if !cfg!(any(feature = "sx1302", feature = "hal-double")) => {
+                return Err(loaded.error_at(
+                    c.radio.kind.span(),
+                    "this berrygw was built without the sx1302 feature; install a build with it \
+                     (cargo build --features sx1302 with SX1302_HAL_DIR set) or use kind = \"gwmp\"",
+                ))
+            }
+            Some(sx) => {
+                ConcentratorSetup::resolve(sx).map_err(|e| ConfigError {
+                    file: loaded.path.clone(),
+                    line: None,
+                    key: Some("radio.sx1302".into()),
+                    message: e.to_string(),
+                })?;
+            }
+        },
         RadioKind::Sim | RadioKind::Gwmp => {}
     }
     if let Some(udp) = &c.sinks.semtech_udp {

@@ -16,6 +16,7 @@ use berrygw_lora::filter::UplinkFilter;
 use berrygw_lora::gwmp::GwmpIngest;
 use berrygw_lora::sim::SimRadio;
 use berrygw_lora::{DownlinkFrame, RadioIo, RadioSource, TxAck, UplinkFrame};
+use berrygw_sx1302::{ConcentratorStatus, Sx1302Radio};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -97,6 +98,7 @@ impl Gateway {
             .context("sequence open task")?
             .context("opening the uplink sequence counter")?;
         let filter = UplinkFilter::new(c.filters.clone());
+        let mut concentrator = None;
         let radio: Box<dyn RadioSource> = match c.radio.kind.get_ref() {
             RadioKind::Sim => {
                 let sim = c.radio.sim.clone().context("[radio.sim] missing")?;
@@ -105,6 +107,16 @@ impl Gateway {
             RadioKind::Gwmp => {
                 let gwmp = c.radio.gwmp.clone().unwrap_or_default();
                 Box::new(GwmpIngest::new(gwmp).context("radio.gwmp")?)
+            }
+            RadioKind::Sx1302 => {
+                let sx = c.radio.sx1302.clone().context("[radio.sx1302] missing")?;
+                // Reset, configuration and lgw_start block for about a second.
+                let radio = tokio::task::spawn_blocking(move || Sx1302Radio::open(&sx))
+                    .await
+                    .context("concentrator start task")?
+                    .context("starting the SX1302 concentrator")?;
+                concentrator = Some(radio.status());
+                Box::new(radio)
             }
         };
 
@@ -169,6 +181,7 @@ impl Gateway {
             gateway_id.clone(),
             Duration::from_secs(c.gateway.stats_interval_secs),
             sinks.iter().map(|s| (s.name, s.journal.clone())).collect(),
+            concentrator,
             counters.clone(),
             shutdown_rx.clone(),
         )));
@@ -426,10 +439,29 @@ fn journal_metadata(journals: &[(&'static str, Journal)]) -> HashMap<String, Str
     m
 }
 
+/// Concentrator health for the stats metadata.
+fn concentrator_metadata(s: &ConcentratorStatus) -> HashMap<String, String> {
+    let mut m = HashMap::from([
+        ("concentrator_running".to_string(), s.running.to_string()),
+        ("concentrator_restarts".to_string(), s.restarts.to_string()),
+    ]);
+    if let Some(eui) = s.eui {
+        m.insert("concentrator_eui".into(), eui.to_string());
+    }
+    if let Some(t) = s.temperature_c {
+        m.insert("concentrator_temperature_c".into(), format!("{t:.1}"));
+    }
+    if let Some(e) = &s.last_error {
+        m.insert("concentrator_last_error".into(), e.clone());
+    }
+    m
+}
+
 async fn stats_loop(
     gateway_id: String,
     every: Duration,
     journals: Vec<(&'static str, Journal)>,
+    concentrator: Option<watch::Receiver<ConcentratorStatus>>,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -445,11 +477,15 @@ async fn stats_loop(
             (counters.received.load(Ordering::Relaxed), counters.received_crc_ok.load(Ordering::Relaxed));
         let per_freq =
             counters.rx_per_frequency.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default();
+        let mut metadata = journal_metadata(&journals);
+        if let Some(status) = &concentrator {
+            metadata.extend(concentrator_metadata(&status.borrow()));
+        }
         let snapshot = StatsSnapshot {
             rx_received: (now.0 - last.0) as u32,
             rx_received_ok: (now.1 - last.1) as u32,
             rx_per_frequency: per_freq,
-            metadata: journal_metadata(&journals),
+            metadata,
             ..Default::default()
         };
         last = now;
