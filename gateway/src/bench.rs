@@ -7,6 +7,9 @@
 //! - `drain`: a backlog written straight into the journal while the broker
 //!   is unreachable, then drained; drain rate, bytes written per queued
 //!   uplink, peak RSS with the backlog on disk.
+//! - `gwmp`: a packet forwarder (a thread of this process, its CPU time
+//!   subtracted) sends PUSH_DATA over loopback UDP to the GWMP ingest, which
+//!   feeds journal → MQTT sink → broker; uplinks/s and CPU µs per uplink.
 //!
 //! Results print as one JSON object per phase for BENCHMARKS.md.
 
@@ -101,7 +104,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let result = match args.phase.as_str() {
         "throughput" => rt.block_on(throughput(&args))?,
         "drain" => rt.block_on(drain(&args))?,
-        other => bail!("unknown phase `{other}`: use throughput or drain"),
+        "gwmp" => rt.block_on(gwmp(&args))?,
+        other => bail!("unknown phase `{other}`: use throughput, drain or gwmp"),
     };
     println!("{result}");
     Ok(())
@@ -176,6 +180,128 @@ max_inflight = 500
         "bytes_written_per_uplink": round((after.write_bytes - before.write_bytes) as f64 / total as f64),
         "record_bytes": record_size(),
         "journal_commits": commits,
+        "peak_rss_mib": round(peak_rss_kib() as f64 / 1024.0),
+    }))
+}
+
+/// CPU time of the calling thread (utime + stime from /proc/thread-self/stat).
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s[s.rfind(')')? + 2..].split_whitespace().collect();
+            let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(Duration::from_millis(ticks * 10))
+        })
+        .unwrap_or(Duration::ZERO)
+}
+
+async fn gwmp(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let text = format!(
+        r#"
+[gateway]
+id = "0016c001ffbe0001"
+state_dir = "{dir}"
+stats_interval_secs = 3600
+report_interval_secs = 3600
+[radio]
+kind = "gwmp"
+[radio.gwmp]
+bind = "127.0.0.1:{port}"
+[journal]
+backend = "{backend}"
+max_bytes = 4000000000
+[sinks.chirpstack]
+server = "mqtt://{broker}"
+max_inflight = 500
+"#,
+        dir = args.dir.display(),
+        backend = args.backend,
+        broker = args.broker
+    );
+    let cfg = config::parse(Path::new("<bench>"), text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let total = args.uplinks;
+    let gateway = Gateway::start(&cfg).await?;
+    let sink = gateway.sink("chirpstack").context("bench config has the chirpstack sink")?;
+    let before = sample();
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || -> anyhow::Result<(Duration, u64)> {
+        use berrygw_lora::gwmp::codec::{Datagram, Packet, RxPk, PROTOCOL_V2};
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let key = berrygw_lora::phy::AesKey([7; 16]);
+        let (mut sent, mut unacked, mut lost) = (0u64, 0u32, 0u64);
+        let mut token = 0u16;
+        let mut buf = [0u8; 64];
+        while sent < total {
+            // Like a forwarder on a busy cell: no waiting for PUSH_ACKs, but at most
+            // 64 datagrams outstanding so loopback buffers never overflow.
+            while unacked >= 64 {
+                match socket.recv(&mut buf) {
+                    Ok(_) => unacked -= 1,
+                    Err(_) => {
+                        lost += u64::from(unacked);
+                        unacked = 0;
+                    }
+                }
+            }
+            let rxpk = (0..8.min(total - sent))
+                .map(|i| {
+                    let up = berrygw_lora::phy::DataUplink {
+                        dev_addr: berrygw_lora::phy::DevAddr::from_u32(0x2600_0000 + (sent + i) as u32 % 64),
+                        fcnt: (sent + i) as u32,
+                        confirmed: false,
+                        adr: false,
+                        f_port: 2,
+                        payload: &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+                    };
+                    let phy = berrygw_lora::phy::build_data_uplink(&up, &key, &key)?;
+                    Ok(RxPk::from_uplink(&UplinkFrame::example(phy, CrcStatus::Ok)))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let n = rxpk.len() as u64;
+            token = token.wrapping_add(1);
+            let gateway_id = berrygw_lora::phy::Eui64::from_u64(0x0016_c001_ffbe_0001);
+            let packet = Packet::PushData { gateway_id, rxpk, stat: None };
+            let bytes = Datagram { version: PROTOCOL_V2, token, packet }.encode()?;
+            socket.send_to(&bytes, ("127.0.0.1", port))?;
+            unacked += 1;
+            sent += n;
+        }
+        while unacked > 0 && socket.recv(&mut buf).is_ok() {
+            unacked -= 1;
+        }
+        Ok((thread_cpu(), lost + u64::from(unacked)))
+    });
+    let (sender_cpu, lost_datagrams) = tokio::task::spawn_blocking(move || sender.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+    let received = gateway.counters.received.load(Ordering::Relaxed);
+    let deadline = start + Duration::from_secs(600);
+    while sink.counters.forwarded.load(Ordering::Relaxed) < received {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {received} forwarded after 600 s",
+                sink.counters.forwarded.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed();
+    let after = sample();
+    gateway.stop().await?;
+    let gateway_cpu = after.cpu.saturating_sub(before.cpu).saturating_sub(sender_cpu);
+    Ok(serde_json::json!({
+        "phase": "gwmp",
+        "backend": args.backend,
+        "uplinks_sent": total,
+        "uplinks_received": received,
+        "datagrams_unacknowledged": lost_datagrams,
+        "seconds": round(elapsed.as_secs_f64()),
+        "uplinks_per_s": round(received as f64 / elapsed.as_secs_f64()),
+        "cpu_us_per_uplink": round(gateway_cpu.as_micros() as f64 / received.max(1) as f64),
+        "forwarder_cpu_us_per_uplink": round(sender_cpu.as_micros() as f64 / total as f64),
         "peak_rss_mib": round(peak_rss_kib() as f64 / 1024.0),
     }))
 }
