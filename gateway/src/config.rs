@@ -7,7 +7,7 @@
 //! and `run` reject exactly the same files.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,6 +34,41 @@ pub struct Config {
     #[serde(default)]
     pub journal: JournalSection,
     pub sinks: SinksConfig,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub api: ApiSection,
+}
+
+/// `[http]`: the listener serving `/metrics`, the status page `/` and `/api/status`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address and port; loopback by default (the page and metrics carry no secrets,
+    /// but expose them beyond the gateway only on purpose, e.g. `0.0.0.0:9101`).
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection { listen: default_http_listen() }
+    }
+}
+
+/// `[api]`: the local API on a unix socket, used by `berrygw status`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Socket path, created mode 0660 (owner and group may ask).
+    #[serde(default = "default_api_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection { socket: default_api_socket() }
+    }
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its state.
@@ -433,6 +468,15 @@ fn key_at(source: &str, line: usize) -> Option<String> {
     }
 }
 
+/// Where `berrygw status` looks when no configuration names the socket.
+pub const DEFAULT_API_SOCKET: &str = "/run/berrygw/api.sock";
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9101))
+}
+fn default_api_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_API_SOCKET)
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/berrygw")
 }
@@ -499,6 +543,15 @@ server = "mqtt://127.0.0.1:1883"
         let cs = c.sinks.chirpstack.expect("sink");
         assert_eq!(cs.topic_prefix, "eu868");
         assert_eq!(cs.format, PayloadFormat::Protobuf);
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9101", "loopback unless asked");
+        assert_eq!(c.api.socket, Path::new("/run/berrygw/api.sock"));
+    }
+
+    #[test]
+    fn bad_http_listen_address_names_the_key() {
+        let text = format!("{MINIMAL}\n[http]\nlisten = \"localhost\"\n");
+        let err = parse_str(&text).expect_err("address without port refused");
+        assert_eq!(err.key.as_deref(), Some("http.listen"), "{err}");
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! berrygw, the LoRaWAN gateway runtime: the library behind the `berrygw`
 //! binary. `pipeline` wires a radio source through filters into per-sink
 //! durable journals and out through the sinks; `config` is the file format;
-//! `demo` and `bench` run the same pipeline against an embedded broker.
+//! `demo` and `bench` run the same pipeline against an embedded broker;
+//! `metrics` and `status` tell people how it is doing.
 //! See ARCHITECTURE.md at the repository root for the code map.
 
 pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod journal;
+pub mod metrics;
 pub mod pipeline;
 pub mod seq;
 pub mod service;
 pub mod sink;
+pub mod status;

@@ -1,5 +1,5 @@
 //! The `berrygw` command: the daemon (`run`), the field tools
-//! (`check-config`), the self-contained `demo` and the `bench` harness.
+//! (`check-config`, `status`), the self-contained `demo` and the `bench` harness.
 //! Argument parsing and logging set-up only; the work is in the library.
 
 use std::path::PathBuf;
@@ -30,6 +30,18 @@ enum Command {
     CheckConfig {
         /// Configuration file.
         file: PathBuf,
+    },
+    /// Ask the running daemon how it is doing (exit 0 healthy, 1 unhealthy, 3 not running).
+    Status {
+        /// Print the daemon's JSON (as served at /api/status) instead of a summary.
+        #[arg(long)]
+        json: bool,
+        /// The local API socket; default: `[api] socket` of --config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Configuration file naming the socket.
+        #[arg(long, short, default_value = "/etc/berrygw/berrygw.toml")]
+        config: PathBuf,
     },
     /// Run the whole pipeline with a simulated radio and an embedded broker; nothing to install.
     Demo(berrygw::demo::DemoArgs),
@@ -102,6 +114,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status { json, socket, config } => status(json, socket, &config),
         Command::Demo(args) => {
             // The demo prints its own account; logs only for trouble.
             init_logging("warn");
@@ -112,6 +125,56 @@ fn main() -> ExitCode {
         Command::Bench(args) => {
             init_logging("warn");
             report(berrygw::bench::run(args))
+        }
+    }
+}
+
+/// `berrygw status`: 0 healthy, 1 unhealthy, 2 bad configuration, 3 not running or no answer.
+fn status(json: bool, socket: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
+    use berrygw::status::cli;
+    let socket = match socket {
+        Some(s) => s,
+        None => match berrygw::config::load(config) {
+            Ok(c) => c.config.api.socket,
+            // No configuration file at the default place: the default socket.
+            Err(_) if !config.exists() => PathBuf::from(berrygw::config::DEFAULT_API_SOCKET),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let body = match cli::ask(&socket) {
+        Ok(b) => b,
+        Err(e @ cli::AskError::NotRunning { .. }) => {
+            eprintln!(
+                "berrygw is not running ({e}).\nStart it with `systemctl start berrygw`, or name its socket with --socket."
+            );
+            return ExitCode::from(3);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let parsed = cli::parse(&body);
+    if json {
+        println!("{}", body.trim_end());
+    }
+    match parsed {
+        Ok(s) => {
+            if !json {
+                print!("{}", cli::render(&s));
+            }
+            if s.healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
         }
     }
 }

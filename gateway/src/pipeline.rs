@@ -9,14 +9,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use berrygw_lora::filter::UplinkFilter;
 use berrygw_lora::gwmp::GwmpIngest;
 use berrygw_lora::sim::SimRadio;
-use berrygw_lora::{DownlinkFrame, RadioIo, RadioSource, TxAck, UplinkFrame};
+use berrygw_lora::{
+    CrcStatus, DownlinkFrame, Modulation, RadioIo, RadioSource, TxAck, TxStatus, UplinkFrame,
+};
 use berrygw_sx1302::{ConcentratorStatus, Sx1302Radio};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -31,8 +36,11 @@ use crate::sink::mqtt::{self, MqttSinkSettings, SinkRadioIo};
 use crate::sink::semtech_udp;
 use crate::sink::tls::{self, TlsFiles};
 
+/// Labels of a received frame: CRC status, channel (frequency in Hz) and data rate.
+pub type FrameLabels = [(&'static str, String); 3];
+
 /// Counters of the radio side: what came in and what the filters made of it.
-#[derive(Default)]
+/// The metrics endpoint reads these at scrape time; nothing counts twice.
 pub struct Counters {
     pub received: AtomicU64,
     pub received_crc_ok: AtomicU64,
@@ -42,9 +50,99 @@ pub struct Counters {
     pub rejected_by_reason: Mutex<HashMap<&'static str, u64>>,
     /// Received frames by frequency since the last stats message.
     rx_per_frequency: Mutex<HashMap<u32, u32>>,
+    /// Received frames by CRC status, channel and data rate, since start.
+    pub frames: Family<FrameLabels, Counter>,
+    /// RSSI of received frames (dBm).
+    pub rssi: Histogram,
+    /// SNR of received frames (dB).
+    pub snr: Histogram,
+    /// Transmissions by the radio's answer (`TxAck` status), every sink together.
+    pub tx_by_status: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let tx_by_status = Family::default();
+        // Every status exists from the start, so a rate() over it never starts from nothing.
+        for status in TX_STATUSES {
+            let _ = tx_by_status.get_or_create(&[("status", tx_status_label(status))]);
+        }
+        Counters {
+            received: AtomicU64::new(0),
+            received_crc_ok: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            rejected_by_reason: Mutex::default(),
+            rx_per_frequency: Mutex::default(),
+            frames: Family::default(),
+            // -130 .. -30 dBm in 10 dB steps.
+            rssi: Histogram::new((0..11).map(|i| -130.0 + 10.0 * f64::from(i))),
+            // -20 .. +10 dB in 2.5 dB steps (LoRa demodulates well below 0 dB).
+            snr: Histogram::new((0..13).map(|i| -20.0 + 2.5 * f64::from(i))),
+            tx_by_status,
+        }
+    }
+}
+
+const TX_STATUSES: [TxStatus; 11] = [
+    TxStatus::Ok,
+    TxStatus::TooLate,
+    TxStatus::TooEarly,
+    TxStatus::CollisionPacket,
+    TxStatus::CollisionBeacon,
+    TxStatus::TxFrequency,
+    TxStatus::TxPower,
+    TxStatus::GpsUnlocked,
+    TxStatus::QueueFull,
+    TxStatus::InternalError,
+    TxStatus::DutyCycleOverflow,
+];
+
+/// The `status` label of a transmission.
+pub fn tx_status_label(status: TxStatus) -> &'static str {
+    match status {
+        TxStatus::Ok => "ok",
+        TxStatus::TooLate => "too_late",
+        TxStatus::TooEarly => "too_early",
+        TxStatus::CollisionPacket => "collision_packet",
+        TxStatus::CollisionBeacon => "collision_beacon",
+        TxStatus::TxFrequency => "tx_frequency",
+        TxStatus::TxPower => "tx_power",
+        TxStatus::GpsUnlocked => "gps_unlocked",
+        TxStatus::QueueFull => "queue_full",
+        TxStatus::InternalError => "internal_error",
+        TxStatus::DutyCycleOverflow => "duty_cycle_overflow",
+    }
+}
+
+/// The `data_rate` label: `SF7BW125` for LoRa, `FSK50000` for FSK.
+fn data_rate_label(m: &Modulation) -> String {
+    match m {
+        Modulation::Lora { spreading_factor, bandwidth, .. } => {
+            format!("SF{spreading_factor}BW{}", bandwidth / 1000)
+        }
+        Modulation::Fsk { datarate, .. } => format!("FSK{datarate}"),
+    }
 }
 
 impl Counters {
+    fn count_frame(&self, frame: &UplinkFrame) {
+        let crc = match frame.crc {
+            CrcStatus::Ok => "ok",
+            CrcStatus::Bad => "bad",
+            CrcStatus::Missing => "missing",
+        };
+        self.frames
+            .get_or_create(&[
+                ("crc", crc.to_string()),
+                ("frequency_hz", frame.frequency.0.to_string()),
+                ("data_rate", data_rate_label(&frame.modulation)),
+            ])
+            .inc();
+        self.rssi.observe(f64::from(frame.rssi));
+        self.snr.observe(f64::from(frame.snr));
+    }
+
     fn reject(&self, reason: &'static str) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = self.rejected_by_reason.lock() {
@@ -54,7 +152,6 @@ impl Counters {
 }
 
 /// Counters of one sink, written by its task only.
-#[derive(Default)]
 pub struct SinkCounters {
     /// Records the far side acknowledged.
     pub forwarded: AtomicU64,
@@ -66,6 +163,47 @@ pub struct SinkCounters {
     /// Malformed commands or datagrams from the far side.
     pub bad_commands: AtomicU64,
     pub connected: AtomicBool,
+    /// Seconds from publishing a record to the far side's acknowledgement (MQTT: PUBACK).
+    pub publish_ack_latency: Histogram,
+}
+
+impl Default for SinkCounters {
+    fn default() -> Self {
+        SinkCounters {
+            forwarded: AtomicU64::new(0),
+            publish_errors: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            downlinks_received: AtomicU64::new(0),
+            tx_acks: AtomicU64::new(0),
+            bad_commands: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            // 5 ms .. about 20 s.
+            publish_ack_latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.005, 2.0, 13,
+            )),
+        }
+    }
+}
+
+/// What the metrics endpoint and the status page read: shared handles, never owners.
+#[derive(Clone)]
+pub struct GatewayView {
+    pub gateway_id: String,
+    /// `sim`, `gwmp` or `sx1302`.
+    pub radio_kind: &'static str,
+    pub started: Instant,
+    pub counters: Arc<Counters>,
+    pub sinks: Vec<SinkView>,
+    /// The concentrator's health, when the radio is an sx1302.
+    pub concentrator: Option<watch::Receiver<ConcentratorStatus>>,
+}
+
+/// One sink as seen from outside: its name, journal statistics and counters.
+#[derive(Clone)]
+pub struct SinkView {
+    pub name: &'static str,
+    pub journal: Journal,
+    pub counters: Arc<SinkCounters>,
 }
 
 /// One sink of a running gateway: its journal, its counters, its task.
@@ -81,6 +219,7 @@ pub struct Gateway {
     pub counters: Arc<Counters>,
     /// Every configured sink; stopped first so that their last acknowledgements reach the journals.
     pub sinks: Vec<SinkRuntime>,
+    view: GatewayView,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -120,6 +259,7 @@ impl Gateway {
             }
         };
 
+        let started = Instant::now();
         let counters = Arc::new(Counters::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (uplink_tx, uplink_rx) = mpsc::channel(1024);
@@ -163,7 +303,7 @@ impl Gateway {
                 error!("radio ({radio_kind}) stopped: {e}");
             }
         }));
-        tasks.push(tokio::spawn(router.run(radio_ack_rx)));
+        tasks.push(tokio::spawn(router.run(radio_ack_rx, counters.clone())));
         let mut liveness = Liveness::default();
         for sink in &sinks {
             liveness.journal(sink.name, sink.journal.clone());
@@ -181,7 +321,7 @@ impl Gateway {
             gateway_id.clone(),
             Duration::from_secs(c.gateway.stats_interval_secs),
             sinks.iter().map(|s| (s.name, s.journal.clone())).collect(),
-            concentrator,
+            concentrator.clone(),
             counters.clone(),
             shutdown_rx.clone(),
         )));
@@ -203,8 +343,24 @@ impl Gateway {
             }
             info!(sink = sink.name, backlog = stats.records, "sink ready");
         }
-        info!(gateway_id, radio = radio_kind, backend = ?c.journal.backend, "berrygw running");
-        Ok(Gateway { counters, sinks, shutdown, tasks })
+        info!(gateway_id = gateway_id.as_str(), radio = radio_kind, backend = ?c.journal.backend, "berrygw running");
+        let view = GatewayView {
+            gateway_id,
+            radio_kind,
+            started,
+            counters: counters.clone(),
+            sinks: sinks
+                .iter()
+                .map(|s| SinkView { name: s.name, journal: s.journal.clone(), counters: s.counters.clone() })
+                .collect(),
+            concentrator,
+        };
+        Ok(Gateway { counters, sinks, view, shutdown, tasks })
+    }
+
+    /// Read-only handles for the metrics endpoint and the status page.
+    pub fn view(&self) -> GatewayView {
+        self.view.clone()
     }
 
     /// The sink called `name`, if configured.
@@ -325,7 +481,7 @@ impl DownlinkRouter {
         SinkRadioIo { downlinks: down_tx, tx_acks: ack_rx }
     }
 
-    async fn run(mut self, mut acks: mpsc::Receiver<TxAck>) {
+    async fn run(mut self, mut acks: mpsc::Receiver<TxAck>, counters: Arc<Counters>) {
         drop(self.from_sinks);
         let mut owner: HashMap<u32, usize> = HashMap::new();
         let mut order: VecDeque<u32> = VecDeque::new();
@@ -346,6 +502,7 @@ impl DownlinkRouter {
                 }
                 ack = acks.recv() => {
                     let Some(ack) = ack else { return };
+                    counters.tx_by_status.get_or_create(&[("status", tx_status_label(ack.status))]).inc();
                     match owner.remove(&ack.downlink_id).and_then(|i| self.to_sinks.get(i)) {
                         Some(sink) => {
                             let _ = sink.send(ack).await;
@@ -390,9 +547,10 @@ impl Ingest {
     async fn accept(&mut self, frame: UplinkFrame) -> anyhow::Result<()> {
         let c = &self.counters;
         c.received.fetch_add(1, Ordering::Relaxed);
-        if frame.crc == berrygw_lora::CrcStatus::Ok {
+        if frame.crc == CrcStatus::Ok {
             c.received_crc_ok.fetch_add(1, Ordering::Relaxed);
         }
+        c.count_frame(&frame);
         if let Ok(mut m) = c.rx_per_frequency.lock() {
             *m.entry(frame.frequency.0).or_default() += 1;
         }
@@ -544,10 +702,12 @@ async fn report_loop(
 /// Run the daemon until SIGTERM/SIGINT.
 pub async fn run_until_signal(cfg: &LoadedConfig) -> anyhow::Result<()> {
     let gw = Gateway::start(cfg).await?;
+    let served = crate::status::http::serve(&cfg.config, gw.view()).await;
     service::notify_ready();
     wait_for_signal().await;
     info!("stopping");
     service::notify_stopping();
+    served.stop();
     gw.stop().await
 }
 
@@ -571,7 +731,6 @@ async fn wait_for_signal() {
 mod tests {
     use super::*;
     use berrygw_lora::phy::{build_data_uplink, AesKey, DataUplink, DevAddr};
-    use berrygw_lora::CrcStatus;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn malformed_and_filtered_frames_are_counted_and_dropped() {

@@ -486,10 +486,18 @@ report_interval_secs = 1
 backend = "{backend}"
 commit_interval_ms = 50
 
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[api]
+socket = "{state}/api.sock"
+
 {radio}
 {sinks}
 "#,
-        state_dir.display()
+        state_dir.display(),
+        http_port = free_port(),
+        state = state_dir.display()
     )
 }
 

@@ -9,7 +9,7 @@
 //! and the `command/down` subscription whose downlinks go to the radio, each
 //! answered on `event/ack`.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -141,15 +141,25 @@ struct InFlight {
     /// Journal seqs (or None for state/ack messages) in publish order, awaiting a packet id.
     unassigned: VecDeque<Option<u64>>,
     by_pkid: HashMap<u16, Option<u64>>,
-    seqs: BTreeSet<u64>,
+    /// Journal seqs awaiting PUBACK, with when they were published.
+    seqs: BTreeMap<u64, Instant>,
     highest_sent: u64,
+}
+
+/// A PUBACK that acknowledged a journal record.
+#[derive(Debug, PartialEq)]
+struct Acked {
+    /// Everything up to here is acknowledged (the journal's new ack point if it moved).
+    up_to: Seq,
+    /// Publish to PUBACK of this record.
+    latency: Duration,
 }
 
 impl InFlight {
     fn record_published(&mut self, tag: Option<u64>) {
         self.unassigned.push_back(tag);
         if let Some(seq) = tag {
-            self.seqs.insert(seq);
+            self.seqs.insert(seq, Instant::now());
             self.highest_sent = self.highest_sent.max(seq);
         }
     }
@@ -160,15 +170,16 @@ impl InFlight {
         }
     }
 
-    /// PUBACK for `pkid`: returns the journal seq up to which everything is acknowledged, if it moved.
-    fn acked(&mut self, pkid: u16) -> Option<Seq> {
+    /// PUBACK for `pkid`: if it acknowledged a journal record, the seq up to which
+    /// everything is acknowledged and how long this one took.
+    fn acked(&mut self, pkid: u16) -> Option<Acked> {
         let seq = self.by_pkid.remove(&pkid)??;
-        self.seqs.remove(&seq);
-        let up_to = match self.seqs.first() {
-            Some(oldest) => oldest - 1,
+        let latency = self.seqs.remove(&seq).map(|at| at.elapsed()).unwrap_or_default();
+        let up_to = match self.seqs.first_key_value() {
+            Some((oldest, _)) => oldest - 1,
             None => self.highest_sent,
         };
-        Some(Seq(up_to))
+        Some(Acked { up_to: Seq(up_to), latency })
     }
 }
 
@@ -242,8 +253,9 @@ async fn session(
             event = eventloop.poll() => match event.context("connection")? {
                 Event::Outgoing(Outgoing::Publish(pkid)) => flight.assign(pkid),
                 Event::Incoming(Packet::PubAck(ack)) => {
-                    if let Some(up_to) = flight.acked(ack.pkid) {
+                    if let Some(Acked { up_to, latency }) = flight.acked(ack.pkid) {
                         counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                        counters.publish_ack_latency.observe(latency.as_secs_f64());
                         if up_to > acked {
                             acked = up_to;
                             journal.ack(acked);
@@ -364,7 +376,7 @@ async fn drain_before_shutdown(
             ev = eventloop.poll() => match ev {
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flight.assign(pkid),
                 Ok(Event::Incoming(Packet::PubAck(a))) => {
-                    if let Some(up_to) = flight.acked(a.pkid) {
+                    if let Some(Acked { up_to, .. }) = flight.acked(a.pkid) {
                         if up_to > *acked {
                             *acked = up_to;
                             journal.ack(up_to);
@@ -401,10 +413,11 @@ mod tests {
         for pkid in 1..=4 {
             f.assign(pkid);
         }
-        assert_eq!(f.acked(1), None, "state message moves nothing");
-        assert_eq!(f.acked(3), Some(Seq(0)), "seq 2 acked but seq 1 still out");
-        assert_eq!(f.acked(2), Some(Seq(2)));
-        assert_eq!(f.acked(4), Some(Seq(3)));
-        assert_eq!(f.acked(4), None, "duplicate PUBACK ignored");
+        let mut up_to = |pkid| f.acked(pkid).map(|a| a.up_to);
+        assert_eq!(up_to(1), None, "state message moves nothing");
+        assert_eq!(up_to(3), Some(Seq(0)), "seq 2 acked but seq 1 still out");
+        assert_eq!(up_to(2), Some(Seq(2)));
+        assert_eq!(up_to(4), Some(Seq(3)));
+        assert_eq!(up_to(4), None, "duplicate PUBACK ignored");
     }
 }

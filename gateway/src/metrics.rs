@@ -1,0 +1,293 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text): one `Collector` that
+//! reads the pipeline's own counters, journal statistics and concentrator
+//! status at scrape time. Nothing is counted here; the pipeline and the sinks
+//! count, this module only names and encodes what they counted.
+//!
+//! Every family is prefixed `berrygw_`. Families that depend on hardware
+//! (concentrator temperature, restarts) appear only when that hardware runs.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::pipeline::{GatewayView, SinkView};
+use crate::sink::chirpstack;
+
+/// The registry of a running gateway, ready to encode.
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Metrics over everything `view` can see.
+    pub fn new(view: GatewayView) -> Metrics {
+        let mut registry = Registry::with_prefix("berrygw");
+        registry.register_collector(Box::new(GatewayCollector { view }));
+        Metrics { registry }
+    }
+
+    /// The current values in OpenMetrics text format (what Prometheus scrapes).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an encoder error would be a bug in a label.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        out
+    }
+}
+
+/// The `Content-Type` of `Metrics::encode`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+struct GatewayCollector {
+    view: GatewayView,
+}
+
+impl fmt::Debug for GatewayCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayCollector").field("gateway_id", &self.view.gateway_id).finish()
+    }
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn flag(a: &AtomicBool) -> i64 {
+    i64::from(a.load(Ordering::Relaxed))
+}
+
+/// One unlabelled sample under a fresh descriptor.
+fn single(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric: &impl EncodeMetric,
+) -> fmt::Result {
+    let m = enc.encode_descriptor(name, help, unit, metric.metric_type())?;
+    metric.encode(m)
+}
+
+/// One sample per sink under a fresh descriptor.
+fn per_sink<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    sinks: &[SinkView],
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric_type: MetricType,
+    value: impl Fn(&SinkView) -> M,
+) -> fmt::Result {
+    let mut m: MetricEncoder = enc.encode_descriptor(name, help, unit, metric_type)?;
+    for sink in sinks {
+        value(sink).encode(m.encode_family(&[("sink", sink.name)])?)?;
+    }
+    Ok(())
+}
+
+impl prometheus_client::collector::Collector for GatewayCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let v = &self.view;
+        let c = &v.counters;
+
+        let mut info =
+            enc.encode_descriptor("build", "berrygw version and radio kind", None, MetricType::Info)?;
+        info.encode_info(&[("version", env!("CARGO_PKG_VERSION")), ("radio", v.radio_kind)])?;
+        single(
+            &mut enc,
+            "uptime",
+            "Seconds since the daemon started",
+            Some(&Unit::Seconds),
+            &ConstGauge::new(v.started.elapsed().as_secs_f64()),
+        )?;
+
+        // Radio side.
+        let m = enc.encode_descriptor(
+            "radio_frames",
+            "Frames received by the radio, by CRC status, channel frequency and data rate",
+            None,
+            MetricType::Counter,
+        )?;
+        c.frames.encode(m)?;
+        single(&mut enc, "radio_rssi_dbm", "RSSI of received frames (dBm)", None, &c.rssi)?;
+        single(&mut enc, "radio_snr_db", "SNR of received frames (dB)", None, &c.snr)?;
+        let mut m = enc.encode_descriptor(
+            "radio_rejected",
+            "Frames dropped by the filters, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        let reasons: Vec<(&'static str, u64)> = c
+            .rejected_by_reason
+            .lock()
+            .map(|r| r.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default();
+        for (reason, n) in reasons {
+            ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
+        }
+        single(
+            &mut enc,
+            "radio_queued",
+            "Frames accepted and stored in every sink's journal",
+            None,
+            &ConstCounter::new(load(&c.queued)),
+        )?;
+        let m = enc.encode_descriptor(
+            "tx",
+            "Downlink transmissions by the radio's answer",
+            None,
+            MetricType::Counter,
+        )?;
+        c.tx_by_status.encode(m)?;
+        if let Some(status) = &v.concentrator {
+            let s = status.borrow().clone();
+            single(
+                &mut enc,
+                "concentrator_running",
+                "1 while the SX1302 concentrator is started and polled",
+                None,
+                &ConstGauge::new(i64::from(s.running)),
+            )?;
+            single(
+                &mut enc,
+                "concentrator_restarts",
+                "Attempts to reset and restart a wedged concentrator",
+                None,
+                &ConstCounter::new(s.restarts),
+            )?;
+            if let Some(t) = s.temperature_c {
+                single(
+                    &mut enc,
+                    "concentrator_temperature",
+                    "Concentrator board temperature",
+                    Some(&Unit::Celsius),
+                    &ConstGauge::new(f64::from(t)),
+                )?;
+            }
+        }
+
+        // Journals and sinks.
+        let sinks = &v.sinks;
+        let now_ms = chirpstack::unix_ms(SystemTime::now());
+        per_sink(
+            &mut enc,
+            sinks,
+            "journal_records",
+            "Records waiting in the sink's journal",
+            None,
+            MetricType::Gauge,
+            |s| ConstGauge::new(s.journal.watch().borrow().records as i64),
+        )?;
+        per_sink(
+            &mut enc,
+            sinks,
+            "journal_bytes",
+            "Bytes held by the sink's journal",
+            None,
+            MetricType::Gauge,
+            |s| ConstGauge::new(s.journal.watch().borrow().bytes as i64),
+        )?;
+        per_sink(
+            &mut enc,
+            sinks,
+            "journal_oldest_age",
+            "Age of the oldest record waiting (receive time to now; 0 when empty)",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+            |s| {
+                let oldest = s.journal.watch().borrow().oldest_received_at_ms;
+                ConstGauge::new(oldest.map(|ms| (now_ms - ms).max(0) as f64 / 1000.0).unwrap_or(0.0))
+            },
+        )?;
+        per_sink(
+            &mut enc,
+            sinks,
+            "journal_evicted",
+            "Records dropped unacknowledged (journal full or unreadable), ever",
+            None,
+            MetricType::Counter,
+            |s| ConstCounter::new(s.journal.watch().borrow().evicted_total),
+        )?;
+        per_sink(
+            &mut enc,
+            sinks,
+            "journal_quarantined",
+            "1 when the journal was found corrupt at start and moved aside",
+            None,
+            MetricType::Gauge,
+            |s| ConstGauge::new(i64::from(s.journal.watch().borrow().quarantined.is_some())),
+        )?;
+        per_sink(
+            &mut enc,
+            sinks,
+            "sink_connected",
+            "1 while the sink is connected to its server",
+            None,
+            MetricType::Gauge,
+            |s| ConstGauge::new(flag(&s.counters.connected)),
+        )?;
+        per_sink(
+            &mut enc,
+            sinks,
+            "sink_reconnects",
+            "Connections lost and retried",
+            None,
+            MetricType::Counter,
+            |s| ConstCounter::new(load(&s.counters.reconnects)),
+        )?;
+        per_sink(
+            &mut enc,
+            sinks,
+            "sink_forwarded",
+            "Records the far side acknowledged",
+            None,
+            MetricType::Counter,
+            |s| ConstCounter::new(load(&s.counters.forwarded)),
+        )?;
+        per_sink(
+            &mut enc,
+            sinks,
+            "sink_publish_errors",
+            "Journal records that could not be encoded and were skipped",
+            None,
+            MetricType::Counter,
+            |s| ConstCounter::new(load(&s.counters.publish_errors)),
+        )?;
+        per_sink(
+            &mut enc,
+            sinks,
+            "sink_downlinks",
+            "Downlink commands received from the server",
+            None,
+            MetricType::Counter,
+            |s| ConstCounter::new(load(&s.counters.downlinks_received)),
+        )?;
+        per_sink(
+            &mut enc,
+            sinks,
+            "sink_bad_commands",
+            "Malformed commands or datagrams from the server",
+            None,
+            MetricType::Counter,
+            |s| ConstCounter::new(load(&s.counters.bad_commands)),
+        )?;
+        let mut m = enc.encode_descriptor(
+            "sink_publish_ack_latency",
+            "Publish to acknowledgement (MQTT PUBACK) of journal records",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for sink in sinks {
+            sink.counters.publish_ack_latency.encode(m.encode_family(&[("sink", sink.name)])?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,394 @@
+//! The gateway's one HTTP listener (`[http] listen`) and its local API socket
+//! (`[api] socket`): a deliberately small HTTP/1.1 server for three read-only
+//! GET routes, `/metrics`, `/` (the status page) and `/api/status`. One
+//! request per connection; the request head is bounded in size and time, and
+//! anything malformed gets a 400 rather than a guess.
+//!
+//! Neither listener is needed to keep uplinks safe: if one cannot be opened
+//! the daemon says so at error level and keeps forwarding.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info};
+
+use super::{History, Status};
+use crate::config::Config;
+use crate::metrics::{self, Metrics};
+use crate::pipeline::GatewayView;
+
+/// Largest request head accepted (request line and headers).
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// A client gets this long to send its request head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once per listener; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 16;
+
+const PAGE: &str = include_str!("page.html");
+
+/// What every route reads.
+pub struct Site {
+    view: GatewayView,
+    metrics: Metrics,
+    history: watch::Receiver<History>,
+}
+
+/// The running listeners; `stop` ends them and removes the socket file.
+pub struct Served {
+    tasks: Vec<JoinHandle<()>>,
+    socket: Option<PathBuf>,
+}
+
+impl Served {
+    /// Stop listening and remove the API socket.
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+        if let Some(path) = self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Open the HTTP listener and the API socket named in `cfg` over `view`.
+pub async fn serve(cfg: &Config, view: GatewayView) -> Served {
+    let (history_tx, history) = watch::channel(History::default());
+    let mut tasks = vec![tokio::spawn(super::sample_history(view.clone(), history_tx))];
+    let site = Arc::new(Site { metrics: Metrics::new(view.clone()), view, history });
+
+    match TcpListener::bind(cfg.http.listen).await {
+        Ok(listener) => {
+            info!(listen = %cfg.http.listen, "status page and metrics at http://{}/", cfg.http.listen);
+            tasks.push(tokio::spawn(accept_tcp(listener, site.clone())));
+        }
+        Err(e) => error!(
+            "cannot listen on {} ([http] listen): {e}; no status page or metrics until restarted (forwarding continues)",
+            cfg.http.listen
+        ),
+    }
+    let socket = match bind_socket(&cfg.api.socket) {
+        Ok(listener) => {
+            info!(socket = %cfg.api.socket.display(), "local API listening");
+            tasks.push(tokio::spawn(accept_unix(listener, site)));
+            Some(cfg.api.socket.clone())
+        }
+        Err(e) => {
+            error!(
+                "cannot open the local API socket {} ([api] socket): {e}; `berrygw status` will not answer (forwarding continues)",
+                cfg.api.socket.display()
+            );
+            None
+        }
+    };
+    Served { tasks, socket }
+}
+
+/// Bind the unix socket at `path`, replacing a stale file but never a live daemon's socket.
+fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process answers on it (is a second berrygw running?)",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+async fn accept_tcp(listener: TcpListener, site: Arc<Site>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let site = site.clone();
+                tokio::spawn(async move {
+                    debug!(%peer, "http connection");
+                    handle(stream, &site).await;
+                    drop(permit);
+                });
+            }
+            // Out of file descriptors and the like: back off instead of spinning.
+            Err(e) => {
+                debug!("http accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                match stream.peer_cred() {
+                    Ok(cred) => debug!(uid = cred.uid(), pid = ?cred.pid(), "local API connection"),
+                    Err(e) => debug!("local API connection, peer unknown: {e}"),
+                }
+                let site = site.clone();
+                tokio::spawn(async move {
+                    handle(stream, &site).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                debug!("local API accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serve one request on `stream`, then close it.
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, site: &Site) {
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
+        Err(_) => Response::error(408, "request head not received in time"),
+        Ok(Err(e)) => {
+            debug!("http read: {e}");
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(head))) => match parse_request(&head) {
+            Ok(req) => route(&req, site),
+            Err(rejection) => rejection,
+        },
+    };
+    let _ = stream.write_all(&response.to_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The request head, or None when the peer closed before sending anything.
+/// A head over `MAX_REQUEST_BYTES` is cut there (and then refused by `parse_request`).
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok((!head.is_empty()).then_some(head));
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head_end(&head).is_some() || head.len() > MAX_REQUEST_BYTES {
+            return Ok(Some(head));
+        }
+    }
+}
+
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// A parsed request: what is asked, and whether the body is wanted.
+#[derive(Debug, PartialEq)]
+pub struct Request {
+    pub path: String,
+    pub head_only: bool,
+}
+
+/// Parse a request head. Errors are complete responses (400, 405, 431, 505).
+pub fn parse_request(raw: &[u8]) -> Result<Request, Response> {
+    if raw.len() > MAX_REQUEST_BYTES {
+        return Err(Response::error(431, "request head too large"));
+    }
+    let end = head_end(raw).ok_or_else(|| Response::error(400, "incomplete request head"))?;
+    let head =
+        std::str::from_utf8(&raw[..end]).map_err(|_| Response::error(400, "request head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let parts: Vec<&str> = request_line.split(' ').collect();
+    let [method, target, version] = parts.as_slice() else {
+        return Err(Response::error(400, "malformed request line"));
+    };
+    if !version.starts_with("HTTP/") {
+        return Err(Response::error(400, "malformed request line"));
+    }
+    if !matches!(*version, "HTTP/1.0" | "HTTP/1.1") {
+        return Err(Response::error(505, "only HTTP/1.0 and HTTP/1.1"));
+    }
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Response::error(400, "malformed method"));
+    }
+    if !target.starts_with('/') || target.bytes().any(|b| b.is_ascii_control()) {
+        return Err(Response::error(400, "malformed request target"));
+    }
+    for line in lines {
+        match line.split_once(':') {
+            Some((name, _)) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()) => {}
+            _ => return Err(Response::error(400, "malformed header line")),
+        }
+    }
+    let head_only = match *method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Err(Response::error(405, "only GET and HEAD").with_header("Allow", "GET, HEAD")),
+    };
+    let path = target.split(['?', '#']).next().unwrap_or_default().to_string();
+    Ok(Request { path, head_only })
+}
+
+fn route(req: &Request, site: &Site) -> Response {
+    let mut response = match req.path.as_str() {
+        "/" | "/index.html" => Response::ok("text/html; charset=utf-8", PAGE.into()).with_header(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+        ),
+        "/metrics" => Response::ok(metrics::CONTENT_TYPE, site.metrics.encode().into_bytes()),
+        "/api/status" => {
+            let status = Status::collect(&site.view, &site.history.borrow());
+            match serde_json::to_vec(&status) {
+                Ok(body) => Response::ok("application/json", body),
+                Err(e) => Response::error(500, &format!("status not encodable: {e}")),
+            }
+        }
+        _ => Response::error(404, "not found; try /, /metrics or /api/status"),
+    };
+    if req.head_only {
+        response.head_only = true;
+    }
+    response
+}
+
+/// An HTTP response, always closing the connection.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    head_only: bool,
+}
+
+impl Response {
+    fn ok(content_type: &str, body: Vec<u8>) -> Response {
+        Response { status: 200, headers: vec![("Content-Type", content_type.into())], body, head_only: false }
+    }
+
+    fn error(status: u16, message: &str) -> Response {
+        Response {
+            status,
+            headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
+            body: format!("{message}\n").into_bytes(),
+            head_only: false,
+        }
+    }
+
+    fn with_header(mut self, name: &'static str, value: &str) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let reason = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            431 => "Request Header Fields Too Large",
+            505 => "HTTP Version Not Supported",
+            _ => "Internal Server Error",
+        };
+        let mut out = format!("HTTP/1.1 {} {reason}\r\n", self.status);
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str(&format!(
+            "Content-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+            self.body.len()
+        ));
+        let mut bytes = out.into_bytes();
+        if !self.head_only {
+            bytes.extend_from_slice(&self.body);
+        }
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(raw: &[u8]) -> u16 {
+        match parse_request(raw) {
+            Ok(_) => 200,
+            Err(r) => r.status,
+        }
+    }
+
+    #[test]
+    fn well_formed_get_is_parsed_without_its_query() {
+        let req =
+            parse_request(b"GET /api/status?x=1 HTTP/1.1\r\nHost: gw\r\nAccept: */*\r\n\r\n").expect("ok");
+        assert_eq!(req, Request { path: "/api/status".into(), head_only: false });
+        assert!(parse_request(b"HEAD / HTTP/1.0\r\n\r\n").expect("ok").head_only);
+    }
+
+    #[test]
+    fn malformed_requests_get_400() {
+        for raw in [
+            &b"GET /\r\n\r\n"[..],
+            b"GET  / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1 extra\r\n\r\n",
+            b"get / HTTP/1.1\r\n\r\n",
+            b"GET noslash HTTP/1.1\r\n\r\n",
+            b"GET / FTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+            b"GET / HTTP/1.1\r\n: empty name\r\n\r\n",
+            b"GET /\xff HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\n",
+            b"\r\n\r\n",
+        ] {
+            assert_eq!(status_of(raw), 400, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn other_methods_versions_and_oversized_heads_are_refused() {
+        assert_eq!(status_of(b"POST / HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status_of(b"GET / HTTP/2.0\r\n\r\n"), 505);
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.resize(MAX_REQUEST_BYTES + 10, b'a');
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(status_of(&big), 431);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let alphabet = b"GET /HTP1.\r\n: \xff";
+        for len in 0..2000 {
+            let mut raw = Vec::with_capacity(len % 300);
+            for _ in 0..len % 300 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                raw.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            let _ = parse_request(&raw);
+        }
+    }
+
+    #[test]
+    fn head_response_has_length_but_no_body() {
+        let mut r = Response::ok("text/plain", b"hello".to_vec());
+        r.head_only = true;
+        let text = String::from_utf8(r.to_bytes()).expect("ascii");
+        assert!(text.contains("Content-Length: 5\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+    }
+}

@@ -1,0 +1,299 @@
+//! What a person on site (or `berrygw status`) is told about a running
+//! gateway: overall health with its reasons, the radio, each sink and its
+//! backlog with an estimate of when it will be drained. `Status` is the JSON
+//! of `GET /api/status`; `http` serves it with the page and the metrics, on
+//! TCP and on the local unix socket; `cli` is the `berrygw status` client.
+//!
+//! Nothing here counts or owns pipeline state: it reads `GatewayView`.
+
+pub mod cli;
+pub mod http;
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::pipeline::GatewayView;
+use crate::sink::chirpstack;
+
+/// The answer of `GET /api/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub gateway_id: String,
+    pub uptime_secs: u64,
+    /// False when any of `problems` holds.
+    pub healthy: bool,
+    /// Why the gateway is not healthy, one sentence each; empty when healthy.
+    pub problems: Vec<String>,
+    pub radio: RadioStatus,
+    pub sinks: Vec<SinkStatus>,
+}
+
+/// The radio side.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RadioStatus {
+    /// `sim`, `gwmp` or `sx1302`.
+    pub kind: String,
+    pub received: u64,
+    pub received_crc_ok: u64,
+    pub rejected: u64,
+    /// Accepted and stored for every sink.
+    pub queued: u64,
+    /// Present when the radio is an SX1302 concentrator.
+    pub concentrator: Option<ConcentratorView>,
+}
+
+/// The concentrator's health.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConcentratorView {
+    pub running: bool,
+    pub board: String,
+    pub temperature_c: Option<f32>,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+}
+
+/// One sink: its connection and its backlog.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SinkStatus {
+    pub name: String,
+    pub connected: bool,
+    pub forwarded: u64,
+    pub reconnects: u64,
+    pub backlog: Backlog,
+}
+
+/// The records waiting in a sink's journal.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Backlog {
+    pub records: u64,
+    pub bytes: u64,
+    /// Age of the oldest waiting record; `None` when empty.
+    pub oldest_age_secs: Option<u64>,
+    pub evicted_total: u64,
+    /// Where a corrupt journal was moved at start, and why.
+    pub quarantined: Option<String>,
+    /// Records acknowledged per second over the last minute (or since start).
+    pub drain_per_sec: Option<f64>,
+    /// Change of the backlog per second over the same window (negative: shrinking).
+    pub growth_per_sec: Option<f64>,
+    /// At the recent net rate, seconds until the backlog is empty; `None` when
+    /// it is empty, not shrinking, or there is no history yet.
+    pub drained_in_secs: Option<u64>,
+}
+
+/// A backlog older than this is a problem even when it drains.
+const STALE_BACKLOG: Duration = Duration::from_secs(120);
+
+/// How the sampler remembers a sink: one sample every `SAMPLE_EVERY`, `SAMPLES` kept.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+const SAMPLES: usize = 13;
+
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    at: Instant,
+    records: u64,
+    forwarded: u64,
+    evicted: u64,
+}
+
+/// Recent samples of every sink (same order as `GatewayView::sinks`), oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct History(Vec<VecDeque<Sample>>);
+
+/// Rates of one sink over its remembered window.
+#[derive(Debug, PartialEq)]
+struct Trend {
+    drain_per_sec: f64,
+    growth_per_sec: f64,
+    evicting: bool,
+}
+
+impl History {
+    fn trend(&self, sink: usize, now: Sample) -> Option<Trend> {
+        let first = self.0.get(sink)?.front()?;
+        let secs = now.at.saturating_duration_since(first.at).as_secs_f64();
+        if secs < 1.0 {
+            return None;
+        }
+        Some(Trend {
+            drain_per_sec: now.forwarded.saturating_sub(first.forwarded) as f64 / secs,
+            growth_per_sec: (now.records as f64 - first.records as f64) / secs,
+            evicting: now.evicted > first.evicted,
+        })
+    }
+}
+
+/// Keeps `History` of every sink, for drain estimates; runs until aborted.
+pub async fn sample_history(view: GatewayView, history: watch::Sender<History>) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        tick.tick().await;
+        history.send_modify(|h| {
+            h.0.resize_with(view.sinks.len(), VecDeque::new);
+            for (i, sink) in view.sinks.iter().enumerate() {
+                let window = &mut h.0[i];
+                window.push_back(sample(sink));
+                while window.len() > SAMPLES {
+                    window.pop_front();
+                }
+            }
+        });
+    }
+}
+
+fn sample(sink: &crate::pipeline::SinkView) -> Sample {
+    let j = sink.journal.watch().borrow().clone();
+    Sample {
+        at: Instant::now(),
+        records: j.records,
+        forwarded: sink.counters.forwarded.load(Ordering::Relaxed),
+        evicted: j.evicted_total,
+    }
+}
+
+impl Status {
+    /// The status now, from live counters and the sampled `history`.
+    pub fn collect(view: &GatewayView, history: &History) -> Status {
+        let c = &view.counters;
+        let mut problems = Vec::new();
+        let concentrator = view.concentrator.as_ref().map(|rx| {
+            let s = rx.borrow().clone();
+            ConcentratorView {
+                running: s.running,
+                board: s.board,
+                temperature_c: s.temperature_c,
+                restarts: s.restarts,
+                last_error: s.last_error,
+            }
+        });
+        if let Some(con) = &concentrator {
+            if !con.running {
+                problems.push(format!(
+                    "concentrator not running (restarting; {} restarts so far){}",
+                    con.restarts,
+                    con.last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                ));
+            }
+        }
+        let now_ms = chirpstack::unix_ms(SystemTime::now());
+        let mut sinks = Vec::new();
+        for (i, sink) in view.sinks.iter().enumerate() {
+            let j = sink.journal.watch().borrow().clone();
+            let now = sample(sink);
+            let trend = history.trend(i, now);
+            let connected = sink.counters.connected.load(Ordering::Relaxed);
+            let oldest_age_secs = j.oldest_received_at_ms.map(|ms| ((now_ms - ms).max(0) / 1000) as u64);
+            let drained_in_secs = trend.as_ref().and_then(|t| {
+                (j.records > 0 && t.growth_per_sec < 0.0)
+                    .then(|| (j.records as f64 / -t.growth_per_sec).ceil() as u64)
+            });
+            if !connected {
+                problems.push(format!("sink {}: not connected to its server", sink.name));
+            }
+            if let Some((path, reason)) = &j.quarantined {
+                problems.push(format!(
+                    "sink {}: journal was corrupt and moved aside to {} ({reason}); its records were not forwarded",
+                    sink.name,
+                    path.display()
+                ));
+            }
+            if trend.as_ref().is_some_and(|t| t.evicting) {
+                problems.push(format!("sink {}: journal full, oldest records are being dropped", sink.name));
+            }
+            if let Some(age) = oldest_age_secs.filter(|a| *a >= STALE_BACKLOG.as_secs()) {
+                let direction = match (&trend, drained_in_secs) {
+                    (_, Some(eta)) => format!("draining, about {} left", human_duration(eta)),
+                    (Some(t), None) if t.growth_per_sec > 0.0 => "growing".to_string(),
+                    _ => "not draining".to_string(),
+                };
+                problems.push(format!(
+                    "sink {}: backlog of {} records, oldest {} old, {direction}",
+                    sink.name,
+                    j.records,
+                    human_duration(age)
+                ));
+            }
+            sinks.push(SinkStatus {
+                name: sink.name.to_string(),
+                connected,
+                forwarded: now.forwarded,
+                reconnects: sink.counters.reconnects.load(Ordering::Relaxed),
+                backlog: Backlog {
+                    records: j.records,
+                    bytes: j.bytes,
+                    oldest_age_secs,
+                    evicted_total: j.evicted_total,
+                    quarantined: j.quarantined.as_ref().map(|(p, r)| format!("{} ({r})", p.display())),
+                    drain_per_sec: trend.as_ref().map(|t| t.drain_per_sec),
+                    growth_per_sec: trend.as_ref().map(|t| t.growth_per_sec),
+                    drained_in_secs,
+                },
+            });
+        }
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            gateway_id: view.gateway_id.clone(),
+            uptime_secs: view.started.elapsed().as_secs(),
+            healthy: problems.is_empty(),
+            problems,
+            radio: RadioStatus {
+                kind: view.radio_kind.to_string(),
+                received: c.received.load(Ordering::Relaxed),
+                received_crc_ok: c.received_crc_ok.load(Ordering::Relaxed),
+                rejected: c.rejected.load(Ordering::Relaxed),
+                queued: c.queued.load(Ordering::Relaxed),
+                concentrator,
+            },
+            sinks,
+        }
+    }
+}
+
+/// `95 s`, `12 min`, `3.5 h`, as a person reads a duration.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        _ => format!("{:.1} h", secs as f64 / 3600.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: Instant, secs: u64, records: u64, forwarded: u64) -> Sample {
+        Sample { at: base + Duration::from_secs(secs), records, forwarded, evicted: 0 }
+    }
+
+    #[test]
+    fn trend_measures_drain_and_growth_over_the_window() {
+        let base = Instant::now();
+        let history = History(vec![VecDeque::from([at(base, 0, 1000, 0), at(base, 30, 700, 400)])]);
+        let t = history.trend(0, at(base, 60, 400, 800)).expect("a minute of history");
+        assert_eq!(t.drain_per_sec, 800.0 / 60.0);
+        assert_eq!(t.growth_per_sec, -10.0, "600 fewer records in 60 s");
+        assert!(!t.evicting);
+    }
+
+    #[test]
+    fn no_trend_without_history() {
+        let base = Instant::now();
+        assert_eq!(History::default().trend(0, at(base, 0, 5, 0)), None);
+        let history = History(vec![VecDeque::from([at(base, 0, 5, 0)])]);
+        assert_eq!(history.trend(0, at(base, 0, 5, 0)), None, "no time has passed");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(42), "42 s");
+        assert_eq!(human_duration(600), "10 min");
+        assert_eq!(human_duration(5400), "90 min");
+        assert_eq!(human_duration(9000), "2.5 h");
+    }
+}
