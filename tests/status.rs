@@ -394,3 +394,39 @@ fn text_of(dom: &str, id: &str) -> Option<String> {
     let close = open_end + dom[open_end..].find('<')?;
     Some(dom[open_end..close].trim().to_string())
 }
+
+#[test]
+fn grafana_dashboard_only_uses_metrics_berrygw_exports() {
+    let site = start_site();
+    let m = site.metrics().expect("metrics");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard file"))
+            .expect("dashboard is JSON");
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(i) = rest.find("berrygw_") {
+                let name: String =
+                    rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[i + name.len()..];
+                used.insert(name);
+            }
+        }
+    }
+    assert!(used.len() >= 10, "the dashboard covers the families: {used:?}");
+    for name in used {
+        let family = ["_bucket", "_total", "_info", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_string();
+        // Concentrator families exist only with an SX1302 (this gateway has a sim radio).
+        if family.starts_with("berrygw_concentrator_") {
+            continue;
+        }
+        assert!(m.contains_key(&family), "dashboard uses {name}, which berrygw does not export");
+    }
+}
