@@ -7,6 +7,8 @@
 //! - `drain`: a backlog written straight into the journal while the broker
 //!   is unreachable, then drained; drain rate, bytes written per queued
 //!   uplink, peak RSS with the backlog on disk.
+//! - `footprint`: time from start to READY, resident memory idle and while
+//!   the simulated radio sends 100 uplinks/s to the broker for 30 s.
 //! - `gwmp`: a packet forwarder (a thread of this process, its CPU time
 //!   subtracted) sends PUSH_DATA over loopback UDP to the GWMP ingest, which
 //!   feeds journal → MQTT sink → broker; uplinks/s and CPU µs per uplink.
@@ -105,7 +107,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "throughput" => rt.block_on(throughput(&args))?,
         "drain" => rt.block_on(drain(&args))?,
         "gwmp" => rt.block_on(gwmp(&args))?,
-        other => bail!("unknown phase `{other}`: use throughput, drain or gwmp"),
+        "footprint" => rt.block_on(footprint(&args))?,
+        other => bail!("unknown phase `{other}`: use throughput, drain, gwmp or footprint"),
     };
     println!("{result}");
     Ok(())
@@ -180,6 +183,85 @@ max_inflight = 500
         "bytes_written_per_uplink": round((after.write_bytes - before.write_bytes) as f64 / total as f64),
         "record_bytes": record_size(),
         "journal_commits": commits,
+        "peak_rss_mib": round(peak_rss_kib() as f64 / 1024.0),
+    }))
+}
+
+/// Current resident set size in KiB (VmRSS).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| {
+                    l.strip_prefix("VmRSS:")
+                        .map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
+                .flatten()
+        })
+        .unwrap_or(0)
+}
+
+async fn footprint(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    let text = |dir: &Path| {
+        format!(
+            r#"
+[gateway]
+id = "0016c001ffbe0001"
+state_dir = "{}"
+[radio]
+kind = "sim"
+[radio.sim]
+devices = []
+[journal]
+backend = "{}"
+[http]
+listen = "127.0.0.1:0"
+[api]
+socket = "{}/api.sock"
+[sinks.chirpstack]
+server = "mqtt://{}"
+"#,
+            dir.display(),
+            args.backend,
+            dir.display(),
+            args.broker
+        )
+    };
+    // Idle: started, connected, nothing to forward.
+    let idle_dir = args.dir.join("idle");
+    let cfg = config::parse(Path::new("<bench>"), text(&idle_dir)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let start = Instant::now();
+    let gateway = Gateway::start(&cfg).await?;
+    let ready = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle_rss = rss_kib();
+    gateway.stop().await?;
+
+    // 100 uplinks/s: four devices, one uplink every 40 ms each, for 30 s.
+    let busy_dir = args.dir.join("busy");
+    let mut cfg = config::parse(Path::new("<bench>"), text(&busy_dir)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sim = cfg.config.radio.sim.as_mut().context("bench config has [radio.sim]")?;
+    sim.devices = berrygw_lora::sim::example_devices()
+        .into_iter()
+        .map(|mut d| {
+            d.interval_ms = 40;
+            d
+        })
+        .collect();
+    let gateway = Gateway::start(&cfg).await?;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let busy_rss = rss_kib();
+    let forwarded =
+        gateway.sink("chirpstack").map(|s| s.counters.forwarded.load(Ordering::Relaxed)).unwrap_or(0);
+    gateway.stop().await?;
+    Ok(serde_json::json!({
+        "phase": "footprint",
+        "backend": args.backend,
+        "start_to_ready_ms": round(ready.as_secs_f64() * 1000.0),
+        "idle_rss_mib": round(idle_rss as f64 / 1024.0),
+        "rss_at_100_uplinks_per_s_mib": round(busy_rss as f64 / 1024.0),
+        "forwarded_in_30_s": forwarded,
         "peak_rss_mib": round(peak_rss_kib() as f64 / 1024.0),
     }))
 }
