@@ -52,7 +52,12 @@ struct Received {
     last: u64,
 }
 
-fn demo_config(state_dir: &Path, server: &str, args: &DemoArgs) -> anyhow::Result<config::LoadedConfig> {
+fn demo_config(
+    state_dir: &Path,
+    server: &str,
+    http_port: u16,
+    args: &DemoArgs,
+) -> anyhow::Result<config::LoadedConfig> {
     let text = format!(
         r#"
 [gateway]
@@ -69,13 +74,21 @@ devices = []
 [journal]
 backend = "{}"
 
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[api]
+socket = "{}/api.sock"
+
 [sinks.chirpstack]
 server = "mqtt://{server}"
 reconnect_min_ms = 500
 reconnect_max_ms = 2000
 "#,
         state_dir.display(),
-        args.backend
+        args.backend,
+        state_dir.display(),
+        http_port = http_port,
     );
     let mut cfg = config::parse(Path::new("<demo>"), text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sim = cfg.config.radio.sim.as_mut().context("demo config has [radio.sim]")?;
@@ -113,7 +126,8 @@ async fn run_in(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
 
     let received = Arc::new(Mutex::new(Received::default()));
     let consumer = tokio::spawn(consume(broker.platform_addr().to_string(), received.clone()));
-    let cfg = demo_config(dir, &broker.backhaul_addr().to_string(), args)?;
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let cfg = demo_config(dir, &broker.backhaul_addr().to_string(), http_port, args)?;
     let gateway = Gateway::start(&cfg).await?;
     let expected = cfg
         .config
