@@ -3,15 +3,13 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::*;
 
 fn check_config(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("berrygw.toml");
     std::fs::write(&path, text).expect("write");
-    let out = Command::new(berrygw_bin()).arg("check-config").arg(&path).output().expect("run berrygw");
+    let out = berrygw_command().arg("check-config").arg(&path).output().expect("run berrygw");
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text.replace(&path.display().to_string(), "FILE"))
 }
@@ -29,7 +27,7 @@ fn valid() -> String {
 #[test]
 fn shipped_example_config_passes_check_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/berrygw.toml");
-    let out = Command::new(berrygw_bin()).arg("check-config").arg(example).output().expect("run");
+    let out = berrygw_command().arg("check-config").arg(example).output().expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -87,7 +85,7 @@ fn garbage_certificate_file_stops_run_with_a_clear_error() {
     );
     let path = dir.path().join("berrygw.toml");
     std::fs::write(&path, text).expect("write");
-    let out = Command::new(berrygw_bin()).args(["run", "--config"]).arg(&path).output().expect("run");
+    let out = berrygw_command().args(["run", "--config"]).arg(&path).output().expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ca_file") && err.contains("no PEM certificate"), "{err}");
@@ -105,7 +103,7 @@ fn run_refuses_to_start_on_a_bad_config() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("berrygw.toml");
     std::fs::write(&path, valid().replace("[gateway]", "[gateway]\ncolour = \"blue\"")).expect("write");
-    let out = Command::new(berrygw_bin()).args(["run", "--config"]).arg(&path).output().expect("run");
+    let out = berrygw_command().args(["run", "--config"]).arg(&path).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to start") && err.contains("gateway.colour"), "{err}");

@@ -72,7 +72,7 @@ impl Site {
     }
 
     fn status_cmd(&self, args: &[&str]) -> Output {
-        Command::new(berrygw_bin())
+        berrygw_command()
             .arg("status")
             .arg("--socket")
             .arg(&self.socket)

@@ -258,6 +258,21 @@ pub fn berrygw_bin() -> &'static str {
     env!("CARGO_BIN_EXE_berrygw")
 }
 
+/// A command running the berrygw binary; under `scripts/cross-test` the
+/// foreign binary goes through the qemu runner named in `BERRYGW_TEST_RUNNER`.
+pub fn berrygw_command() -> Command {
+    let runner = std::env::var("BERRYGW_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(berrygw_bin());
+            c
+        }
+        None => Command::new(berrygw_bin()),
+    }
+}
+
 impl Berrygw {
     /// Write `config_text` to `dir/berrygw.toml` and start the daemon on it.
     pub fn start(dir: &Path, config_text: &str) -> Berrygw {
@@ -276,7 +291,7 @@ impl Berrygw {
 
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "berrygw already running");
-        let mut child = Command::new(berrygw_bin())
+        let mut child = berrygw_command()
             .arg("run")
             .arg("--config")
             .arg(&self.config)
