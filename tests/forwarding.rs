@@ -247,32 +247,7 @@ fn downlink_commands_reach_the_radio_and_are_acknowledged() {
     let topic = "eu868/gateway/0016c001ff10a235/command/down";
     // A malformed command is rejected alone; the next good one still goes through.
     client.publish(topic, rumqttc::QoS::AtLeastOnce, false, vec![0xff, 0x00, 0x13]).expect("publish garbage");
-    let down = gw::DownlinkFrame {
-        downlink_id: 4242,
-        gateway_id: "0016c001ff10a235".into(),
-        items: vec![gw::DownlinkFrameItem {
-            phy_payload: vec![0x60, 0xda, 0x1b, 0x01, 0x26, 0x20, 0x01, 0x00, 0x11, 0x22, 0x33, 0x44],
-            tx_info: Some(gw::DownlinkTxInfo {
-                frequency: 869_525_000,
-                power: 14,
-                modulation: Some(gw::Modulation {
-                    parameters: Some(gw::modulation::Parameters::Lora(gw::LoraModulationInfo {
-                        bandwidth: 125_000,
-                        spreading_factor: 9,
-                        code_rate: gw::CodeRate::Cr45.into(),
-                        polarization_inversion: true,
-                        ..Default::default()
-                    })),
-                }),
-                timing: Some(gw::Timing {
-                    parameters: Some(gw::timing::Parameters::Immediately(gw::ImmediatelyTimingInfo {})),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let down = downlink_command(4242);
     client.publish(topic, rumqttc::QoS::AtLeastOnce, false, down.encode_to_vec()).expect("publish downlink");
     let ack = wait_for(Duration::from_secs(20), "event/ack", || {
         sub.on_topic("/event/ack").first().and_then(|s| gw::DownlinkTxAck::decode(s.payload.as_slice()).ok())

@@ -40,6 +40,33 @@ fn chirpstack_sink(broker: &Mosquitto) -> String {
     )
 }
 
+/// berrygw with a GWMP radio and a ChirpStack sink, a broker with a subscriber
+/// on `filter`, and a packet forwarder whose PULL_DATA berrygw has answered.
+struct GwmpSite {
+    _dir: tempfile::TempDir,
+    broker: Mosquitto,
+    sub: Subscriber,
+    daemon: Berrygw,
+    fwd: Peer,
+    ingest: std::net::SocketAddr,
+}
+
+impl GwmpSite {
+    fn start(filter: &str) -> GwmpSite {
+        let dir = tempfile::tempdir().expect("tmp");
+        let broker = Mosquitto::start(dir.path(), None);
+        let sub = Subscriber::connect(broker.port, filter, None);
+        let port = free_port();
+        let text =
+            config_with_radio(&dir.path().join("s"), "sqlite", &gwmp_radio(port), &chirpstack_sink(&broker));
+        let daemon = Berrygw::start(dir.path(), &text);
+        let fwd = Peer::bind();
+        let ingest: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        wait_for_ingest(&fwd, ingest);
+        GwmpSite { _dir: dir, broker, sub, daemon, fwd, ingest }
+    }
+}
+
 /// Wait until berrygw's GWMP socket answers a PULL_DATA.
 fn wait_for_ingest(fwd: &Peer, ingest: std::net::SocketAddr) {
     wait_for(Duration::from_secs(20), "berrygw's GWMP ingest to answer", || {
@@ -50,16 +77,8 @@ fn wait_for_ingest(fwd: &Peer, ingest: std::net::SocketAddr) {
 
 #[test]
 fn packet_forwarder_uplinks_reach_chirpstack_with_their_radio_metadata() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let broker = Mosquitto::start(dir.path(), None);
-    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", None);
-    let port = free_port();
-    let text =
-        config_with_radio(&dir.path().join("s"), "sqlite", &gwmp_radio(port), &chirpstack_sink(&broker));
-    let _gw = Berrygw::start(dir.path(), &text);
-    let fwd = Peer::bind();
-    let ingest: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_for_ingest(&fwd, ingest);
+    let site = GwmpSite::start("eu868/gateway/+/event/up");
+    let (sub, fwd, ingest) = (&site.sub, &site.fwd, site.ingest);
 
     let body = json!({ "rxpk": [
         rxpk(&phy(0), 868.1, "SF7BW125", -97, 7.5, 1_000_000),
@@ -91,46 +110,13 @@ fn packet_forwarder_uplinks_reach_chirpstack_with_their_radio_metadata() {
 
 #[test]
 fn downlink_goes_to_the_packet_forwarder_and_its_tx_ack_error_comes_back() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let broker = Mosquitto::start(dir.path(), None);
-    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/ack", None);
-    let port = free_port();
-    let text =
-        config_with_radio(&dir.path().join("s"), "sqlite", &gwmp_radio(port), &chirpstack_sink(&broker));
-    let daemon = Berrygw::start(dir.path(), &text);
-    let fwd = Peer::bind();
-    let ingest: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_for_ingest(&fwd, ingest);
+    let site = GwmpSite::start("eu868/gateway/+/event/ack");
+    let (broker, sub, daemon, fwd, ingest) = (&site.broker, &site.sub, &site.daemon, &site.fwd, site.ingest);
     daemon.wait_log(Duration::from_secs(20), "chirpstack sink: connected");
 
     let (client, mut conn) = Client::new(MqttOptions::new("test-ns", "127.0.0.1", broker.port), 10);
     std::thread::spawn(move || for _ in conn.iter() {});
-    let down = gw::DownlinkFrame {
-        downlink_id: 777,
-        gateway_id: "0016c001ff10a235".into(),
-        items: vec![gw::DownlinkFrameItem {
-            phy_payload: vec![0x60, 0xda, 0x1b, 0x01, 0x26, 0x20, 0x01, 0x00, 0x11, 0x22, 0x33, 0x44],
-            tx_info: Some(gw::DownlinkTxInfo {
-                frequency: 869_525_000,
-                power: 14,
-                modulation: Some(gw::Modulation {
-                    parameters: Some(gw::modulation::Parameters::Lora(gw::LoraModulationInfo {
-                        bandwidth: 125_000,
-                        spreading_factor: 9,
-                        code_rate: gw::CodeRate::Cr45.into(),
-                        polarization_inversion: true,
-                        ..Default::default()
-                    })),
-                }),
-                timing: Some(gw::Timing {
-                    parameters: Some(gw::timing::Parameters::Immediately(gw::ImmediatelyTimingInfo {})),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let down = downlink_command(777);
     client
         .publish("eu868/gateway/0016c001ff10a235/command/down", QoS::AtLeastOnce, false, down.encode_to_vec())
         .expect("publish downlink");
@@ -155,16 +141,8 @@ fn downlink_goes_to_the_packet_forwarder_and_its_tx_ack_error_comes_back() {
 
 #[test]
 fn garbage_datagrams_are_dropped_and_the_next_good_one_is_forwarded() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let broker = Mosquitto::start(dir.path(), None);
-    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", None);
-    let port = free_port();
-    let text =
-        config_with_radio(&dir.path().join("s"), "sqlite", &gwmp_radio(port), &chirpstack_sink(&broker));
-    let _gw = Berrygw::start(dir.path(), &text);
-    let fwd = Peer::bind();
-    let ingest: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_for_ingest(&fwd, ingest);
+    let site = GwmpSite::start("eu868/gateway/+/event/up");
+    let (sub, fwd, ingest) = (&site.sub, &site.fwd, site.ingest);
 
     let garbage: Vec<Vec<u8>> = vec![
         vec![],

@@ -521,3 +521,33 @@ pub fn first_arrivals(ups: &[Seen]) -> Vec<u64> {
     let mut seen = std::collections::HashSet::new();
     ups.iter().map(Seen::seq).filter(|s| seen.insert(*s)).collect()
 }
+
+/// A ChirpStack downlink command: one immediate item, 869.525 MHz, SF9, 14 dBm.
+pub fn downlink_command(downlink_id: u32) -> gw::DownlinkFrame {
+    gw::DownlinkFrame {
+        downlink_id,
+        gateway_id: "0016c001ff10a235".into(),
+        items: vec![gw::DownlinkFrameItem {
+            phy_payload: vec![0x60, 0xda, 0x1b, 0x01, 0x26, 0x20, 0x01, 0x00, 0x11, 0x22, 0x33, 0x44],
+            tx_info: Some(gw::DownlinkTxInfo {
+                frequency: 869_525_000,
+                power: 14,
+                modulation: Some(gw::Modulation {
+                    parameters: Some(gw::modulation::Parameters::Lora(gw::LoraModulationInfo {
+                        bandwidth: 125_000,
+                        spreading_factor: 9,
+                        code_rate: gw::CodeRate::Cr45.into(),
+                        polarization_inversion: true,
+                        ..Default::default()
+                    })),
+                }),
+                timing: Some(gw::Timing {
+                    parameters: Some(gw::timing::Parameters::Immediately(gw::ImmediatelyTimingInfo {})),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
