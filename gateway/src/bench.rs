@@ -96,6 +96,39 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The `[radio]` body of a simulated radio whose devices a phase sets itself.
+const SIM_NO_DEVICES: &str = "kind = \"sim\"\n[radio.sim]\ndevices = []";
+
+/// A gateway config for a phase: state in `dir`, the given `[radio]` body, a
+/// roomy journal, the ChirpStack sink to the bench broker, listeners out of the way.
+fn bench_config(args: &BenchArgs, dir: &Path, radio: &str) -> anyhow::Result<config::LoadedConfig> {
+    let text = format!(
+        r#"
+[gateway]
+id = "0016c001ffbe0001"
+state_dir = "{dir}"
+stats_interval_secs = 3600
+report_interval_secs = 3600
+[radio]
+{radio}
+[journal]
+backend = "{backend}"
+max_bytes = 4000000000
+[http]
+listen = "127.0.0.1:0"
+[api]
+socket = "{dir}/api.sock"
+[sinks.chirpstack]
+server = "mqtt://{broker}"
+max_inflight = 500
+"#,
+        dir = dir.display(),
+        backend = args.backend,
+        broker = args.broker
+    );
+    config::parse(Path::new("<bench>"), text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// Run one benchmark phase and print its JSON result line.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.dir.exists() {
@@ -120,29 +153,7 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let devices = 40u64;
     let per_device = args.uplinks.div_ceil(devices);
     let total = per_device * devices;
-    let text = format!(
-        r#"
-[gateway]
-id = "0016c001ffbe0001"
-state_dir = "{dir}"
-stats_interval_secs = 3600
-report_interval_secs = 3600
-[radio]
-kind = "sim"
-[radio.sim]
-devices = []
-[journal]
-backend = "{backend}"
-max_bytes = 4000000000
-[sinks.chirpstack]
-server = "mqtt://{broker}"
-max_inflight = 500
-"#,
-        dir = args.dir.display(),
-        backend = args.backend,
-        broker = args.broker
-    );
-    let mut cfg = config::parse(Path::new("<bench>"), text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut cfg = bench_config(args, &args.dir, SIM_NO_DEVICES)?;
     let sim = cfg.config.radio.sim.as_mut().context("bench config has [radio.sim]")?;
     let template = berrygw_lora::sim::example_devices();
     sim.devices = (0..devices)
@@ -203,34 +214,9 @@ fn rss_kib() -> u64 {
 }
 
 async fn footprint(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
-    let text = |dir: &Path| {
-        format!(
-            r#"
-[gateway]
-id = "0016c001ffbe0001"
-state_dir = "{}"
-[radio]
-kind = "sim"
-[radio.sim]
-devices = []
-[journal]
-backend = "{}"
-[http]
-listen = "127.0.0.1:0"
-[api]
-socket = "{}/api.sock"
-[sinks.chirpstack]
-server = "mqtt://{}"
-"#,
-            dir.display(),
-            args.backend,
-            dir.display(),
-            args.broker
-        )
-    };
     // Idle: started, connected, nothing to forward.
     let idle_dir = args.dir.join("idle");
-    let cfg = config::parse(Path::new("<bench>"), text(&idle_dir)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = bench_config(args, &idle_dir, SIM_NO_DEVICES)?;
     let start = Instant::now();
     let gateway = Gateway::start(&cfg).await?;
     let ready = start.elapsed();
@@ -240,7 +226,7 @@ server = "mqtt://{}"
 
     // 100 uplinks/s: four devices, one uplink every 40 ms each, for 30 s.
     let busy_dir = args.dir.join("busy");
-    let mut cfg = config::parse(Path::new("<bench>"), text(&busy_dir)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut cfg = bench_config(args, &busy_dir, SIM_NO_DEVICES)?;
     let sim = cfg.config.radio.sim.as_mut().context("bench config has [radio.sim]")?;
     sim.devices = berrygw_lora::sim::example_devices()
         .into_iter()
@@ -280,29 +266,8 @@ fn thread_cpu() -> Duration {
 
 async fn gwmp(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-    let text = format!(
-        r#"
-[gateway]
-id = "0016c001ffbe0001"
-state_dir = "{dir}"
-stats_interval_secs = 3600
-report_interval_secs = 3600
-[radio]
-kind = "gwmp"
-[radio.gwmp]
-bind = "127.0.0.1:{port}"
-[journal]
-backend = "{backend}"
-max_bytes = 4000000000
-[sinks.chirpstack]
-server = "mqtt://{broker}"
-max_inflight = 500
-"#,
-        dir = args.dir.display(),
-        backend = args.backend,
-        broker = args.broker
-    );
-    let cfg = config::parse(Path::new("<bench>"), text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let radio = format!("kind = \"gwmp\"\n[radio.gwmp]\nbind = \"127.0.0.1:{port}\"");
+    let cfg = bench_config(args, &args.dir, &radio)?;
     let total = args.uplinks;
     let gateway = Gateway::start(&cfg).await?;
     let sink = gateway.sink("chirpstack").context("bench config has the chirpstack sink")?;
