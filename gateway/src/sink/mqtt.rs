@@ -10,13 +10,11 @@
 //! answered on `event/ack`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use berrygw_lora::{DownlinkFrame, TxAck};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
@@ -26,8 +24,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::chirpstack::{self, RecordKind, Topics};
+use super::read_ahead::{Backoff, ReadAhead};
 use crate::config::{BrokerUrl, PayloadFormat};
-use crate::journal::{Journal, JournalError, Record, Seq};
+use crate::journal::{Journal, Record, Seq};
 use crate::pipeline::SinkCounters;
 
 /// Everything a sink needs, resolved from configuration.
@@ -65,7 +64,7 @@ pub async fn run(
     mut radio: SinkRadioIo,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = settings.reconnect_min;
+    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     loop {
         let started = Instant::now();
         match session(&settings, &journal, &counters, &mut radio, &mut shutdown).await {
@@ -73,21 +72,17 @@ pub async fn run(
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
                 counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                // A connection that lived a while was healthy: start backing off afresh.
-                if started.elapsed() > settings.reconnect_max {
-                    backoff = settings.reconnect_min;
-                }
+                let delay = backoff.after_failure(started.elapsed());
                 warn!(
                     server = %settings.server,
                     "chirpstack sink: {}; reconnecting in {:.1} s",
                     error_chain(&e),
-                    backoff.as_secs_f32()
+                    delay.as_secs_f32()
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return,
                 }
-                backoff = (backoff * 2).min(settings.reconnect_max);
             }
         }
     }
@@ -106,11 +101,6 @@ fn error_chain(e: &anyhow::Error) -> String {
         }
     }
     out
-}
-
-/// Up to +25 % so that a fleet does not reconnect in lockstep after a broker restart.
-fn jitter(d: Duration) -> Duration {
-    d + d.mul_f64(rand::random::<f64>() * 0.25)
 }
 
 fn options(s: &MqttSinkSettings) -> MqttOptions {
@@ -211,45 +201,25 @@ async fn session(
     flight.record_published(None);
     client.try_subscribe(s.topics.command_down(), QoS::AtLeastOnce).context("queueing subscribe")?;
 
-    // Woken by appends, not commits: publishing does not wait for the durable write.
-    let mut appended = journal.watch_appended();
     let mut acked = journal.watch().borrow().acked;
     flight.highest_sent = acked.0;
-    let mut caught_up = false;
     let mut downlink_items: HashMap<u32, usize> = HashMap::new();
-    // Records read ahead of the window. The read runs beside the event loop, so a journal
-    // busy with a commit (fsync) never stalls PUBACK handling or empties the window.
-    let mut prefetched: VecDeque<Record> = VecDeque::new();
-    let mut read_upto = acked;
-    let mut reading: Option<ReadAhead> = None;
+    let mut reader = ReadAhead::new(journal, acked);
 
     loop {
         while flight.seqs.len() < window {
-            let Some(r) = prefetched.pop_front() else { break };
+            let Some(r) = reader.records.pop_front() else { break };
             publish_record(s, &client, counters, &mut flight, r)?;
         }
         // Records skipped as unpublishable are acknowledged once nothing older is in flight.
-        if flight.seqs.is_empty() && flight.highest_sent > acked.0 && prefetched.is_empty() {
+        if flight.seqs.is_empty() && flight.highest_sent > acked.0 && reader.records.is_empty() {
             acked = Seq(flight.highest_sent);
             journal.ack(acked);
         }
-        if reading.is_none() && !caught_up && prefetched.len() < PREFETCH / 2 {
-            appended.borrow_and_update();
-            let journal = journal.clone();
-            let after = read_upto;
-            reading = Some(Box::pin(async move { journal.read_after(after, PREFETCH).await }));
-        }
+        reader.refill();
 
         tokio::select! {
-            records = async { reading.as_mut().expect("guarded by is_some").await }, if reading.is_some() => {
-                reading = None;
-                let records = records.context("reading journal")?;
-                match records.last() {
-                    Some(last) => read_upto = last.seq,
-                    None => caught_up = true,
-                }
-                prefetched.extend(records);
-            }
+            ready = reader.ready() => ready?,
             event = eventloop.poll() => match event.context("connection")? {
                 Event::Outgoing(Outgoing::Publish(pkid)) => flight.assign(pkid),
                 Event::Incoming(Packet::PubAck(ack)) => {
@@ -287,12 +257,6 @@ async fn session(
                 client.try_publish(s.topics.event("ack"), QoS::AtLeastOnce, false, payload).context("queueing ack")?;
                 flight.record_published(None);
             }
-            changed = appended.changed(), if caught_up => {
-                if changed.is_err() {
-                    bail!("journal closed");
-                }
-                caught_up = false;
-            }
             _ = shutdown.changed() => {
                 drain_before_shutdown(s, &client, &mut eventloop, journal, &mut flight, &mut acked).await;
                 return Ok(SessionEnd::Shutdown);
@@ -300,11 +264,6 @@ async fn session(
         }
     }
 }
-
-/// Records read from the journal ahead of publishing.
-const PREFETCH: usize = 2000;
-
-type ReadAhead = Pin<Box<dyn Future<Output = Result<Vec<Record>, JournalError>> + Send>>;
 
 /// Publish one journal record at QoS 1, or skip it (counted, logged) if it cannot be encoded.
 fn publish_record(

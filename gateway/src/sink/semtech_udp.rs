@@ -14,9 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,7 +37,8 @@ use tracing::{debug, info, warn};
 
 use super::chirpstack::RecordKind;
 use super::mqtt::SinkRadioIo;
-use crate::journal::{Journal, JournalError, Record, Seq};
+use super::read_ahead::{Backoff, ReadAhead};
+use crate::journal::{Journal, Record, Seq};
 use crate::pipeline::SinkCounters;
 
 /// A network server's UDP address as configured, `host:port`; the name is resolved
@@ -282,7 +281,7 @@ pub async fn run(
         sessions: 0,
         warn: LogLimiter::default(),
     };
-    let mut backoff = settings.reconnect_min;
+    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     loop {
         let started = Instant::now();
         match session(&settings, &journal, &counters, &mut radio, &mut shutdown, &mut carry).await {
@@ -293,33 +292,20 @@ pub async fn run(
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
                 counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                if started.elapsed() > settings.reconnect_max {
-                    backoff = settings.reconnect_min;
-                }
+                let delay = backoff.after_failure(started.elapsed());
                 warn!(
                     server = %settings.server,
                     "semtech udp sink: {e:#}; starting over in {:.1} s",
-                    backoff.as_secs_f32()
+                    delay.as_secs_f32()
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return,
                 }
-                backoff = (backoff * 2).min(settings.reconnect_max);
             }
         }
     }
 }
-
-/// Up to +25 % so that a fleet does not retry in lockstep.
-fn jitter(d: Duration) -> Duration {
-    d + d.mul_f64(rand::random::<f64>() * 0.25)
-}
-
-/// Records read from the journal ahead of sending.
-const PREFETCH: usize = 2000;
-
-type ReadAhead = Pin<Box<dyn Future<Output = Result<Vec<Record>, JournalError>> + Send>>;
 
 /// One socket's life: resolve, send from the journal, serve downlinks.
 async fn session(
@@ -344,18 +330,14 @@ async fn session(
 
     let mut link = Link { socket, s, counters, heard: false, last_heard: Instant::now(), pull_token: None };
     let mut window = PushWindow::default();
-    let mut appended = journal.watch_appended();
-    let mut caught_up = false;
-    let mut prefetched: VecDeque<Record> = VecDeque::new();
-    let mut read_upto = carry.acked;
-    let mut reading: Option<ReadAhead> = None;
+    let mut reader = ReadAhead::new(journal, carry.acked);
     let mut keepalive = tokio::time::interval(s.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; codec::MAX_DATAGRAM_BYTES + 1];
 
     loop {
-        while window.len() < s.max_inflight && !prefetched.is_empty() {
-            let packed = pack(s, &mut prefetched, counters, carry);
+        while window.len() < s.max_inflight && !reader.records.is_empty() {
+            let packed = pack(s, &mut reader.records, counters, carry);
             match packed.datagram {
                 Some((rxpk, stat)) => {
                     let token = window.fresh_token();
@@ -386,24 +368,11 @@ async fn session(
                 journal.ack(up_to);
             }
         }
-        if reading.is_none() && !caught_up && prefetched.len() < PREFETCH / 2 {
-            appended.borrow_and_update();
-            let journal = journal.clone();
-            let after = read_upto;
-            reading = Some(Box::pin(async move { journal.read_after(after, PREFETCH).await }));
-        }
+        reader.refill();
         let next_retry = window.next_retry();
 
         tokio::select! {
-            records = async { reading.as_mut().expect("guarded by is_some").await }, if reading.is_some() => {
-                reading = None;
-                let records = records.context("reading journal")?;
-                match records.last() {
-                    Some(last) => read_upto = last.seq,
-                    None => caught_up = true,
-                }
-                prefetched.extend(records);
-            }
+            ready = reader.ready() => ready?,
             received = link.socket.recv(&mut buf) => {
                 // ECONNREFUSED here: the server's port is closed (ICMP). Start over.
                 let len = received.context("receiving")?;
@@ -421,12 +390,6 @@ async fn session(
                 link.pull().await?;
             }
             Some(ack) = radio.tx_acks.recv() => link.tx_ack(ack, carry).await?,
-            changed = appended.changed(), if caught_up => {
-                if changed.is_err() {
-                    bail!("journal closed");
-                }
-                caught_up = false;
-            }
             _ = shutdown.changed() => {
                 link.drain_before_shutdown(&mut window, &mut buf, radio, journal, carry).await;
                 return Ok(SessionEnd::Shutdown);

@@ -44,6 +44,19 @@ pub struct RadioModel {
     pub single_input_mode: bool,
 }
 
+impl RadioModel {
+    /// An SX1250 RF chain with the stock temperature compensation.
+    pub const fn sx1250(rssi_offset: f32, tx_enable: bool, single_input_mode: bool) -> RadioModel {
+        RadioModel {
+            radio_type: RadioType::Sx1250,
+            rssi_offset,
+            rssi_tcomp: SX1250_RSSI_TCOMP,
+            tx_enable,
+            single_input_mode,
+        }
+    }
+}
+
 /// A TX power table valid for transmissions between `min_hz` and `max_hz`.
 #[derive(Debug, PartialEq)]
 pub struct BandGainTable {

@@ -3,8 +3,8 @@
 //! configuration for the board (rak_common_for_gateway, lora/rak2287), as
 //! ChirpStack Concentratord carries them.
 
-use super::{BandGainTable, BoardModel, BoardPin, RadioModel, SX1250_RSSI_TCOMP};
-use crate::config::{RadioType, TxGain};
+use super::{BandGainTable, BoardModel, BoardPin, RadioModel};
+use crate::config::TxGain;
 
 /// The RAK2287.
 pub const MODEL: BoardModel = BoardModel {
@@ -13,22 +13,7 @@ pub const MODEL: BoardModel = BoardModel {
     spidev: "/dev/spidev0.0",
     clock_source: 0,
     full_duplex: false,
-    radios: [
-        RadioModel {
-            radio_type: RadioType::Sx1250,
-            rssi_offset: -215.4,
-            rssi_tcomp: SX1250_RSSI_TCOMP,
-            tx_enable: true,
-            single_input_mode: true,
-        },
-        RadioModel {
-            radio_type: RadioType::Sx1250,
-            rssi_offset: -215.4,
-            rssi_tcomp: SX1250_RSSI_TCOMP,
-            tx_enable: false,
-            single_input_mode: false,
-        },
-    ],
+    radios: [RadioModel::sx1250(-215.4, true, true), RadioModel::sx1250(-215.4, false, false)],
     tx_gain_tables: &[BandGainTable { min_hz: 863_000_000, max_hz: 870_000_000, steps: &EU868_STEPS }],
     reset: Some(BoardPin { chip: "/dev/gpiochip0", line: 17 }),
     power_enable: None,

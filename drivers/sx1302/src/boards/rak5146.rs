@@ -4,8 +4,7 @@
 //! configuration (rak_common_for_gateway, lora/rak5146), as ChirpStack
 //! Concentratord carries them; its EU868 power table is the RAK2287's.
 
-use super::{BandGainTable, BoardModel, BoardPin, RadioModel, SX1250_RSSI_TCOMP};
-use crate::config::RadioType;
+use super::{BandGainTable, BoardModel, BoardPin, RadioModel};
 
 /// The RAK5146.
 pub const MODEL: BoardModel = BoardModel {
@@ -14,22 +13,7 @@ pub const MODEL: BoardModel = BoardModel {
     spidev: "/dev/spidev0.0",
     clock_source: 0,
     full_duplex: false,
-    radios: [
-        RadioModel {
-            radio_type: RadioType::Sx1250,
-            rssi_offset: -215.4,
-            rssi_tcomp: SX1250_RSSI_TCOMP,
-            tx_enable: true,
-            single_input_mode: false,
-        },
-        RadioModel {
-            radio_type: RadioType::Sx1250,
-            rssi_offset: -215.4,
-            rssi_tcomp: SX1250_RSSI_TCOMP,
-            tx_enable: false,
-            single_input_mode: false,
-        },
-    ],
+    radios: [RadioModel::sx1250(-215.4, true, false), RadioModel::sx1250(-215.4, false, false)],
     tx_gain_tables: &[BandGainTable {
         min_hz: 863_000_000,
         max_hz: 870_000_000,

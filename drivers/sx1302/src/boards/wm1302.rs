@@ -2,8 +2,7 @@
 //! BCM GPIO17, power enable on GPIO18. Seeed points at Semtech's reference
 //! design for its configuration, so the TX power table is the CoreCell one.
 
-use super::{BandGainTable, BoardModel, BoardPin, RadioModel, SX1250_RSSI_TCOMP};
-use crate::config::RadioType;
+use super::{BandGainTable, BoardModel, BoardPin, RadioModel};
 
 /// The WM1302.
 pub const MODEL: BoardModel = BoardModel {
@@ -12,22 +11,7 @@ pub const MODEL: BoardModel = BoardModel {
     spidev: "/dev/spidev0.0",
     clock_source: 0,
     full_duplex: false,
-    radios: [
-        RadioModel {
-            radio_type: RadioType::Sx1250,
-            rssi_offset: -215.4,
-            rssi_tcomp: SX1250_RSSI_TCOMP,
-            tx_enable: true,
-            single_input_mode: true,
-        },
-        RadioModel {
-            radio_type: RadioType::Sx1250,
-            rssi_offset: -215.4,
-            rssi_tcomp: SX1250_RSSI_TCOMP,
-            tx_enable: false,
-            single_input_mode: false,
-        },
-    ],
+    radios: [RadioModel::sx1250(-215.4, true, true), RadioModel::sx1250(-215.4, false, false)],
     tx_gain_tables: &[BandGainTable {
         min_hz: 863_000_000,
         max_hz: 870_000_000,

@@ -1,0 +1,123 @@
+//! What every sink does between its journal and its connection: keep up to
+//! [`PREFETCH`] records read ahead, run the next journal read beside the
+//! connection's event loop (a journal busy with an fsync must never stall
+//! acknowledgement handling), and wake on appends, not commits (publishing
+//! does not wait for the durable write). Also the reconnect backoff both
+//! sinks share.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::sync::watch;
+
+use crate::journal::{Journal, JournalError, Record, Seq};
+
+/// Records read from the journal ahead of sending.
+pub const PREFETCH: usize = 2000;
+
+type Read = Pin<Box<dyn Future<Output = Result<Vec<Record>, JournalError>> + Send>>;
+
+/// A sink's window onto its journal, from one seq on.
+pub struct ReadAhead {
+    journal: Journal,
+    appended: watch::Receiver<Seq>,
+    /// Records read and not yet taken, oldest first.
+    pub records: VecDeque<Record>,
+    read_upto: Seq,
+    reading: Option<Read>,
+    caught_up: bool,
+}
+
+impl ReadAhead {
+    /// Read records after `from` (the journal's ack point when a session starts).
+    pub fn new(journal: &Journal, from: Seq) -> ReadAhead {
+        ReadAhead {
+            journal: journal.clone(),
+            appended: journal.watch_appended(),
+            records: VecDeque::new(),
+            read_upto: from,
+            reading: None,
+            caught_up: false,
+        }
+    }
+
+    /// Start the next read when the buffer runs low; call once per turn of the loop.
+    pub fn refill(&mut self) {
+        if self.reading.is_none() && !self.caught_up && self.records.len() < PREFETCH / 2 {
+            // Appends after this point wake `ready` even if the read misses them.
+            self.appended.borrow_and_update();
+            let journal = self.journal.clone();
+            let after = self.read_upto;
+            self.reading = Some(Box::pin(async move { journal.read_after(after, PREFETCH).await }));
+        }
+    }
+
+    /// Resolves when a read has landed in `records` or, when caught up, a record
+    /// was appended. Cancel-safe: use it as one branch of the sink's `select!`.
+    pub async fn ready(&mut self) -> anyhow::Result<()> {
+        match self.reading.as_mut() {
+            Some(read) => {
+                let records = read.await.context("reading journal");
+                self.reading = None;
+                let records = records?;
+                match records.last() {
+                    Some(last) => self.read_upto = last.seq,
+                    None => self.caught_up = true,
+                }
+                self.records.extend(records);
+            }
+            None if self.caught_up => {
+                if self.appended.changed().await.is_err() {
+                    bail!("journal closed");
+                }
+                self.caught_up = false;
+            }
+            None => std::future::pending::<()>().await,
+        }
+        Ok(())
+    }
+}
+
+/// Reconnect delays: doubling from `min` to `max`, +0–25 % jitter so that a fleet
+/// does not reconnect in lockstep after a broker restart.
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { min, max, next: min }
+    }
+
+    /// The delay before the next attempt, after a session that lasted `lived`.
+    /// A session that lived longer than `max` was healthy: back off afresh.
+    pub fn after_failure(&mut self, lived: Duration) -> Duration {
+        if lived > self.max {
+            self.next = self.min;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay + delay.mul_f64(rand::random::<f64>() * 0.25)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_max_and_resets_after_a_healthy_session() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(4));
+        let base = |d: Duration| d.as_secs();
+        assert_eq!(base(b.after_failure(Duration::ZERO)), 1);
+        assert_eq!(base(b.after_failure(Duration::ZERO)), 2);
+        assert_eq!(base(b.after_failure(Duration::ZERO)), 4);
+        assert_eq!(base(b.after_failure(Duration::ZERO)), 4);
+        assert_eq!(base(b.after_failure(Duration::from_secs(60))), 1);
+    }
+}
