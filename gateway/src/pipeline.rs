@@ -574,8 +574,12 @@ impl Ingest {
             received_at_ms: chirpstack::unix_ms(frame.received_at),
             payload: msg.encode_to_vec(),
         };
-        for journal in &self.journals {
-            journal.append(record.clone()).await.context("journal append")?;
+        // Every sink but the last gets a copy; the last takes the record itself.
+        if let Some((last, others)) = self.journals.split_last() {
+            for journal in others {
+                journal.append(record.clone()).await.context("journal append")?;
+            }
+            last.append(record).await.context("journal append")?;
         }
         c.queued.fetch_add(1, Ordering::Relaxed);
         Ok(())
