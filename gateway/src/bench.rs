@@ -29,7 +29,7 @@ use crate::config::{self, BrokerUrl, PayloadFormat};
 use crate::journal::{Journal, JournalConfig, NewRecord, Seq};
 use crate::pipeline::{Gateway, SinkCounters};
 use crate::sink::chirpstack::{self, RecordKind, Topics};
-use crate::sink::mqtt::{self, MqttSinkSettings, SinkRadioIo};
+use crate::sink::mqtt::{self, MqttSinkSettings, Protocol, SinkInbound, SinkRadioIo};
 
 /// Options of `berrygw bench`.
 #[derive(Debug, clap::Args)]
@@ -160,7 +160,7 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         .map(|i| {
             let mut d = template[(i as usize) % template.len()].clone();
             d.name = format!("bench-{i}");
-            d.dev_addr = berrygw_lora::phy::DevAddr::from_u32(0x2600_0000 + i as u32);
+            d.dev_addr = Some(berrygw_lora::phy::DevAddr::from_u32(0x2600_0000 + i as u32));
             d.interval_ms = 2;
             d.count = Some(per_device);
             d
@@ -405,14 +405,17 @@ async fn drain(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let server: BrokerUrl =
         format!("mqtt://{}", args.broker).parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let settings = MqttSinkSettings {
+        name: "chirpstack",
+        protocol: Protocol::Chirpstack {
+            topics: Topics::new("bench", "0016c001ffbe0001"),
+            format: PayloadFormat::Protobuf,
+        },
         server,
         tls: None,
         allow_plaintext: false,
         client_id: "berrygw-bench".into(),
         credentials: None,
         gateway_id: "0016c001ffbe0001".into(),
-        topics: Topics::new("bench", "0016c001ffbe0001"),
-        format: PayloadFormat::Protobuf,
         keep_alive: Duration::from_secs(30),
         max_inflight: 500,
         reconnect_min: Duration::from_millis(200),
@@ -428,7 +431,7 @@ async fn drain(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         settings,
         journal.clone(),
         counters.clone(),
-        SinkRadioIo { downlinks: _down_tx, tx_acks: ack_rx },
+        SinkInbound::Radio(SinkRadioIo { downlinks: _down_tx, tx_acks: ack_rx }),
         stop_rx,
     ));
     let mut watch = journal.watch();

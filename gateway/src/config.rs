@@ -38,6 +38,8 @@ pub struct Config {
     pub http: HttpSection,
     #[serde(default)]
     pub api: ApiSection,
+    /// `[decode]`: local decoding; off when absent.
+    pub decode: Option<DecodeSection>,
 }
 
 /// `[http]`: the listener serving `/metrics`, the status page `/` and `/api/status`.
@@ -152,23 +154,42 @@ impl JournalSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinksConfig {
-    pub chirpstack: Option<ChirpstackSinkConfig>,
+    /// `[sinks.chirpstack]`: MQTT to a ChirpStack v4 network server (every uplink).
+    pub chirpstack: Option<MqttSinkConfig>,
     /// `[sinks.semtech_udp]`: GWMP to any network server.
     pub semtech_udp: Option<SemtechUdpSinkConfig>,
+    /// `[sinks.app]`: MQTT to the data platform (decoded readings as JSON).
+    pub app: Option<MqttSinkConfig>,
 }
 
-/// `[sinks.chirpstack]`: MQTT to a ChirpStack v4 network server.
+/// Which MQTT sink a `MqttSinkConfig` configures; decides defaults and which keys apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MqttSinkKind {
+    Chirpstack,
+    App,
+}
+
+impl MqttSinkKind {
+    /// The sink's name in configuration, logs, metrics and journal files.
+    pub fn name(self) -> &'static str {
+        match self {
+            MqttSinkKind::Chirpstack => "chirpstack",
+            MqttSinkKind::App => "app",
+        }
+    }
+}
+
+/// `[sinks.chirpstack]` and `[sinks.app]`: one MQTT connection each.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ChirpstackSinkConfig {
+pub struct MqttSinkConfig {
     /// `mqtts://host:port` (TLS) or `mqtt://host:port` (plaintext).
     pub server: Spanned<BrokerUrl>,
-    /// Topic prefix, usually the region name (`eu868`).
-    #[serde(default = "default_topic_prefix")]
-    pub topic_prefix: String,
-    #[serde(default)]
-    pub format: PayloadFormat,
-    /// MQTT client id; defaults to `berrygw-<gateway id>`.
+    /// Topic prefix: the region name for ChirpStack (`eu868`), `berrygw` for the app sink.
+    pub topic_prefix: Option<String>,
+    /// ChirpStack only: message encoding (`protobuf` or `json`).
+    pub format: Option<Spanned<PayloadFormat>>,
+    /// MQTT client id; defaults to `berrygw-<gateway id>` (`berrygw-<gateway id>-app` for the app sink).
     pub client_id: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -191,6 +212,48 @@ pub struct ChirpstackSinkConfig {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// App sink only: accept OTAA session keys pushed by the central side on
+    /// `<prefix>/<gateway id>/session/set`. Needs mutual TLS (the broker's ACL
+    /// on that topic is then what authenticates the sender).
+    pub accept_session_push: Option<Spanned<bool>>,
+}
+
+impl MqttSinkConfig {
+    /// The topic prefix, with the sink's default.
+    pub fn topic_prefix(&self, kind: MqttSinkKind) -> &str {
+        match (&self.topic_prefix, kind) {
+            (Some(p), _) => p,
+            (None, MqttSinkKind::Chirpstack) => "eu868",
+            (None, MqttSinkKind::App) => "berrygw",
+        }
+    }
+
+    /// ChirpStack message encoding (protobuf unless configured).
+    pub fn format(&self) -> PayloadFormat {
+        self.format.as_ref().map(|f| *f.get_ref()).unwrap_or_default()
+    }
+
+    /// Whether session keys pushed over MQTT are accepted (app sink).
+    pub fn accepts_session_push(&self) -> bool {
+        self.accept_session_push.as_ref().is_some_and(|b| *b.get_ref())
+    }
+}
+
+/// `[decode]`: local decoding of the devices this gateway serves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeSection {
+    /// The device registry (keys and codecs), mode 0600.
+    pub devices: Spanned<PathBuf>,
+    /// Where codec files named in the registry are looked up, in order.
+    #[serde(default = "default_codec_dirs")]
+    pub codec_dirs: Vec<PathBuf>,
+    /// Wall-clock limit of one JavaScript codec call.
+    #[serde(default = "default_codec_time_limit_ms")]
+    pub codec_time_limit_ms: u64,
+    /// Heap limit of each JavaScript codec.
+    #[serde(default = "default_codec_memory_limit_kib")]
+    pub codec_memory_limit_kib: u64,
 }
 
 /// Encoding of ChirpStack messages on the wire.
@@ -391,14 +454,35 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             message,
         })?;
     }
-    let Some(cs) = &c.sinks.chirpstack else {
-        if c.sinks.semtech_udp.is_none() {
+    if c.sinks.chirpstack.is_none() && c.sinks.semtech_udp.is_none() {
+        return Err(whole(
+            "no network server sink configured: add [sinks.chirpstack] and/or [sinks.semtech_udp]".into(),
+        ));
+    }
+    for (kind, sink) in [(MqttSinkKind::Chirpstack, &c.sinks.chirpstack), (MqttSinkKind::App, &c.sinks.app)] {
+        if let Some(sink) = sink {
+            check_mqtt_sink(loaded, kind, sink)?;
+        }
+    }
+    if let Some(decode) = &c.decode {
+        if decode.codec_time_limit_ms == 0 || decode.codec_memory_limit_kib < 256 {
             return Err(whole(
-                "no sink configured: add [sinks.chirpstack] and/or [sinks.semtech_udp]".into(),
+                "decode.codec_time_limit_ms must be at least 1 and decode.codec_memory_limit_kib at least 256"
+                    .into(),
             ));
         }
-        return Ok(());
-    };
+    }
+    Ok(())
+}
+
+/// The checks every MQTT sink passes: transport, windows, certificate files, keys of the other kind.
+fn check_mqtt_sink(
+    loaded: &LoadedConfig,
+    kind: MqttSinkKind,
+    cs: &MqttSinkConfig,
+) -> Result<(), ConfigError> {
+    let name = kind.name();
+    let whole = |message: String| ConfigError { file: loaded.path.clone(), line: None, key: None, message };
     let server = cs.server.get_ref();
     if !server.tls && !server.is_loopback() && !cs.allow_plaintext {
         return Err(loaded.error_at(
@@ -409,17 +493,41 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
+    match kind {
+        MqttSinkKind::App => {
+            if let Some(f) = &cs.format {
+                return Err(loaded.error_at(f.span(), "the app sink always publishes JSON; remove `format`"));
+            }
+            if let Some(push) = &cs.accept_session_push {
+                if *push.get_ref() && cs.client_cert_file.is_none() {
+                    return Err(loaded.error_at(
+                        push.span(),
+                        "accept_session_push needs mutual TLS (client_cert_file and client_key_file): \
+                         until pushed keys are signed, the broker's authentication of both ends is \
+                         what stops a stranger from installing keys",
+                    ));
+                }
+            }
+        }
+        MqttSinkKind::Chirpstack => {
+            if let Some(push) = &cs.accept_session_push {
+                return Err(loaded.error_at(
+                    push.span(),
+                    "accept_session_push belongs in [sinks.app]; the network server does not push keys",
+                ));
+            }
+        }
+    }
     if cs.max_inflight == 0 {
-        return Err(whole("sinks.chirpstack.max_inflight must be at least 1".into()));
+        return Err(whole(format!("sinks.{name}.max_inflight must be at least 1")));
     }
     if cs.reconnect_min_ms == 0 || cs.reconnect_max_ms < cs.reconnect_min_ms {
-        return Err(whole("sinks.chirpstack.reconnect_min_ms must be ≥ 1 and ≤ reconnect_max_ms".into()));
+        return Err(whole(format!("sinks.{name}.reconnect_min_ms must be ≥ 1 and ≤ reconnect_max_ms")));
     }
     if cs.client_cert_file.is_some() != cs.client_key_file.is_some() {
-        return Err(whole(
-            "sinks.chirpstack: client_cert_file and client_key_file go together (mutual TLS needs both)"
-                .into(),
-        ));
+        return Err(whole(format!(
+            "sinks.{name}: client_cert_file and client_key_file go together (mutual TLS needs both)"
+        )));
     }
     for file in [&cs.ca_file, &cs.client_cert_file, &cs.client_key_file].into_iter().flatten() {
         if let Err(e) = std::fs::metadata(file.get_ref()) {
@@ -435,7 +543,7 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
 }
 
 /// Turn a byte span into line number and dotted key, as a person reads the file.
-fn locate(path: &Path, source: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
+pub(crate) fn locate(path: &Path, source: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
     let (line, key) = match span {
         Some(span) => {
             let start = span.start.min(source.len());
@@ -498,8 +606,14 @@ fn default_commit_interval_ms() -> u64 {
 fn default_commit_max_records() -> usize {
     1000
 }
-fn default_topic_prefix() -> String {
-    "eu868".into()
+fn default_codec_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("/etc/berrygw/codecs"), PathBuf::from("/usr/share/berrygw/codecs")]
+}
+fn default_codec_time_limit_ms() -> u64 {
+    50
+}
+fn default_codec_memory_limit_kib() -> u64 {
+    8 * 1024
 }
 fn default_keep_alive_secs() -> u64 {
     30
@@ -541,10 +655,26 @@ server = "mqtt://127.0.0.1:1883"
         assert_eq!(c.journal.backend, Backend::Sqlite);
         assert_eq!(c.journal.max_bytes, 256 * 1024 * 1024);
         let cs = c.sinks.chirpstack.expect("sink");
-        assert_eq!(cs.topic_prefix, "eu868");
-        assert_eq!(cs.format, PayloadFormat::Protobuf);
+        assert_eq!(cs.topic_prefix(MqttSinkKind::Chirpstack), "eu868");
+        assert_eq!(cs.format(), PayloadFormat::Protobuf);
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:9101", "loopback unless asked");
         assert_eq!(c.api.socket, Path::new("/run/berrygw/api.sock"));
+    }
+
+    #[test]
+    fn app_sink_refuses_chirpstack_keys_and_unauthenticated_session_push() {
+        let text = format!("{MINIMAL}\n[sinks.app]\nserver = \"mqtt://127.0.0.1:1884\"\nformat = \"json\"\n");
+        let err = parse_str(&text).expect_err("format is a ChirpStack key");
+        assert_eq!(err.key.as_deref(), Some("sinks.app.format"), "{err}");
+        let text = format!(
+            "{MINIMAL}\n[sinks.app]\nserver = \"mqtt://127.0.0.1:1884\"\naccept_session_push = true\n"
+        );
+        let err = parse_str(&text).expect_err("session push without mTLS");
+        assert_eq!(err.key.as_deref(), Some("sinks.app.accept_session_push"), "{err}");
+        assert!(err.message.contains("mutual TLS"), "{err}");
+        let text = format!("{MINIMAL}\n[sinks.app]\nserver = \"mqtt://127.0.0.1:1884\"\n");
+        let c = parse_str(&text).expect("plain app sink on loopback").config;
+        assert_eq!(c.sinks.app.expect("app").topic_prefix(MqttSinkKind::App), "berrygw");
     }
 
     #[test]
@@ -614,6 +744,6 @@ server = "mqtt://127.0.0.1:1883"
     fn missing_sink_is_refused() {
         let text = MINIMAL.replace("[sinks.chirpstack]\nserver = \"mqtt://127.0.0.1:1883\"", "[sinks]");
         let err = parse_str(&text).expect_err("no sink");
-        assert!(err.message.contains("no sink"), "{err}");
+        assert!(err.message.contains("no network server sink"), "{err}");
     }
 }

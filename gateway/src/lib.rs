@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod decode;
 pub mod demo;
 pub mod journal;
 pub mod metrics;

@@ -1,5 +1,6 @@
 //! The `berrygw` command: the daemon (`run`), the field tools
-//! (`check-config`, `status`), the self-contained `demo` and the `bench` harness.
+//! (`check-config`, `status`, `reload`, `decode`), the self-contained `demo`
+//! and the `bench` harness.
 //! Argument parsing and logging set-up only; the work is in the library.
 
 use std::path::PathBuf;
@@ -43,6 +44,17 @@ enum Command {
         #[arg(long, short, default_value = "/etc/berrygw/berrygw.toml")]
         config: PathBuf,
     },
+    /// Make the running daemon re-read its device registry and codecs (like SIGHUP).
+    Reload {
+        /// The local API socket; default: `[api] socket` of --config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Configuration file naming the socket.
+        #[arg(long, short, default_value = "/etc/berrygw/berrygw.toml")]
+        config: PathBuf,
+    },
+    /// Decode a payload with a codec, or a whole frame with a registered device's keys.
+    Decode(berrygw::decode::cli::DecodeArgs),
     /// Run the whole pipeline with a simulated radio and an embedded broker; nothing to install.
     Demo(berrygw::demo::DemoArgs),
     /// Measure journal and forwarding throughput against a running MQTT broker.
@@ -85,10 +97,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match berrygw::config::load(&file) {
-            Ok(_) => {
-                println!("{}: OK", file.display());
-                ExitCode::SUCCESS
-            }
+            Ok(cfg) => match check_registry(&cfg) {
+                Ok(Some(devices)) => {
+                    println!("{}: OK ({devices} devices in the registry)", file.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    println!("{}: OK", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            },
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
@@ -115,6 +137,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Status { json, socket, config } => status(json, socket, &config),
+        Command::Reload { socket, config } => reload(socket, &config),
+        Command::Decode(args) => {
+            init_logging("warn");
+            report(berrygw::decode::cli::run(args))
+        }
         Command::Demo(args) => {
             // The demo prints its own account; logs only for trouble.
             init_logging("warn");
@@ -129,20 +156,63 @@ fn main() -> ExitCode {
     }
 }
 
+/// With a `[decode]` section: the registry and every codec it names load (number of devices).
+fn check_registry(cfg: &berrygw::config::LoadedConfig) -> anyhow::Result<Option<usize>> {
+    use berrygw::decode::{engine, registry::Registry};
+    let Some(d) = &cfg.config.decode else { return Ok(None) };
+    let registry = Registry::load(d.devices.get_ref(), &d.codec_dirs)?;
+    engine::Codecs::build(&registry, &engine::codec_limits(d.codec_time_limit_ms, d.codec_memory_limit_kib))?;
+    Ok(Some(registry.devices().len()))
+}
+
+/// The local API socket: as given, as configured, or the default.
+fn api_socket(socket: Option<PathBuf>, config: &std::path::Path) -> Result<PathBuf, ExitCode> {
+    match socket {
+        Some(s) => Ok(s),
+        None => match berrygw::config::load(config) {
+            Ok(c) => Ok(c.config.api.socket),
+            // No configuration file at the default place: the default socket.
+            Err(_) if !config.exists() => Ok(PathBuf::from(berrygw::config::DEFAULT_API_SOCKET)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(ExitCode::from(2))
+            }
+        },
+    }
+}
+
+/// `berrygw reload`: 0 reloaded, 1 refused (the daemon keeps its registry), 2 bad configuration, 3 not running.
+fn reload(socket: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
+    use berrygw::status::cli;
+    let socket = match api_socket(socket, config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match cli::request(&socket, "POST", "/api/reload") {
+        Ok((200, body)) => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            println!("reloaded: {} devices, {} codecs", v["devices"], v["codecs"]);
+            ExitCode::SUCCESS
+        }
+        Ok((_, body)) => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let why = v["error"].as_str().map(str::to_string).unwrap_or_else(|| body.trim().to_string());
+            eprintln!("NOT reloaded (the daemon keeps its current registry): {why}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
 /// `berrygw status`: 0 healthy, 1 unhealthy, 2 bad configuration, 3 not running or no answer.
 fn status(json: bool, socket: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
     use berrygw::status::cli;
-    let socket = match socket {
-        Some(s) => s,
-        None => match berrygw::config::load(config) {
-            Ok(c) => c.config.api.socket,
-            // No configuration file at the default place: the default socket.
-            Err(_) if !config.exists() => PathBuf::from(berrygw::config::DEFAULT_API_SOCKET),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        },
+    let socket = match api_socket(socket, config) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let body = match cli::ask(&socket) {
         Ok(b) => b,

@@ -15,9 +15,7 @@ use anyhow::Context;
 use berrygw_lora::filter::UplinkFilter;
 use berrygw_lora::gwmp::GwmpIngest;
 use berrygw_lora::sim::SimRadio;
-use berrygw_lora::{
-    CrcStatus, DownlinkFrame, Modulation, RadioIo, RadioSource, TxAck, TxStatus, UplinkFrame,
-};
+use berrygw_lora::{CrcStatus, DownlinkFrame, RadioIo, RadioSource, TxAck, TxStatus, UplinkFrame};
 use berrygw_sx1302::{ConcentratorStatus, Sx1302Radio};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,12 +25,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::{ChirpstackSinkConfig, LoadedConfig, RadioKind};
+use crate::config::{LoadedConfig, MqttSinkConfig, MqttSinkKind, RadioKind};
+use crate::decode::engine::codec_limits;
+use crate::decode::{Decoder, DecoderSettings, ReloadReport};
 use crate::journal::{Journal, JournalConfig, NewRecord};
 use crate::seq::UplinkSeq;
 use crate::service::{self, Heartbeat, Liveness};
+use crate::sink::app::AppTopics;
 use crate::sink::chirpstack::{self, RecordKind, StatsSnapshot, Topics};
-use crate::sink::mqtt::{self, MqttSinkSettings, SinkRadioIo};
+use crate::sink::mqtt::{self, MqttSinkSettings, Protocol, SinkInbound, SinkRadioIo};
 use crate::sink::semtech_udp;
 use crate::sink::tls::{self, TlsFiles};
 
@@ -115,16 +116,6 @@ pub fn tx_status_label(status: TxStatus) -> &'static str {
     }
 }
 
-/// The `data_rate` label: `SF7BW125` for LoRa, `FSK50000` for FSK.
-fn data_rate_label(m: &Modulation) -> String {
-    match m {
-        Modulation::Lora { spreading_factor, bandwidth, .. } => {
-            format!("SF{spreading_factor}BW{}", bandwidth / 1000)
-        }
-        Modulation::Fsk { datarate, .. } => format!("FSK{datarate}"),
-    }
-}
-
 impl Counters {
     fn count_frame(&self, frame: &UplinkFrame) {
         let crc = match frame.crc {
@@ -136,7 +127,7 @@ impl Counters {
             .get_or_create(&[
                 ("crc", crc.to_string()),
                 ("frequency_hz", frame.frequency.0.to_string()),
-                ("data_rate", data_rate_label(&frame.modulation)),
+                ("data_rate", crate::decode::reading::data_rate(&frame.modulation)),
             ])
             .inc();
         self.rssi.observe(f64::from(frame.rssi));
@@ -196,6 +187,8 @@ pub struct GatewayView {
     pub sinks: Vec<SinkView>,
     /// The concentrator's health, when the radio is an sx1302.
     pub concentrator: Option<watch::Receiver<ConcentratorStatus>>,
+    /// The local decoder, when `[decode]` is configured.
+    pub decoder: Option<Decoder>,
 }
 
 /// One sink as seen from outside: its name, journal statistics and counters.
@@ -219,6 +212,7 @@ pub struct Gateway {
     pub counters: Arc<Counters>,
     /// Every configured sink; stopped first so that their last acknowledgements reach the journals.
     pub sinks: Vec<SinkRuntime>,
+    decoder: Option<(Decoder, std::thread::JoinHandle<()>)>,
     view: GatewayView,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -269,13 +263,13 @@ impl Gateway {
         let mut sinks = Vec::new();
         if let Some(sink_cfg) = &c.sinks.chirpstack {
             let journal = open_journal(cfg, "chirpstack").await?;
-            let settings = mqtt_settings(cfg, sink_cfg, &gateway_id)?;
+            let settings = mqtt_settings(cfg, MqttSinkKind::Chirpstack, sink_cfg, &gateway_id)?;
             let sink_counters = Arc::new(SinkCounters::default());
             let task = tokio::spawn(mqtt::run(
                 settings,
                 journal.clone(),
                 sink_counters.clone(),
-                router.attach(),
+                SinkInbound::Radio(router.attach()),
                 shutdown_rx.clone(),
             ));
             sinks.push(SinkRuntime { name: "chirpstack", journal, counters: sink_counters, task });
@@ -292,7 +286,61 @@ impl Gateway {
             ));
             sinks.push(SinkRuntime { name: "semtech_udp", journal, counters: sink_counters, task });
         }
+        // Uplinks and gateway stats go to the network server sinks; the app sink gets readings.
         let journals: Vec<Journal> = sinks.iter().map(|s| s.journal.clone()).collect();
+        let stats_journals: Vec<(&'static str, Journal)> =
+            sinks.iter().map(|s| (s.name, s.journal.clone())).collect();
+        let app_journal = match &c.sinks.app {
+            Some(_) => Some(open_journal(cfg, "app").await?),
+            None => None,
+        };
+        let app_topics =
+            c.sinks.app.as_ref().map(|a| AppTopics::new(a.topic_prefix(MqttSinkKind::App), &gateway_id));
+        let decoder = match &c.decode {
+            Some(d) => {
+                let settings = DecoderSettings {
+                    gateway_id: gateway_id.clone(),
+                    devices: d.devices.get_ref().clone(),
+                    codec_dirs: d.codec_dirs.clone(),
+                    limits: codec_limits(d.codec_time_limit_ms, d.codec_memory_limit_kib),
+                    sessions: c.gateway.state_dir.join("sessions.sqlite"),
+                    topics: app_topics.clone(),
+                };
+                let journal = app_journal.clone();
+                Some(
+                    tokio::task::block_in_place(|| Decoder::spawn(settings, journal))
+                        .context("starting local decoding")?,
+                )
+            }
+            None => None,
+        };
+        let decoder_handle = decoder.as_ref().map(|(d, _)| d.clone());
+        if let (Some(sink_cfg), Some(journal)) = (&c.sinks.app, app_journal) {
+            let settings = mqtt_settings(cfg, MqttSinkKind::App, sink_cfg, &gateway_id)?;
+            let sink_counters = Arc::new(SinkCounters::default());
+            let pushes = match (&decoder_handle, sink_cfg.accepts_session_push()) {
+                (Some(decoder), true) => {
+                    let (tx, mut rx) = mpsc::channel::<crate::sink::app::PushedSession>(16);
+                    let decoder = decoder.clone();
+                    tokio::spawn(async move {
+                        while let Some(session) = rx.recv().await {
+                            decoder.push(session);
+                        }
+                    });
+                    Some(tx)
+                }
+                _ => None,
+            };
+            let task = tokio::spawn(mqtt::run(
+                settings,
+                journal.clone(),
+                sink_counters.clone(),
+                SinkInbound::Sessions(pushes),
+                shutdown_rx.clone(),
+            ));
+            sinks.push(SinkRuntime { name: "app", journal, counters: sink_counters, task });
+        }
+        router.decoder = decoder_handle.clone();
 
         let mut tasks = Vec::new();
         let radio_kind = radio.kind();
@@ -312,15 +360,16 @@ impl Gateway {
             gateway_id: gateway_id.clone(),
             filter,
             seq,
-            journals: journals.clone(),
+            journals,
             counters: counters.clone(),
+            decoder: decoder_handle.clone(),
         };
         tasks.push(tokio::spawn(ingest.run(uplink_rx, liveness.heartbeat("ingest"))));
         tasks.push(tokio::spawn(service::watchdog(liveness, shutdown_rx.clone())));
         tasks.push(tokio::spawn(stats_loop(
             gateway_id.clone(),
             Duration::from_secs(c.gateway.stats_interval_secs),
-            sinks.iter().map(|s| (s.name, s.journal.clone())).collect(),
+            stats_journals,
             concentrator.clone(),
             counters.clone(),
             shutdown_rx.clone(),
@@ -354,8 +403,9 @@ impl Gateway {
                 .map(|s| SinkView { name: s.name, journal: s.journal.clone(), counters: s.counters.clone() })
                 .collect(),
             concentrator,
+            decoder: decoder_handle,
         };
-        Ok(Gateway { counters, sinks, view, shutdown, tasks })
+        Ok(Gateway { counters, sinks, decoder, view, shutdown, tasks })
     }
 
     /// Read-only handles for the metrics endpoint and the status page.
@@ -368,15 +418,29 @@ impl Gateway {
         self.sinks.iter().find(|s| s.name == name)
     }
 
+    /// Re-read the device registry and codecs (SIGHUP, `berrygw reload`); on any
+    /// error the registry in force stays and the error says what is wrong.
+    pub async fn reload(&self) -> Result<ReloadReport, String> {
+        reload(self.view.decoder.as_ref()).await
+    }
+
     /// Stop the sinks and reports, make every accepted record durable, and return.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         let mut result = Ok(());
-        for mut sink in self.sinks {
+        let mut sinks = self.sinks;
+        for sink in &mut sinks {
             // A sink waits up to 2 s for outstanding acknowledgements: fewer duplicates after a restart.
             if tokio::time::timeout(Duration::from_secs(4), &mut sink.task).await.is_err() {
                 sink.task.abort();
             }
+        }
+        // Readings still queued go to the app journal before it is flushed; sessions are written.
+        if let Some((decoder, thread)) = self.decoder {
+            decoder.stop().await;
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        for sink in sinks {
             if let Err(e) = sink.journal.flush().await {
                 result = Err(e).with_context(|| format!("flushing the {} journal", sink.name));
             }
@@ -410,34 +474,55 @@ async fn open_journal(cfg: &LoadedConfig, name: &'static str) -> anyhow::Result<
         .with_context(|| format!("opening the {name} journal"))
 }
 
-/// The ChirpStack MQTT sink's settings, TLS files read and checked.
+/// Reload the registry of `decoder`, if decoding is on.
+pub async fn reload(decoder: Option<&Decoder>) -> Result<ReloadReport, String> {
+    match decoder {
+        Some(d) => d.reload().await,
+        None => Err("local decoding is not configured (no [decode] section)".into()),
+    }
+}
+
+/// An MQTT sink's settings, TLS files read and checked.
 fn mqtt_settings(
     cfg: &LoadedConfig,
-    sink_cfg: &ChirpstackSinkConfig,
+    kind: MqttSinkKind,
+    sink_cfg: &MqttSinkConfig,
     gateway_id: &str,
 ) -> anyhow::Result<MqttSinkSettings> {
+    let name = kind.name();
     let tls = if sink_cfg.server.get_ref().tls {
         let files = TlsFiles {
             ca_file: sink_cfg.ca_file.as_ref().map(|f| f.get_ref().as_path()),
             client_cert_file: sink_cfg.client_cert_file.as_ref().map(|f| f.get_ref().as_path()),
             client_key_file: sink_cfg.client_key_file.as_ref().map(|f| f.get_ref().as_path()),
         };
-        Some(
-            tls::client_config(&files)
-                .with_context(|| format!("{}: sinks.chirpstack", cfg.path.display()))?,
-        )
+        Some(tls::client_config(&files).with_context(|| format!("{}: sinks.{name}", cfg.path.display()))?)
     } else {
         None
     };
+    let prefix = sink_cfg.topic_prefix(kind);
+    let protocol = match kind {
+        MqttSinkKind::Chirpstack => {
+            Protocol::Chirpstack { topics: Topics::new(prefix, gateway_id), format: sink_cfg.format() }
+        }
+        MqttSinkKind::App => Protocol::App {
+            topics: AppTopics::new(prefix, gateway_id),
+            accept_session_push: sink_cfg.accepts_session_push(),
+        },
+    };
+    let default_client_id = match kind {
+        MqttSinkKind::Chirpstack => format!("berrygw-{gateway_id}"),
+        MqttSinkKind::App => format!("berrygw-{gateway_id}-app"),
+    };
     Ok(MqttSinkSettings {
+        name,
+        protocol,
         server: sink_cfg.server.get_ref().clone(),
         tls,
         allow_plaintext: sink_cfg.allow_plaintext,
-        client_id: sink_cfg.client_id.clone().unwrap_or_else(|| format!("berrygw-{gateway_id}")),
+        client_id: sink_cfg.client_id.clone().unwrap_or(default_client_id),
         credentials: sink_cfg.username.clone().map(|u| (u, sink_cfg.password.clone().unwrap_or_default())),
         gateway_id: gateway_id.to_string(),
-        topics: Topics::new(&sink_cfg.topic_prefix, gateway_id),
-        format: sink_cfg.format,
         keep_alive: Duration::from_secs(sink_cfg.keep_alive_secs),
         max_inflight: sink_cfg.max_inflight,
         reconnect_min: Duration::from_millis(sink_cfg.reconnect_min_ms),
@@ -453,6 +538,8 @@ struct DownlinkRouter {
     from_sinks_rx: mpsc::Receiver<(usize, DownlinkFrame)>,
     to_sinks: Vec<mpsc::Sender<TxAck>>,
     forwarders: Vec<JoinHandle<()>>,
+    /// Sees every downlink and TxAck (a transmitted JoinAccept starts a session).
+    decoder: Option<Decoder>,
 }
 
 /// Downlink ids remembered for routing acks; older ones are forgotten.
@@ -461,7 +548,14 @@ const ROUTED_DOWNLINKS: usize = 1024;
 impl DownlinkRouter {
     fn new(to_radio: mpsc::Sender<DownlinkFrame>) -> DownlinkRouter {
         let (from_sinks, from_sinks_rx) = mpsc::channel(64);
-        DownlinkRouter { to_radio, from_sinks, from_sinks_rx, to_sinks: Vec::new(), forwarders: Vec::new() }
+        DownlinkRouter {
+            to_radio,
+            from_sinks,
+            from_sinks_rx,
+            to_sinks: Vec::new(),
+            forwarders: Vec::new(),
+            decoder: None,
+        }
     }
 
     /// Channels for one more sink.
@@ -496,6 +590,9 @@ impl DownlinkRouter {
                             }
                         }
                     }
+                    if let Some(decoder) = &self.decoder {
+                        decoder.downlink(frame.downlink_id, &frame.phy_payload);
+                    }
                     if self.to_radio.send(frame).await.is_err() {
                         return;
                     }
@@ -503,6 +600,9 @@ impl DownlinkRouter {
                 ack = acks.recv() => {
                     let Some(ack) = ack else { return };
                     counters.tx_by_status.get_or_create(&[("status", tx_status_label(ack.status))]).inc();
+                    if let Some(decoder) = &self.decoder {
+                        decoder.tx_ack(ack.downlink_id, ack.status == TxStatus::Ok);
+                    }
                     match owner.remove(&ack.downlink_id).and_then(|i| self.to_sinks.get(i)) {
                         Some(sink) => {
                             let _ = sink.send(ack).await;
@@ -523,6 +623,8 @@ struct Ingest {
     /// One journal per sink; each gets every accepted uplink.
     journals: Vec<Journal>,
     counters: Arc<Counters>,
+    /// Gets every stored uplink after the journals have it.
+    decoder: Option<Decoder>,
 }
 
 impl Ingest {
@@ -582,6 +684,9 @@ impl Ingest {
             last.append(record).await.context("journal append")?;
         }
         c.queued.fetch_add(1, Ordering::Relaxed);
+        if let Some(decoder) = &self.decoder {
+            decoder.uplink(frame, seq);
+        }
         Ok(())
     }
 }
@@ -703,32 +808,32 @@ async fn report_loop(
     }
 }
 
-/// Run the daemon until SIGTERM/SIGINT.
+/// Run the daemon until SIGTERM/SIGINT; SIGHUP reloads the device registry.
 pub async fn run_until_signal(cfg: &LoadedConfig) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let gw = Gateway::start(cfg).await?;
     let served = crate::status::http::serve(&cfg.config, gw.view()).await;
     service::notify_ready();
-    wait_for_signal().await;
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut hup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => {
+                service::notify_reloading();
+                match gw.reload().await {
+                    Ok(r) => info!(devices = r.devices, codecs = r.codecs, "SIGHUP: device registry reloaded"),
+                    Err(e) => error!("SIGHUP: device registry NOT reloaded, the previous one stays in force: {e}"),
+                }
+                service::notify_ready();
+            }
+        }
+    }
     info!("stopping");
     service::notify_stopping();
     served.stop();
     gw.stop().await
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("cannot watch SIGTERM ({e}); stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 #[cfg(test)]
@@ -757,6 +862,7 @@ mod tests {
             seq: UplinkSeq::open(dir.path()).expect("seq"),
             journals: vec![journal.clone()],
             counters: counters.clone(),
+            decoder: None,
         };
         let key = AesKey([7; 16]);
         let good = build_data_uplink(

@@ -21,6 +21,11 @@ pub fn notify_ready() {
     }
 }
 
+/// Tell systemd a reload (SIGHUP) has begun; `notify_ready` ends it.
+pub fn notify_reloading() {
+    let _ = sd_notify::notify(&[NotifyState::Reloading]);
+}
+
 /// Tell systemd a clean stop has begun.
 pub fn notify_stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);

@@ -1,13 +1,15 @@
 //! The LoRa radio side of berrygw: the frame types that cross the radio
 //! boundary, the `RadioSource` trait every radio implements (simulated radio
-//! now; SX1302 HAL and GWMP ingest later), LoRaWAN PHY parsing and the uplink
-//! filters. Nothing here knows about journals, sinks or MQTT.
+//! now; SX1302 HAL and GWMP ingest later), LoRaWAN PHY parsing, the uplink
+//! filters and LoRaWAN 1.0.x security for local decoding (MIC, decryption,
+//! frame counters, OTAA join). Nothing here knows about journals, sinks or MQTT.
 
 pub mod filter;
 pub mod frame;
 pub mod gwmp;
 pub mod phy;
 pub mod radio;
+pub mod security;
 pub mod sim;
 
 pub use filter::{FilterConfig, Rejection, UplinkFilter};
@@ -16,4 +18,5 @@ pub use frame::{
 };
 pub use phy::{AesKey, DevAddr, Eui64, MType, PhyError, PhyFrame};
 pub use radio::{RadioError, RadioIo, RadioSource};
+pub use security::{FCntError, SecurityError, SessionKeys, VerifiedUplink};
 pub use sim::{SimConfig, SimRadio};

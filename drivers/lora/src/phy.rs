@@ -2,8 +2,9 @@
 //! `Eui64`, `AesKey`), a parser that reads the clear-text headers of any frame
 //! heard over the air without ever panicking, and the 1.0.x session crypto
 //! (build an encrypted uplink, verify its MIC and decrypt it) used by the
-//! simulator and by tests. It is not a network server: no MAC command
-//! handling, no frame-counter tracking, no LoRaWAN 1.1 key hierarchy.
+//! simulator, by tests and by `security` (which adds frame counters and the
+//! OTAA join). It is not a network server: no MAC command handling, no
+//! LoRaWAN 1.1 key hierarchy.
 
 use std::fmt;
 use std::str::FromStr;
@@ -465,13 +466,22 @@ pub fn parse(bytes: &[u8]) -> Result<PhyFrame, PhyError> {
 }
 
 /// Offsets of the parts of a data frame that has passed `parse_data`.
-struct DataLayout {
-    frame: DataFrame,
+pub(crate) struct DataLayout {
+    pub(crate) frame: DataFrame,
     /// Index of the first FRMPayload byte.
     frm_payload_start: usize,
 }
 
-fn data_layout(bytes: &[u8], mtype: MType) -> Result<DataLayout, PhyError> {
+impl DataLayout {
+    /// The FOpts bytes of the frame this layout was read from (clear text in 1.0.x).
+    pub(crate) fn f_opts<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        let start = MHDR_LEN + FHDR_MIN_LEN;
+        bytes.get(start..start + usize::from(self.frame.fctrl.fopts_len)).unwrap_or(&[])
+    }
+}
+
+/// Reads the headers and offsets of a data frame of type `mtype`.
+pub(crate) fn data_layout(bytes: &[u8], mtype: MType) -> Result<DataLayout, PhyError> {
     let len = bytes.len();
     let min = MHDR_LEN + FHDR_MIN_LEN + MIC_LEN;
     if len < min {
@@ -605,17 +615,34 @@ pub fn verify_and_decrypt(
         return Err(CryptoError::FCntMismatch { on_air: data.fcnt, given: fcnt });
     }
     let layout = data_layout(phy_payload, data.mtype)?;
-    // Our parser accepted the frame, so the crate's stricter-or-equal checks do too.
+    open_data(phy_payload, &layout, nwk_s_key, app_s_key, fcnt).ok_or(CryptoError::MicMismatch)
+}
+
+/// Checks the MIC of a data frame laid out by `data_layout` with the NwkSKey
+/// over the full 32-bit `fcnt`, and returns its decrypted FRMPayload
+/// (AppSKey, or NwkSKey on FPort 0); `None` when the MIC does not match.
+/// The one decryption path behind `verify_and_decrypt` and
+/// `security::verify_uplink`.
+pub(crate) fn open_data(
+    phy_payload: &[u8],
+    layout: &DataLayout,
+    nwk_s_key: &AesKey,
+    app_s_key: &AesKey,
+    fcnt: u32,
+) -> Option<Vec<u8>> {
+    // Our parser accepted the frame, so the crate's stricter-or-equal checks
+    // do too; were they ever to refuse it, the frame cannot be authenticated,
+    // which is what `None` says.
     let Ok(PhyPayload::Data(DataPayload::Encrypted(enc))) = lorawan::parser::parse(phy_payload.to_vec())
     else {
-        return Err(CryptoError::NotData(data.mtype));
+        return None;
     };
     let nwk = AES128(nwk_s_key.0);
     let app = AES128(app_s_key.0);
-    let plain = enc.decrypt_if_mic_ok(&nwk, &app, fcnt).map_err(|_| CryptoError::MicMismatch)?.to_inner();
+    let plain = enc.decrypt_if_mic_ok(&nwk, &app, fcnt).ok()?.to_inner();
     let start = layout.frm_payload_start;
     let end = plain.len().saturating_sub(MIC_LEN);
-    Ok(plain.get(start..end).map(<[u8]>::to_vec).unwrap_or_default())
+    Some(plain.get(start..end).map(<[u8]>::to_vec).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
-//! The simulated radio: virtual ABP devices (water meter, river level probe,
+//! The simulated radio: virtual devices (water meter, river level probe,
 //! waste container, lighting cabinet) that send real, encrypted LoRaWAN 1.0.x
 //! data uplinks on a schedule, and a transmitter that acknowledges every
-//! downlink. It lets the whole pipeline run and be tested without a
-//! concentrator. It does not model airtime, duty cycle, collisions or
-//! class A receive windows, and never joins (OTAA).
+//! downlink. ABP devices send data from the start; OTAA devices send
+//! JoinRequests until a downlink opens as a JoinAccept with their AppKey,
+//! then send data with the derived session keys. It lets the whole pipeline
+//! run and be tested without a concentrator. It does not model airtime, duty
+//! cycle, collisions, class A receive windows or join timing (any JoinAccept
+//! heard while waiting counts), and never rejoins.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
@@ -16,8 +19,9 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::frame::{CodeRate, CrcStatus, DownlinkFrame, Frequency, Modulation, TxAck, TxStatus, UplinkFrame};
-use crate::phy::{build_data_uplink, AesKey, DataUplink, DevAddr};
+use crate::phy::{build_data_uplink, AesKey, DataUplink, DevAddr, Eui64};
 use crate::radio::{RadioError, RadioIo, RadioSource, RadioTask};
+use crate::security::{build_join_request, derive_session_keys, open_join_accept, SessionKeys};
 
 /// The `[radio.sim]` configuration: the virtual devices and the channels they use.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -32,24 +36,34 @@ pub struct SimConfig {
     pub seed: Option<u64>,
 }
 
-/// One virtual ABP device.
+/// One virtual device: ABP (`dev_addr`, `nwk_s_key`, `app_s_key`) or OTAA
+/// (`otaa`), never both.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimDevice {
     pub name: String,
     pub kind: DeviceKind,
-    pub dev_addr: DevAddr,
-    pub nwk_s_key: AesKey,
-    pub app_s_key: AesKey,
+    /// ABP: the device address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev_addr: Option<DevAddr>,
+    /// ABP: the network session key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nwk_s_key: Option<AesKey>,
+    /// ABP: the application session key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_s_key: Option<AesKey>,
+    /// OTAA: join first, then send with the session the JoinAccept gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otaa: Option<SimOtaa>,
     /// Application port, 1..=223.
     #[serde(default = "default_f_port")]
     pub f_port: u8,
     /// Time between two uplinks, at least 1 ms.
     pub interval_ms: u64,
-    /// Stop after this many uplinks; forever when absent.
+    /// Stop after this many data uplinks (JoinRequests not counted); forever when absent.
     #[serde(default)]
     pub count: Option<u64>,
-    /// Frame counter of the first uplink.
+    /// Frame counter of the first uplink (ABP only: a joined session starts at 0).
     #[serde(default)]
     pub first_fcnt: u32,
     /// LoRa spreading factor, 7..=12.
@@ -58,6 +72,19 @@ pub struct SimDevice {
     /// Send ConfirmedDataUp instead of UnconfirmedDataUp.
     #[serde(default)]
     pub confirmed: bool,
+}
+
+/// The `otaa = { ... }` table of an OTAA sim device: its root identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimOtaa {
+    pub dev_eui: Eui64,
+    pub join_eui: Eui64,
+    pub app_key: AesKey,
+    /// DevNonce of the first JoinRequest, incremented per attempt; drawn
+    /// from the radio's seed when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_dev_nonce: Option<u16>,
 }
 
 /// What a virtual device measures; each kind has its own payload layout
@@ -94,6 +121,20 @@ pub enum SimError {
     FPort { device: String, port: u8 },
     #[error("two sim devices are named {0:?}; device names must be unique")]
     DuplicateName(String),
+    #[error(
+        "sim device {device:?}: has both `otaa` and ABP keys ({abp_keys}); an OTAA device gets its \
+         DevAddr and session keys from the join, so remove them, or remove `otaa` to use ABP"
+    )]
+    MixedActivation { device: String, abp_keys: String },
+    #[error(
+        "sim device {device:?}: no activation; ABP needs dev_addr, nwk_s_key and app_s_key (missing: {missing}), \
+         OTAA needs otaa = {{ dev_eui = \"...\", join_eui = \"...\", app_key = \"...\" }}"
+    )]
+    MissingActivation { device: String, missing: String },
+    #[error(
+        "sim device {device:?}: first_fcnt is for ABP devices; an OTAA session always starts at frame counter 0"
+    )]
+    FirstFcntWithOtaa { device: String },
 }
 
 fn default_f_port() -> u8 {
@@ -139,8 +180,45 @@ impl SimConfig {
             if !names.insert(d.name.as_str()) {
                 return Err(SimError::DuplicateName(device()));
             }
+            d.activation().map(|_| ())?;
         }
         Ok(())
+    }
+}
+
+/// How a device gets its session, once its configuration is checked.
+#[derive(Clone, Copy, Debug)]
+enum Activation {
+    Abp(SessionKeys),
+    Otaa(SimOtaa),
+}
+
+impl SimDevice {
+    /// The one activation the device is configured with, or why not.
+    fn activation(&self) -> Result<Activation, SimError> {
+        let abp = [
+            ("dev_addr", self.dev_addr.is_some()),
+            ("nwk_s_key", self.nwk_s_key.is_some()),
+            ("app_s_key", self.app_s_key.is_some()),
+        ];
+        let names = |present: bool| {
+            abp.iter().filter(|(_, p)| *p == present).map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        };
+        match (self.otaa, self.dev_addr, self.nwk_s_key, self.app_s_key) {
+            (Some(_), None, None, None) if self.first_fcnt != 0 => {
+                Err(SimError::FirstFcntWithOtaa { device: self.name.clone() })
+            }
+            (Some(otaa), None, None, None) => Ok(Activation::Otaa(otaa)),
+            (Some(_), ..) => {
+                Err(SimError::MixedActivation { device: self.name.clone(), abp_keys: names(true) })
+            }
+            (None, Some(dev_addr), Some(nwk_s_key), Some(app_s_key)) => {
+                Ok(Activation::Abp(SessionKeys { dev_addr, nwk_s_key, app_s_key }))
+            }
+            (None, ..) => {
+                Err(SimError::MissingActivation { device: self.name.clone(), missing: names(false) })
+            }
+        }
     }
 }
 
@@ -149,9 +227,10 @@ pub fn example_devices() -> Vec<SimDevice> {
     let device = |name: &str, kind, addr: u32, nwk, app, interval_ms, sf| SimDevice {
         name: name.to_owned(),
         kind,
-        dev_addr: DevAddr::from_u32(addr),
-        nwk_s_key: AesKey(nwk),
-        app_s_key: AesKey(app),
+        dev_addr: Some(DevAddr::from_u32(addr)),
+        nwk_s_key: Some(AesKey(nwk)),
+        app_s_key: Some(AesKey(app)),
+        otaa: None,
         f_port: default_f_port(),
         interval_ms,
         count: None,
@@ -311,11 +390,30 @@ fn device_seed(seed: u64, index: usize) -> u64 {
 /// A device while the radio runs.
 struct DeviceRun {
     config: SimDevice,
+    state: DeviceState,
     telemetry: Telemetry,
     rng: StdRng,
+    /// Data uplinks sent (what `count` limits).
     sent: u64,
     /// Mean RSSI at this gateway (the device's distance), dBm.
     rssi_base: i16,
+}
+
+/// Where a device stands; the session stays inside the radio.
+#[derive(Clone, Copy, Debug)]
+enum DeviceState {
+    /// Sends data with this session; `fcnt` goes into the next uplink.
+    Active { keys: SessionKeys, fcnt: u32 },
+    /// OTAA, not joined yet: `next_dev_nonce` goes into the next JoinRequest;
+    /// `pending` is the DevNonce of the last one sent, which a JoinAccept answers.
+    Joining { otaa: SimOtaa, next_dev_nonce: u16, pending: Option<u16> },
+}
+
+/// What a device just put on air, for the log and the counters.
+#[derive(Clone, Copy, Debug)]
+enum Sent {
+    JoinRequest { dev_nonce: u16 },
+    Data { fcnt: u32 },
 }
 
 impl DeviceRun {
@@ -323,25 +421,64 @@ impl DeviceRun {
         self.config.count.is_some_and(|c| self.sent >= c)
     }
 
-    fn next_phy_payload(&mut self) -> Result<Vec<u8>, RadioError> {
-        let payload = self.telemetry.next_payload(&mut self.rng);
-        // The 32-bit counter wraps like a device's; only its low 16 bits go on air.
-        let fcnt = self.config.first_fcnt.wrapping_add(self.sent as u32);
-        build_data_uplink(
-            &DataUplink {
-                dev_addr: self.config.dev_addr,
-                fcnt,
-                confirmed: self.config.confirmed,
-                adr: true,
-                f_port: self.config.f_port,
-                payload: &payload,
-            },
-            &self.config.nwk_s_key,
-            &self.config.app_s_key,
-        )
-        .map_err(|e| RadioError::Failed(format!("sim device {:?}: {e}", self.config.name)))
+    /// The next frame: a JoinRequest while joining, a data uplink once active.
+    fn next_phy_payload(&mut self) -> Result<(Vec<u8>, Sent), RadioError> {
+        match &mut self.state {
+            DeviceState::Joining { otaa, next_dev_nonce, pending } => {
+                let dev_nonce = *next_dev_nonce;
+                *pending = Some(dev_nonce);
+                *next_dev_nonce = dev_nonce.wrapping_add(1);
+                let phy = build_join_request(otaa.join_eui, otaa.dev_eui, dev_nonce, &otaa.app_key);
+                Ok((phy, Sent::JoinRequest { dev_nonce }))
+            }
+            DeviceState::Active { keys, fcnt } => {
+                let payload = self.telemetry.next_payload(&mut self.rng);
+                let sent = *fcnt;
+                // The 32-bit counter wraps like a device's; only its low 16 bits go on air.
+                *fcnt = fcnt.wrapping_add(1);
+                let phy = build_data_uplink(
+                    &DataUplink {
+                        dev_addr: keys.dev_addr,
+                        fcnt: sent,
+                        confirmed: self.config.confirmed,
+                        adr: true,
+                        f_port: self.config.f_port,
+                        payload: &payload,
+                    },
+                    &keys.nwk_s_key,
+                    &keys.app_s_key,
+                )
+                .map_err(|e| RadioError::Failed(format!("sim device {:?}: {e}", self.config.name)))?;
+                Ok((phy, Sent::Data { fcnt: sent }))
+            }
+        }
+    }
+
+    /// Tries a downlink as the JoinAccept this device waits for; true when
+    /// it opened with the AppKey and the device joined.
+    fn try_join(&mut self, phy_payload: &[u8]) -> bool {
+        let DeviceState::Joining { otaa, pending: Some(dev_nonce), .. } = self.state else {
+            return false;
+        };
+        let Ok(accept) = open_join_accept(phy_payload, &otaa.app_key) else {
+            return false;
+        };
+        let keys = derive_session_keys(&otaa.app_key, &accept, dev_nonce);
+        info!(
+            device = %self.config.name,
+            dev_eui = %otaa.dev_eui,
+            dev_addr = %keys.dev_addr,
+            dev_nonce,
+            "sim radio: device joined"
+        );
+        self.state = DeviceState::Active { keys, fcnt: 0 };
+        true
     }
 }
+
+/// Salt for the stream that draws a device's first DevNonce, apart from its
+/// telemetry stream so that joining does not change the readings it sends.
+const DEV_NONCE_SALT: u64 = 0x6a6f_696e_6e6f_6e63;
 
 /// The simulated radio; `start` runs it until the pipeline closes its channels.
 #[derive(Clone, Debug)]
@@ -374,15 +511,27 @@ impl SimRadio {
             .enumerate()
             .map(|(i, config)| {
                 let mut device_rng = StdRng::seed_from_u64(device_seed(seed, i));
-                DeviceRun {
+                // `new` validated the configuration; a refusal here is still reported, not trusted away.
+                let state = match config.activation().map_err(|e| RadioError::Start(e.to_string()))? {
+                    Activation::Abp(keys) => DeviceState::Active { keys, fcnt: config.first_fcnt },
+                    Activation::Otaa(otaa) => DeviceState::Joining {
+                        otaa,
+                        next_dev_nonce: otaa.first_dev_nonce.unwrap_or_else(|| {
+                            StdRng::seed_from_u64(device_seed(seed, i) ^ DEV_NONCE_SALT).gen()
+                        }),
+                        pending: None,
+                    },
+                };
+                Ok(DeviceRun {
                     telemetry: Telemetry::new(config.kind, &mut device_rng),
                     config,
+                    state,
                     rng: device_rng,
                     sent: 0,
                     rssi_base: rng.gen_range(-110..=-65),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, RadioError>>()?;
         // Next uplink of each device, earliest first. Devices start spread
         // over their first interval, then keep an absolute schedule so a
         // late wake-up is caught up and rates hold (tokio's Burst behaviour).
@@ -412,14 +561,22 @@ impl SimRadio {
                 biased;
                 () = uplinks.closed() => return Ok(()),
                 downlink = downlinks.recv(), if downlinks_open => match downlink {
-                    Some(downlink) => acknowledge(&downlink, &tx_acks).await,
+                    Some(downlink) => {
+                        // The first device waiting whose AppKey opens it joins; the rest keep trying.
+                        for device in &mut devices {
+                            if device.try_join(&downlink.phy_payload) {
+                                break;
+                            }
+                        }
+                        acknowledge(&downlink, &tx_acks).await;
+                    }
                     None => downlinks_open = false,
                 },
                 () = tokio::time::sleep_until(next.unwrap_or(start)), if next.is_some() => {
                     let Some(Reverse((at, i))) = due.pop() else { continue };
                     // `i` came from enumerating `devices`, which never shrinks.
                     let device = &mut devices[i];
-                    let phy_payload = device.next_phy_payload()?;
+                    let (phy_payload, sent) = device.next_phy_payload()?;
                     let channel = rng.gen_range(0..frequencies.len());
                     let rssi = device.rssi_base + rng.gen_range(-5..=5);
                     // SNR follows RSSI from -5 dB near sensitivity to +10 dB close by,
@@ -444,11 +601,20 @@ impl SimRadio {
                         counter_us: start.elapsed().as_micros() as u32,
                         received_at: SystemTime::now(),
                     };
-                    debug!(device = %device.config.name, fcnt = device.sent, frequency = %frame.frequency, "sim radio: uplink");
+                    match sent {
+                        Sent::Data { fcnt } => {
+                            debug!(device = %device.config.name, fcnt, frequency = %frame.frequency, "sim radio: uplink");
+                        }
+                        Sent::JoinRequest { dev_nonce } => {
+                            debug!(device = %device.config.name, dev_nonce, frequency = %frame.frequency, "sim radio: join request");
+                        }
+                    }
                     if uplinks.send(frame).await.is_err() {
                         return Ok(());
                     }
-                    device.sent += 1;
+                    if matches!(sent, Sent::Data { .. }) {
+                        device.sent += 1;
+                    }
                     total += 1;
                     if !device.done() {
                         due.push(Reverse((at + Duration::from_millis(device.config.interval_ms), i)));
@@ -489,6 +655,9 @@ mod tests {
     use crate::filter::UplinkFilter;
     use crate::frame::TxTiming;
     use crate::phy::{self, CryptoError, PhyFrame};
+    use crate::security::{
+        build_join_accept, verify_join_request, verify_uplink, JoinAccept, JoinRequestFields,
+    };
     use std::collections::HashMap;
     use std::fmt::Debug;
     use std::sync::{Arc, Mutex};
@@ -520,6 +689,14 @@ mod tests {
         SimConfig { devices: vec![device], frequencies: default_frequencies(), seed: Some(7) }
     }
 
+    /// The session of an ABP device.
+    fn abp_keys(d: &SimDevice) -> SessionKeys {
+        match d.activation() {
+            Ok(Activation::Abp(keys)) => keys,
+            other => panic!("{} is not a valid ABP device: {other:?}", d.name),
+        }
+    }
+
     /// What device `index` of a radio seeded with `seed` sends, in clear.
     fn expected_payloads(seed: u64, index: usize, kind: DeviceKind, n: usize) -> Vec<Vec<u8>> {
         let mut rng = StdRng::seed_from_u64(device_seed(seed, index));
@@ -528,9 +705,13 @@ mod tests {
     }
 
     fn downlink(id: u32) -> DownlinkFrame {
+        downlink_carrying(id, vec![0x60, 1, 2, 3, 4, 0, 0, 0, 9, 9, 9, 9])
+    }
+
+    fn downlink_carrying(id: u32, phy_payload: Vec<u8>) -> DownlinkFrame {
         DownlinkFrame {
             downlink_id: id,
-            phy_payload: vec![0x60, 1, 2, 3, 4, 0, 0, 0, 9, 9, 9, 9],
+            phy_payload,
             frequency: Frequency(869_525_000),
             modulation: Modulation::Lora {
                 spreading_factor: 12,
@@ -596,8 +777,9 @@ mod tests {
             let frame = h.uplinks.recv().await.unwrap();
             let phy = filter.check(&frame).unwrap();
             let PhyFrame::Data(data) = phy else { panic!("not a data frame: {phy:?}") };
-            let i = devices.iter().position(|d| d.dev_addr == data.dev_addr).unwrap();
+            let i = devices.iter().position(|d| d.dev_addr == Some(data.dev_addr)).unwrap();
             let d = &devices[i];
+            let keys = abp_keys(d);
             assert!(data.mtype.is_uplink());
             assert_eq!(data.f_port, Some(2));
             assert_eq!(
@@ -620,11 +802,11 @@ mod tests {
             let fcnt = d.first_fcnt.wrapping_add(n.len() as u32);
             assert_eq!(u32::from(data.fcnt), fcnt & 0xffff);
             let clear =
-                phy::verify_and_decrypt(&frame.phy_payload, &d.nwk_s_key, &d.app_s_key, fcnt).unwrap();
+                phy::verify_and_decrypt(&frame.phy_payload, &keys.nwk_s_key, &keys.app_s_key, fcnt).unwrap();
             let expected = expected_payloads(42, i, d.kind, n.len() + 1);
             assert_eq!(Some(&clear), expected.last());
             assert_eq!(
-                phy::verify_and_decrypt(&frame.phy_payload, &d.app_s_key, &d.app_s_key, fcnt),
+                phy::verify_and_decrypt(&frame.phy_payload, &keys.app_s_key, &keys.app_s_key, fcnt),
                 Err(CryptoError::MicMismatch),
                 "the AppSKey is not the NwkSKey"
             );
@@ -701,6 +883,8 @@ mod tests {
     async fn same_seed_gives_the_same_frames() {
         let mut config = one_device(100, Some(10));
         config.devices.push(example_devices().remove(2));
+        // Its DevNonces come from the seed too.
+        config.devices.push(otaa_device("joiner", AesKey([0x42; 16]), None));
         let mut runs = Vec::new();
         for _ in 0..2 {
             let mut h = start(config.clone(), 32);
@@ -712,6 +896,153 @@ mod tests {
             runs.push(frames);
         }
         assert_eq!(runs[0], runs[1]);
+    }
+
+    const JOIN_EUI: Eui64 = Eui64([0x70, 0xb3, 0xd5, 0x7e, 0xd0, 0x00, 0x00, 0x00]);
+
+    /// An OTAA river level probe, DevEUI from its AppKey's first byte.
+    fn otaa_device(name: &str, app_key: AesKey, first_dev_nonce: Option<u16>) -> SimDevice {
+        SimDevice {
+            name: name.to_owned(),
+            kind: DeviceKind::RiverLevel,
+            dev_addr: None,
+            nwk_s_key: None,
+            app_s_key: None,
+            otaa: Some(SimOtaa {
+                dev_eui: Eui64::from_u64(0x0004_a30b_0000_0000 | u64::from(app_key.0[0])),
+                join_eui: JOIN_EUI,
+                app_key,
+                first_dev_nonce,
+            }),
+            f_port: 2,
+            interval_ms: 1_000,
+            count: None,
+            first_fcnt: 0,
+            spreading_factor: 9,
+            confirmed: false,
+        }
+    }
+
+    fn join_accept(dev_addr: u32) -> JoinAccept {
+        JoinAccept {
+            join_nonce: 0x00_0a01,
+            net_id: 0x00_0013,
+            dev_addr: DevAddr::from_u32(dev_addr),
+            dl_settings: 0,
+            rx_delay: 1,
+            cf_list: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn otaa_device_joins_on_its_join_accept_and_sends_data_that_verifies() {
+        let logs = Logs::default();
+        let _guard = tracing::subscriber::set_default(logs.clone());
+        let app_key = AesKey([0x42; 16]);
+        let mut device = otaa_device("sonde-otaa", app_key, Some(0x0100));
+        device.count = Some(3);
+        let dev_eui = device.otaa.unwrap().dev_eui;
+        let mut h =
+            start(SimConfig { devices: vec![device], frequencies: default_frequencies(), seed: Some(11) }, 8);
+
+        // Unanswered, it keeps asking, one DevNonce up each time.
+        for dev_nonce in [0x0100, 0x0101] {
+            let f = h.uplinks.recv().await.unwrap();
+            assert_eq!(
+                verify_join_request(&f.phy_payload, &app_key).unwrap(),
+                JoinRequestFields { join_eui: JOIN_EUI, dev_eui, dev_nonce }
+            );
+        }
+        let accept = join_accept(0x260b_1a10);
+        let phy = build_join_accept(&accept, &app_key).unwrap();
+        h.downlinks.send(downlink_carrying(5, phy)).await.unwrap();
+        assert_eq!(h.tx_acks.recv().await, Some(TxAck { downlink_id: 5, status: TxStatus::Ok }));
+
+        // The network server derives the session from the last JoinRequest.
+        let keys = derive_session_keys(&app_key, &accept, 0x0101);
+        let expected = expected_payloads(11, 0, DeviceKind::RiverLevel, 3);
+        let mut last = None;
+        for payload in &expected {
+            let f = h.uplinks.recv().await.unwrap();
+            let up = verify_uplink(&f.phy_payload, &keys, last).unwrap();
+            assert_eq!((up.fcnt, up.f_port), (last.map_or(0, |l| l + 1), Some(2)));
+            assert_eq!(&up.payload, payload);
+            last = Some(up.fcnt);
+        }
+        assert!(tokio::time::timeout(Duration::from_secs(60), h.uplinks.recv()).await.is_err(), "count is 3");
+        drop(h.uplinks);
+        assert!(h.task.await.unwrap().is_ok());
+        let logs = logs.0.lock().unwrap();
+        assert_eq!(logs.iter().filter(|m| *m == "sim radio: device joined").count(), 1);
+        assert!(logs.iter().any(|m| m == "sim radio: all devices done (5 uplinks)"), "{logs:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn join_accepts_for_other_keys_and_other_downlinks_are_acked_but_ignored() {
+        let app_key = AesKey([0x42; 16]);
+        let mut h = start(
+            SimConfig {
+                devices: vec![otaa_device("sonde-otaa", app_key, Some(7))],
+                frequencies: default_frequencies(),
+                seed: Some(3),
+            },
+            8,
+        );
+        let f = h.uplinks.recv().await.unwrap();
+        assert_eq!(verify_join_request(&f.phy_payload, &app_key).unwrap().dev_nonce, 7);
+        let foreign = build_join_accept(&join_accept(0x260b_1a11), &AesKey([0x43; 16])).unwrap();
+        h.downlinks.send(downlink_carrying(1, foreign)).await.unwrap();
+        h.downlinks.send(downlink(2)).await.unwrap();
+        for id in [1, 2] {
+            assert_eq!(h.tx_acks.recv().await, Some(TxAck { downlink_id: id, status: TxStatus::Ok }));
+        }
+        for dev_nonce in [8, 9] {
+            let f = h.uplinks.recv().await.unwrap();
+            let parsed = phy::parse(&f.phy_payload).unwrap();
+            assert_eq!(parsed.mtype(), phy::MType::JoinRequest, "still joining");
+            assert_eq!(verify_join_request(&f.phy_payload, &app_key).unwrap().dev_nonce, dev_nonce);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_join_accept_joins_only_the_device_whose_key_opens_it() {
+        let (key_a, key_b) = (AesKey([0xa0; 16]), AesKey([0xb0; 16]));
+        let mut h = start(
+            SimConfig {
+                devices: vec![otaa_device("a", key_a, Some(1)), otaa_device("b", key_b, Some(1))],
+                frequencies: default_frequencies(),
+                seed: Some(5),
+            },
+            8,
+        );
+        // Both have asked once.
+        for _ in 0..2 {
+            assert_eq!(
+                phy::parse(&h.uplinks.recv().await.unwrap().phy_payload).unwrap().mtype(),
+                phy::MType::JoinRequest
+            );
+        }
+        let accept = join_accept(0x260b_1a0b);
+        h.downlinks.send(downlink_carrying(9, build_join_accept(&accept, &key_b).unwrap())).await.unwrap();
+        assert_eq!(h.tx_acks.recv().await.map(|a| a.status), Some(TxStatus::Ok));
+        let keys_b = derive_session_keys(&key_b, &accept, 1);
+        let (mut joins_a, mut data_b) = (0, 0u32);
+        for _ in 0..6 {
+            let f = h.uplinks.recv().await.unwrap();
+            match phy::parse(&f.phy_payload).unwrap() {
+                PhyFrame::JoinRequest(j) => {
+                    assert_eq!(verify_join_request(&f.phy_payload, &key_a).unwrap().dev_nonce, j.dev_nonce);
+                    joins_a += 1;
+                }
+                PhyFrame::Data(_) => {
+                    let up = verify_uplink(&f.phy_payload, &keys_b, data_b.checked_sub(1)).unwrap();
+                    assert_eq!(up.fcnt, data_b);
+                    data_b += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((joins_a, data_b), (3, 3));
     }
 
     /// Big-endian helpers for reading payloads back by their documented layout.
@@ -783,6 +1114,73 @@ mod tests {
     }
 
     #[test]
+    fn otaa_config_reads_from_toml_and_abp_keys_stay_optional() {
+        let config: SimConfig = toml::from_str(
+            r#"
+            [[devices]]
+            name = "sonde"
+            kind = "river_level"
+            otaa = { dev_eui = "0004A30B001C0530", join_eui = "70b3d57ed0000000", app_key = "2b7e151628aed2a6abf7158809cf4f3c" }
+            interval_ms = 60000
+            "#,
+        )
+        .unwrap();
+        let d = &config.devices[0];
+        assert_eq!((d.dev_addr, d.nwk_s_key, d.app_s_key), (None, None, None));
+        let otaa = d.otaa.unwrap();
+        assert_eq!(otaa.dev_eui.to_string(), "0004a30b001c0530");
+        assert_eq!(otaa.first_dev_nonce, None);
+        assert!(SimRadio::new(config.clone()).is_ok());
+        // It writes back without the absent ABP keys, and reads the same.
+        let text = toml::to_string(&config).unwrap();
+        assert!(!text.contains("dev_addr"), "{text}");
+        assert_eq!(toml::from_str::<SimConfig>(&text).unwrap(), config);
+
+        let unknown = toml::from_str::<SimConfig>(
+            "[[devices]]\nname = \"x\"\nkind = \"river_level\"\ninterval_ms = 1000\n\
+             otaa = { dev_eui = \"0004a30b001c0530\", join_eui = \"70b3d57ed0000000\", \
+             app_key = \"2b7e151628aed2a6abf7158809cf4f3c\", nwk_key = \"00\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(unknown.contains("unknown field `nwk_key`"), "{unknown}");
+    }
+
+    #[test]
+    fn config_refuses_mixed_or_missing_activation() {
+        let bad = |d: SimDevice| {
+            SimRadio::new(SimConfig { devices: vec![d], frequencies: default_frequencies(), seed: None })
+                .unwrap_err()
+                .to_string()
+        };
+        let otaa = otaa_device("sonde", AesKey([1; 16]), None);
+        let abp = example_devices().remove(0);
+        assert_eq!(
+            bad(SimDevice { dev_addr: abp.dev_addr, app_s_key: abp.app_s_key, ..otaa.clone() }),
+            "sim device \"sonde\": has both `otaa` and ABP keys (dev_addr, app_s_key); an OTAA device gets its \
+             DevAddr and session keys from the join, so remove them, or remove `otaa` to use ABP"
+        );
+        assert_eq!(
+            bad(SimDevice { nwk_s_key: None, app_s_key: None, ..abp.clone() }),
+            "sim device \"compteur-eau-mairie\": no activation; ABP needs dev_addr, nwk_s_key and app_s_key \
+             (missing: nwk_s_key, app_s_key), OTAA needs otaa = { dev_eui = \"...\", join_eui = \"...\", app_key = \"...\" }"
+        );
+        assert!(
+            bad(SimDevice { otaa: None, ..otaa.clone() }).contains("missing: dev_addr, nwk_s_key, app_s_key")
+        );
+        assert_eq!(
+            bad(SimDevice { first_fcnt: 10, ..otaa }),
+            "sim device \"sonde\": first_fcnt is for ABP devices; an OTAA session always starts at frame counter 0"
+        );
+        // An ABP device written the old way still reads (config_reads_from_toml_with_defaults).
+        let missing = toml::from_str::<SimConfig>(
+            "[[devices]]\nname = \"x\"\nkind = \"water_meter\"\ndev_addr = \"26011bda\"\ninterval_ms = 1000\n",
+        )
+        .unwrap();
+        assert!(SimRadio::new(missing).unwrap_err().to_string().contains("missing: nwk_s_key, app_s_key"));
+    }
+
+    #[test]
     fn config_errors_name_the_device_and_the_fix() {
         let bad = |f: &dyn Fn(&mut SimConfig)| {
             let mut c = one_device(1_000, None);
@@ -824,9 +1222,10 @@ mod tests {
         let kinds: HashSet<_> = devices.iter().map(|d| d.kind).collect();
         assert_eq!(kinds.len(), 4);
         for d in &devices {
-            assert!(prefix.matches(d.dev_addr), "{}", d.dev_addr);
+            let keys = abp_keys(d);
+            assert!(prefix.matches(keys.dev_addr), "{}", keys.dev_addr);
             assert!((1_000..=5_000).contains(&d.interval_ms));
-            assert_ne!(d.nwk_s_key, d.app_s_key);
+            assert_ne!(keys.nwk_s_key, keys.app_s_key);
         }
         assert!(SimRadio::new(SimConfig { devices, frequencies: default_frequencies(), seed: None }).is_ok());
     }

@@ -11,7 +11,7 @@
 #[cfg(test)]
 mod bench;
 mod owner;
-mod quarantine;
+pub(crate) mod quarantine;
 mod sled;
 mod sqlite;
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! MQTT sinks, `read_ahead` the journal window and reconnect backoff every
 //! sink shares.
 
+pub mod app;
 pub mod chirpstack;
 pub mod mqtt;
 pub mod read_ahead;

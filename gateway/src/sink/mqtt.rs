@@ -1,13 +1,14 @@
-//! The ChirpStack MQTT sink: one connection to the network server's broker at
-//! a time, fed from this sink's journal. Records are published at QoS 1 in
+//! The MQTT sinks (ChirpStack network server, app data platform): one
+//! connection to the broker at a time, fed from the sink's journal. Records are published at QoS 1 in
 //! journal order and acknowledged to the journal only once the broker's
 //! PUBACK for them (and for every older one) has arrived. The MQTT client's
 //! own queue is disposable: on any connection error the client is dropped
 //! whole and the next connection starts again from the journal's ack point.
 //!
-//! Also here: the retained `state/conn` message with its OFFLINE last will,
-//! and the `command/down` subscription whose downlinks go to the radio, each
-//! answered on `event/ack`.
+//! Also here: the retained state message with its offline last will, and
+//! what comes back: ChirpStack's `command/down` downlinks go to the radio
+//! (each answered on `event/ack`); the app sink's pushed session keys go to
+//! the decoder. `Protocol` is all that differs between the two.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -23,6 +24,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::app::{self, AppTopics, PushedSession};
 use super::chirpstack::{self, RecordKind, Topics};
 use super::read_ahead::{Backoff, ReadAhead};
 use crate::config::{BrokerUrl, PayloadFormat};
@@ -31,18 +33,83 @@ use crate::pipeline::SinkCounters;
 
 /// Everything a sink needs, resolved from configuration.
 pub struct MqttSinkSettings {
+    /// `chirpstack` or `app`, in logs.
+    pub name: &'static str,
+    pub protocol: Protocol,
     pub server: BrokerUrl,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub allow_plaintext: bool,
     pub client_id: String,
     pub credentials: Option<(String, String)>,
     pub gateway_id: String,
-    pub topics: Topics,
-    pub format: PayloadFormat,
     pub keep_alive: Duration,
     pub max_inflight: u16,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+}
+
+/// What a sink speaks on its connection.
+pub enum Protocol {
+    /// ChirpStack v4 gateway topics; records are `gw` messages; downlinks come back.
+    Chirpstack { topics: Topics, format: PayloadFormat },
+    /// The data platform; records carry their topic and JSON; session keys may come back.
+    App { topics: AppTopics, accept_session_push: bool },
+}
+
+impl Protocol {
+    fn state_topic(&self) -> String {
+        match self {
+            Protocol::Chirpstack { topics, .. } => topics.conn_state(),
+            Protocol::App { topics, .. } => topics.state(),
+        }
+    }
+
+    fn state_message(&self, gateway_id: &str, online: bool) -> Vec<u8> {
+        match self {
+            Protocol::Chirpstack { format, .. } => chirpstack::conn_state(gateway_id, online, *format),
+            Protocol::App { .. } => app::state_message(gateway_id, online),
+        }
+    }
+
+    fn subscriptions(&self) -> Vec<String> {
+        match self {
+            Protocol::Chirpstack { topics, .. } => vec![topics.command_down()],
+            Protocol::App { topics, accept_session_push: true } => vec![topics.session_set()],
+            Protocol::App { accept_session_push: false, .. } => Vec::new(),
+        }
+    }
+
+    /// Topic and wire payload of a journal record.
+    fn publication(&self, r: &Record) -> anyhow::Result<(String, Vec<u8>)> {
+        match self {
+            Protocol::Chirpstack { topics, format } => {
+                let kind =
+                    RecordKind::from_u8(r.kind).ok_or_else(|| anyhow!("unknown record kind {}", r.kind))?;
+                Ok((topics.event(kind.event()), chirpstack::wire_payload(kind, &r.payload, *format)?))
+            }
+            Protocol::App { .. } => {
+                let (topic, body) = app::open_record(r.kind, &r.payload)?;
+                Ok((topic.to_string(), body.to_vec()))
+            }
+        }
+    }
+}
+
+/// What comes back over a sink's connection and where it goes.
+pub enum SinkInbound {
+    /// Downlinks to the radio and the radio's answers (ChirpStack, Semtech UDP).
+    Radio(SinkRadioIo),
+    /// Pushed session keys to the decoder (app sink); `None` when nobody takes them.
+    Sessions(Option<mpsc::Sender<PushedSession>>),
+}
+
+impl SinkInbound {
+    async fn tx_ack(&mut self) -> Option<TxAck> {
+        match self {
+            SinkInbound::Radio(radio) => radio.tx_acks.recv().await,
+            SinkInbound::Sessions(_) => std::future::pending().await,
+        }
+    }
 }
 
 /// Channels between the sink and the radio.
@@ -61,13 +128,13 @@ pub async fn run(
     settings: MqttSinkSettings,
     journal: Journal,
     counters: Arc<SinkCounters>,
-    mut radio: SinkRadioIo,
+    mut inbound: SinkInbound,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     loop {
         let started = Instant::now();
-        match session(&settings, &journal, &counters, &mut radio, &mut shutdown).await {
+        match session(&settings, &journal, &counters, &mut inbound, &mut shutdown).await {
             Ok(SessionEnd::Shutdown) => return,
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
@@ -75,7 +142,8 @@ pub async fn run(
                 let delay = backoff.after_failure(started.elapsed());
                 warn!(
                     server = %settings.server,
-                    "chirpstack sink: {}; reconnecting in {:.1} s",
+                    "{} sink: {}; reconnecting in {:.1} s",
+                    settings.name,
                     error_chain(&e),
                     delay.as_secs_f32()
                 );
@@ -111,8 +179,8 @@ fn options(s: &MqttSinkSettings) -> MqttOptions {
     o.set_inflight(s.max_inflight.saturating_add(16));
     o.set_max_packet_size(256 * 1024, 256 * 1024);
     o.set_last_will(LastWill::new(
-        s.topics.conn_state(),
-        chirpstack::conn_state(&s.gateway_id, false, s.format),
+        s.protocol.state_topic(),
+        s.protocol.state_message(&s.gateway_id, false),
         QoS::AtLeastOnce,
         true,
     ));
@@ -177,29 +245,32 @@ async fn session(
     s: &MqttSinkSettings,
     journal: &Journal,
     counters: &SinkCounters,
-    radio: &mut SinkRadioIo,
+    inbound: &mut SinkInbound,
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<SessionEnd> {
+    let name = s.name;
     if !s.server.tls && s.allow_plaintext && !s.server.is_loopback() {
-        warn!(server = %s.server, "chirpstack sink: connecting WITHOUT TLS (allow_plaintext = true): data and credentials cross the network in clear");
+        warn!(server = %s.server, "{name} sink: connecting WITHOUT TLS (allow_plaintext = true): data and credentials cross the network in clear");
     }
     let window = usize::from(s.max_inflight);
     let (client, mut eventloop) = AsyncClient::new(options(s), window + 64);
     connect(&mut eventloop, s).await?;
     counters.connected.store(true, Ordering::Relaxed);
-    info!(server = %s.server, "chirpstack sink: connected");
+    info!(server = %s.server, "{name} sink: connected");
 
     let mut flight = InFlight::default();
     client
         .try_publish(
-            s.topics.conn_state(),
+            s.protocol.state_topic(),
             QoS::AtLeastOnce,
             true,
-            chirpstack::conn_state(&s.gateway_id, true, s.format),
+            s.protocol.state_message(&s.gateway_id, true),
         )
-        .context("queueing state/conn")?;
+        .context("queueing the state message")?;
     flight.record_published(None);
-    client.try_subscribe(s.topics.command_down(), QoS::AtLeastOnce).context("queueing subscribe")?;
+    for topic in s.protocol.subscriptions() {
+        client.try_subscribe(topic, QoS::AtLeastOnce).context("queueing subscribe")?;
+    }
 
     let mut acked = journal.watch().borrow().acked;
     flight.highest_sent = acked.0;
@@ -233,34 +304,75 @@ async fn session(
                     }
                 }
                 Event::Incoming(Packet::Publish(p)) => {
-                    match chirpstack::decode_downlink(&p.payload, s.format) {
-                        Ok(cmd) => {
-                            counters.downlinks_received.fetch_add(1, Ordering::Relaxed);
-                            downlink_items.insert(cmd.frame.downlink_id, cmd.items);
-                            if radio.downlinks.try_send(cmd.frame).is_err() {
-                                warn!("chirpstack sink: radio downlink queue full; downlink dropped");
-                            }
-                        }
-                        Err(e) => {
-                            counters.bad_commands.fetch_add(1, Ordering::Relaxed);
-                            warn!(topic = %p.topic, "chirpstack sink: rejected command: {e}");
-                        }
-                    }
+                    incoming(s, counters, inbound, &mut downlink_items, &p.topic, &p.payload);
                 }
-                Event::Incoming(Packet::SubAck(ack)) => debug!(?ack, "chirpstack sink: subscribed"),
+                Event::Incoming(Packet::SubAck(ack)) => debug!(?ack, "{name} sink: subscribed"),
                 _ => {}
             },
-            Some(ack) = radio.tx_acks.recv() => {
+            Some(ack) = inbound.tx_ack() => {
                 counters.tx_acks.fetch_add(1, Ordering::Relaxed);
                 let items = downlink_items.remove(&ack.downlink_id).unwrap_or(1);
-                let payload = chirpstack::tx_ack_message(&s.gateway_id, &ack, items, s.format);
-                client.try_publish(s.topics.event("ack"), QoS::AtLeastOnce, false, payload).context("queueing ack")?;
-                flight.record_published(None);
+                if let Protocol::Chirpstack { topics, format } = &s.protocol {
+                    let payload = chirpstack::tx_ack_message(&s.gateway_id, &ack, items, *format);
+                    client.try_publish(topics.event("ack"), QoS::AtLeastOnce, false, payload).context("queueing ack")?;
+                    flight.record_published(None);
+                }
             }
             _ = shutdown.changed() => {
                 drain_before_shutdown(s, &client, &mut eventloop, journal, &mut flight, &mut acked).await;
                 return Ok(SessionEnd::Shutdown);
             }
+        }
+    }
+}
+
+/// A message from the far side: a downlink for the radio or session keys for
+/// the decoder. Anything malformed is counted and logged, never fatal.
+fn incoming(
+    s: &MqttSinkSettings,
+    counters: &SinkCounters,
+    inbound: &SinkInbound,
+    downlink_items: &mut HashMap<u32, usize>,
+    topic: &str,
+    payload: &[u8],
+) {
+    let name = s.name;
+    match (&s.protocol, inbound) {
+        (Protocol::Chirpstack { format, .. }, SinkInbound::Radio(radio)) => {
+            match chirpstack::decode_downlink(payload, *format) {
+                Ok(cmd) => {
+                    counters.downlinks_received.fetch_add(1, Ordering::Relaxed);
+                    downlink_items.insert(cmd.frame.downlink_id, cmd.items);
+                    if radio.downlinks.try_send(cmd.frame).is_err() {
+                        warn!("{name} sink: radio downlink queue full; downlink dropped");
+                    }
+                }
+                Err(e) => {
+                    counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                    warn!(%topic, "{name} sink: rejected command: {e}");
+                }
+            }
+        }
+        (Protocol::App { topics, accept_session_push: true }, SinkInbound::Sessions(Some(to_decoder)))
+            if topic == topics.session_set() =>
+        {
+            match app::parse_session_push(payload) {
+                Ok(session) => {
+                    if to_decoder.try_send(session).is_err() {
+                        warn!(
+                            "{name} sink: decoder busy; pushed session dropped (the central side may resend)"
+                        );
+                    }
+                }
+                Err(e) => {
+                    counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                    warn!(%topic, "{name} sink: rejected session message: {e}");
+                }
+            }
+        }
+        _ => {
+            counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+            warn!(%topic, "{name} sink: unexpected message ignored");
         }
     }
 }
@@ -273,18 +385,13 @@ fn publish_record(
     flight: &mut InFlight,
     r: Record,
 ) -> anyhow::Result<()> {
-    let encoded = RecordKind::from_u8(r.kind)
-        .ok_or_else(|| anyhow!("unknown record kind {}", r.kind))
-        .and_then(|kind| Ok((kind, chirpstack::wire_payload(kind, &r.payload, s.format)?)));
-    match encoded {
-        Ok((kind, payload)) => {
-            client
-                .try_publish(s.topics.event(kind.event()), QoS::AtLeastOnce, false, payload)
-                .context("queueing publish")?;
+    match s.protocol.publication(&r) {
+        Ok((topic, payload)) => {
+            client.try_publish(topic, QoS::AtLeastOnce, false, payload).context("queueing publish")?;
             flight.record_published(Some(r.seq.0));
         }
         Err(e) => {
-            warn!(seq = r.seq.0, "chirpstack sink: skipping a journal record that cannot be published: {e}");
+            warn!(seq = r.seq.0, "{} sink: skipping a journal record that cannot be published: {e}", s.name);
             counters.publish_errors.fetch_add(1, Ordering::Relaxed);
             flight.highest_sent = flight.highest_sent.max(r.seq.0);
         }
@@ -322,10 +429,10 @@ async fn drain_before_shutdown(
     acked: &mut Seq,
 ) {
     let _ = client.try_publish(
-        s.topics.conn_state(),
+        s.protocol.state_topic(),
         QoS::AtMostOnce,
         true,
-        chirpstack::conn_state(&s.gateway_id, false, s.format),
+        s.protocol.state_message(&s.gateway_id, false),
     );
     let deadline = tokio::time::sleep(Duration::from_secs(2));
     tokio::pin!(deadline);

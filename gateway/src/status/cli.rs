@@ -20,13 +20,24 @@ pub enum AskError {
 
 /// The raw JSON body of `GET /api/status` from the daemon at `socket`.
 pub fn ask(socket: &Path) -> Result<String, AskError> {
+    let (status, body) = request(socket, "GET", "/api/status")?;
+    if status != 200 {
+        return Err(AskError::BadAnswer(format!("HTTP {status}: {}", body.trim())));
+    }
+    Ok(body)
+}
+
+/// One request to the daemon's local API: the HTTP status and the body.
+pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String), AskError> {
     let not_running = |source| AskError::NotRunning { path: socket.display().to_string(), source };
     let mut stream = UnixStream::connect(socket).map_err(not_running)?;
     let timeout = Some(Duration::from_secs(10));
     stream.set_read_timeout(timeout).map_err(not_running)?;
     stream.set_write_timeout(timeout).map_err(not_running)?;
     stream
-        .write_all(b"GET /api/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .map_err(not_running)?;
     let mut raw = Vec::new();
     stream.take(16 << 20).read_to_end(&mut raw).map_err(not_running)?;
@@ -34,10 +45,12 @@ pub fn ask(socket: &Path) -> Result<String, AskError> {
     let (head, body) =
         text.split_once("\r\n\r\n").ok_or_else(|| AskError::BadAnswer("no HTTP header".into()))?;
     let status_line = head.lines().next().unwrap_or_default();
-    if !status_line.starts_with("HTTP/1.1 200") {
-        return Err(AskError::BadAnswer(format!("{status_line}: {}", body.trim())));
-    }
-    Ok(body.to_string())
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| AskError::BadAnswer(format!("bad status line {status_line:?}")))?;
+    Ok((status, body.to_string()))
 }
 
 /// Parse the JSON body of `/api/status`.

@@ -1,8 +1,9 @@
 //! The gateway's one HTTP listener (`[http] listen`) and its local API socket
 //! (`[api] socket`): a deliberately small HTTP/1.1 server for three read-only
-//! GET routes, `/metrics`, `/` (the status page) and `/api/status`. One
-//! request per connection; the request head is bounded in size and time, and
-//! anything malformed gets a 400 rather than a guess.
+//! GET routes, `/metrics`, `/` (the status page) and `/api/status`, and, on
+//! the unix socket only, `POST /api/reload` (re-read the device registry).
+//! One request per connection; the request head is bounded in size and time,
+//! and anything malformed gets a 400 rather than a guess.
 //!
 //! Neither listener is needed to keep uplinks safe: if one cannot be opened
 //! the daemon says so at error level and keeps forwarding.
@@ -118,7 +119,7 @@ async fn accept_tcp(listener: TcpListener, site: Arc<Site>) {
                 let site = site.clone();
                 tokio::spawn(async move {
                     debug!(%peer, "http connection");
-                    handle(stream, &site).await;
+                    handle(stream, &site, Listener::Http).await;
                     drop(permit);
                 });
             }
@@ -143,7 +144,7 @@ async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
                 }
                 let site = site.clone();
                 tokio::spawn(async move {
-                    handle(stream, &site).await;
+                    handle(stream, &site, Listener::LocalApi).await;
                     drop(permit);
                 });
             }
@@ -155,8 +156,15 @@ async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
     }
 }
 
+/// Which listener a request came in on: changes are served on the local API socket only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listener {
+    Http,
+    LocalApi,
+}
+
 /// Serve one request on `stream`, then close it.
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, site: &Site) {
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, site: &Site, listener: Listener) {
     let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
         Err(_) => Response::error(408, "request head not received in time"),
         Ok(Err(e)) => {
@@ -165,6 +173,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, site: &Site) {
         }
         Ok(Ok(None)) => return,
         Ok(Ok(Some(head))) => match parse_request(&head) {
+            Ok(req) if req.method == Method::Post => post(&req, site, listener).await,
             Ok(req) => route(&req, site),
             Err(rejection) => rejection,
         },
@@ -194,11 +203,22 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
-/// A parsed request: what is asked, and whether the body is wanted.
+/// A parsed request: what is asked, and how.
 #[derive(Debug, PartialEq)]
 pub struct Request {
+    pub method: Method,
     pub path: String,
+    /// HEAD: the headers without the body.
     pub head_only: bool,
+}
+
+/// The methods served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    /// Actions on the local API socket; no request body is read.
+    Post,
 }
 
 /// Parse a request head. Errors are complete responses (400, 405, 431, 505).
@@ -233,13 +253,45 @@ pub fn parse_request(raw: &[u8]) -> Result<Request, Response> {
             _ => return Err(Response::error(400, "malformed header line")),
         }
     }
-    let head_only = match *method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Err(Response::error(405, "only GET and HEAD").with_header("Allow", "GET, HEAD")),
+    let method = match *method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        _ => {
+            return Err(
+                Response::error(405, "only GET, HEAD and POST").with_header("Allow", "GET, HEAD, POST")
+            )
+        }
     };
     let path = target.split(['?', '#']).next().unwrap_or_default().to_string();
-    Ok(Request { path, head_only })
+    Ok(Request { method, path, head_only: method == Method::Head })
+}
+
+/// Actions. Only on the local API socket: its file mode (0660, group berrygw)
+/// is what says who may act; the HTTP listener may be open to a whole LAN.
+async fn post(req: &Request, site: &Site, listener: Listener) -> Response {
+    if listener != Listener::LocalApi {
+        return Response::error(405, "actions are served on the local API socket only")
+            .with_header("Allow", "GET, HEAD");
+    }
+    match req.path.as_str() {
+        "/api/reload" => {
+            let (status, body) = match crate::pipeline::reload(site.view.decoder.as_ref()).await {
+                Ok(r) => {
+                    info!(devices = r.devices, codecs = r.codecs, "local API: device registry reloaded");
+                    (200, serde_json::json!({ "reloaded": true, "devices": r.devices, "codecs": r.codecs }))
+                }
+                Err(e) => {
+                    error!("local API: device registry NOT reloaded, the previous one stays in force: {e}");
+                    (409, serde_json::json!({ "reloaded": false, "error": e }))
+                }
+            };
+            let mut r = Response::ok("application/json", body.to_string().into_bytes());
+            r.status = status;
+            r
+        }
+        _ => Response::error(404, "not found; POST /api/reload"),
+    }
 }
 
 fn route(req: &Request, site: &Site) -> Response {
@@ -298,6 +350,7 @@ impl Response {
             400 => "Bad Request",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            409 => "Conflict",
             408 => "Request Timeout",
             431 => "Request Header Fields Too Large",
             505 => "HTTP Version Not Supported",
@@ -334,7 +387,7 @@ mod tests {
     fn well_formed_get_is_parsed_without_its_query() {
         let req =
             parse_request(b"GET /api/status?x=1 HTTP/1.1\r\nHost: gw\r\nAccept: */*\r\n\r\n").expect("ok");
-        assert_eq!(req, Request { path: "/api/status".into(), head_only: false });
+        assert_eq!(req, Request { method: Method::Get, path: "/api/status".into(), head_only: false });
         assert!(parse_request(b"HEAD / HTTP/1.0\r\n\r\n").expect("ok").head_only);
     }
 
@@ -359,7 +412,8 @@ mod tests {
 
     #[test]
     fn other_methods_versions_and_oversized_heads_are_refused() {
-        assert_eq!(status_of(b"POST / HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status_of(b"PUT / HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status_of(b"DELETE /api/reload HTTP/1.1\r\n\r\n"), 405);
         assert_eq!(status_of(b"GET / HTTP/2.0\r\n\r\n"), 505);
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(MAX_REQUEST_BYTES + 10, b'a');
