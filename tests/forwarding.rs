@@ -188,27 +188,6 @@ fn gateway_over_tls(dir: &std::path::Path, broker: &Mosquitto, extra: &str) -> B
     Berrygw::start(dir, &config(&dir.join("s"), "sqlite", &broker.url(true), extra, &devices))
 }
 
-/// A mosquitto with a TLS listener using `certs`' server identity.
-fn tls_broker(dir: &std::path::Path, certs: &Certs, require_client_cert: bool) -> Mosquitto {
-    let tls = BrokerTls {
-        ca: certs.ca.clone(),
-        cert: certs.server_cert.clone(),
-        key: certs.server_key.clone(),
-        require_client_cert,
-    };
-    Mosquitto::start(dir, Some(tls))
-}
-
-/// rumqttc TLS settings for the test subscriber, with or without the client certificate.
-fn client_tls(certs: &Certs, with_cert: bool) -> TlsConfiguration {
-    let files = berrygw::sink::tls::TlsFiles {
-        ca_file: Some(&certs.ca),
-        client_cert_file: with_cert.then_some(certs.client_cert.as_path()),
-        client_key_file: with_cert.then_some(certs.client_key.as_path()),
-    };
-    TlsConfiguration::Rustls(berrygw::sink::tls::client_config(&files).expect("test TLS config"))
-}
-
 #[test]
 fn gateway_stats_are_published_with_journal_state() {
     let dir = tempfile::tempdir().expect("tmp");

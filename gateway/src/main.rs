@@ -125,6 +125,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if let Err(e) = check_registry(&cfg) {
+                tracing::error!("refusing to start: {e:#}");
+                return ExitCode::from(2);
+            }
             let result = runtime()
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(berrygw::pipeline::run_until_signal(&cfg)));

@@ -246,6 +246,27 @@ impl Certs {
     }
 }
 
+/// A mosquitto with a TLS listener using `certs`' server identity.
+pub fn tls_broker(dir: &Path, certs: &Certs, require_client_cert: bool) -> Mosquitto {
+    let tls = BrokerTls {
+        ca: certs.ca.clone(),
+        cert: certs.server_cert.clone(),
+        key: certs.server_key.clone(),
+        require_client_cert,
+    };
+    Mosquitto::start(dir, Some(tls))
+}
+
+/// rumqttc TLS settings for the test subscriber, with or without the client certificate.
+pub fn client_tls(certs: &Certs, with_cert: bool) -> TlsConfiguration {
+    let files = berrygw::sink::tls::TlsFiles {
+        ca_file: Some(&certs.ca),
+        client_cert_file: with_cert.then_some(certs.client_cert.as_path()),
+        client_key_file: with_cert.then_some(certs.client_key.as_path()),
+    };
+    TlsConfiguration::Rustls(berrygw::sink::tls::client_config(&files).expect("test TLS config"))
+}
+
 /// The real berrygw binary running `run --config`.
 pub struct Berrygw {
     child: Option<Child>,
@@ -334,6 +355,13 @@ impl Berrygw {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Send `sig` (`HUP`, `TERM`, ...) to the running daemon.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            signal(c, sig);
         }
     }
 
