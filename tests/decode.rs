@@ -152,8 +152,8 @@ fn an_otaa_device_joins_through_the_radio_and_a_downlink_then_decodes() {
         verify_join_request(&request.phy_payload, &app_key).expect("JoinRequest MIC with the AppKey");
     assert_eq!(fields.dev_eui, dev_eui.parse::<Eui64>().expect("eui"));
     let accept = JoinAccept {
-        join_nonce: 0x0000_42,
-        net_id: 0x0000_13,
+        join_nonce: 0x42,
+        net_id: 0x13,
         dev_addr: DevAddr::from_u32(0x2700_1005),
         dl_settings: 0,
         rx_delay: 1,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use berrygw_lora::phy::{self, MType, PhyFrame};
 use chirpstack_api::gw;
 use prost::Message;
-use rumqttc::{Client, Event, MqttOptions, Packet, TlsConfiguration, Transport};
+use rumqttc::{Client, Event, MqttOptions, Packet, Transport};
 use support::*;
 
 const EU868: [u32; 8] =
