@@ -30,7 +30,27 @@ fn start_site() -> Site {
     let http_port = free_port();
     let socket = dir.path().join("run").join("api.sock");
     let devices = four_devices(200, None);
-    let text = config(&dir.path().join("state"), "sqlite", &broker.url(false), "", &devices)
+    // Local decoding of the four devices, readings on an app sink on the same broker.
+    let registry = dir.path().join("devices.toml");
+    let entries: String = ["26011001", "26011002", "26011003", "26011004"]
+        .iter()
+        .zip(["compteur-eau", "sonde-niveau", "conteneur-verre", "armoire-ep"])
+        .map(|(addr, name)| {
+            format!(
+                "[[device]]\nname = \"{name}\"\ndev_eui = \"70b3d57e{addr}\"\ncodec = \"hex\"\n\
+                 abp = {{ dev_addr = \"{addr}\", nwk_s_key = \"2b7e151628aed2a6abf7158809cf4f3c\", \
+                 app_s_key = \"000102030405060708090a0b0c0d0e0f\" }}\n\n"
+            )
+        })
+        .collect();
+    std::fs::write(&registry, entries).expect("registry");
+    std::fs::set_permissions(&registry, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let extra = format!(
+        "\n[sinks.app]\nserver = \"{}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n[decode]\ndevices = \"{}\"\n",
+        broker.url(false),
+        registry.display()
+    );
+    let text = config(&dir.path().join("state"), "sqlite", &broker.url(false), &extra, &devices)
         .lines()
         .map(|l| {
             if l.starts_with("listen = ") {
@@ -212,7 +232,7 @@ fn parse_labels(body: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(labels)
 }
 
-/// Every family a gateway with a simulated radio and an MQTT sink exports. (The
+/// Every family a gateway with a simulated radio, MQTT sinks and local decoding exports. (The
 /// concentrator families appear only with an SX1302.)
 const FAMILIES: &[&str] = &[
     "berrygw_build",
@@ -235,6 +255,15 @@ const FAMILIES: &[&str] = &[
     "berrygw_sink_downlinks",
     "berrygw_sink_bad_commands",
     "berrygw_sink_publish_ack_latency_seconds",
+    "berrygw_decode_readings",
+    "berrygw_decode_errors",
+    "berrygw_decode_not_ours",
+    "berrygw_decode_dropped",
+    "berrygw_decode_devices",
+    "berrygw_decode_sessions",
+    "berrygw_decode_sessions_started",
+    "berrygw_decode_reloads",
+    "berrygw_decode_duration_seconds",
 ];
 
 #[test]
@@ -262,7 +291,13 @@ fn metrics_parse_as_openmetrics_with_every_family_and_live_values() {
     for family in ["berrygw_journal_records", "berrygw_sink_connected", "berrygw_sink_forwarded"] {
         assert_eq!(m[family].with_label("sink", "chirpstack").len(), 1, "{family} per sink");
     }
-    assert_eq!(m["berrygw_sink_connected"].sum(""), 1.0);
+    assert_eq!(m["berrygw_sink_connected"].sum(""), 2.0, "chirpstack and app both connected");
+    let decoded = wait_for(Duration::from_secs(30), "readings in the metrics", || {
+        let m = site.metrics()?;
+        (m.get("berrygw_decode_readings")?.sum("_total") > 0.0).then_some(m)
+    });
+    assert_eq!(decoded["berrygw_decode_devices"].sum(""), 4.0);
+    assert!(decoded["berrygw_decode_duration_seconds"].sum("_count") > 0.0);
     let latency = &m["berrygw_sink_publish_ack_latency_seconds"];
     assert!(latency.sum("_count") > 0.0, "PUBACKs observed: {latency:?}");
     assert!(m["berrygw_uptime_seconds"].sum("") >= 0.0);
@@ -346,6 +381,9 @@ fn chromium() -> PathBuf {
 fn status_page_renders_live_values_in_headless_chromium() {
     let browser = chromium();
     let site = start_site();
+    wait_for(Duration::from_secs(30), "a reading of every device in /api/status", || {
+        (site.api_status()?["readings"].as_array()?.len() == 4).then_some(())
+    });
     let profile = site.dir.path().join("chromium-profile");
     let mut child = Command::new(browser)
         .args([
@@ -385,6 +423,7 @@ fn status_page_renders_live_values_in_headless_chromium() {
     assert_eq!(text_of(&dom, "gateway-id").as_deref(), Some("0016c001ff10a235"), "{dom}");
     assert!(dom.contains(r#"<td class="sink-name">chirpstack</td>"#), "sink row rendered:\n{dom}");
     assert!(dom.contains(r#"<td class="good">connected</td>"#), "sink connected:\n{dom}");
+    assert!(dom.contains(r#"<td class="device-name">sonde-niveau</td>"#), "latest readings rendered:\n{dom}");
 }
 
 /// The text inside the element with `id="…"` (no nested elements).

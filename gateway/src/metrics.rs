@@ -288,6 +288,76 @@ impl prometheus_client::collector::Collector for GatewayCollector {
         for sink in sinks {
             sink.counters.publish_ack_latency.encode(m.encode_family(&[("sink", sink.name)])?)?;
         }
+        if let Some(decoder) = &v.decoder {
+            encode_decoder(&mut enc, &decoder.counters)?;
+        }
         Ok(())
     }
+}
+
+/// Local decoding, when `[decode]` is configured.
+fn encode_decoder(enc: &mut DescriptorEncoder, d: &crate::decode::DecodeCounters) -> fmt::Result {
+    single(
+        enc,
+        "decode_readings",
+        "Uplinks of registered devices decoded into readings",
+        None,
+        &ConstCounter::new(load(&d.readings)),
+    )?;
+    let m = enc.encode_descriptor(
+        "decode_errors",
+        "Uplinks of registered devices refused (mic, replay, fcnt_gap, ...) or whose codec failed (codec_*), by reason",
+        None,
+        MetricType::Counter,
+    )?;
+    d.errors.encode(m)?;
+    single(
+        enc,
+        "decode_not_ours",
+        "Frames of devices not in the registry (forwarded untouched)",
+        None,
+        &ConstCounter::new(load(&d.not_ours)),
+    )?;
+    single(
+        enc,
+        "decode_dropped",
+        "Readings lost because the decoder's queue was full",
+        None,
+        &ConstCounter::new(load(&d.dropped)),
+    )?;
+    single(
+        enc,
+        "decode_devices",
+        "Devices in the registry in force",
+        None,
+        &ConstGauge::new(load(&d.devices) as i64),
+    )?;
+    single(
+        enc,
+        "decode_sessions",
+        "Devices with session keys",
+        None,
+        &ConstGauge::new(load(&d.sessions) as i64),
+    )?;
+    let m = enc.encode_descriptor(
+        "decode_sessions_started",
+        "OTAA sessions started, by source (join relayed here, pushed)",
+        None,
+        MetricType::Counter,
+    )?;
+    d.sessions_started.encode(m)?;
+    let m = enc.encode_descriptor(
+        "decode_reloads",
+        "Device registry reloads, by result",
+        None,
+        MetricType::Counter,
+    )?;
+    d.reloads.encode(m)?;
+    single(
+        enc,
+        "decode_duration",
+        "Time to verify, decrypt and decode one uplink",
+        Some(&Unit::Seconds),
+        &d.decode_seconds,
+    )
 }

@@ -81,15 +81,28 @@ pub struct DecodeCounters {
 
 impl Default for DecodeCounters {
     fn default() -> Self {
+        // The usual labels exist from the start, so a rate() over them never starts from nothing.
+        let errors = Family::default();
+        for reason in ["mic", "replay", "fcnt_gap", "codec_errors", "codec_timeout"] {
+            let _ = errors.get_or_create(&[("reason", reason)]);
+        }
+        let sessions_started = Family::default();
+        for source in ["join", "pushed"] {
+            let _ = sessions_started.get_or_create(&[("source", source)]);
+        }
+        let reloads = Family::default();
+        for result in ["ok", "failed"] {
+            let _ = reloads.get_or_create(&[("result", result)]);
+        }
         DecodeCounters {
             readings: AtomicU64::new(0),
-            errors: Family::default(),
+            errors,
             not_ours: AtomicU64::new(0),
-            sessions_started: Family::default(),
+            sessions_started,
             dropped: AtomicU64::new(0),
             devices: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
-            reloads: Family::default(),
+            reloads,
             // 10 µs .. about 0.3 s (a codec at its time limit).
             decode_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 15)),
         }

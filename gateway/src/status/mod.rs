@@ -31,6 +31,24 @@ pub struct Status {
     pub problems: Vec<String>,
     pub radio: RadioStatus,
     pub sinks: Vec<SinkStatus>,
+    /// The latest reading of each registered device (empty without `[decode]`).
+    #[serde(default)]
+    pub readings: Vec<ReadingView>,
+}
+
+/// One device's latest reading, for a person on site.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadingView {
+    pub device: String,
+    pub dev_eui: String,
+    pub received_at: String,
+    pub age_secs: u64,
+    pub f_cnt: u32,
+    pub rssi: i16,
+    pub snr: f32,
+    /// The decoded object, compact JSON.
+    pub object: String,
+    pub errors: Vec<String>,
 }
 
 /// The radio side.
@@ -235,6 +253,27 @@ impl Status {
                 },
             });
         }
+        let readings = view
+            .decoder
+            .as_ref()
+            .map(|d| {
+                d.latest()
+                    .borrow()
+                    .values()
+                    .map(|r| ReadingView {
+                        device: r.device_name.clone(),
+                        dev_eui: r.dev_eui.to_string(),
+                        received_at: r.received_at.clone(),
+                        age_secs: ((now_ms - r.received_at_ms).max(0) / 1000) as u64,
+                        f_cnt: r.f_cnt,
+                        rssi: r.rx.rssi,
+                        snr: r.rx.snr,
+                        object: r.object.to_string(),
+                        errors: r.errors.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             gateway_id: view.gateway_id.clone(),
@@ -250,6 +289,7 @@ impl Status {
                 concentrator,
             },
             sinks,
+            readings,
         }
     }
 }
