@@ -40,6 +40,8 @@ pub struct Config {
     pub api: ApiSection,
     /// `[decode]`: local decoding; off when absent.
     pub decode: Option<DecodeSection>,
+    /// `[field]`: Modbus field equipment, central commands, rules; off when absent.
+    pub field: Option<crate::actuation::field::FieldSection>,
 }
 
 /// `[http]`: the listener serving `/metrics`, the status page `/` and `/api/status`.
@@ -462,6 +464,14 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     for (kind, sink) in [(MqttSinkKind::Chirpstack, &c.sinks.chirpstack), (MqttSinkKind::App, &c.sinks.app)] {
         if let Some(sink) = sink {
             check_mqtt_sink(loaded, kind, sink)?;
+        }
+    }
+    if let Some(field) = &c.field {
+        field.check(loaded)?;
+        if field.authorized_keys.is_some() && c.sinks.app.is_none() {
+            return Err(whole(
+                "field.authorized_keys: central commands come over the app sink; add [sinks.app]".into(),
+            ));
         }
     }
     if let Some(decode) = &c.decode {

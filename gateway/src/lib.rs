@@ -5,6 +5,7 @@
 //! `metrics` and `status` tell people how it is doing.
 //! See ARCHITECTURE.md at the repository root for the code map.
 
+pub mod actuation;
 pub mod bench;
 pub mod config;
 pub mod decode;
@@ -12,6 +13,7 @@ pub mod demo;
 pub mod journal;
 pub mod metrics;
 pub mod pipeline;
+pub mod rules;
 pub mod seq;
 pub mod service;
 pub mod sink;

@@ -19,6 +19,17 @@ struct Cli {
     command: Command,
 }
 
+/// Where the daemon's local API is.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The local API socket; default: `[api] socket` of --config.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Configuration file naming the socket.
+    #[arg(long, short, default_value = "/etc/berrygw/berrygw.toml")]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway daemon.
@@ -52,6 +63,39 @@ enum Command {
         /// Configuration file naming the socket.
         #[arg(long, short, default_value = "/etc/berrygw/berrygw.toml")]
         config: PathBuf,
+    },
+    /// Run a command on a field device through the daemon, with every safety check
+    /// (exit 0 verified, 1 refused or failed, 3 not running).
+    Actuate {
+        /// Field device name (`barrage-cher-1`).
+        target: String,
+        /// Profile command (`move_bay2`).
+        command: String,
+        /// Arguments, `name=value` (numbers and true/false as such), or one JSON object.
+        args: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show a field device's points as last polled, and its commands.
+    Points {
+        /// Field device name.
+        target: String,
+        /// Print the daemon's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the latest command attempts from every source (durable audit log).
+    Audit {
+        /// How many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the daemon's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Decode a payload with a codec, or a whole frame with a registered device's keys.
     Decode(berrygw::decode::cli::DecodeArgs),
@@ -142,6 +186,9 @@ fn main() -> ExitCode {
         }
         Command::Status { json, socket, config } => status(json, socket, &config),
         Command::Reload { socket, config } => reload(socket, &config),
+        Command::Actuate { target, command, args, api } => actuate(&target, &command, &args, api),
+        Command::Points { target, json, api } => points(&target, json, api),
+        Command::Audit { limit, json, api } => audit(limit, json, api),
         Command::Decode(args) => {
             init_logging("warn");
             report(berrygw::decode::cli::run(args))
@@ -195,19 +242,144 @@ fn reload(socket: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
     match cli::request(&socket, "POST", "/api/reload") {
         Ok((200, body)) => {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            println!("reloaded: {} devices, {} codecs", v["devices"], v["codecs"]);
+            println!("reloaded: {}", v["report"].as_str().unwrap_or_default());
             ExitCode::SUCCESS
         }
         Ok((_, body)) => {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             let why = v["error"].as_str().map(str::to_string).unwrap_or_else(|| body.trim().to_string());
-            eprintln!("NOT reloaded (the daemon keeps its current registry): {why}");
+            eprintln!("NOT reloaded (the daemon keeps what was in force): {why}");
             ExitCode::from(1)
         }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(3)
         }
+    }
+}
+
+/// `name=value` pairs (or one JSON object) as a JSON object of arguments.
+fn parse_args(args: &[String]) -> Result<serde_json::Value, String> {
+    if let [one] = args {
+        if one.trim_start().starts_with('{') {
+            return serde_json::from_str(one).map_err(|e| format!("arguments are not a JSON object: {e}"));
+        }
+    }
+    let mut map = serde_json::Map::new();
+    for a in args {
+        let (k, v) = a.split_once('=').ok_or_else(|| format!("argument {a:?}: write name=value"))?;
+        // 60 and true are numbers and booleans; anything else is a string (an enumeration label).
+        let value = serde_json::from_str::<serde_json::Value>(v)
+            .ok()
+            .filter(|v| v.is_number() || v.is_boolean())
+            .unwrap_or_else(|| serde_json::Value::String(v.to_string()));
+        map.insert(k.to_string(), value);
+    }
+    Ok(serde_json::Value::Object(map))
+}
+
+/// One request to the local API; prints why on failure (exit code in the error).
+fn api_call(api: ApiArgs, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), ExitCode> {
+    use berrygw::status::cli;
+    let socket = api_socket(api.socket, &api.config)?;
+    cli::request_with_body(&socket, method, path, body).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(3)
+    })
+}
+
+/// `berrygw actuate`: 0 verified, 1 refused or failed, 2 bad arguments, 3 no daemon.
+fn actuate(target: &str, command: &str, args: &[String], api: ApiArgs) -> ExitCode {
+    let args = match parse_args(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let body = serde_json::json!({ "target": target, "command": command, "args": args }).to_string();
+    eprintln!("{target}: {command} {args} … (waits for the read-back)");
+    match api_call(api, "POST", "/api/actuate", Some(&body)) {
+        Ok((200, body)) => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let outcome = v["outcome"].as_str().unwrap_or("unknown");
+            let reason = v["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+            println!("{outcome}{reason}: {}", v["message"].as_str().unwrap_or_default());
+            if outcome == "verified" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Ok((status, body)) => {
+            eprintln!("error: HTTP {status}: {}", body.trim());
+            ExitCode::from(1)
+        }
+        Err(code) => code,
+    }
+}
+
+/// `berrygw points`.
+fn points(target: &str, json: bool, api: ApiArgs) -> ExitCode {
+    match api_call(api, "GET", &format!("/api/points/{target}"), None) {
+        Ok((200, body)) => {
+            if json {
+                println!("{}", body.trim_end());
+                return ExitCode::SUCCESS;
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let state = &v["state"];
+            println!(
+                "{target} ({}, {}): {}",
+                v["profile"].as_str().unwrap_or_default(),
+                v["link"].as_str().unwrap_or_default(),
+                if state["online"] == true { "online" } else { "OFFLINE" }
+            );
+            if let Some(e) = state["last_error"].as_str() {
+                println!("  last error: {e}");
+            }
+            if let Some(points) = state["points"].as_object() {
+                for (name, value) in points {
+                    let unit = v["units"][name].as_str().unwrap_or_default();
+                    println!("  {name:<28} {value} {unit}");
+                }
+            }
+            if let Some(commands) = v["commands"].as_array() {
+                let names: Vec<&str> = commands.iter().filter_map(|c| c.as_str()).collect();
+                println!("  commands: {}", names.join(", "));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("error: HTTP {status}: {}", body.trim());
+            ExitCode::from(1)
+        }
+        Err(code) => code,
+    }
+}
+
+/// `berrygw audit`.
+fn audit(limit: usize, json: bool, api: ApiArgs) -> ExitCode {
+    match api_call(api, "GET", &format!("/api/audit?limit={limit}"), None) {
+        Ok((200, body)) => {
+            if json {
+                println!("{}", body.trim_end());
+            } else {
+                match serde_json::from_str::<Vec<berrygw::actuation::audit::AuditEntry>>(&body) {
+                    Ok(entries) => print!("{}", berrygw::actuation::audit::render(&entries)),
+                    Err(e) => {
+                        eprintln!("error: unexpected answer: {e}");
+                        return ExitCode::from(3);
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("error: HTTP {status}: {}", body.trim());
+            ExitCode::from(1)
+        }
+        Err(code) => code,
     }
 }
 

@@ -291,6 +291,9 @@ impl prometheus_client::collector::Collector for GatewayCollector {
         if let Some(decoder) = &v.decoder {
             encode_decoder(&mut enc, &decoder.counters)?;
         }
+        if let Some(actuation) = &v.actuation {
+            encode_actuation(&mut enc, actuation)?;
+        }
         Ok(())
     }
 }
@@ -360,4 +363,71 @@ fn encode_decoder(enc: &mut DescriptorEncoder, d: &crate::decode::DecodeCounters
         Some(&Unit::Seconds),
         &d.decode_seconds,
     )
+}
+
+/// Exemplar labels of a histogram that has none.
+type NoLabels = Vec<(String, String)>;
+
+/// Field devices and commands, when `[field]` is configured.
+fn encode_actuation(enc: &mut DescriptorEncoder, a: &crate::actuation::engine::Actuation) -> fmt::Result {
+    use berrygw_modbus::poller::{PollOutcome, LATENCY_BUCKETS_MS};
+    let mut m = enc.encode_descriptor(
+        "modbus_polls",
+        "Modbus polls by device and outcome",
+        None,
+        MetricType::Counter,
+    )?;
+    for (name, d) in a.devices() {
+        let c = d.device.counters();
+        for outcome in PollOutcome::ALL {
+            ConstCounter::new(c.count(outcome))
+                .encode(m.encode_family(&[("device", name.as_str()), ("outcome", outcome.as_str())])?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "modbus_poll_latency",
+        "Duration of successful Modbus polls (every point of the device read)",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for (name, d) in a.devices() {
+        let (counts, sum) = d.device.counters().latency();
+        let buckets: Vec<(f64, u64)> = counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (LATENCY_BUCKETS_MS.get(i).map_or(f64::MAX, |ms| *ms as f64 / 1000.0), *n))
+            .collect();
+        let count = counts.iter().sum();
+        m.encode_family(&[("device", name.as_str())])?.encode_histogram::<NoLabels>(
+            sum.as_secs_f64(),
+            count,
+            &buckets,
+            None,
+        )?;
+    }
+    let mut m = enc.encode_descriptor(
+        "field_device_online",
+        "1 while the device answers its polls",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (name, d) in a.devices() {
+        let online = d.device.state().borrow().online;
+        ConstGauge::new(i64::from(online)).encode(m.encode_family(&[("device", name.as_str())])?)?;
+    }
+    let c = a.counters();
+    let m = enc.encode_descriptor(
+        "commands",
+        "Field device commands by source (central, local, rule) and outcome (refused, executed, verified, failed)",
+        None,
+        MetricType::Counter,
+    )?;
+    c.commands.encode(m)?;
+    let m = enc.encode_descriptor(
+        "command_reasons",
+        "Refused and failed commands by reason",
+        None,
+        MetricType::Counter,
+    )?;
+    c.reasons.encode(m)
 }

@@ -25,9 +25,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::actuation::engine::{Actuation, ActuationSettings};
 use crate::config::{LoadedConfig, MqttSinkConfig, MqttSinkKind, RadioKind};
 use crate::decode::engine::codec_limits;
-use crate::decode::{Decoder, DecoderSettings, ReloadReport};
+use crate::decode::{Decoder, DecoderSettings};
 use crate::journal::{Journal, JournalConfig, NewRecord};
 use crate::seq::UplinkSeq;
 use crate::service::{self, Heartbeat, Liveness};
@@ -189,6 +190,12 @@ pub struct GatewayView {
     pub concentrator: Option<watch::Receiver<ConcentratorStatus>>,
     /// The local decoder, when `[decode]` is configured.
     pub decoder: Option<Decoder>,
+    /// The actuation engine, when `[field]` is configured.
+    pub actuation: Option<Actuation>,
+    /// Alarms raised by local rules, when rules are configured.
+    pub alarms: Option<watch::Receiver<Vec<crate::status::AlarmView>>>,
+    /// The running rules and their file, for reloads.
+    pub rules: Option<(crate::rules::run::Rules, Option<std::path::PathBuf>)>,
 }
 
 /// One sink as seen from outside: its name, journal statistics and counters.
@@ -263,7 +270,7 @@ impl Gateway {
         let mut sinks = Vec::new();
         if let Some(sink_cfg) = &c.sinks.chirpstack {
             let journal = open_journal(cfg, "chirpstack").await?;
-            let settings = mqtt_settings(cfg, MqttSinkKind::Chirpstack, sink_cfg, &gateway_id)?;
+            let settings = mqtt_settings(cfg, MqttSinkKind::Chirpstack, sink_cfg, &gateway_id, false)?;
             let sink_counters = Arc::new(SinkCounters::default());
             let task = tokio::spawn(mqtt::run(
                 settings,
@@ -315,9 +322,57 @@ impl Gateway {
             None => None,
         };
         let decoder_handle = decoder.as_ref().map(|(d, _)| d.clone());
+        let mut actuation = None;
+        if let Some(field) = &c.field {
+            let profiles = field.check(cfg)?;
+            let devices = field.spawn(&profiles);
+            let settings = ActuationSettings {
+                gateway_id: gateway_id.clone(),
+                topics: app_topics.clone(),
+                state_dir: c.gateway.state_dir.clone(),
+                state_interval: Duration::from_secs(field.state_interval_secs),
+                keys: field.authorized_keys.as_ref().map(|k| k.get_ref().clone()),
+                require_clock_sync: field.require_clock_sync,
+            };
+            let (handle, field_tasks) = Actuation::start(devices, settings, app_journal.clone())
+                .context("starting the actuation engine")?;
+            actuation = Some((handle, field_tasks));
+        }
+        let actuation_handle = actuation.as_ref().map(|(a, _)| a.clone());
+        let mut rules = None;
+        if let Some(path) = c.field.as_ref().and_then(|f| f.rules.as_ref()) {
+            let set = crate::rules::RuleSet::load(path.get_ref()).context("loading the rules")?;
+            info!(rules = set.rules().len(), path = %path.get_ref().display(), "rules loaded");
+            let outputs = crate::rules::run::RulesOutputs {
+                gateway_id: gateway_id.clone(),
+                actuation: actuation_handle.clone(),
+                topics: app_topics.clone(),
+                app_journal: app_journal.clone(),
+            };
+            rules = Some(crate::rules::run::spawn(set, decoder_handle.as_ref(), outputs));
+        }
+        let rules_handle = rules.as_ref().map(|(r, _)| r.clone());
         if let (Some(sink_cfg), Some(journal)) = (&c.sinks.app, app_journal) {
-            let settings = mqtt_settings(cfg, MqttSinkKind::App, sink_cfg, &gateway_id)?;
+            let accept_commands = actuation_handle.as_ref().is_some_and(Actuation::accepts_central);
+            let settings = mqtt_settings(cfg, MqttSinkKind::App, sink_cfg, &gateway_id, accept_commands)?;
             let sink_counters = Arc::new(SinkCounters::default());
+            let commands = match &actuation_handle {
+                Some(act) if act.accepts_central() => {
+                    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(32);
+                    let act = act.clone();
+                    tokio::spawn(async move {
+                        while let Some(payload) = rx.recv().await {
+                            // Each command runs on its own: a long read-back never holds up the next one.
+                            let act = act.clone();
+                            tokio::spawn(async move {
+                                act.central(&payload).await;
+                            });
+                        }
+                    });
+                    Some(tx)
+                }
+                _ => None,
+            };
             let pushes = match (&decoder_handle, sink_cfg.accepts_session_push()) {
                 (Some(decoder), true) => {
                     let (tx, mut rx) = mpsc::channel::<crate::sink::app::PushedSession>(16);
@@ -335,7 +390,7 @@ impl Gateway {
                 settings,
                 journal.clone(),
                 sink_counters.clone(),
-                SinkInbound::Sessions(pushes),
+                SinkInbound::App { sessions: pushes, commands },
                 shutdown_rx.clone(),
             ));
             sinks.push(SinkRuntime { name: "app", journal, counters: sink_counters, task });
@@ -404,7 +459,17 @@ impl Gateway {
                 .collect(),
             concentrator,
             decoder: decoder_handle,
+            actuation: actuation_handle,
+            alarms: rules_handle.as_ref().map(crate::rules::run::Rules::alarms),
+            rules: rules_handle
+                .map(|r| (r, c.field.as_ref().and_then(|f| f.rules.as_ref()).map(|p| p.get_ref().clone()))),
         };
+        if let Some((_, field_tasks)) = actuation {
+            tasks.extend(field_tasks);
+        }
+        if let Some((_, rule_tasks)) = rules {
+            tasks.extend(rule_tasks);
+        }
         Ok(Gateway { counters, sinks, decoder, view, shutdown, tasks })
     }
 
@@ -420,8 +485,8 @@ impl Gateway {
 
     /// Re-read the device registry and codecs (SIGHUP, `berrygw reload`); on any
     /// error the registry in force stays and the error says what is wrong.
-    pub async fn reload(&self) -> Result<ReloadReport, String> {
-        reload(self.view.decoder.as_ref()).await
+    pub async fn reload(&self) -> Result<Reloaded, String> {
+        reload(&self.view).await
     }
 
     /// Stop the sinks and reports, make every accepted record durable, and return.
@@ -474,11 +539,71 @@ async fn open_journal(cfg: &LoadedConfig, name: &'static str) -> anyhow::Result<
         .with_context(|| format!("opening the {name} journal"))
 }
 
-/// Reload the registry of `decoder`, if decoding is on.
-pub async fn reload(decoder: Option<&Decoder>) -> Result<ReloadReport, String> {
-    match decoder {
-        Some(d) => d.reload().await,
-        None => Err("local decoding is not configured (no [decode] section)".into()),
+/// What a reload re-read: counts of what is now in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub devices: Option<usize>,
+    pub codecs: Option<usize>,
+    pub keys: Option<usize>,
+    pub rules: Option<usize>,
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let (Some(d), Some(c)) = (self.devices, self.codecs) {
+            parts.push(format!("{d} devices, {c} codecs"));
+        }
+        if let Some(k) = self.keys {
+            parts.push(format!("{k} authorized keys"));
+        }
+        if let Some(r) = self.rules {
+            parts.push(format!("{r} rules"));
+        }
+        write!(f, "{}", parts.join("; "))
+    }
+}
+
+/// Re-read the device registry and codecs, the authorized keys and the rules
+/// (each file on its own: a bad one is refused and stays as it was, the good
+/// ones are swapped in); the error lists what was refused.
+pub async fn reload(view: &GatewayView) -> Result<Reloaded, String> {
+    let mut done = Reloaded::default();
+    let mut errors = Vec::new();
+    if let Some(decoder) = &view.decoder {
+        match decoder.reload().await {
+            Ok(r) => {
+                done.devices = Some(r.devices);
+                done.codecs = Some(r.codecs);
+            }
+            Err(e) => errors.push(format!("device registry: {e}")),
+        }
+    }
+    if let Some(actuation) = &view.actuation {
+        if actuation.accepts_central() {
+            match actuation.reload_keys() {
+                Ok(n) => done.keys = Some(n),
+                Err(e) => errors.push(format!("authorized keys: {e}")),
+            }
+        }
+    }
+    if let Some((rules, Some(path))) = &view.rules {
+        let loaded = crate::rules::RuleSet::load(path).map_err(|e| e.to_string());
+        match loaded {
+            Ok(set) => match rules.reload(set).await {
+                Ok(n) => done.rules = Some(n),
+                Err(e) => errors.push(format!("rules: {e}")),
+            },
+            Err(e) => errors.push(format!("rules: {e}")),
+        }
+    }
+    if view.decoder.is_none() && view.actuation.is_none() {
+        errors.push("nothing to reload: neither [decode] nor [field] is configured".into());
+    }
+    if errors.is_empty() {
+        Ok(done)
+    } else {
+        Err(errors.join("; "))
     }
 }
 
@@ -488,6 +613,7 @@ fn mqtt_settings(
     kind: MqttSinkKind,
     sink_cfg: &MqttSinkConfig,
     gateway_id: &str,
+    accept_commands: bool,
 ) -> anyhow::Result<MqttSinkSettings> {
     let name = kind.name();
     let tls = if sink_cfg.server.get_ref().tls {
@@ -508,6 +634,7 @@ fn mqtt_settings(
         MqttSinkKind::App => Protocol::App {
             topics: AppTopics::new(prefix, gateway_id),
             accept_session_push: sink_cfg.accepts_session_push(),
+            accept_commands,
         },
     };
     let default_client_id = match kind {
@@ -823,8 +950,8 @@ pub async fn run_until_signal(cfg: &LoadedConfig) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 service::notify_reloading();
                 match gw.reload().await {
-                    Ok(r) => info!(devices = r.devices, codecs = r.codecs, "SIGHUP: device registry reloaded"),
-                    Err(e) => error!("SIGHUP: device registry NOT reloaded, the previous one stays in force: {e}"),
+                    Ok(r) => info!("SIGHUP: reloaded: {r}"),
+                    Err(e) => error!("SIGHUP: NOT reloaded, what was in force stays: {e}"),
                 }
                 service::notify_ready();
             }

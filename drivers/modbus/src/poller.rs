@@ -206,6 +206,8 @@ struct Execute {
     command: String,
     args: TypedArgs,
     reply: oneshot::Sender<CommandOutcome>,
+    /// Told what was written as soon as the writes went out (before the read-back).
+    written: Option<oneshot::Sender<Vec<RegisterWrite>>>,
 }
 
 /// Handle to a polled device. Dropping it stops the device task.
@@ -271,6 +273,27 @@ impl Device {
     /// after another; while one waits for its read-back the next may be written (a stop
     /// during a move). Dropping the future does not undo a write already sent.
     pub async fn execute(&self, command: &str, args: &serde_json::Value) -> CommandOutcome {
+        self.execute_inner(command, args, None).await
+    }
+
+    /// As `execute`, and `written` learns what was written the moment the writes went out,
+    /// before the read-back (to report "executed" while a long move is verified). It is
+    /// dropped unanswered when nothing was written.
+    pub async fn execute_reporting(
+        &self,
+        command: &str,
+        args: &serde_json::Value,
+        written: oneshot::Sender<Vec<RegisterWrite>>,
+    ) -> CommandOutcome {
+        self.execute_inner(command, args, Some(written)).await
+    }
+
+    async fn execute_inner(
+        &self,
+        command: &str,
+        args: &serde_json::Value,
+        written: Option<oneshot::Sender<Vec<RegisterWrite>>>,
+    ) -> CommandOutcome {
         let typed = match self.profile.find_command(command).and_then(|c| c.check_args(args)) {
             Ok(typed) => typed,
             Err(refusal) => return CommandOutcome::Refused(refusal),
@@ -278,7 +301,12 @@ impl Device {
         let (reply, rx) = oneshot::channel();
         let gone =
             || CommandOutcome::Failed { reason: "device_gone", message: "the device task stopped".into() };
-        if self.commands.send(Execute { command: command.to_string(), args: typed, reply }).await.is_err() {
+        if self
+            .commands
+            .send(Execute { command: command.to_string(), args: typed, reply, written })
+            .await
+            .is_err()
+        {
             return gone();
         }
         rx.await.unwrap_or_else(|_| gone())
@@ -384,6 +412,9 @@ impl DeviceTask {
                     let Some(request) = request else { return };
                     match self.start_command(&request.command, request.args, &mut pending).await {
                         Ok(written) => {
+                            if let Some(tell) = request.written {
+                                let _ = tell.send(written.writes.clone()); // the asker may have gone
+                            }
                             pending.push(Pending { written, reply: request.reply });
                             next_poll = tokio::time::Instant::now(); // read back at once
                         }

@@ -44,6 +44,21 @@ impl AppTopics {
     pub fn session_set(&self) -> String {
         format!("{}/session/set", self.base)
     }
+
+    /// `…/command`: signed command envelopes from the central platform.
+    pub fn command(&self) -> String {
+        format!("{}/command", self.base)
+    }
+
+    /// `…/event/<name>`: command results (`command`), alarms (`alarm`).
+    pub fn event(&self, name: &str) -> String {
+        format!("{}/event/{name}", self.base)
+    }
+
+    /// `…/field/<device>/state`: a field device's points.
+    pub fn field_state(&self, device: &str) -> String {
+        format!("{}/field/{device}/state", self.base)
+    }
 }
 
 /// The retained state message.

@@ -52,8 +52,9 @@ pub struct MqttSinkSettings {
 pub enum Protocol {
     /// ChirpStack v4 gateway topics; records are `gw` messages; downlinks come back.
     Chirpstack { topics: Topics, format: PayloadFormat },
-    /// The data platform; records carry their topic and JSON; session keys may come back.
-    App { topics: AppTopics, accept_session_push: bool },
+    /// The data platform; records carry their topic and JSON; session keys and
+    /// signed commands may come back.
+    App { topics: AppTopics, accept_session_push: bool, accept_commands: bool },
 }
 
 impl Protocol {
@@ -74,8 +75,16 @@ impl Protocol {
     fn subscriptions(&self) -> Vec<String> {
         match self {
             Protocol::Chirpstack { topics, .. } => vec![topics.command_down()],
-            Protocol::App { topics, accept_session_push: true } => vec![topics.session_set()],
-            Protocol::App { accept_session_push: false, .. } => Vec::new(),
+            Protocol::App { topics, accept_session_push, accept_commands } => {
+                let mut subs = Vec::new();
+                if *accept_session_push {
+                    subs.push(topics.session_set());
+                }
+                if *accept_commands {
+                    subs.push(topics.command());
+                }
+                subs
+            }
         }
     }
 
@@ -99,15 +108,16 @@ impl Protocol {
 pub enum SinkInbound {
     /// Downlinks to the radio and the radio's answers (ChirpStack, Semtech UDP).
     Radio(SinkRadioIo),
-    /// Pushed session keys to the decoder (app sink); `None` when nobody takes them.
-    Sessions(Option<mpsc::Sender<PushedSession>>),
+    /// What the app sink hears: pushed session keys for the decoder, command
+    /// envelopes for the actuation engine; `None` when nobody takes them.
+    App { sessions: Option<mpsc::Sender<PushedSession>>, commands: Option<mpsc::Sender<Vec<u8>>> },
 }
 
 impl SinkInbound {
     async fn tx_ack(&mut self) -> Option<TxAck> {
         match self {
             SinkInbound::Radio(radio) => radio.tx_acks.recv().await,
-            SinkInbound::Sessions(_) => std::future::pending().await,
+            SinkInbound::App { .. } => std::future::pending().await,
         }
     }
 }
@@ -174,7 +184,9 @@ fn error_chain(e: &anyhow::Error) -> String {
 fn options(s: &MqttSinkSettings) -> MqttOptions {
     let mut o = MqttOptions::new(s.client_id.clone(), s.server.host.clone(), s.server.port);
     o.set_keep_alive(s.keep_alive.max(Duration::from_secs(5)));
-    o.set_clean_session(true);
+    // A sink that takes commands keeps its session, so that commands published while
+    // the gateway was away are delivered when it is back (and refused there if stale).
+    o.set_clean_session(!matches!(s.protocol, Protocol::App { accept_commands: true, .. }));
     // Headroom over our window so state, ack and subscribe packets never collide.
     o.set_inflight(s.max_inflight.saturating_add(16));
     o.set_max_packet_size(256 * 1024, 256 * 1024);
@@ -326,6 +338,9 @@ async fn session(
     }
 }
 
+/// Largest command envelope accepted from the broker.
+const MAX_COMMAND_BYTES: usize = 16 * 1024;
+
 /// A message from the far side: a downlink for the radio or session keys for
 /// the decoder. Anything malformed is counted and logged, never fatal.
 fn incoming(
@@ -353,23 +368,30 @@ fn incoming(
                 }
             }
         }
-        (Protocol::App { topics, accept_session_push: true }, SinkInbound::Sessions(Some(to_decoder)))
-            if topic == topics.session_set() =>
+        (Protocol::App { topics, .. }, SinkInbound::App { commands: Some(to_actuation), .. })
+            if topic == topics.command() =>
         {
-            match app::parse_session_push(payload) {
-                Ok(session) => {
-                    if to_decoder.try_send(session).is_err() {
-                        warn!(
-                            "{name} sink: decoder busy; pushed session dropped (the central side may resend)"
-                        );
-                    }
-                }
-                Err(e) => {
-                    counters.bad_commands.fetch_add(1, Ordering::Relaxed);
-                    warn!(%topic, "{name} sink: rejected session message: {e}");
-                }
+            if payload.len() > MAX_COMMAND_BYTES {
+                counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                warn!(%topic, "{name} sink: command of {} bytes refused (at most {MAX_COMMAND_BYTES})", payload.len());
+            } else if to_actuation.try_send(payload.to_vec()).is_err() {
+                warn!("{name} sink: actuation busy; command dropped (the central side sees no result and may resend)");
             }
         }
+        (
+            Protocol::App { topics, accept_session_push: true, .. },
+            SinkInbound::App { sessions: Some(to_decoder), .. },
+        ) if topic == topics.session_set() => match app::parse_session_push(payload) {
+            Ok(session) => {
+                if to_decoder.try_send(session).is_err() {
+                    warn!("{name} sink: decoder busy; pushed session dropped (the central side may resend)");
+                }
+            }
+            Err(e) => {
+                counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                warn!(%topic, "{name} sink: rejected session message: {e}");
+            }
+        },
         _ => {
             counters.bad_commands.fetch_add(1, Ordering::Relaxed);
             warn!(%topic, "{name} sink: unexpected message ignored");

@@ -29,14 +29,30 @@ pub fn ask(socket: &Path) -> Result<String, AskError> {
 
 /// One request to the daemon's local API: the HTTP status and the body.
 pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, String), AskError> {
+    request_with_body(socket, method, path, None)
+}
+
+/// As `request`, with a JSON body. Waits up to 5 minutes (a command's read-back).
+pub fn request_with_body(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), AskError> {
     let not_running = |source| AskError::NotRunning { path: socket.display().to_string(), source };
     let mut stream = UnixStream::connect(socket).map_err(not_running)?;
-    let timeout = Some(Duration::from_secs(10));
+    let timeout = Some(Duration::from_secs(if body.is_some() { 300 } else { 10 }));
     stream.set_read_timeout(timeout).map_err(not_running)?;
     stream.set_write_timeout(timeout).map_err(not_running)?;
     stream
         .write_all(
-            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{}\r\n{}",
+                body.map(|b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()))
+                    .unwrap_or_default(),
+                body.unwrap_or_default()
+            )
+            .as_bytes(),
         )
         .map_err(not_running)?;
     let mut raw = Vec::new();

@@ -1,7 +1,10 @@
 //! The gateway's one HTTP listener (`[http] listen`) and its local API socket
 //! (`[api] socket`): a deliberately small HTTP/1.1 server for three read-only
 //! GET routes, `/metrics`, `/` (the status page) and `/api/status`, and, on
-//! the unix socket only, `POST /api/reload` (re-read the device registry).
+//! the unix socket only, the field tools' routes: `POST /api/reload` (device
+//! registry, keys, rules), `POST /api/actuate` (a JSON body: target, command,
+//! args; the caller's uid goes to the audit log), `GET /api/points/<device>`
+//! and `GET /api/audit?limit=N`.
 //! One request per connection; the request head is bounded in size and time,
 //! and anything malformed gets a 400 rather than a guess.
 //!
@@ -138,13 +141,19 @@ async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, _)) => {
-                match stream.peer_cred() {
-                    Ok(cred) => debug!(uid = cred.uid(), pid = ?cred.pid(), "local API connection"),
-                    Err(e) => debug!("local API connection, peer unknown: {e}"),
-                }
+                let uid = match stream.peer_cred() {
+                    Ok(cred) => {
+                        debug!(uid = cred.uid(), pid = ?cred.pid(), "local API connection");
+                        Some(cred.uid())
+                    }
+                    Err(e) => {
+                        debug!("local API connection, peer unknown: {e}");
+                        None
+                    }
+                };
                 let site = site.clone();
                 tokio::spawn(async move {
-                    handle(stream, &site, Listener::LocalApi).await;
+                    handle(stream, &site, Listener::LocalApi { uid }).await;
                     drop(permit);
                 });
             }
@@ -160,8 +169,14 @@ async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Listener {
     Http,
-    LocalApi,
+    /// The unix socket; the peer's uid when the kernel told it.
+    LocalApi {
+        uid: Option<u32>,
+    },
 }
+
+/// Largest request body (a command's JSON).
+const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// Serve one request on `stream`, then close it.
 async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, site: &Site, listener: Listener) {
@@ -173,8 +188,16 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, site: &Site, l
         }
         Ok(Ok(None)) => return,
         Ok(Ok(Some(head))) => match parse_request(&head) {
-            Ok(req) if req.method == Method::Post => post(&req, site, listener).await,
-            Ok(req) => route(&req, site),
+            Ok(req) if req.method == Method::Post => {
+                match tokio::time::timeout(REQUEST_TIMEOUT, read_body(&mut stream, &head, req.content_length))
+                    .await
+                {
+                    Ok(Ok(body)) => post(&req, &body, site, listener).await,
+                    Ok(Err(e)) => Response::error(400, &format!("request body: {e}")),
+                    Err(_) => Response::error(408, "request body not received in time"),
+                }
+            }
+            Ok(req) => route(&req, site, listener),
             Err(rejection) => rejection,
         },
     };
@@ -199,6 +222,29 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Opti
     }
 }
 
+/// The body of a request whose head (and maybe the start of the body) is in `head`.
+async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    head: &[u8],
+    length: usize,
+) -> std::io::Result<Vec<u8>> {
+    let start = head_end(head).map_or(head.len(), |e| e + 4);
+    let mut body = head.get(start..).unwrap_or_default().to_vec();
+    let mut chunk = [0u8; 1024];
+    while body.len() < length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "body shorter than Content-Length",
+            ));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    Ok(body)
+}
+
 fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n")
 }
@@ -208,8 +254,12 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 pub struct Request {
     pub method: Method,
     pub path: String,
+    /// What follows `?`, undecoded.
+    pub query: String,
     /// HEAD: the headers without the body.
     pub head_only: bool,
+    /// From `Content-Length` (POST bodies; at most `MAX_BODY_BYTES`).
+    pub content_length: usize,
 }
 
 /// The methods served.
@@ -247,9 +297,20 @@ pub fn parse_request(raw: &[u8]) -> Result<Request, Response> {
     if !target.starts_with('/') || target.bytes().any(|b| b.is_ascii_control()) {
         return Err(Response::error(400, "malformed request target"));
     }
+    let mut content_length = 0;
     for line in lines {
         match line.split_once(':') {
-            Some((name, _)) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()) => {}
+            Some((name, value)) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()) => {
+                if name.eq_ignore_ascii_case("content-length") {
+                    content_length = value
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| Response::error(400, "malformed Content-Length"))?;
+                    if content_length > MAX_BODY_BYTES {
+                        return Err(Response::error(413, "request body too large"));
+                    }
+                }
+            }
             _ => return Err(Response::error(400, "malformed header line")),
         }
     }
@@ -263,38 +324,85 @@ pub fn parse_request(raw: &[u8]) -> Result<Request, Response> {
             )
         }
     };
-    let path = target.split(['?', '#']).next().unwrap_or_default().to_string();
-    Ok(Request { method, path, head_only: method == Method::Head })
+    let target = target.split('#').next().unwrap_or_default();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Ok(Request {
+        method,
+        path: path.to_string(),
+        query: query.to_string(),
+        head_only: method == Method::Head,
+        content_length,
+    })
 }
 
 /// Actions. Only on the local API socket: its file mode (0660, group berrygw)
 /// is what says who may act; the HTTP listener may be open to a whole LAN.
-async fn post(req: &Request, site: &Site, listener: Listener) -> Response {
-    if listener != Listener::LocalApi {
+async fn post(req: &Request, body: &[u8], site: &Site, listener: Listener) -> Response {
+    let Listener::LocalApi { uid } = listener else {
         return Response::error(405, "actions are served on the local API socket only")
             .with_header("Allow", "GET, HEAD");
-    }
+    };
     match req.path.as_str() {
         "/api/reload" => {
-            let (status, body) = match crate::pipeline::reload(site.view.decoder.as_ref()).await {
+            let (status, body) = match crate::pipeline::reload(&site.view).await {
                 Ok(r) => {
-                    info!(devices = r.devices, codecs = r.codecs, "local API: device registry reloaded");
-                    (200, serde_json::json!({ "reloaded": true, "devices": r.devices, "codecs": r.codecs }))
+                    info!("local API: reloaded: {r}");
+                    (200, serde_json::json!({ "reloaded": true, "report": r.to_string() }))
                 }
                 Err(e) => {
-                    error!("local API: device registry NOT reloaded, the previous one stays in force: {e}");
+                    error!("local API: NOT reloaded, what was in force stays: {e}");
                     (409, serde_json::json!({ "reloaded": false, "error": e }))
                 }
             };
-            let mut r = Response::ok("application/json", body.to_string().into_bytes());
-            r.status = status;
-            r
+            json_response(status, &body)
         }
-        _ => Response::error(404, "not found; POST /api/reload"),
+        "/api/actuate" => {
+            let Some(actuation) = &site.view.actuation else {
+                return Response::error(404, "no field devices on this gateway ([field] is not configured)");
+            };
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Ask {
+                target: String,
+                command: String,
+                #[serde(default)]
+                args: serde_json::Value,
+            }
+            let ask: Ask = match serde_json::from_slice(body) {
+                Ok(a) => a,
+                Err(e) => {
+                    return Response::error(
+                        400,
+                        &format!("expected {{\"target\", \"command\", \"args\"}}: {e}"),
+                    )
+                }
+            };
+            let args = if ask.args.is_null() { serde_json::json!({}) } else { ask.args };
+            let entry = actuation.local(uid, &ask.target, &ask.command, args).await;
+            json_response(200, &serde_json::to_value(&entry).unwrap_or_default())
+        }
+        _ => Response::error(404, "not found; POST /api/reload or /api/actuate"),
     }
 }
 
-fn route(req: &Request, site: &Site) -> Response {
+fn json_response(status: u16, body: &serde_json::Value) -> Response {
+    let mut r = Response::ok("application/json", body.to_string().into_bytes());
+    r.status = status;
+    r
+}
+
+/// `limit=N` from a query string (default 50, at most 1000).
+fn query_limit(query: &str) -> usize {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("limit="))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(50)
+        .clamp(1, 1000)
+}
+
+fn route(req: &Request, site: &Site, listener: Listener) -> Response {
+    let local = matches!(listener, Listener::LocalApi { .. });
     let mut response = match req.path.as_str() {
         "/" | "/index.html" => Response::ok("text/html; charset=utf-8", PAGE.into()).with_header(
             "Content-Security-Policy",
@@ -306,6 +414,20 @@ fn route(req: &Request, site: &Site) -> Response {
             match serde_json::to_vec(&status) {
                 Ok(body) => Response::ok("application/json", body),
                 Err(e) => Response::error(500, &format!("status not encodable: {e}")),
+            }
+        }
+        "/api/audit" if local => match &site.view.actuation {
+            Some(a) => match a.audit(query_limit(&req.query), None) {
+                Ok(entries) => json_response(200, &serde_json::to_value(entries).unwrap_or_default()),
+                Err(e) => Response::error(500, &format!("audit log: {e:#}")),
+            },
+            None => Response::error(404, "no field devices on this gateway ([field] is not configured)"),
+        },
+        p if local && p.starts_with("/api/points/") => {
+            let target = &p["/api/points/".len()..];
+            match site.view.actuation.as_ref().and_then(|a| a.points(target)) {
+                Some(points) => json_response(200, &points),
+                None => Response::error(404, &format!("no field device named {target:?}")),
             }
         }
         _ => Response::error(404, "not found; try /, /metrics or /api/status"),
@@ -351,6 +473,7 @@ impl Response {
             404 => "Not Found",
             405 => "Method Not Allowed",
             409 => "Conflict",
+            413 => "Content Too Large",
             408 => "Request Timeout",
             431 => "Request Header Fields Too Large",
             505 => "HTTP Version Not Supported",
@@ -387,7 +510,16 @@ mod tests {
     fn well_formed_get_is_parsed_without_its_query() {
         let req =
             parse_request(b"GET /api/status?x=1 HTTP/1.1\r\nHost: gw\r\nAccept: */*\r\n\r\n").expect("ok");
-        assert_eq!(req, Request { method: Method::Get, path: "/api/status".into(), head_only: false });
+        assert_eq!(
+            req,
+            Request {
+                method: Method::Get,
+                path: "/api/status".into(),
+                query: "x=1".into(),
+                head_only: false,
+                content_length: 0
+            }
+        );
         assert!(parse_request(b"HEAD / HTTP/1.0\r\n\r\n").expect("ok").head_only);
     }
 

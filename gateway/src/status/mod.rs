@@ -34,6 +34,51 @@ pub struct Status {
     /// The latest reading of each registered device (empty without `[decode]`).
     #[serde(default)]
     pub readings: Vec<ReadingView>,
+    /// Modbus field devices (empty without `[field]`).
+    #[serde(default)]
+    pub field_devices: Vec<FieldDeviceView>,
+    /// Alarms raised by local rules and not cleared.
+    #[serde(default)]
+    pub alarms: Vec<AlarmView>,
+    /// The latest command attempts, newest first.
+    #[serde(default)]
+    pub recent_commands: Vec<CommandView>,
+}
+
+/// A field device as polled.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FieldDeviceView {
+    pub name: String,
+    pub profile: String,
+    pub link: String,
+    pub online: bool,
+    /// Seconds since the last successful poll.
+    pub last_ok_age_secs: Option<u64>,
+    pub last_error: Option<String>,
+    /// Point values, compact JSON.
+    pub points: String,
+}
+
+/// An active alarm.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AlarmView {
+    pub rule: String,
+    pub name: String,
+    pub severity: String,
+    pub since: String,
+    pub message: String,
+}
+
+/// One command attempt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommandView {
+    pub at: String,
+    pub source: String,
+    pub actor: String,
+    pub target: String,
+    pub command: String,
+    pub outcome: String,
+    pub reason: Option<String>,
 }
 
 /// One device's latest reading, for a person on site.
@@ -274,6 +319,46 @@ impl Status {
                     .collect()
             })
             .unwrap_or_default();
+        let mut field_devices = Vec::new();
+        let mut recent_commands = Vec::new();
+        if let Some(a) = &view.actuation {
+            for (name, d) in a.devices() {
+                let st = d.device.state().borrow().clone();
+                if !st.online {
+                    problems.push(format!(
+                        "field device {name}: not answering{}",
+                        st.last_error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                    ));
+                }
+                field_devices.push(FieldDeviceView {
+                    name: name.clone(),
+                    profile: d.profile.clone(),
+                    link: d.link.clone(),
+                    online: st.online,
+                    last_ok_age_secs: st.last_ok.and_then(|t| t.elapsed().ok()).map(|e| e.as_secs()),
+                    last_error: st.last_error.clone(),
+                    points: serde_json::to_string(&st.points).unwrap_or_default(),
+                });
+            }
+            recent_commands = a
+                .audit(10, None)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| CommandView {
+                    at: e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    source: e.source.as_str().to_string(),
+                    actor: e.actor,
+                    target: e.target,
+                    command: e.command,
+                    outcome: e.outcome.as_str().to_string(),
+                    reason: e.reason,
+                })
+                .collect();
+        }
+        let alarms: Vec<AlarmView> = view.alarms.as_ref().map(|a| a.borrow().clone()).unwrap_or_default();
+        for alarm in &alarms {
+            problems.push(format!("alarm {} ({}): {}", alarm.name, alarm.severity, alarm.message));
+        }
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             gateway_id: view.gateway_id.clone(),
@@ -290,6 +375,9 @@ impl Status {
             },
             sinks,
             readings,
+            field_devices,
+            alarms,
+            recent_commands,
         }
     }
 }

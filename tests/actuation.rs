@@ -1,0 +1,366 @@
+//! End to end: actuation with the real `berrygw` binary, a real mosquitto and
+//! the needle dam and lighting cabinet simulators on loopback Modbus TCP.
+//! A command signed by the central platform is executed, read back, verified
+//! and reported on the app topic; every refusal reason is asserted; a command
+//! that goes stale while the gateway is away is refused when it comes back;
+//! a field agent's `berrygw actuate`, `points` and `audit` go through the
+//! local API with the same checks.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berrygw::actuation::engine::now_utc;
+use berrygw::actuation::envelope::UnsignedCommand;
+use berrygw_modbus::sim::{LightingCabinetSim, NeedleDamSim, Selector};
+use chrono::Utc;
+use ed25519_dalek::SigningKey;
+use support::*;
+
+const GW: &str = "0016c001ff10a235";
+
+/// The central platform's key (fixed seed: reproducible) and a key of another service.
+fn central_key() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
+fn lighting_key() -> SigningKey {
+    SigningKey::from_bytes(&[9; 32])
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn profiles_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/profiles")
+}
+
+/// A gateway beside a weir and a lighting cabinet, both simulated.
+struct Site {
+    dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+    dam: NeedleDamSim,
+    _cabinet: LightingCabinetSim,
+    broker: Mosquitto,
+    sub: Subscriber,
+    gw: Berrygw,
+    socket: PathBuf,
+}
+
+fn start_site() -> Site {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let any = "127.0.0.1:0".parse().expect("addr");
+    let dam = rt.block_on(NeedleDamSim::start(any)).expect("dam simulator");
+    dam.set_speed(50.0); // a bay crosses its range in two seconds
+    let cabinet = rt.block_on(LightingCabinetSim::start(any)).expect("cabinet simulator");
+    let broker = Mosquitto::start(dir.path(), None);
+    let sub = Subscriber::connect(broker.port, "#", None);
+    let keys = dir.path().join("authorized_keys");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[key]]\nid = \"central-2026\"\npublic_key = \"{}\"\ntargets = [\"barrage-*\"]\ncommands = [\"move_bay*\", \"stop_bay*\"]\n\n\
+             [[key]]\nid = \"eclairage\"\npublic_key = \"{}\"\ntargets = [\"armoire-*\"]\ncommands = [\"*\"]\n",
+            b64(central_key().verifying_key().as_bytes()),
+            b64(lighting_key().verifying_key().as_bytes())
+        ),
+    )
+    .expect("keys");
+    let radio = "[radio]\nkind = \"sim\"\n\n[radio.sim]\ndevices = []\n";
+    let sinks = format!(
+        "[sinks.chirpstack]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
+         [sinks.app]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
+         [field]\nprofile_dirs = [\"{}\"]\nauthorized_keys = \"{}\"\n\
+         # The test machine's clock may not be NTP-synchronized.\nrequire_clock_sync = false\n\n\
+         [[field.device]]\nname = \"barrage-cher-1\"\nprofile = \"needle-dam\"\npoll_interval_ms = 200\n\
+         link = {{ transport = \"tcp\", address = \"{}\" }}\n\n\
+         [[field.device]]\nname = \"armoire-ep-rue-haute\"\nprofile = \"lighting-cabinet\"\npoll_interval_ms = 200\n\
+         link = {{ transport = \"tcp\", address = \"{}\" }}\n",
+        profiles_dir().display(),
+        keys.display(),
+        dam.local_addr(),
+        cabinet.local_addr(),
+        url = broker.url(false)
+    );
+    let state = dir.path().join("s");
+    let gw = Berrygw::start(dir.path(), &config_with_radio(&state, "sqlite", radio, &sinks));
+    let socket = state.join("api.sock");
+    let site = Site { dir, _rt: rt, dam, _cabinet: cabinet, broker, sub, gw, socket };
+    wait_for(Duration::from_secs(30), "the dam online in `berrygw points`", || {
+        site.cli(&["points", "barrage-cher-1"]).filter(|o| o.contains("online")).map(drop)
+    });
+    site
+}
+
+impl Site {
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = berrygw_command().args(args).arg("--socket").arg(&self.socket).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Publish a command envelope as the central platform would.
+    fn publish(&self, payload: String) {
+        let (client, mut conn) = rumqttc::Client::new(
+            rumqttc::MqttOptions::new("test-central", "127.0.0.1", self.broker.port),
+            10,
+        );
+        client
+            .publish(format!("berrygw/{GW}/command"), rumqttc::QoS::AtLeastOnce, false, payload.into_bytes())
+            .expect("publish");
+        // Drive the connection until the PUBACK.
+        for event in conn.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = event {
+                break;
+            }
+        }
+    }
+
+    /// Result events for command `id`, in arrival order.
+    fn results(&self, id: &str) -> Vec<serde_json::Value> {
+        self.sub
+            .on_topic(&format!("berrygw/{GW}/event/command"))
+            .iter()
+            .filter_map(|s| serde_json::from_slice::<serde_json::Value>(&s.payload).ok())
+            .map(|v| v["audit"].clone())
+            .filter(|a| a["command_id"] == id)
+            .collect()
+    }
+
+    /// Wait for the final result (refused, verified or failed) of command `id`.
+    fn outcome(&self, id: &str) -> serde_json::Value {
+        wait_for(Duration::from_secs(60), &format!("a final result for {id}"), || {
+            self.results(id).into_iter().find(|a| a["outcome"] != "executed")
+        })
+    }
+}
+
+fn signed(
+    id: &str,
+    key_id: &str,
+    key: &SigningKey,
+    target: &str,
+    command: &str,
+    args: serde_json::Value,
+) -> String {
+    command_with(id, key_id, key, GW, target, command, args, now_utc() + chrono::Duration::minutes(5))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn command_with(
+    id: &str,
+    key_id: &str,
+    key: &SigningKey,
+    gateway_id: &str,
+    target: &str,
+    command: &str,
+    args: serde_json::Value,
+    not_after: chrono::DateTime<Utc>,
+) -> String {
+    UnsignedCommand {
+        id: id.into(),
+        key_id: key_id.into(),
+        gateway_id: gateway_id.into(),
+        target: target.into(),
+        command: command.into(),
+        args,
+        not_after,
+    }
+    .sign(key)
+    .expect("sign")
+    .to_json()
+}
+
+#[test]
+fn signed_command_is_executed_read_back_verified_and_reported() {
+    let site = start_site();
+    let move2 = signed(
+        "c-1",
+        "central-2026",
+        &central_key(),
+        "barrage-cher-1",
+        "move_bay2",
+        serde_json::json!({"position": 60}),
+    );
+    site.publish(move2.clone());
+    let verified = site.outcome("c-1");
+    assert_eq!(verified["outcome"], "verified", "{verified}");
+    assert_eq!(verified["source"], "central");
+    assert_eq!(verified["actor"], "central-2026");
+    let all = site.results("c-1");
+    assert_eq!(all.first().map(|a| a["outcome"].clone()), Some("executed".into()), "executed first: {all:?}");
+    let position = site.dam.bay_position(2).expect("bay 2");
+    assert!((position - 60.0).abs() <= 1.0, "the bay really moved: {position}");
+
+    // The same envelope again: a replay, refused without touching the dam.
+    site.publish(move2);
+    wait_for(Duration::from_secs(20), "the replay refused", || {
+        site.results("c-1").into_iter().find(|a| a["reason"] == "replayed")
+    });
+    // The field state is published too.
+    wait_for(Duration::from_secs(20), "field state on the app topic", || {
+        site.sub.on_topic(&format!("berrygw/{GW}/field/barrage-cher-1/state")).pop()
+    });
+}
+
+#[test]
+fn every_refusal_reason_is_reported_and_nothing_moves() {
+    let site = start_site();
+    let (bay1, bay3) = (site.dam.bay_position(1), site.dam.bay_position(3));
+    let dam = |id: &str, command: &str, args| {
+        signed(id, "central-2026", &central_key(), "barrage-cher-1", command, args)
+    };
+    let pos = |p: f64| serde_json::json!({ "position": p });
+
+    // Tampered after signing: the position changed on the way.
+    let mut tampered: serde_json::Value =
+        serde_json::from_str(&dam("r-sig", "move_bay1", pos(20.0))).expect("envelope JSON");
+    tampered["args"]["position"] = serde_json::json!(95.0);
+    let tampered = tampered.to_string();
+    // Signed by a key this gateway does not know.
+    let stranger = signed(
+        "r-key",
+        "intrus",
+        &SigningKey::from_bytes(&[1; 32]),
+        "barrage-cher-1",
+        "move_bay1",
+        pos(20.0),
+    );
+    // A key whose scope is lighting only.
+    let scope = signed("r-scope", "eclairage", &lighting_key(), "barrage-cher-1", "move_bay1", pos(20.0));
+    let other_gw = command_with(
+        "r-gw",
+        "central-2026",
+        &central_key(),
+        "0016c001ff10ffff",
+        "barrage-cher-1",
+        "move_bay1",
+        pos(20.0),
+        now_utc() + chrono::Duration::minutes(5),
+    );
+    let expired = command_with(
+        "r-exp",
+        "central-2026",
+        &central_key(),
+        GW,
+        "barrage-cher-1",
+        "move_bay1",
+        pos(20.0),
+        now_utc() - chrono::Duration::seconds(5),
+    );
+    let bounds = dam("r-bounds", "move_bay1", pos(150.0));
+    let cases = [
+        (tampered, "r-sig", "bad_signature"),
+        (stranger, "r-key", "unknown_key"),
+        (scope, "r-scope", "out_of_scope"),
+        (other_gw, "r-gw", "wrong_gateway"),
+        (expired, "r-exp", "expired"),
+        (bounds, "r-bounds", "args_out_of_bounds"),
+        ("{not json".to_string(), "", "malformed"),
+    ];
+    for (payload, id, reason) in &cases {
+        site.publish(payload.clone());
+        if id.is_empty() {
+            site.gw.wait_log(Duration::from_secs(20), "malformed");
+            continue;
+        }
+        let result = site.outcome(id);
+        assert_eq!(result["outcome"], "refused", "{id}: {result}");
+        assert_eq!(result["reason"], *reason, "{id}: {result}");
+    }
+
+    // Interlocks: the selector on local, then a motor fault.
+    site.dam.set_selector(Selector::Local);
+    site.publish(dam("r-local", "move_bay3", pos(40.0)));
+    let r = site.outcome("r-local");
+    assert_eq!((r["outcome"].as_str(), r["reason"].as_str()), (Some("refused"), Some("interlock")), "{r}");
+    assert!(r["message"].as_str().is_some_and(|m| m.contains("LOCAL")), "says why: {r}");
+    site.dam.set_selector(Selector::Remote);
+    site.dam.set_motor_fault(true);
+    site.publish(dam("r-fault", "move_bay3", pos(40.0)));
+    let r = site.outcome("r-fault");
+    assert_eq!(r["reason"], "interlock", "{r}");
+    assert!(r["message"].as_str().is_some_and(|m| m.contains("fault")), "says why: {r}");
+    assert_eq!(site.dam.bay_position(1), bay1, "no refused command moved bay 1");
+    assert_eq!(site.dam.bay_position(3), bay3, "no refused command moved bay 3");
+}
+
+#[test]
+fn a_command_that_expires_while_the_gateway_is_away_is_refused_when_it_is_back() {
+    let mut site = start_site();
+    let bay4 = site.dam.bay_position(4);
+    site.gw.stop();
+    let stale = command_with(
+        "late-1",
+        "central-2026",
+        &central_key(),
+        GW,
+        "barrage-cher-1",
+        "move_bay4",
+        serde_json::json!({"position": 80}),
+        now_utc() + chrono::Duration::seconds(2),
+    );
+    // Published during the outage: the broker keeps it for the gateway's session.
+    site.publish(stale);
+    std::thread::sleep(Duration::from_secs(3));
+    site.gw.restart();
+    let r = site.outcome("late-1");
+    assert_eq!((r["outcome"].as_str(), r["reason"].as_str()), (Some("refused"), Some("expired")), "{r}");
+    assert_eq!(site.dam.bay_position(4), bay4, "a stale command never runs");
+}
+
+#[test]
+fn field_agent_commands_go_through_the_same_checks_and_the_audit_log() {
+    let site = start_site();
+    let out = berrygw_command()
+        .args(["actuate", "barrage-cher-1", "move_bay1", "position=30", "--socket"])
+        .arg(&site.socket)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("verified"), "{stdout}");
+    // Too soon for the same bay (min_interval_s = 10 in the profile): refused, exit 1.
+    let out = berrygw_command()
+        .args(["actuate", "barrage-cher-1", "move_bay1", "position=35", "--socket"])
+        .arg(&site.socket)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("too_soon"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // An enumeration argument by its label.
+    let out = site.cli(&["actuate", "armoire-ep-rue-haute", "set_mode", "mode=forced_on"]);
+    assert!(out.as_deref().is_some_and(|o| o.starts_with("verified")), "{out:?}");
+
+    let points = site.cli(&["points", "barrage-cher-1"]).expect("points");
+    assert!(points.contains("bay1_position") && points.contains("move_bay1"), "{points}");
+    let audit = site.cli(&["audit", "--json"]).expect("audit");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&audit).expect("JSON");
+    let me = format!("uid {}", my_uid());
+    assert!(
+        entries.iter().any(|e| e["source"] == "local" && e["actor"] == me && e["outcome"] == "verified"),
+        "{audit}"
+    );
+    assert!(entries.iter().any(|e| e["reason"] == "too_soon"), "{audit}");
+    let table = site.cli(&["audit"]).expect("audit table");
+    assert!(table.contains("move_bay1"), "{table}");
+    // Commands typed on site are reported to the platform like the others.
+    wait_for(Duration::from_secs(20), "local commands reported as events too", || {
+        site.sub
+            .on_topic(&format!("berrygw/{GW}/event/command"))
+            .into_iter()
+            .find(|s| String::from_utf8_lossy(&s.payload).contains("\"local\""))
+    });
+    let _ = &site.dir;
+}
+
+/// This process's uid (what the daemon sees on its socket).
+fn my_uid() -> u32 {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0)
+}
