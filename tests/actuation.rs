@@ -50,7 +50,20 @@ struct Site {
 }
 
 fn start_site() -> Site {
+    start_site_with_rules(None)
+}
+
+/// A site whose gateway also runs `rules` (the text of rules.toml).
+fn start_site_with_rules(rules: Option<&str>) -> Site {
     let dir = tempfile::tempdir().expect("tmp");
+    let rules_line = match rules {
+        Some(text) => {
+            let path = dir.path().join("rules.toml");
+            std::fs::write(&path, text).expect("rules");
+            format!("rules = \"{}\"\n", path.display())
+        }
+        None => String::new(),
+    };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let any = "127.0.0.1:0".parse().expect("addr");
     let dam = rt.block_on(NeedleDamSim::start(any)).expect("dam simulator");
@@ -74,7 +87,7 @@ fn start_site() -> Site {
         "[sinks.chirpstack]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
          [sinks.app]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
          [field]\nprofile_dirs = [\"{}\"]\nauthorized_keys = \"{}\"\n\
-         # The test machine's clock may not be NTP-synchronized.\nrequire_clock_sync = false\n\n\
+         # The test machine's clock may not be NTP-synchronized.\nrequire_clock_sync = false\n{rules_line}\n\
          [[field.device]]\nname = \"barrage-cher-1\"\nprofile = \"needle-dam\"\npoll_interval_ms = 200\n\
          link = {{ transport = \"tcp\", address = \"{}\" }}\n\n\
          [[field.device]]\nname = \"armoire-ep-rue-haute\"\nprofile = \"lighting-cabinet\"\npoll_interval_ms = 200\n\
@@ -363,4 +376,86 @@ fn field_agent_commands_go_through_the_same_checks_and_the_audit_log() {
 /// This process's uid (what the daemon sees on its socket).
 fn my_uid() -> u32 {
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0)
+}
+
+const RULES: &str = r#"
+[site]
+latitude = 47.222
+longitude = 2.068
+timezone = "Europe/Paris"
+
+[[rule]]
+name = "defaut-moteur"
+when = { target = "barrage-cher-1", point = "motor_fault", equals = true }
+then = { alarm = "defaut-moteur-barrage", severity = "critical", message = "Défaut moteur au barrage du Cher" }
+
+[[rule]]
+name = "arret-si-local"
+when = { target = "barrage-cher-1", point = "selector", equals = "local" }
+then = { command = "stop_bay1", target = "barrage-cher-1" }
+
+[[rule]]
+name = "extinction-nuit"
+when = { cron = "30 23 * * *" }
+then = { command = "set_mode", target = "armoire-ep-rue-haute", args = { mode = "auto" } }
+"#;
+
+#[test]
+fn rules_raise_alarms_and_send_commands_with_the_backhaul_down() {
+    let mut site = start_site_with_rules(Some(RULES));
+    site.broker.stop();
+    let status = |site: &Site| -> serde_json::Value {
+        let out = berrygw_command()
+            .args(["status", "--json", "--socket"])
+            .arg(&site.socket)
+            .output()
+            .expect("status");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+
+    // A motor fault raises the alarm: on the status page and in `berrygw status`.
+    site.dam.set_motor_fault(true);
+    let alarm = wait_for(Duration::from_secs(20), "the alarm in /api/status", || {
+        status(&site)["alarms"].as_array().and_then(|a| a.first().cloned())
+    });
+    assert_eq!(alarm["name"], "defaut-moteur-barrage", "{alarm}");
+    assert_eq!(alarm["severity"], "critical");
+    assert!(status(&site)["problems"].to_string().contains("Défaut moteur"), "the alarm makes it unhealthy");
+
+    // The selector turned to local: the rule stops bay 1, through every check, audited as a rule.
+    site.dam.set_selector(Selector::Local);
+    let stopped = wait_for(Duration::from_secs(30), "the rule's command in the audit log", || {
+        let audit = site.cli(&["audit", "--json"])?;
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&audit).ok()?;
+        entries.into_iter().find(|e| e["source"] == "rule" && e["outcome"] != "executed")
+    });
+    assert_eq!(stopped["actor"], "arret-si-local", "{stopped}");
+    assert_eq!(stopped["command"], "stop_bay1");
+    assert_eq!(stopped["outcome"], "verified", "{stopped}");
+
+    // Fault cleared: alarm cleared. Backhaul back: the alarm events come out of the journal.
+    site.dam.set_motor_fault(false);
+    wait_for(Duration::from_secs(20), "the alarm cleared", || {
+        status(&site)["alarms"].as_array().is_some_and(Vec::is_empty).then_some(())
+    });
+    site.broker.restart();
+    let events = wait_for(Duration::from_secs(30), "raise and clear events after the outage", || {
+        let events: Vec<serde_json::Value> = site
+            .sub
+            .on_topic(&format!("berrygw/{GW}/event/alarm"))
+            .iter()
+            .filter_map(|s| serde_json::from_slice(&s.payload).ok())
+            .collect();
+        (events.len() >= 2).then_some(events)
+    });
+    assert_eq!((events[0]["raised"].as_bool(), events[1]["raised"].as_bool()), (Some(true), Some(false)));
+
+    // Rules reload with the registry and keys: a rule removed, the count follows.
+    let fewer =
+        RULES.replace("[[rule]]\nname = \"extinction-nuit\"", "[[rule]]\nname = \"extinction-nuit-bis\"");
+    std::fs::write(site.dir.path().join("rules.toml"), fewer).expect("rules");
+    let out = site.cli(&["reload"]).expect("reload");
+    assert!(out.contains("3 rules") && out.contains("authorized keys"), "{out}");
+    std::fs::write(site.dir.path().join("rules.toml"), "[[rule]]\nname = \"broken\"\n").expect("rules");
+    assert!(site.cli(&["reload"]).is_none(), "a broken rules file is refused");
 }

@@ -4,6 +4,9 @@
 //! a consumer standing in for the central platform counts what arrives and
 //! checks its order. `--outage N` cuts the gateway's link to the broker for N
 //! seconds to show uplinks waiting on disk and being replayed in order.
+//! Beside the weir: a needle dam and a lighting cabinet simulated on loopback
+//! Modbus TCP, polled by the gateway; a field agent's command moves a bay
+//! through every safety check, and one refused by an interlock shows why.
 
 pub mod broker;
 
@@ -17,6 +20,8 @@ use anyhow::Context;
 use chirpstack_api::gw;
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use berrygw_modbus::sim::{LightingCabinetSim, NeedleDamSim, Selector};
 
 use crate::config;
 use crate::pipeline::Gateway;
@@ -52,11 +57,18 @@ struct Received {
     last: u64,
 }
 
+/// The shipped profiles, embedded so that the demo runs from anywhere.
+const PROFILES: [(&str, &str); 2] = [
+    ("needle-dam.toml", include_str!("../../../plugins/profiles/needle-dam.toml")),
+    ("lighting-cabinet.toml", include_str!("../../../plugins/profiles/lighting-cabinet.toml")),
+];
+
 fn demo_config(
     state_dir: &Path,
     server: &str,
     http_port: u16,
     args: &DemoArgs,
+    field: &str,
 ) -> anyhow::Result<config::LoadedConfig> {
     let text = format!(
         r#"
@@ -84,6 +96,8 @@ socket = "{}/api.sock"
 server = "mqtt://{server}"
 reconnect_min_ms = 500
 reconnect_max_ms = 2000
+
+{field}
 "#,
         state_dir.display(),
         args.backend,
@@ -127,8 +141,34 @@ async fn run_in(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     let received = Arc::new(Mutex::new(Received::default()));
     let consumer = tokio::spawn(consume(broker.platform_addr().to_string(), received.clone()));
     let http_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let cfg = demo_config(dir, &broker.backhaul_addr().to_string(), http_port, args)?;
+    // The field equipment beside the weir, on loopback Modbus TCP.
+    let any = "127.0.0.1:0".parse().context("loopback address")?;
+    let dam = NeedleDamSim::start(any).await.context("starting the needle dam simulator")?;
+    dam.set_speed(20.0);
+    let cabinet = LightingCabinetSim::start(any).await.context("starting the lighting cabinet simulator")?;
+    let profiles = dir.join("profiles");
+    std::fs::create_dir_all(&profiles)?;
+    for (name, text) in PROFILES {
+        std::fs::write(profiles.join(name), text)?;
+    }
+    let field = format!(
+        "[field]\nprofile_dirs = [\"{}\"]\n\n\
+         [[field.device]]\nname = \"barrage-demo\"\nprofile = \"needle-dam\"\npoll_interval_ms = 500\n\
+         link = {{ transport = \"tcp\", address = \"{}\" }}\n\n\
+         [[field.device]]\nname = \"armoire-demo\"\nprofile = \"lighting-cabinet\"\npoll_interval_ms = 500\n\
+         link = {{ transport = \"tcp\", address = \"{}\" }}\n",
+        profiles.display(),
+        dam.local_addr(),
+        cabinet.local_addr()
+    );
+    let cfg = demo_config(dir, &broker.backhaul_addr().to_string(), http_port, args, &field)?;
     let gateway = Gateway::start(&cfg).await?;
+    println!(
+        "  field: needle dam barrage-demo on tcp://{}, lighting cabinet armoire-demo on tcp://{} (Modbus simulators)",
+        dam.local_addr(),
+        cabinet.local_addr()
+    );
+    let field_demo = gateway.view().actuation.map(|a| tokio::spawn(field_agent(a, dam)));
     let expected = cfg
         .config
         .radio
@@ -182,6 +222,15 @@ async fn run_in(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
             break;
         }
     }
+    if let Some(task) = field_demo {
+        if let Ok(lines) = task.await {
+            println!();
+            for line in lines {
+                println!("  {line}");
+            }
+        }
+    }
+    drop(cabinet);
     gateway.stop().await?;
     consumer.abort();
     let r = received.lock().map_err(|_| anyhow::anyhow!("consumer state poisoned"))?;
@@ -197,6 +246,31 @@ async fn run_in(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("{missing} uplinks were not delivered");
     }
     Ok(())
+}
+
+/// A field agent on site: one command that passes every check and is read back,
+/// then one the dam's local/remote selector refuses. Returns what to print.
+async fn field_agent(actuation: crate::actuation::engine::Actuation, dam: NeedleDamSim) -> Vec<String> {
+    // Let the first polls come in.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut lines = Vec::new();
+    let args = serde_json::json!({ "position": 60 });
+    let e = actuation.local(None, "barrage-demo", "move_bay2", args.clone()).await;
+    lines.push(format!(
+        "field agent: barrage-demo move_bay2 position=60 → {} ({})",
+        e.outcome.as_str(),
+        e.message
+    ));
+    dam.set_selector(Selector::Local);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let e = actuation.local(None, "barrage-demo", "move_bay3", args).await;
+    lines.push(format!(
+        "selector turned to LOCAL on site, then move_bay3 → {} ({}): {}",
+        e.outcome.as_str(),
+        e.reason.as_deref().unwrap_or(""),
+        e.message
+    ));
+    lines
 }
 
 /// The stand-in central platform: subscribes to every gateway's uplinks.
