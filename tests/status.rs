@@ -22,6 +22,8 @@ struct Site {
     gw: Berrygw,
     http_port: u16,
     socket: PathBuf,
+    _dam: berrygw_modbus::sim::NeedleDamSim,
+    _rt: tokio::runtime::Runtime,
 }
 
 fn start_site() -> Site {
@@ -45,10 +47,20 @@ fn start_site() -> Site {
         .collect();
     std::fs::write(&registry, entries).expect("registry");
     std::fs::set_permissions(&registry, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    // A needle dam on loopback Modbus TCP.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dam = rt
+        .block_on(berrygw_modbus::sim::NeedleDamSim::start("127.0.0.1:0".parse().expect("addr")))
+        .expect("dam simulator");
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/profiles");
     let extra = format!(
-        "\n[sinks.app]\nserver = \"{}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n[decode]\ndevices = \"{}\"\n",
+        "\n[sinks.app]\nserver = \"{}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n[decode]\ndevices = \"{}\"\n\n\
+         [field]\nprofile_dirs = [\"{}\"]\n\n[[field.device]]\nname = \"barrage-cher-1\"\nprofile = \"needle-dam\"\n\
+         poll_interval_ms = 200\nlink = {{ transport = \"tcp\", address = \"{}\" }}\n",
         broker.url(false),
-        registry.display()
+        registry.display(),
+        profiles.display(),
+        dam.local_addr()
     );
     let text = config(&dir.path().join("state"), "sqlite", &broker.url(false), &extra, &devices)
         .lines()
@@ -64,7 +76,7 @@ fn start_site() -> Site {
         .collect::<Vec<_>>()
         .join("\n");
     let gw = Berrygw::start(dir.path(), &text);
-    let site = Site { dir, broker, gw, http_port, socket };
+    let site = Site { dir, broker, gw, http_port, socket, _dam: dam, _rt: rt };
     wait_for(Duration::from_secs(30), "a healthy gateway that received uplinks", || {
         let s = site.api_status()?;
         (s["healthy"] == true && s["radio"]["received"].as_u64() > Some(0)).then_some(())
@@ -264,6 +276,11 @@ const FAMILIES: &[&str] = &[
     "berrygw_decode_sessions_started",
     "berrygw_decode_reloads",
     "berrygw_decode_duration_seconds",
+    "berrygw_modbus_polls",
+    "berrygw_modbus_poll_latency_seconds",
+    "berrygw_field_device_online",
+    "berrygw_commands",
+    "berrygw_command_reasons",
 ];
 
 #[test]
@@ -329,6 +346,7 @@ fn api_status_and_berrygw_status_report_health_and_its_loss() {
     assert!(text.contains("health:   healthy"), "{text}");
     assert!(text.contains("sink chirpstack: connected"), "{text}");
     assert!(text.contains("radio:    sim:"), "{text}");
+    assert!(text.contains("field barrage-cher-1: online"), "{text}");
 
     // The backhaul goes away: unhealthy, with the reason, and exit code 1.
     site.broker.stop();
@@ -424,6 +442,7 @@ fn status_page_renders_live_values_in_headless_chromium() {
     assert!(dom.contains(r#"<td class="sink-name">chirpstack</td>"#), "sink row rendered:\n{dom}");
     assert!(dom.contains(r#"<td class="good">connected</td>"#), "sink connected:\n{dom}");
     assert!(dom.contains(r#"<td class="device-name">sonde-niveau</td>"#), "latest readings rendered:\n{dom}");
+    assert!(dom.contains(r#"<td class="field-name">barrage-cher-1</td>"#), "field devices rendered:\n{dom}");
 }
 
 /// The text inside the element with `id="…"` (no nested elements).

@@ -52,12 +52,24 @@ pub struct ActuationSettings {
 }
 
 /// Commands by source and outcome, read by the metrics endpoint.
-#[derive(Default)]
 pub struct ActuationCounters {
     /// `source` (central, local, rule) × `outcome` (refused, executed, verified, failed).
     pub commands: Family<[(&'static str, &'static str); 2], Counter>,
     /// Refusals and failures by reason.
     pub reasons: Family<[(&'static str, String); 1], Counter>,
+}
+
+impl ActuationCounters {
+    /// Every source × outcome exists from the start, so a rate() over them never starts from nothing.
+    fn new() -> ActuationCounters {
+        let commands = Family::default();
+        for source in [Source::Central, Source::Local, Source::Rule] {
+            for outcome in [Outcome::Refused, Outcome::Executed, Outcome::Verified, Outcome::Failed] {
+                let _ = commands.get_or_create(&[("source", source.as_str()), ("outcome", outcome.as_str())]);
+            }
+        }
+        ActuationCounters { commands, reasons: Family::default() }
+    }
 }
 
 struct Inner {
@@ -114,7 +126,7 @@ impl Actuation {
             audit: Mutex::new(audit),
             app_journal,
             topics: settings.topics,
-            counters: ActuationCounters::default(),
+            counters: ActuationCounters::new(),
         });
         let actuation = Actuation { inner };
         let mut tasks = Vec::new();

@@ -126,5 +126,39 @@ pub fn render(s: &Status) -> String {
             line(format!("          {} records dropped unsent (journal full), ever", b.evicted_total));
         }
     }
+    for d in &s.field_devices {
+        let seen = d
+            .last_ok_age_secs
+            .map(|a| format!(", last answer {} ago", human_duration(a)))
+            .unwrap_or_default();
+        line(format!(
+            "field {}: {} ({}, {}){seen}",
+            d.name,
+            if d.online { "online" } else { "NOT ANSWERING" },
+            d.profile,
+            d.link
+        ));
+    }
+    for a in &s.alarms {
+        line(format!(
+            "ALARM {} [{}]: {} (since {}, rule {})",
+            a.name, a.severity, a.message, a.since, a.rule
+        ));
+    }
+    if let Some(c) = s.recent_commands.first() {
+        line(format!(
+            "last command: {} {} on {} by {} ({}): {}{}",
+            c.at,
+            c.command,
+            c.target,
+            c.actor,
+            c.source,
+            c.outcome,
+            c.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+        ));
+    }
+    if !s.readings.is_empty() {
+        line(format!("readings: {} devices decoded", s.readings.len()));
+    }
     out
 }
