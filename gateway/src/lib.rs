@@ -17,4 +17,5 @@ pub mod rules;
 pub mod seq;
 pub mod service;
 pub mod sink;
+pub mod state_db;
 pub mod status;

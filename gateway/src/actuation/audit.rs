@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::replay::{open_or_move_aside, open_sqlite};
+use crate::state_db::{open_or_move_aside, open_sqlite};
 
 /// Most entries kept; older ones are deleted.
 pub const MAX_ENTRIES: u64 = 100_000;

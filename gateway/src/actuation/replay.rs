@@ -18,15 +18,14 @@
 //! intervenes, is worse on a site that must be operable, and because the exposure is bounded.
 //! Blocking I/O: call it from the actuation thread or `spawn_blocking`, never an async worker.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration as StdDuration;
 
 use anyhow::Context;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::envelope::{reason, Refusal};
+use crate::state_db::{open_or_move_aside, open_sqlite};
 
 /// How long after its `not_after` an id is still remembered.
 pub const PRUNE_GRACE: Duration = Duration::hours(24);
@@ -136,64 +135,6 @@ impl ReplayWindow {
     }
 }
 
-/// The store's content does not pass SQLite's own check.
-#[derive(Debug, thiserror::Error)]
-#[error("integrity check failed: {0}")]
-pub(crate) struct CorruptStore(String);
-
-/// Open the SQLite file at `path` for durable writes (WAL, `synchronous=FULL`), give it
-/// `mode`, check its integrity and run `schema`.
-pub(crate) fn open_sqlite(path: &Path, mode: u32, schema: &str) -> anyhow::Result<Connection> {
-    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
-    conn.busy_timeout(StdDuration::from_secs(5))?;
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-        .with_context(|| format!("preparing {}", path.display()))?;
-    let check: String = conn
-        .query_row("PRAGMA quick_check", [], |row| row.get(0))
-        .with_context(|| format!("checking {}", path.display()))?;
-    if check != "ok" {
-        return Err(CorruptStore(check)).with_context(|| format!("checking {}", path.display()));
-    }
-    conn.execute_batch(schema).with_context(|| format!("preparing {}", path.display()))?;
-    Ok(conn)
-}
-
-/// Run `open`; if the store is corrupt, move it (with its -wal and -shm) aside, log `alarm`
-/// and `consequence` at error level, and open a fresh one.
-pub(crate) fn open_or_move_aside<T>(
-    path: &Path,
-    alarm: &str,
-    consequence: &str,
-    open: impl Fn(&Path) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    match open(path) {
-        Err(e) if is_corrupt(&e) => {
-            let moved = crate::journal::quarantine::move_aside(path, &["-wal", "-shm"])
-                .with_context(|| format!("moving the corrupt {} aside", path.display()))?;
-            tracing::error!(
-                path = %path.display(),
-                moved_to = %moved.display(),
-                "{alarm} ({e:#}): moved aside and started afresh; {consequence}"
-            );
-            open(path)
-        }
-        other => other,
-    }
-}
-
-/// Whether `e` says the SQLite file is damaged (rather than, say, unreadable or locked).
-pub(crate) fn is_corrupt(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.is::<CorruptStore>()
-            || matches!(
-                c.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code),
-                Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
-            )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,7 +164,9 @@ mod tests {
             let mut window = ReplayWindow::open(&path).expect("open");
             window.admit("c-1", far, now()).expect("first time");
         }
-        let mode = std::fs::metadata(&path).expect("file").permissions().mode() & 0o777;
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).expect("file").permissions())
+                & 0o777;
         assert_eq!(mode, 0o600);
         let mut window = ReplayWindow::open(&path).expect("reopen");
         assert_eq!(window.admit("c-1", far, now()).expect_err("after restart").reason, "replayed");

@@ -12,14 +12,25 @@
 //! decoded once more. Keys (joins, pushes) are written at once.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use berrygw_lora::phy::{AesKey, DevAddr, Eui64};
 use berrygw_lora::security::SessionKeys;
-use rusqlite::{params, Connection, ErrorCode};
+use rusqlite::{params, Connection};
+
+use crate::state_db::{open_or_move_aside, open_sqlite};
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS session (
+    dev_eui    INTEGER PRIMARY KEY,
+    dev_addr   INTEGER NOT NULL,
+    nwk_s_key  BLOB NOT NULL,
+    app_s_key  BLOB NOT NULL,
+    source     TEXT NOT NULL,
+    last_fcnt  INTEGER,
+    updated_ms INTEGER NOT NULL
+);";
 
 /// Longest time a counter change waits before it is written.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -75,42 +86,16 @@ impl SessionStore {
     /// aside (`<path>.corrupt-<time>`) and a fresh one started: devices then
     /// rejoin or are pushed again, and ABP counters start over.
     pub fn open(path: &Path) -> anyhow::Result<(SessionStore, HashMap<Eui64, Session>)> {
-        match Self::open_once(path) {
-            Ok(opened) => Ok(opened),
-            Err(e) if is_corrupt(&e) => {
-                let moved = crate::journal::quarantine::move_aside(path, &["-wal", "-shm"])?;
-                tracing::error!(
-                    path = %path.display(),
-                    moved_to = %moved.display(),
-                    "SESSION STORE IS CORRUPT ({e:#}): moved aside; OTAA devices must rejoin or be pushed again"
-                );
-                Self::open_once(path)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn open_once(path: &Path) -> anyhow::Result<(SessionStore, HashMap<Eui64, Session>)> {
-        let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("making {} private", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS session (
-                 dev_eui    INTEGER PRIMARY KEY,
-                 dev_addr   INTEGER NOT NULL,
-                 nwk_s_key  BLOB NOT NULL,
-                 app_s_key  BLOB NOT NULL,
-                 source     TEXT NOT NULL,
-                 last_fcnt  INTEGER,
-                 updated_ms INTEGER NOT NULL
-             );",
+        open_or_move_aside(
+            path,
+            "SESSION STORE IS CORRUPT",
+            "OTAA devices must rejoin or be pushed again, ABP counters start over",
+            |p| {
+                let conn = open_sqlite(p, 0o600, SCHEMA)?;
+                let sessions = read_sessions(&conn)?;
+                Ok((SessionStore { conn, dirty: HashSet::new() }, sessions))
+            },
         )
-        .with_context(|| format!("preparing {}", path.display()))?;
-        let sessions = read_sessions(&conn)?;
-        Ok((SessionStore { conn, dirty: HashSet::new() }, sessions))
     }
 
     /// The sessions in the store at `path`, read without changing anything
@@ -218,15 +203,6 @@ impl SessionStore {
     }
 }
 
-fn is_corrupt(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<rusqlite::Error>().and_then(rusqlite::Error::sqlite_error_code),
-            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +234,9 @@ mod tests {
             store.mark(eui);
             store.flush(&live).expect("flush");
         }
-        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).expect("meta").permissions())
+                & 0o777;
         assert_eq!(mode, 0o600, "the store holds keys");
         let (mut store, loaded) = SessionStore::open(&path).expect("reopen");
         assert_eq!(loaded.get(&eui), Some(&session(Some(0xffff_0001))));
