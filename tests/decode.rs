@@ -355,3 +355,82 @@ fn session_keys_pushed_over_mutual_tls_let_an_otaa_device_decode() {
     assert_eq!(reading["device_name"], "sonde-poussee");
     assert!(reading["object"]["level_cm"].is_number(), "{reading}");
 }
+
+#[test]
+fn session_keys_in_a_signed_envelope_are_checked_and_installed() {
+    use berrygw::actuation::envelope::UnsignedCommand;
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let app = Subscriber::connect(broker.port, "#", None);
+    let dev_eui = "70b3d57ed0001007";
+    let registry = dir.path().join("devices.toml");
+    write_registry(
+        &registry,
+        &format!(
+            "[[device]]\nname = \"compteur-signe\"\ndev_eui = \"{dev_eui}\"\ncodec = \"water_meter.js\"\n\
+             otaa = {{ app_key = \"00112233445566778899aabbccddeeff\" }}\n"
+        ),
+    );
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let keys = dir.path().join("authorized_keys");
+    use base64::Engine;
+    std::fs::write(
+        &keys,
+        format!(
+            "[[key]]\nid = \"lns\"\npublic_key = \"{}\"\ntargets = [\"70b3d57e*\"]\ncommands = [\"set_session\"]\n",
+            base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes())
+        ),
+    )
+    .expect("keys");
+    // The device joined through another gateway; the sim plays it with its session keys.
+    let devices = sim_device("compteur-signe", "water_meter", "26011007", 200, None);
+    let radio = format!("[radio]\nkind = \"sim\"\n\n[radio.sim]\nseed = 7\n\n{devices}\n");
+    let sinks = format!(
+        "[sinks.chirpstack]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
+         [sinks.app]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
+         [decode]\ndevices = \"{}\"\ncodec_dirs = [\"{}\"]\n\n\
+         [field]\nauthorized_keys = \"{}\"\nrequire_clock_sync = false\n",
+        registry.display(),
+        codec_dir().display(),
+        keys.display(),
+        url = broker.url(false)
+    );
+    let daemon =
+        Berrygw::start(dir.path(), &config_with_radio(&dir.path().join("s"), "sqlite", &radio, &sinks));
+    app.wait_uplinks(2, Duration::from_secs(30));
+
+    let (client, mut conn) =
+        rumqttc::Client::new(rumqttc::MqttOptions::new("test-lns", "127.0.0.1", broker.port), 10);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    let topic = format!("berrygw/{GW}/session/set");
+    // Unsigned, on a broker without mutual TLS: refused.
+    let plain = format!(
+        r#"{{"dev_eui":"{dev_eui}","dev_addr":"26011007","nwk_s_key":"{NWK}","app_s_key":"{APP}","f_cnt_up":0}}"#
+    );
+    client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, plain.into_bytes()).expect("publish");
+    daemon.wait_log(Duration::from_secs(20), "unsigned session message refused");
+    // Signed by the network server's key: installed, and the device decodes.
+    let signed = UnsignedCommand {
+        id: "s-1".into(),
+        key_id: "lns".into(),
+        gateway_id: GW.into(),
+        target: dev_eui.into(),
+        command: "set_session".into(),
+        args: serde_json::json!({ "dev_addr": "26011007", "nwk_s_key": NWK, "app_s_key": APP, "f_cnt_up": 0 }),
+        not_after: berrygw::actuation::engine::now_utc() + chrono::Duration::minutes(5),
+    }
+    .sign(&key)
+    .expect("sign")
+    .to_json();
+    client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, signed.into_bytes()).expect("publish");
+    let reading = wait_reading(&app, dev_eui);
+    assert_eq!(reading["device_name"], "compteur-signe");
+    assert!(reading["object"]["index_l"].is_u64(), "{reading}");
+    // Audited and reported like a command, without the keys.
+    let event = wait_for(Duration::from_secs(20), "the session event", || {
+        app.on_topic(&format!("berrygw/{GW}/event/command")).pop()
+    });
+    let text = String::from_utf8_lossy(&event.payload).to_string();
+    assert!(text.contains("set_session") && text.contains("verified"), "{text}");
+    assert!(!text.contains(NWK) && !text.contains(APP), "keys never leave in events: {text}");
+}

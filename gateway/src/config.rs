@@ -512,9 +512,10 @@ fn check_mqtt_sink(
                 if *push.get_ref() && cs.client_cert_file.is_none() {
                     return Err(loaded.error_at(
                         push.span(),
-                        "accept_session_push needs mutual TLS (client_cert_file and client_key_file): \
-                         until pushed keys are signed, the broker's authentication of both ends is \
-                         what stops a stranger from installing keys",
+                        "accept_session_push (unsigned session keys) needs mutual TLS (client_cert_file \
+                         and client_key_file): the broker's authentication of both ends is then what \
+                         stops a stranger from installing keys. Signed session messages need no \
+                         such switch, only [field] authorized_keys",
                     ));
                 }
             }

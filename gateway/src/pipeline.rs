@@ -270,7 +270,7 @@ impl Gateway {
         let mut sinks = Vec::new();
         if let Some(sink_cfg) = &c.sinks.chirpstack {
             let journal = open_journal(cfg, "chirpstack").await?;
-            let settings = mqtt_settings(cfg, MqttSinkKind::Chirpstack, sink_cfg, &gateway_id, false)?;
+            let settings = mqtt_settings(cfg, MqttSinkKind::Chirpstack, sink_cfg, &gateway_id, false, false)?;
             let sink_counters = Arc::new(SinkCounters::default());
             let task = tokio::spawn(mqtt::run(
                 settings,
@@ -354,7 +354,16 @@ impl Gateway {
         let rules_handle = rules.as_ref().map(|(r, _)| r.clone());
         if let (Some(sink_cfg), Some(journal)) = (&c.sinks.app, app_journal) {
             let accept_commands = actuation_handle.as_ref().is_some_and(Actuation::accepts_central);
-            let settings = mqtt_settings(cfg, MqttSinkKind::App, sink_cfg, &gateway_id, accept_commands)?;
+            let accept_sessions =
+                decoder_handle.is_some() && (accept_commands || sink_cfg.accepts_session_push());
+            let settings = mqtt_settings(
+                cfg,
+                MqttSinkKind::App,
+                sink_cfg,
+                &gateway_id,
+                accept_commands,
+                accept_sessions,
+            )?;
             let sink_counters = Arc::new(SinkCounters::default());
             let commands = match &actuation_handle {
                 Some(act) if act.accepts_central() => {
@@ -373,13 +382,17 @@ impl Gateway {
                 }
                 _ => None,
             };
-            let pushes = match (&decoder_handle, sink_cfg.accepts_session_push()) {
-                (Some(decoder), true) => {
-                    let (tx, mut rx) = mpsc::channel::<crate::sink::app::PushedSession>(16);
+            // Session keys: signed envelopes when authorized_keys is configured; plain JSON
+            // only with accept_session_push (which needs mutual TLS).
+            let signed_pushes = actuation_handle.clone().filter(Actuation::accepts_central);
+            let plain_pushes = sink_cfg.accepts_session_push();
+            let pushes = match &decoder_handle {
+                Some(decoder) if signed_pushes.is_some() || plain_pushes => {
+                    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
                     let decoder = decoder.clone();
                     tokio::spawn(async move {
-                        while let Some(session) = rx.recv().await {
-                            decoder.push(session);
+                        while let Some(payload) = rx.recv().await {
+                            session_push(&payload, signed_pushes.as_ref(), plain_pushes, &decoder).await;
                         }
                     });
                     Some(tx)
@@ -607,6 +620,34 @@ pub async fn reload(view: &GatewayView) -> Result<Reloaded, String> {
     }
 }
 
+/// A session message from the app sink: a signed envelope (`command` =
+/// `set_session`, checked like any central command and audited), or, when the
+/// app sink is mutually authenticated and `accept_session_push` is on, plain JSON.
+async fn session_push(payload: &[u8], signed: Option<&Actuation>, plain: bool, decoder: &Decoder) {
+    let looks_signed = serde_json::from_slice::<serde_json::Value>(payload)
+        .map(|v| v.get("signature").is_some())
+        .unwrap_or(false);
+    if looks_signed {
+        match signed {
+            Some(actuation) => {
+                if let Some(session) = actuation.session(payload).await {
+                    decoder.push(session);
+                }
+            }
+            None => warn!("signed session message ignored: no [field] authorized_keys to check it against"),
+        }
+        return;
+    }
+    if !plain {
+        warn!("unsigned session message refused: sign it, or enable accept_session_push (mutual TLS)");
+        return;
+    }
+    match crate::sink::app::parse_session_push(payload) {
+        Ok(session) => decoder.push(session),
+        Err(e) => warn!("app sink: rejected session message: {e}"),
+    }
+}
+
 /// An MQTT sink's settings, TLS files read and checked.
 fn mqtt_settings(
     cfg: &LoadedConfig,
@@ -614,6 +655,7 @@ fn mqtt_settings(
     sink_cfg: &MqttSinkConfig,
     gateway_id: &str,
     accept_commands: bool,
+    accept_sessions: bool,
 ) -> anyhow::Result<MqttSinkSettings> {
     let name = kind.name();
     let tls = if sink_cfg.server.get_ref().tls {
@@ -633,7 +675,7 @@ fn mqtt_settings(
         }
         MqttSinkKind::App => Protocol::App {
             topics: AppTopics::new(prefix, gateway_id),
-            accept_session_push: sink_cfg.accepts_session_push(),
+            accept_session_push: accept_sessions,
             accept_commands,
         },
     };

@@ -169,6 +169,81 @@ impl Actuation {
         Ok(n)
     }
 
+    /// Session keys of an OTAA device in a signed envelope (`command` =
+    /// `set_session`, `target` = the DevEUI, `args` = `dev_addr`, `nwk_s_key`,
+    /// `app_s_key`, `f_cnt_up`): the same checks as a command (key, signature,
+    /// gateway, expiry, scope, replay), audited. The keys when it passes.
+    pub async fn session(&self, payload: &[u8]) -> Option<crate::sink::app::PushedSession> {
+        let now = now_utc();
+        let env = match CommandEnvelope::parse(payload) {
+            Ok(env) => env,
+            Err(r) => {
+                let ask = Ask::session("unknown".into(), None);
+                self.record(ask.refusal(r.reason, r.message));
+                return None;
+            }
+        };
+        let ask = Ask::session(env.key_id().to_string(), Some(&env));
+        if env.command() != SET_SESSION {
+            let message = format!("a session message must carry command {SET_SESSION:?}");
+            self.record(ask.refusal("malformed", message));
+            return None;
+        }
+        let key_id = match self.admit(&env, now) {
+            Ok(k) => k,
+            Err(r) => {
+                self.record(ask.refusal(r.reason, r.message));
+                return None;
+            }
+        };
+        let ask = Ask { actor: key_id, ..ask };
+        let mut fields = env.args().clone();
+        fields.insert("dev_eui".into(), serde_json::Value::String(env.target().to_string()));
+        match crate::sink::app::parse_session_push(serde_json::Value::Object(fields).to_string().as_bytes()) {
+            Ok(session) => {
+                // Keys never go to the audit log or the result event.
+                let ask =
+                    Ask { args: serde_json::json!({ "dev_addr": session.dev_addr.to_string() }), ..ask };
+                self.record(ask.entry(Outcome::Verified, None, "session keys handed to the decoder".into()));
+                Some(session)
+            }
+            Err(e) => {
+                let ask = Ask { args: serde_json::Value::Null, ..ask };
+                self.record(ask.refusal("bad_args", e));
+                None
+            }
+        }
+    }
+
+    /// Clock, key, signature, gateway, expiry, scope, then the replay window: the key id when admitted.
+    fn admit(&self, env: &CommandEnvelope, now: DateTime<Utc>) -> Result<String, envelope::Refusal> {
+        if self.inner.require_clock_sync && !clock_synchronized() {
+            return Err(envelope::Refusal::new(
+                "clock_not_synchronized",
+                "this gateway's clock is not synchronized (NTP), so not_after cannot be trusted; \
+                 check chrony/systemd-timesyncd, or set [field] require_clock_sync = false",
+            ));
+        }
+        let key_id = {
+            let keys = self.inner.keys.read().ok();
+            match keys.as_deref().and_then(Option::as_ref) {
+                Some(keys) => envelope::check(env, keys, &self.inner.gateway_id, now).map(|k| k.id.clone()),
+                None => Err(envelope::Refusal::new(
+                    envelope::reason::UNKNOWN_KEY,
+                    "no authorized_keys configured on this gateway",
+                )),
+            }
+        }?;
+        tokio::task::block_in_place(|| {
+            self.inner
+                .replay
+                .lock()
+                .map_err(|_| envelope::Refusal::new("internal", "replay window unavailable"))
+                .and_then(|mut w| w.admit(env.id(), env.not_after(), now))
+        })?;
+        Ok(key_id)
+    }
+
     /// A command envelope from the central platform, as received.
     pub async fn central(&self, payload: &[u8]) -> AuditEntry {
         let now = now_utc();
@@ -189,38 +264,10 @@ impl Actuation {
             Ok(env) => env,
             Err(r) => return self.record(refused("unknown".into(), None, r)),
         };
-        if self.inner.require_clock_sync && !clock_synchronized() {
-            let r = envelope::Refusal::new(
-                "clock_not_synchronized",
-                "this gateway's clock is not synchronized (NTP), so not_after cannot be trusted; \
-                 check chrony/systemd-timesyncd, or set [field] require_clock_sync = false",
-            );
-            return self.record(refused(env.key_id().to_string(), Some(&env), r));
-        }
-        let checked = {
-            let keys = self.inner.keys.read().ok();
-            match keys.as_deref().and_then(Option::as_ref) {
-                Some(keys) => envelope::check(&env, keys, &self.inner.gateway_id, now).map(|k| k.id.clone()),
-                None => Err(envelope::Refusal::new(
-                    envelope::reason::UNKNOWN_KEY,
-                    "no authorized_keys configured on this gateway",
-                )),
-            }
-        };
-        let key_id = match checked {
+        let key_id = match self.admit(&env, now) {
             Ok(id) => id,
             Err(r) => return self.record(refused(env.key_id().to_string(), Some(&env), r)),
         };
-        let admitted = tokio::task::block_in_place(|| {
-            self.inner
-                .replay
-                .lock()
-                .map_err(|_| envelope::Refusal::new("internal", "replay window unavailable"))
-                .and_then(|mut w| w.admit(env.id(), env.not_after(), now))
-        });
-        if let Err(r) = admitted {
-            return self.record(refused(key_id, Some(&env), r));
-        }
         self.execute(Ask {
             source: Source::Central,
             actor: key_id,
@@ -410,7 +457,22 @@ pub fn now_utc() -> DateTime<Utc> {
     DateTime::<Utc>::from(std::time::SystemTime::now())
 }
 
+/// The `command` of a signed session message.
+pub const SET_SESSION: &str = "set_session";
+
 impl Ask {
+    fn session(actor: String, env: Option<&CommandEnvelope>) -> Ask {
+        Ask {
+            source: Source::Central,
+            actor,
+            command_id: env.map(|e| e.id().to_string()),
+            target: env.map(|e| e.target().to_string()).unwrap_or_default(),
+            command: SET_SESSION.into(),
+            // The keys stay out of the audit log.
+            args: serde_json::Value::Null,
+        }
+    }
+
     fn entry(&self, outcome: Outcome, reason: Option<String>, message: String) -> NewAuditEntry {
         NewAuditEntry {
             at: now_utc(),

@@ -24,7 +24,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::app::{self, AppTopics, PushedSession};
+use super::app::{self, AppTopics};
 use super::chirpstack::{self, RecordKind, Topics};
 use super::read_ahead::{Backoff, ReadAhead};
 use crate::config::{BrokerUrl, PayloadFormat};
@@ -110,7 +110,9 @@ pub enum SinkInbound {
     Radio(SinkRadioIo),
     /// What the app sink hears: pushed session keys for the decoder, command
     /// envelopes for the actuation engine; `None` when nobody takes them.
-    App { sessions: Option<mpsc::Sender<PushedSession>>, commands: Option<mpsc::Sender<Vec<u8>>> },
+    /// Session messages go as received (signed envelopes or, with mutual TLS, plain JSON):
+    /// the receiver checks them.
+    App { sessions: Option<mpsc::Sender<Vec<u8>>>, commands: Option<mpsc::Sender<Vec<u8>>> },
 }
 
 impl SinkInbound {
@@ -381,17 +383,14 @@ fn incoming(
         (
             Protocol::App { topics, accept_session_push: true, .. },
             SinkInbound::App { sessions: Some(to_decoder), .. },
-        ) if topic == topics.session_set() => match app::parse_session_push(payload) {
-            Ok(session) => {
-                if to_decoder.try_send(session).is_err() {
-                    warn!("{name} sink: decoder busy; pushed session dropped (the central side may resend)");
-                }
-            }
-            Err(e) => {
+        ) if topic == topics.session_set() => {
+            if payload.len() > MAX_COMMAND_BYTES {
                 counters.bad_commands.fetch_add(1, Ordering::Relaxed);
-                warn!(%topic, "{name} sink: rejected session message: {e}");
+                warn!(%topic, "{name} sink: session message of {} bytes refused", payload.len());
+            } else if to_decoder.try_send(payload.to_vec()).is_err() {
+                warn!("{name} sink: decoder busy; pushed session dropped (the central side may resend)");
             }
-        },
+        }
         _ => {
             counters.bad_commands.fetch_add(1, Ordering::Relaxed);
             warn!(%topic, "{name} sink: unexpected message ignored");
