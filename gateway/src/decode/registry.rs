@@ -12,6 +12,7 @@
 //! codec = "river-level.js"          # or "cayenne_lpp", "hex" (the default)
 //! variables = { offset_cm = "12" }  # ChirpStack codecs read them as input.variables
 //! target = "local"                  # optional: a topic of its own, or "local" (not published)
+//! relax_fcnt = true                  # optional: accept a counter that restarted (weaker replay protection)
 //! abp = { dev_addr = "260b1a02", nwk_s_key = "…", app_s_key = "…" }
 //! # or: otaa = { app_key = "…", join_eui = "…" }
 //! ```
@@ -46,6 +47,10 @@ pub struct Device {
     /// Handed to ChirpStack-style codecs as `input.variables`.
     pub variables: BTreeMap<String, String>,
     pub target: Target,
+    /// Accept an uplink counter that went back (an ABP device that restarted its
+    /// count after a battery change): such a frame is decoded when its MIC
+    /// checks with the counter as sent. Replays of old frames are then decoded too.
+    pub relax_fcnt: bool,
 }
 
 /// How the device got (or gets) its session keys.
@@ -97,6 +102,8 @@ struct Entry {
     #[serde(default)]
     variables: BTreeMap<String, String>,
     target: Option<Spanned<String>>,
+    #[serde(default)]
+    relax_fcnt: bool,
 }
 
 #[derive(Deserialize)]
@@ -227,6 +234,7 @@ impl Registry {
                 codec,
                 variables: e.variables,
                 target,
+                relax_fcnt: e.relax_fcnt,
             });
         }
         Ok(Registry { path: path.to_path_buf(), devices, by_eui })

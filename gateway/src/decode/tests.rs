@@ -262,3 +262,30 @@ fn a_failing_codec_still_publishes_the_reading_with_its_error() {
     assert_eq!(reading.errors.len(), 1, "{:?}", reading.errors);
     assert_eq!(reading.payload_hex, "01ee00", "the payload travels so the platform can decode it later");
 }
+
+#[test]
+fn a_device_with_relax_fcnt_is_decoded_after_its_counter_restarts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let strict = registry_text();
+    let relaxed = strict.replace("codec = \"cayenne_lpp\"", "codec = \"cayenne_lpp\"\nrelax_fcnt = true");
+    let mut e = engine(dir.path(), &strict);
+    assert!(matches!(e.uplink(&data_frame(&abp_keys(), 40_000, &LPP), 1), Outcome::Reading { .. }));
+    assert!(
+        refusal(&e.uplink(&data_frame(&abp_keys(), 3, &LPP), 2)).is_some(),
+        "strict: a restarted count is refused"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut e = engine(dir.path(), &relaxed);
+    assert!(matches!(e.uplink(&data_frame(&abp_keys(), 40_000, &LPP), 1), Outcome::Reading { .. }));
+    let Outcome::Reading { reading, .. } = e.uplink(&data_frame(&abp_keys(), 3, &LPP), 2) else {
+        panic!("relaxed: the restarted device is decoded");
+    };
+    assert_eq!(reading.f_cnt, 3);
+    assert!(
+        matches!(e.uplink(&data_frame(&abp_keys(), 4, &LPP), 3), Outcome::Reading { .. }),
+        "and counts on from there"
+    );
+    // The MIC still has to check: a forged frame is refused whatever the counter.
+    let forged = SessionKeys { nwk_s_key: AesKey([0x44; 16]), ..abp_keys() };
+    assert_eq!(refusal(&e.uplink(&data_frame(&forged, 2, &LPP), 4)), Some("mic"));
+}
