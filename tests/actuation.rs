@@ -204,8 +204,10 @@ fn signed_command_is_executed_read_back_verified_and_reported() {
     assert_eq!(verified["actor"], "central-2026");
     let all = site.results("c-1");
     assert_eq!(all.first().map(|a| a["outcome"].clone()), Some("executed".into()), "executed first: {all:?}");
-    let position = site.dam.bay_position(2).expect("bay 2");
-    assert!((position - 60.0).abs() <= 1.0, "the bay really moved: {position}");
+    // Verified within the profile's 1 % tolerance; the bay then finishes its move.
+    wait_for(Duration::from_secs(10), "bay 2 at 60 %", || {
+        site.dam.bay_position(2).filter(|p| (p - 60.0).abs() < 0.01)
+    });
 
     // The same envelope again: a replay, refused without touching the dam.
     site.publish(move2);

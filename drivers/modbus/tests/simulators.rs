@@ -76,8 +76,9 @@ async fn raising_bay_2_to_60_percent_is_verified_after_the_bay_moves() {
     assert_eq!(sim.bay_position(2), Some(20.0));
     let outcome = dev.execute("move_bay2", &json!({"position": 60})).await;
     assert!(matches!(outcome, CommandOutcome::Verified { .. }), "{outcome}");
-    let position = sim.bay_position(2).unwrap();
-    assert!((position - 60.0).abs() <= 1.0, "bay 2 at {position}");
+    // Verified once the read-back is within the profile's 1 % tolerance; the bay then
+    // finishes its move (it may still be a register step short when the call returns).
+    wait_until("bay 2 at 60 %", || sim.bay_position(2).is_some_and(|p| (p - 60.0).abs() < 0.01)).await;
     assert_eq!(sim.bay_position(1), Some(20.0), "other bays untouched");
     let state = dev.state().borrow().clone();
     assert_eq!(state.points["bay2_target"], PointValue::Number(60.0));
