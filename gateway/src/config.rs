@@ -355,6 +355,30 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// An error about `file` as a whole (no line, no key).
+    pub fn whole(file: &Path, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: file.to_path_buf(), line: None, key: None, message: message.into() }
+    }
+}
+
+/// The text of a configuration file. With `forbidden` mode bits (e.g. `0o077`
+/// for a file of secrets), a file that has any of them is refused with
+/// `explain(mode)`, which says why and how to fix it.
+pub fn read_file(
+    path: &Path,
+    forbidden: u32,
+    explain: impl FnOnce(u32) -> String,
+) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::whole(path, format!("cannot read: {e}")))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & forbidden != 0 {
+        return Err(ConfigError::whole(path, explain(mode)));
+    }
+    std::fs::read_to_string(path).map_err(|e| ConfigError::whole(path, format!("cannot read: {e}")))
+}
+
 /// A loaded, checked configuration and where it came from.
 #[derive(Debug)]
 pub struct LoadedConfig {
@@ -381,13 +405,7 @@ impl LoadedConfig {
 
 /// Read, parse and check a configuration file.
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: None,
-        key: None,
-        message: format!("cannot read: {e}"),
-    })?;
-    parse(path, source)
+    parse(path, read_file(path, 0, |_| String::new())?)
 }
 
 /// Parse and check configuration text; `path` is only used in messages.
@@ -402,7 +420,7 @@ pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, ConfigError> {
 /// Checks that serde cannot express: ranges, combinations, files that must exist.
 fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     let c = &loaded.config;
-    let whole = |message: String| ConfigError { file: loaded.path.clone(), line: None, key: None, message };
+    let whole = |message: String| ConfigError::whole(&loaded.path, message);
     if c.gateway.stats_interval_secs == 0 || c.gateway.report_interval_secs == 0 {
         return Err(whole(
             "gateway.stats_interval_secs and gateway.report_interval_secs must be at least 1".into(),
@@ -492,7 +510,7 @@ fn check_mqtt_sink(
     cs: &MqttSinkConfig,
 ) -> Result<(), ConfigError> {
     let name = kind.name();
-    let whole = |message: String| ConfigError { file: loaded.path.clone(), line: None, key: None, message };
+    let whole = |message: String| ConfigError::whole(&loaded.path, message);
     let server = cs.server.get_ref();
     if !server.tls && !server.is_loopback() && !cs.allow_plaintext {
         return Err(loaded.error_at(

@@ -192,10 +192,8 @@ pub struct GatewayView {
     pub decoder: Option<Decoder>,
     /// The actuation engine, when `[field]` is configured.
     pub actuation: Option<Actuation>,
-    /// Alarms raised by local rules, when rules are configured.
-    pub alarms: Option<watch::Receiver<Vec<crate::status::AlarmView>>>,
-    /// The running rules and their file, for reloads.
-    pub rules: Option<(crate::rules::run::Rules, Option<std::path::PathBuf>)>,
+    /// The running rules (their alarms, their reload), when rules are configured.
+    pub rules: Option<crate::rules::run::Rules>,
 }
 
 /// One sink as seen from outside: its name, journal statistics and counters.
@@ -473,9 +471,7 @@ impl Gateway {
             concentrator,
             decoder: decoder_handle,
             actuation: actuation_handle,
-            alarms: rules_handle.as_ref().map(crate::rules::run::Rules::alarms),
-            rules: rules_handle
-                .map(|r| (r, c.field.as_ref().and_then(|f| f.rules.as_ref()).map(|p| p.get_ref().clone()))),
+            rules: rules_handle,
         };
         if let Some((_, field_tasks)) = actuation {
             tasks.extend(field_tasks);
@@ -600,13 +596,9 @@ pub async fn reload(view: &GatewayView) -> Result<Reloaded, String> {
             }
         }
     }
-    if let Some((rules, Some(path))) = &view.rules {
-        let loaded = crate::rules::RuleSet::load(path).map_err(|e| e.to_string());
-        match loaded {
-            Ok(set) => match rules.reload(set).await {
-                Ok(n) => done.rules = Some(n),
-                Err(e) => errors.push(format!("rules: {e}")),
-            },
+    if let Some(rules) = &view.rules {
+        match rules.reload().await {
+            Ok(n) => done.rules = Some(n),
             Err(e) => errors.push(format!("rules: {e}")),
         }
     }

@@ -103,6 +103,25 @@ pub struct NewAuditEntry {
     pub message: String,
 }
 
+impl NewAuditEntry {
+    /// The entry once the log gave it `seq` (0: not stored).
+    pub fn numbered(self, seq: u64) -> AuditEntry {
+        AuditEntry {
+            seq,
+            at: self.at,
+            source: self.source,
+            actor: self.actor,
+            command_id: self.command_id,
+            target: self.target,
+            command: self.command,
+            args: self.args,
+            outcome: self.outcome,
+            reason: self.reason,
+            message: self.message,
+        }
+    }
+}
+
 /// One recorded attempt. Its JSON is the result event and `berrygw audit --json`'s output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,19 +233,7 @@ impl AuditLog {
         let limit = i64::try_from(self.max_entries).unwrap_or(i64::MAX);
         tx.execute("DELETE FROM audit WHERE seq <= ?1", [seq.saturating_sub(limit)])?;
         tx.commit().with_context(|| format!("writing {}", self.path.display()))?;
-        Ok(AuditEntry {
-            seq: u64::try_from(seq).unwrap_or(0),
-            at,
-            source: entry.source,
-            actor: entry.actor,
-            command_id: entry.command_id,
-            target: entry.target,
-            command: entry.command,
-            args: entry.args,
-            outcome: entry.outcome,
-            reason: entry.reason,
-            message: entry.message,
-        })
+        Ok(NewAuditEntry { at, ..entry }.numbered(u64::try_from(seq).unwrap_or(0)))
     }
 
     /// Up to `limit` entries, newest first, older than `before_seq` when given.

@@ -354,19 +354,7 @@ impl Actuation {
             Err(e) => {
                 tracing::error!("audit log: entry NOT stored ({e:#}): {new:?}");
                 // Still reported upstream and to the caller, with seq 0 (never a stored one).
-                AuditEntry {
-                    seq: 0,
-                    at: new.at,
-                    source: new.source,
-                    actor: new.actor,
-                    command_id: new.command_id,
-                    target: new.target,
-                    command: new.command,
-                    args: new.args,
-                    outcome: new.outcome,
-                    reason: new.reason,
-                    message: new.message,
-                }
+                new.numbered(0)
             }
         };
         let c = &self.inner.counters;

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -75,18 +74,13 @@ struct Entry {
 impl AuthorizedKeys {
     /// Read and check the file at `path`; refused if group or others may write it.
     pub fn load(path: &Path) -> Result<AuthorizedKeys, ConfigError> {
-        let whole =
-            |message: String| ConfigError { file: path.to_path_buf(), line: None, key: None, message };
-        let meta = std::fs::metadata(path).map_err(|e| whole(format!("cannot read: {e}")))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o022 != 0 {
-            return Err(whole(format!(
+        let source = crate::config::read_file(path, 0o022, |mode| {
+            format!(
                 "mode {mode:04o} lets other users edit the keys allowed to move equipment; run \
                  `chmod 644 {p}` (or 600) and `chown root:berrygw {p}`",
                 p = path.display()
-            )));
-        }
-        let source = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read: {e}")))?;
+            )
+        })?;
         AuthorizedKeys::parse(path, &source)
     }
 
@@ -195,6 +189,8 @@ pub fn glob_matches(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use ed25519_dalek::SigningKey;
 

@@ -18,14 +18,13 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use berrygw_lora::phy::{AesKey, DevAddr, Eui64};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{locate, ConfigError};
+use crate::config::{locate, read_file, ConfigError};
 
 /// The whole registry, checked.
 #[derive(Clone, Debug)]
@@ -124,18 +123,13 @@ struct OtaaEntry {
 impl Registry {
     /// Read and check the registry at `path`; codec files are looked up in `codec_dirs`.
     pub fn load(path: &Path, codec_dirs: &[PathBuf]) -> Result<Registry, ConfigError> {
-        let whole =
-            |message: String| ConfigError { file: path.to_path_buf(), line: None, key: None, message };
-        let meta = std::fs::metadata(path).map_err(|e| whole(format!("cannot read: {e}")))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(whole(format!(
+        let source = read_file(path, 0o077, |mode| {
+            format!(
                 "mode {mode:04o} lets other users read device keys; run `chmod 600 {}` \
                  (and chown it to the berrygw user)",
                 path.display()
-            )));
-        }
-        let source = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read: {e}")))?;
+            )
+        })?;
         Registry::parse(path, &source, codec_dirs)
     }
 
@@ -304,6 +298,8 @@ pub fn resolve_codec(name: &str, dirs: &[PathBuf]) -> Result<CodecRef, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     const ABP: &str = r#"

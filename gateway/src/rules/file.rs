@@ -197,13 +197,7 @@ impl Locator<'_> {
 impl RuleSet {
     /// Read and check the rules file at `path`.
     pub fn load(path: &Path) -> Result<RuleSet, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            key: None,
-            message: format!("cannot read: {e}"),
-        })?;
-        RuleSet::parse(path, &source)
+        RuleSet::parse(path, &crate::config::read_file(path, 0, |_| String::new())?)
     }
 
     /// Parse and check rules text; `path` names it in messages.

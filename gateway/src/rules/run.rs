@@ -29,6 +29,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 pub struct Rules {
     alarms: watch::Receiver<Vec<AlarmView>>,
     reload: mpsc::Sender<(RuleSet, oneshot::Sender<usize>)>,
+    path: std::path::PathBuf,
 }
 
 impl Rules {
@@ -37,8 +38,10 @@ impl Rules {
         self.alarms.clone()
     }
 
-    /// Swap in new rules (state of unchanged rules kept); returns how many.
-    pub async fn reload(&self, rules: RuleSet) -> Result<usize, String> {
+    /// Re-read the rules file and swap it in (state of unchanged rules kept); returns how
+    /// many rules are in force. A bad file is refused and the running rules stay.
+    pub async fn reload(&self) -> Result<usize, String> {
+        let rules = RuleSet::load(&self.path).map_err(|e| e.to_string())?;
         let (reply, answer) = oneshot::channel();
         self.reload.send((rules, reply)).await.map_err(|_| "the rules task is not running".to_string())?;
         answer.await.map_err(|_| "the rules task stopped during the reload".to_string())
@@ -59,6 +62,7 @@ pub fn spawn(
     decoder: Option<&Decoder>,
     outputs: RulesOutputs,
 ) -> (Rules, Vec<JoinHandle<()>>) {
+    let path = rules.path().to_path_buf();
     let (alarms_tx, alarms) = watch::channel(Vec::new());
     let (reload, reload_rx) = mpsc::channel(4);
     let (points_tx, points_rx) = mpsc::channel(64);
@@ -73,7 +77,7 @@ pub fn spawn(
     // Arms the schedules from now on: nothing fires for the past.
     let first = engine.tick(now_utc());
     tasks.push(tokio::spawn(run(engine, first, readings, points_rx, reload_rx, alarms_tx, outputs)));
-    (Rules { alarms, reload }, tasks)
+    (Rules { alarms, reload, path }, tasks)
 }
 
 /// A device's points, each time they change, as a JSON object.

@@ -355,7 +355,8 @@ impl Status {
                 })
                 .collect();
         }
-        let alarms: Vec<AlarmView> = view.alarms.as_ref().map(|a| a.borrow().clone()).unwrap_or_default();
+        let alarms: Vec<AlarmView> =
+            view.rules.as_ref().map(|r| r.alarms().borrow().clone()).unwrap_or_default();
         for alarm in &alarms {
             problems.push(format!("alarm {} ({}): {}", alarm.name, alarm.severity, alarm.message));
         }
