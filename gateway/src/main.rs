@@ -278,14 +278,22 @@ fn parse_args(args: &[String]) -> Result<serde_json::Value, String> {
     Ok(serde_json::Value::Object(map))
 }
 
-/// One request to the local API; prints why on failure (exit code in the error).
-fn api_call(api: ApiArgs, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), ExitCode> {
+/// The body of a 200 answer from the local API; otherwise the exit code, said why
+/// (1: the daemon answered with an error, 3: no daemon).
+fn api_call(api: ApiArgs, method: &str, path: &str, body: Option<&str>) -> Result<String, ExitCode> {
     use berrygw::status::cli;
     let socket = api_socket(api.socket, &api.config)?;
-    cli::request_with_body(&socket, method, path, body).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(3)
-    })
+    match cli::request_with_body(&socket, method, path, body) {
+        Ok((200, body)) => Ok(body),
+        Ok((status, body)) => {
+            eprintln!("error: HTTP {status}: {}", body.trim());
+            Err(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(3))
+        }
+    }
 }
 
 /// `berrygw actuate`: 0 verified, 1 refused or failed, 2 bad arguments, 3 no daemon.
@@ -299,87 +307,74 @@ fn actuate(target: &str, command: &str, args: &[String], api: ApiArgs) -> ExitCo
     };
     let body = serde_json::json!({ "target": target, "command": command, "args": args }).to_string();
     eprintln!("{target}: {command} {args} … (waits for the read-back)");
-    match api_call(api, "POST", "/api/actuate", Some(&body)) {
-        Ok((200, body)) => {
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let outcome = v["outcome"].as_str().unwrap_or("unknown");
-            let reason = v["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
-            println!("{outcome}{reason}: {}", v["message"].as_str().unwrap_or_default());
-            if outcome == "verified" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
-        Ok((status, body)) => {
-            eprintln!("error: HTTP {status}: {}", body.trim());
-            ExitCode::from(1)
-        }
-        Err(code) => code,
+    let body = match api_call(api, "POST", "/api/actuate", Some(&body)) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let outcome = v["outcome"].as_str().unwrap_or("unknown");
+    let reason = v["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+    println!("{outcome}{reason}: {}", v["message"].as_str().unwrap_or_default());
+    if outcome == "verified" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
 /// `berrygw points`.
 fn points(target: &str, json: bool, api: ApiArgs) -> ExitCode {
-    match api_call(api, "GET", &format!("/api/points/{target}"), None) {
-        Ok((200, body)) => {
-            if json {
-                println!("{}", body.trim_end());
-                return ExitCode::SUCCESS;
-            }
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let state = &v["state"];
-            println!(
-                "{target} ({}, {}): {}",
-                v["profile"].as_str().unwrap_or_default(),
-                v["link"].as_str().unwrap_or_default(),
-                if state["online"] == true { "online" } else { "OFFLINE" }
-            );
-            if let Some(e) = state["last_error"].as_str() {
-                println!("  last error: {e}");
-            }
-            if let Some(points) = state["points"].as_object() {
-                for (name, value) in points {
-                    let unit = v["units"][name].as_str().unwrap_or_default();
-                    println!("  {name:<28} {value} {unit}");
-                }
-            }
-            if let Some(commands) = v["commands"].as_array() {
-                let names: Vec<&str> = commands.iter().filter_map(|c| c.as_str()).collect();
-                println!("  commands: {}", names.join(", "));
-            }
-            ExitCode::SUCCESS
-        }
-        Ok((status, body)) => {
-            eprintln!("error: HTTP {status}: {}", body.trim());
-            ExitCode::from(1)
-        }
-        Err(code) => code,
+    let body = match api_call(api, "GET", &format!("/api/points/{target}"), None) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    if json {
+        println!("{}", body.trim_end());
+        return ExitCode::SUCCESS;
     }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let state = &v["state"];
+    println!(
+        "{target} ({}, {}): {}",
+        v["profile"].as_str().unwrap_or_default(),
+        v["link"].as_str().unwrap_or_default(),
+        if state["online"] == true { "online" } else { "OFFLINE" }
+    );
+    if let Some(e) = state["last_error"].as_str() {
+        println!("  last error: {e}");
+    }
+    if let Some(points) = state["points"].as_object() {
+        for (name, value) in points {
+            let unit = v["units"][name].as_str().unwrap_or_default();
+            println!("  {name:<28} {value} {unit}");
+        }
+    }
+    if let Some(commands) = v["commands"].as_array() {
+        let names: Vec<&str> = commands.iter().filter_map(|c| c.as_str()).collect();
+        println!("  commands: {}", names.join(", "));
+    }
+    ExitCode::SUCCESS
 }
 
 /// `berrygw audit`.
 fn audit(limit: usize, json: bool, api: ApiArgs) -> ExitCode {
-    match api_call(api, "GET", &format!("/api/audit?limit={limit}"), None) {
-        Ok((200, body)) => {
-            if json {
-                println!("{}", body.trim_end());
-            } else {
-                match serde_json::from_str::<Vec<berrygw::actuation::audit::AuditEntry>>(&body) {
-                    Ok(entries) => print!("{}", berrygw::actuation::audit::render(&entries)),
-                    Err(e) => {
-                        eprintln!("error: unexpected answer: {e}");
-                        return ExitCode::from(3);
-                    }
-                }
-            }
+    let body = match api_call(api, "GET", &format!("/api/audit?limit={limit}"), None) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
+    if json {
+        println!("{}", body.trim_end());
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<Vec<berrygw::actuation::audit::AuditEntry>>(&body) {
+        Ok(entries) => {
+            print!("{}", berrygw::actuation::audit::render(&entries));
             ExitCode::SUCCESS
         }
-        Ok((status, body)) => {
-            eprintln!("error: HTTP {status}: {}", body.trim());
-            ExitCode::from(1)
+        Err(e) => {
+            eprintln!("error: unexpected answer: {e}");
+            ExitCode::from(3)
         }
-        Err(code) => code,
     }
 }
 

@@ -80,6 +80,8 @@ struct Inner {
     keys: RwLock<Option<AuthorizedKeys>>,
     replay: Mutex<ReplayWindow>,
     audit: Mutex<AuditLog>,
+    /// The latest entries, newest first, for the status page (which must not wait on the log).
+    recent: tokio::sync::watch::Sender<Vec<AuditEntry>>,
     app_journal: Option<Journal>,
     topics: Option<AppTopics>,
     counters: ActuationCounters,
@@ -116,6 +118,7 @@ impl Actuation {
         let replay =
             tokio::task::block_in_place(|| ReplayWindow::open(&settings.state_dir.join("replay.sqlite")))?;
         let audit = tokio::task::block_in_place(|| AuditLog::open(&settings.state_dir.join("audit.sqlite")))?;
+        let (recent, _) = tokio::sync::watch::channel(audit.list(RECENT, None)?);
         let inner = Arc::new(Inner {
             gateway_id: settings.gateway_id,
             require_clock_sync: settings.require_clock_sync,
@@ -124,6 +127,7 @@ impl Actuation {
             keys: RwLock::new(keys),
             replay: Mutex::new(replay),
             audit: Mutex::new(audit),
+            recent,
             app_journal,
             topics: settings.topics,
             counters: ActuationCounters::new(),
@@ -357,6 +361,10 @@ impl Actuation {
                 new.numbered(0)
             }
         };
+        self.inner.recent.send_modify(|recent| {
+            recent.insert(0, entry.clone());
+            recent.truncate(RECENT);
+        });
         let c = &self.inner.counters;
         c.commands
             .get_or_create(&[("source", entry.source.as_str()), ("outcome", entry.outcome.as_str())])
@@ -403,6 +411,11 @@ impl Actuation {
         entry
     }
 
+    /// The latest command attempts, newest first, without touching the audit log.
+    pub fn recent(&self) -> Vec<AuditEntry> {
+        self.inner.recent.borrow().clone()
+    }
+
     /// The newest audit entries, newest first.
     pub fn audit(&self, limit: usize, before: Option<u64>) -> anyhow::Result<Vec<AuditEntry>> {
         let audit = self.inner.audit.lock().map_err(|_| anyhow::anyhow!("audit log unavailable"))?;
@@ -444,6 +457,9 @@ pub fn clock_synchronized() -> bool {
 pub fn now_utc() -> DateTime<Utc> {
     DateTime::<Utc>::from(std::time::SystemTime::now())
 }
+
+/// How many of the latest attempts `recent` keeps.
+const RECENT: usize = 10;
 
 /// The `command` of a signed session message.
 pub const SET_SESSION: &str = "set_session";

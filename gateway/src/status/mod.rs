@@ -341,8 +341,7 @@ impl Status {
                 });
             }
             recent_commands = a
-                .audit(10, None)
-                .unwrap_or_default()
+                .recent()
                 .into_iter()
                 .map(|e| CommandView {
                     at: e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
