@@ -116,10 +116,10 @@ impl Site {
 
     /// Publish a command envelope as the central platform would.
     fn publish(&self, payload: String) {
-        let (client, mut conn) = rumqttc::Client::new(
-            rumqttc::MqttOptions::new("test-central", "127.0.0.1", self.broker.port),
-            10,
-        );
+        let mut opts = rumqttc::MqttOptions::new("test-central", "127.0.0.1", self.broker.port);
+        // Room for the oversized command test (the client's default limit is 10 KiB).
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut conn) = rumqttc::Client::new(opts, 10);
         client
             .publish(format!("berrygw/{GW}/command"), rumqttc::QoS::AtLeastOnce, false, payload.into_bytes())
             .expect("publish");
@@ -460,4 +460,33 @@ fn rules_raise_alarms_and_send_commands_with_the_backhaul_down() {
     assert!(out.contains("3 rules") && out.contains("authorized keys"), "{out}");
     std::fs::write(site.dir.path().join("rules.toml"), "[[rule]]\nname = \"broken\"\n").expect("rules");
     assert!(site.cli(&["reload"]).is_none(), "a broken rules file is refused");
+}
+
+#[test]
+fn actuate_arguments_that_do_not_parse_are_refused_before_asking_the_daemon() {
+    for bad in [&["position"][..], &["{not json"][..]] {
+        let out = berrygw_command()
+            .args(["actuate", "barrage-cher-1", "move_bay1"])
+            .args(bad)
+            .args(["--socket", "/nonexistent/api.sock"])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn an_oversized_command_is_refused_by_the_app_sink_and_the_next_one_runs() {
+    let site = start_site();
+    site.publish("x".repeat(20 * 1024));
+    site.gw.wait_log(Duration::from_secs(20), "refused (at most");
+    site.publish(signed(
+        "ok-1",
+        "central-2026",
+        &central_key(),
+        "barrage-cher-1",
+        "stop_bay3",
+        serde_json::json!({}),
+    ));
+    assert_eq!(site.outcome("ok-1")["outcome"], "verified");
 }
