@@ -690,6 +690,76 @@ server = "mqtt://127.0.0.1:1883"
         assert_eq!(c.api.socket, Path::new("/run/berrygw/api.sock"));
     }
 
+    /// MINIMAL with a `[field]` section over the shipped profiles, then `extra`.
+    fn with_field(devices: &str, extra: &str) -> String {
+        let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/profiles");
+        format!("{MINIMAL}\n[field]\nprofile_dirs = [\"{}\"]\n{extra}\n{devices}", profiles.display())
+    }
+
+    const DAM: &str = "[[field.device]]\nname = \"barrage-cher-1\"\nprofile = \"needle-dam\"\n\
+                       link = { transport = \"tcp\", address = \"127.0.0.1:502\" }\n";
+
+    #[test]
+    fn field_devices_are_checked_against_their_profiles() {
+        parse_str(&with_field(DAM, "")).expect("a dam on the shipped profile");
+        let cases = [
+            (DAM.replace("needle-dam", "nedle-dam"), "field.device.profile", "no profile"),
+            (DAM.replace("barrage-cher-1", "barrage/1"), "field.device.name", "letters, digits"),
+            (format!("{DAM}\n{DAM}"), "field.device.name", "two field devices"),
+            (
+                DAM.replace("transport = \"tcp\"", "transport = \"carrier-pigeon\""),
+                "field.device.link",
+                "unknown variant",
+            ),
+        ];
+        for (devices, key, says) in cases {
+            let err = parse_str(&with_field(&devices, "")).expect_err(key);
+            assert_eq!(err.key.as_deref(), Some(key), "{err}");
+            assert!(err.message.contains(says), "{err}");
+        }
+        let err = parse_str(&with_field(&DAM.replace("link", "poll_interval_ms = 10\nlink"), ""))
+            .expect_err("poll");
+        assert!(err.message.contains("poll_interval_ms"), "{err}");
+        let err = parse_str(&with_field(DAM, "state_interval_secs = 0")).expect_err("interval");
+        assert_eq!(err.key.as_deref(), Some("field.state_interval_secs"), "{err}");
+        let keys = tempfile::NamedTempFile::new().expect("tmp");
+        let err = parse_str(&with_field(DAM, &format!("authorized_keys = \"{}\"", keys.path().display())))
+            .expect_err("commands need the app sink");
+        assert!(err.message.contains("[sinks.app]"), "{err}");
+    }
+
+    #[test]
+    fn rule_commands_must_name_a_device_and_a_command_of_its_profile() {
+        let rules = tempfile::NamedTempFile::new().expect("tmp");
+        let text = |target: &str, command: &str| {
+            format!(
+                "[[rule]]\nname = \"r\"\nwhen = {{ target = \"barrage-cher-1\", point = \"motor_fault\", equals = true }}\n\
+                 then = {{ command = \"{command}\", target = \"{target}\" }}\n"
+            )
+        };
+        let config = with_field(DAM, &format!("rules = \"{}\"", rules.path().display()));
+        std::fs::write(rules.path(), text("barrage-cher-1", "stop_bay1")).expect("rules");
+        parse_str(&config).expect("a known command");
+        for (target, command, says) in [
+            ("barrage-cher-2", "stop_bay1", "no [[field.device]]"),
+            ("barrage-cher-1", "open_sesame", "has no command"),
+        ] {
+            std::fs::write(rules.path(), text(target, command)).expect("rules");
+            let err = parse_str(&config).expect_err(command);
+            assert_eq!((err.file.as_path(), err.line), (rules.path(), Some(2)), "{err}");
+            assert!(err.message.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn decode_limits_must_leave_codecs_room_to_run() {
+        for limits in ["codec_time_limit_ms = 0", "codec_memory_limit_kib = 16"] {
+            let text = format!("{MINIMAL}\n[decode]\ndevices = \"/etc/berrygw/devices.toml\"\n{limits}\n");
+            let err = parse_str(&text).expect_err(limits);
+            assert!(err.message.contains("decode.codec_time_limit_ms"), "{err}");
+        }
+    }
+
     #[test]
     fn app_sink_refuses_chirpstack_keys_and_unauthenticated_session_push() {
         let text = format!("{MINIMAL}\n[sinks.app]\nserver = \"mqtt://127.0.0.1:1884\"\nformat = \"json\"\n");
