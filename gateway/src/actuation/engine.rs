@@ -251,36 +251,15 @@ impl Actuation {
     /// A command envelope from the central platform, as received.
     pub async fn central(&self, payload: &[u8]) -> AuditEntry {
         let now = now_utc();
-        let refused = |actor: String, env: Option<&CommandEnvelope>, r: envelope::Refusal| {
-            Ask {
-                source: Source::Central,
-                actor,
-                command_id: env.map(|e| e.id().to_string()),
-                target: env.map(|e| e.target().to_string()).unwrap_or_default(),
-                command: env.map(|e| e.command().to_string()).unwrap_or_default(),
-                args: env
-                    .map(|e| serde_json::Value::Object(e.args().clone()))
-                    .unwrap_or(serde_json::Value::Null),
-            }
-            .refusal(r.reason, r.message)
-        };
         let env = match CommandEnvelope::parse(payload) {
             Ok(env) => env,
-            Err(r) => return self.record(refused("unknown".into(), None, r)),
+            Err(r) => return self.record(Ask::central("unknown".into(), None).refusal(r.reason, r.message)),
         };
-        let key_id = match self.admit(&env, now) {
-            Ok(id) => id,
-            Err(r) => return self.record(refused(env.key_id().to_string(), Some(&env), r)),
-        };
-        self.execute(Ask {
-            source: Source::Central,
-            actor: key_id,
-            command_id: Some(env.id().to_string()),
-            target: env.target().to_string(),
-            command: env.command().to_string(),
-            args: serde_json::Value::Object(env.args().clone()),
-        })
-        .await
+        let ask = Ask::central(env.key_id().to_string(), Some(&env));
+        match self.admit(&env, now) {
+            Ok(key_id) => self.execute(Ask { actor: key_id, ..ask }).await,
+            Err(r) => self.record(ask.refusal(r.reason, r.message)),
+        }
     }
 
     /// A command typed by a field agent (local API); `uid` is the caller's, from the socket.
@@ -465,16 +444,21 @@ const RECENT: usize = 10;
 pub const SET_SESSION: &str = "set_session";
 
 impl Ask {
-    fn session(actor: String, env: Option<&CommandEnvelope>) -> Ask {
+    /// A central command as its envelope (when it parsed) says, signed by `actor`.
+    fn central(actor: String, env: Option<&CommandEnvelope>) -> Ask {
         Ask {
             source: Source::Central,
             actor,
             command_id: env.map(|e| e.id().to_string()),
             target: env.map(|e| e.target().to_string()).unwrap_or_default(),
-            command: SET_SESSION.into(),
-            // The keys stay out of the audit log.
-            args: serde_json::Value::Null,
+            command: env.map(|e| e.command().to_string()).unwrap_or_default(),
+            args: env.map_or(serde_json::Value::Null, |e| serde_json::Value::Object(e.args().clone())),
         }
+    }
+
+    /// A session message: a central command whose arguments (the keys) stay out of the audit log.
+    fn session(actor: String, env: Option<&CommandEnvelope>) -> Ask {
+        Ask { command: SET_SESSION.into(), args: serde_json::Value::Null, ..Ask::central(actor, env) }
     }
 
     fn entry(&self, outcome: Outcome, reason: Option<String>, message: String) -> NewAuditEntry {

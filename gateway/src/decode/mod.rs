@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use berrygw_codecs::Limits;
 use berrygw_lora::gwmp::LogLimiter;
+use berrygw_lora::phy::MType;
 use berrygw_lora::UplinkFrame;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -209,7 +210,7 @@ impl Decoder {
     /// A downlink on its way to the radio (JoinAccepts start sessions).
     pub fn downlink(&self, downlink_id: u32, phy_payload: &[u8]) {
         // Only JoinAccepts matter; data downlinks are not copied.
-        if phy_payload.first().is_some_and(|mhdr| mhdr >> 5 == 1) {
+        if phy_payload.first().is_some_and(|mhdr| MType::from_mhdr(*mhdr) == MType::JoinAccept) {
             self.offer(Msg::Downlink(downlink_id, phy_payload.to_vec()));
         }
     }

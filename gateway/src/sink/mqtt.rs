@@ -340,7 +340,7 @@ async fn session(
     }
 }
 
-/// Largest command envelope accepted from the broker.
+/// Largest command or session message accepted from the app broker.
 const MAX_COMMAND_BYTES: usize = 16 * 1024;
 
 /// A message from the far side: a downlink for the radio or session keys for
@@ -354,6 +354,12 @@ fn incoming(
     payload: &[u8],
 ) {
     let name = s.name;
+    // Commands and session messages are small; anything larger is refused before it is copied.
+    if matches!(s.protocol, Protocol::App { .. }) && payload.len() > MAX_COMMAND_BYTES {
+        counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+        warn!(%topic, "{name} sink: message of {} bytes refused (at most {MAX_COMMAND_BYTES})", payload.len());
+        return;
+    }
     match (&s.protocol, inbound) {
         (Protocol::Chirpstack { format, .. }, SinkInbound::Radio(radio)) => {
             match chirpstack::decode_downlink(payload, *format) {
@@ -373,10 +379,7 @@ fn incoming(
         (Protocol::App { topics, .. }, SinkInbound::App { commands: Some(to_actuation), .. })
             if topic == topics.command() =>
         {
-            if payload.len() > MAX_COMMAND_BYTES {
-                counters.bad_commands.fetch_add(1, Ordering::Relaxed);
-                warn!(%topic, "{name} sink: command of {} bytes refused (at most {MAX_COMMAND_BYTES})", payload.len());
-            } else if to_actuation.try_send(payload.to_vec()).is_err() {
+            if to_actuation.try_send(payload.to_vec()).is_err() {
                 warn!("{name} sink: actuation busy; command dropped (the central side sees no result and may resend)");
             }
         }
@@ -384,10 +387,7 @@ fn incoming(
             Protocol::App { topics, accept_session_push: true, .. },
             SinkInbound::App { sessions: Some(to_decoder), .. },
         ) if topic == topics.session_set() => {
-            if payload.len() > MAX_COMMAND_BYTES {
-                counters.bad_commands.fetch_add(1, Ordering::Relaxed);
-                warn!(%topic, "{name} sink: session message of {} bytes refused", payload.len());
-            } else if to_decoder.try_send(payload.to_vec()).is_err() {
+            if to_decoder.try_send(payload.to_vec()).is_err() {
                 warn!("{name} sink: decoder busy; pushed session dropped (the central side may resend)");
             }
         }
