@@ -7,6 +7,7 @@
 
 pub mod actuation;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod demo;

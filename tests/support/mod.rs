@@ -273,6 +273,8 @@ pub struct Berrygw {
     pub config: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
     env: Vec<(String, String)>,
+    /// A program (and its arguments) the daemon runs under, e.g. a sandbox.
+    wrapper: Vec<String>,
 }
 
 pub fn berrygw_bin() -> &'static str {
@@ -305,14 +307,33 @@ impl Berrygw {
         let config = dir.join("berrygw.toml");
         fs::write(&config, config_text).expect("write config");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut b = Berrygw { child: None, config, log: Arc::default(), env };
+        let mut b = Berrygw { child: None, config, log: Arc::default(), env, wrapper: Vec::new() };
+        b.restart();
+        b
+    }
+
+    /// As `start`, the daemon run by `wrapper` (a program and its arguments,
+    /// then the berrygw binary and its own arguments).
+    pub fn start_wrapped(dir: &Path, config_text: &str, wrapper: &[&str]) -> Berrygw {
+        let config = dir.join("berrygw.toml");
+        fs::write(&config, config_text).expect("write config");
+        let wrapper = wrapper.iter().map(|w| w.to_string()).collect();
+        let mut b = Berrygw { child: None, config, log: Arc::default(), env: Vec::new(), wrapper };
         b.restart();
         b
     }
 
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "berrygw already running");
-        let mut child = berrygw_command()
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(berrygw_bin());
+                c
+            }
+            None => berrygw_command(),
+        };
+        let mut child = command
             .arg("run")
             .arg("--config")
             .arg(&self.config)

@@ -33,6 +33,7 @@ use super::envelope::{self, CommandEnvelope};
 use super::field::FieldDevice;
 use super::keys::AuthorizedKeys;
 use super::replay::ReplayWindow;
+use crate::clock::ClockSync;
 use crate::journal::Journal;
 use crate::sink::app::{self, AppTopics};
 use crate::sink::chirpstack::unix_ms;
@@ -221,12 +222,18 @@ impl Actuation {
 
     /// Clock, key, signature, gateway, expiry, scope, then the replay window: the key id when admitted.
     fn admit(&self, env: &CommandEnvelope, now: DateTime<Utc>) -> Result<String, envelope::Refusal> {
-        if self.inner.require_clock_sync && !clock_synchronized() {
-            return Err(envelope::Refusal::new(
-                "clock_not_synchronized",
-                "this gateway's clock is not synchronized (NTP), so not_after cannot be trusted; \
-                 check chrony/systemd-timesyncd, or set [field] require_clock_sync = false",
-            ));
+        if self.inner.require_clock_sync {
+            match crate::clock::clock_sync() {
+                ClockSync::Synchronized => {}
+                ClockSync::Unsynchronized => {
+                    return Err(envelope::Refusal::new(
+                        "clock_not_synchronized",
+                        "this gateway's clock is not synchronized (NTP), so not_after cannot be trusted; \
+                         check chrony/systemd-timesyncd, or set [field] require_clock_sync = false",
+                    ))
+                }
+                ClockSync::Unknown(e) => return Err(envelope::Refusal::new("clock_state_unknown", e)),
+            }
         }
         let key_id = {
             let keys = self.inner.keys.read().ok();
@@ -421,15 +428,6 @@ impl Actuation {
             "commands": commands,
         }))
     }
-}
-
-/// Whether the kernel says the clock is synchronized (whoever disciplines it:
-/// chrony, ntpd, systemd-timesyncd).
-pub fn clock_synchronized() -> bool {
-    // SAFETY: an all-zero timex is valid, and with `modes` 0 ntp_adjtime only reads.
-    let mut t: libc::timex = unsafe { std::mem::zeroed() };
-    let state = unsafe { libc::ntp_adjtime(&mut t) };
-    state >= 0 && state != libc::TIME_ERROR
 }
 
 /// The time now (chrono's `clock` feature is off in this tree).

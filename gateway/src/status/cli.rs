@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{human_duration, Status};
+use crate::clock::ClockSync;
 
 /// Why no status could be had.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,14 @@ pub fn render(s: &Status) -> String {
             line(format!("  - {p}"));
         }
     }
+    line(format!(
+        "clock:    {}",
+        match &s.clock {
+            ClockSync::Synchronized => "NTP-synchronized".to_string(),
+            ClockSync::Unsynchronized => "NOT synchronized (central commands are refused)".to_string(),
+            ClockSync::Unknown(e) => format!("UNKNOWN: {e}"),
+        }
+    ));
     let r = &s.radio;
     line(format!(
         "radio:    {}: {} received ({} CRC ok), {} rejected, {} queued",

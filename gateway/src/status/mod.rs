@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::clock::{self, ClockSync};
 use crate::pipeline::GatewayView;
 use crate::sink::chirpstack;
 
@@ -43,6 +44,9 @@ pub struct Status {
     /// The latest command attempts, newest first.
     #[serde(default)]
     pub recent_commands: Vec<CommandView>,
+    /// Whether the kernel says the clock is NTP-synchronized (central
+    /// commands are refused while it is not, unless the site opts out).
+    pub clock: ClockSync,
 }
 
 /// A field device as polled.
@@ -359,6 +363,10 @@ impl Status {
         for alarm in &alarms {
             problems.push(format!("alarm {} ({}): {}", alarm.name, alarm.severity, alarm.message));
         }
+        let clock = clock::clock_sync();
+        if let ClockSync::Unknown(e) = &clock {
+            problems.push(format!("clock state unknown: {e}"));
+        }
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             gateway_id: view.gateway_id.clone(),
@@ -378,6 +386,7 @@ impl Status {
             field_devices,
             alarms,
             recent_commands,
+            clock,
         }
     }
 }
