@@ -1,4 +1,4 @@
-//! End to end: backhaul outages and crashes. The broker goes away for 30 s
+//! End to end: backhaul outages, crashes, shutdown and a failed start. The broker goes away
 //! while the simulated radio keeps sending at 50 uplinks/s; berrygw is killed
 //! with SIGKILL while draining a backlog. Nothing persisted may be lost, the
 //! order holds, and every uplink keeps its original receive time.
@@ -277,4 +277,111 @@ fn a_frame_replayed_after_a_crash_is_refused_and_makes_no_second_reading() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn sigterm_keeps_every_uplink_the_gwmp_ingest_acknowledged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut broker = Mosquitto::start(dir.path(), None);
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", None);
+    // The backhaul is down: what the ingest acknowledged can only be in the journal.
+    broker.stop();
+    let port = free_port();
+    let sink = format!(
+        "[sinks.chirpstack]\nserver = \"{}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n",
+        broker.url(false)
+    );
+    let text = config_with_radio(&dir.path().join("s"), "sqlite", &gwmp_radio(port), &sink);
+    let mut gw = Berrygw::start(dir.path(), &text);
+    let mut fwd = Forwarder::new(port);
+    fwd.wait_ready();
+
+    // A packet forwarder sending one frame after another, through SIGTERM and until berrygw is gone.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel::<u32>();
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut fcnt = 0u32;
+            let mut silent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && silent < 20 {
+                fcnt += 1;
+                if fwd.push(&replay_frame(fcnt), fcnt, Duration::from_millis(200)) {
+                    let _ = acked_tx.send(fcnt);
+                    silent = 0;
+                } else {
+                    silent += 1;
+                }
+            }
+        })
+    };
+    let mut acked = Vec::new();
+    wait_for(Duration::from_secs(30), "100 acknowledged uplinks", || {
+        acked.extend(acked_rx.try_iter());
+        (acked.len() >= 100).then_some(())
+    });
+    let status = gw.stop().expect("berrygw exits on SIGTERM");
+    assert!(status.success(), "clean exit, got {status:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().expect("sender");
+    acked.extend(acked_rx.try_iter());
+
+    // Broker back, berrygw restarted: every acknowledged uplink is delivered.
+    broker.restart();
+    gw.restart();
+    let missing = || {
+        let delivered: std::collections::BTreeSet<Vec<u8>> =
+            sub.on_topic("/event/up").iter().map(|s| s.uplink().phy_payload).collect();
+        acked.iter().copied().filter(|fcnt| !delivered.contains(&replay_frame(*fcnt))).collect::<Vec<u32>>()
+    };
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(Duration::from_secs(60), "every acknowledged uplink to be delivered", || {
+            missing().is_empty().then_some(())
+        })
+    }));
+    let lost = missing();
+    assert!(
+        waited.is_ok(),
+        "{} of {} acknowledged uplinks lost, from fcnt {:?}",
+        lost.len(),
+        acked.len(),
+        lost.first()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_late_connects_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let sub = Subscriber::connect(broker.port, "#", None);
+    // A registry readable by others: refused when decoding starts, after the journals are open.
+    let registry = dir.path().join("devices.toml");
+    std::fs::write(&registry, "").expect("registry");
+    std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let sinks = format!(
+        "[sinks.chirpstack]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
+         [sinks.app]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
+         [decode]\ndevices = \"{}\"\n",
+        registry.display(),
+        url = broker.url(false)
+    );
+    let path = dir.path().join("berrygw.toml");
+    std::fs::write(
+        &path,
+        config_with_radio(&dir.path().join("s"), "sqlite", &gwmp_radio(free_port()), &sinks),
+    )
+    .expect("config");
+    let cfg = berrygw::config::load(&path).expect("the file itself is valid");
+
+    let err = match berrygw::pipeline::Gateway::start(&cfg).await {
+        Ok(_) => panic!("the start must fail on the registry"),
+        Err(e) => e,
+    };
+    assert!(format!("{err:#}").contains("decoding"), "{err:#}");
+    // A sink started anyway would connect and publish its retained online state within a
+    // reconnect delay; give it many.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen: Vec<String> = sub.seen().into_iter().map(|s| s.topic).collect();
+    assert!(seen.is_empty(), "nothing reached the broker after a failed start: {seen:?}");
 }
