@@ -215,16 +215,22 @@ pub struct SinkRuntime {
 /// A running gateway: its tasks and the handles to stop them.
 pub struct Gateway {
     pub counters: Arc<Counters>,
-    /// Every configured sink; stopped first so that their last acknowledgements reach the journals.
+    /// Every configured sink; each gets a last chance to deliver before the journals are flushed.
     pub sinks: Vec<SinkRuntime>,
     decoder: Option<(Decoder, std::thread::JoinHandle<()>)>,
     view: GatewayView,
+    /// Stops radio intake: the ingest closes the radio's uplink channel and drains it.
+    intake_stop: watch::Sender<bool>,
+    radio: JoinHandle<()>,
+    ingest: JoinHandle<()>,
+    /// Stops the sinks, stats, reports and watchdog.
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Gateway {
-    /// Start every part described by `cfg`. Fails (and starts nothing) on any setup error.
+    /// Start every part described by `cfg`. Fails (and starts nothing) on any setup error:
+    /// every step that can fail runs before the first sink, radio or task is spawned.
     pub async fn start(cfg: &LoadedConfig) -> anyhow::Result<Gateway> {
         let c = &cfg.config;
         let gateway_id = c.gateway.id.to_string();
@@ -236,6 +242,67 @@ impl Gateway {
             .context("sequence open task")?
             .context("opening the uplink sequence counter")?;
         let filter = UplinkFilter::new(c.filters.clone());
+
+        // Files and settings first: none of this starts anything.
+        let rule_set = match c.field.as_ref().and_then(|f| f.rules.as_ref()) {
+            Some(path) => {
+                let set = crate::rules::RuleSet::load(path.get_ref()).context("loading the rules")?;
+                info!(rules = set.rules().len(), path = %path.get_ref().display(), "rules loaded");
+                Some(set)
+            }
+            None => None,
+        };
+        let profiles = match &c.field {
+            Some(field) => Some(field.check(cfg)?),
+            None => None,
+        };
+        let chirpstack_settings = match &c.sinks.chirpstack {
+            Some(sink_cfg) => {
+                Some(mqtt_settings(cfg, MqttSinkKind::Chirpstack, sink_cfg, &gateway_id, false, false)?)
+            }
+            None => None,
+        };
+        // What the app sink accepts is known once decoding and actuation are set up (below).
+        let mut app_settings = match &c.sinks.app {
+            Some(sink_cfg) => {
+                Some(mqtt_settings(cfg, MqttSinkKind::App, sink_cfg, &gateway_id, false, false)?)
+            }
+            None => None,
+        };
+        let chirpstack_journal = match &c.sinks.chirpstack {
+            Some(_) => Some(open_journal(cfg, "chirpstack").await?),
+            None => None,
+        };
+        let semtech_journal = match &c.sinks.semtech_udp {
+            Some(_) => Some(open_journal(cfg, "semtech_udp").await?),
+            None => None,
+        };
+        let app_journal = match &c.sinks.app {
+            Some(_) => Some(open_journal(cfg, "app").await?),
+            None => None,
+        };
+        let app_topics =
+            c.sinks.app.as_ref().map(|a| AppTopics::new(a.topic_prefix(MqttSinkKind::App), &gateway_id));
+        // The decoder thread ends by itself if a later step fails (its handles are dropped).
+        let decoder = match &c.decode {
+            Some(d) => {
+                let settings = DecoderSettings {
+                    gateway_id: gateway_id.clone(),
+                    devices: d.devices.get_ref().clone(),
+                    codec_dirs: d.codec_dirs.clone(),
+                    limits: codec_limits(d.codec_time_limit_ms, d.codec_memory_limit_kib),
+                    sessions: c.gateway.state_dir.join("sessions.sqlite"),
+                    topics: app_topics.clone(),
+                };
+                let journal = app_journal.clone();
+                Some(
+                    tokio::task::block_in_place(|| Decoder::spawn(settings, journal))
+                        .context("starting local decoding")?,
+                )
+            }
+            None => None,
+        };
+        let decoder_handle = decoder.as_ref().map(|(d, _)| d.clone());
         let mut concentrator = None;
         let radio: Box<dyn RadioSource> = match c.radio.kind.get_ref() {
             RadioKind::Sim => {
@@ -257,7 +324,25 @@ impl Gateway {
                 Box::new(radio)
             }
         };
+        // Last, as it starts the field pollers (dropped, so stopped, if it fails).
+        let mut actuation = None;
+        if let (Some(field), Some(profiles)) = (&c.field, &profiles) {
+            let devices = field.spawn(profiles);
+            let settings = ActuationSettings {
+                gateway_id: gateway_id.clone(),
+                topics: app_topics.clone(),
+                state_dir: c.gateway.state_dir.clone(),
+                state_interval: Duration::from_secs(field.state_interval_secs),
+                keys: field.authorized_keys.as_ref().map(|k| k.get_ref().clone()),
+                require_clock_sync: field.require_clock_sync,
+            };
+            let (handle, field_tasks) = Actuation::start(devices, settings, app_journal.clone())
+                .context("starting the actuation engine")?;
+            actuation = Some((handle, field_tasks));
+        }
+        let actuation_handle = actuation.as_ref().map(|(a, _)| a.clone());
 
+        // Nothing below fails: start everything.
         let started = Instant::now();
         let counters = Arc::new(Counters::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -266,9 +351,7 @@ impl Gateway {
         let (radio_ack_tx, radio_ack_rx) = mpsc::channel(64);
         let mut router = DownlinkRouter::new(radio_down_tx);
         let mut sinks = Vec::new();
-        if let Some(sink_cfg) = &c.sinks.chirpstack {
-            let journal = open_journal(cfg, "chirpstack").await?;
-            let settings = mqtt_settings(cfg, MqttSinkKind::Chirpstack, sink_cfg, &gateway_id, false, false)?;
+        if let (Some(settings), Some(journal)) = (chirpstack_settings, chirpstack_journal) {
             let sink_counters = Arc::new(SinkCounters::default());
             let task = tokio::spawn(mqtt::run(
                 settings,
@@ -279,8 +362,7 @@ impl Gateway {
             ));
             sinks.push(SinkRuntime { name: "chirpstack", journal, counters: sink_counters, task });
         }
-        if let Some(sink_cfg) = &c.sinks.semtech_udp {
-            let journal = open_journal(cfg, "semtech_udp").await?;
+        if let (Some(sink_cfg), Some(journal)) = (&c.sinks.semtech_udp, semtech_journal) {
             let sink_counters = Arc::new(SinkCounters::default());
             let task = tokio::spawn(semtech_udp::run(
                 sink_cfg.settings(c.gateway.id),
@@ -295,52 +377,8 @@ impl Gateway {
         let journals: Vec<Journal> = sinks.iter().map(|s| s.journal.clone()).collect();
         let stats_journals: Vec<(&'static str, Journal)> =
             sinks.iter().map(|s| (s.name, s.journal.clone())).collect();
-        let app_journal = match &c.sinks.app {
-            Some(_) => Some(open_journal(cfg, "app").await?),
-            None => None,
-        };
-        let app_topics =
-            c.sinks.app.as_ref().map(|a| AppTopics::new(a.topic_prefix(MqttSinkKind::App), &gateway_id));
-        let decoder = match &c.decode {
-            Some(d) => {
-                let settings = DecoderSettings {
-                    gateway_id: gateway_id.clone(),
-                    devices: d.devices.get_ref().clone(),
-                    codec_dirs: d.codec_dirs.clone(),
-                    limits: codec_limits(d.codec_time_limit_ms, d.codec_memory_limit_kib),
-                    sessions: c.gateway.state_dir.join("sessions.sqlite"),
-                    topics: app_topics.clone(),
-                };
-                let journal = app_journal.clone();
-                Some(
-                    tokio::task::block_in_place(|| Decoder::spawn(settings, journal))
-                        .context("starting local decoding")?,
-                )
-            }
-            None => None,
-        };
-        let decoder_handle = decoder.as_ref().map(|(d, _)| d.clone());
-        let mut actuation = None;
-        if let Some(field) = &c.field {
-            let profiles = field.check(cfg)?;
-            let devices = field.spawn(&profiles);
-            let settings = ActuationSettings {
-                gateway_id: gateway_id.clone(),
-                topics: app_topics.clone(),
-                state_dir: c.gateway.state_dir.clone(),
-                state_interval: Duration::from_secs(field.state_interval_secs),
-                keys: field.authorized_keys.as_ref().map(|k| k.get_ref().clone()),
-                require_clock_sync: field.require_clock_sync,
-            };
-            let (handle, field_tasks) = Actuation::start(devices, settings, app_journal.clone())
-                .context("starting the actuation engine")?;
-            actuation = Some((handle, field_tasks));
-        }
-        let actuation_handle = actuation.as_ref().map(|(a, _)| a.clone());
         let mut rules = None;
-        if let Some(path) = c.field.as_ref().and_then(|f| f.rules.as_ref()) {
-            let set = crate::rules::RuleSet::load(path.get_ref()).context("loading the rules")?;
-            info!(rules = set.rules().len(), path = %path.get_ref().display(), "rules loaded");
+        if let Some(set) = rule_set {
             let outputs = crate::rules::run::RulesOutputs {
                 gateway_id: gateway_id.clone(),
                 actuation: actuation_handle.clone(),
@@ -350,18 +388,18 @@ impl Gateway {
             rules = Some(crate::rules::run::spawn(set, decoder_handle.as_ref(), outputs));
         }
         let rules_handle = rules.as_ref().map(|(r, _)| r.clone());
-        if let (Some(sink_cfg), Some(journal)) = (&c.sinks.app, app_journal) {
+        if let (Some(sink_cfg), Some(journal), Some(mut settings)) =
+            (&c.sinks.app, app_journal, app_settings.take())
+        {
             let accept_commands = actuation_handle.as_ref().is_some_and(Actuation::accepts_central);
             let accept_sessions =
                 decoder_handle.is_some() && (accept_commands || sink_cfg.accepts_session_push());
-            let settings = mqtt_settings(
-                cfg,
-                MqttSinkKind::App,
-                sink_cfg,
-                &gateway_id,
-                accept_commands,
-                accept_sessions,
-            )?;
+            if let Protocol::App { accept_session_push, accept_commands: commands, .. } =
+                &mut settings.protocol
+            {
+                *accept_session_push = accept_sessions;
+                *commands = accept_commands;
+            }
             let sink_counters = Arc::new(SinkCounters::default());
             let commands = match &actuation_handle {
                 Some(act) if act.accepts_central() => {
@@ -412,11 +450,11 @@ impl Gateway {
         let radio_kind = radio.kind();
         let radio_task =
             radio.start(RadioIo { uplinks: uplink_tx, downlinks: radio_down_rx, tx_acks: radio_ack_tx });
-        tasks.push(tokio::spawn(async move {
+        let radio = tokio::spawn(async move {
             if let Err(e) = radio_task.await {
                 error!("radio ({radio_kind}) stopped: {e}");
             }
-        }));
+        });
         tasks.push(tokio::spawn(router.run(radio_ack_rx, counters.clone())));
         let mut liveness = Liveness::default();
         for sink in &sinks {
@@ -430,7 +468,8 @@ impl Gateway {
             counters: counters.clone(),
             decoder: decoder_handle.clone(),
         };
-        tasks.push(tokio::spawn(ingest.run(uplink_rx, liveness.heartbeat("ingest"))));
+        let (intake_stop, intake_stop_rx) = watch::channel(false);
+        let ingest = tokio::spawn(ingest.run(uplink_rx, liveness.heartbeat("ingest"), intake_stop_rx));
         tasks.push(tokio::spawn(service::watchdog(liveness, shutdown_rx.clone())));
         tasks.push(tokio::spawn(stats_loop(
             gateway_id.clone(),
@@ -479,7 +518,7 @@ impl Gateway {
         if let Some((_, rule_tasks)) = rules {
             tasks.extend(rule_tasks);
         }
-        Ok(Gateway { counters, sinks, decoder, view, shutdown, tasks })
+        Ok(Gateway { counters, sinks, decoder, view, intake_stop, radio, ingest, shutdown, tasks })
     }
 
     /// Read-only handles for the metrics endpoint and the status page.
@@ -498,8 +537,27 @@ impl Gateway {
         reload(&self.view).await
     }
 
-    /// Stop the sinks and reports, make every accepted record durable, and return.
+    /// Stop in the order that loses nothing accepted: radio intake (every uplink the
+    /// radio handed over reaches the journals), the decoder (its readings reach the
+    /// app journal), the sinks (a last chance to deliver), then the journals are
+    /// flushed, then the rest stops.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.intake_stop.send(true);
+        let mut ingest = self.ingest;
+        if tokio::time::timeout(Duration::from_secs(10), &mut ingest).await.is_err() {
+            error!("ingest did not drain within 10 s; uplinks it still held are lost");
+            ingest.abort();
+        }
+        // The radio ends once its uplink channel is closed.
+        let mut radio = self.radio;
+        if tokio::time::timeout(Duration::from_secs(5), &mut radio).await.is_err() {
+            radio.abort();
+        }
+        // Readings still queued go to the app journal before it is flushed; sessions are written.
+        if let Some((decoder, thread)) = self.decoder {
+            decoder.stop().await;
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         let _ = self.shutdown.send(true);
         let mut result = Ok(());
         let mut sinks = self.sinks;
@@ -508,11 +566,6 @@ impl Gateway {
             if tokio::time::timeout(Duration::from_secs(4), &mut sink.task).await.is_err() {
                 sink.task.abort();
             }
-        }
-        // Readings still queued go to the app journal before it is flushed; sessions are written.
-        if let Some((decoder, thread)) = self.decoder {
-            decoder.stop().await;
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         for sink in sinks {
             if let Err(e) = sink.journal.flush().await {
@@ -789,8 +842,16 @@ struct Ingest {
 }
 
 impl Ingest {
-    async fn run(mut self, mut uplinks: mpsc::Receiver<UplinkFrame>, heartbeat: Heartbeat) {
+    /// Journal every uplink until the radio is gone, or until `stop`: then the
+    /// uplink channel is closed (the radio takes no more) and what it holds is journaled.
+    async fn run(
+        mut self,
+        mut uplinks: mpsc::Receiver<UplinkFrame>,
+        heartbeat: Heartbeat,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(service::BEAT_EVERY);
+        let mut stopping = false;
         loop {
             tokio::select! {
                 frame = uplinks.recv() => {
@@ -800,6 +861,10 @@ impl Ingest {
                         // gateway can no longer keep uplinks safe. Say so and keep trying.
                         error!("uplink not stored: {e:#}");
                     }
+                }
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    uplinks.close();
                 }
                 _ = tick.tick() => {}
             }
@@ -1040,7 +1105,8 @@ mod tests {
         )
         .expect("frame");
         let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(ingest.run(rx, Liveness::default().heartbeat("ingest")));
+        let (_stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(ingest.run(rx, Liveness::default().heartbeat("ingest"), stop_rx));
         for f in [
             UplinkFrame::example(good.clone(), CrcStatus::Ok),
             UplinkFrame::example(vec![], CrcStatus::Ok),

@@ -19,10 +19,30 @@ use chirpstack_api::gw;
 use prost::Message;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// Ports handed out by `free_port`: below Linux's ephemeral range (32768 and up),
+/// so that no outgoing connection of this or another process takes one meanwhile.
+const TEST_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A TCP and UDP port on 127.0.0.1 for a listener of the test (mosquitto, berrygw).
+/// Never the same twice in one test binary (a per-process counter), so tests running
+/// in parallel cannot race for it; each process starts at its own place in the range
+/// (from its pid), so two test binaries at once are unlikely to meet; a port
+/// something else holds is skipped.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let start = (std::process::id().wrapping_mul(7919)) % span;
+    loop {
+        let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no test port left");
+        let port = (TEST_PORTS.start + (start + n) % span) as u16;
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
 }
 
 /// Poll `f` until it returns Some, or panic with `what` after `timeout`.

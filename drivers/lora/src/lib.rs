@@ -1,8 +1,10 @@
 //! The LoRa radio side of berrygw: the frame types that cross the radio
-//! boundary, the `RadioSource` trait every radio implements (simulated radio
-//! now; SX1302 HAL and GWMP ingest later), LoRaWAN PHY parsing, the uplink
-//! filters and LoRaWAN 1.0.x security for local decoding (MIC, decryption,
-//! frame counters, OTAA join). Nothing here knows about journals, sinks or MQTT.
+//! boundary, the `RadioSource` trait every radio implements (here the
+//! simulated radio, `sim`, and the Semtech UDP packet-forwarder ingest,
+//! `gwmp`; the SX1302 concentrator lives in `berrygw-sx1302`), LoRaWAN PHY
+//! parsing, the uplink filters and LoRaWAN 1.0.x security for local decoding
+//! (MIC, decryption, frame counters, OTAA join). Nothing here knows about
+//! journals, sinks or MQTT.
 
 pub mod filter;
 pub mod frame;

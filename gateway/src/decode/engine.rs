@@ -359,10 +359,15 @@ impl Engine {
         self.flush();
     }
 
-    /// Write changed sessions and counters.
-    pub fn flush(&mut self) {
-        if let Err(e) = self.store.flush(&self.sessions) {
-            tracing::error!("session store: cannot write sessions: {e:#}");
+    /// Write changed sessions and counters; false (logged) when they could not be
+    /// written (they stay to be written by the next flush).
+    pub fn flush(&mut self) -> bool {
+        match self.store.flush(&self.sessions) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!("session store: cannot write sessions: {e:#}");
+                false
+            }
         }
     }
 

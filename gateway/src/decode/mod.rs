@@ -6,8 +6,15 @@
 //!
 //! Everything runs on one thread of its own (`berrygw-decode`): JavaScript
 //! codecs are blocking, not `Send`, and may be slow or hostile; the uplink
-//! path hands frames over with `try_send` and never waits for decoding. A
-//! full queue drops the *reading* (counted), never the uplink.
+//! path hands frames over without waiting for decoding. A full queue drops
+//! the *reading* (counted), never the uplink. JoinAccepts and TxAcks are
+//! never dropped: a lost one would lose an OTAA join (they come at the
+//! radio's transmit rate, so they cannot grow the queue much).
+//!
+//! A reading leaves (app journal, subscribers) only once the counter that
+//! admitted it is durable: the thread decodes what is queued (up to
+//! `BATCH` frames), writes their counters in one transaction, then lets
+//! their readings out. A crash can lose readings, never reopen a counter.
 //!
 //! Not here: the LoRaWAN crypto (`berrygw_lora::security`), the codecs
 //! (`berrygw_codecs`), publishing (`sink::mqtt` reads the app journal).
@@ -20,8 +27,8 @@ pub mod sessions;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self as std_mpsc, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,12 +46,18 @@ use tracing::{error, info, warn};
 use self::engine::{Codecs, Engine, Outcome};
 pub use self::reading::Reading;
 use self::registry::Registry;
-use self::sessions::{SessionStore, FLUSH_EVERY};
-use crate::journal::Journal;
+use self::sessions::SessionStore;
+use crate::journal::{Journal, NewRecord};
 use crate::sink::app::{AppTopics, PushedSession};
 
-/// Frames waiting to be decoded; past this the newest readings are dropped (counted).
+/// Frames (and pushed sessions) waiting to be decoded; past this the newest
+/// readings are dropped (counted). JoinAccepts, TxAcks, reloads and the stop
+/// are not counted against it and never dropped.
 const QUEUE: usize = 4096;
+
+/// Most frames decoded before their counters are written together and their
+/// readings let out (one durable write per batch, as the journal's group commit).
+const BATCH: usize = 64;
 
 /// Everything the decoder needs, resolved from configuration.
 #[derive(Clone, Debug)]
@@ -70,7 +83,8 @@ pub struct DecodeCounters {
     pub not_ours: AtomicU64,
     /// Sessions started by a join this gateway relayed, or pushed.
     pub sessions_started: Family<[(&'static str, &'static str); 1], Counter>,
-    /// Readings lost because the decoder's queue was full.
+    /// Readings lost because the decoder's queue was full, or because the
+    /// counters that admitted them could not be written (`session_store` errors too).
     pub dropped: AtomicU64,
     pub devices: AtomicU64,
     pub sessions: AtomicU64,
@@ -84,7 +98,7 @@ impl Default for DecodeCounters {
     fn default() -> Self {
         // The usual labels exist from the start, so a rate() over them never starts from nothing.
         let errors = Family::default();
-        for reason in ["mic", "replay", "fcnt_gap", "codec_errors", "codec_timeout"] {
+        for reason in ["mic", "replay", "fcnt_gap", "codec_errors", "codec_timeout", "session_store"] {
             let _ = errors.get_or_create(&[("reason", reason)]);
         }
         let sessions_started = Family::default();
@@ -133,7 +147,10 @@ enum Msg {
 /// The handle every other part holds; cheap to clone.
 #[derive(Clone)]
 pub struct Decoder {
-    tx: SyncSender<Msg>,
+    /// Unbounded: the bound on frames is `queued` (see `QUEUE`).
+    tx: Sender<Msg>,
+    /// Frames and pushed sessions in `tx` not yet taken by the thread.
+    queued: Arc<AtomicUsize>,
     pub counters: Arc<DecodeCounters>,
     latest: watch::Receiver<LatestReadings>,
     readings: broadcast::Sender<Arc<Reading>>,
@@ -149,7 +166,8 @@ impl Decoder {
     ) -> anyhow::Result<(Decoder, std::thread::JoinHandle<()>)> {
         let registry = Registry::load(&settings.devices, &settings.codec_dirs)?;
         let (store, sessions) = SessionStore::open(&settings.sessions)?;
-        let (tx, rx) = std_mpsc::sync_channel(QUEUE);
+        let (tx, rx) = std_mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let counters = Arc::new(DecodeCounters::default());
         let (latest_tx, latest) = watch::channel(LatestReadings::new());
         let (readings, _) = broadcast::channel(256);
@@ -159,6 +177,7 @@ impl Decoder {
         let thread = {
             let counters = counters.clone();
             let readings = readings.clone();
+            let queued = queued.clone();
             std::thread::Builder::new()
                 .name("berrygw-decode".into())
                 .spawn(move || {
@@ -178,46 +197,60 @@ impl Decoder {
                         engine,
                         settings,
                         counters,
+                        queued,
                         latest: latest_tx,
                         readings,
                         app_journal,
                         runtime,
+                        ready: Vec::new(),
                     };
                     worker.run(rx);
                 })
                 .context("starting the decoder thread")?
         };
         started_rx.recv().context("the decoder thread stopped while starting")??;
-        let decoder = Decoder { tx, counters, latest, readings };
+        let decoder = Decoder { tx, queued, counters, latest, readings };
         Ok((decoder, thread))
     }
 
+    /// Queue a frame or pushed session unless `QUEUE` of them wait already (then counted, dropped).
     fn offer(&self, msg: Msg) {
-        match self.tx.try_send(msg) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => {}
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.tx.send(msg).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
-    /// Decode an accepted uplink (never waits; a full queue drops the reading).
+    /// Queue a message that must not be dropped (join traffic, reload, stop).
+    fn always(&self, msg: Msg) -> bool {
+        self.tx.send(msg).is_ok()
+    }
+
+    /// Decode an accepted uplink (never waits; a full queue drops the reading,
+    /// never a JoinRequest: it may start a session).
     pub fn uplink(&self, frame: UplinkFrame, seq: u64) {
-        self.offer(Msg::Uplink(Box::new(frame), seq));
+        if is_join_request(&frame) {
+            self.always(Msg::Uplink(Box::new(frame), seq));
+        } else {
+            self.offer(Msg::Uplink(Box::new(frame), seq));
+        }
     }
 
     /// A downlink on its way to the radio (JoinAccepts start sessions).
     pub fn downlink(&self, downlink_id: u32, phy_payload: &[u8]) {
         // Only JoinAccepts matter; data downlinks are not copied.
         if phy_payload.first().is_some_and(|mhdr| MType::from_mhdr(*mhdr) == MType::JoinAccept) {
-            self.offer(Msg::Downlink(downlink_id, phy_payload.to_vec()));
+            self.always(Msg::Downlink(downlink_id, phy_payload.to_vec()));
         }
     }
 
-    /// The radio's answer to a downlink.
+    /// The radio's answer to a downlink (never dropped: it may complete a join).
     pub fn tx_ack(&self, downlink_id: u32, transmitted: bool) {
-        self.offer(Msg::TxAck(downlink_id, transmitted));
+        self.always(Msg::TxAck(downlink_id, transmitted));
     }
 
     /// Session keys pushed by the central side.
@@ -229,20 +262,16 @@ impl Decoder {
     pub async fn reload(&self) -> Result<ReloadReport, String> {
         let (reply, answer) = oneshot::channel();
         // A reload waits its turn behind queued frames rather than being dropped.
-        let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || tx.send(Msg::Reload(reply)))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|_| "the decoder is not running".to_string())?;
+        if !self.always(Msg::Reload(reply)) {
+            return Err("the decoder is not running".to_string());
+        }
         answer.await.map_err(|_| "the decoder stopped during the reload".to_string())?
     }
 
     /// Decode what is queued, write sessions and counters, and stop the thread.
     pub async fn stop(&self) {
         let (reply, answer) = oneshot::channel();
-        let tx = self.tx.clone();
-        let sent = tokio::task::spawn_blocking(move || tx.send(Msg::Stop(reply)).is_ok()).await;
-        if matches!(sent, Ok(true)) {
+        if self.always(Msg::Stop(reply)) {
             let _ = answer.await;
         }
     }
@@ -262,40 +291,68 @@ struct Worker {
     engine: Engine,
     settings: DecoderSettings,
     counters: Arc<DecodeCounters>,
+    /// Shared with the handles: frames queued and not yet taken.
+    queued: Arc<AtomicUsize>,
     latest: watch::Sender<LatestReadings>,
     readings: broadcast::Sender<Arc<Reading>>,
     app_journal: Option<Journal>,
     runtime: tokio::runtime::Handle,
+    /// Readings of this batch, held until their counters are durable.
+    ready: Vec<(Box<Reading>, Option<NewRecord>)>,
 }
 
 impl Worker {
     fn run(mut self, rx: std_mpsc::Receiver<Msg>) {
         let mut limiter = LogLimiter::new(Duration::from_secs(60));
-        let mut last_flush = Instant::now();
         self.publish_sizes();
-        loop {
-            let wait = if self.engine.is_dirty() {
-                FLUSH_EVERY.saturating_sub(last_flush.elapsed())
-            } else {
-                FLUSH_EVERY * 60
-            };
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Stop(reply)) => {
-                    self.engine.flush();
+        // Every handle gone: the gateway is stopping without `stop`.
+        while let Ok(first) = rx.recv() {
+            // Decode what is queued (up to BATCH), then one durable write for all of it.
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(msg) = next.take() {
+                if let Msg::Stop(reply) = msg {
+                    self.settle();
                     let _ = reply.send(());
                     return;
                 }
-                Ok(msg) => self.handle(msg, &mut limiter),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.engine.flush();
-                    return;
+                self.handle(msg, &mut limiter);
+                taken += 1;
+                if taken < BATCH {
+                    next = rx.try_recv().ok();
                 }
             }
-            if self.engine.is_dirty() && last_flush.elapsed() >= FLUSH_EVERY {
-                self.engine.flush();
-                last_flush = Instant::now();
+            self.settle();
+        }
+        self.settle();
+    }
+
+    /// Write the counters of the batch, then let its readings out; readings whose
+    /// counters could not be written are dropped (counted): a crash must never
+    /// let their frames decode again.
+    fn settle(&mut self) {
+        let durable = self.engine.flush();
+        let ready = std::mem::take(&mut self.ready);
+        if !durable {
+            if !ready.is_empty() {
+                let lost = ready.len() as u64;
+                self.counters.errors.get_or_create(&[("reason", "session_store")]).inc_by(lost);
+                self.counters.dropped.fetch_add(lost, Ordering::Relaxed);
+                error!(readings = lost, "decoder: readings dropped: their counters could not be written");
             }
+            return;
+        }
+        for (reading, record) in ready {
+            if let (Some(record), Some(journal)) = (record, &self.app_journal) {
+                if let Err(e) = self.runtime.block_on(journal.append(record)) {
+                    error!("decoder: reading not stored in the app journal: {e}");
+                }
+            }
+            let reading: Arc<Reading> = Arc::from(reading);
+            self.latest.send_modify(|l| {
+                l.insert(reading.device_name.clone(), reading.clone());
+            });
+            let _ = self.readings.send(reading);
         }
     }
 
@@ -305,6 +362,15 @@ impl Worker {
     }
 
     fn handle(&mut self, msg: Msg, limiter: &mut LogLimiter) {
+        // What `offer` counted against QUEUE.
+        let counted = match &msg {
+            Msg::Uplink(frame, _) => !is_join_request(frame),
+            Msg::Push(_) => true,
+            _ => false,
+        };
+        if counted {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
         match msg {
             Msg::Uplink(frame, seq) => {
                 let started = Instant::now();
@@ -379,16 +445,7 @@ impl Worker {
                         );
                     }
                 }
-                if let (Some(record), Some(journal)) = (record, &self.app_journal) {
-                    if let Err(e) = self.runtime.block_on(journal.append(record)) {
-                        error!("decoder: reading not stored in the app journal: {e}");
-                    }
-                }
-                let reading: Arc<Reading> = Arc::from(reading);
-                self.latest.send_modify(|l| {
-                    l.insert(reading.device_name.clone(), reading.clone());
-                });
-                let _ = self.readings.send(reading);
+                self.ready.push((reading, record));
             }
             Outcome::JoinRequest { device } => {
                 tracing::debug!(device, "decoder: JoinRequest of a registered device");
@@ -404,6 +461,11 @@ impl Worker {
             }
         }
     }
+}
+
+/// Whether `frame` is a JoinRequest (never dropped by the decoder's queue).
+fn is_join_request(frame: &UplinkFrame) -> bool {
+    frame.phy_payload.first().is_some_and(|mhdr| MType::from_mhdr(*mhdr) == MType::JoinRequest)
 }
 
 /// The `reason` label of a codec failure: `codec_timeout`, `codec_threw`, ...

@@ -5,15 +5,15 @@
 //! accepted uplink counter of every device, so replays stay refused across
 //! restarts.
 //!
-//! Counters move with every uplink; writing each one would wear the SD card.
-//! Changes are collected and written in one transaction at most once a second
-//! (`FLUSH_EVERY`) and at shutdown. A power cut can forget the last second of
-//! counters: a frame replayed within that second after the restart would be
-//! decoded once more. Keys (joins, pushes) are written at once.
+//! A counter is durable before the reading it admitted leaves the decoder
+//! (the decoder thread writes the counters of a batch of frames in one
+//! transaction, then lets their readings out), so a crash never reopens a
+//! counter: a frame replayed after a restart is refused. Keys (joins, pushes)
+//! are written at once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use berrygw_lora::phy::{AesKey, DevAddr, Eui64};
@@ -31,9 +31,6 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS session (
     last_fcnt  INTEGER,
     updated_ms INTEGER NOT NULL
 );";
-
-/// Longest time a counter change waits before it is written.
-pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Where a session's keys came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,7 +163,8 @@ impl SessionStore {
     }
 
     /// Write every changed session (taken from `sessions`; a device no longer
-    /// there is deleted) in one transaction.
+    /// there is deleted) in one durable transaction. On error nothing is
+    /// forgotten: the changes stay marked for the next flush.
     pub fn flush(&mut self, sessions: &HashMap<Eui64, Session>) -> anyhow::Result<usize> {
         if self.dirty.is_empty() {
             return Ok(0);
@@ -174,7 +172,7 @@ impl SessionStore {
         let now = crate::sink::chirpstack::unix_ms(SystemTime::now());
         let tx = self.conn.transaction()?;
         let written = self.dirty.len();
-        for eui in self.dirty.drain() {
+        for &eui in &self.dirty {
             let key = eui.to_u64() as i64;
             match sessions.get(&eui) {
                 Some(s) => {
@@ -199,6 +197,7 @@ impl SessionStore {
             }
         }
         tx.commit()?;
+        self.dirty.clear();
         Ok(written)
     }
 }

@@ -1,5 +1,6 @@
 //! The decoder's behaviour without threads: readings, refusals, joins,
-//! pushed sessions, reloads and counters kept across restarts.
+//! pushed sessions, reloads and counters kept across restarts; then the
+//! decoder thread's queue (`Decoder`).
 
 use std::path::Path;
 
@@ -288,4 +289,53 @@ fn a_device_with_relax_fcnt_is_decoded_after_its_counter_restarts() {
     // The MIC still has to check: a forged frame is refused whatever the counter.
     let forged = SessionKeys { nwk_s_key: AesKey([0x44; 16]), ..abp_keys() };
     assert_eq!(refusal(&e.uplink(&data_frame(&forged, 2, &LPP), 4)), Some("mic"));
+}
+
+/// A codec that never returns: each frame of its device holds the decoder for the codec time limit.
+const STUCK_JS: &str = "function decodeUplink(input) { while (true) {} }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_decoder_drops_readings_but_never_a_join() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("stuck.js"), STUCK_JS).expect("codec");
+    let registry = registry_text().replace("codec = \"cayenne_lpp\"", "codec = \"stuck.js\"");
+    let devices = dir.path().join("devices.toml");
+    std::fs::write(&devices, registry).expect("registry");
+    std::fs::set_permissions(&devices, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let settings = super::DecoderSettings {
+        gateway_id: "0016c001ff10a235".into(),
+        devices,
+        codec_dirs: vec![dir.path().to_path_buf()],
+        limits: codec_limits(1000, 8192),
+        sessions: dir.path().join("sessions.sqlite"),
+        topics: None,
+    };
+    let (decoder, thread) = super::Decoder::spawn(settings, None).expect("decoder");
+
+    // The first frame holds the decoder in its codec for a second; the queue fills behind it.
+    let frame = data_frame(&abp_keys(), 1, &LPP);
+    for seq in 0..=super::QUEUE as u64 + 100 {
+        decoder.uplink(frame.clone(), seq);
+    }
+    assert!(decoder.counters.dropped.load(Ordering::Relaxed) > 0, "the queue is full");
+
+    // An OTAA join meanwhile: JoinRequest, the JoinAccept on its way to the radio, the TxAck.
+    let app_key = AesKey(APP_KEY);
+    let request = build_join_request(Eui64::from_u64(1), Eui64::from_u64(OTAA_EUI), 0x0102, &app_key);
+    decoder.uplink(UplinkFrame::example(request, CrcStatus::Ok), 9_000);
+    decoder.downlink(77, &build_join_accept(&accept(), &app_key).expect("accept"));
+    decoder.tx_ack(77, true);
+
+    let joined = || decoder.counters.sessions_started.get_or_create(&[("source", "join")]).get();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while joined() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(joined(), 1, "the join went through a full queue");
+    decoder.stop().await;
+    tokio::task::spawn_blocking(move || thread.join()).await.expect("join").expect("decoder thread");
 }

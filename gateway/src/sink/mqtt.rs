@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use berrygw_lora::{DownlinkFrame, TxAck};
+use berrygw_lora::{DownlinkFrame, TxAck, TxStatus};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,
@@ -318,19 +318,16 @@ async fn session(
                     }
                 }
                 Event::Incoming(Packet::Publish(p)) => {
-                    incoming(s, counters, inbound, &mut downlink_items, &p.topic, &p.payload);
+                    if let Some(refused) = incoming(s, counters, inbound, &mut downlink_items, &p.topic, &p.payload) {
+                        answer_downlink(s, &client, &mut flight, &mut downlink_items, &refused)?;
+                    }
                 }
                 Event::Incoming(Packet::SubAck(ack)) => debug!(?ack, "{name} sink: subscribed"),
                 _ => {}
             },
             Some(ack) = inbound.tx_ack() => {
                 counters.tx_acks.fetch_add(1, Ordering::Relaxed);
-                let items = downlink_items.remove(&ack.downlink_id).unwrap_or(1);
-                if let Protocol::Chirpstack { topics, format } = &s.protocol {
-                    let payload = chirpstack::tx_ack_message(&s.gateway_id, &ack, items, *format);
-                    client.try_publish(topics.event("ack"), QoS::AtLeastOnce, false, payload).context("queueing ack")?;
-                    flight.record_published(None);
-                }
+                answer_downlink(s, &client, &mut flight, &mut downlink_items, &ack)?;
             }
             _ = shutdown.changed() => {
                 drain_before_shutdown(s, &client, &mut eventloop, journal, &mut flight, &mut acked).await;
@@ -340,11 +337,31 @@ async fn session(
     }
 }
 
+/// Answer a downlink on `event/ack` (ChirpStack) and forget it: the radio's
+/// `TxAck`, or the sink's own refusal when the radio could not take it.
+fn answer_downlink(
+    s: &MqttSinkSettings,
+    client: &AsyncClient,
+    flight: &mut InFlight,
+    downlink_items: &mut HashMap<u32, usize>,
+    ack: &TxAck,
+) -> anyhow::Result<()> {
+    let items = downlink_items.remove(&ack.downlink_id).unwrap_or(1);
+    if let Protocol::Chirpstack { topics, format } = &s.protocol {
+        let payload = chirpstack::tx_ack_message(&s.gateway_id, ack, items, *format);
+        client.try_publish(topics.event("ack"), QoS::AtLeastOnce, false, payload).context("queueing ack")?;
+        flight.record_published(None);
+    }
+    Ok(())
+}
+
 /// Largest command or session message accepted from the app broker.
 const MAX_COMMAND_BYTES: usize = 16 * 1024;
 
 /// A message from the far side: a downlink for the radio or session keys for
-/// the decoder. Anything malformed is counted and logged, never fatal.
+/// the decoder. Anything malformed is counted and logged, never fatal. A
+/// downlink the radio cannot take comes back as its answer (`QueueFull`,
+/// `InternalError`), to be published on `event/ack` like the radio's own.
 fn incoming(
     s: &MqttSinkSettings,
     counters: &SinkCounters,
@@ -352,22 +369,28 @@ fn incoming(
     downlink_items: &mut HashMap<u32, usize>,
     topic: &str,
     payload: &[u8],
-) {
+) -> Option<TxAck> {
     let name = s.name;
     // Commands and session messages are small; anything larger is refused before it is copied.
     if matches!(s.protocol, Protocol::App { .. }) && payload.len() > MAX_COMMAND_BYTES {
         counters.bad_commands.fetch_add(1, Ordering::Relaxed);
         warn!(%topic, "{name} sink: message of {} bytes refused (at most {MAX_COMMAND_BYTES})", payload.len());
-        return;
+        return None;
     }
     match (&s.protocol, inbound) {
         (Protocol::Chirpstack { format, .. }, SinkInbound::Radio(radio)) => {
             match chirpstack::decode_downlink(payload, *format) {
                 Ok(cmd) => {
                     counters.downlinks_received.fetch_add(1, Ordering::Relaxed);
-                    downlink_items.insert(cmd.frame.downlink_id, cmd.items);
-                    if radio.downlinks.try_send(cmd.frame).is_err() {
-                        warn!("{name} sink: radio downlink queue full; downlink dropped");
+                    let downlink_id = cmd.frame.downlink_id;
+                    downlink_items.insert(downlink_id, cmd.items);
+                    if let Err(e) = radio.downlinks.try_send(cmd.frame) {
+                        let status = match e {
+                            mpsc::error::TrySendError::Full(_) => TxStatus::QueueFull,
+                            mpsc::error::TrySendError::Closed(_) => TxStatus::InternalError,
+                        };
+                        warn!(downlink_id, ?status, "{name} sink: the radio cannot take the downlink");
+                        return Some(TxAck { downlink_id, status });
                     }
                 }
                 Err(e) => {
@@ -396,6 +419,7 @@ fn incoming(
             warn!(%topic, "{name} sink: unexpected message ignored");
         }
     }
+    None
 }
 
 /// Publish one journal record at QoS 1, or skip it (counted, logged) if it cannot be encoded.
@@ -488,6 +512,88 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
         let e = anyhow::Error::new(io).context("I/O: Connection refused").context("connecting to mqtt://x:1");
         assert_eq!(error_chain(&e), "connecting to mqtt://x:1: I/O: Connection refused");
+    }
+
+    fn chirpstack_settings() -> MqttSinkSettings {
+        MqttSinkSettings {
+            name: "chirpstack",
+            protocol: Protocol::Chirpstack {
+                topics: Topics::new("eu868", "0016c001ff10a235"),
+                format: PayloadFormat::Protobuf,
+            },
+            server: "mqtt://127.0.0.1:1".parse().expect("url"),
+            tls: None,
+            allow_plaintext: true,
+            client_id: "test".into(),
+            credentials: None,
+            gateway_id: "0016c001ff10a235".into(),
+            keep_alive: Duration::from_secs(30),
+            max_inflight: 8,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+        }
+    }
+
+    fn downlink_command(downlink_id: u32) -> Vec<u8> {
+        use chirpstack_api::gw;
+        use prost::Message;
+        gw::DownlinkFrame {
+            downlink_id,
+            items: vec![gw::DownlinkFrameItem {
+                phy_payload: vec![0x60, 1, 2],
+                tx_info: Some(gw::DownlinkTxInfo {
+                    frequency: 869_525_000,
+                    power: 14,
+                    modulation: Some(gw::Modulation {
+                        parameters: Some(gw::modulation::Parameters::Lora(gw::LoraModulationInfo {
+                            bandwidth: 125_000,
+                            spreading_factor: 9,
+                            code_rate: gw::CodeRate::Cr45.into(),
+                            polarization_inversion: true,
+                            ..Default::default()
+                        })),
+                    }),
+                    timing: Some(gw::Timing {
+                        parameters: Some(gw::timing::Parameters::Immediately(gw::ImmediatelyTimingInfo {})),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_downlink_the_radio_cannot_take_is_answered_queue_full_and_forgotten() {
+        let s = chirpstack_settings();
+        let counters = SinkCounters::default();
+        let (down_tx, mut down_rx) = mpsc::channel(1);
+        let (_ack_tx, ack_rx) = mpsc::channel(1);
+        let inbound = SinkInbound::Radio(SinkRadioIo { downlinks: down_tx, tx_acks: ack_rx });
+        let mut items = HashMap::new();
+        let topic = "eu868/gateway/0016c001ff10a235/command/down";
+
+        let taken = incoming(&s, &counters, &inbound, &mut items, topic, &downlink_command(1));
+        assert_eq!(taken, None, "the radio took the first downlink; its answer comes from the radio");
+        let refused = incoming(&s, &counters, &inbound, &mut items, topic, &downlink_command(2))
+            .expect("a downlink refused by a full radio queue is answered");
+        assert_eq!(refused, TxAck { downlink_id: 2, status: TxStatus::QueueFull });
+
+        // The answer goes out on event/ack and the downlink is forgotten.
+        let (client, _eventloop) = AsyncClient::new(options(&s), 16);
+        let mut flight = InFlight::default();
+        answer_downlink(&s, &client, &mut flight, &mut items, &refused).expect("queued");
+        assert_eq!(flight.unassigned.len(), 1, "the ack was published");
+        assert!(!items.contains_key(&2), "no entry left behind for the refused downlink");
+        assert!(items.contains_key(&1), "the accepted downlink waits for its TxAck");
+
+        // A closed radio answers InternalError.
+        drop(down_rx.recv().await);
+        drop(down_rx);
+        let closed = incoming(&s, &counters, &inbound, &mut items, topic, &downlink_command(3));
+        assert_eq!(closed.map(|a| a.status), Some(TxStatus::InternalError));
     }
 
     #[test]
