@@ -68,14 +68,17 @@ impl Default for HttpSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
-    /// Socket path, created mode 0660 (owner and group may ask).
+    /// Socket path, created mode 0660 (owner and group may read status).
     #[serde(default = "default_api_socket")]
     pub socket: PathBuf,
+    /// Who may act (actuate, reload) besides root and the daemon's own user.
+    #[serde(default)]
+    pub operators: Vec<crate::status::operators::Operator>,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { socket: default_api_socket() }
+        ApiSection { socket: default_api_socket(), operators: Vec::new() }
     }
 }
 
@@ -533,6 +536,9 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
                 "field.authorized_keys: central commands come over the app sink; add [sinks.app]".into(),
             ));
         }
+    }
+    for operator in &c.api.operators {
+        operator.check().map_err(whole)?;
     }
     if let Some(decode) = &c.decode {
         if decode.codec_time_limit_ms == 0 || decode.codec_memory_limit_kib < 256 {

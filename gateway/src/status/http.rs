@@ -30,6 +30,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info};
 
+use super::operators::{authorize, Operator, Peer, RELOAD};
 use super::{History, Status};
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
@@ -54,6 +55,8 @@ pub struct Site {
     history: watch::Receiver<History>,
     /// Host names, beyond IP literals and localhost, the HTTP listener answers to.
     allowed_hosts: Vec<String>,
+    /// Who may act on the local API socket (besides root and the daemon's user).
+    operators: Vec<Operator>,
 }
 
 /// The running listeners; `stop` ends them and removes the socket file.
@@ -80,7 +83,9 @@ pub async fn serve(cfg: &Config, view: GatewayView) -> Served {
     let mut tasks = vec![tokio::spawn(super::sample_history(view.clone(), history_tx))];
     let allowed_hosts =
         cfg.http.allowed_hosts.iter().map(|h| h.trim_end_matches('.').to_ascii_lowercase()).collect();
-    let site = Arc::new(Site { metrics: Metrics::new(view.clone()), view, history, allowed_hosts });
+    let operators = cfg.api.operators.clone();
+    let site =
+        Arc::new(Site { metrics: Metrics::new(view.clone()), view, history, allowed_hosts, operators });
 
     match TcpListener::bind(cfg.http.listen).await {
         Ok(listener) => {
@@ -200,10 +205,10 @@ async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, _)) => {
-                let uid = match stream.peer_cred() {
+                let peer = match stream.peer_cred() {
                     Ok(cred) => {
                         debug!(uid = cred.uid(), pid = ?cred.pid(), "local API connection");
-                        Some(cred.uid())
+                        Some(Peer { uid: cred.uid(), gid: cred.gid() })
                     }
                     Err(e) => {
                         debug!("local API connection, peer unknown: {e}");
@@ -212,7 +217,7 @@ async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
                 };
                 let site = site.clone();
                 tokio::spawn(async move {
-                    handle(stream, &site, Listener::LocalApi { uid }).await;
+                    handle(stream, &site, Listener::LocalApi { peer }).await;
                     drop(permit);
                 });
             }
@@ -228,9 +233,9 @@ async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Listener {
     Http,
-    /// The unix socket; the peer's uid when the kernel told it.
+    /// The unix socket; the peer when the kernel told it.
     LocalApi {
-        uid: Option<u32>,
+        peer: Option<Peer>,
     },
 }
 
@@ -448,15 +453,30 @@ pub fn parse_request(raw: &[u8]) -> Result<Request, Response> {
     })
 }
 
-/// Actions. Only on the local API socket: its file mode (0660, group berrygw)
-/// is what says who may act; the HTTP listener may be open to a whole LAN.
+/// Actions. Only on the local API socket (the HTTP listener may be open to a whole LAN),
+/// and only for callers `[api] operators` allows (see `operators`); refusals are audited.
 async fn post(req: &Request, body: &[u8], site: &Site, listener: Listener) -> Response {
-    let Listener::LocalApi { uid } = listener else {
+    let Listener::LocalApi { peer } = listener else {
         return Response::error(405, "actions are served on the local API socket only")
             .with_header("Allow", "GET, HEAD");
     };
+    let uid = peer.map(|p| p.uid);
+    let refuse = |target: &str, command: &str, why: String| {
+        let actor = uid.map_or_else(|| "uid unknown".to_string(), |u| format!("uid {u}"));
+        tracing::warn!(actor, target, command, "local API: refused: {why}");
+        let body = match &site.view.actuation {
+            Some(a) => {
+                serde_json::to_value(a.refuse_local(actor, target, command, why.clone())).unwrap_or_default()
+            }
+            None => serde_json::json!({ "outcome": "refused", "reason": "not_an_operator", "message": why }),
+        };
+        json_response(403, &body)
+    };
     match req.path.as_str() {
         "/api/reload" => {
+            if let Err(why) = authorize(&site.operators, peer, "gateway", RELOAD) {
+                return refuse("gateway", RELOAD, why);
+            }
             let (status, body) = match crate::pipeline::reload(&site.view).await {
                 Ok(r) => {
                     info!("local API: reloaded: {r}");
@@ -490,6 +510,9 @@ async fn post(req: &Request, body: &[u8], site: &Site, listener: Listener) -> Re
                     )
                 }
             };
+            if let Err(why) = authorize(&site.operators, peer, &ask.target, &ask.command) {
+                return refuse(&ask.target, &ask.command, why);
+            }
             let args = if ask.args.is_null() { serde_json::json!({}) } else { ask.args };
             let entry = actuation.local(uid, &ask.target, &ask.command, args).await;
             json_response(200, &serde_json::to_value(&entry).unwrap_or_default())
@@ -583,6 +606,7 @@ impl Response {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             409 => "Conflict",

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod http;
+pub mod operators;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
