@@ -4,7 +4,8 @@
 //! the unix socket only, the field tools' routes: `POST /api/reload` (device
 //! registry, keys, rules), `POST /api/actuate` (a JSON body: target, command,
 //! args; the caller's uid goes to the audit log), `GET /api/points/<device>`
-//! and `GET /api/audit?limit=N`.
+//! and `GET /api/audit?limit=N`. Reaching the socket is enough to read; the two
+//! POST routes also need the caller in `[api] operators` (see `operators`).
 //! One request per connection; the request head is bounded in size and time,
 //! and anything malformed gets a 400 rather than a guess.
 //!
