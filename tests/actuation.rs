@@ -490,3 +490,73 @@ fn an_oversized_command_is_refused_by_the_app_sink_and_the_next_one_runs() {
     ));
     assert_eq!(site.outcome("ok-1")["outcome"], "verified");
 }
+
+/// `berrygw <args> --socket <socket>` run as another user (uid = gid = `uid`).
+fn cli_as(site: &Site, uid: u32, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    berrygw_command().args(args).arg("--socket").arg(&site.socket).uid(uid).gid(uid).output().expect("run")
+}
+
+#[test]
+fn only_listed_operators_may_act_on_the_local_api_and_refusals_are_audited() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut site = start_site();
+    // uid 1001 may move the weir's bays, nothing else; anyone reaching the socket may read.
+    let config = site.dir.path().join("berrygw.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replacen(
+        "[api]\n",
+        "[api]\noperators = [{ uid = 1001, targets = [\"barrage-*\"], commands = [\"move_bay*\"] }]\n",
+        1,
+    );
+    site.gw.stop();
+    std::fs::write(&config, text).expect("config");
+    site.gw.restart();
+    wait_for(Duration::from_secs(30), "the dam online again", || {
+        site.cli(&["points", "barrage-cher-1"]).filter(|o| o.contains("online")).map(drop)
+    });
+    // Let other users reach the socket, as its group would.
+    for dir in [site.dir.path().to_path_buf(), site.socket.parent().expect("dir").to_path_buf()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).expect("chmod dir");
+    }
+    std::fs::set_permissions(&site.socket, std::fs::Permissions::from_mode(0o666)).expect("chmod socket");
+    let bay1 = site.dam.bay_position(1);
+
+    let reader = cli_as(&site, 1002, &["status", "--json"]);
+    assert!(
+        reader.status.success(),
+        "reading needs no allow-list: {}",
+        String::from_utf8_lossy(&reader.stderr)
+    );
+    for (uid, args) in [
+        (1002, &["actuate", "barrage-cher-1", "move_bay1", "position=30"][..]),
+        (1002, &["reload"][..]),
+        (1001, &["actuate", "barrage-cher-1", "stop_bay1"][..]),
+        (1001, &["actuate", "armoire-ep-rue-haute", "set_mode", "mode=forced_on"][..]),
+        (1001, &["reload"][..]),
+    ] {
+        let out = cli_as(&site, uid, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "uid {uid} {args:?}: {stderr}");
+        assert!(stderr.contains("not an operator"), "uid {uid} {args:?}: {stderr}");
+    }
+    assert_eq!(site.dam.bay_position(1), bay1, "nothing moved");
+
+    let allowed = cli_as(&site, 1001, &["actuate", "barrage-cher-1", "move_bay1", "position=30"]);
+    let stdout = String::from_utf8_lossy(&allowed.stdout);
+    assert!(stdout.starts_with("verified"), "{stdout} {}", String::from_utf8_lossy(&allowed.stderr));
+
+    let audit = site.cli(&["audit", "--json"]).expect("audit");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&audit).expect("JSON");
+    let refused: Vec<&serde_json::Value> =
+        entries.iter().filter(|e| e["reason"] == "not_an_operator").collect();
+    assert_eq!(refused.len(), 5, "{audit}");
+    assert!(refused.iter().all(|e| e["source"] == "local" && e["outcome"] == "refused"), "{audit}");
+    assert!(refused.iter().any(|e| e["actor"] == "uid 1002" && e["command"] == "move_bay1"), "{audit}");
+    assert!(refused.iter().any(|e| e["actor"] == "uid 1001" && e["command"] == "reload"), "{audit}");
+    assert!(
+        refused.iter().all(|e| e["args"] == serde_json::json!({})),
+        "a refusal keeps no arguments: {audit}"
+    );
+    assert!(entries.iter().any(|e| e["actor"] == "uid 1001" && e["outcome"] == "verified"), "{audit}");
+}

@@ -108,3 +108,23 @@ fn run_refuses_to_start_on_a_bad_config() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to start") && err.contains("gateway.colour"), "{err}");
 }
+
+#[test]
+fn check_config_refuses_a_world_readable_file_holding_a_password() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("berrygw.toml");
+    std::fs::write(
+        &path,
+        valid().replace("[sinks.chirpstack]\n", "[sinks.chirpstack]\npassword = \"s3cret\"\n"),
+    )
+    .expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = berrygw_command().arg("check-config").arg(&path).output().expect("run berrygw");
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&format!("run: chmod 0640 {}", path.display())), "{text}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let out = berrygw_command().arg("check-config").arg(&path).output().expect("run berrygw");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -223,3 +223,61 @@ fn semtech_udp_sink_forwards_in_order_and_retransmits_until_push_ack() {
     let fcnts: Vec<u16> = payloads.iter().map(|p| u16::from_le_bytes([p[6], p[7]])).collect();
     assert_eq!(fcnts, vec![0, 1, 2, 3, 4], "uplinks reach the LNS in order, none missing");
 }
+
+/// `GET path` on berrygw's HTTP listener (port read from the daemon's config); the body.
+fn http_get(config_text: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let port: u16 = config_text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))?
+        .trim_end_matches('"')
+        .parse()
+        .ok()?;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+#[test]
+fn a_second_forwarder_and_oversized_frames_are_refused_counted_and_shown() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let port = free_port();
+    let text =
+        config_with_radio(&dir.path().join("s"), "sqlite", &gwmp_radio(port), &chirpstack_sink(&broker));
+    let _daemon = Berrygw::start(dir.path(), &text);
+    let fwd = Peer::bind();
+    let ingest: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_for_ingest(&fwd, ingest);
+
+    // Another process on the host, same EUI, GWMP v1: it must get neither PULL_ACK nor downlinks.
+    let thief = Peer::bind();
+    let mut v1_pull = datagram(PULL_DATA, 9, Some(FORWARDER_EUI), None);
+    v1_pull[0] = 1;
+    thief.send(ingest, &v1_pull);
+    thief.send(ingest, &datagram(PULL_DATA, 10, Some(FORWARDER_EUI), None));
+    assert!(thief.recv(Duration::from_secs(1)).is_none(), "the intruder is not answered");
+
+    // A 256-byte frame: one more than LoRa carries.
+    let body = json!({ "rxpk": [rxpk(&[0x40; 256], 868.1, "SF7BW125", -90, 5.0, 42)] });
+    fwd.send(ingest, &datagram(PUSH_DATA, 0x2222, Some(FORWARDER_EUI), Some(&body)));
+    assert!(fwd.recv_ident(PUSH_ACK, Duration::from_secs(5)).is_some());
+
+    let status = wait_for(Duration::from_secs(20), "status with the refusals", || {
+        let s: serde_json::Value = serde_json::from_str(&http_get(&text, "/api/status")?).ok()?;
+        let g = &s["radio"]["gwmp"];
+        (g["rxpk_rejected"] == 1 && g["refused_sources"] == 2).then_some(s)
+    });
+    assert_eq!(status["radio"]["gwmp"]["forwarder_ip"], "127.0.0.1");
+    assert_eq!(status["radio"]["gwmp"]["downlink_addr"], fwd.addr().to_string());
+    let problems = status["problems"].to_string();
+    assert!(problems.contains("other than the pinned packet forwarder"), "{problems}");
+    assert!(problems.contains(&thief.addr().to_string()), "{problems}");
+
+    let metrics = http_get(&text, "/metrics").expect("metrics");
+    assert!(metrics.contains("berrygw_gwmp_rxpk_rejected_total 1\n"), "{metrics}");
+    assert!(metrics.contains("berrygw_gwmp_dropped_total{reason=\"pull_data_refused\"} 2\n"), "{metrics}");
+}

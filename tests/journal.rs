@@ -94,3 +94,50 @@ fn corrupt_store_is_quarantined_and_daemon_keeps_working_sqlite() {
 fn corrupt_store_is_quarantined_and_daemon_keeps_working_sled() {
     corrupt_store_is_quarantined_and_daemon_keeps_working("sled");
 }
+
+/// Every path under `dir` with its mode, sockets left out (the API socket is 0660 by design).
+fn modes(dir: &std::path::Path, out: &mut Vec<(String, u32)>) {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let meta = entry.metadata().expect("metadata");
+        if meta.file_type().is_socket() {
+            continue;
+        }
+        out.push((entry.path().display().to_string(), meta.permissions().mode() & 0o777));
+        if meta.is_dir() {
+            modes(&entry.path(), out);
+        }
+    }
+}
+
+fn state_is_private_whatever_the_umask(backend: &str) {
+    // What a shell typically has; the daemon inherits it.
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe { libc::umask(0o022) };
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let state = dir.path().join("state");
+    let devices = sim_device("d", "water_meter", "26011bda", 20, Some(5));
+    let text = config(&state, backend, &broker.url(false), "", &devices);
+    let gw = Berrygw::start(dir.path(), &text);
+    gw.wait_log(Duration::from_secs(60), "all devices done");
+    gw.wait_log(Duration::from_secs(30), "committed_seq=5");
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::fs::metadata(&state).expect("state dir").permissions().mode() & 0o777;
+    assert_eq!(root, 0o700, "state directory");
+    let mut found = Vec::new();
+    modes(&state, &mut found);
+    assert!(found.iter().any(|(p, _)| p.contains("journal")), "{found:?}");
+    let loose: Vec<_> = found.iter().filter(|(_, m)| m & 0o077 != 0).collect();
+    assert!(loose.is_empty(), "readable by group or others: {loose:?}");
+}
+
+#[test]
+fn state_is_private_whatever_the_umask_sqlite() {
+    state_is_private_whatever_the_umask("sqlite");
+}
+
+#[test]
+fn state_is_private_whatever_the_umask_sled() {
+    state_is_private_whatever_the_umask("sled");
+}

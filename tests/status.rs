@@ -383,6 +383,63 @@ fn malformed_and_oversized_http_requests_are_refused() {
     assert!(site.api_status().is_some());
 }
 
+#[test]
+fn requests_naming_another_host_are_refused() {
+    let site = start_site();
+    let port = site.http_port;
+    for (request, code) in [
+        // A page on a rebinding DNS name: same address, foreign Host.
+        (format!("GET /api/status HTTP/1.1\r\nHost: rebind.example:{port}\r\n\r\n"), 421),
+        (
+            format!("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://evil.example\r\n\r\n"),
+            421,
+        ),
+        (format!("GET /api/status HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"), 200),
+        (format!("GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"), 200),
+        ("GET /api/status HTTP/1.0\r\n\r\n".to_string(), 200),
+    ] {
+        assert_eq!(http(port, request.as_bytes()).map(|r| r.0), Some(code), "{request:?}");
+    }
+}
+
+#[test]
+fn idle_connections_are_closed_and_bounded_per_peer() {
+    let site = start_site();
+    let port = site.http_port;
+    // One peer opens connections and sends nothing.
+    let idle: Vec<TcpStream> =
+        (0..8).map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect")).collect();
+    // Past its share, the same peer is told at once, not queued.
+    let refused = wait_for(Duration::from_secs(10), "a 503 for the ninth connection", || {
+        http(port, b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").filter(|r| r.0 == 503)
+    });
+    assert!(refused.1.contains("too many connections"));
+    // Another address is served meanwhile (all of 127/8 is loopback).
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let other = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+        let mut s = socket.connect(([127, 0, 0, 1], port).into()).await.expect("connect");
+        s.write_all(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.expect("write");
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+            .await
+            .expect("in time")
+            .expect("read");
+        answer
+    });
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    // The server closes the idle ones (a 408, then end of stream) without help from us.
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("closed by the server");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    assert!(site.api_status().is_some(), "served again");
+}
+
 fn chromium() -> PathBuf {
     for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
         if Path::new(p).exists() {

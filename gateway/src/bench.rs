@@ -151,7 +151,8 @@ fn decode(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let now = std::time::SystemTime::now();
     let mut js = Codec::javascript("river_level.js", RIVER_LEVEL_JS, Limits::default())?;
     let js_call = per_call(n, |_| {
-        let input = UplinkInput { bytes: &river, f_port: 2, recv_time: now, variables: &variables };
+        let input =
+            UplinkInput { bytes: &river, f_port: 2, recv_time: now, variables: &variables, device: "sonde" };
         js.decode(&input).map(drop).map_err(anyhow::Error::from)
     })?;
     // Temperature, humidity and GPS on three channels.
@@ -161,7 +162,13 @@ fn decode(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     ];
     let mut lpp = Codec::cayenne_lpp();
     let lpp_call = per_call(n * 10, |_| {
-        let input = UplinkInput { bytes: &lpp_payload, f_port: 1, recv_time: now, variables: &variables };
+        let input = UplinkInput {
+            bytes: &lpp_payload,
+            f_port: 1,
+            recv_time: now,
+            variables: &variables,
+            device: "lpp",
+        };
         lpp.decode(&input).map(drop).map_err(anyhow::Error::from)
     })?;
 

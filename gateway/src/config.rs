@@ -52,11 +52,15 @@ pub struct HttpSection {
     /// but expose them beyond the gateway only on purpose, e.g. `0.0.0.0:9101`).
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// Host names (besides IP literals and localhost) requests may name in `Host`;
+    /// others get 421, so a web page cannot read the gateway by rebinding its DNS.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
-        HttpSection { listen: default_http_listen() }
+        HttpSection { listen: default_http_listen(), allowed_hosts: Vec::new() }
     }
 }
 
@@ -64,14 +68,17 @@ impl Default for HttpSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
-    /// Socket path, created mode 0660 (owner and group may ask).
+    /// Socket path, created mode 0660 (owner and group may read status).
     #[serde(default = "default_api_socket")]
     pub socket: PathBuf,
+    /// Who may act (actuate, reload) besides root and the daemon's own user.
+    #[serde(default)]
+    pub operators: Vec<crate::status::operators::Operator>,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { socket: default_api_socket() }
+        ApiSection { socket: default_api_socket(), operators: Vec::new() }
     }
 }
 
@@ -403,9 +410,47 @@ impl LoadedConfig {
     }
 }
 
-/// Read, parse and check a configuration file.
+/// Mode bits a file holding a secret must not have: readable, writable or executable
+/// by others. Its group may read it (0640), as the package installs it `root:berrygw`.
+pub const SECRET_FORBIDDEN_MODE: u32 = 0o007;
+
+/// Read, parse and check a configuration file. A file holding a secret (an MQTT
+/// password) must not be readable by others, nor may a TLS private key it names.
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    parse(path, read_file(path, 0, |_| String::new())?)
+    let loaded = parse(path, read_file(path, 0, |_| String::new())?)?;
+    let c = &loaded.config;
+    let sinks = [&c.sinks.chirpstack, &c.sinks.app];
+    if sinks.iter().copied().flatten().any(|s| s.password.is_some()) {
+        read_file(path, SECRET_FORBIDDEN_MODE, |mode| {
+            secret_mode_message(path, "holds an MQTT password", mode)
+        })?;
+    }
+    for key in sinks.iter().copied().flatten().filter_map(|s| s.client_key_file.as_ref()) {
+        let key_path = key.get_ref();
+        let mode = file_mode(key_path)
+            .map_err(|e| loaded.error_at(key.span(), format!("cannot read {}: {e}", key_path.display())))?;
+        if mode & SECRET_FORBIDDEN_MODE != 0 {
+            return Err(
+                loaded.error_at(key.span(), secret_mode_message(key_path, "is a TLS private key", mode))
+            );
+        }
+    }
+    Ok(loaded)
+}
+
+fn file_mode(path: &Path) -> std::io::Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+}
+
+/// Why a file of secrets is refused, and the command that fixes it.
+fn secret_mode_message(path: &Path, what: &str, mode: u32) -> String {
+    format!(
+        "{} {what} and is readable by every user on this machine (mode {mode:04o}); \
+         run: chmod 0640 {} (or 0600), owned by root:berrygw",
+        path.display(),
+        path.display()
+    )
 }
 
 /// Parse and check configuration text; `path` is only used in messages.
@@ -491,6 +536,9 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
                 "field.authorized_keys: central commands come over the app sink; add [sinks.app]".into(),
             ));
         }
+    }
+    for operator in &c.api.operators {
+        operator.check().map_err(whole)?;
     }
     if let Some(decode) = &c.decode {
         if decode.codec_time_limit_ms == 0 || decode.codec_memory_limit_kib < 256 {
@@ -698,6 +746,52 @@ server = "mqtt://127.0.0.1:1883"
 
     const DAM: &str = "[[field.device]]\nname = \"barrage-cher-1\"\nprofile = \"needle-dam\"\n\
                        link = { transport = \"tcp\", address = \"127.0.0.1:502\" }\n";
+
+    fn write_mode(path: &Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn a_config_holding_a_password_must_not_be_readable_by_others() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("berrygw.toml");
+        let with_password = MINIMAL.replace("server = ", "password = \"s3cret\"\nserver = ");
+        write_mode(&path, &with_password, 0o644);
+        let err = load(&path).expect_err("world-readable password");
+        assert!(err.message.contains("holds an MQTT password"), "{err}");
+        assert!(err.message.contains(&format!("chmod 0640 {}", path.display())), "{err}");
+        for mode in [0o640, 0o600] {
+            write_mode(&path, &with_password, mode);
+            load(&path).unwrap_or_else(|e| panic!("{mode:o}: {e}"));
+        }
+        write_mode(&path, MINIMAL, 0o644);
+        load(&path).expect("no secret, any mode");
+    }
+
+    #[test]
+    fn a_tls_private_key_must_not_be_readable_by_others() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        write_mode(&cert, "cert", 0o644);
+        write_mode(&key, "key", 0o644);
+        let path = dir.path().join("berrygw.toml");
+        let text = MINIMAL.replace(
+            "server = \"mqtt://127.0.0.1:1883\"",
+            &format!(
+                "server = \"mqtts://127.0.0.1:8883\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+                cert.display(),
+                key.display()
+            ),
+        );
+        write_mode(&path, &text, 0o644);
+        let err = load(&path).expect_err("world-readable key");
+        assert_eq!(err.key.as_deref(), Some("sinks.chirpstack.client_key_file"), "{err}");
+        assert!(err.message.contains(&format!("chmod 0640 {}", key.display())), "{err}");
+        write_mode(&key, "key", 0o600);
+        load(&path).expect("a private key");
+    }
 
     #[test]
     fn field_devices_are_checked_against_their_profiles() {

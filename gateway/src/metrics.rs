@@ -174,6 +174,39 @@ impl prometheus_client::collector::Collector for GatewayCollector {
             }
         }
 
+        if let Some(gwmp) = &v.gwmp {
+            let g = gwmp.stats();
+            let mut m = enc.encode_descriptor(
+                "gwmp_dropped",
+                "Packet-forwarder datagrams dropped whole, by reason (malformed, or not from the pinned forwarder)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, counter) in [
+                ("malformed", &g.malformed),
+                ("foreign_source", &g.foreign_source),
+                ("foreign_gateway", &g.foreign_gateway),
+                ("pull_data_refused", &g.pull_data_refused),
+                ("tx_ack_refused", &g.tx_ack_refused),
+            ] {
+                ConstCounter::new(load(counter)).encode(m.encode_family(&[("reason", reason)])?)?;
+            }
+            single(
+                &mut enc,
+                "gwmp_rxpk_rejected",
+                "Frames (rxpk) from the packet forwarder refused: bad base64, oversized, missing or implausible field",
+                None,
+                &ConstCounter::new(load(&g.rxpk_rejected)),
+            )?;
+            single(
+                &mut enc,
+                "gwmp_forwarder_moves",
+                "Times downlinks moved to a new port of the pinned forwarder after the old one went silent",
+                None,
+                &ConstCounter::new(load(&g.forwarder_moves)),
+            )?;
+        }
+
         // Journals and sinks.
         let sinks = &v.sinks;
         let now_ms = chirpstack::unix_ms(SystemTime::now());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use berrygw_lora::filter::UplinkFilter;
-use berrygw_lora::gwmp::GwmpIngest;
+use berrygw_lora::gwmp::{GwmpHandle, GwmpIngest};
 use berrygw_lora::sim::SimRadio;
 use berrygw_lora::{CrcStatus, DownlinkFrame, RadioIo, RadioSource, TxAck, TxStatus, UplinkFrame};
 use berrygw_sx1302::{ConcentratorStatus, Sx1302Radio};
@@ -86,7 +86,7 @@ impl Default for Counters {
     }
 }
 
-const TX_STATUSES: [TxStatus; 11] = [
+const TX_STATUSES: [TxStatus; 12] = [
     TxStatus::Ok,
     TxStatus::TooLate,
     TxStatus::TooEarly,
@@ -98,6 +98,7 @@ const TX_STATUSES: [TxStatus; 11] = [
     TxStatus::QueueFull,
     TxStatus::InternalError,
     TxStatus::DutyCycleOverflow,
+    TxStatus::Unconfirmed,
 ];
 
 /// The `status` label of a transmission.
@@ -114,6 +115,7 @@ pub fn tx_status_label(status: TxStatus) -> &'static str {
         TxStatus::QueueFull => "queue_full",
         TxStatus::InternalError => "internal_error",
         TxStatus::DutyCycleOverflow => "duty_cycle_overflow",
+        TxStatus::Unconfirmed => "unconfirmed",
     }
 }
 
@@ -188,6 +190,8 @@ pub struct GatewayView {
     pub sinks: Vec<SinkView>,
     /// The concentrator's health, when the radio is an sx1302.
     pub concentrator: Option<watch::Receiver<ConcentratorStatus>>,
+    /// The packet-forwarder ingest's counters, when the radio is `gwmp`.
+    pub gwmp: Option<GwmpHandle>,
     /// The local decoder, when `[decode]` is configured.
     pub decoder: Option<Decoder>,
     /// The actuation engine, when `[field]` is configured.
@@ -234,7 +238,7 @@ impl Gateway {
     pub async fn start(cfg: &LoadedConfig) -> anyhow::Result<Gateway> {
         let c = &cfg.config;
         let gateway_id = c.gateway.id.to_string();
-        std::fs::create_dir_all(&c.gateway.state_dir)
+        crate::state_db::create_private_dir(&c.gateway.state_dir)
             .with_context(|| format!("creating state directory {}", c.gateway.state_dir.display()))?;
         let state_dir = c.gateway.state_dir.clone();
         let seq = tokio::task::spawn_blocking(move || UplinkSeq::open(&state_dir))
@@ -304,6 +308,7 @@ impl Gateway {
         };
         let decoder_handle = decoder.as_ref().map(|(d, _)| d.clone());
         let mut concentrator = None;
+        let mut gwmp_handle = None;
         let radio: Box<dyn RadioSource> = match c.radio.kind.get_ref() {
             RadioKind::Sim => {
                 let sim = c.radio.sim.clone().context("[radio.sim] missing")?;
@@ -311,7 +316,9 @@ impl Gateway {
             }
             RadioKind::Gwmp => {
                 let gwmp = c.radio.gwmp.clone().unwrap_or_default();
-                Box::new(GwmpIngest::new(gwmp).context("radio.gwmp")?)
+                let ingest = GwmpIngest::new(gwmp).context("radio.gwmp")?;
+                gwmp_handle = Some(ingest.handle());
+                Box::new(ingest)
             }
             RadioKind::Sx1302 => {
                 let sx = c.radio.sx1302.clone().context("[radio.sx1302] missing")?;
@@ -508,6 +515,7 @@ impl Gateway {
                 .map(|s| SinkView { name: s.name, journal: s.journal.clone(), counters: s.counters.clone() })
                 .collect(),
             concentrator,
+            gwmp: gwmp_handle,
             decoder: decoder_handle,
             actuation: actuation_handle,
             rules: rules_handle,
@@ -586,7 +594,8 @@ async fn open_journal(cfg: &LoadedConfig, name: &'static str) -> anyhow::Result<
     let c = &cfg.config;
     let path = cfg.journal_path(name);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        crate::state_db::create_private_dir(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let journal_cfg = JournalConfig {
         backend: c.journal.backend,
@@ -815,7 +824,9 @@ impl DownlinkRouter {
                     let Some(ack) = ack else { return };
                     counters.tx_by_status.get_or_create(&[("status", tx_status_label(ack.status))]).inc();
                     if let Some(decoder) = &self.decoder {
-                        decoder.tx_ack(ack.downlink_id, ack.status == TxStatus::Ok);
+                        // A JoinAccept handed to a forwarder that cannot confirm (GWMP v1) was
+                        // most likely sent: the device's next frame proves it either way.
+                        decoder.tx_ack(ack.downlink_id, matches!(ack.status, TxStatus::Ok | TxStatus::Unconfirmed));
                     }
                     match owner.remove(&ack.downlink_id).and_then(|i| self.to_sinks.get(i)) {
                         Some(sink) => {

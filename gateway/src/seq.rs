@@ -57,11 +57,19 @@ impl UplinkSeq {
     }
 }
 
-/// Replace `path` atomically and durably (temp file, fsync, rename, fsync dir).
+/// Replace `path` atomically and durably (temp file, fsync, rename, fsync dir); the file
+/// is mode 0600 whatever the umask.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::state_db::STATE_FILE_MODE)
+            .open(&tmp)?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(crate::state_db::STATE_FILE_MODE))?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

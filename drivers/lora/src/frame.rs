@@ -118,6 +118,9 @@ pub enum TxStatus {
     QueueFull,
     InternalError,
     DutyCycleOverflow,
+    /// Handed to a radio that cannot confirm transmission (a GWMP v1 packet forwarder):
+    /// probably sent, never known. Not `Ok`.
+    Unconfirmed,
 }
 
 /// The radio's answer to a `DownlinkFrame`.

@@ -289,6 +289,19 @@ impl Actuation {
         .await
     }
 
+    /// A local API caller who may not act: audited as refused, without the arguments.
+    pub fn refuse_local(&self, actor: String, target: &str, command: &str, message: String) -> AuditEntry {
+        let ask = Ask {
+            source: Source::Local,
+            actor,
+            command_id: None,
+            target: target.into(),
+            command: command.into(),
+            args: serde_json::json!({}),
+        };
+        self.record(ask.refusal("not_an_operator", message))
+    }
+
     /// A command from a local rule or schedule.
     pub async fn rule(&self, rule: &str, target: &str, command: &str, args: serde_json::Value) -> AuditEntry {
         self.execute(Ask {

@@ -82,7 +82,7 @@ fn decode_payload(
     };
     // The daemon's default limits.
     let mut codec = instantiate(&r, &codec_limits(50, 8 * 1024))?;
-    let input = UplinkInput { bytes, f_port, recv_time: SystemTime::now(), variables };
+    let input = UplinkInput { bytes, f_port, recv_time: SystemTime::now(), variables, device: "cli" };
     let decoded = codec.decode(&input).map_err(|e| anyhow!("{}: {e}", codec.name()))?;
     Ok(serde_json::json!({
         "codec": codec.name(),
@@ -139,8 +139,13 @@ fn decode_frame(
     });
     if let Some(f_port) = up.f_port.filter(|p| *p > 0) {
         let mut codec = instantiate(&d.codec, &codec_limits(*codec_time_limit_ms, *codec_memory_limit_kib))?;
-        let input =
-            UplinkInput { bytes: &up.payload, f_port, recv_time: SystemTime::now(), variables: &d.variables };
+        let input = UplinkInput {
+            bytes: &up.payload,
+            f_port,
+            recv_time: SystemTime::now(),
+            variables: &d.variables,
+            device: &d.name,
+        };
         out["codec"] = codec.name().into();
         match codec.decode(&input) {
             Ok(decoded) => {

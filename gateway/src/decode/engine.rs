@@ -391,7 +391,13 @@ fn decode_reading(
     f_port: u8,
 ) -> (Reading, Option<&'static str>) {
     let variables = if device.variables.is_empty() { no_variables } else { &device.variables };
-    let input = UplinkInput { bytes: &up.payload, f_port, recv_time: frame.received_at, variables };
+    let input = UplinkInput {
+        bytes: &up.payload,
+        f_port,
+        recv_time: frame.received_at,
+        variables,
+        device: &device.name,
+    };
     let mut failure = None;
     let (codec, object, warnings, errors) = match codecs.0.get_mut(&device.codec) {
         Some(codec) => {

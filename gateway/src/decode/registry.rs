@@ -120,9 +120,19 @@ struct OtaaEntry {
     app_key: AesKey,
 }
 
+/// Largest registry file read: a few hundred bytes per device for [`MAX_DEVICES`].
+pub const MAX_REGISTRY_BYTES: u64 = 4 * 1024 * 1024;
+/// Most devices one gateway decodes for; parsing and key setup grow with the count.
+pub const MAX_DEVICES: usize = 10_000;
+
 impl Registry {
     /// Read and check the registry at `path`; codec files are looked up in `codec_dirs`.
     pub fn load(path: &Path, codec_dirs: &[PathBuf]) -> Result<Registry, ConfigError> {
+        let size =
+            std::fs::metadata(path).map_err(|e| ConfigError::whole(path, format!("cannot read: {e}")))?.len();
+        if size > MAX_REGISTRY_BYTES {
+            return Err(too_large(path, size));
+        }
         let source = read_file(path, 0o077, |mode| {
             format!(
                 "mode {mode:04o} lets other users read device keys; run `chmod 600 {}` \
@@ -135,8 +145,21 @@ impl Registry {
 
     /// Parse and check registry text; `path` names it in messages.
     pub fn parse(path: &Path, source: &str, codec_dirs: &[PathBuf]) -> Result<Registry, ConfigError> {
+        if source.len() as u64 > MAX_REGISTRY_BYTES {
+            return Err(too_large(path, source.len() as u64));
+        }
         let file: File =
             toml::from_str(source).map_err(|e| locate(path, source, e.span(), e.message().to_string()))?;
+        if file.device.len() > MAX_DEVICES {
+            return Err(ConfigError::whole(
+                path,
+                format!(
+                    "{} devices is more than the {MAX_DEVICES} one gateway decodes for; \
+                     split them between gateways",
+                    file.device.len()
+                ),
+            ));
+        }
         let at = |span: std::ops::Range<usize>, key: String, message: String| {
             let mut e = locate(path, source, Some(span), message);
             e.key = Some(key);
@@ -266,6 +289,16 @@ impl Registry {
     }
 }
 
+fn too_large(path: &Path, size: u64) -> ConfigError {
+    ConfigError::whole(
+        path,
+        format!(
+            "{size} bytes is more than a device registry may hold ({MAX_REGISTRY_BYTES} bytes, \
+             about {MAX_DEVICES} devices); split the devices between gateways"
+        ),
+    )
+}
+
 /// A codec name from the registry: a built-in, or a `.js` file found in `dirs`
 /// (an absolute path is taken as is).
 pub fn resolve_codec(name: &str, dirs: &[PathBuf]) -> Result<CodecRef, String> {
@@ -381,6 +414,28 @@ otaa = { app_key = "000102030405060708090a0b0c0d0e0f" }
         assert!(err.message.contains("chmod 600"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         Registry::load(&path, &[]).expect("0600 accepted");
+    }
+
+    #[test]
+    fn oversized_registries_are_refused_before_parsing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("devices.toml");
+        let huge = format!("{ABP}\n# {}\n", "x".repeat(MAX_REGISTRY_BYTES as usize));
+        std::fs::write(&path, &huge).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let err = Registry::load(&path, &[]).expect_err("too many bytes");
+        assert!(err.message.contains("more than a device registry may hold"), "{err}");
+
+        let device = |i: usize| {
+            format!(
+                "[[device]]\nname = \"d{i}\"\ndev_eui = \"{i:016x}\"\notaa = {{ app_key = \"{}\" }}\n",
+                "00".repeat(16)
+            )
+        };
+        let many: String = (0..=MAX_DEVICES).map(device).collect();
+        assert!(many.len() as u64 <= MAX_REGISTRY_BYTES, "the count is what is refused here");
+        let err = parse(&many).expect_err("too many devices");
+        assert!(err.message.contains(&format!("{} devices is more than", MAX_DEVICES + 1)), "{err}");
     }
 
     #[test]

@@ -94,6 +94,14 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 fn open_store(path: &Path) -> Result<SledStore, OpenFailure> {
     let existed = path.join("db").is_file();
+    // sled makes its files with the umask's mode; a 0700 folder keeps them to us.
+    crate::state_db::create_private_dir(path).map_err(|source| {
+        OpenFailure::Failed(JournalError::Io {
+            path: path.to_path_buf(),
+            action: "creating the journal directory",
+            source,
+        })
+    })?;
     let db = Config::new()
         .path(path)
         .cache_capacity(CACHE_CAPACITY)
@@ -102,6 +110,14 @@ fn open_store(path: &Path) -> Result<SledStore, OpenFailure> {
         .flush_every_ms(None)
         .open()
         .map_err(open_failure(path, "opening the database"))?;
+    // sled made its files with the umask's mode: make them ours alone.
+    crate::state_db::make_private(path).map_err(|source| {
+        OpenFailure::Failed(JournalError::Io {
+            path: path.to_path_buf(),
+            action: "setting the journal's mode",
+            source,
+        })
+    })?;
     let records = db.open_tree(RECORDS_TREE).map_err(open_failure(path, "opening the records tree"))?;
     let meta = db.open_tree(META_TREE).map_err(open_failure(path, "opening the meta tree"))?;
 

@@ -47,12 +47,16 @@ impl SqliteStore {
 
 fn open_store(path: &Path) -> Result<SqliteStore, OpenFailure> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| JournalError::Io {
+        crate::state_db::create_private_dir(parent).map_err(|source| JournalError::Io {
             path: parent.to_path_buf(),
             action: "creating the journal directory",
             source,
         })?;
     }
+    // Created (or kept) 0600 before SQLite opens it; its -wal and -shm take the same mode.
+    crate::state_db::create_with_mode(path, crate::state_db::STATE_FILE_MODE).map_err(|source| {
+        JournalError::Io { path: path.to_path_buf(), action: "setting the journal's mode", source }
+    })?;
     let conn = Connection::open(path).map_err(open_failure(path, "opening the database"))?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(open_failure(path, "setting busy_timeout"))?;
 

@@ -325,6 +325,8 @@ pub fn tx_ack_message(gateway_id: &str, ack: &TxAck, items: usize, format: Paylo
         TxStatus::QueueFull => gw::TxAckStatus::QueueFull,
         TxStatus::InternalError => gw::TxAckStatus::InternalError,
         TxStatus::DutyCycleOverflow => gw::TxAckStatus::DutyCycleOverflow,
+        // ChirpStack has no "sent, unconfirmed"; OK would claim more than we know.
+        TxStatus::Unconfirmed => gw::TxAckStatus::Ignored,
     };
     let mut list = vec![gw::DownlinkTxAckItem { status: status.into() }];
     list.extend((1..items.max(1)).map(|_| gw::DownlinkTxAckItem { status: gw::TxAckStatus::Ignored.into() }));

@@ -4,16 +4,25 @@
 //! the unix socket only, the field tools' routes: `POST /api/reload` (device
 //! registry, keys, rules), `POST /api/actuate` (a JSON body: target, command,
 //! args; the caller's uid goes to the audit log), `GET /api/points/<device>`
-//! and `GET /api/audit?limit=N`.
+//! and `GET /api/audit?limit=N`. Reaching the socket is enough to read; the two
+//! POST routes also need the caller in `[api] operators` (see `operators`).
 //! One request per connection; the request head is bounded in size and time,
 //! and anything malformed gets a 400 rather than a guess.
+//!
+//! The HTTP listener answers only requests whose `Host` (and `Origin`, when sent) names
+//! this gateway: an IP literal, `localhost`, or one of `[http] allowed_hosts`. A web
+//! page that rebinds its own DNS name to the gateway's address therefore cannot read
+//! it from a browser. Connections are bounded in number, per peer address and in all,
+//! and one that does not send its request head in time is closed.
 //!
 //! Neither listener is needed to keep uplinks safe: if one cannot be opened
 //! the daemon says so at error level and keeps forwarding.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -22,6 +31,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info};
 
+use super::operators::{authorize, Operator, Peer, RELOAD};
 use super::{History, Status};
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
@@ -29,10 +39,13 @@ use crate::pipeline::GatewayView;
 
 /// Largest request head accepted (request line and headers).
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
-/// A client gets this long to send its request head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once per listener; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 16;
+/// A client gets this long to send its request head (and then its body).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections served at once per listener. Over it, the HTTP listener answers 503 at
+/// once; the local API's callers wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// Connections one peer address may hold open on the HTTP listener; more get 503.
+const MAX_CONNECTIONS_PER_PEER: usize = 8;
 
 const PAGE: &str = include_str!("page.html");
 
@@ -41,6 +54,10 @@ pub struct Site {
     view: GatewayView,
     metrics: Metrics,
     history: watch::Receiver<History>,
+    /// Host names, beyond IP literals and localhost, the HTTP listener answers to.
+    allowed_hosts: Vec<String>,
+    /// Who may act on the local API socket (besides root and the daemon's user).
+    operators: Vec<Operator>,
 }
 
 /// The running listeners; `stop` ends them and removes the socket file.
@@ -65,7 +82,11 @@ impl Served {
 pub async fn serve(cfg: &Config, view: GatewayView) -> Served {
     let (history_tx, history) = watch::channel(History::default());
     let mut tasks = vec![tokio::spawn(super::sample_history(view.clone(), history_tx))];
-    let site = Arc::new(Site { metrics: Metrics::new(view.clone()), view, history });
+    let allowed_hosts =
+        cfg.http.allowed_hosts.iter().map(|h| h.trim_end_matches('.').to_ascii_lowercase()).collect();
+    let operators = cfg.api.operators.clone();
+    let site =
+        Arc::new(Site { metrics: Metrics::new(view.clone()), view, history, allowed_hosts, operators });
 
     match TcpListener::bind(cfg.http.listen).await {
         Ok(listener) => {
@@ -113,17 +134,61 @@ fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Open connections of the HTTP listener, in all and by peer address.
+#[derive(Default)]
+struct Connections {
+    total: usize,
+    by_peer: HashMap<IpAddr, usize>,
+}
+
+/// A connection counted in `Connections`; uncounted when dropped.
+struct Admitted {
+    connections: Arc<Mutex<Connections>>,
+    peer: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.connections.lock() {
+            c.total = c.total.saturating_sub(1);
+            if let Some(n) = c.by_peer.get_mut(&self.peer) {
+                *n -= 1;
+                if *n == 0 {
+                    c.by_peer.remove(&self.peer);
+                }
+            }
+        }
+    }
+}
+
+/// Counts a new connection from `peer`, or None when over a bound.
+fn admit(connections: &Arc<Mutex<Connections>>, peer: IpAddr) -> Option<Admitted> {
+    let mut c = connections.lock().ok()?;
+    let mine = c.by_peer.get(&peer).copied().unwrap_or(0);
+    if c.total >= MAX_CONNECTIONS || mine >= MAX_CONNECTIONS_PER_PEER {
+        return None;
+    }
+    c.total += 1;
+    c.by_peer.insert(peer, mine + 1);
+    Some(Admitted { connections: connections.clone(), peer })
+}
+
 async fn accept_tcp(listener: TcpListener, site: Arc<Site>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = Arc::new(Mutex::new(Connections::default()));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(admitted) = admit(&connections, peer.ip()) else {
+                    // Refused without reading: a short answer if the socket takes it now, then closed.
+                    debug!(%peer, "http connection refused: too many open");
+                    let _ = stream.try_write(&Response::error(503, "too many connections").to_bytes());
+                    continue;
+                };
                 let site = site.clone();
                 tokio::spawn(async move {
                     debug!(%peer, "http connection");
                     handle(stream, &site, Listener::Http).await;
-                    drop(permit);
+                    drop(admitted);
                 });
             }
             // Out of file descriptors and the like: back off instead of spinning.
@@ -141,10 +206,10 @@ async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
         match listener.accept().await {
             Ok((stream, _)) => {
-                let uid = match stream.peer_cred() {
+                let peer = match stream.peer_cred() {
                     Ok(cred) => {
                         debug!(uid = cred.uid(), pid = ?cred.pid(), "local API connection");
-                        Some(cred.uid())
+                        Some(Peer { uid: cred.uid(), gid: cred.gid() })
                     }
                     Err(e) => {
                         debug!("local API connection, peer unknown: {e}");
@@ -153,7 +218,7 @@ async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
                 };
                 let site = site.clone();
                 tokio::spawn(async move {
-                    handle(stream, &site, Listener::LocalApi { uid }).await;
+                    handle(stream, &site, Listener::LocalApi { peer }).await;
                     drop(permit);
                 });
             }
@@ -169,9 +234,9 @@ async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Listener {
     Http,
-    /// The unix socket; the peer's uid when the kernel told it.
+    /// The unix socket; the peer when the kernel told it.
     LocalApi {
-        uid: Option<u32>,
+        peer: Option<Peer>,
     },
 }
 
@@ -188,6 +253,11 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, site: &Site, l
         }
         Ok(Ok(None)) => return,
         Ok(Ok(Some(head))) => match parse_request(&head) {
+            Ok(req) if listener == Listener::Http && foreign(&req, &site.allowed_hosts).is_some() => {
+                let what = foreign(&req, &site.allowed_hosts).unwrap_or_default();
+                debug!("http request refused: {what}");
+                Response::error(421, &format!("{what} does not name this gateway; ask by its IP address, localhost, or a name in [http] allowed_hosts"))
+            }
             Ok(req) if req.method == Method::Post => {
                 match tokio::time::timeout(REQUEST_TIMEOUT, read_body(&mut stream, &head, req.content_length))
                     .await
@@ -203,6 +273,41 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, site: &Site, l
     };
     let _ = stream.write_all(&response.to_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// What in `req` names another site than this gateway (`Host: x`, `Origin: y`), if anything.
+fn foreign(req: &Request, allowed: &[String]) -> Option<String> {
+    if let Some(host) = req.host.as_deref().filter(|h| !host_allowed(h, allowed)) {
+        return Some(format!("Host {host:?}"));
+    }
+    if let Some(origin) = req.origin.as_deref() {
+        let host = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        if !host.is_some_and(|h| host_allowed(h, allowed)) {
+            return Some(format!("Origin {origin:?}"));
+        }
+    }
+    None
+}
+
+/// Whether a `host[:port]` names this gateway: an IP literal, a localhost name, or one of
+/// `allowed` (lowercase, no trailing dot). A name someone else's DNS answers for is none of these.
+pub fn host_allowed(host_port: &str, allowed: &[String]) -> bool {
+    let host = match host_port.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, _)) => return v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        },
+        None => match host_port.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host_port,
+        },
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host.parse::<std::net::Ipv4Addr>().is_ok()
+        || host == "localhost"
+        || host.ends_with(".localhost")
+        || allowed.contains(&host)
 }
 
 /// The request head, or None when the peer closed before sending anything.
@@ -260,6 +365,10 @@ pub struct Request {
     pub head_only: bool,
     /// From `Content-Length` (POST bodies; at most `MAX_BODY_BYTES`).
     pub content_length: usize,
+    /// The `Host` header, if sent.
+    pub host: Option<String>,
+    /// The `Origin` header, if sent (browsers send it on cross-site and non-GET requests).
+    pub origin: Option<String>,
 }
 
 /// The methods served.
@@ -298,10 +407,18 @@ pub fn parse_request(raw: &[u8]) -> Result<Request, Response> {
         return Err(Response::error(400, "malformed request target"));
     }
     let mut content_length = 0;
+    let (mut host, mut origin) = (None, None);
     for line in lines {
         match line.split_once(':') {
             Some((name, value)) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()) => {
-                if name.eq_ignore_ascii_case("content-length") {
+                if name.eq_ignore_ascii_case("host") {
+                    if host.is_some() {
+                        return Err(Response::error(400, "more than one Host header"));
+                    }
+                    host = Some(value.trim().to_string());
+                } else if name.eq_ignore_ascii_case("origin") {
+                    origin = Some(value.trim().to_string());
+                } else if name.eq_ignore_ascii_case("content-length") {
                     content_length = value
                         .trim()
                         .parse::<usize>()
@@ -332,18 +449,35 @@ pub fn parse_request(raw: &[u8]) -> Result<Request, Response> {
         query: query.to_string(),
         head_only: method == Method::Head,
         content_length,
+        host,
+        origin,
     })
 }
 
-/// Actions. Only on the local API socket: its file mode (0660, group berrygw)
-/// is what says who may act; the HTTP listener may be open to a whole LAN.
+/// Actions. Only on the local API socket (the HTTP listener may be open to a whole LAN),
+/// and only for callers `[api] operators` allows (see `operators`); refusals are audited.
 async fn post(req: &Request, body: &[u8], site: &Site, listener: Listener) -> Response {
-    let Listener::LocalApi { uid } = listener else {
+    let Listener::LocalApi { peer } = listener else {
         return Response::error(405, "actions are served on the local API socket only")
             .with_header("Allow", "GET, HEAD");
     };
+    let uid = peer.map(|p| p.uid);
+    let refuse = |target: &str, command: &str, why: String| {
+        let actor = uid.map_or_else(|| "uid unknown".to_string(), |u| format!("uid {u}"));
+        tracing::warn!(actor, target, command, "local API: refused: {why}");
+        let body = match &site.view.actuation {
+            Some(a) => {
+                serde_json::to_value(a.refuse_local(actor, target, command, why.clone())).unwrap_or_default()
+            }
+            None => serde_json::json!({ "outcome": "refused", "reason": "not_an_operator", "message": why }),
+        };
+        json_response(403, &body)
+    };
     match req.path.as_str() {
         "/api/reload" => {
+            if let Err(why) = authorize(&site.operators, peer, "gateway", RELOAD) {
+                return refuse("gateway", RELOAD, why);
+            }
             let (status, body) = match crate::pipeline::reload(&site.view).await {
                 Ok(r) => {
                     info!("local API: reloaded: {r}");
@@ -377,6 +511,9 @@ async fn post(req: &Request, body: &[u8], site: &Site, listener: Listener) -> Re
                     )
                 }
             };
+            if let Err(why) = authorize(&site.operators, peer, &ask.target, &ask.command) {
+                return refuse(&ask.target, &ask.command, why);
+            }
             let args = if ask.args.is_null() { serde_json::json!({}) } else { ask.args };
             let entry = actuation.local(uid, &ask.target, &ask.command, args).await;
             json_response(200, &serde_json::to_value(&entry).unwrap_or_default())
@@ -470,11 +607,14 @@ impl Response {
         let reason = match self.status {
             200 => "OK",
             400 => "Bad Request",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             409 => "Conflict",
             413 => "Content Too Large",
             408 => "Request Timeout",
+            421 => "Misdirected Request",
+            503 => "Service Unavailable",
             431 => "Request Header Fields Too Large",
             505 => "HTTP Version Not Supported",
             _ => "Internal Server Error",
@@ -517,7 +657,9 @@ mod tests {
                 path: "/api/status".into(),
                 query: "x=1".into(),
                 head_only: false,
-                content_length: 0
+                content_length: 0,
+                host: Some("gw".into()),
+                origin: None,
             }
         );
         assert!(parse_request(b"HEAD / HTTP/1.0\r\n\r\n").expect("ok").head_only);
@@ -567,6 +709,39 @@ mod tests {
             }
             let _ = parse_request(&raw);
         }
+    }
+
+    #[test]
+    fn only_names_of_this_gateway_are_allowed_hosts() {
+        let allowed = vec!["gw1.farm.lan".to_string()];
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9101",
+            "192.168.1.20:9101",
+            "[::1]:9101",
+            "[fe80::1]",
+            "localhost",
+            "LOCALHOST:9101",
+            "gw.localhost",
+            "gw1.farm.lan",
+            "GW1.farm.lan.:80",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for refused in
+            ["evil.example", "evil.example:9101", "127.0.0.1.evil.example", "[::1", "gw1.farm.lan.evil", ""]
+        {
+            assert!(!host_allowed(refused, &allowed), "{refused}");
+        }
+        let req =
+            |extra: &str| parse_request(format!("GET / HTTP/1.1\r\n{extra}\r\n").as_bytes()).expect("ok");
+        assert_eq!(foreign(&req(""), &allowed), None, "HTTP/1.0 style, no Host");
+        assert_eq!(foreign(&req("Host: 10.0.0.5:9101\r\n"), &allowed), None);
+        assert!(foreign(&req("Host: rebind.example:9101\r\n"), &allowed).is_some());
+        assert!(foreign(&req("Host: 10.0.0.5\r\nOrigin: http://evil.example\r\n"), &allowed).is_some());
+        assert!(foreign(&req("Host: 10.0.0.5\r\nOrigin: null\r\n"), &allowed).is_some());
+        assert_eq!(foreign(&req("Host: 10.0.0.5\r\nOrigin: http://10.0.0.5:9101\r\n"), &allowed), None);
+        assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod http;
+pub mod operators;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -112,7 +113,33 @@ pub struct RadioStatus {
     pub queued: u64,
     /// Present when the radio is an SX1302 concentrator.
     pub concentrator: Option<ConcentratorView>,
+    /// Present when the radio is a packet forwarder (`gwmp`).
+    #[serde(default)]
+    pub gwmp: Option<GwmpView>,
 }
+
+/// The packet forwarder feeding a `gwmp` radio.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GwmpView {
+    /// The pinned forwarder's IP address, once one was heard.
+    pub forwarder_ip: Option<String>,
+    pub forwarder_gateway_id: Option<String>,
+    /// Where downlinks go (the forwarder's PULL_DATA socket).
+    pub downlink_addr: Option<String>,
+    /// GWMP version of its PULL_DATA (1: downlinks are reported unconfirmed).
+    pub version: Option<u8>,
+    /// Frames (rxpk) refused: bad base64, oversized, missing or implausible field.
+    pub rxpk_rejected: u64,
+    /// Datagrams dropped as malformed.
+    pub malformed: u64,
+    /// Datagrams dropped for their source (another address, EUI, or port of the forwarder).
+    pub refused_sources: u64,
+    /// The latest refused source: `addr (reason, N s ago)`.
+    pub last_refused: Option<String>,
+}
+
+/// A refused source is a problem on the status page for this long after it was seen.
+const REFUSED_SOURCE_ALARM: Duration = Duration::from_secs(600);
 
 /// The concentrator's health.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -223,6 +250,44 @@ fn sample(sink: &crate::pipeline::SinkView) -> Sample {
     }
 }
 
+/// The packet forwarder's view; a recently refused source is a problem (someone else on the
+/// host or LAN is talking GWMP to us).
+fn gwmp_view(g: &berrygw_lora::gwmp::GwmpStats, problems: &mut Vec<String>) -> GwmpView {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let forwarder = g.forwarder();
+    let refused_sources = load(&g.foreign_source)
+        + load(&g.foreign_gateway)
+        + load(&g.pull_data_refused)
+        + load(&g.tx_ack_refused);
+    let last = g.last_refused();
+    let last_refused = last.as_ref().map(|r| {
+        let ago = SystemTime::now().duration_since(r.at).unwrap_or_default();
+        if ago < REFUSED_SOURCE_ALARM {
+            problems.push(format!(
+                "gwmp: {refused_sources} datagrams from a source other than the pinned packet forwarder \
+                 ({} {}) were dropped; latest from {} as {} ({}, {} ago)",
+                forwarder.as_ref().map_or("none".to_string(), |f| f.ip.to_string()),
+                forwarder.as_ref().and_then(|f| f.gateway_id).map_or("?".to_string(), |e| e.to_string()),
+                r.from,
+                r.gateway_id,
+                r.reason,
+                human_duration(ago.as_secs())
+            ));
+        }
+        format!("{} ({}, {} s ago)", r.from, r.reason, ago.as_secs())
+    });
+    GwmpView {
+        forwarder_ip: forwarder.as_ref().map(|f| f.ip.to_string()),
+        forwarder_gateway_id: forwarder.as_ref().and_then(|f| f.gateway_id).map(|e| e.to_string()),
+        downlink_addr: forwarder.as_ref().and_then(|f| f.downlink_addr).map(|a| a.to_string()),
+        version: forwarder.as_ref().and_then(|f| f.version),
+        rxpk_rejected: load(&g.rxpk_rejected),
+        malformed: load(&g.malformed),
+        refused_sources,
+        last_refused,
+    }
+}
+
 impl Status {
     /// The status now, from live counters and the sampled `history`.
     pub fn collect(view: &GatewayView, history: &History) -> Status {
@@ -247,6 +312,7 @@ impl Status {
                 ));
             }
         }
+        let gwmp = view.gwmp.as_ref().map(|h| gwmp_view(h.stats(), &mut problems));
         let now_ms = chirpstack::unix_ms(SystemTime::now());
         let mut sinks = Vec::new();
         for (i, sink) in view.sinks.iter().enumerate() {
@@ -380,6 +446,7 @@ impl Status {
                 rejected: c.rejected.load(Ordering::Relaxed),
                 queued: c.queued.load(Ordering::Relaxed),
                 concentrator,
+                gwmp,
             },
             sinks,
             readings,

@@ -33,7 +33,8 @@ fn main() {
         (Codec::hex(), vec![0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f], &no_variables),
     ];
     for (mut codec, bytes, variables) in cases {
-        let input = UplinkInput { bytes: &bytes, f_port: 1, recv_time: SystemTime::now(), variables };
+        let input =
+            UplinkInput { bytes: &bytes, f_port: 1, recv_time: SystemTime::now(), variables, device: "d" };
         if let Err(e) = codec.decode(&input) {
             panic!("{}: {e}", codec.name());
         }

@@ -1,5 +1,13 @@
-//! JavaScript codecs in QuickJS: one runtime per codec, the script compiled once, every call
-//! fenced by a deadline (interrupt handler) and a memory limit.
+//! JavaScript codecs in QuickJS: one runtime per codec, one context per device within it
+//! (the script run once in each), every call fenced by a deadline (interrupt handler) and a
+//! memory limit.
+//!
+//! Devices never share a global object or built-ins: what one device's frame does to
+//! `Object.prototype` or to a global, another device's reading never sees. A device's own
+//! globals persist between its calls, as codecs that keep state expect. The contexts of
+//! the least recently heard devices are dropped past [`MAX_DEVICE_CONTEXTS`], or when the
+//! runtime holds over half its memory limit, and rebuilt (the script run again) on their
+//! next frame.
 //!
 //! Not for: modules, timers, I/O. The context has the ECMAScript built-ins only (no `std`/`os`
 //! modules, no module loader, no `require`), so a codec can compute and nothing else.
@@ -7,6 +15,7 @@
 //! is rebuilt from the kept source, because QuickJS may be left half-way through an allocation.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -24,6 +33,13 @@ const LOAD_TIME: Duration = Duration::from_secs(1);
 const MAX_PENDING_JOBS: usize = 1_000;
 /// A thrown message is cut to this many bytes.
 const MAX_THROWN_BYTES: usize = 400;
+/// Device contexts one codec keeps at most (see the module docs).
+pub const MAX_DEVICE_CONTEXTS: usize = 256;
+
+/// `JSON.stringify` replacer: a key whose value is `undefined` is kept as `null`, as TTN
+/// does, instead of vanishing. (The root call has key "" on a one-key holder.)
+const KEEP_UNDEFINED_AS_NULL: &str = "(function (k, v) { \
+    return v === undefined && !(k === '' && Object.keys(this).length === 1) ? null : v; })";
 
 /// Built-ins the codec sees: the ECMAScript library, nothing that reaches outside.
 type Intrinsics = (
@@ -126,7 +142,7 @@ pub struct JsCodec {
     entry: EntryPoint,
     watchdog: Rc<Watchdog>,
     /// An error only if rebuilding after running out of memory failed: why it did.
-    engine: Result<Engine, String>,
+    engine: Result<Box<Engine>, String>,
 }
 
 impl std::fmt::Debug for JsCodec {
@@ -135,12 +151,24 @@ impl std::fmt::Debug for JsCodec {
     }
 }
 
-/// One QuickJS runtime and context holding the evaluated script.
+/// One QuickJS runtime and the per-device contexts in it.
 struct Engine {
-    // Field order is drop order: the JS handle before the context, the context before the runtime.
+    // Field order is drop order: every context (and its JS handles) before the runtime.
+    devices: HashMap<String, Scope>,
+    /// The context the script was checked in at load, handed to the first device heard.
+    spare: Option<Scope>,
+    /// Calls so far; a scope's `last_use` orders eviction.
+    calls: u64,
+    runtime: Runtime,
+}
+
+/// One device's context: its own globals and built-ins, the script evaluated in it.
+struct Scope {
+    // Field order is drop order: the JS handles before their context.
     call: Persistent<Function<'static>>,
+    replacer: Persistent<Function<'static>>,
     context: Context,
-    _runtime: Runtime,
+    last_use: u64,
 }
 
 impl JsCodec {
@@ -154,7 +182,7 @@ impl JsCodec {
             limits,
             entry,
             watchdog,
-            engine: Ok(engine),
+            engine: Ok(Box::new(engine)),
         })
     }
 
@@ -169,7 +197,7 @@ impl JsCodec {
     }
 
     pub(crate) fn decode(&mut self, input: &UplinkInput<'_>) -> Result<Decoded, DecodeError> {
-        let engine = match &self.engine {
+        let engine = match &mut self.engine {
             Ok(engine) => engine,
             Err(why) => {
                 return Err(DecodeError::Engine(format!(
@@ -178,12 +206,13 @@ impl JsCodec {
                 )))
             }
         };
-        let outcome = engine.decode(input, self.entry, &self.limits, &self.watchdog);
+        let outcome =
+            engine.decode(&self.name, &self.source, input, self.entry, &self.limits, &self.watchdog);
         if let Err(DecodeError::OutOfMemory { .. }) = outcome {
             // The script's globals are reset too; that is the price of a clean heap.
             self.engine = Err("restarting".to_owned()); // drop the old heap before building anew
             self.engine = Engine::start(&self.name, &self.source, &self.limits, &self.watchdog)
-                .map(|(engine, _)| engine)
+                .map(|(engine, _)| Box::new(engine))
                 .map_err(|e| e.to_string());
         }
         outcome
@@ -202,15 +231,82 @@ impl Engine {
         runtime.set_max_stack_size(MAX_STACK_BYTES);
         let handler_watchdog = Rc::clone(watchdog);
         runtime.set_interrupt_handler(Some(Box::new(move || handler_watchdog.expired())));
-        let context =
-            Context::custom::<Intrinsics>(&runtime).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let (scope, entry) = Scope::start(&runtime, name, source, limits, watchdog)?;
+        Ok((Engine { devices: HashMap::new(), spare: Some(scope), calls: 0, runtime }, entry))
+    }
 
+    fn decode(
+        &mut self,
+        name: &str,
+        source: &str,
+        input: &UplinkInput<'_>,
+        entry: EntryPoint,
+        limits: &Limits,
+        watchdog: &Watchdog,
+    ) -> Result<Decoded, DecodeError> {
+        self.calls += 1;
+        if !self.devices.contains_key(input.device) {
+            let scope = match self.spare.take() {
+                Some(scope) => scope,
+                None => {
+                    self.make_room(limits);
+                    Scope::start(&self.runtime, name, source, limits, watchdog)
+                        .map(|(scope, _)| scope)
+                        .map_err(|e| match e {
+                            LoadError::Engine(why) if why.contains("out of memory") => {
+                                DecodeError::OutOfMemory { limit: limits.memory_bytes }
+                            }
+                            other => DecodeError::Engine(format!(
+                                "codec {name} could not start for this device: {other}"
+                            )),
+                        })?
+                }
+            };
+            self.devices.insert(input.device.to_owned(), scope);
+        }
+        let Some(scope) = self.devices.get_mut(input.device) else {
+            return Err(DecodeError::Engine("device context vanished".into()));
+        };
+        scope.last_use = self.calls;
+        scope.decode(input, entry, limits, watchdog)
+    }
+
+    /// Drops the least recently used device contexts while too many are kept or the
+    /// runtime holds over half its memory limit (always leaving room for one more).
+    fn make_room(&mut self, limits: &Limits) {
+        let over_memory = |runtime: &Runtime| {
+            let used = runtime.memory_usage().memory_used_size.max(0) as u64;
+            used > (limits.memory_bytes / 2) as u64
+        };
+        while !self.devices.is_empty()
+            && (self.devices.len() >= MAX_DEVICE_CONTEXTS || over_memory(&self.runtime))
+        {
+            let oldest = self.devices.iter().min_by_key(|(_, s)| s.last_use).map(|(k, _)| k.clone());
+            match oldest {
+                Some(key) => drop(self.devices.remove(&key)),
+                None => break,
+            }
+            self.runtime.run_gc();
+        }
+    }
+}
+
+impl Scope {
+    /// A fresh context with the script evaluated in it.
+    fn start(
+        runtime: &Runtime,
+        name: &str,
+        source: &str,
+        limits: &Limits,
+        watchdog: &Watchdog,
+    ) -> Result<(Scope, EntryPoint), LoadError> {
+        let context = Context::custom::<Intrinsics>(runtime).map_err(|e| LoadError::Engine(e.to_string()))?;
         let load_limits = Limits { time: limits.time.max(LOAD_TIME), ..*limits };
         watchdog.arm(load_limits.time);
         let loaded = context.with(|ctx| evaluate(&ctx, name, source, &load_limits, watchdog));
         watchdog.disarm();
-        let (call, entry) = loaded?;
-        Ok((Engine { call, context, _runtime: runtime }, entry))
+        let (call, replacer, entry) = loaded?;
+        Ok((Scope { call, replacer, context, last_use: 0 }, entry))
     }
 
     fn decode(
@@ -221,9 +317,12 @@ impl Engine {
         watchdog: &Watchdog,
     ) -> Result<Decoded, DecodeError> {
         self.context.with(|ctx| {
-            let call = self.call.clone().restore(&ctx).map_err(|e| DecodeError::Engine(e.to_string()))?;
+            let restore = |f: &Persistent<Function<'static>>| {
+                f.clone().restore(&ctx).map_err(|e| DecodeError::Engine(e.to_string()))
+            };
+            let (call, replacer) = (restore(&self.call)?, restore(&self.replacer)?);
             watchdog.arm(limits.time);
-            let answer = call_codec(&ctx, &call, input, entry, limits, watchdog);
+            let answer = call_codec(&ctx, &call, &replacer, input, entry, limits, watchdog);
             // Jobs a codec queued (promises) run now, under the same deadline, so none are
             // left to run later outside of any call.
             for _ in 0..MAX_PENDING_JOBS {
@@ -244,7 +343,7 @@ fn evaluate<'js>(
     source: &str,
     limits: &Limits,
     watchdog: &Watchdog,
-) -> Result<(Persistent<Function<'static>>, EntryPoint), LoadError> {
+) -> Result<(Persistent<Function<'static>>, Persistent<Function<'static>>, EntryPoint), LoadError> {
     let engine_failure = |ctx: &Ctx<'js>, e: rquickjs::Error| {
         LoadError::Engine(describe_failure(ctx, e, limits, watchdog).to_string())
     };
@@ -273,7 +372,8 @@ fn evaluate<'js>(
         if let Some(decode) = found {
             let wrap: Function = ctx.eval(entry.adapter()).map_err(|e| engine_failure(ctx, e))?;
             let call: Function = wrap.call((decode,)).map_err(|e| engine_failure(ctx, e))?;
-            return Ok((Persistent::save(ctx, call), entry));
+            let replacer: Function = ctx.eval(KEEP_UNDEFINED_AS_NULL).map_err(|e| engine_failure(ctx, e))?;
+            return Ok((Persistent::save(ctx, call), Persistent::save(ctx, replacer), entry));
         }
     }
     Err(LoadError::NoEntryPoint { name: name.to_owned() })
@@ -283,6 +383,7 @@ fn evaluate<'js>(
 fn call_codec<'js>(
     ctx: &Ctx<'js>,
     call: &Function<'js>,
+    replacer: &Function<'js>,
     input: &UplinkInput<'_>,
     entry: EntryPoint,
     limits: &Limits,
@@ -313,8 +414,17 @@ fn call_codec<'js>(
             js_kind(&answer)
         )));
     }
+    if entry == EntryPoint::DecodeUplink {
+        // `data: undefined` is no data (an error below), not `data: null`.
+        if let Some(object) = answer.as_object() {
+            let data: Value = object.get("data").map_err(fail)?;
+            if data.is_undefined() {
+                object.remove("data").map_err(fail)?;
+            }
+        }
+    }
     let kind = js_kind(&answer);
-    let json = match ctx.json_stringify(answer) {
+    let json = match ctx.json_stringify_replacer(answer, replacer.clone()) {
         Ok(Some(json)) => json.to_string().map_err(|e| DecodeError::BadReturn(e.to_string()))?,
         Ok(None) => {
             return Err(DecodeError::BadReturn(format!(

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 pub use error::{DecodeError, LoadError};
-pub use js::{EntryPoint, JsCodec};
+pub use js::{EntryPoint, JsCodec, MAX_DEVICE_CONTEXTS};
 
 /// A codec file larger than this is refused: codecs are small, and a big file is a mistake.
 pub const MAX_SOURCE_BYTES: u64 = 1024 * 1024;
@@ -40,6 +40,9 @@ pub struct UplinkInput<'a> {
     pub recv_time: SystemTime,
     /// ChirpStack device variables (`input.variables`); empty for TTN codecs.
     pub variables: &'a BTreeMap<String, String>,
+    /// Which device sent it (its DevEUI, say): JavaScript codecs keep each device's
+    /// globals and built-ins apart from every other device's.
+    pub device: &'a str,
 }
 
 /// A codec's answer for one uplink.

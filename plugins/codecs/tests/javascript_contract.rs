@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use berrygw_codecs::{Codec, DecodeError, EntryPoint, Limits, LoadError, MAX_SOURCE_BYTES};
-use common::{decode, decode_with, javascript, variables};
+use common::{decode, decode_from, decode_with, javascript, variables};
 use serde_json::json;
 
 fn entry_point(codec: &Codec) -> EntryPoint {
@@ -166,6 +166,66 @@ fn globals_a_codec_keeps_persist_between_calls() {
     let mut codec = javascript("counter.js", source);
     assert_eq!(decode(&mut codec, &[], 1).unwrap().data, json!({"frames": 1}));
     assert_eq!(decode(&mut codec, &[], 1).unwrap().data, json!({"frames": 2}));
+}
+
+#[test]
+fn one_device_cannot_pollute_what_another_device_reads() {
+    // Device A's frame (first byte 1) pollutes the shared built-ins and globals.
+    let source = "var lastDevice;\n\
+                  function decodeUplink(input) {\n\
+                    if (input.bytes[0] === 1) {\n\
+                      Object.prototype.alarm = 'forged';\n\
+                      Array.prototype.toJSON = function () { return 'forged'; };\n\
+                      globalThis.leak = 'forged';\n\
+                      lastDevice = 'A';\n\
+                    }\n\
+                    var data = { level: input.bytes[1], list: [input.bytes[1]] };\n\
+                    if (({}).alarm) data.alarm = ({}).alarm;\n\
+                    if (typeof leak !== 'undefined') data.leak = leak;\n\
+                    if (lastDevice) data.last = lastDevice;\n\
+                    return { data: data };\n\
+                  }";
+    let mut codec = javascript("shared.js", source);
+    decode_from(&mut codec, "device-a", &[1, 10], 1).unwrap();
+    let b = decode_from(&mut codec, "device-b", &[0, 20], 1).unwrap();
+    assert_eq!(b.data, json!({"level": 20, "list": [20]}), "device B sees nothing of device A");
+    // A's own context keeps what A did (a codec's state is per device).
+    let a = decode_from(&mut codec, "device-a", &[0, 30], 1).unwrap();
+    assert_eq!(
+        a.data,
+        json!({"level": 30, "list": "forged", "alarm": "forged", "leak": "forged", "last": "A"})
+    );
+    let b = decode_from(&mut codec, "device-b", &[0, 40], 1).unwrap();
+    assert_eq!(b.data, json!({"level": 40, "list": [40]}));
+}
+
+#[test]
+fn device_contexts_beyond_the_bound_are_rebuilt_on_their_next_frame() {
+    let source = "var frames = 0;\nfunction decodeUplink(input) { return { data: { frames: ++frames } }; }";
+    let mut codec = javascript("counter.js", source);
+    let bound = berrygw_codecs::MAX_DEVICE_CONTEXTS;
+    for i in 0..=bound {
+        let decoded = decode_from(&mut codec, &format!("d{i}"), &[], 1).unwrap();
+        assert_eq!(decoded.data, json!({"frames": 1}), "each device counts its own frames");
+    }
+    // d0 was the least recently heard: its context went, and starts afresh.
+    assert_eq!(decode_from(&mut codec, "d0", &[], 1).unwrap().data, json!({"frames": 1}));
+    assert_eq!(decode_from(&mut codec, &format!("d{bound}"), &[], 1).unwrap().data, json!({"frames": 2}));
+}
+
+#[test]
+fn undefined_values_are_kept_as_null_as_ttn_does() {
+    let source = "function decodeUplink(input) {\n\
+                  return { data: { temperature: undefined, nested: { a: undefined, b: 1 }, list: [undefined] } }; }";
+    let mut codec = javascript("undefined.js", source);
+    let decoded = decode(&mut codec, &[], 1).unwrap();
+    assert_eq!(decoded.data, json!({"temperature": null, "nested": {"a": null, "b": 1}, "list": [null]}));
+    let legacy = "function Decoder(bytes, port) { return { temperature: undefined, ok: true }; }";
+    let mut codec = javascript("legacy.js", legacy);
+    assert_eq!(decode(&mut codec, &[], 1).unwrap().data, json!({"temperature": null, "ok": true}));
+    // No data at all is still an error, not a null reading.
+    let mut codec = javascript("nodata.js", "function decodeUplink(input) { return { data: undefined }; }");
+    assert!(decode(&mut codec, &[], 1).is_err());
 }
 
 #[test]

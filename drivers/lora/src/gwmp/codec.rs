@@ -640,7 +640,7 @@ impl TxPkAck {
 
 /// TX_ACK names of our transmit outcomes: the ones PROTOCOL.TXT defines, and for the
 /// others the names ChirpStack's `TxAckStatus` uses.
-const TX_STATUS_NAMES: [(TxStatus, &str); 11] = [
+const TX_STATUS_NAMES: [(TxStatus, &str); 12] = [
     (TxStatus::Ok, "NONE"),
     (TxStatus::TooLate, "TOO_LATE"),
     (TxStatus::TooEarly, "TOO_EARLY"),
@@ -652,6 +652,8 @@ const TX_STATUS_NAMES: [(TxStatus, &str); 11] = [
     (TxStatus::QueueFull, "QUEUE_FULL"),
     (TxStatus::InternalError, "INTERNAL_ERROR"),
     (TxStatus::DutyCycleOverflow, "DUTY_CYCLE_OVERFLOW"),
+    // No standard name: a network server reads it as not transmitted, which it may be.
+    (TxStatus::Unconfirmed, "UNCONFIRMED"),
 ];
 
 /// The TX_ACK `error` name of a transmit outcome.

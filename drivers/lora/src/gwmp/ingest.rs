@@ -1,22 +1,32 @@
 //! The GWMP ingest radio source: berrygw plays the network server for a packet
 //! forwarder on this gateway (vendor firmware running Semtech's `lora_pkt_fwd`,
 //! pointed at `127.0.0.1:1700`). PUSH_DATA `rxpk`s become `UplinkFrame`s,
-//! downlinks go out as PULL_RESP to the address of the last PULL_DATA, and the
+//! downlinks go out as PULL_RESP to the forwarder's PULL_DATA address, and the
 //! forwarder's TX_ACK becomes the `TxAck`. It owns no radio and keeps no
 //! uplink: a datagram lost before it reaches us is lost, as with any UDP
 //! forwarder.
+//!
+//! One forwarder, pinned: its IP address (`forwarder`, or the first one heard)
+//! and its gateway EUI (`gateway_id`, or the first one heard). Its ports are not
+//! pinned: `lora_pkt_fwd` pushes and pulls from two sockets, and both get new
+//! ports when it restarts. Downlinks go to the port of its PULL_DATA; a PULL_DATA
+//! from another port moves them only once the current one has been silent for
+//! `forwarder_timeout_ms` (a restart), so a second process on the same host
+//! cannot take the downlinks of a live forwarder. TX_ACK is taken only from the
+//! address the PULL_RESP went to. Everything else is dropped, counted by reason
+//! and remembered for the status page.
 //!
 //! Transmit outcomes: a GWMP v2 forwarder answers every PULL_RESP with a TX_ACK
 //! within milliseconds, so silence for `tx_ack_timeout_ms` means the PULL_RESP or
 //! the forwarder was lost and is answered [`TxStatus::InternalError`]. A GWMP v1
 //! forwarder (its PULL_DATA says version 1) has no TX_ACK: its downlinks are
-//! answered [`TxStatus::Ok`] once the PULL_RESP is sent, the best we can know.
+//! answered [`TxStatus::Unconfirmed`] once the PULL_RESP is sent, never `Ok`.
 //! With no forwarder yet (no PULL_DATA) a downlink is refused at once.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -39,8 +49,17 @@ pub struct GwmpConfig {
     #[serde(default = "default_bind")]
     pub bind: SocketAddr,
     /// Accept only this gateway EUI; datagrams from others are counted and dropped.
+    /// Unset: the first EUI heard is pinned until restart.
     #[serde(default)]
     pub gateway_id: Option<Eui64>,
+    /// Accept datagrams only from this IP address (the packet forwarder's host).
+    /// Unset: the first address heard is pinned until restart.
+    #[serde(default)]
+    pub forwarder: Option<IpAddr>,
+    /// A PULL_DATA from a new port of the pinned forwarder takes the downlinks only after
+    /// the current port has sent none for this long (a forwarder restarting).
+    #[serde(default = "default_forwarder_timeout_ms")]
+    pub forwarder_timeout_ms: u64,
     /// How long a downlink waits for the forwarder's TX_ACK before it counts as failed.
     #[serde(default = "default_tx_ack_timeout_ms")]
     pub tx_ack_timeout_ms: u64,
@@ -54,9 +73,20 @@ fn default_tx_ack_timeout_ms() -> u64 {
     2000
 }
 
+/// Three of `lora_pkt_fwd`'s default 10 s keepalives.
+fn default_forwarder_timeout_ms() -> u64 {
+    30_000
+}
+
 impl Default for GwmpConfig {
     fn default() -> GwmpConfig {
-        GwmpConfig { bind: default_bind(), gateway_id: None, tx_ack_timeout_ms: default_tx_ack_timeout_ms() }
+        GwmpConfig {
+            bind: default_bind(),
+            gateway_id: None,
+            forwarder: None,
+            forwarder_timeout_ms: default_forwarder_timeout_ms(),
+            tx_ack_timeout_ms: default_tx_ack_timeout_ms(),
+        }
     }
 }
 
@@ -67,6 +97,10 @@ pub enum GwmpError {
         "radio.gwmp: tx_ack_timeout_ms = {0} is outside 1..=60000; a forwarder answers within milliseconds, 2000 is safe"
     )]
     TxAckTimeout(u64),
+    #[error(
+        "radio.gwmp: forwarder_timeout_ms = {0} is outside 1000..=600000; lora_pkt_fwd sends PULL_DATA every 10 s, 30000 is safe"
+    )]
+    ForwarderTimeout(u64),
 }
 
 /// What the ingest has seen and done since it started; plain counters for metrics and tests.
@@ -77,8 +111,20 @@ pub struct GwmpStats {
     /// Datagrams dropped whole: bad version or identifier, truncated, bad JSON, or a
     /// server-to-forwarder type sent to us.
     pub malformed: AtomicU64,
-    /// Datagrams dropped because their gateway EUI is not `gateway_id`.
+    /// Datagrams dropped because their gateway EUI is not `gateway_id` (or the pinned one).
     pub foreign_gateway: AtomicU64,
+    /// Datagrams dropped because they came from an IP address other than the pinned forwarder's.
+    pub foreign_source: AtomicU64,
+    /// PULL_DATA from a new port of the pinned forwarder while its current one is alive.
+    pub pull_data_refused: AtomicU64,
+    /// TX_ACKs dropped because they came from another address than the PULL_RESP went to.
+    pub tx_ack_refused: AtomicU64,
+    /// Times the downlink address moved to a new port after the old one went silent.
+    pub forwarder_moves: AtomicU64,
+    /// The latest datagram refused for its source (any of the four counters above).
+    pub last_refused: Mutex<Option<RefusedSource>>,
+    /// The pinned forwarder, once one was heard.
+    pub forwarder: Mutex<Option<ForwarderView>>,
     /// PUSH_DATA accepted (and acknowledged).
     pub push_data: AtomicU64,
     /// PULL_DATA accepted (and acknowledged).
@@ -103,6 +149,39 @@ pub struct GwmpStats {
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A datagram refused for where it came from, for the status page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedSource {
+    pub from: SocketAddr,
+    pub gateway_id: Eui64,
+    /// `foreign_source`, `foreign_gateway`, `pull_data_refused` or `tx_ack_refused`.
+    pub reason: &'static str,
+    pub at: SystemTime,
+}
+
+/// The pinned packet forwarder as the status page shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwarderView {
+    pub ip: IpAddr,
+    pub gateway_id: Option<Eui64>,
+    /// Where downlinks go (its latest accepted PULL_DATA), once it pulled.
+    pub downlink_addr: Option<SocketAddr>,
+    /// Its GWMP version (1 has no TX_ACK).
+    pub version: Option<u8>,
+}
+
+impl GwmpStats {
+    /// The latest refused source, if any.
+    pub fn last_refused(&self) -> Option<RefusedSource> {
+        self.last_refused.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// The pinned forwarder, if one was heard.
+    pub fn forwarder(&self) -> Option<ForwarderView> {
+        self.forwarder.lock().ok().and_then(|g| g.clone())
+    }
 }
 
 /// A view of a (running) ingest: its counters and the address it listens on.
@@ -138,6 +217,9 @@ impl GwmpIngest {
         if !(1..=60_000).contains(&config.tx_ack_timeout_ms) {
             return Err(GwmpError::TxAckTimeout(config.tx_ack_timeout_ms));
         }
+        if !(1_000..=600_000).contains(&config.forwarder_timeout_ms) {
+            return Err(GwmpError::ForwarderTimeout(config.forwarder_timeout_ms));
+        }
         let (bound, _) = watch::channel(None);
         Ok(GwmpIngest { config, stats: Arc::default(), bound })
     }
@@ -165,7 +247,9 @@ impl GwmpIngest {
         let mut server = Server {
             socket,
             tx_ack_timeout: Duration::from_millis(config.tx_ack_timeout_ms),
-            gateway_filter: config.gateway_id,
+            forwarder_timeout: Duration::from_millis(config.forwarder_timeout_ms),
+            pinned_ip: config.forwarder,
+            pinned_gateway: config.gateway_id,
             stats,
             forwarder: None,
             pending: HashMap::new(),
@@ -219,12 +303,13 @@ impl RadioSource for GwmpIngest {
     }
 }
 
-/// The packet forwarder downlinks go to: whoever sent the last PULL_DATA.
+/// Where downlinks go: the pinned forwarder's PULL_DATA socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Forwarder {
     addr: SocketAddr,
-    gateway_id: Eui64,
     version: u8,
+    /// Its latest PULL_DATA.
+    heard: Instant,
 }
 
 /// A PULL_RESP waiting for its TX_ACK.
@@ -237,8 +322,13 @@ struct PendingTx {
 struct Server {
     socket: UdpSocket,
     tx_ack_timeout: Duration,
-    gateway_filter: Option<Eui64>,
+    forwarder_timeout: Duration,
+    /// The forwarder's IP, configured or first heard.
+    pinned_ip: Option<IpAddr>,
+    /// The forwarder's gateway EUI, configured or first heard.
+    pinned_gateway: Option<Eui64>,
     stats: Arc<GwmpStats>,
+    /// Where downlinks go, once the pinned forwarder pulled.
     forwarder: Option<Forwarder>,
     /// By PULL_RESP token.
     pending: HashMap<u16, PendingTx>,
@@ -295,17 +385,39 @@ impl Server {
                 if !self.accepts(gateway_id, from) {
                     return Vec::new();
                 }
+                let now = Instant::now();
+                match self.forwarder {
+                    Some(current) if current.addr != from => {
+                        let silent = now.saturating_duration_since(current.heard);
+                        if silent < self.forwarder_timeout {
+                            // No PULL_ACK: the live forwarder keeps its downlinks.
+                            self.refuse("pull_data_refused", from, gateway_id);
+                            return Vec::new();
+                        }
+                        bump(&self.stats.forwarder_moves);
+                        warn!(%gateway_id, old = %current.addr, new = %from, silent_ms = silent.as_millis() as u64,
+                            "gwmp ingest: packet forwarder pulls from a new port after going silent (restarted?); downlinks go there now");
+                    }
+                    Some(current) if current.version != version => {
+                        info!(%gateway_id, %from, version, "gwmp ingest: packet forwarder changed its GWMP version");
+                    }
+                    Some(_) => {}
+                    None => {
+                        info!(%gateway_id, %from, version, "gwmp ingest: downlinks go to this packet forwarder")
+                    }
+                }
                 bump(&self.stats.pull_data);
                 self.reply(Datagram { version, token, packet: Packet::PullAck }, from).await;
-                let forwarder = Forwarder { addr: from, gateway_id, version };
-                if self.forwarder != Some(forwarder) {
-                    info!(%gateway_id, %from, version, "gwmp ingest: downlinks go to this packet forwarder");
-                    self.forwarder = Some(forwarder);
-                }
+                self.forwarder = Some(Forwarder { addr: from, version, heard: now });
+                self.publish_forwarder();
                 Vec::new()
             }
             Packet::TxAck { gateway_id, ack } => {
                 if !self.accepts(gateway_id, from) {
+                    return Vec::new();
+                }
+                if self.forwarder.map(|f| f.addr) != Some(from) {
+                    self.refuse("tx_ack_refused", from, gateway_id);
                     return Vec::new();
                 }
                 let Some(pending) = self.pending.remove(&token) else {
@@ -334,17 +446,56 @@ impl Server {
         }
     }
 
-    /// Whether the gateway EUI passes the filter; counts and logs it when not.
+    /// Whether a datagram comes from the pinned forwarder (IP address and gateway EUI);
+    /// pins the first one heard. Counts, remembers and logs a refusal.
     fn accepts(&mut self, gateway_id: Eui64, from: SocketAddr) -> bool {
-        match self.gateway_filter {
-            Some(expected) if expected != gateway_id => {
-                bump(&self.stats.foreign_gateway);
-                if let Some(held) = self.warn.allow("foreign_gateway") {
-                    warn!(%gateway_id, %expected, %from, held_back = held, "gwmp ingest: datagram from another gateway EUI dropped");
-                }
-                false
-            }
-            _ => true,
+        let ip = from.ip().to_canonical();
+        if self.pinned_ip.is_some_and(|pinned| pinned.to_canonical() != ip) {
+            self.refuse("foreign_source", from, gateway_id);
+            return false;
+        }
+        if self.pinned_gateway.is_some_and(|pinned| pinned != gateway_id) {
+            self.refuse("foreign_gateway", from, gateway_id);
+            return false;
+        }
+        if self.pinned_ip.is_none() || self.pinned_gateway.is_none() {
+            info!(%gateway_id, %ip, "gwmp ingest: packet forwarder pinned; datagrams from any other address or EUI are dropped until restart");
+            self.pinned_ip = Some(ip);
+            self.pinned_gateway = Some(gateway_id);
+            self.publish_forwarder();
+        }
+        true
+    }
+
+    /// Drops a datagram for its source: counted by `reason`, remembered, logged (limited).
+    fn refuse(&mut self, reason: &'static str, from: SocketAddr, gateway_id: Eui64) {
+        let counter = match reason {
+            "foreign_gateway" => &self.stats.foreign_gateway,
+            "pull_data_refused" => &self.stats.pull_data_refused,
+            "tx_ack_refused" => &self.stats.tx_ack_refused,
+            _ => &self.stats.foreign_source,
+        };
+        bump(counter);
+        if let Ok(mut last) = self.stats.last_refused.lock() {
+            *last = Some(RefusedSource { from, gateway_id, reason, at: SystemTime::now() });
+        }
+        if let Some(held) = self.warn.allow(reason) {
+            let forwarder = self.forwarder.map(|f| f.addr.to_string()).unwrap_or_else(|| "none yet".into());
+            warn!(%gateway_id, %from, ?self.pinned_ip, ?self.pinned_gateway, %forwarder, held_back = held,
+                "gwmp ingest: datagram from a source other than the pinned packet forwarder dropped ({reason})");
+        }
+    }
+
+    /// Publishes the pinned forwarder for the status page.
+    fn publish_forwarder(&self) {
+        let Some(ip) = self.pinned_ip else { return };
+        if let Ok(mut view) = self.stats.forwarder.lock() {
+            *view = Some(ForwarderView {
+                ip,
+                gateway_id: self.pinned_gateway,
+                downlink_addr: self.forwarder.map(|f| f.addr),
+                version: self.forwarder.map(|f| f.version),
+            });
         }
     }
 
@@ -398,8 +549,9 @@ impl Server {
         bump(&self.stats.downlinks_sent);
         debug!(downlink_id = d.downlink_id, token, to = %fwd.addr, "gwmp ingest: PULL_RESP sent");
         if fwd.version == PROTOCOL_V1 {
-            // Version 1 has no TX_ACK: handing the frame over is all we will ever know.
-            self.answer(d.downlink_id, TxStatus::Ok).await;
+            // Version 1 has no TX_ACK: handing the frame over is all we will ever know,
+            // which is not the same as knowing it went out.
+            self.answer(d.downlink_id, TxStatus::Unconfirmed).await;
         } else {
             let deadline = Instant::now() + self.tx_ack_timeout;
             self.pending.insert(token, PendingTx { downlink_id: d.downlink_id, deadline });
@@ -695,13 +847,133 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn version_1_forwarder_downlinks_are_acknowledged_once_sent() {
+    async fn version_1_forwarder_downlinks_are_reported_unconfirmed_never_ok() {
         let mut h = start(GwmpConfig::default()).await;
         h.pull(1, 0x0a0b).await;
         h.downlinks.send(downlink(9, TxTiming::Counter(1000))).await.expect("send");
         let resp = h.recv().await;
         assert_eq!((resp[0], resp[3]), (1, 3), "PULL_RESP in version 1");
-        assert_eq!(h.tx_ack().await, TxAck { downlink_id: 9, status: TxStatus::Ok });
+        assert_eq!(h.tx_ack().await, TxAck { downlink_id: 9, status: TxStatus::Unconfirmed });
+    }
+
+    /// A second socket on the same host, playing another process.
+    async fn intruder(h: &Harness) -> UdpSocket {
+        let server = h.forwarder.peer_addr().expect("peer");
+        let s = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        s.connect(server).await.expect("connect");
+        s
+    }
+
+    async fn recv_on(s: &UdpSocket) -> Vec<u8> {
+        let mut buf = vec![0; 65_536];
+        let len = tokio::time::timeout(HANG_GUARD, s.recv(&mut buf)).await.expect("in time").expect("recv");
+        buf.truncate(len);
+        buf
+    }
+
+    fn pull_data(version: u8, token: u16, eui: [u8; 8]) -> Vec<u8> {
+        let mut d = vec![version, (token >> 8) as u8, token as u8, 2];
+        d.extend_from_slice(&eui);
+        d
+    }
+
+    #[tokio::test]
+    async fn another_process_cannot_take_the_downlinks_of_a_live_forwarder() {
+        let mut h = start(GwmpConfig::default()).await;
+        h.pull(2, 1).await;
+        let thief = intruder(&h).await;
+        // Same IP, same EUI, version 1 (which would turn every downlink into a fake OK).
+        thief.send(&pull_data(1, 2, FORWARDER_EUI)).await.expect("send");
+        // Its TX_ACK for a token it guessed is refused too.
+        let mut ack = vec![2, 0, 0, 5];
+        ack.extend_from_slice(&FORWARDER_EUI);
+        thief.send(&ack).await.expect("send");
+        h.send(&push_data(3, FORWARDER_EUI, &one_rxpk("AQID"))).await;
+        assert_eq!(h.recv().await, vec![2, 0, 3, 1]);
+
+        h.downlinks.send(downlink(11, TxTiming::Immediately)).await.expect("send");
+        let resp = h.recv().await;
+        assert_eq!((resp[0], resp[3]), (2, 3), "the PULL_RESP went to the pinned forwarder, in version 2");
+        let mut thief_ack = vec![2, resp[1], resp[2], 5];
+        thief_ack.extend_from_slice(&FORWARDER_EUI);
+        thief.send(&thief_ack).await.expect("send");
+        let mut ack = vec![2, resp[1], resp[2], 5];
+        ack.extend_from_slice(&FORWARDER_EUI);
+        ack.extend_from_slice(br#"{"txpk_ack":{"error":"TOO_LATE"}}"#);
+        h.send(&ack).await;
+        assert_eq!(
+            h.tx_ack().await,
+            TxAck { downlink_id: 11, status: TxStatus::TooLate },
+            "only the forwarder's TX_ACK counts"
+        );
+        assert_eq!(h.stat(|s| &s.pull_data_refused), 1);
+        assert_eq!(h.stat(|s| &s.tx_ack_refused), 2);
+        let refused = h.handle.stats().last_refused().expect("remembered");
+        assert_eq!((refused.from, refused.reason), (thief.local_addr().expect("addr"), "tx_ack_refused"));
+        let view = h.handle.stats().forwarder().expect("pinned");
+        assert_eq!(view.downlink_addr, Some(h.forwarder.local_addr().expect("addr")));
+        assert_eq!(view.version, Some(2));
+        let mut buf = [0u8; 64];
+        assert!(thief.try_recv(&mut buf).is_err(), "the intruder got no PULL_ACK and no downlink");
+    }
+
+    #[tokio::test]
+    async fn a_restarted_forwarder_gets_the_downlinks_once_its_old_port_is_silent() {
+        let h = start(GwmpConfig { forwarder_timeout_ms: 1000, ..GwmpConfig::default() }).await;
+        h.pull(2, 1).await;
+        let restarted = intruder(&h).await;
+        // Keep trying from the new port, as lora_pkt_fwd does every keepalive.
+        let answer = loop {
+            restarted.send(&pull_data(2, 7, FORWARDER_EUI)).await.expect("send");
+            let mut buf = vec![0; 64];
+            match tokio::time::timeout(Duration::from_millis(200), restarted.recv(&mut buf)).await {
+                Ok(Ok(len)) => break buf[..len].to_vec(),
+                _ => continue,
+            }
+        };
+        assert_eq!(answer, vec![2, 0, 7, 4], "PULL_ACK once the old port went silent");
+        h.downlinks.send(downlink(12, TxTiming::Immediately)).await.expect("send");
+        assert_eq!(recv_on(&restarted).await[3], 3, "PULL_RESP to the new port");
+        assert_eq!(h.stat(|s| &s.forwarder_moves), 1);
+        assert!(h.stat(|s| &s.pull_data_refused) >= 1);
+    }
+
+    #[tokio::test]
+    async fn first_forwarder_heard_is_pinned_and_others_are_dropped() {
+        let mut h = start(GwmpConfig::default()).await;
+        h.send(&push_data(1, FORWARDER_EUI, &one_rxpk("AQID"))).await;
+        assert_eq!(h.recv().await, vec![2, 0, 1, 1]);
+        assert_eq!(h.uplink().await.phy_payload, vec![1, 2, 3]);
+        // Another EUI, even from the same address, is not the forwarder.
+        h.send(&push_data(2, [9; 8], &one_rxpk("BAUG"))).await;
+        h.send(&pull_data(2, 3, [9; 8])).await;
+        h.send(&push_data(4, FORWARDER_EUI, &one_rxpk("BwgJ"))).await;
+        assert_eq!(h.recv().await, vec![2, 0, 4, 1], "only the pinned gateway is answered");
+        assert_eq!(h.uplink().await.phy_payload, vec![7, 8, 9]);
+        assert_eq!(h.stat(|s| &s.foreign_gateway), 2);
+        let view = h.handle.stats().forwarder().expect("pinned");
+        assert_eq!(
+            (view.ip, view.gateway_id),
+            ("127.0.0.1".parse().expect("ip"), Some(Eui64(FORWARDER_EUI)))
+        );
+    }
+
+    #[tokio::test]
+    async fn datagrams_from_another_address_than_the_configured_forwarder_are_dropped() {
+        let mut h =
+            start(GwmpConfig { forwarder: Some("192.0.2.1".parse().expect("ip")), ..GwmpConfig::default() })
+                .await;
+        h.send(&push_data(1, FORWARDER_EUI, &one_rxpk("AQID"))).await;
+        h.send(&pull_data(2, 2, FORWARDER_EUI)).await;
+        tokio::time::timeout(HANG_GUARD, async {
+            while h.stat(|s| &s.foreign_source) < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("both refused");
+        assert!(h.uplinks.try_recv().is_err());
+        assert_eq!(h.handle.stats().last_refused().map(|r| r.reason), Some("foreign_source"));
     }
 
     #[tokio::test]
@@ -784,5 +1056,11 @@ mod tests {
             GwmpIngest::new(GwmpConfig { tx_ack_timeout_ms: 0, ..c }).expect_err("zero"),
             GwmpError::TxAckTimeout(0)
         );
+        assert_eq!(
+            GwmpIngest::new(GwmpConfig { forwarder_timeout_ms: 10, ..c }).expect_err("too short"),
+            GwmpError::ForwarderTimeout(10)
+        );
+        let c: GwmpConfig = toml::from_str("forwarder = \"10.0.0.2\"").expect("parse");
+        assert_eq!(c.forwarder, Some("10.0.0.2".parse().expect("ip")));
     }
 }

@@ -20,7 +20,17 @@ pub fn decode_with(
     f_port: u8,
     variables: &BTreeMap<String, String>,
 ) -> Result<Decoded, DecodeError> {
-    codec.decode(&UplinkInput { bytes, f_port, recv_time: recv_time(), variables })
+    codec.decode(&UplinkInput { bytes, f_port, recv_time: recv_time(), variables, device: "device-a" })
+}
+
+/// Decodes `bytes` on `f_port` as sent by `device`.
+pub fn decode_from(
+    codec: &mut Codec,
+    device: &str,
+    bytes: &[u8],
+    f_port: u8,
+) -> Result<Decoded, DecodeError> {
+    codec.decode(&UplinkInput { bytes, f_port, recv_time: recv_time(), variables: &BTreeMap::new(), device })
 }
 
 /// Decodes `bytes` on `f_port` with no device variables.
