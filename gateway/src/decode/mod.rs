@@ -36,6 +36,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{error, info, warn};
 
+pub use self::engine::Installed;
 use self::engine::{Codecs, Engine, Outcome};
 pub use self::reading::Reading;
 use self::registry::Registry;
@@ -124,7 +125,7 @@ enum Msg {
     Uplink(Box<UplinkFrame>, u64),
     Downlink(u32, Vec<u8>),
     TxAck(u32, bool),
-    Push(PushedSession),
+    Push(PushedSession, oneshot::Sender<Result<Installed, String>>),
     Reload(oneshot::Sender<Result<ReloadReport, String>>),
     /// Decode what is queued, write the sessions, end the thread.
     Stop(oneshot::Sender<()>),
@@ -220,9 +221,17 @@ impl Decoder {
         self.offer(Msg::TxAck(downlink_id, transmitted));
     }
 
-    /// Session keys pushed by the central side.
-    pub fn push(&self, session: PushedSession) {
-        self.offer(Msg::Push(session));
+    /// Install session keys pushed by the central side (authenticated by the caller): the
+    /// device and the source of the session replaced, or why not. Never dropped: it waits its
+    /// turn behind queued frames.
+    pub async fn push(&self, session: PushedSession) -> Result<Installed, String> {
+        let (reply, answer) = oneshot::channel();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || tx.send(Msg::Push(session, reply)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "the decoder is not running".to_string())?;
+        answer.await.map_err(|_| "the decoder stopped before installing the session".to_string())?
     }
 
     /// Re-read the registry and its codecs; on any error the registry in force stays.
@@ -328,16 +337,22 @@ impl Worker {
                     self.publish_sizes();
                 }
             }
-            Msg::Push(pushed) => {
+            Msg::Push(pushed, reply) => {
                 let dev_eui = pushed.dev_eui;
-                match self.engine.push(pushed) {
-                    Ok(device) => {
-                        info!(device, "decoder: session keys pushed by the central side installed");
+                let result = self.engine.push(pushed);
+                match &result {
+                    Ok(installed) => {
+                        info!(
+                            device = installed.device,
+                            replaced = installed.replaced.map(|s| s.label()),
+                            "decoder: session keys pushed by the central side installed"
+                        );
                         self.counters.sessions_started.get_or_create(&[("source", "pushed")]).inc();
                         self.publish_sizes();
                     }
                     Err(e) => warn!(%dev_eui, "decoder: pushed session refused: {e}"),
                 }
+                let _ = reply.send(result);
             }
             Msg::Reload(reply) => {
                 let result = self.reload();
