@@ -203,7 +203,7 @@ fn command_with(
 
 #[test]
 fn signed_command_is_executed_read_back_verified_and_reported() {
-    let site = start_site();
+    let mut site = start_site();
     let move2 = signed(
         "c-1",
         "central-2026",
@@ -224,7 +224,14 @@ fn signed_command_is_executed_read_back_verified_and_reported() {
         site.dam.bay_position(2).filter(|p| (p - 60.0).abs() < 0.01)
     });
 
-    // The same envelope again: a replay, refused without touching the dam.
+    // The same envelope again: a copy, refused at the door (counted, not audited again)...
+    site.publish(move2.clone());
+    wait_for(Duration::from_secs(20), "the copy refused", || {
+        (site.unauthenticated("duplicate") == 1).then_some(())
+    });
+    // ...and after a restart, by the durable replay window (audited).
+    site.gw.stop();
+    site.gw.restart();
     site.publish(move2);
     wait_for(Duration::from_secs(20), "the replay refused", || {
         site.results("c-1").into_iter().find(|a| a["reason"] == "replayed")
