@@ -39,7 +39,7 @@ use super::envelope::{self, CommandEnvelope};
 use super::field::FieldDevice;
 use super::gate::{self, Arrival, DoorState};
 use super::keys::{AuthorizedKey, AuthorizedKeys};
-use super::replay::{Admission, ReplayWindow};
+use super::replay::{Admission, ReplayWindow, REPLAY_WINDOW_FAILED};
 use crate::decode::Decoder;
 use crate::journal::Journal;
 use crate::sink::app::{self, AppTopics};
@@ -364,10 +364,25 @@ impl Actuation {
         }
     }
 
+    /// The checks after the signature. A refusal that may pass later (clock not yet
+    /// synchronized, the window not writable) lets the door take the same envelope again;
+    /// any other keeps it remembered there, so copies of it are not audited over and over.
     fn authorize(&self, env: &CommandEnvelope, key: &AuthorizedKey) -> Result<(), envelope::Refusal> {
+        let result = self.authorize_once(env, key);
+        if let Err(r) = &result {
+            if [CLOCK_NOT_SYNCHRONIZED, REPLAY_WINDOW_FAILED, "internal"].contains(&r.reason) {
+                if let Ok(mut door) = self.inner.door.lock() {
+                    door.forget(&key.id, env.id());
+                }
+            }
+        }
+        result
+    }
+
+    fn authorize_once(&self, env: &CommandEnvelope, key: &AuthorizedKey) -> Result<(), envelope::Refusal> {
         if self.inner.require_clock_sync && !clock_synchronized() {
             return Err(envelope::Refusal::new(
-                "clock_not_synchronized",
+                CLOCK_NOT_SYNCHRONIZED,
                 "this gateway's clock is not synchronized (NTP), so not_after cannot be trusted; \
                  check chrony/systemd-timesyncd, or set [field] require_clock_sync = false",
             ));
@@ -619,6 +634,9 @@ pub fn clock_synchronized() -> bool {
 pub fn now_utc() -> DateTime<Utc> {
     DateTime::<Utc>::from(std::time::SystemTime::now())
 }
+
+/// `reason` of a central command refused because the clock is not synchronized.
+const CLOCK_NOT_SYNCHRONIZED: &str = "clock_not_synchronized";
 
 /// How many of the latest attempts `recent` keeps.
 const RECENT: usize = 10;
