@@ -131,6 +131,20 @@ impl Site {
         }
     }
 
+    /// `berrygw_commands_unauthenticated_total{reason}` from /metrics on the API socket.
+    fn unauthenticated(&self, reason: &str) -> u64 {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&self.socket) else { return 0 };
+        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let mut body = String::new();
+        let _ = stream.read_to_string(&mut body);
+        let needle = format!("berrygw_commands_unauthenticated_total{{reason=\"{reason}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(needle.as_str()))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Result events for command `id`, in arrival order.
     fn results(&self, id: &str) -> Vec<serde_json::Value> {
         self.sub
@@ -180,6 +194,7 @@ fn command_with(
         command: command.into(),
         args,
         not_after,
+        issued_at: Some(now_utc()),
     }
     .sign(key)
     .expect("sign")
@@ -188,7 +203,7 @@ fn command_with(
 
 #[test]
 fn signed_command_is_executed_read_back_verified_and_reported() {
-    let site = start_site();
+    let mut site = start_site();
     let move2 = signed(
         "c-1",
         "central-2026",
@@ -209,7 +224,14 @@ fn signed_command_is_executed_read_back_verified_and_reported() {
         site.dam.bay_position(2).filter(|p| (p - 60.0).abs() < 0.01)
     });
 
-    // The same envelope again: a replay, refused without touching the dam.
+    // The same envelope again: a copy, refused at the door (counted, not audited again)...
+    site.publish(move2.clone());
+    wait_for(Duration::from_secs(20), "the copy refused", || {
+        (site.unauthenticated("duplicate") == 1).then_some(())
+    });
+    // ...and after a restart, by the durable replay window (audited).
+    site.gw.stop();
+    site.gw.restart();
     site.publish(move2);
     wait_for(Duration::from_secs(20), "the replay refused", || {
         site.results("c-1").into_iter().find(|a| a["reason"] == "replayed")
@@ -266,25 +288,36 @@ fn every_refusal_reason_is_reported_and_nothing_moves() {
         now_utc() - chrono::Duration::seconds(5),
     );
     let bounds = dam("r-bounds", "move_bay1", pos(150.0));
+    // Refused at the door, before authentication: counted, never audited nor reported one by one.
+    for (payload, reason) in
+        [(tampered, "bad_signature"), (stranger, "unknown_key"), ("{not json".to_string(), "malformed")]
+    {
+        site.publish(payload);
+        wait_for(Duration::from_secs(20), &format!("{reason} counted"), || {
+            (site.unauthenticated(reason) == 1).then_some(())
+        });
+    }
+    let forged = site.gw.wait_log(Duration::from_secs(5), "claimed_key=\"central-2026\"");
+    assert!(forged.contains("bad_signature") && forged.contains("claimed key"), "{forged}");
+    // Signed by a known key: refused with a reason, audited and reported.
     let cases = [
-        (tampered, "r-sig", "bad_signature"),
-        (stranger, "r-key", "unknown_key"),
         (scope, "r-scope", "out_of_scope"),
         (other_gw, "r-gw", "wrong_gateway"),
         (expired, "r-exp", "expired"),
         (bounds, "r-bounds", "args_out_of_bounds"),
-        ("{not json".to_string(), "", "malformed"),
     ];
     for (payload, id, reason) in &cases {
         site.publish(payload.clone());
-        if id.is_empty() {
-            site.gw.wait_log(Duration::from_secs(20), "malformed");
-            continue;
-        }
         let result = site.outcome(id);
         assert_eq!(result["outcome"], "refused", "{id}: {result}");
         assert_eq!(result["reason"], *reason, "{id}: {result}");
     }
+    assert!(
+        site.results("r-sig").is_empty() && site.results("r-key").is_empty(),
+        "forgeries are not reported"
+    );
+    let audit = site.cli(&["audit", "--json"]).expect("audit");
+    assert!(!audit.contains("r-sig") && !audit.contains("r-key") && !audit.contains("intrus"), "{audit}");
 
     // Interlocks: the selector on local, then a motor fault.
     site.dam.set_selector(Selector::Local);
@@ -479,7 +512,7 @@ fn actuate_arguments_that_do_not_parse_are_refused_before_asking_the_daemon() {
 fn an_oversized_command_is_refused_by_the_app_sink_and_the_next_one_runs() {
     let site = start_site();
     site.publish("x".repeat(20 * 1024));
-    site.gw.wait_log(Duration::from_secs(20), "refused (at most");
+    site.gw.wait_log(Duration::from_secs(20), "at most 8192 are accepted");
     site.publish(signed(
         "ok-1",
         "central-2026",
@@ -559,4 +592,157 @@ fn only_listed_operators_may_act_on_the_local_api_and_refusals_are_audited() {
         "a refusal keeps no arguments: {audit}"
     );
     assert!(entries.iter().any(|e| e["actor"] == "uid 1001" && e["outcome"] == "verified"), "{audit}");
+}
+
+#[test]
+fn a_flood_of_junk_costs_no_audit_entry_and_the_signed_command_in_the_middle_runs() {
+    let site = start_site();
+    let (client, mut conn) =
+        rumqttc::Client::new(rumqttc::MqttOptions::new("test-flood", "127.0.0.1", site.broker.port), 100);
+    std::thread::spawn(move || {
+        for event in conn.iter() {
+            if event.is_err() {
+                break;
+            }
+        }
+    });
+    let topic = format!("berrygw/{GW}/command");
+    // Big, well-formed envelopes with bad signatures (as costly as junk can be), unknown
+    // keys, and plain garbage, claiming the central key and real targets.
+    let big = serde_json::json!({ "position": 40, "note": "n".repeat(6000) });
+    let forged = {
+        let mut v: serde_json::Value = serde_json::from_str(&signed(
+            "junk",
+            "central-2026",
+            &SigningKey::from_bytes(&[1; 32]),
+            "barrage-cher-1",
+            "move_bay1",
+            big.clone(),
+        ))
+        .expect("JSON");
+        v["id"] = serde_json::json!("junk-forged");
+        v.to_string()
+    };
+    let unknown =
+        signed("junk-key", "intrus", &SigningKey::from_bytes(&[1; 32]), "barrage-cher-1", "move_bay1", big);
+    let valid = signed(
+        "flood-ok",
+        "central-2026",
+        &central_key(),
+        "barrage-cher-1",
+        "move_bay1",
+        serde_json::json!({"position": 30}),
+    );
+    const JUNK: usize = 3000;
+    for i in 0..JUNK {
+        if i == JUNK / 2 {
+            client
+                .publish(&topic, rumqttc::QoS::AtLeastOnce, false, valid.clone().into_bytes())
+                .expect("publish");
+        }
+        let payload = match i % 3 {
+            0 => forged.clone().into_bytes(),
+            1 => unknown.clone().into_bytes(),
+            _ => format!("{{junk {i}").into_bytes(),
+        };
+        client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, payload).expect("publish");
+    }
+    let result = site.outcome("flood-ok");
+    assert_eq!(result["outcome"], "verified", "{result}");
+    wait_for(Duration::from_secs(60), "the whole flood counted at the door", || {
+        let n: u64 =
+            ["bad_signature", "unknown_key", "malformed"].iter().map(|r| site.unauthenticated(r)).sum();
+        (n == JUNK as u64).then_some(())
+    });
+    // The audit log and the result events hold the signed command only.
+    let audit = site.cli(&["audit", "--json"]).expect("audit");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&audit).expect("JSON");
+    assert!(
+        entries.iter().all(|e| e["command_id"] == "flood-ok"),
+        "only the signed command is audited: {} entries",
+        entries.len()
+    );
+    assert_eq!(entries.len(), 2, "executed and verified: {audit}");
+    let events = site.sub.on_topic(&format!("berrygw/{GW}/event/command"));
+    assert!(
+        events.iter().all(|e| String::from_utf8_lossy(&e.payload).contains("flood-ok")),
+        "{} events",
+        events.len()
+    );
+    let db = std::fs::read(site.dir.path().join("s/audit.sqlite")).expect("audit file");
+    assert!(db.len() < 200_000, "the audit file stays small: {} bytes", db.len());
+    let _ = client.disconnect();
+}
+
+#[test]
+fn session_keys_sent_on_the_command_topic_are_refused_and_never_stored_nor_published() {
+    let site = start_site();
+    let nwk = "4e57b5d9a1c6e2f0837a6b1c9d2e3f40";
+    let app = "a9bc1d2e3f405162738495a6b7c8d9e0";
+    // Signed by a known key whose scope is wide enough: refused by where it came.
+    let envelope = signed(
+        "keys-1",
+        "eclairage",
+        &lighting_key(),
+        "armoire-70b3d57ed0001007",
+        "set_session",
+        serde_json::json!({ "dev_addr": "26011007", "nwk_s_key": nwk, "app_s_key": app, "f_cnt_up": 0 }),
+    );
+    site.publish(envelope);
+    let result = site.outcome("keys-1");
+    assert_eq!(
+        (result["outcome"].as_str(), result["reason"].as_str()),
+        (Some("refused"), Some("wrong_topic")),
+        "{result}"
+    );
+    assert_eq!(result["args"]["nwk_s_key"], "<redacted>", "{result}");
+    // Everything the gateway published (the envelope itself went out on the command topic).
+    for event in site.sub.seen().iter().filter(|e| !e.topic.ends_with("/command")) {
+        let text = String::from_utf8_lossy(&event.payload).to_lowercase();
+        assert!(!text.contains(nwk) && !text.contains(app), "a key left on {}: {text}", event.topic);
+    }
+    let state = site.dir.path().join("s");
+    for file in ["audit.sqlite", "audit.sqlite-wal"] {
+        let bytes = std::fs::read(state.join(file)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes).to_lowercase();
+        assert!(!text.contains(nwk) && !text.contains(app), "a key left in {file}");
+    }
+}
+
+#[test]
+fn a_captured_command_does_not_run_again_after_the_replay_window_is_lost() {
+    let mut site = start_site();
+    let captured = signed(
+        "cap-1",
+        "central-2026",
+        &central_key(),
+        "barrage-cher-1",
+        "move_bay2",
+        serde_json::json!({"position": 20}),
+    );
+    site.publish(captured.clone());
+    assert_eq!(site.outcome("cap-1")["outcome"], "verified");
+    // The window is damaged (or deleted) while the gateway is down.
+    site.gw.stop();
+    let window = site.dir.path().join("s/replay.sqlite");
+    std::fs::write(&window, b"garbage, not a database".repeat(500)).expect("corrupt");
+    for extra in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{extra}", window.display()));
+    }
+    site.gw.restart();
+    site.publish(captured);
+    let again = wait_for(Duration::from_secs(30), "the replay refused", || {
+        site.results("cap-1").into_iter().find(|a| a["outcome"] == "refused")
+    });
+    assert_eq!(again["reason"], "issued_before_window", "{again}");
+    // A command the platform signs now still runs.
+    site.publish(signed(
+        "cap-2",
+        "central-2026",
+        &central_key(),
+        "barrage-cher-1",
+        "stop_bay3",
+        serde_json::json!({}),
+    ));
+    assert_eq!(site.outcome("cap-2")["outcome"], "verified");
 }

@@ -303,7 +303,7 @@ fn decode_command_runs_a_codec_and_verifies_a_whole_frame() {
 }
 
 #[test]
-fn session_keys_pushed_over_mutual_tls_let_an_otaa_device_decode() {
+fn unsigned_session_keys_are_refused_even_from_a_peer_with_a_certificate_of_the_brokers_ca() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = Certs::generate(dir.path(), "mtls");
     let broker = tls_broker(dir.path(), &certs, true);
@@ -317,7 +317,9 @@ fn session_keys_pushed_over_mutual_tls_let_an_otaa_device_decode() {
              otaa = {{ app_key = \"00112233445566778899aabbccddeeff\" }}\n"
         ),
     );
-    // The device joined elsewhere (through another gateway): the sim plays it with its session keys.
+    let keys = dir.path().join("authorized_keys");
+    std::fs::write(&keys, "").expect("keys");
+    // The device joined elsewhere: the sim plays it with its session keys.
     let devices = sim_device("sonde-poussee", "river_level", "26011006", 200, None);
     let radio = format!("[radio]\nkind = \"sim\"\n\n[radio.sim]\nseed = 7\n\n{devices}\n");
     let tls = format!(
@@ -327,33 +329,35 @@ fn session_keys_pushed_over_mutual_tls_let_an_otaa_device_decode() {
         certs.client_key.display()
     );
     let sinks = format!(
-        "[sinks.chirpstack]\nserver = \"{url}\"\n{tls}\n[sinks.app]\nserver = \"{url}\"\n{tls}accept_session_push = true\n\n\
-         [decode]\ndevices = \"{}\"\ncodec_dirs = [\"{}\"]\n",
+        "[sinks.chirpstack]\nserver = \"{url}\"\n{tls}\n[sinks.app]\nserver = \"{url}\"\n{tls}\n\
+         [decode]\ndevices = \"{}\"\ncodec_dirs = [\"{}\"]\n\n\
+         [field]\nauthorized_keys = \"{}\"\nrequire_clock_sync = false\n",
         registry.display(),
         codec_dir().display(),
+        keys.display(),
         url = broker.url(true)
     );
     let daemon =
         Berrygw::start(dir.path(), &config_with_radio(&dir.path().join("s"), "sqlite", &radio, &sinks));
     app.wait_uplinks(3, Duration::from_secs(30));
-    assert!(readings(&app, dev_eui).is_empty(), "no keys yet: nothing decoded");
 
-    let mut opts = rumqttc::MqttOptions::new("test-central", "127.0.0.1", broker.port);
+    // Another client holding a certificate from the same CA (another gateway's) pushes keys.
+    let mut opts = rumqttc::MqttOptions::new("another-gateway", "127.0.0.1", broker.port);
     opts.set_transport(rumqttc::Transport::tls_with_config(client_tls(&certs, true)));
     let (client, mut conn) = rumqttc::Client::new(opts, 10);
     std::thread::spawn(move || for _ in conn.iter() {});
-    let topic = format!("berrygw/{GW}/session/set");
-    // Malformed first: refused alone.
-    client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, &b"{\"dev_eui\": 5}"[..]).expect("publish");
-    daemon.wait_log(Duration::from_secs(20), "rejected session message");
     let push = format!(
         r#"{{"dev_eui":"{dev_eui}","dev_addr":"26011006","nwk_s_key":"{NWK}","app_s_key":"{APP}","f_cnt_up":0}}"#
     );
-    client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, push.into_bytes()).expect("publish");
-    daemon.wait_log(Duration::from_secs(20), "session keys pushed");
-    let reading = wait_reading(&app, dev_eui);
-    assert_eq!(reading["device_name"], "sonde-poussee");
-    assert!(reading["object"]["level_cm"].is_number(), "{reading}");
+    client
+        .publish(format!("berrygw/{GW}/session/set"), rumqttc::QoS::AtLeastOnce, false, push.into_bytes())
+        .expect("publish");
+    daemon.wait_log(Duration::from_secs(20), "refused before authentication");
+    let before = app.wait_uplinks(1, Duration::from_secs(5)).len();
+    app.wait_uplinks(before + 5, Duration::from_secs(30));
+    assert!(readings(&app, dev_eui).is_empty(), "the unsigned keys were not installed");
+    let audit = std::fs::read(dir.path().join("s/audit.sqlite")).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&audit).contains(NWK), "nothing stored from the push");
 }
 
 #[test]
@@ -408,7 +412,7 @@ fn session_keys_in_a_signed_envelope_are_checked_and_installed() {
         r#"{{"dev_eui":"{dev_eui}","dev_addr":"26011007","nwk_s_key":"{NWK}","app_s_key":"{APP}","f_cnt_up":0}}"#
     );
     client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, plain.into_bytes()).expect("publish");
-    daemon.wait_log(Duration::from_secs(20), "unsigned session message refused");
+    daemon.wait_log(Duration::from_secs(20), "refused before authentication");
     // Signed by the network server's key: installed, and the device decodes.
     let signed = UnsignedCommand {
         id: "s-1".into(),
@@ -418,6 +422,7 @@ fn session_keys_in_a_signed_envelope_are_checked_and_installed() {
         command: "set_session".into(),
         args: serde_json::json!({ "dev_addr": "26011007", "nwk_s_key": NWK, "app_s_key": APP, "f_cnt_up": 0 }),
         not_after: berrygw::actuation::engine::now_utc() + chrono::Duration::minutes(5),
+        issued_at: Some(berrygw::actuation::engine::now_utc()),
     }
     .sign(&key)
     .expect("sign")
@@ -432,5 +437,43 @@ fn session_keys_in_a_signed_envelope_are_checked_and_installed() {
     });
     let text = String::from_utf8_lossy(&event.payload).to_string();
     assert!(text.contains("set_session") && text.contains("verified"), "{text}");
-    assert!(!text.contains(NWK) && !text.contains(APP), "keys never leave in events: {text}");
+    assert!(text.contains("had no session"), "{text}");
+    // Pushed again (a new id): the audit says it replaced a session.
+    let again = UnsignedCommand {
+        id: "s-2".into(),
+        key_id: "lns".into(),
+        gateway_id: GW.into(),
+        target: dev_eui.into(),
+        command: "set_session".into(),
+        args: serde_json::json!({ "dev_addr": "26011007", "nwk_s_key": NWK, "app_s_key": APP, "f_cnt_up": 0 }),
+        not_after: berrygw::actuation::engine::now_utc() + chrono::Duration::minutes(5),
+        issued_at: Some(berrygw::actuation::engine::now_utc()),
+    }
+    .sign(&key)
+    .expect("sign")
+    .to_json();
+    client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, again.into_bytes()).expect("publish");
+    let replaced = wait_for(Duration::from_secs(20), "the second install", || {
+        app.on_topic(&format!("berrygw/{GW}/event/command"))
+            .into_iter()
+            .map(|e| String::from_utf8_lossy(&e.payload).to_string())
+            .find(|t| t.contains("s-2"))
+    });
+    assert!(replaced.contains("REPLACING its session from pushed"), "{replaced}");
+    // Keys never leave, nor stay in the audit log.
+    for event in app.seen().iter().filter(|e| !e.topic.ends_with("/session/set")) {
+        let text = String::from_utf8_lossy(&event.payload).to_lowercase();
+        assert!(
+            !text.contains(&NWK.to_lowercase()) && !text.contains(&APP.to_lowercase()),
+            "a key in: {text}"
+        );
+    }
+    for file in ["audit.sqlite", "audit.sqlite-wal"] {
+        let bytes = std::fs::read(dir.path().join("s").join(file)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes).to_lowercase();
+        assert!(
+            !text.contains(&NWK.to_lowercase()) && !text.contains(&APP.to_lowercase()),
+            "a key in {file}"
+        );
+    }
 }

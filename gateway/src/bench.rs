@@ -895,6 +895,8 @@ async fn modbus(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             state_interval: Duration::from_secs(60),
             keys: None,
             require_clock_sync: false,
+            audit_max_bytes: crate::actuation::audit::DEFAULT_MAX_BYTES,
+            decoder: None,
         };
         let (actuation, _no_publishers) = Actuation::start(devices.clone(), settings, None)?;
         for (kind, rota) in [("lighting-cabinet", 0), ("needle-dam", 1)] {

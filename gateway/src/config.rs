@@ -221,9 +221,8 @@ pub struct MqttSinkConfig {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
-    /// App sink only: accept OTAA session keys pushed by the central side on
-    /// `<prefix>/<gateway id>/session/set`. Needs mutual TLS (the broker's ACL
-    /// on that topic is then what authenticates the sender).
+    /// Removed (it accepted unsigned session keys): read only to refuse it with a message
+    /// that says what to do instead.
     pub accept_session_push: Option<Spanned<bool>>,
 }
 
@@ -240,11 +239,6 @@ impl MqttSinkConfig {
     /// ChirpStack message encoding (protobuf unless configured).
     pub fn format(&self) -> PayloadFormat {
         self.format.as_ref().map(|f| *f.get_ref()).unwrap_or_default()
-    }
-
-    /// Whether session keys pushed over MQTT are accepted (app sink).
-    pub fn accepts_session_push(&self) -> bool {
-        self.accept_session_push.as_ref().is_some_and(|b| *b.get_ref())
     }
 }
 
@@ -575,15 +569,13 @@ fn check_mqtt_sink(
                 return Err(loaded.error_at(f.span(), "the app sink always publishes JSON; remove `format`"));
             }
             if let Some(push) = &cs.accept_session_push {
-                if *push.get_ref() && cs.client_cert_file.is_none() {
-                    return Err(loaded.error_at(
-                        push.span(),
-                        "accept_session_push (unsigned session keys) needs mutual TLS (client_cert_file \
-                         and client_key_file): the broker's authentication of both ends is then what \
-                         stops a stranger from installing keys. Signed session messages need no \
-                         such switch, only [field] authorized_keys",
-                    ));
-                }
+                return Err(loaded.error_at(
+                    push.span(),
+                    "accept_session_push was removed: unsigned session keys could be installed by \
+                     anyone able to publish on the broker. Delete this line and have the network \
+                     server send signed `set_session` envelopes instead (a key in [field] \
+                     authorized_keys whose scope allows set_session on those DevEUIs)",
+                ));
             }
         }
         MqttSinkKind::Chirpstack => {
@@ -859,12 +851,15 @@ server = "mqtt://127.0.0.1:1883"
         let text = format!("{MINIMAL}\n[sinks.app]\nserver = \"mqtt://127.0.0.1:1884\"\nformat = \"json\"\n");
         let err = parse_str(&text).expect_err("format is a ChirpStack key");
         assert_eq!(err.key.as_deref(), Some("sinks.app.format"), "{err}");
-        let text = format!(
-            "{MINIMAL}\n[sinks.app]\nserver = \"mqtt://127.0.0.1:1884\"\naccept_session_push = true\n"
-        );
-        let err = parse_str(&text).expect_err("session push without mTLS");
-        assert_eq!(err.key.as_deref(), Some("sinks.app.accept_session_push"), "{err}");
-        assert!(err.message.contains("mutual TLS"), "{err}");
+        for value in ["true", "false"] {
+            let text = format!(
+                "{MINIMAL}\n[sinks.app]\nserver = \"mqtts://127.0.0.1:1884\"\nclient_cert_file = \"/c.pem\"\n\
+                 client_key_file = \"/c.key\"\naccept_session_push = {value}\n"
+            );
+            let err = parse_str(&text).expect_err("unsigned session push, even over mutual TLS");
+            assert_eq!(err.key.as_deref(), Some("sinks.app.accept_session_push"), "{err}");
+            assert!(err.message.contains("removed") && err.message.contains("set_session"), "{err}");
+        }
         let text = format!("{MINIMAL}\n[sinks.app]\nserver = \"mqtt://127.0.0.1:1884\"\n");
         let c = parse_str(&text).expect("plain app sink on loopback").config;
         assert_eq!(c.sinks.app.expect("app").topic_prefix(MqttSinkKind::App), "berrygw");

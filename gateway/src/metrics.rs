@@ -462,5 +462,12 @@ fn encode_actuation(enc: &mut DescriptorEncoder, a: &crate::actuation::engine::A
         None,
         MetricType::Counter,
     )?;
-    c.reasons.encode(m)
+    c.reasons.encode(m)?;
+    let m = enc.encode_descriptor(
+        "commands_unauthenticated",
+        "Central messages refused before authentication (malformed, unknown_key, bad_signature, duplicate): counted, never stored",
+        None,
+        MetricType::Counter,
+    )?;
+    c.unauthenticated.encode(m)
 }

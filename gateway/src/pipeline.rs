@@ -342,6 +342,8 @@ impl Gateway {
                 state_interval: Duration::from_secs(field.state_interval_secs),
                 keys: field.authorized_keys.as_ref().map(|k| k.get_ref().clone()),
                 require_clock_sync: field.require_clock_sync,
+                audit_max_bytes: field.audit_max_bytes,
+                decoder: decoder_handle.clone(),
             };
             let (handle, field_tasks) = Actuation::start(devices, settings, app_journal.clone())
                 .context("starting the actuation engine")?;
@@ -395,58 +397,24 @@ impl Gateway {
             rules = Some(crate::rules::run::spawn(set, decoder_handle.as_ref(), outputs));
         }
         let rules_handle = rules.as_ref().map(|(r, _)| r.clone());
-        if let (Some(sink_cfg), Some(journal), Some(mut settings)) =
-            (&c.sinks.app, app_journal, app_settings.take())
+        if let (Some(_), Some(journal), Some(mut settings)) = (&c.sinks.app, app_journal, app_settings.take())
         {
             let accept_commands = actuation_handle.as_ref().is_some_and(Actuation::accepts_central);
-            let accept_sessions =
-                decoder_handle.is_some() && (accept_commands || sink_cfg.accepts_session_push());
-            if let Protocol::App { accept_session_push, accept_commands: commands, .. } =
+            let accept_sessions = actuation_handle.as_ref().is_some_and(Actuation::accepts_sessions);
+            if let Protocol::App { accept_sessions: sessions, accept_commands: commands, .. } =
                 &mut settings.protocol
             {
-                *accept_session_push = accept_sessions;
+                *sessions = accept_sessions;
                 *commands = accept_commands;
             }
             let sink_counters = Arc::new(SinkCounters::default());
-            let commands = match &actuation_handle {
-                Some(act) if act.accepts_central() => {
-                    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(32);
-                    let act = act.clone();
-                    tokio::spawn(async move {
-                        while let Some(payload) = rx.recv().await {
-                            // Each command runs on its own: a long read-back never holds up the next one.
-                            let act = act.clone();
-                            tokio::spawn(async move {
-                                act.central(&payload).await;
-                            });
-                        }
-                    });
-                    Some(tx)
-                }
-                _ => None,
-            };
-            // Session keys: signed envelopes when authorized_keys is configured; plain JSON
-            // only with accept_session_push (which needs mutual TLS).
-            let signed_pushes = actuation_handle.clone().filter(Actuation::accepts_central);
-            let plain_pushes = sink_cfg.accepts_session_push();
-            let pushes = match &decoder_handle {
-                Some(decoder) if signed_pushes.is_some() || plain_pushes => {
-                    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
-                    let decoder = decoder.clone();
-                    tokio::spawn(async move {
-                        while let Some(payload) = rx.recv().await {
-                            session_push(&payload, signed_pushes.as_ref(), plain_pushes, &decoder).await;
-                        }
-                    });
-                    Some(tx)
-                }
-                _ => None,
-            };
+            // Signed commands and session keys go through the actuation engine's door.
+            let actuation = actuation_handle.clone().filter(Actuation::accepts_central);
             let task = tokio::spawn(mqtt::run(
                 settings,
                 journal.clone(),
                 sink_counters.clone(),
-                SinkInbound::App { sessions: pushes, commands },
+                SinkInbound::App { actuation },
                 shutdown_rx.clone(),
             ));
             sinks.push(SinkRuntime { name: "app", journal, counters: sink_counters, task });
@@ -674,34 +642,6 @@ pub async fn reload(view: &GatewayView) -> Result<Reloaded, String> {
     }
 }
 
-/// A session message from the app sink: a signed envelope (`command` =
-/// `set_session`, checked like any central command and audited), or, when the
-/// app sink is mutually authenticated and `accept_session_push` is on, plain JSON.
-async fn session_push(payload: &[u8], signed: Option<&Actuation>, plain: bool, decoder: &Decoder) {
-    let looks_signed = serde_json::from_slice::<serde_json::Value>(payload)
-        .map(|v| v.get("signature").is_some())
-        .unwrap_or(false);
-    if looks_signed {
-        match signed {
-            Some(actuation) => {
-                if let Some(session) = actuation.session(payload).await {
-                    decoder.push(session);
-                }
-            }
-            None => warn!("signed session message ignored: no [field] authorized_keys to check it against"),
-        }
-        return;
-    }
-    if !plain {
-        warn!("unsigned session message refused: sign it, or enable accept_session_push (mutual TLS)");
-        return;
-    }
-    match crate::sink::app::parse_session_push(payload) {
-        Ok(session) => decoder.push(session),
-        Err(e) => warn!("app sink: rejected session message: {e}"),
-    }
-}
-
 /// An MQTT sink's settings, TLS files read and checked.
 fn mqtt_settings(
     cfg: &LoadedConfig,
@@ -727,11 +667,9 @@ fn mqtt_settings(
         MqttSinkKind::Chirpstack => {
             Protocol::Chirpstack { topics: Topics::new(prefix, gateway_id), format: sink_cfg.format() }
         }
-        MqttSinkKind::App => Protocol::App {
-            topics: AppTopics::new(prefix, gateway_id),
-            accept_session_push: accept_sessions,
-            accept_commands,
-        },
+        MqttSinkKind::App => {
+            Protocol::App { topics: AppTopics::new(prefix, gateway_id), accept_sessions, accept_commands }
+        }
     };
     let default_client_id = match kind {
         MqttSinkKind::Chirpstack => format!("berrygw-{gateway_id}"),

@@ -1,22 +1,25 @@
-//! The audit log: every actuation attempt, from any source (signed central command, local
-//! CLI, rule), with its outcome, in `<state_dir>/audit.sqlite` (mode 0640: no secrets;
-//! WAL, `synchronous=FULL`, so an entry is on disk before `append` returns; commands are
-//! rare, the fsync is affordable). `berrygw audit` lists it; the same JSON is published
+//! The audit log: every actuation attempt, from any source (authenticated central command,
+//! local CLI, rule), with its outcome, in `<state_dir>/audit.sqlite` (mode 0640: no secrets;
+//! the engine redacts key material from arguments before it gets here; WAL,
+//! `synchronous=FULL`, so an entry is on disk before `append` returns; commands are rare,
+//! the fsync is affordable). Messages that fail authentication never get here: the engine
+//! counts them (see `engine.rs`). `berrygw audit` lists it; the same JSON is published
 //! through the journal as the command's result event.
 //!
-//! Bounded: at most `MAX_ENTRIES` (100,000) entries are kept, the oldest deleted as new ones
-//! come. An entry is a few hundred bytes (arguments at most a few KiB), so the file stays
-//! around tens of megabytes. Sequence numbers only grow, even across deletions.
-//! A row that does not read back is skipped with a warning; a corrupt file is moved aside
-//! and a fresh log started (logged at error level; the old file is kept for inspection).
-//! Blocking I/O: call it from the actuation thread or `spawn_blocking`, never an async worker.
+//! Bounded twice: at most `MAX_ENTRIES` (100,000) entries, and at most `max_bytes` of entry
+//! text (`[field] audit_max_bytes`, default [`DEFAULT_MAX_BYTES`]); the oldest entries are
+//! deleted first, the newest one always kept. Sequence numbers only grow, even across
+//! deletions. A row that does not read back is skipped with a warning; a corrupt file is
+//! moved aside and a fresh log started (logged at error level; the old file is kept for
+//! inspection). Blocking I/O: call it from `block_in_place` or `spawn_blocking`, never
+//! straight from an async task.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -24,6 +27,9 @@ use crate::state_db::{open_or_move_aside, open_sqlite};
 
 /// Most entries kept; older ones are deleted.
 pub const MAX_ENTRIES: u64 = 100_000;
+
+/// Default bound on the text of the kept entries, in bytes (SQLite's own overhead comes on top).
+pub const DEFAULT_MAX_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Where a command came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +169,9 @@ pub struct AuditLog {
     conn: Connection,
     path: PathBuf,
     max_entries: u64,
+    max_bytes: u64,
+    /// The sum of the kept entries' `bytes`.
+    bytes: u64,
 }
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS audit (
@@ -176,24 +185,55 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS audit (
     args       TEXT NOT NULL,
     outcome    TEXT NOT NULL,
     reason     TEXT,
-    message    TEXT NOT NULL
+    message    TEXT NOT NULL,
+    bytes      INTEGER NOT NULL DEFAULT 0
 );";
 
+/// The size of a row's text, as counted against `max_bytes`.
+const ROW_BYTES: &str = "length(at) + length(source) + length(actor) + coalesce(length(command_id), 0) \
+    + length(target) + length(command) + length(args) + length(outcome) + coalesce(length(reason), 0) \
+    + length(message)";
+
 impl AuditLog {
-    /// Open (or create) the log at `path`, keeping at most [`MAX_ENTRIES`].
-    pub fn open(path: &Path) -> anyhow::Result<AuditLog> {
-        AuditLog::open_with_limit(path, MAX_ENTRIES)
+    /// Open (or create) the log at `path`, keeping at most [`MAX_ENTRIES`] and `max_bytes`.
+    pub fn open(path: &Path, max_bytes: u64) -> anyhow::Result<AuditLog> {
+        AuditLog::open_with_limits(path, MAX_ENTRIES, max_bytes)
     }
 
-    /// Open (or create) the log at `path`, keeping at most `max_entries` (at least 1).
-    pub fn open_with_limit(path: &Path, max_entries: u64) -> anyhow::Result<AuditLog> {
+    /// Open (or create) the log at `path`, keeping at most `max_entries` (at least 1) and
+    /// `max_bytes` of entry text (the newest entry is kept whatever its size).
+    pub fn open_with_limits(path: &Path, max_entries: u64, max_bytes: u64) -> anyhow::Result<AuditLog> {
         let conn = open_or_move_aside(
             path,
             "AUDIT LOG IS CORRUPT",
             "earlier entries are only in the moved file (and in the result events already forwarded)",
-            |p| open_sqlite(p, 0o640, SCHEMA),
+            |p| {
+                let conn = open_sqlite(p, 0o640, SCHEMA)?;
+                // A log written before entries were sized: add the column and size them.
+                let sized: bool = conn
+                    .query_row(
+                        "SELECT count(*) FROM pragma_table_info('audit') WHERE name = 'bytes'",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map(|n| n > 0)?;
+                if !sized {
+                    conn.execute_batch("ALTER TABLE audit ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;")?;
+                }
+                conn.execute(&format!("UPDATE audit SET bytes = {ROW_BYTES} WHERE bytes = 0"), [])?;
+                Ok(conn)
+            },
         )?;
-        Ok(AuditLog { conn, path: path.to_path_buf(), max_entries: max_entries.max(1) })
+        let bytes: i64 = conn.query_row("SELECT coalesce(sum(bytes), 0) FROM audit", [], |r| r.get(0))?;
+        let mut log = AuditLog {
+            conn,
+            path: path.to_path_buf(),
+            max_entries: max_entries.max(1),
+            max_bytes,
+            bytes: u64::try_from(bytes).unwrap_or(0),
+        };
+        log.trim()?;
+        Ok(log)
     }
 
     /// Open an existing log without writing to it (`berrygw audit` beside a running daemon).
@@ -203,7 +243,13 @@ impl AuditLog {
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .with_context(|| format!("opening {}", path.display()))?;
-        Ok(AuditLog { conn, path: path.to_path_buf(), max_entries: MAX_ENTRIES })
+        Ok(AuditLog {
+            conn,
+            path: path.to_path_buf(),
+            max_entries: MAX_ENTRIES,
+            max_bytes: u64::MAX,
+            bytes: 0,
+        })
     }
 
     /// Record `entry` durably (synced before returning), drop the oldest beyond the limit,
@@ -230,10 +276,51 @@ impl AuditLog {
             ],
         )?;
         let seq = tx.last_insert_rowid();
+        let bytes: i64 = tx.query_row(
+            &format!("UPDATE audit SET bytes = {ROW_BYTES} WHERE seq = ?1 RETURNING bytes"),
+            [seq],
+            |r| r.get(0),
+        )?;
         let limit = i64::try_from(self.max_entries).unwrap_or(i64::MAX);
         tx.execute("DELETE FROM audit WHERE seq <= ?1", [seq.saturating_sub(limit)])?;
         tx.commit().with_context(|| format!("writing {}", self.path.display()))?;
+        self.bytes = self.bytes.saturating_add(u64::try_from(bytes).unwrap_or(0));
+        if let Err(e) = self.trim() {
+            // The entry is stored; the log is only larger than asked until the next append.
+            tracing::warn!(path = %self.path.display(), "audit log: cannot delete old entries: {e:#}");
+        }
         Ok(NewAuditEntry { at, ..entry }.numbered(u64::try_from(seq).unwrap_or(0)))
+    }
+
+    /// Delete the oldest entries until the rest fit in `max_bytes` (the newest always stays).
+    fn trim(&mut self) -> anyhow::Result<()> {
+        if self.bytes <= self.max_bytes {
+            return Ok(());
+        }
+        let max = i64::try_from(self.max_bytes).unwrap_or(i64::MAX);
+        // The newest entry whose suffix (it and everything newer) no longer fits: it and older go.
+        let cut: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM (SELECT seq, sum(bytes) OVER (ORDER BY seq DESC) AS kept FROM audit)
+                 WHERE kept > ?1 ORDER BY seq DESC LIMIT 1",
+                [max],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let newest: Option<i64> = self.conn.query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))?;
+        if let (Some(cut), Some(newest)) = (cut, newest) {
+            self.conn.execute("DELETE FROM audit WHERE seq <= ?1", [cut.min(newest - 1)])?;
+        }
+        let bytes: i64 =
+            self.conn.query_row("SELECT coalesce(sum(bytes), 0) FROM audit", [], |r| r.get(0))?;
+        self.bytes = u64::try_from(bytes).unwrap_or(0);
+        Ok(())
+    }
+
+    /// The text of the kept entries, in bytes (what `max_bytes` bounds).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Up to `limit` entries, newest first, older than `before_seq` when given.
@@ -288,6 +375,32 @@ fn read_row(row: &rusqlite::Row<'_>) -> Option<AuditEntry> {
         reason: optional(9)?,
         message: text(10)?,
     })
+}
+
+/// What stands in for a secret in arguments.
+pub const REDACTED: &str = "<redacted>";
+
+/// `args` with every secret-looking member, at any depth, replaced by [`REDACTED`]: a name
+/// ending in `key` or `keys` (`nwk_s_key`, `app_s_key`, `app_key`), or holding `secret`,
+/// `password` or `token`. Every entry goes through this before it is stored or published,
+/// whatever path it came by.
+pub fn redact(args: &Value) -> Value {
+    match args {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(name, value)| {
+                    let lower = name.to_ascii_lowercase();
+                    let secret = lower.ends_with("key")
+                        || lower.ends_with("keys")
+                        || ["secret", "password", "token"].iter().any(|w| lower.contains(w));
+                    let value = if secret { Value::String(REDACTED.into()) } else { redact(value) };
+                    (name.clone(), value)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        other => other.clone(),
+    }
 }
 
 /// A compact table for `berrygw audit`: one line per entry, in the order given.
@@ -374,7 +487,7 @@ mod tests {
     #[test]
     fn entries_are_numbered_and_listed_newest_first() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut log = AuditLog::open(&dir.path().join("audit.sqlite")).expect("open");
+        let mut log = AuditLog::open(&dir.path().join("audit.sqlite"), DEFAULT_MAX_BYTES).expect("open");
         let first = log.append(attempt(1, Outcome::Refused)).expect("append");
         let second = log.append(attempt(2, Outcome::Verified)).expect("append");
         assert_eq!((first.seq, second.seq), (1, 2));
@@ -390,11 +503,13 @@ mod tests {
     fn entries_survive_a_restart() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("audit.sqlite");
-        let written =
-            AuditLog::open(&path).expect("open").append(attempt(1, Outcome::Executed)).expect("append");
+        let written = AuditLog::open(&path, DEFAULT_MAX_BYTES)
+            .expect("open")
+            .append(attempt(1, Outcome::Executed))
+            .expect("append");
         let mode = std::fs::metadata(&path).expect("file").permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
-        let mut log = AuditLog::open(&path).expect("reopen");
+        let mut log = AuditLog::open(&path, DEFAULT_MAX_BYTES).expect("reopen");
         assert_eq!(log.list(10, None).expect("list"), vec![written]);
         assert_eq!(log.append(attempt(2, Outcome::Failed)).expect("append").seq, 2, "numbering goes on");
         let reader = AuditLog::open_read_only(&path).expect("read-only");
@@ -404,7 +519,8 @@ mod tests {
     #[test]
     fn the_oldest_entries_go_beyond_the_limit() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut log = AuditLog::open_with_limit(&dir.path().join("audit.sqlite"), 3).expect("open");
+        let mut log =
+            AuditLog::open_with_limits(&dir.path().join("audit.sqlite"), 3, DEFAULT_MAX_BYTES).expect("open");
         for n in 1..=5 {
             log.append(attempt(n, Outcome::Verified)).expect("append");
         }
@@ -414,9 +530,70 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_entries_go_beyond_the_byte_bound_and_the_newest_stays() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit.sqlite");
+        let mut log = AuditLog::open_with_limits(&path, MAX_ENTRIES, 4096).expect("open");
+        for n in 1..=100 {
+            log.append(attempt(n, Outcome::Verified)).expect("append");
+            assert!(log.bytes() <= 4096, "{} bytes after {n}", log.bytes());
+        }
+        let kept = log.list(1000, None).expect("list");
+        assert!(kept.len() > 5 && kept.len() < 100, "{} kept", kept.len());
+        assert_eq!(kept.first().map(|e| e.seq), Some(100), "the newest stays");
+        let seqs: Vec<u64> = kept.iter().map(|e| e.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] == w[1] + 1), "the oldest went first: {seqs:?}");
+        // One entry larger than the bound is still kept, alone.
+        let mut big = attempt(101, Outcome::Refused);
+        big.message = "x".repeat(5000);
+        log.append(big).expect("append");
+        assert_eq!(log.len().expect("len"), 1);
+        // Reopened with a smaller bound, it is trimmed at once.
+        drop(log);
+        let log = AuditLog::open_with_limits(&path, MAX_ENTRIES, 100).expect("reopen");
+        assert_eq!(log.len().expect("len"), 1);
+    }
+
+    #[test]
+    fn a_log_from_before_the_byte_bound_is_sized_when_opened() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit.sqlite");
+        {
+            let conn = Connection::open(&path).expect("old log");
+            conn.execute_batch(&SCHEMA.replace(",\n    bytes      INTEGER NOT NULL DEFAULT 0", ""))
+                .expect("old schema");
+            conn.execute(
+                "INSERT INTO audit (at, source, actor, target, command, args, outcome, message)
+                 VALUES ('2026-03-01T12:00:00.000Z', 'local', 'uid 0', 't', 'c', '{}', 'verified', 'm')",
+                [],
+            )
+            .expect("old entry");
+        }
+        let mut log = AuditLog::open(&path, DEFAULT_MAX_BYTES).expect("open");
+        assert!(log.bytes() > 40, "{}", log.bytes());
+        assert_eq!(log.append(attempt(2, Outcome::Verified)).expect("append").seq, 2);
+        assert_eq!(log.list(10, None).expect("list").len(), 2);
+    }
+
+    #[test]
+    fn secrets_are_redacted_at_any_depth_and_the_rest_kept() {
+        let args = json!({
+            "dev_addr": "26011007", "nwk_s_key": "00112233", "AppSKey": "44", "app_key": "55",
+            "nested": [{ "password": "x", "position": 40 }], "api_token": "t", "keypad": 3
+        });
+        assert_eq!(
+            redact(&args),
+            json!({
+                "dev_addr": "26011007", "nwk_s_key": REDACTED, "AppSKey": REDACTED, "app_key": REDACTED,
+                "nested": [{ "password": REDACTED, "position": 40 }], "api_token": REDACTED, "keypad": 3
+            })
+        );
+    }
+
+    #[test]
     fn the_json_is_the_result_event_shape() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut log = AuditLog::open(&dir.path().join("audit.sqlite")).expect("open");
+        let mut log = AuditLog::open(&dir.path().join("audit.sqlite"), DEFAULT_MAX_BYTES).expect("open");
         let entry = log.append(attempt(1, Outcome::Refused)).expect("append");
         let json = serde_json::to_value(&entry).expect("serialize");
         assert_eq!(
@@ -442,7 +619,7 @@ mod tests {
     #[test]
     fn an_unreadable_row_is_skipped_not_fatal() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut log = AuditLog::open(&dir.path().join("audit.sqlite")).expect("open");
+        let mut log = AuditLog::open(&dir.path().join("audit.sqlite"), DEFAULT_MAX_BYTES).expect("open");
         log.append(attempt(1, Outcome::Verified)).expect("append");
         log.append(attempt(2, Outcome::Verified)).expect("append");
         log.conn
@@ -457,7 +634,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("audit.sqlite");
         std::fs::write(&path, vec![0x5a; 8192]).expect("write");
-        let mut log = AuditLog::open(&path).expect("fresh log");
+        let mut log = AuditLog::open(&path, DEFAULT_MAX_BYTES).expect("fresh log");
         assert_eq!(log.append(attempt(1, Outcome::Verified)).expect("append").seq, 1);
         let moved = std::fs::read_dir(dir.path())
             .expect("dir")

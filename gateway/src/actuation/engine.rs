@@ -3,16 +3,22 @@
 //! `berrygw actuate`, a local rule), goes through `Actuation` and the same
 //! checks, in the same order, and leaves one audit entry per outcome:
 //!
-//! 1. central only: envelope parsed, key known, signature, gateway id,
-//!    `not_after`, scope, then the id admitted to the persisted replay window;
+//! 1. central only: at the door (`gate.rs`, in memory, nothing stored): envelope
+//!    parsed, key known, signature; then, in arrival order on one task: gateway id,
+//!    `not_after`, `issued_at`, scope, and the id admitted to the persisted replay window;
 //! 2. the target exists; the profile's checks: command, argument types and
 //!    bounds, minimum interval, a fresh read and its interlocks;
 //! 3. the writes: `executed` is recorded and published the moment they went
 //!    out; then `verified` when the read-back matches before the deadline, or
 //!    `failed` with the reason.
 //!
+//! Authenticated central messages wait in a bounded queue ([`QUEUE`]); at most
+//! [`RUNNING`] commands run at once. Signed `set_session` messages (OTAA keys) take the
+//! same path and are installed in the decoder, audited without the keys.
+//!
 //! Every audit entry is also published on `<prefix>/<gateway>/event/command`
-//! through the app journal (kept through outages). Field devices' states go
+//! through the app journal (kept through outages), in the order it was recorded.
+//! Arguments are redacted of secrets before either. Field devices' states go
 //! out on `…/field/<device>/state`.
 
 use std::collections::BTreeMap;
@@ -24,19 +30,27 @@ use berrygw_modbus::{CommandOutcome, DeviceState, PointValue};
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::audit::{AuditEntry, AuditLog, NewAuditEntry, Outcome, Source};
+use super::audit::{self, AuditEntry, AuditLog, NewAuditEntry, Outcome, Source};
 use super::envelope::{self, CommandEnvelope};
 use super::field::FieldDevice;
-use super::keys::AuthorizedKeys;
-use super::replay::ReplayWindow;
+use super::gate::{self, Arrival, DoorState};
+use super::keys::{AuthorizedKey, AuthorizedKeys};
+use super::replay::{Admission, ReplayWindow, REPLAY_WINDOW_FAILED};
 use crate::clock::ClockSync;
+use crate::decode::Decoder;
 use crate::journal::Journal;
 use crate::sink::app::{self, AppTopics};
 use crate::sink::chirpstack::unix_ms;
+
+/// Authenticated central messages waiting for their turn.
+pub const QUEUE: usize = 64;
+
+/// Central commands running at once (each may wait seconds for its read-back).
+pub const RUNNING: usize = 8;
 
 /// What the engine needs besides its devices.
 pub struct ActuationSettings {
@@ -50,6 +64,10 @@ pub struct ActuationSettings {
     pub keys: Option<PathBuf>,
     /// Refuse central commands while the clock is not synchronized.
     pub require_clock_sync: bool,
+    /// Bound on the audit log's entries, in bytes.
+    pub audit_max_bytes: u64,
+    /// Where signed `set_session` keys are installed; `None`: they are refused.
+    pub decoder: Option<Decoder>,
 }
 
 /// Commands by source and outcome, read by the metrics endpoint.
@@ -58,6 +76,8 @@ pub struct ActuationCounters {
     pub commands: Family<[(&'static str, &'static str); 2], Counter>,
     /// Refusals and failures by reason.
     pub reasons: Family<[(&'static str, String); 1], Counter>,
+    /// Central messages refused at the door, before authentication, by reason (never audited).
+    pub unauthenticated: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl ActuationCounters {
@@ -69,7 +89,15 @@ impl ActuationCounters {
                 let _ = commands.get_or_create(&[("source", source.as_str()), ("outcome", outcome.as_str())]);
             }
         }
-        ActuationCounters { commands, reasons: Family::default() }
+        let unauthenticated = Family::default();
+        for reason in gate::REASONS {
+            let _ = unauthenticated.get_or_create(&[("reason", reason)]);
+        }
+        ActuationCounters { commands, reasons: Family::default(), unauthenticated }
+    }
+
+    fn unauthenticated_counts(&self) -> [u64; 4] {
+        gate::REASONS.map(|reason| self.unauthenticated.get_or_create(&[("reason", reason)]).get())
     }
 }
 
@@ -86,6 +114,10 @@ struct Inner {
     app_journal: Option<Journal>,
     topics: Option<AppTopics>,
     counters: ActuationCounters,
+    door: Mutex<DoorState>,
+    /// Authenticated central messages, to the dispatcher; `None` without `authorized_keys`.
+    queue: Option<mpsc::Sender<Authenticated>>,
+    decoder: Option<Decoder>,
 }
 
 /// The handle every part holds (local API, app sink, rules); cheap to clone.
@@ -104,9 +136,17 @@ struct Ask {
     args: serde_json::Value,
 }
 
+/// A central message whose signature holds, with the key that made it.
+struct Authenticated {
+    envelope: CommandEnvelope,
+    key: AuthorizedKey,
+    arrival: Arrival,
+}
+
 impl Actuation {
     /// Open the replay window and audit log, load the keys, and start publishing
-    /// each device's state. The devices are already polling.
+    /// each device's state and, with keys, dispatching central messages. The devices
+    /// are already polling.
     pub fn start(
         devices: BTreeMap<String, Arc<FieldDevice>>,
         settings: ActuationSettings,
@@ -118,8 +158,17 @@ impl Actuation {
         };
         let replay =
             tokio::task::block_in_place(|| ReplayWindow::open(&settings.state_dir.join("replay.sqlite")))?;
-        let audit = tokio::task::block_in_place(|| AuditLog::open(&settings.state_dir.join("audit.sqlite")))?;
+        let audit = tokio::task::block_in_place(|| {
+            AuditLog::open(&settings.state_dir.join("audit.sqlite"), settings.audit_max_bytes)
+        })?;
         let (recent, _) = tokio::sync::watch::channel(audit.list(RECENT, None)?);
+        let (queue, queued) = match settings.keys {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let inner = Arc::new(Inner {
             gateway_id: settings.gateway_id,
             require_clock_sync: settings.require_clock_sync,
@@ -132,9 +181,16 @@ impl Actuation {
             app_journal,
             topics: settings.topics,
             counters: ActuationCounters::new(),
+            door: Mutex::new(DoorState::default()),
+            queue,
+            decoder: settings.decoder,
         });
         let actuation = Actuation { inner };
         let mut tasks = Vec::new();
+        if let Some(queued) = queued {
+            tasks.push(tokio::spawn(actuation.clone().dispatch(queued)));
+            tasks.push(tokio::spawn(actuation.clone().summarize_refusals()));
+        }
         if actuation.inner.topics.is_some() && actuation.inner.app_journal.is_some() {
             for (name, device) in &actuation.inner.devices {
                 tasks.push(tokio::spawn(publish_states(
@@ -151,6 +207,11 @@ impl Actuation {
     /// Whether central commands are accepted (an `authorized_keys` file is configured).
     pub fn accepts_central(&self) -> bool {
         self.inner.keys_path.is_some()
+    }
+
+    /// Whether signed session keys are accepted (central commands, and a decoder to take them).
+    pub fn accepts_sessions(&self) -> bool {
+        self.accepts_central() && self.inner.decoder.is_some()
     }
 
     /// The devices, by name.
@@ -174,98 +235,236 @@ impl Actuation {
         Ok(n)
     }
 
-    /// Session keys of an OTAA device in a signed envelope (`command` =
-    /// `set_session`, `target` = the DevEUI, `args` = `dev_addr`, `nwk_s_key`,
-    /// `app_s_key`, `f_cnt_up`): the same checks as a command (key, signature,
-    /// gateway, expiry, scope, replay), audited. The keys when it passes.
-    pub async fn session(&self, payload: &[u8]) -> Option<crate::sink::app::PushedSession> {
-        let now = now_utc();
-        let env = match CommandEnvelope::parse(payload) {
-            Ok(env) => env,
-            Err(r) => {
-                let ask = Ask::session("unknown".into(), None);
-                self.record(ask.refusal(r.reason, r.message));
-                return None;
+    /// A message from the central platform, as received on the app sink (the door, see
+    /// `gate.rs`): parsed and its signature checked here, in memory, without waiting.
+    /// Refused: counted, maybe logged, nothing stored. Authenticated: queued for
+    /// [`dispatch`](Self::dispatch), which audits it from there on.
+    pub fn offer(&self, arrival: Arrival, payload: &[u8]) {
+        let Some(queue) = &self.inner.queue else { return };
+        let envelope = match CommandEnvelope::parse(payload) {
+            Ok(e) => e,
+            Err(r) => return self.unauthenticated(r.reason, None, &r.message),
+        };
+        let key = {
+            let keys = self.inner.keys.read().ok();
+            match keys.as_deref().and_then(Option::as_ref) {
+                Some(keys) => envelope::authenticate(&envelope, keys).cloned(),
+                None => {
+                    Err(envelope::Refusal::new(envelope::reason::UNKNOWN_KEY, "no authorized_keys loaded"))
+                }
             }
         };
-        let ask = Ask::session(env.key_id().to_string(), Some(&env));
-        if env.command() != SET_SESSION {
-            let message = format!("a session message must carry command {SET_SESSION:?}");
-            self.record(ask.refusal("malformed", message));
-            return None;
-        }
-        let key_id = match self.admit(&env, now) {
+        let key = match key {
             Ok(k) => k,
-            Err(r) => {
-                self.record(ask.refusal(r.reason, r.message));
-                return None;
-            }
+            Err(r) => return self.unauthenticated(r.reason, Some(&envelope), &r.message),
         };
-        let ask = Ask { actor: key_id, ..ask };
-        let mut fields = env.args().clone();
-        fields.insert("dev_eui".into(), serde_json::Value::String(env.target().to_string()));
-        match crate::sink::app::parse_session_push(serde_json::Value::Object(fields).to_string().as_bytes()) {
-            Ok(session) => {
-                // Keys never go to the audit log or the result event.
-                let ask =
-                    Ask { args: serde_json::json!({ "dev_addr": session.dev_addr.to_string() }), ..ask };
-                self.record(ask.entry(Outcome::Verified, None, "session keys handed to the decoder".into()));
-                Some(session)
+        let fresh = self.inner.door.lock().map(|mut d| d.remember(&key.id, envelope.id())).unwrap_or(true);
+        if !fresh {
+            let message = "a copy of an envelope already received (redelivered, or replayed by someone)";
+            return self.unauthenticated(gate::DUPLICATE, Some(&envelope), message);
+        }
+        let (key_id, id) = (key.id.clone(), envelope.id().to_string());
+        match queue.try_send(Authenticated { envelope, key, arrival }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if let Ok(mut door) = self.inner.door.lock() {
+                    door.forget(&key_id, &id);
+                }
+                self.inner.counters.reasons.get_or_create(&[("reason", "queue_full".to_string())]).inc();
+                error!(
+                    key = key_id,
+                    id,
+                    "central message dropped: {QUEUE} authenticated messages already wait (the platform may resend it)"
+                );
             }
-            Err(e) => {
-                let ask = Ask { args: serde_json::Value::Null, ..ask };
-                self.record(ask.refusal("bad_args", e));
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// A refusal at the door: counted, logged at most once per reason every few seconds.
+    fn unauthenticated(&self, reason: &'static str, envelope: Option<&CommandEnvelope>, message: &str) {
+        self.inner.counters.unauthenticated.get_or_create(&[("reason", reason)]).inc();
+        let held = self.inner.door.lock().ok().and_then(|mut d| d.log.allow(reason));
+        if let Some(held) = held {
+            warn!(
+                reason,
+                claimed_key = envelope.map(CommandEnvelope::key_id),
+                id = envelope.map(CommandEnvelope::id),
+                held_back = held,
+                "central message refused before authentication, nothing stored: {message}"
+            );
+        }
+    }
+
+    /// Publish how many messages the door refused, at most every `SUMMARY_EVERY`.
+    async fn summarize_refusals(self) {
+        let mut last = self.inner.counters.unauthenticated_counts();
+        let mut tick = tokio::time::interval(gate::SUMMARY_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = self.inner.counters.unauthenticated_counts();
+            let body = gate::summary(&self.inner.gateway_id, &last, &now, gate::SUMMARY_EVERY);
+            last = now;
+            let (Some(body), Some(topics), Some(journal)) =
+                (body, &self.inner.topics, &self.inner.app_journal)
+            else {
+                continue;
+            };
+            let record = app::record(
+                &topics.event("unauthenticated"),
+                body.to_string().as_bytes(),
+                unix_ms(std::time::SystemTime::now()),
+            );
+            if let Err(e) = journal.append(record).await {
+                warn!("refusal summary not stored in the app journal: {e}");
+            }
+        }
+    }
+
+    /// Authenticated central messages in arrival order: the rest of the checks and the
+    /// replay window here, one at a time; then each command runs on its own (at most
+    /// `RUNNING` at once, so a long read-back does not hold up the next one).
+    async fn dispatch(self, mut queued: mpsc::Receiver<Authenticated>) {
+        let running = Arc::new(Semaphore::new(RUNNING));
+        while let Some(message) = queued.recv().await {
+            match message.arrival {
+                Arrival::Session => self.install_session(message).await,
+                Arrival::Command => {
+                    let Some(ask) = self.admit(message).await else { continue };
+                    let Ok(permit) = running.clone().acquire_owned().await else { return };
+                    let actuation = self.clone();
+                    tokio::spawn(async move {
+                        actuation.execute(ask).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Clock, gateway, expiry, scope, then the replay window: the command to execute, or
+    /// None when refused (recorded).
+    async fn admit(&self, message: Authenticated) -> Option<Ask> {
+        let Authenticated { envelope: env, key, arrival } = message;
+        let ask = Ask::central(&key, &env);
+        let refused = if arrival == Arrival::Command && env.command() == SET_SESSION {
+            Err(envelope::Refusal::new(
+                "wrong_topic",
+                "set_session carries keys and is taken only on the session/set topic; refused here",
+            ))
+        } else {
+            self.authorize(&env, &key)
+        };
+        match refused {
+            Ok(()) => Some(ask),
+            Err(r) => {
+                self.record(ask.refusal(r.reason, r.message)).await;
                 None
             }
         }
     }
 
-    /// Clock, key, signature, gateway, expiry, scope, then the replay window: the key id when admitted.
-    fn admit(&self, env: &CommandEnvelope, now: DateTime<Utc>) -> Result<String, envelope::Refusal> {
+    /// The checks after the signature. A refusal that may pass later (clock not yet
+    /// synchronized, the window not writable) lets the door take the same envelope again;
+    /// any other keeps it remembered there, so copies of it are not audited over and over.
+    fn authorize(&self, env: &CommandEnvelope, key: &AuthorizedKey) -> Result<(), envelope::Refusal> {
+        let result = self.authorize_once(env, key);
+        if let Err(r) = &result {
+            if [CLOCK_NOT_SYNCHRONIZED, CLOCK_STATE_UNKNOWN, REPLAY_WINDOW_FAILED, "internal"]
+                .contains(&r.reason)
+            {
+                if let Ok(mut door) = self.inner.door.lock() {
+                    door.forget(&key.id, env.id());
+                }
+            }
+        }
+        result
+    }
+
+    fn authorize_once(&self, env: &CommandEnvelope, key: &AuthorizedKey) -> Result<(), envelope::Refusal> {
         if self.inner.require_clock_sync {
             match crate::clock::clock_sync() {
                 ClockSync::Synchronized => {}
                 ClockSync::Unsynchronized => {
                     return Err(envelope::Refusal::new(
-                        "clock_not_synchronized",
+                        CLOCK_NOT_SYNCHRONIZED,
                         "this gateway's clock is not synchronized (NTP), so not_after cannot be trusted; \
                          check chrony/systemd-timesyncd, or set [field] require_clock_sync = false",
                     ))
                 }
-                ClockSync::Unknown(e) => return Err(envelope::Refusal::new("clock_state_unknown", e)),
+                ClockSync::Unknown(e) => return Err(envelope::Refusal::new(CLOCK_STATE_UNKNOWN, e)),
             }
         }
-        let key_id = {
-            let keys = self.inner.keys.read().ok();
-            match keys.as_deref().and_then(Option::as_ref) {
-                Some(keys) => envelope::check(env, keys, &self.inner.gateway_id, now).map(|k| k.id.clone()),
-                None => Err(envelope::Refusal::new(
-                    envelope::reason::UNKNOWN_KEY,
-                    "no authorized_keys configured on this gateway",
-                )),
-            }
-        }?;
+        let now = now_utc();
+        envelope::authorize(env, key, &self.inner.gateway_id, now)?;
+        let admission = Admission {
+            key_id: &key.id,
+            id: env.id(),
+            not_after: env.not_after(),
+            issued_at: env.issued_at(),
+        };
         tokio::task::block_in_place(|| {
             self.inner
                 .replay
                 .lock()
                 .map_err(|_| envelope::Refusal::new("internal", "replay window unavailable"))
-                .and_then(|mut w| w.admit(env.id(), env.not_after(), now))
-        })?;
-        Ok(key_id)
+                .and_then(|mut w| w.admit(admission, now))
+        })
     }
 
-    /// A command envelope from the central platform, as received.
-    pub async fn central(&self, payload: &[u8]) -> AuditEntry {
-        let now = now_utc();
-        let env = match CommandEnvelope::parse(payload) {
-            Ok(env) => env,
-            Err(r) => return self.record(Ask::central("unknown".into(), None).refusal(r.reason, r.message)),
+    /// Session keys of an OTAA device in a signed envelope (`command` = `set_session`,
+    /// `target` = the DevEUI, `args` = `dev_addr`, `nwk_s_key`, `app_s_key`, `f_cnt_up`):
+    /// the same checks as a command, then installed in the decoder; audited without the
+    /// keys, saying whether it replaced a session.
+    async fn install_session(&self, message: Authenticated) {
+        let Authenticated { envelope: env, key, .. } = message;
+        let mut ask = Ask::central(&key, &env);
+        let checked = if env.command() != SET_SESSION {
+            Err(envelope::Refusal::new(
+                "wrong_topic",
+                format!(
+                    "a session message must carry command {SET_SESSION:?}; commands go to the command topic"
+                ),
+            ))
+        } else {
+            self.authorize(&env, &key)
         };
-        let ask = Ask::central(env.key_id().to_string(), Some(&env));
-        match self.admit(&env, now) {
-            Ok(key_id) => self.execute(Ask { actor: key_id, ..ask }).await,
-            Err(r) => self.record(ask.refusal(r.reason, r.message)),
+        if let Err(r) = checked {
+            self.record(ask.refusal(r.reason, r.message)).await;
+            return;
+        }
+        let mut fields = env.args().clone();
+        fields.insert("dev_eui".into(), serde_json::Value::String(env.target().to_string()));
+        let session = match app::parse_session_push(serde_json::Value::Object(fields).to_string().as_bytes())
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.record(ask.refusal("bad_args", e)).await;
+                return;
+            }
+        };
+        ask.args =
+            serde_json::json!({ "dev_addr": session.dev_addr.to_string(), "f_cnt_up": session.f_cnt_up });
+        let Some(decoder) = &self.inner.decoder else {
+            self.record(ask.refusal("no_decoder", "no [decode] on this gateway".into())).await;
+            return;
+        };
+        match decoder.push(session).await {
+            Ok(installed) => {
+                let message = match installed.replaced {
+                    Some(source) => format!(
+                        "session keys installed for {}, REPLACING its session from {}",
+                        installed.device,
+                        source.label()
+                    ),
+                    None => format!("session keys installed for {} (it had no session)", installed.device),
+                };
+                self.record(ask.entry(Outcome::Verified, None, message)).await;
+            }
+            Err(e) => {
+                self.record(ask.refusal("session_refused", e)).await;
+            }
         }
     }
 
@@ -290,7 +489,13 @@ impl Actuation {
     }
 
     /// A local API caller who may not act: audited as refused, without the arguments.
-    pub fn refuse_local(&self, actor: String, target: &str, command: &str, message: String) -> AuditEntry {
+    pub async fn refuse_local(
+        &self,
+        actor: String,
+        target: &str,
+        command: &str,
+        message: String,
+    ) -> AuditEntry {
         let ask = Ask {
             source: Source::Local,
             actor,
@@ -299,7 +504,7 @@ impl Actuation {
             command: command.into(),
             args: serde_json::json!({}),
         };
-        self.record(ask.refusal("not_an_operator", message))
+        self.record(ask.refusal("not_an_operator", message)).await
     }
 
     /// A command from a local rule or schedule.
@@ -318,7 +523,7 @@ impl Actuation {
     async fn execute(&self, ask: Ask) -> AuditEntry {
         let Some(device) = self.inner.devices.get(&ask.target).cloned() else {
             let message = format!("no field device named {:?}", ask.target);
-            return self.record(ask.refusal("unknown_target", message));
+            return self.record(ask.refusal("unknown_target", message)).await;
         };
         let (written_tx, written_rx) = oneshot::channel();
         let run = device.device.execute_reporting(&ask.command, &ask.args, written_tx);
@@ -329,7 +534,7 @@ impl Actuation {
             written = written_rx => {
                 if let Ok(writes) = written {
                     let message = format!("written: {}", serde_json::to_string(&writes).unwrap_or_default());
-                    self.record(ask.entry(Outcome::Executed, None, message));
+                    self.record(ask.entry(Outcome::Executed, None, message)).await;
                 }
                 run.await
             }
@@ -337,17 +542,21 @@ impl Actuation {
         match outcome {
             CommandOutcome::Verified { elapsed, .. } => {
                 let message = format!("read back as commanded after {} ms", elapsed.as_millis());
-                self.record(ask.entry(Outcome::Verified, None, message))
+                self.record(ask.entry(Outcome::Verified, None, message)).await
             }
-            CommandOutcome::Refused(r) => self.record(ask.refusal(r.reason.as_str(), r.message.clone())),
+            CommandOutcome::Refused(r) => {
+                self.record(ask.refusal(r.reason.as_str(), r.message.clone())).await
+            }
             CommandOutcome::Failed { reason, message } => {
-                self.record(ask.entry(Outcome::Failed, Some(reason.to_string()), message))
+                self.record(ask.entry(Outcome::Failed, Some(reason.to_string()), message)).await
             }
         }
     }
 
-    /// Write the entry to the audit log (durably), count it, publish it, log it.
-    fn record(&self, new: NewAuditEntry) -> AuditEntry {
+    /// Write the entry (secrets redacted) to the audit log, durably; count it, log it, and
+    /// append it to the app journal before returning, so a command's events keep their order.
+    async fn record(&self, new: NewAuditEntry) -> AuditEntry {
+        let new = NewAuditEntry { args: audit::redact(&new.args), ..new };
         let stored = tokio::task::block_in_place(|| match self.inner.audit.lock() {
             Ok(mut audit) => audit.append(new.clone()),
             Err(_) => Err(anyhow::anyhow!("audit log unavailable")),
@@ -399,12 +608,9 @@ impl Actuation {
             })) {
                 let record =
                     app::record(&topics.event("command"), &body, unix_ms(std::time::SystemTime::now()));
-                let journal = journal.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = journal.append(record).await {
-                        warn!("command result not stored in the app journal: {e}");
-                    }
-                });
+                if let Err(e) = journal.append(record).await {
+                    warn!("command result not stored in the app journal: {e}");
+                }
             }
         }
         entry
@@ -448,6 +654,11 @@ pub fn now_utc() -> DateTime<Utc> {
     DateTime::<Utc>::from(std::time::SystemTime::now())
 }
 
+/// `reason` of a central command refused because the clock is not synchronized.
+const CLOCK_NOT_SYNCHRONIZED: &str = "clock_not_synchronized";
+/// `reason` of a central command refused because the clock state could not be read.
+const CLOCK_STATE_UNKNOWN: &str = "clock_state_unknown";
+
 /// How many of the latest attempts `recent` keeps.
 const RECENT: usize = 10;
 
@@ -455,21 +666,16 @@ const RECENT: usize = 10;
 pub const SET_SESSION: &str = "set_session";
 
 impl Ask {
-    /// A central command as its envelope (when it parsed) says, signed by `actor`.
-    fn central(actor: String, env: Option<&CommandEnvelope>) -> Ask {
+    /// An authenticated central message, as its envelope says, signed by `key`.
+    fn central(key: &AuthorizedKey, env: &CommandEnvelope) -> Ask {
         Ask {
             source: Source::Central,
-            actor,
-            command_id: env.map(|e| e.id().to_string()),
-            target: env.map(|e| e.target().to_string()).unwrap_or_default(),
-            command: env.map(|e| e.command().to_string()).unwrap_or_default(),
-            args: env.map_or(serde_json::Value::Null, |e| serde_json::Value::Object(e.args().clone())),
+            actor: key.id.clone(),
+            command_id: Some(env.id().to_string()),
+            target: env.target().to_string(),
+            command: env.command().to_string(),
+            args: serde_json::Value::Object(env.args().clone()),
         }
-    }
-
-    /// A session message: a central command whose arguments (the keys) stay out of the audit log.
-    fn session(actor: String, env: Option<&CommandEnvelope>) -> Ask {
-        Ask { command: SET_SESSION.into(), args: serde_json::Value::Null, ..Ask::central(actor, env) }
     }
 
     fn entry(&self, outcome: Outcome, reason: Option<String>, message: String) -> NewAuditEntry {

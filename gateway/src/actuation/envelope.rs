@@ -14,12 +14,13 @@
 //!   "target": "barrage-cher-1",
 //!   "command": "move_bay",
 //!   "args": { "bay": 1, "position_pct": 40.5 },
+//!   "issued_at": "2026-03-01T12:00:00Z",
 //!   "not_after": "2026-03-01T12:05:00Z",
 //!   "signature": "<base64 of the 64-byte Ed25519 signature>"
 //! }
 //! ```
 //!
-//! Every member is required and no other is allowed; a payload is at most
+//! Every member but `issued_at` is required and no other is allowed; a payload is at most
 //! [`MAX_ENVELOPE_BYTES`]. `id` is 1 to 128 printable ASCII characters without spaces and
 //! must never be reused (the gateway remembers ids until their `not_after` has passed).
 //! `key_id` names the key in `authorized_keys` that signed it: it is not in the issue's list
@@ -27,7 +28,12 @@
 //! that a key is looked up, not tried). `gateway_id`, `target` and `command` are 1 to 128
 //! characters without control characters. `args` is a JSON object (possibly empty) in which no
 //! key appears twice. `not_after` is an RFC 3339 time at most [`MAX_VALIDITY`] ahead of the
-//! gateway's clock; after it the command is refused. `signature` is standard base64
+//! gateway's clock; after it the command is refused. `issued_at` (RFC 3339, optional but
+//! recommended) is when the platform signed it: at most [`MAX_CLOCK_SKEW`] ahead of the
+//! gateway's clock, and an envelope issued before the gateway's replay window existed is
+//! refused (`replay.rs`; a missing `issued_at` counts as `not_after` minus [`MAX_VALIDITY`], the
+//! earliest it could have been accepted, so after a lost window envelopes without it are
+//! refused for up to a day). `signature` is standard base64
 //! (RFC 4648 §4, with padding) of the Ed25519 (RFC 8032, pure) signature of the canonical
 //! bytes.
 //!
@@ -39,7 +45,8 @@
 //! # Canonical bytes (what is signed)
 //!
 //! The JSON text of the object holding every member above except `signature` (that is
-//! `args`, `command`, `gateway_id`, `id`, `key_id`, `not_after`, `target`), written as follows:
+//! `args`, `command`, `gateway_id`, `id`, `issued_at` when present, `key_id`, `not_after`,
+//! `target`), written as follows:
 //!
 //! - no whitespace outside strings;
 //! - the members of every object, at every depth, sorted by key, comparing keys as UTF-8
@@ -56,7 +63,7 @@
 //!   written `d.ddd × 10^e`, in fixed notation with at least one digit after the point when
 //!   `-4 <= e < 16` (`12.5`, `100.0`, `0.0001`), otherwise as `d.ddde±XX` with at least two
 //!   exponent digits (`1e+16`, `1.5e-05`);
-//! - `not_after` is the string exactly as received, never re-formatted.
+//! - `not_after` and `issued_at` are the strings exactly as received, never re-formatted.
 //!
 //! In Python, with `obj` the envelope as a dict without `signature`:
 //! `json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()`.
@@ -83,6 +90,9 @@ pub const MAX_ENVELOPE_BYTES: usize = 8 * 1024;
 /// remembered (the replay window) and how long a captured command stays usable.
 pub const MAX_VALIDITY: Duration = Duration::hours(24);
 
+/// Furthest `issued_at` may lie ahead of the gateway's clock (the two clocks differ a little).
+pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
+
 /// Longest `id`, `key_id`, `gateway_id`, `target` or `command`, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 
@@ -104,6 +114,10 @@ pub mod reason {
     pub const OUT_OF_SCOPE: &str = "out_of_scope";
     /// The id was seen before.
     pub const REPLAYED: &str = "replayed";
+    /// `issued_at` is more than `MAX_CLOCK_SKEW` ahead of the gateway's clock.
+    pub const ISSUED_IN_FUTURE: &str = "issued_in_future";
+    /// Issued before the replay window existed (it cannot tell whether the id ran before).
+    pub const ISSUED_BEFORE_WINDOW: &str = "issued_before_window";
 }
 
 /// Why a command was refused: a stable snake_case `reason` (metrics, audit, result events)
@@ -154,6 +168,8 @@ pub struct CommandEnvelope {
     not_after: DateTime<Utc>,
     /// `not_after` exactly as received: the canonical bytes use it, never a re-formatting.
     not_after_text: String,
+    /// When the platform signed it, when it says so (with the text as received).
+    issued_at: Option<(DateTime<Utc>, String)>,
     signature: [u8; 64],
 }
 
@@ -168,6 +184,8 @@ pub struct UnsignedCommand {
     /// Must be a JSON object.
     pub args: Value,
     pub not_after: DateTime<Utc>,
+    /// When it is signed (recommended: now).
+    pub issued_at: Option<DateTime<Utc>>,
 }
 
 impl UnsignedCommand {
@@ -186,6 +204,7 @@ impl UnsignedCommand {
             args,
             not_after_text: self.not_after.to_rfc3339_opts(SecondsFormat::AutoSi, true),
             not_after: self.not_after,
+            issued_at: self.issued_at.map(|t| (t, t.to_rfc3339_opts(SecondsFormat::AutoSi, true))),
             signature: [0; 64],
         };
         envelope.validate()?;
@@ -205,6 +224,8 @@ struct Wire {
     command: String,
     args: StrictValue,
     not_after: String,
+    #[serde(default)]
+    issued_at: Option<String>,
     signature: String,
 }
 
@@ -226,17 +247,11 @@ impl CommandEnvelope {
         let Value::Object(args) = wire.args.0 else {
             return Err(Refusal::malformed("`args` must be a JSON object (it may be empty: {})"));
         };
-        if wire.not_after.len() > 64 {
-            return Err(Refusal::malformed("`not_after` is longer than an RFC 3339 time can be"));
-        }
-        let not_after = DateTime::parse_from_rfc3339(&wire.not_after)
-            .map_err(|e| {
-                Refusal::malformed(format!(
-                    "`not_after` {:?} is not an RFC 3339 time ({e}); write e.g. 2026-03-01T12:05:00Z",
-                    wire.not_after
-                ))
-            })?
-            .with_timezone(&Utc);
+        let not_after = parse_time("not_after", &wire.not_after)?;
+        let issued_at = match wire.issued_at {
+            Some(text) => Some((parse_time("issued_at", &text)?, text)),
+            None => None,
+        };
         let signature: [u8; 64] = BASE64
             .decode(wire.signature.as_bytes())
             .map_err(|e| Refusal::malformed(format!("`signature` is not standard padded base64: {e}")))?
@@ -256,6 +271,7 @@ impl CommandEnvelope {
             args,
             not_after,
             not_after_text: wire.not_after,
+            issued_at,
             signature,
         };
         envelope.validate()?;
@@ -321,6 +337,11 @@ impl CommandEnvelope {
         self.not_after
     }
 
+    /// When the platform says it signed it.
+    pub fn issued_at(&self) -> Option<DateTime<Utc>> {
+        self.issued_at.as_ref().map(|(t, _)| *t)
+    }
+
     /// `not_after` exactly as it was received.
     pub fn not_after_text(&self) -> &str {
         &self.not_after_text
@@ -356,6 +377,9 @@ impl CommandEnvelope {
             ("not_after", text(&self.not_after_text)),
             ("target", text(&self.target)),
         ];
+        if let Some((_, issued_at)) = &self.issued_at {
+            members.push(("issued_at", text(issued_at)));
+        }
         if let Some(signature) = signature {
             members.push(("signature", text(signature)));
         }
@@ -379,15 +403,25 @@ impl fmt::Display for CommandEnvelope {
     }
 }
 
-/// Decide whether `envelope` may go on to the engine, in this order: the key is known, the
-/// signature verifies, it is addressed to `gateway_id`, `now` is not past `not_after`,
-/// `not_after` is at most [`MAX_VALIDITY`] ahead, the key's scope allows target and command.
+/// Decide whether `envelope` may go on to the engine: [`authenticate`], then [`authorize`].
 /// Returns the key that signed it. Replays are checked afterwards by `ReplayWindow::admit`.
 pub fn check<'k>(
     envelope: &CommandEnvelope,
     keys: &'k AuthorizedKeys,
     gateway_id: &str,
     now: DateTime<Utc>,
+) -> Result<&'k AuthorizedKey, Refusal> {
+    let key = authenticate(envelope, keys)?;
+    authorize(envelope, key, gateway_id, now)?;
+    Ok(key)
+}
+
+/// The key named by `key_id` is known and the signature verifies with it: the key, or a
+/// refusal that must be treated as coming from anyone (`key_id` is only claimed until then).
+/// Pure computation, no I/O: cheap enough to run on every message before anything is stored.
+pub fn authenticate<'k>(
+    envelope: &CommandEnvelope,
+    keys: &'k AuthorizedKeys,
 ) -> Result<&'k AuthorizedKey, Refusal> {
     let key = keys.get(&envelope.key_id).ok_or_else(|| {
         Refusal::new(
@@ -399,9 +433,24 @@ pub fn check<'k>(
     key.public_key.verify_strict(&envelope.canonical_bytes(), &signature).map_err(|_| {
         Refusal::new(
             reason::BAD_SIGNATURE,
-            format!("signature does not verify with key `{}` (altered, or signed by another key)", key.id),
+            format!(
+                "signature does not verify with the claimed key `{}` (altered, or signed by another key)",
+                key.id
+            ),
         )
     })?;
+    Ok(key)
+}
+
+/// What a correctly signed envelope must also satisfy, in this order: addressed to
+/// `gateway_id`, `now` not past `not_after`, `not_after` at most [`MAX_VALIDITY`] ahead,
+/// `issued_at` at most [`MAX_CLOCK_SKEW`] ahead, the key's scope allows target and command.
+pub fn authorize(
+    envelope: &CommandEnvelope,
+    key: &AuthorizedKey,
+    gateway_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), Refusal> {
     if envelope.gateway_id != gateway_id {
         return Err(Refusal::new(
             reason::WRONG_GATEWAY,
@@ -425,13 +474,37 @@ pub fn check<'k>(
             ),
         ));
     }
+    if let Some((issued_at, text)) = &envelope.issued_at {
+        if *issued_at > now + MAX_CLOCK_SKEW {
+            return Err(Refusal::new(
+                reason::ISSUED_IN_FUTURE,
+                format!(
+                    "issued_at {text} is more than {} min ahead of this gateway's clock (now {})",
+                    MAX_CLOCK_SKEW.num_minutes(),
+                    rfc3339(now)
+                ),
+            ));
+        }
+    }
     if !key.allows(&envelope.target, &envelope.command) {
         return Err(Refusal::new(
             reason::OUT_OF_SCOPE,
             format!("key `{}` may not send `{}` to `{}`", key.id, envelope.command, envelope.target),
         ));
     }
-    Ok(key)
+    Ok(())
+}
+
+/// An RFC 3339 time member of the envelope.
+fn parse_time(member: &str, text: &str) -> Result<DateTime<Utc>, Refusal> {
+    if text.len() > 64 {
+        return Err(Refusal::malformed(format!("`{member}` is longer than an RFC 3339 time can be")));
+    }
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+        Refusal::malformed(format!(
+            "`{member}` {text:?} is not an RFC 3339 time ({e}); write e.g. 2026-03-01T12:05:00Z"
+        ))
+    })
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -664,6 +737,7 @@ mod tests {
             command: "move_bay".into(),
             args: json!({ "bay": 1, "position_pct": 40.5 }),
             not_after: now() + Duration::minutes(5),
+            issued_at: None,
         }
     }
 
@@ -716,6 +790,48 @@ mod tests {
         let received = CommandEnvelope::parse(reordered.as_bytes()).expect("parses");
         assert_eq!(received.canonical_bytes(), envelope.canonical_bytes());
         check(&received, &keys(), GATEWAY, now()).expect("the signature still verifies");
+    }
+
+    #[test]
+    fn issued_at_is_signed_when_present_and_absent_from_the_bytes_otherwise() {
+        let with = signed(|c| c.issued_at = Some(now()));
+        let canonical = String::from_utf8(with.canonical_bytes()).expect("utf-8");
+        assert!(
+            canonical.contains(r#""id":"c-20260301-0001","issued_at":"2026-03-01T12:00:00Z","key_id""#),
+            "{canonical}"
+        );
+        let received = CommandEnvelope::parse(with.to_json().as_bytes()).expect("parses");
+        assert_eq!(received.issued_at(), Some(now()));
+        check(&received, &keys(), GATEWAY, now()).expect("verifies");
+        // Moved, or removed: the signature no longer holds.
+        let wire = with.to_json();
+        for text in [
+            wire.replace("2026-03-01T12:00:00Z", "2026-03-01T12:01:00Z"),
+            wire.replace(r#""issued_at":"2026-03-01T12:00:00Z","#, ""),
+        ] {
+            let envelope = CommandEnvelope::parse(text.as_bytes()).expect("well-formed");
+            assert_eq!(refusal(&envelope, now()).reason, "bad_signature", "{text}");
+        }
+        let without = String::from_utf8(signed(|_| {}).canonical_bytes()).expect("utf-8");
+        assert!(!without.contains("issued_at"), "old signers' bytes unchanged: {without}");
+    }
+
+    #[test]
+    fn an_envelope_issued_in_the_future_is_refused() {
+        let ahead = signed(|c| c.issued_at = Some(now() + MAX_CLOCK_SKEW + Duration::seconds(1)));
+        assert_eq!(refusal(&ahead, now()).reason, "issued_in_future");
+        let skewed = signed(|c| c.issued_at = Some(now() + MAX_CLOCK_SKEW));
+        check(&skewed, &keys(), GATEWAY, now()).expect("a little skew is allowed");
+        let bad = signed(|_| {}).to_json().replace("\"key_id\"", "\"issued_at\":\"yesterday\",\"key_id\"");
+        let refused = CommandEnvelope::parse(bad.as_bytes()).expect_err("not a time");
+        assert!(refused.message.contains("issued_at"), "{refused}");
+    }
+
+    #[test]
+    fn a_forged_signature_names_the_key_as_claimed() {
+        let envelope = command().sign(&signing_key(9)).expect("signed by the wrong key");
+        let refused = refusal(&envelope, now());
+        assert!(refused.message.contains("claimed key `central-2026`"), "{refused}");
     }
 
     #[test]
@@ -986,6 +1102,8 @@ for i, args in enumerate(arg_sets):
     obj = {"id": "py-%04d" % i, "key_id": "central-2026", "gateway_id": "b827ebfffe000001",
            "target": "barrage-cher-1", "command": "move_bay", "args": args,
            "not_after": "2026-03-01T13:05:00.250+01:00"}
+    if i % 2 == 1:
+        obj["issued_at"] = "2026-03-01T11:59:30.5Z"
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     wire = dict(obj, signature=base64.b64encode(key.sign(canonical)).decode())
     # As a relay might pass it on: other member order, whitespace, \u escapes.
@@ -1024,5 +1142,11 @@ json.dump(out, sys.stdout)
             );
             check(&envelope, &keys, GATEWAY, now()).expect("Python's signature verifies");
         }
+        let issued: Vec<bool> = envelopes
+            .iter()
+            .filter_map(|e| CommandEnvelope::parse(e["wire"].as_str()?.as_bytes()).ok())
+            .map(|e| e.issued_at().is_some())
+            .collect();
+        assert_eq!(issued, [false, true, false, true], "with and without issued_at");
     }
 }

@@ -53,6 +53,10 @@ pub struct FieldSection {
     /// switches, modes and online state go out at once).
     #[serde(default = "default_state_interval_secs")]
     pub state_interval_secs: u64,
+    /// Bound on the audit log (`audit.sqlite`), in bytes of entry text; the oldest entries
+    /// are deleted first.
+    #[serde(default = "default_audit_max_bytes")]
+    pub audit_max_bytes: u64,
     #[serde(default)]
     pub device: Vec<FieldDeviceConfig>,
 }
@@ -84,6 +88,12 @@ fn default_profile_dirs() -> Vec<PathBuf> {
 }
 fn default_true() -> bool {
     true
+}
+/// Smallest `audit_max_bytes` accepted.
+const MIN_AUDIT_BYTES: u64 = 64 * 1024;
+
+fn default_audit_max_bytes() -> u64 {
+    super::audit::DEFAULT_MAX_BYTES
 }
 fn default_state_interval_secs() -> u64 {
     60
@@ -152,6 +162,14 @@ impl FieldSection {
                 line: None,
                 key: Some("field.state_interval_secs".into()),
                 message: "must be at least 1".into(),
+            });
+        }
+        if self.audit_max_bytes < MIN_AUDIT_BYTES {
+            return Err(ConfigError {
+                file: loaded.path.clone(),
+                line: None,
+                key: Some("field.audit_max_bytes".into()),
+                message: format!("must be at least {MIN_AUDIT_BYTES} (a few dozen entries)"),
             });
         }
         Ok(profiles)

@@ -82,6 +82,15 @@ struct PendingAccept {
     at: Instant,
 }
 
+/// A pushed session that was installed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// The device's name in the registry.
+    pub device: String,
+    /// Where the session it replaced came from (`None`: the device had none).
+    pub replaced: Option<SessionSource>,
+}
+
 /// The decoder's whole state.
 pub struct Engine {
     gateway_id: String,
@@ -329,8 +338,9 @@ impl Engine {
         Some((name, dev_addr))
     }
 
-    /// Session keys pushed by the central side; only for registered OTAA devices.
-    pub fn push(&mut self, pushed: PushedSession) -> Result<String, String> {
+    /// Session keys pushed by the central side (already authenticated and audited by the
+    /// actuation engine); only for registered OTAA devices.
+    pub fn push(&mut self, pushed: PushedSession) -> Result<Installed, String> {
         let device = self
             .registry
             .by_eui(pushed.dev_eui)
@@ -339,6 +349,7 @@ impl Engine {
             return Err(format!("{} is an ABP device; its keys come from the registry", device.name));
         }
         let name = device.name.clone();
+        let replaced = self.sessions.get(&pushed.dev_eui).map(|s| s.source);
         let keys = SessionKeys {
             dev_addr: pushed.dev_addr,
             nwk_s_key: pushed.nwk_s_key,
@@ -348,7 +359,7 @@ impl Engine {
             pushed.dev_eui,
             Session { keys, source: SessionSource::Pushed, last_fcnt: pushed.f_cnt_up.checked_sub(1) },
         );
-        Ok(name)
+        Ok(Installed { device: name, replaced })
     }
 
     fn install(&mut self, dev_eui: Eui64, session: Session) {

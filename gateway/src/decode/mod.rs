@@ -43,6 +43,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{error, info, warn};
 
+pub use self::engine::Installed;
 use self::engine::{Codecs, Engine, Outcome};
 pub use self::reading::Reading;
 use self::registry::Registry;
@@ -50,9 +51,10 @@ use self::sessions::SessionStore;
 use crate::journal::{Journal, NewRecord};
 use crate::sink::app::{AppTopics, PushedSession};
 
-/// Frames (and pushed sessions) waiting to be decoded; past this the newest
-/// readings are dropped (counted). JoinAccepts, TxAcks, reloads and the stop
-/// are not counted against it and never dropped.
+/// Data frames waiting to be decoded; past this the newest readings are
+/// dropped (counted). Joins, TxAcks, signed session pushes (authenticated
+/// before they get here), reloads and the stop are not counted against it and
+/// never dropped.
 const QUEUE: usize = 4096;
 
 /// Most frames decoded before their counters are written together and their
@@ -138,7 +140,7 @@ enum Msg {
     Uplink(Box<UplinkFrame>, u64),
     Downlink(u32, Vec<u8>),
     TxAck(u32, bool),
-    Push(PushedSession),
+    Push(PushedSession, oneshot::Sender<Result<Installed, String>>),
     Reload(oneshot::Sender<Result<ReloadReport, String>>),
     /// Decode what is queued, write the sessions, end the thread.
     Stop(oneshot::Sender<()>),
@@ -149,7 +151,7 @@ enum Msg {
 pub struct Decoder {
     /// Unbounded: the bound on frames is `queued` (see `QUEUE`).
     tx: Sender<Msg>,
-    /// Frames and pushed sessions in `tx` not yet taken by the thread.
+    /// Data frames in `tx` not yet taken by the thread.
     queued: Arc<AtomicUsize>,
     pub counters: Arc<DecodeCounters>,
     latest: watch::Receiver<LatestReadings>,
@@ -213,7 +215,7 @@ impl Decoder {
         Ok((decoder, thread))
     }
 
-    /// Queue a frame or pushed session unless `QUEUE` of them wait already (then counted, dropped).
+    /// Queue a data frame unless `QUEUE` of them wait already (then counted, dropped).
     fn offer(&self, msg: Msg) {
         if self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUE {
             self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -253,9 +255,15 @@ impl Decoder {
         self.always(Msg::TxAck(downlink_id, transmitted));
     }
 
-    /// Session keys pushed by the central side.
-    pub fn push(&self, session: PushedSession) {
-        self.offer(Msg::Push(session));
+    /// Install session keys pushed by the central side (authenticated by the caller): the
+    /// device and the source of the session replaced, or why not. Never dropped: it waits its
+    /// turn behind queued frames.
+    pub async fn push(&self, session: PushedSession) -> Result<Installed, String> {
+        let (reply, answer) = oneshot::channel();
+        if !self.always(Msg::Push(session, reply)) {
+            return Err("the decoder is not running".to_string());
+        }
+        answer.await.map_err(|_| "the decoder stopped before installing the session".to_string())?
     }
 
     /// Re-read the registry and its codecs; on any error the registry in force stays.
@@ -365,7 +373,6 @@ impl Worker {
         // What `offer` counted against QUEUE.
         let counted = match &msg {
             Msg::Uplink(frame, _) => !is_join_request(frame),
-            Msg::Push(_) => true,
             _ => false,
         };
         if counted {
@@ -394,16 +401,22 @@ impl Worker {
                     self.publish_sizes();
                 }
             }
-            Msg::Push(pushed) => {
+            Msg::Push(pushed, reply) => {
                 let dev_eui = pushed.dev_eui;
-                match self.engine.push(pushed) {
-                    Ok(device) => {
-                        info!(device, "decoder: session keys pushed by the central side installed");
+                let result = self.engine.push(pushed);
+                match &result {
+                    Ok(installed) => {
+                        info!(
+                            device = installed.device,
+                            replaced = installed.replaced.map(|s| s.label()),
+                            "decoder: session keys pushed by the central side installed"
+                        );
                         self.counters.sessions_started.get_or_create(&[("source", "pushed")]).inc();
                         self.publish_sizes();
                     }
                     Err(e) => warn!(%dev_eui, "decoder: pushed session refused: {e}"),
                 }
+                let _ = reply.send(result);
             }
             Msg::Reload(reply) => {
                 let result = self.reload();

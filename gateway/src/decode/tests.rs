@@ -12,7 +12,7 @@ use berrygw_lora::{CrcStatus, UplinkFrame};
 
 use super::engine::{codec_limits, Codecs, Engine, Outcome};
 use super::registry::Registry;
-use super::sessions::SessionStore;
+use super::sessions::{SessionSource, SessionStore};
 use crate::sink::app::{self, AppTopics, PushedSession};
 
 const NWK: [u8; 16] =
@@ -226,7 +226,10 @@ fn pushed_sessions_are_taken_for_registered_otaa_devices_only() {
     };
     assert!(e.push(push(ABP_EUI, 0)).is_err(), "ABP keys come from the registry");
     assert!(e.push(push(0x1234, 0)).is_err(), "unknown device");
-    e.push(push(OTAA_EUI, 20)).expect("accepted");
+    let installed = e.push(push(OTAA_EUI, 20)).expect("accepted");
+    assert_eq!(installed.replaced, None, "the device had no session");
+    let again = e.push(push(OTAA_EUI, 20)).expect("accepted");
+    assert_eq!(again.replaced, Some(SessionSource::Pushed), "an install over a session says so");
     assert_eq!(refusal(&e.uplink(&data_frame(&keys, 19, &[1]), 1)), Some("replay"), "counter 19 was used");
     assert!(matches!(e.uplink(&data_frame(&keys, 20, &[1]), 2), Outcome::Reading { .. }));
 }

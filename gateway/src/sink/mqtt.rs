@@ -7,8 +7,10 @@
 //!
 //! Also here: the retained state message with its offline last will, and
 //! what comes back: ChirpStack's `command/down` downlinks go to the radio
-//! (each answered on `event/ack`); the app sink's pushed session keys go to
-//! the decoder. `Protocol` is all that differs between the two.
+//! (each answered on `event/ack`); the app sink's signed commands and session
+//! keys go through the actuation engine's door (`actuation::gate`), which checks
+//! their signature before anything is stored. `Protocol` is all that differs
+//! between the two.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -27,6 +29,8 @@ use tracing::{debug, info, warn};
 use super::app::{self, AppTopics};
 use super::chirpstack::{self, RecordKind, Topics};
 use super::read_ahead::{Backoff, ReadAhead};
+use crate::actuation::engine::Actuation;
+use crate::actuation::gate::Arrival;
 use crate::config::{BrokerUrl, PayloadFormat};
 use crate::journal::{Journal, Record, Seq};
 use crate::pipeline::SinkCounters;
@@ -52,9 +56,9 @@ pub struct MqttSinkSettings {
 pub enum Protocol {
     /// ChirpStack v4 gateway topics; records are `gw` messages; downlinks come back.
     Chirpstack { topics: Topics, format: PayloadFormat },
-    /// The data platform; records carry their topic and JSON; session keys and
+    /// The data platform; records carry their topic and JSON; signed session keys and
     /// signed commands may come back.
-    App { topics: AppTopics, accept_session_push: bool, accept_commands: bool },
+    App { topics: AppTopics, accept_sessions: bool, accept_commands: bool },
 }
 
 impl Protocol {
@@ -75,9 +79,9 @@ impl Protocol {
     fn subscriptions(&self) -> Vec<String> {
         match self {
             Protocol::Chirpstack { topics, .. } => vec![topics.command_down()],
-            Protocol::App { topics, accept_session_push, accept_commands } => {
+            Protocol::App { topics, accept_sessions, accept_commands } => {
                 let mut subs = Vec::new();
-                if *accept_session_push {
+                if *accept_sessions {
                     subs.push(topics.session_set());
                 }
                 if *accept_commands {
@@ -108,11 +112,9 @@ impl Protocol {
 pub enum SinkInbound {
     /// Downlinks to the radio and the radio's answers (ChirpStack, Semtech UDP).
     Radio(SinkRadioIo),
-    /// What the app sink hears: pushed session keys for the decoder, command
-    /// envelopes for the actuation engine; `None` when nobody takes them.
-    /// Session messages go as received (signed envelopes or, with mutual TLS, plain JSON):
-    /// the receiver checks them.
-    App { sessions: Option<mpsc::Sender<Vec<u8>>>, commands: Option<mpsc::Sender<Vec<u8>>> },
+    /// What the app sink hears: signed commands and session keys, offered to the
+    /// actuation engine's door as received (it checks them); `None` when nobody takes them.
+    App { actuation: Option<Actuation> },
 }
 
 impl SinkInbound {
@@ -358,10 +360,10 @@ fn answer_downlink(
 /// Largest command or session message accepted from the app broker.
 const MAX_COMMAND_BYTES: usize = 16 * 1024;
 
-/// A message from the far side: a downlink for the radio or session keys for
-/// the decoder. Anything malformed is counted and logged, never fatal. A
-/// downlink the radio cannot take comes back as its answer (`QueueFull`,
-/// `InternalError`), to be published on `event/ack` like the radio's own.
+/// A message from the far side: a downlink for the radio, or a signed command or
+/// session message for the actuation engine's door. Anything malformed is counted and
+/// logged, never fatal. A downlink the radio cannot take comes back as its answer
+/// (`QueueFull`, `InternalError`), to be published on `event/ack` like the radio's own.
 fn incoming(
     s: &MqttSinkSettings,
     counters: &SinkCounters,
@@ -399,20 +401,18 @@ fn incoming(
                 }
             }
         }
-        (Protocol::App { topics, .. }, SinkInbound::App { commands: Some(to_actuation), .. })
-            if topic == topics.command() =>
-        {
-            if to_actuation.try_send(payload.to_vec()).is_err() {
-                warn!("{name} sink: actuation busy; command dropped (the central side sees no result and may resend)");
-            }
+        // The door checks size, form and signature in memory before anything is copied or stored.
+        (
+            Protocol::App { topics, accept_commands: true, .. },
+            SinkInbound::App { actuation: Some(actuation) },
+        ) if topic == topics.command() => {
+            actuation.offer(Arrival::Command, payload);
         }
         (
-            Protocol::App { topics, accept_session_push: true, .. },
-            SinkInbound::App { sessions: Some(to_decoder), .. },
+            Protocol::App { topics, accept_sessions: true, .. },
+            SinkInbound::App { actuation: Some(actuation) },
         ) if topic == topics.session_set() => {
-            if to_decoder.try_send(payload.to_vec()).is_err() {
-                warn!("{name} sink: decoder busy; pushed session dropped (the central side may resend)");
-            }
+            actuation.offer(Arrival::Session, payload);
         }
         _ => {
             counters.bad_commands.fetch_add(1, Ordering::Relaxed);

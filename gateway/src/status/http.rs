@@ -462,21 +462,25 @@ async fn post(req: &Request, body: &[u8], site: &Site, listener: Listener) -> Re
             .with_header("Allow", "GET, HEAD");
     };
     let uid = peer.map(|p| p.uid);
-    let refuse = |target: &str, command: &str, why: String| {
-        let actor = uid.map_or_else(|| "uid unknown".to_string(), |u| format!("uid {u}"));
-        tracing::warn!(actor, target, command, "local API: refused: {why}");
-        let body = match &site.view.actuation {
-            Some(a) => {
-                serde_json::to_value(a.refuse_local(actor, target, command, why.clone())).unwrap_or_default()
-            }
-            None => serde_json::json!({ "outcome": "refused", "reason": "not_an_operator", "message": why }),
-        };
-        json_response(403, &body)
+    let refuse = |target: String, command: String, why: String| {
+        let actuation = site.view.actuation.clone();
+        async move {
+            let actor = uid.map_or_else(|| "uid unknown".to_string(), |u| format!("uid {u}"));
+            tracing::warn!(actor, target, command, "local API: refused: {why}");
+            let body = match &actuation {
+                Some(a) => serde_json::to_value(a.refuse_local(actor, &target, &command, why.clone()).await)
+                    .unwrap_or_default(),
+                None => {
+                    serde_json::json!({ "outcome": "refused", "reason": "not_an_operator", "message": why })
+                }
+            };
+            json_response(403, &body)
+        }
     };
     match req.path.as_str() {
         "/api/reload" => {
             if let Err(why) = authorize(&site.operators, peer, "gateway", RELOAD) {
-                return refuse("gateway", RELOAD, why);
+                return refuse("gateway".into(), RELOAD.into(), why).await;
             }
             let (status, body) = match crate::pipeline::reload(&site.view).await {
                 Ok(r) => {
@@ -512,7 +516,7 @@ async fn post(req: &Request, body: &[u8], site: &Site, listener: Listener) -> Re
                 }
             };
             if let Err(why) = authorize(&site.operators, peer, &ask.target, &ask.command) {
-                return refuse(&ask.target, &ask.command, why);
+                return refuse(ask.target.clone(), ask.command.clone(), why).await;
             }
             let args = if ask.args.is_null() { serde_json::json!({}) } else { ask.args };
             let entry = actuation.local(uid, &ask.target, &ask.command, args).await;
