@@ -61,7 +61,7 @@ cross=no
 
 # --- what the build needs, installed only when missing ----------------------
 missing=()
-for pkg in "${toolchain_pkgs[@]}" protobuf-compiler dpkg-dev binutils; do
+for pkg in "${toolchain_pkgs[@]}" protobuf-compiler libprotobuf-dev dpkg-dev binutils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -357,9 +357,6 @@ fn answer_downlink(
     Ok(())
 }
 
-/// Largest command or session message accepted from the app broker.
-const MAX_COMMAND_BYTES: usize = 16 * 1024;
-
 /// A message from the far side: a downlink for the radio, or a signed command or
 /// session message for the actuation engine's door. Anything malformed is counted and
 /// logged, never fatal. A downlink the radio cannot take comes back as its answer
@@ -373,12 +370,6 @@ fn incoming(
     payload: &[u8],
 ) -> Option<TxAck> {
     let name = s.name;
-    // Commands and session messages are small; anything larger is refused before it is copied.
-    if matches!(s.protocol, Protocol::App { .. }) && payload.len() > MAX_COMMAND_BYTES {
-        counters.bad_commands.fetch_add(1, Ordering::Relaxed);
-        warn!(%topic, "{name} sink: message of {} bytes refused (at most {MAX_COMMAND_BYTES})", payload.len());
-        return None;
-    }
     match (&s.protocol, inbound) {
         (Protocol::Chirpstack { format, .. }, SinkInbound::Radio(radio)) => {
             match chirpstack::decode_downlink(payload, *format) {
