@@ -266,11 +266,16 @@ impl GwmpIngest {
                 () = uplinks.closed() => return Ok(()),
                 received = server.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => {
-                        for frame in server.on_datagram(&buf[..len], from).await {
+                        let taken = server.on_datagram(&buf[..len], from).await;
+                        for frame in taken.frames {
                             if uplinks.send(frame).await.is_err() {
                                 return Ok(());
                             }
                             bump(&server.stats.uplinks);
+                        }
+                        // Acknowledged only once every frame of it is in the pipeline's hands.
+                        if let Some(ack) = taken.push_ack {
+                            server.reply(ack, from).await;
                         }
                     }
                     Err(e) => {
@@ -336,25 +341,32 @@ struct Server {
     tx_acks: mpsc::Sender<TxAck>,
 }
 
+/// What one datagram gave the pipeline.
+#[derive(Default)]
+struct Taken {
+    frames: Vec<UplinkFrame>,
+    push_ack: Option<Datagram>,
+}
+
 impl Server {
-    /// Handle one datagram; returns the uplinks it carried.
-    async fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> Vec<UplinkFrame> {
+    /// Handle one datagram; returns the uplinks it carried and, for a
+    /// PUSH_DATA, the PUSH_ACK to send once they are handed over.
+    async fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> Taken {
         bump(&self.stats.datagrams);
         let dg = match Datagram::parse(bytes) {
             Ok(dg) => dg,
             Err(e) => {
                 self.malformed(e.cause(), from, &e);
-                return Vec::new();
+                return Taken::default();
             }
         };
         let (version, token) = (dg.version, dg.token);
         match dg.packet {
             Packet::PushData { gateway_id, rxpk, stat } => {
                 if !self.accepts(gateway_id, from) {
-                    return Vec::new();
+                    return Taken::default();
                 }
                 bump(&self.stats.push_data);
-                self.reply(Datagram { version, token, packet: Packet::PushAck }, from).await;
                 if stat.is_some() {
                     debug!(%gateway_id, "gwmp ingest: forwarder status ignored (berrygw reports its own)");
                 }
@@ -379,11 +391,11 @@ impl Server {
                         }
                     }
                 }
-                frames
+                Taken { frames, push_ack: Some(Datagram { version, token, packet: Packet::PushAck }) }
             }
             Packet::PullData { gateway_id } => {
                 if !self.accepts(gateway_id, from) {
-                    return Vec::new();
+                    return Taken::default();
                 }
                 let now = Instant::now();
                 match self.forwarder {
@@ -392,7 +404,7 @@ impl Server {
                         if silent < self.forwarder_timeout {
                             // No PULL_ACK: the live forwarder keeps its downlinks.
                             self.refuse("pull_data_refused", from, gateway_id);
-                            return Vec::new();
+                            return Taken::default();
                         }
                         bump(&self.stats.forwarder_moves);
                         warn!(%gateway_id, old = %current.addr, new = %from, silent_ms = silent.as_millis() as u64,
@@ -410,20 +422,20 @@ impl Server {
                 self.reply(Datagram { version, token, packet: Packet::PullAck }, from).await;
                 self.forwarder = Some(Forwarder { addr: from, version, heard: now });
                 self.publish_forwarder();
-                Vec::new()
+                Taken::default()
             }
             Packet::TxAck { gateway_id, ack } => {
                 if !self.accepts(gateway_id, from) {
-                    return Vec::new();
+                    return Taken::default();
                 }
                 if self.forwarder.map(|f| f.addr) != Some(from) {
                     self.refuse("tx_ack_refused", from, gateway_id);
-                    return Vec::new();
+                    return Taken::default();
                 }
                 let Some(pending) = self.pending.remove(&token) else {
                     bump(&self.stats.unknown_tx_acks);
                     debug!(token, "gwmp ingest: TX_ACK for no waiting downlink (late or duplicate)");
-                    return Vec::new();
+                    return Taken::default();
                 };
                 bump(&self.stats.tx_acks);
                 let status = ack.status();
@@ -436,12 +448,12 @@ impl Server {
                     debug!(downlink_id = pending.downlink_id, warn = %w, value = ?ack.value, "gwmp ingest: forwarder transmitted with a warning");
                 }
                 self.answer(pending.downlink_id, status).await;
-                Vec::new()
+                Taken::default()
             }
             other @ (Packet::PushAck | Packet::PullAck | Packet::PullResp { .. }) => {
                 let name = other.identifier().name();
                 self.malformed("unexpected", from, &format_args!("{name} is sent by servers, not to them"));
-                Vec::new()
+                Taken::default()
             }
         }
     }
@@ -614,7 +626,12 @@ mod tests {
     }
 
     async fn start(config: GwmpConfig) -> Harness {
-        let (up_tx, uplinks) = mpsc::channel(64);
+        start_with_room(config, 64).await
+    }
+
+    /// As `start`, with room for `room` uplinks between the ingest and the pipeline.
+    async fn start_with_room(config: GwmpConfig, room: usize) -> Harness {
+        let (up_tx, uplinks) = mpsc::channel(room);
         let (downlinks, down_rx) = mpsc::channel(8);
         let (ack_tx, tx_acks) = mpsc::channel(8);
         let ingest = Box::new(
@@ -704,6 +721,25 @@ mod tests {
             board: 0,
             antenna: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn push_ack_comes_only_once_the_frames_are_in_the_pipelines_hands() {
+        let mut h = start_with_room(GwmpConfig::default(), 1).await;
+        h.send(&push_data(1, FORWARDER_EUI, &one_rxpk("AQID"))).await;
+        assert_eq!(h.recv().await, vec![2, 0, 1, 1], "the first frame fits: PUSH_ACK");
+        // The pipeline is full: the second frame waits, and so does its PUSH_ACK.
+        h.send(&push_data(2, FORWARDER_EUI, &one_rxpk("AQID"))).await;
+        let mut buf = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(300), h.forwarder.recv(&mut buf)).await;
+        assert!(
+            early.is_err(),
+            "no PUSH_ACK for a frame not yet handed over: {:?}",
+            early.map(|r| buf[..r.unwrap_or(0)].to_vec())
+        );
+        h.uplink().await;
+        assert_eq!(h.recv().await, vec![2, 0, 2, 1], "PUSH_ACK once the pipeline took it");
+        h.uplink().await;
     }
 
     #[tokio::test]
