@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
+use berrygw_lora::gwmp::LogLimiter;
 use berrygw_lora::{DownlinkFrame, TxAck};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
@@ -26,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::app::{self, AppTopics};
 use super::chirpstack::{self, RecordKind, Topics};
-use super::read_ahead::{Backoff, ReadAhead};
+use super::read_ahead::{set_aside, Backoff, BadRecord, ReadAhead};
 use crate::config::{BrokerUrl, PayloadFormat};
 use crate::journal::{Journal, Record, Seq};
 use crate::pipeline::SinkCounters;
@@ -89,15 +90,19 @@ impl Protocol {
     }
 
     /// Topic and wire payload of a journal record.
-    fn publication(&self, r: &Record) -> anyhow::Result<(String, Vec<u8>)> {
+    pub fn publication(&self, r: &Record) -> Result<(String, Vec<u8>), BadRecord> {
         match self {
             Protocol::Chirpstack { topics, format } => {
-                let kind =
-                    RecordKind::from_u8(r.kind).ok_or_else(|| anyhow!("unknown record kind {}", r.kind))?;
-                Ok((topics.event(kind.event()), chirpstack::wire_payload(kind, &r.payload, *format)?))
+                let kind = RecordKind::from_u8(r.kind).ok_or_else(|| {
+                    BadRecord::new("unknown kind", format_args!("unknown record kind {}", r.kind))
+                })?;
+                let payload = chirpstack::wire_payload(kind, &r.payload, *format)
+                    .map_err(|e| BadRecord::new("undecodable", e))?;
+                Ok((topics.event(kind.event()), payload))
             }
             Protocol::App { .. } => {
-                let (topic, body) = app::open_record(r.kind, &r.payload)?;
+                let (topic, body) = app::open_record(r.kind, &r.payload)
+                    .map_err(|e| BadRecord::new("malformed app record", e))?;
                 Ok((topic.to_string(), body.to_vec()))
             }
         }
@@ -144,9 +149,10 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let mut warn = LogLimiter::default();
     loop {
         let started = Instant::now();
-        match session(&settings, &journal, &counters, &mut inbound, &mut shutdown).await {
+        match session(&settings, &journal, &counters, &mut inbound, &mut shutdown, &mut warn).await {
             Ok(SessionEnd::Shutdown) => return,
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
@@ -261,6 +267,7 @@ async fn session(
     counters: &SinkCounters,
     inbound: &mut SinkInbound,
     shutdown: &mut watch::Receiver<bool>,
+    warn: &mut LogLimiter,
 ) -> anyhow::Result<SessionEnd> {
     let name = s.name;
     if !s.server.tls && s.allow_plaintext && !s.server.is_loopback() {
@@ -294,7 +301,7 @@ async fn session(
     loop {
         while flight.seqs.len() < window {
             let Some(r) = reader.records.pop_front() else { break };
-            publish_record(s, &client, counters, &mut flight, r)?;
+            publish_record(s, &client, counters, &mut flight, warn, r)?;
         }
         // Records skipped as unpublishable are acknowledged once nothing older is in flight.
         if flight.seqs.is_empty() && flight.highest_sent > acked.0 && reader.records.is_empty() {
@@ -318,7 +325,12 @@ async fn session(
                     }
                 }
                 Event::Incoming(Packet::Publish(p)) => {
-                    incoming(s, counters, inbound, &mut downlink_items, &p.topic, &p.payload);
+                    let refused = incoming(s, counters, inbound, &mut downlink_items, &p.topic, &p.payload);
+                    if let (Some((ack, items)), Protocol::Chirpstack { topics, format }) = (refused, &s.protocol) {
+                        let payload = chirpstack::tx_ack_message(&s.gateway_id, &ack, items, *format);
+                        client.try_publish(topics.event("ack"), QoS::AtLeastOnce, false, payload).context("queueing ack")?;
+                        flight.record_published(None);
+                    }
                 }
                 Event::Incoming(Packet::SubAck(ack)) => debug!(?ack, "{name} sink: subscribed"),
                 _ => {}
@@ -344,7 +356,8 @@ async fn session(
 const MAX_COMMAND_BYTES: usize = 16 * 1024;
 
 /// A message from the far side: a downlink for the radio or session keys for
-/// the decoder. Anything malformed is counted and logged, never fatal.
+/// the decoder. Anything malformed is counted and logged, never fatal; a
+/// downlink refused here comes back as the TxAck to publish for it.
 fn incoming(
     s: &MqttSinkSettings,
     counters: &SinkCounters,
@@ -352,13 +365,13 @@ fn incoming(
     downlink_items: &mut HashMap<u32, usize>,
     topic: &str,
     payload: &[u8],
-) {
+) -> Option<(TxAck, usize)> {
     let name = s.name;
     // Commands and session messages are small; anything larger is refused before it is copied.
     if matches!(s.protocol, Protocol::App { .. }) && payload.len() > MAX_COMMAND_BYTES {
         counters.bad_commands.fetch_add(1, Ordering::Relaxed);
         warn!(%topic, "{name} sink: message of {} bytes refused (at most {MAX_COMMAND_BYTES})", payload.len());
-        return;
+        return None;
     }
     match (&s.protocol, inbound) {
         (Protocol::Chirpstack { format, .. }, SinkInbound::Radio(radio)) => {
@@ -373,6 +386,7 @@ fn incoming(
                 Err(e) => {
                     counters.bad_commands.fetch_add(1, Ordering::Relaxed);
                     warn!(%topic, "{name} sink: rejected command: {e}");
+                    return e.refusal();
                 }
             }
         }
@@ -396,14 +410,16 @@ fn incoming(
             warn!(%topic, "{name} sink: unexpected message ignored");
         }
     }
+    None
 }
 
-/// Publish one journal record at QoS 1, or skip it (counted, logged) if it cannot be encoded.
+/// Publish one journal record at QoS 1, or set it aside if it cannot be encoded.
 fn publish_record(
     s: &MqttSinkSettings,
     client: &AsyncClient,
     counters: &SinkCounters,
     flight: &mut InFlight,
+    warn: &mut LogLimiter,
     r: Record,
 ) -> anyhow::Result<()> {
     match s.protocol.publication(&r) {
@@ -411,9 +427,8 @@ fn publish_record(
             client.try_publish(topic, QoS::AtLeastOnce, false, payload).context("queueing publish")?;
             flight.record_published(Some(r.seq.0));
         }
-        Err(e) => {
-            warn!(seq = r.seq.0, "{} sink: skipping a journal record that cannot be published: {e}", s.name);
-            counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+        Err(bad) => {
+            set_aside(s.name, r.seq, &bad, counters, warn);
             flight.highest_sent = flight.highest_sent.max(r.seq.0);
         }
     }
