@@ -41,9 +41,34 @@ struct Item {
     antenna: u32,
 }
 
+/// A JSON duration string: any text, or signs, edge seconds and a fraction
+/// (`"--9223372036854775808s"` is three choices away).
+#[derive(Arbitrary, Debug)]
+enum DurationText {
+    Any(String),
+    Built { signs: u8, seconds: (u8, i64), fraction: Option<u32> },
+}
+
+impl DurationText {
+    fn text(self) -> String {
+        match self {
+            DurationText::Any(s) => s,
+            DurationText::Built { signs, seconds, fraction } => {
+                let mut text = "-".repeat(usize::from(signs % 3));
+                text.push_str(&berrygw_fuzz::extreme_i64(seconds.0, seconds.1).to_string());
+                if let Some(f) = fraction {
+                    text.push_str(&format!(".{f}"));
+                }
+                text.push('s');
+                text
+            }
+        }
+    }
+}
+
 #[derive(Arbitrary, Debug)]
 enum Input {
-    Built { downlink_id: u32, items: Vec<Item>, json_duration: Option<String> },
+    Built { downlink_id: u32, items: Vec<Item>, json_duration: Option<DurationText> },
     Protobuf(Vec<u8>),
     Json(Vec<u8>),
 }
@@ -69,9 +94,9 @@ fn item(i: Item) -> gw::DownlinkFrameItem {
         Timing::None => None,
         Timing::Immediately => Some(gw::timing::Parameters::Immediately(Default::default())),
         Timing::Delay(t) => Some(gw::timing::Parameters::Delay(gw::DelayTimingInfo { delay: t.duration() })),
-        Timing::GpsEpoch(t) => {
-            Some(gw::timing::Parameters::GpsEpoch(gw::GpsEpochTimingInfo { time_since_gps_epoch: t.duration() }))
-        }
+        Timing::GpsEpoch(t) => Some(gw::timing::Parameters::GpsEpoch(gw::GpsEpochTimingInfo {
+            time_since_gps_epoch: t.duration(),
+        })),
     };
     gw::DownlinkFrameItem {
         phy_payload: i.phy_payload,
@@ -102,12 +127,16 @@ fn decode(payload: &[u8], format: PayloadFormat) {
 
 fuzz_target!(|input: Input| match input {
     Input::Built { downlink_id, items, json_duration } => {
-        let msg = gw::DownlinkFrame { downlink_id, items: items.into_iter().map(item).collect(), ..Default::default() };
+        let msg = gw::DownlinkFrame {
+            downlink_id,
+            items: items.into_iter().map(item).collect(),
+            ..Default::default()
+        };
         decode(&msg.encode_to_vec(), PayloadFormat::Protobuf);
         let Ok(mut json) = serde_json::to_string(&msg) else { return };
         if let Some(d) = json_duration {
             // The duration strings pbjson-types parses itself.
-            let quoted = serde_json::Value::String(d).to_string();
+            let quoted = serde_json::Value::String(d.text()).to_string();
             json = json.replace("\"delay\":{}", &format!("\"delay\":{{\"delay\":{quoted}}}"));
             json = json.replace("\"immediately\":{}", &format!("\"delay\":{{\"delay\":{quoted}}}"));
         }

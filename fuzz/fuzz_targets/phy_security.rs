@@ -24,7 +24,8 @@ fuzz_target!(|input: Input| {
         Ok(f) => f.dev_addr().unwrap_or(DevAddr::from_u32(0)),
         Err(_) => DevAddr::from_u32(0),
     };
-    let keys = SessionKeys { dev_addr, nwk_s_key: AesKey(input.nwk_s_key), app_s_key: AesKey(input.app_s_key) };
+    let keys =
+        SessionKeys { dev_addr, nwk_s_key: AesKey(input.nwk_s_key), app_s_key: AesKey(input.app_s_key) };
     let _ = security::verify_uplink(&input.phy, &keys, input.last_fcnt);
     let _ = phy::verify_and_decrypt(&input.phy, &keys.nwk_s_key, &keys.app_s_key, input.fcnt);
     let _ = security::reconstruct_fcnt(input.last_fcnt, input.fcnt as u16);

@@ -13,9 +13,9 @@ use berrygw::sink::app::AppTopics;
 use berrygw::sink::chirpstack::Topics;
 use berrygw::sink::mqtt::Protocol;
 use berrygw::sink::semtech_udp::{wire_object, WireObject};
+use berrygw_fuzz::{extreme_i32, extreme_i64, Time};
 use berrygw_lora::gwmp::codec::{Datagram, Packet, PROTOCOL_V2};
 use berrygw_lora::Eui64;
-use berrygw_fuzz::{extreme_i32, extreme_i64, Time};
 use chirpstack_api::gw;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -59,11 +59,18 @@ enum Payload {
     Raw(Vec<u8>),
 }
 
+/// The record's kind byte: usually the one its payload was built for, so that
+/// built messages reach their sink path, sometimes any byte.
+#[derive(Arbitrary, Debug)]
+enum Kind {
+    Matching,
+    Raw(u8),
+}
+
 #[derive(Arbitrary, Debug)]
 struct Input {
     seq: u64,
-    /// 1 uplink, 2 stats, 16 app record; anything else is an unknown kind.
-    kind: u8,
+    kind: Kind,
     received_at_ms: (u8, i64),
     payload: Payload,
     ackr: f64,
@@ -87,7 +94,10 @@ fn uplink(u: Uplink) -> gw::UplinkFrame {
     };
     gw::UplinkFrame {
         phy_payload: u.phy_payload,
-        tx_info: Some(gw::UplinkTxInfo { frequency: u.frequency, modulation: Some(gw::Modulation { parameters }) }),
+        tx_info: Some(gw::UplinkTxInfo {
+            frequency: u.frequency,
+            modulation: Some(gw::Modulation { parameters }),
+        }),
         rx_info: Some(gw::UplinkRxInfo {
             gw_time: u.gw_time.timestamp(),
             rssi: extreme_i32(u.rssi.0, u.rssi.1),
@@ -123,14 +133,18 @@ fn stats(s: Stats) -> gw::GatewayStats {
 }
 
 fuzz_target!(|input: Input| {
-    let payload = match input.payload {
-        Payload::Uplink(u) => uplink(u).encode_to_vec(),
-        Payload::Stats(s) => stats(s).encode_to_vec(),
-        Payload::Raw(bytes) => bytes,
+    // 1 uplink, 2 stats (ChirpStack and Semtech sinks), 16 app record.
+    let (matching, payload) = match input.payload {
+        Payload::Uplink(u) => (1, uplink(u).encode_to_vec()),
+        Payload::Stats(s) => (2, stats(s).encode_to_vec()),
+        Payload::Raw(bytes) => (16, bytes),
     };
     let record = Record {
         seq: Seq(input.seq),
-        kind: input.kind,
+        kind: match input.kind {
+            Kind::Matching => matching,
+            Kind::Raw(b) => b,
+        },
         received_at_ms: extreme_i64(input.received_at_ms.0, input.received_at_ms.1),
         payload,
     };
@@ -139,12 +153,22 @@ fuzz_target!(|input: Input| {
             WireObject::Rxpk(p) => (vec![p], None),
             WireObject::Stat(s) => (Vec::new(), Some(s)),
         };
-        let datagram = Datagram { version: PROTOCOL_V2, token: 1, packet: Packet::PushData { gateway_id: Eui64([1; 8]), rxpk, stat } };
+        let datagram = Datagram {
+            version: PROTOCOL_V2,
+            token: 1,
+            packet: Packet::PushData { gateway_id: Eui64([1; 8]), rxpk, stat },
+        };
         let _ = datagram.encode();
     }
     let protocols = [
-        Protocol::Chirpstack { topics: Topics::new("eu868", "0016c001ff10a235"), format: PayloadFormat::Protobuf },
-        Protocol::Chirpstack { topics: Topics::new("eu868", "0016c001ff10a235"), format: PayloadFormat::Json },
+        Protocol::Chirpstack {
+            topics: Topics::new("eu868", "0016c001ff10a235"),
+            format: PayloadFormat::Protobuf,
+        },
+        Protocol::Chirpstack {
+            topics: Topics::new("eu868", "0016c001ff10a235"),
+            format: PayloadFormat::Json,
+        },
         Protocol::App {
             topics: AppTopics::new("berrygw", "0016c001ff10a235"),
             accept_session_push: false,

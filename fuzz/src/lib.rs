@@ -14,12 +14,12 @@ pub fn extreme_i64(pick: u8, raw: i64) -> i64 {
         i64::MIN,
         i64::MAX,
         i64::MAX / 1_000_000,
-        1_700_000_000,           // now-ish, seconds
-        1_700_000_000_000,       // now-ish, milliseconds
-        253_402_300_799,         // last second of year 9999
-        253_402_300_800,         // year 10000
-        10_000_000_000_000,      // 1e13: beyond chrono's range as seconds
-        10_000_000_000_000_000,  // 1e16
+        1_700_000_000,          // now-ish, seconds
+        1_700_000_000_000,      // now-ish, milliseconds
+        253_402_300_799,        // last second of year 9999
+        253_402_300_800,        // year 10000
+        10_000_000_000_000,     // 1e13: beyond chrono's range as seconds
+        10_000_000_000_000_000, // 1e16
     ];
     match pick % 16 {
         n if (n as usize) < EDGES.len() => EDGES[n as usize],
@@ -47,9 +47,10 @@ impl Time {
     pub fn timestamp(&self) -> Option<Timestamp> {
         match *self {
             Time::None => None,
-            Time::At { seconds, nanos } => {
-                Some(Timestamp { seconds: extreme_i64(seconds.0, seconds.1), nanos: extreme_i32(nanos.0, nanos.1) })
-            }
+            Time::At { seconds, nanos } => Some(Timestamp {
+                seconds: extreme_i64(seconds.0, seconds.1),
+                nanos: extreme_i32(nanos.0, nanos.1),
+            }),
         }
     }
 
