@@ -263,7 +263,7 @@ const FAMILIES: &[&str] = &[
     "berrygw_sink_connected",
     "berrygw_sink_reconnects",
     "berrygw_sink_forwarded",
-    "berrygw_sink_publish_errors",
+    "berrygw_sink_bad_records",
     "berrygw_sink_downlinks",
     "berrygw_sink_bad_commands",
     "berrygw_sink_publish_ack_latency_seconds",

@@ -288,11 +288,11 @@ impl prometheus_client::collector::Collector for GatewayCollector {
         per_sink(
             &mut enc,
             sinks,
-            "sink_publish_errors",
-            "Journal records that could not be encoded and were skipped",
+            "sink_bad_records",
+            "Journal records the sink could not turn into a wire message, set aside and not retried",
             None,
             MetricType::Counter,
-            |s| ConstCounter::new(load(&s.counters.publish_errors)),
+            |s| ConstCounter::new(load(&s.counters.bad_records)),
         )?;
         per_sink(
             &mut enc,

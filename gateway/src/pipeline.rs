@@ -149,8 +149,9 @@ impl Counters {
 pub struct SinkCounters {
     /// Records the far side acknowledged.
     pub forwarded: AtomicU64,
-    /// Journal records that could not be encoded and were skipped.
-    pub publish_errors: AtomicU64,
+    /// Journal records the sink could not turn into a wire message: set aside
+    /// (acknowledged out of the journal) and counted, never retried.
+    pub bad_records: AtomicU64,
     pub reconnects: AtomicU64,
     pub downlinks_received: AtomicU64,
     pub tx_acks: AtomicU64,
@@ -165,7 +166,7 @@ impl Default for SinkCounters {
     fn default() -> Self {
         SinkCounters {
             forwarded: AtomicU64::new(0),
-            publish_errors: AtomicU64::new(0),
+            bad_records: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             downlinks_received: AtomicU64::new(0),
             tx_acks: AtomicU64::new(0),

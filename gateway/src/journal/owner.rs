@@ -21,6 +21,11 @@ use super::{
 const CLAIM_WAIT: Duration = Duration::from_secs(10);
 /// Longest pause between retries of a failing durable write.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Consecutive failed commits (about 10 s of retries) after which the owner stops
+/// retrying and closes the journal: a store that fails every write must not hold
+/// appends, flushes and closes forever. The next start checks the store on open
+/// (and moves it aside if it is damaged).
+const MAX_COMMIT_FAILURES: u32 = 6;
 /// Attempts at the last commit when the journal closes.
 const FINAL_COMMIT_ATTEMPTS: u32 = 3;
 /// Unreadable records one read may drop before it gives up and reports the error.
@@ -183,8 +188,16 @@ impl Owner {
     ) -> Option<oneshot::Sender<Result<(), JournalError>>> {
         loop {
             self.notice_acks();
+            if self.failures >= MAX_COMMIT_FAILURES {
+                tracing::error!(
+                    journal = %self.name,
+                    failures = self.failures,
+                    "journal store fails every commit; closing the journal (restart berrygw to check the store)"
+                );
+                return None;
+            }
             if self.commit_due() {
-                // A failure is logged and retried by `commit` itself.
+                // A failure is logged and retried by `commit` itself, up to MAX_COMMIT_FAILURES.
                 let _ = self.commit(&[]);
                 continue;
             }

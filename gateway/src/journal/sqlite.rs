@@ -94,9 +94,66 @@ fn open_store(path: &Path) -> Result<SqliteStore, OpenFailure> {
             ),
         }));
     }
+    if let Some(reason) = check_schema(&conn).map_err(open_failure(path, "reading the schema"))? {
+        return Err(OpenFailure::Corrupt(reason));
+    }
     conn.execute_batch(SCHEMA).map_err(open_failure(path, "creating tables"))?;
     let counters = load_counters(path, &conn)?;
     Ok(SqliteStore { path: path.to_path_buf(), conn, counters })
+}
+
+/// A column as `PRAGMA table_info` lists it: name, type, NOT NULL, part of the primary key.
+type Column<'a> = (&'a str, &'a str, bool, bool);
+
+/// The columns of each table [`SCHEMA`] creates.
+const EXPECTED_COLUMNS: &[(&str, &[Column<'static>])] = &[
+    (
+        "records",
+        &[
+            ("seq", "INTEGER", false, true),
+            ("kind", "INTEGER", true, false),
+            ("received_at_ms", "INTEGER", true, false),
+            ("payload", "BLOB", true, false),
+        ],
+    ),
+    ("meta", &[("key", "TEXT", false, true), ("value", "INTEGER", true, false)]),
+];
+
+/// Why the existing tables differ from [`SCHEMA`], if they do. A file can pass
+/// `quick_check` with a damaged schema (a `meta` without its primary key makes every
+/// commit's upsert fail), so the tables are compared column by column; a missing table
+/// is fine (a new store), a different one means the store is moved aside.
+fn check_schema(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    for (table, expected) in EXPECTED_COLUMNS {
+        let mut statement = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let columns = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, bool>(3)?,
+                    row.get::<_, i64>(5)? > 0,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if columns.is_empty() {
+            continue;
+        }
+        // NOT NULL is compared on ordinary columns only: SQLite reports it for a
+        // WITHOUT ROWID table's primary key whether or not it was written.
+        let matches = columns.len() == expected.len()
+            && columns.iter().zip(expected.iter()).all(
+                |((name, ty, not_null, pk), (e_name, e_ty, e_nn, e_pk))| {
+                    name == e_name && ty.eq_ignore_ascii_case(e_ty) && pk == e_pk && (*pk || not_null == e_nn)
+                },
+            );
+        if !matches {
+            return Ok(Some(format!(
+                "table {table} does not have the journal's columns (found {columns:?})"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// The rows of `PRAGMA quick_check` (a single "ok" when the file is sound).

@@ -571,3 +571,72 @@ async fn sled_store_recovered_as_empty_is_quarantined() -> TestResult {
     journal.close().await?;
     Ok(())
 }
+
+/// Rebuild the `meta` table without its PRIMARY KEY: the file stays sound to
+/// `quick_check`, but every commit's `ON CONFLICT (key)` upsert fails.
+fn drop_meta_primary_key(path: &Path) -> TestResult {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE meta_copy (key TEXT, value INTEGER NOT NULL);
+         INSERT INTO meta_copy SELECT key, value FROM meta;
+         DROP TABLE meta;
+         ALTER TABLE meta_copy RENAME TO meta;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_with_a_damaged_schema_is_quarantined_and_flush_and_close_return() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = config(Backend::Sqlite, &dir);
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=10).await?;
+    journal.close().await?;
+    drop_meta_primary_key(&config.path)?;
+
+    let journal = open(&config).await?;
+    let quarantined = journal.watch().borrow().quarantined.clone();
+    let Some((moved_to, reason)) = quarantined else {
+        return Err("a store with a damaged schema was not quarantined".into());
+    };
+    assert!(reason.contains("meta"), "reason names the table: {reason}");
+    assert!(moved_to.exists(), "{} should hold the old store", moved_to.display());
+    journal.append(uplink(1)).await?;
+    tokio::time::timeout(HANG_GUARD, journal.flush()).await??;
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?, [expected(1)]);
+    tokio::time::timeout(HANG_GUARD, journal.close()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_failing_every_commit_is_closed_and_flush_and_close_return() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // A small batch: a failing store with a full batch used to stop reading its queue.
+    let config = JournalConfig { commit_max_records: 4, ..config(Backend::Sqlite, &dir) };
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=2).await?;
+    journal.flush().await?;
+    // Damaged behind the open journal's back: every later commit fails.
+    drop_meta_primary_key(&config.path)?;
+    journal.append(uplink(3)).await?;
+    let appending = {
+        let journal = journal.clone();
+        tokio::spawn(async move {
+            for i in 4..=200 {
+                if journal.append(uplink(i)).await.is_err() {
+                    return i;
+                }
+            }
+            200
+        })
+    };
+    let flushed = tokio::time::timeout(HANG_GUARD, journal.flush()).await?;
+    assert!(flushed.is_err(), "a flush on a failing store reports the failure");
+    let stopped_at = tokio::time::timeout(HANG_GUARD, appending).await??;
+    assert!(stopped_at < 200, "appends are refused once the journal gave up, not held forever");
+    let closed = tokio::time::timeout(HANG_GUARD, journal.close()).await?;
+    assert!(closed.is_err(), "the journal was closed by its owner");
+    Ok(())
+}

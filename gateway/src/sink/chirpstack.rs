@@ -205,8 +205,24 @@ pub enum ProtocolError {
     Json(#[from] serde_json::Error),
     #[error("downlink {0} has no items")]
     NoItems(u32),
+    #[error("downlink duration {0} is malformed")]
+    BadDuration(String),
+    /// A downlink that decodes but cannot be transmitted.
     #[error("downlink {id}: {what}")]
-    BadDownlink { id: u32, what: &'static str },
+    BadDownlink { id: u32, items: usize, what: &'static str },
+}
+
+impl ProtocolError {
+    /// The TxAck that tells the network server a decoded downlink was refused
+    /// (with how many items it had), or `None` when there is no downlink id to answer.
+    pub fn refusal(&self) -> Option<(TxAck, usize)> {
+        match *self {
+            ProtocolError::BadDownlink { id, items, .. } => {
+                Some((TxAck { downlink_id: id, status: TxStatus::InternalError }, items))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Wire payload for a journal record (stored as protobuf) in the sink's format.
@@ -233,32 +249,62 @@ pub struct DownlinkCommand {
 }
 
 /// Decode a `command/down` payload. Only the first item is tried for now;
-/// the others are acknowledged as ignored.
+/// the others are acknowledged as ignored. A command that decodes but cannot
+/// be transmitted is [`ProtocolError::BadDownlink`]: the network server is told
+/// with a TxAck (see [`ProtocolError::refusal`]).
 pub fn decode_downlink(payload: &[u8], format: PayloadFormat) -> Result<DownlinkCommand, ProtocolError> {
     let msg: gw::DownlinkFrame = match format {
         PayloadFormat::Protobuf => gw::DownlinkFrame::decode(payload)?,
-        PayloadFormat::Json => serde_json::from_slice(payload)?,
+        PayloadFormat::Json => {
+            let value: serde_json::Value = serde_json::from_slice(payload)?;
+            if let Some(what) = unparsable_duration(&value) {
+                return Err(ProtocolError::BadDuration(what));
+            }
+            serde_json::from_value(value)?
+        }
     };
-    let id = msg.downlink_id;
+    let (id, items) = (msg.downlink_id, msg.items.len());
     let item = msg.items.first().ok_or(ProtocolError::NoItems(id))?;
-    let tx = item.tx_info.as_ref().ok_or(ProtocolError::BadDownlink { id, what: "no tx_info" })?;
-    let m = tx
-        .modulation
-        .as_ref()
-        .and_then(|m| m.parameters.as_ref())
-        .ok_or(ProtocolError::BadDownlink { id, what: "no modulation" })?;
+    let frame = downlink_frame(id, item).map_err(|what| ProtocolError::BadDownlink { id, items, what })?;
+    Ok(DownlinkCommand { frame, items })
+}
+
+/// Names of the `google.protobuf.Duration` fields of a downlink, in both JSON spellings.
+const DURATION_FIELDS: [&str; 3] = ["delay", "timeSinceGpsEpoch", "time_since_gps_epoch"];
+
+/// A duration string that pbjson-types would overflow on: it strips one `-` and
+/// negates what it parsed, so `"--9223372036854775808s"` negates `i64::MIN`
+/// (a panic in debug builds). No valid duration has two signs; such a command is refused.
+fn unparsable_duration(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Object(map) => map.iter().find_map(|(key, value)| match value {
+            serde_json::Value::String(d) if DURATION_FIELDS.contains(&key.as_str()) => {
+                let unsigned = d.strip_prefix('-').unwrap_or(d);
+                unsigned.starts_with(['-', '+']).then(|| format!("{key} {d:?}"))
+            }
+            other => unparsable_duration(other),
+        }),
+        serde_json::Value::Array(list) => list.iter().find_map(unparsable_duration),
+        _ => None,
+    }
+}
+
+/// The radio's frame for one downlink item, or why it cannot be sent.
+fn downlink_frame(id: u32, item: &gw::DownlinkFrameItem) -> Result<DownlinkFrame, &'static str> {
+    let tx = item.tx_info.as_ref().ok_or("no tx_info")?;
+    let m = tx.modulation.as_ref().and_then(|m| m.parameters.as_ref()).ok_or("no modulation")?;
     let (modulation, invert_iq) = match m {
         gw::modulation::Parameters::Lora(l) => {
             let sf = u8::try_from(l.spreading_factor)
                 .ok()
                 .filter(|sf| (5..=12).contains(sf))
-                .ok_or(ProtocolError::BadDownlink { id, what: "spreading factor out of range" })?;
+                .ok_or("spreading factor out of range")?;
             let cr = match gw::CodeRate::try_from(l.code_rate).unwrap_or(gw::CodeRate::CrUndefined) {
                 gw::CodeRate::Cr45 | gw::CodeRate::CrUndefined => CodeRate::Cr4_5,
                 gw::CodeRate::Cr46 => CodeRate::Cr4_6,
                 gw::CodeRate::Cr47 => CodeRate::Cr4_7,
                 gw::CodeRate::Cr48 => CodeRate::Cr4_8,
-                _ => return Err(ProtocolError::BadDownlink { id, what: "unsupported code rate" }),
+                _ => return Err("unsupported code rate"),
             };
             (
                 Modulation::Lora { spreading_factor: sf, bandwidth: l.bandwidth, code_rate: cr },
@@ -268,47 +314,44 @@ pub fn decode_downlink(payload: &[u8], format: PayloadFormat) -> Result<Downlink
         gw::modulation::Parameters::Fsk(f) => {
             (Modulation::Fsk { datarate: f.datarate, frequency_deviation: f.frequency_deviation }, false)
         }
-        gw::modulation::Parameters::LrFhss(_) => {
-            return Err(ProtocolError::BadDownlink { id, what: "LR-FHSS downlinks are not supported" })
-        }
+        gw::modulation::Parameters::LrFhss(_) => return Err("LR-FHSS downlinks are not supported"),
     };
     let timing = match tx.timing.as_ref().and_then(|t| t.parameters.as_ref()) {
         None | Some(gw::timing::Parameters::Immediately(_)) => TxTiming::Immediately,
         Some(gw::timing::Parameters::Delay(d)) => {
-            let counter = item
-                .tx_info
-                .as_ref()
-                .map(|t| t.context.as_slice())
-                .and_then(|c| <[u8; 4]>::try_from(c.get(..4)?).ok())
-                .map(u32::from_be_bytes)
-                .ok_or(ProtocolError::BadDownlink { id, what: "delay timing without uplink context" })?;
-            let delay = d.delay.as_ref().map(duration_us).unwrap_or(0);
-            TxTiming::Counter(counter.wrapping_add(delay as u32))
+            let counter =
+                <[u8; 4]>::try_from(tx.context.get(..4).ok_or("delay timing without uplink context")?)
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| "delay timing without uplink context")?;
+            let delay = d.delay.as_ref().map_or(Some(0), duration_us).ok_or("delay out of range")?;
+            // The concentrator counter is 32-bit microseconds: a delay must fit one turn.
+            let delay = u32::try_from(delay).map_err(|_| "delay out of range")?;
+            TxTiming::Counter(counter.wrapping_add(delay))
         }
-        Some(gw::timing::Parameters::GpsEpoch(g)) => {
-            TxTiming::GpsEpoch(g.time_since_gps_epoch.as_ref().map(duration_us).unwrap_or(0))
-        }
+        Some(gw::timing::Parameters::GpsEpoch(g)) => TxTiming::GpsEpoch(
+            g.time_since_gps_epoch.as_ref().map_or(Some(0), duration_us).ok_or("GPS time out of range")?,
+        ),
     };
-    let power_dbm =
-        i8::try_from(tx.power).map_err(|_| ProtocolError::BadDownlink { id, what: "power out of range" })?;
-    Ok(DownlinkCommand {
-        frame: DownlinkFrame {
-            downlink_id: id,
-            phy_payload: item.phy_payload.clone(),
-            frequency: Frequency(tx.frequency),
-            modulation,
-            power_dbm,
-            timing,
-            invert_iq,
-            board: u8::try_from(tx.board).unwrap_or(0),
-            antenna: u8::try_from(tx.antenna).unwrap_or(0),
-        },
-        items: msg.items.len(),
+    let power_dbm = i8::try_from(tx.power).map_err(|_| "power out of range")?;
+    Ok(DownlinkFrame {
+        downlink_id: id,
+        phy_payload: item.phy_payload.clone(),
+        frequency: Frequency(tx.frequency),
+        modulation,
+        power_dbm,
+        timing,
+        invert_iq,
+        board: u8::try_from(tx.board).unwrap_or(0),
+        antenna: u8::try_from(tx.antenna).unwrap_or(0),
     })
 }
 
-fn duration_us(d: &PbDuration) -> u64 {
-    (d.seconds.max(0) as u64) * 1_000_000 + (d.nanos.max(0) as u64) / 1000
+/// A non-negative protobuf duration in microseconds; `None` if it is negative,
+/// malformed (nanos outside 0..1e9) or does not fit 64 bits.
+fn duration_us(d: &PbDuration) -> Option<u64> {
+    let seconds = u64::try_from(d.seconds).ok()?;
+    let nanos = u64::try_from(d.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+    seconds.checked_mul(1_000_000)?.checked_add(nanos / 1000)
 }
 
 /// The `event/ack` payload for a radio's answer to a downlink.
@@ -380,6 +423,75 @@ mod tests {
         let err =
             wire_payload(RecordKind::Uplink, &[0xff, 0xff, 0xff], PayloadFormat::Json).expect_err("garbage");
         assert!(err.to_string().contains("protobuf"), "{err}");
+    }
+
+    fn delayed_downlink(delay: PbDuration) -> gw::DownlinkFrame {
+        gw::DownlinkFrame {
+            downlink_id: 9,
+            items: vec![gw::DownlinkFrameItem {
+                phy_payload: vec![0x60, 1, 2],
+                tx_info: Some(gw::DownlinkTxInfo {
+                    frequency: 869_525_000,
+                    power: 14,
+                    modulation: Some(modulation(
+                        &Modulation::Lora {
+                            spreading_factor: 9,
+                            bandwidth: 125_000,
+                            code_rate: CodeRate::Cr4_5,
+                        },
+                        true,
+                    )),
+                    timing: Some(gw::Timing {
+                        parameters: Some(gw::timing::Parameters::Delay(gw::DelayTimingInfo {
+                            delay: Some(delay),
+                        })),
+                    }),
+                    context: 1000u32.to_be_bytes().to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn downlink_with_out_of_range_timing_is_refused_with_a_tx_ack() {
+        let refused = |cmd: gw::DownlinkFrame| {
+            let err = decode_downlink(&cmd.encode_to_vec(), PayloadFormat::Protobuf).expect_err("refused");
+            err.refusal().expect("answered with a TxAck")
+        };
+        let huge = PbDuration { seconds: i64::MAX, nanos: 999_999_999 };
+        // Used to overflow (panic in debug builds, a wrapped TX time in release).
+        let (ack, items) = refused(delayed_downlink(huge));
+        assert_eq!((ack.downlink_id, ack.status, items), (9, TxStatus::InternalError, 1));
+        let mut gps = delayed_downlink(PbDuration::default());
+        gps.items[0].tx_info.as_mut().expect("tx_info").timing = Some(gw::Timing {
+            parameters: Some(gw::timing::Parameters::GpsEpoch(gw::GpsEpochTimingInfo {
+                time_since_gps_epoch: Some(huge),
+            })),
+        });
+        assert_eq!(refused(gps).0.status, TxStatus::InternalError);
+        // More than one turn of the 32-bit microsecond counter (about 71.6 minutes).
+        refused(delayed_downlink(PbDuration { seconds: 4_295, nanos: 0 }));
+        refused(delayed_downlink(PbDuration { seconds: -1, nanos: 0 }));
+        let fits = delayed_downlink(PbDuration { seconds: 4_294, nanos: 0 });
+        let d = decode_downlink(&fits.encode_to_vec(), PayloadFormat::Protobuf).expect("fits the counter");
+        assert_eq!(d.frame.timing, TxTiming::Counter(1000u32.wrapping_add(4_294_000_000)));
+    }
+
+    #[test]
+    fn json_duration_with_two_signs_is_refused_not_a_panic() {
+        let json =
+            serde_json::to_string(&delayed_downlink(PbDuration { seconds: 1, nanos: 0 })).expect("json");
+        assert!(json.contains(r#""delay":"1s""#), "{json}");
+        for bad in ["--9223372036854775808s", "-+1s", "+-1s"] {
+            let hostile = json.replace(r#""delay":"1s""#, &format!(r#""delay":"{bad}""#));
+            let err = decode_downlink(hostile.as_bytes(), PayloadFormat::Json).expect_err("refused");
+            assert!(matches!(err, ProtocolError::BadDuration(_) | ProtocolError::Json(_)), "{bad}: {err}");
+        }
+        let d = decode_downlink(json.as_bytes(), PayloadFormat::Json).expect("the valid one decodes");
+        assert_eq!(d.frame.timing, TxTiming::Counter(1_001_000));
     }
 
     #[test]

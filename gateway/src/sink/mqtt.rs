@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
+use berrygw_lora::gwmp::LogLimiter;
 use berrygw_lora::{DownlinkFrame, TxAck, TxStatus};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
@@ -28,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::app::{self, AppTopics};
 use super::chirpstack::{self, RecordKind, Topics};
-use super::read_ahead::{Backoff, ReadAhead};
+use super::read_ahead::{set_aside, Backoff, BadRecord, ReadAhead};
 use crate::actuation::engine::Actuation;
 use crate::actuation::gate::Arrival;
 use crate::config::{BrokerUrl, PayloadFormat};
@@ -93,15 +94,19 @@ impl Protocol {
     }
 
     /// Topic and wire payload of a journal record.
-    fn publication(&self, r: &Record) -> anyhow::Result<(String, Vec<u8>)> {
+    pub fn publication(&self, r: &Record) -> Result<(String, Vec<u8>), BadRecord> {
         match self {
             Protocol::Chirpstack { topics, format } => {
-                let kind =
-                    RecordKind::from_u8(r.kind).ok_or_else(|| anyhow!("unknown record kind {}", r.kind))?;
-                Ok((topics.event(kind.event()), chirpstack::wire_payload(kind, &r.payload, *format)?))
+                let kind = RecordKind::from_u8(r.kind).ok_or_else(|| {
+                    BadRecord::new("unknown kind", format_args!("unknown record kind {}", r.kind))
+                })?;
+                let payload = chirpstack::wire_payload(kind, &r.payload, *format)
+                    .map_err(|e| BadRecord::new("undecodable", e))?;
+                Ok((topics.event(kind.event()), payload))
             }
             Protocol::App { .. } => {
-                let (topic, body) = app::open_record(r.kind, &r.payload)?;
+                let (topic, body) = app::open_record(r.kind, &r.payload)
+                    .map_err(|e| BadRecord::new("malformed app record", e))?;
                 Ok((topic.to_string(), body.to_vec()))
             }
         }
@@ -146,9 +151,10 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let mut warn = LogLimiter::default();
     loop {
         let started = Instant::now();
-        match session(&settings, &journal, &counters, &mut inbound, &mut shutdown).await {
+        match session(&settings, &journal, &counters, &mut inbound, &mut shutdown, &mut warn).await {
             Ok(SessionEnd::Shutdown) => return,
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
@@ -263,6 +269,7 @@ async fn session(
     counters: &SinkCounters,
     inbound: &mut SinkInbound,
     shutdown: &mut watch::Receiver<bool>,
+    warn: &mut LogLimiter,
 ) -> anyhow::Result<SessionEnd> {
     let name = s.name;
     if !s.server.tls && s.allow_plaintext && !s.server.is_loopback() {
@@ -296,7 +303,7 @@ async fn session(
     loop {
         while flight.seqs.len() < window {
             let Some(r) = reader.records.pop_front() else { break };
-            publish_record(s, &client, counters, &mut flight, r)?;
+            publish_record(s, &client, counters, &mut flight, warn, r)?;
         }
         // Records skipped as unpublishable are acknowledged once nothing older is in flight.
         if flight.seqs.is_empty() && flight.highest_sent > acked.0 && reader.records.is_empty() {
@@ -389,6 +396,11 @@ fn incoming(
                 Err(e) => {
                     counters.bad_commands.fetch_add(1, Ordering::Relaxed);
                     warn!(%topic, "{name} sink: rejected command: {e}");
+                    // Refused here (timing out of range, ...): answered like one the radio refused.
+                    return e.refusal().map(|(ack, items)| {
+                        downlink_items.insert(ack.downlink_id, items);
+                        ack
+                    });
                 }
             }
         }
@@ -413,12 +425,13 @@ fn incoming(
     None
 }
 
-/// Publish one journal record at QoS 1, or skip it (counted, logged) if it cannot be encoded.
+/// Publish one journal record at QoS 1, or set it aside if it cannot be encoded.
 fn publish_record(
     s: &MqttSinkSettings,
     client: &AsyncClient,
     counters: &SinkCounters,
     flight: &mut InFlight,
+    warn: &mut LogLimiter,
     r: Record,
 ) -> anyhow::Result<()> {
     match s.protocol.publication(&r) {
@@ -426,9 +439,8 @@ fn publish_record(
             client.try_publish(topic, QoS::AtLeastOnce, false, payload).context("queueing publish")?;
             flight.record_published(Some(r.seq.0));
         }
-        Err(e) => {
-            warn!(seq = r.seq.0, "{} sink: skipping a journal record that cannot be published: {e}", s.name);
-            counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+        Err(bad) => {
+            set_aside(s.name, r.seq, &bad, counters, warn);
             flight.highest_sent = flight.highest_sent.max(r.seq.0);
         }
     }

@@ -2,8 +2,8 @@
 //! [`PREFETCH`] records read ahead, run the next journal read beside the
 //! connection's event loop (a journal busy with an fsync must never stall
 //! acknowledgement handling), and wake on appends, not commits (publishing
-//! does not wait for the durable write). Also the reconnect backoff both
-//! sinks share.
+//! does not wait for the durable write). Also what every sink does with a
+//! record it cannot send ([`set_aside`]) and the reconnect backoff.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -11,9 +11,12 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use berrygw_lora::gwmp::LogLimiter;
 use tokio::sync::watch;
+use tracing::warn;
 
 use crate::journal::{Journal, JournalError, Record, Seq};
+use crate::pipeline::SinkCounters;
 
 /// Records read from the journal ahead of sending.
 pub const PREFETCH: usize = 2000;
@@ -78,6 +81,36 @@ impl ReadAhead {
             None => std::future::pending::<()>().await,
         }
         Ok(())
+    }
+}
+
+/// A journal record that a sink cannot turn into a wire message, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct BadRecord {
+    /// A fixed label for the log limiter ("undecodable", "time out of range", ...).
+    pub cause: &'static str,
+    pub detail: String,
+}
+
+impl BadRecord {
+    pub fn new(cause: &'static str, detail: impl std::fmt::Display) -> BadRecord {
+        BadRecord { cause, detail: detail.to_string() }
+    }
+}
+
+/// What every sink does with a record it cannot send: count it in `bad_records`
+/// and log it (once per cause per [`berrygw_lora::gwmp::WARN_EVERY`]). The caller
+/// then acknowledges it out of the journal with the records around it, so a bad
+/// record never stops the sink nor comes back after a restart.
+pub fn set_aside(sink: &str, seq: Seq, bad: &BadRecord, counters: &SinkCounters, warn: &mut LogLimiter) {
+    counters.bad_records.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(held) = warn.allow(bad.cause) {
+        warn!(
+            seq = seq.0,
+            "{sink} sink: journal record set aside, it cannot be sent ({}): {bad}; {held} more like it since the last warning",
+            bad.cause
+        );
     }
 }
 

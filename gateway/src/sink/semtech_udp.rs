@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use super::chirpstack::RecordKind;
 use super::mqtt::SinkRadioIo;
-use super::read_ahead::{Backoff, ReadAhead};
+use super::read_ahead::{set_aside, Backoff, BadRecord, ReadAhead};
 use crate::journal::{Journal, Record, Seq};
 use crate::pipeline::SinkCounters;
 
@@ -604,7 +604,7 @@ const BODY_OVERHEAD: usize = 12 + 32;
 
 /// Take records from the front of `queue` into one PUSH_DATA: as many `rxpk` as fit
 /// `max_datagram_bytes` and `max_rxpk_per_datagram`, and at most one `stat`.
-/// Unsendable records are skipped (counted in `publish_errors`) and taken along.
+/// Unsendable records are set aside (counted in `bad_records`) and taken along.
 fn pack(
     s: &SemtechUdpSettings,
     queue: &mut VecDeque<Record>,
@@ -618,11 +618,12 @@ fn pack(
     let mut records = 0;
     while let Some(r) = queue.front() {
         let empty = rxpk.is_empty() && stat.is_none();
-        match wire_object(r, carry) {
-            Err(e) => {
-                counters.publish_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(seq = %r.seq, "semtech udp sink: skipping a journal record that cannot be sent: {e:#}");
-            }
+        let (sent, acked) =
+            (carry.datagrams_sent - carry.at_last_stat.0, carry.datagrams_acked - carry.at_last_stat.1);
+        // Semtech's forwarder reports 0 when it sent nothing in the interval.
+        let ackr = if sent == 0 { 0.0 } else { (100.0 * acked as f64 / sent as f64).min(100.0) };
+        match wire_object(r, ackr) {
+            Err(bad) => set_aside("semtech udp", r.seq, &bad, counters, &mut carry.warn),
             Ok(WireObject::Rxpk(p)) => {
                 let len = serde_json::to_vec(&p).map_or(usize::MAX / 2, |j| j.len() + 1);
                 if !empty && (rxpk.len() >= s.max_rxpk_per_datagram || size + len > s.max_datagram_bytes) {
@@ -650,43 +651,57 @@ fn pack(
     Packed { datagram, last_seq, records }
 }
 
-enum WireObject {
+/// What one journal record becomes in a PUSH_DATA.
+#[derive(Debug)]
+pub enum WireObject {
     Rxpk(RxPk),
     Stat(Stat),
 }
 
-/// The GWMP object of one journal record.
-fn wire_object(r: &Record, carry: &Carry) -> anyhow::Result<WireObject> {
+/// The GWMP object of one journal record; `ackr` goes into a `stat`.
+pub fn wire_object(r: &Record, ackr: f64) -> Result<WireObject, BadRecord> {
     match RecordKind::from_u8(r.kind) {
         Some(RecordKind::Uplink) => {
-            let msg = gw::UplinkFrame::decode(r.payload.as_slice()).context("undecodable uplink")?;
+            let msg = gw::UplinkFrame::decode(r.payload.as_slice())
+                .map_err(|e| BadRecord::new("undecodable", format_args!("undecodable uplink: {e}")))?;
             Ok(WireObject::Rxpk(RxPk::from_uplink(&uplink_frame(msg, r.received_at_ms)?)))
         }
         Some(RecordKind::Stats) => {
-            let msg = gw::GatewayStats::decode(r.payload.as_slice()).context("undecodable stats")?;
-            let (sent, acked) =
-                (carry.datagrams_sent - carry.at_last_stat.0, carry.datagrams_acked - carry.at_last_stat.1);
-            // Semtech's forwarder reports 0 when it sent nothing in the interval.
-            let ackr = if sent == 0 { 0.0 } else { (100.0 * acked as f64 / sent as f64).min(100.0) };
-            Ok(WireObject::Stat(stat(&msg, r.received_at_ms, ackr)))
+            let msg = gw::GatewayStats::decode(r.payload.as_slice())
+                .map_err(|e| BadRecord::new("undecodable", format_args!("undecodable stats: {e}")))?;
+            Ok(WireObject::Stat(stat(&msg, r.received_at_ms, ackr)?))
         }
-        None => Err(anyhow!("unknown record kind {}", r.kind)),
+        None => Err(BadRecord::new("unknown kind", format_args!("unknown record kind {}", r.kind))),
     }
 }
 
+/// A stored time GWMP can write (see `codec::writable_time`), else `None`.
 fn system_time(t: &Timestamp) -> Option<SystemTime> {
     let secs = u64::try_from(t.seconds).ok()?;
     let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000)?;
-    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos)).filter(|t| codec::writable_time(*t).is_some())
 }
 
-fn unix_ms_time(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+/// The record's receive time in unix ms, if GWMP can write it.
+fn unix_ms_time(ms: i64) -> Option<SystemTime> {
+    let ms = u64::try_from(ms).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms)).filter(|t| codec::writable_time(*t).is_some())
+}
+
+/// The time a record carries (`stored`), else its journal receive time; a
+/// record with neither in range cannot be sent.
+fn record_time(stored: Option<&Timestamp>, received_at_ms: i64) -> Result<SystemTime, BadRecord> {
+    stored.and_then(system_time).or_else(|| unix_ms_time(received_at_ms)).ok_or_else(|| {
+        BadRecord::new(
+            "time out of range",
+            format_args!("time {stored:?} and receive time {received_at_ms} ms are both out of range"),
+        )
+    })
 }
 
 /// Our uplink back from the stored ChirpStack message (the inverse of
 /// `chirpstack::uplink_message`); `received_at_ms` stands in for a missing `gw_time`.
-fn uplink_frame(msg: gw::UplinkFrame, received_at_ms: i64) -> anyhow::Result<UplinkFrame> {
+fn uplink_frame(msg: gw::UplinkFrame, received_at_ms: i64) -> Result<UplinkFrame, BadRecord> {
     let tx = msg.tx_info.unwrap_or_default();
     let rx = msg.rx_info.unwrap_or_default();
     let modulation = match tx.modulation.and_then(|m| m.parameters) {
@@ -694,24 +709,35 @@ fn uplink_frame(msg: gw::UplinkFrame, received_at_ms: i64) -> anyhow::Result<Upl
             spreading_factor: u8::try_from(l.spreading_factor)
                 .ok()
                 .filter(|sf| (5..=12).contains(sf))
-                .ok_or_else(|| anyhow!("spreading factor {} out of range", l.spreading_factor))?,
+                .ok_or_else(|| {
+                    BadRecord::new(
+                        "no GWMP form",
+                        format_args!("spreading factor {} out of range", l.spreading_factor),
+                    )
+                })?,
             bandwidth: l.bandwidth,
             code_rate: match gw::CodeRate::try_from(l.code_rate).unwrap_or(gw::CodeRate::CrUndefined) {
                 gw::CodeRate::Cr45 => CodeRate::Cr4_5,
                 gw::CodeRate::Cr46 => CodeRate::Cr4_6,
                 gw::CodeRate::Cr47 => CodeRate::Cr4_7,
                 gw::CodeRate::Cr48 => CodeRate::Cr4_8,
-                other => bail!("code rate {other:?} has no GWMP name"),
+                other => {
+                    return Err(BadRecord::new(
+                        "no GWMP form",
+                        format_args!("code rate {other:?} has no GWMP name"),
+                    ))
+                }
             },
         },
         Some(gw::modulation::Parameters::Fsk(f)) => {
             Modulation::Fsk { datarate: f.datarate, frequency_deviation: f.frequency_deviation }
         }
-        Some(gw::modulation::Parameters::LrFhss(_)) => bail!("LR-FHSS uplinks have no GWMP form"),
-        None => bail!("uplink without modulation"),
+        Some(gw::modulation::Parameters::LrFhss(_)) => {
+            return Err(BadRecord::new("no GWMP form", "LR-FHSS uplinks have no GWMP form"))
+        }
+        None => return Err(BadRecord::new("no GWMP form", "uplink without modulation")),
     };
-    let received_at =
-        rx.gw_time.as_ref().and_then(system_time).unwrap_or_else(|| unix_ms_time(received_at_ms));
+    let received_at = record_time(rx.gw_time.as_ref(), received_at_ms)?;
     let counter_us =
         rx.context.get(..4).and_then(|c| <[u8; 4]>::try_from(c).ok()).map(u32::from_be_bytes).unwrap_or(0);
     let crc = match gw::CrcStatus::try_from(rx.crc_status).unwrap_or(gw::CrcStatus::NoCrc) {
@@ -736,11 +762,11 @@ fn uplink_frame(msg: gw::UplinkFrame, received_at_ms: i64) -> anyhow::Result<Upl
 
 /// The `stat` of a stored `GatewayStats`. GWMP has no field for rejected frames, so
 /// `rxfw` (forwarded) is the CRC-ok count, which is what berrygw forwards at most.
-fn stat(msg: &gw::GatewayStats, received_at_ms: i64, ackr: f64) -> Stat {
-    let at = msg.time.as_ref().and_then(system_time).unwrap_or_else(|| unix_ms_time(received_at_ms));
+fn stat(msg: &gw::GatewayStats, received_at_ms: i64, ackr: f64) -> Result<Stat, BadRecord> {
+    let at = record_time(msg.time.as_ref(), received_at_ms)?;
     let location = msg.location.as_ref().filter(|l| l.latitude != 0.0 || l.longitude != 0.0);
-    Stat {
-        time: Some(codec::stat_time(at)),
+    Ok(Stat {
+        time: codec::stat_time(at),
         lati: location.map(|l| l.latitude),
         long: location.map(|l| l.longitude),
         alti: location.map(|l| l.altitude.round() as i64),
@@ -751,7 +777,7 @@ fn stat(msg: &gw::GatewayStats, received_at_ms: i64, ackr: f64) -> Stat {
         dwnb: msg.tx_packets_received.into(),
         txnb: msg.tx_packets_emitted.into(),
         temp: None,
-    }
+    })
 }
 
 /// PUSH_DATA datagrams of this socket that wait for their PUSH_ACK, in send
@@ -1070,7 +1096,7 @@ mod tests {
         assert_eq!(rxpk[2]["stat"], -1);
         h.wait_acked(3).await;
         assert_eq!(h.counter(|c| &c.forwarded), 3);
-        assert_eq!(h.counter(|c| &c.publish_errors), 0);
+        assert_eq!(h.counter(|c| &c.bad_records), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1214,7 +1240,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn undecodable_record_is_skipped_and_leaves_the_journal_in_order() {
+    async fn undecodable_record_is_set_aside_and_leaves_the_journal_in_order() {
         let mut h = start(|_| {}).await;
         let junk = NewRecord { kind: RecordKind::Uplink as u8, received_at_ms: 0, payload: vec![0xff; 9] };
         h.journal.append(junk).await.expect("append");
@@ -1223,7 +1249,59 @@ mod tests {
         assert_eq!(rxpk_data(&seen), ["QAk="]);
         h.push_ack(seen.token).await;
         h.wait_acked(2).await;
-        assert_eq!(h.counter(|c| &c.publish_errors), 1);
+        assert_eq!(h.counter(|c| &c.bad_records), 1);
+    }
+
+    /// Stored records whose time GWMP cannot write (chrono used to panic on them,
+    /// killing the sink; the record then stayed in the journal to kill it again).
+    fn records_with_unwritable_times() -> Vec<NewRecord> {
+        let far = Timestamp { seconds: 10_000_000_000_000, nanos: 0 };
+        let mut no_time =
+            chirpstack::uplink_message(&GATEWAY.to_string(), &uplink(&[0x40, 1], 1, SystemTime::now()), 1, 1);
+        no_time.rx_info.as_mut().expect("rx_info").gw_time = None;
+        let mut far_time = no_time.clone();
+        far_time.rx_info.as_mut().expect("rx_info").gw_time = Some(far);
+        let mut stats =
+            chirpstack::stats_message(&GATEWAY.to_string(), SystemTime::now(), StatsSnapshot::default());
+        stats.time = Some(far);
+        let record = |kind: RecordKind, received_at_ms: i64, payload: Vec<u8>| NewRecord {
+            kind: kind as u8,
+            received_at_ms,
+            payload,
+        };
+        vec![
+            record(RecordKind::Uplink, 10_000_000_000_000_000, no_time.encode_to_vec()),
+            record(RecordKind::Uplink, 10_000_000_000_000_000, far_time.encode_to_vec()),
+            record(RecordKind::Stats, 10_000_000_000_000_000, stats.encode_to_vec()),
+        ]
+    }
+
+    #[test]
+    fn records_with_unwritable_times_are_bad_records_not_panics() {
+        for (i, r) in records_with_unwritable_times().into_iter().enumerate() {
+            let r = Record {
+                seq: Seq(i as u64 + 1),
+                kind: r.kind,
+                received_at_ms: r.received_at_ms,
+                payload: r.payload,
+            };
+            let bad = wire_object(&r, 0.0).expect_err("no writable time");
+            assert_eq!(bad.cause, "time out of range");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_with_unwritable_times_are_set_aside_and_counted_and_the_sink_goes_on() {
+        let mut h = start(|_| {}).await;
+        for r in records_with_unwritable_times() {
+            h.journal.append(r).await.expect("append");
+        }
+        h.append_uplink(&uplink(&[0x40, 9], 1, SystemTime::now())).await;
+        let seen = h.recv_push().await;
+        assert_eq!(rxpk_data(&seen), ["QAk="]);
+        h.push_ack(seen.token).await;
+        h.wait_acked(4).await;
+        assert_eq!(h.counter(|c| &c.bad_records), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

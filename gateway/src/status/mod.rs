@@ -158,6 +158,9 @@ pub struct SinkStatus {
     pub connected: bool,
     pub forwarded: u64,
     pub reconnects: u64,
+    /// Journal records set aside because they could not be sent (see `SinkCounters::bad_records`).
+    #[serde(default)]
+    pub bad_records: u64,
     pub backlog: Backlog,
 }
 
@@ -356,6 +359,7 @@ impl Status {
                 connected,
                 forwarded: now.forwarded,
                 reconnects: sink.counters.reconnects.load(Ordering::Relaxed),
+                bad_records: sink.counters.bad_records.load(Ordering::Relaxed),
                 backlog: Backlog {
                     records: j.records,
                     bytes: j.bytes,

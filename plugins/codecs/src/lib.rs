@@ -87,6 +87,12 @@ pub enum Codec {
     JavaScript(JsCodec),
 }
 
+/// Reads the JSON form of a `decodeUplink` answer (`{data, warnings, errors}`) the way
+/// a JavaScript codec's answer is read; public so the fuzz targets reach it.
+pub fn read_decode_uplink_answer(answer: serde_json::Value) -> Result<Decoded, DecodeError> {
+    reply::from_decode_uplink(answer)
+}
+
 impl Codec {
     /// The built-in Cayenne LPP codec.
     pub fn cayenne_lpp() -> Codec {

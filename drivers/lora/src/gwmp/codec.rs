@@ -402,12 +402,13 @@ pub enum RxTime {
 
 impl RxPk {
     /// The `rxpk` for one of our uplinks. Only `rssi` (channel RSSI, as ChirpStack
-    /// uses it) is written; `time` carries the original receive time.
+    /// uses it) is written; `time` carries the original receive time, left out
+    /// when GWMP cannot write it (see [`writable_time`]).
     pub fn from_uplink(f: &UplinkFrame) -> RxPk {
         let (modu, datr, codr) = modulation_fields(&f.modulation);
         let lora = matches!(f.modulation, Modulation::Lora { .. });
         RxPk {
-            time: Some(rfc3339_micros(f.received_at)),
+            time: rfc3339_micros(f.received_at),
             tmms: None,
             tmst: f.counter_us,
             freq: mhz(f.frequency),
@@ -702,14 +703,30 @@ pub struct Stat {
     pub temp: Option<f64>,
 }
 
-/// A time as `stat.time` writes it: "2014-01-12 08:59:28 GMT".
-pub fn stat_time(t: SystemTime) -> String {
-    DateTime::<Utc>::from(t).format("%Y-%m-%d %H:%M:%S GMT").to_string()
+/// A time as `stat.time` writes it: "2014-01-12 08:59:28 GMT"; `None` outside
+/// the years 1970..=9999 (see [`writable_time`]).
+pub fn stat_time(t: SystemTime) -> Option<String> {
+    Some(writable_time(t)?.format("%Y-%m-%d %H:%M:%S GMT").to_string())
 }
 
-/// A time as `rxpk.time` writes it: RFC 3339 UTC with microseconds.
-pub fn rfc3339_micros(t: SystemTime) -> String {
-    DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Micros, true)
+/// A time as `rxpk.time` writes it: RFC 3339 UTC with microseconds; `None`
+/// outside the years 1970..=9999 (see [`writable_time`]).
+pub fn rfc3339_micros(t: SystemTime) -> Option<String> {
+    Some(writable_time(t)?.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+/// First second that a four-digit year cannot write: 10000-01-01T00:00:00Z.
+const YEAR_10000_SECS: u64 = 253_402_300_800;
+
+/// `t` as a UTC date if GWMP can carry it: from 1970 (a `SystemTime` before it
+/// is not portable) to the end of year 9999 (RFC 3339 has four-digit years).
+/// chrono's own conversion from `SystemTime` panics beyond its range; this never does.
+pub fn writable_time(t: SystemTime) -> Option<DateTime<Utc>> {
+    let since = t.duration_since(UNIX_EPOCH).ok()?;
+    if since.as_secs() >= YEAR_10000_SECS {
+        return None;
+    }
+    DateTime::from_timestamp(i64::try_from(since.as_secs()).ok()?, since.subsec_nanos())
 }
 
 /// An `rxpk.time`: RFC 3339, or the same without a zone (taken as UTC).
@@ -878,7 +895,7 @@ mod tests {
     #[test]
     fn rxpk_becomes_uplink_with_every_field() {
         let now = SystemTime::now();
-        let time = rfc3339_micros(now - Duration::from_secs(3));
+        let time = rfc3339_micros(now - Duration::from_secs(3)).expect("writable");
         let json = format!(
             r#"{{"rxpk":[{{"time":"{time}","tmst":3512348611,"chan":2,"rfch":1,"brd":1,"freq":868.3,"stat":-1,"modu":"LORA","datr":"SF9BW125","codr":"4/6","rssi":-101,"rssis":-104,"lsnr":-3.5,"size":3,"data":"AQID"}}]}}"#
         );
@@ -895,7 +912,7 @@ mod tests {
         );
         assert_eq!((f.rssi, f.snr, f.crc), (-101, -3.5, CrcStatus::Bad));
         assert_eq!((f.channel, f.rf_chain, f.board, f.counter_us), (2, 1, 1, 3_512_348_611));
-        assert_eq!(rfc3339_micros(f.received_at), time);
+        assert_eq!(rfc3339_micros(f.received_at), Some(time));
     }
 
     #[test]
@@ -977,7 +994,7 @@ mod tests {
         assert_eq!(r.to_uplink(now).expect("valid").1, RxTime::Replaced);
         r.time = Some("yesterday-ish".into());
         assert_eq!(r.to_uplink(now).expect("valid").1, RxTime::Replaced);
-        r.time = Some(rfc3339_micros(now).trim_end_matches('Z').to_string());
+        r.time = Some(rfc3339_micros(now).expect("writable").trim_end_matches('Z').to_string());
         assert_eq!(r.to_uplink(now).expect("valid").1, RxTime::Reported, "no zone means UTC");
     }
 
@@ -1103,22 +1120,30 @@ mod tests {
     }
 
     #[test]
+    fn times_beyond_year_9999_are_not_written_and_do_not_panic() {
+        // chrono's `From<SystemTime>` panics here ("No such local time"): 1e13 s is year ~318857.
+        let far = UNIX_EPOCH + Duration::from_secs(10_000_000_000_000);
+        assert_eq!(stat_time(far), None);
+        assert_eq!(rfc3339_micros(far), None);
+        let last = UNIX_EPOCH + Duration::from_secs(YEAR_10000_SECS - 1);
+        assert_eq!(stat_time(last).as_deref(), Some("9999-12-31 23:59:59 GMT"));
+        assert_eq!(rfc3339_micros(UNIX_EPOCH + Duration::from_secs(YEAR_10000_SECS)), None);
+        let mut f = UplinkFrame::example(vec![1, 2, 3], CrcStatus::Ok);
+        f.received_at = far;
+        assert_eq!(RxPk::from_uplink(&f).time, None, "an unwritable time is left out");
+    }
+
+    #[test]
     fn stat_uses_semtech_time_format() {
         let t = UNIX_EPOCH + Duration::from_secs(1_389_517_168);
-        assert_eq!(stat_time(t), "2014-01-12 08:59:28 GMT");
+        assert_eq!(stat_time(t).as_deref(), Some("2014-01-12 08:59:28 GMT"));
         let dg = Datagram {
             version: PROTOCOL_V2,
             token: 1,
             packet: Packet::PushData {
                 gateway_id: Eui64([1; 8]),
                 rxpk: vec![],
-                stat: Some(Stat {
-                    time: Some(stat_time(t)),
-                    rxnb: 3,
-                    rxok: 2,
-                    ackr: 100.0,
-                    ..Stat::default()
-                }),
+                stat: Some(Stat { time: stat_time(t), rxnb: 3, rxok: 2, ackr: 100.0, ..Stat::default() }),
             },
         };
         let bytes = dg.encode().expect("encode");

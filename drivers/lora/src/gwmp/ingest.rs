@@ -791,7 +791,7 @@ mod tests {
         let t = SystemTime::now() - Duration::from_secs(90);
         let json = format!(
             r#"{{"rxpk":[{{"time":"{}","tmst":1,"freq":868.1,"stat":1,"modu":"LORA","datr":"SF7BW125","codr":"4/5","rssi":-60,"lsnr":9.0,"size":1,"data":"QA=="}}]}}"#,
-            crate::gwmp::codec::rfc3339_micros(t)
+            crate::gwmp::codec::rfc3339_micros(t).expect("writable")
         );
         h.send(&push_data(1, FORWARDER_EUI, &json)).await;
         let f = h.uplink().await;
