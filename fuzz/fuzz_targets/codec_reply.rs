@@ -19,6 +19,7 @@ fuzz_target!(|bytes: &[u8]| {
         f_port: 1,
         recv_time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         variables: &variables,
+        device: "fuzz",
     };
     let _ = Codec::cayenne_lpp().decode(&input);
     let _ = Codec::hex().decode(&input);

@@ -171,7 +171,7 @@ fuzz_target!(|input: Input| {
         },
         Protocol::App {
             topics: AppTopics::new("berrygw", "0016c001ff10a235"),
-            accept_session_push: false,
+            accept_sessions: false,
             accept_commands: false,
         },
     ];
