@@ -496,33 +496,7 @@ mod tests {
 
     #[test]
     fn downlink_round_trip_and_malformed_commands() {
-        let cmd = gw::DownlinkFrame {
-            downlink_id: 9,
-            items: vec![gw::DownlinkFrameItem {
-                phy_payload: vec![0x60, 1, 2],
-                tx_info: Some(gw::DownlinkTxInfo {
-                    frequency: 869_525_000,
-                    power: 14,
-                    modulation: Some(modulation(
-                        &Modulation::Lora {
-                            spreading_factor: 9,
-                            bandwidth: 125_000,
-                            code_rate: CodeRate::Cr4_5,
-                        },
-                        true,
-                    )),
-                    timing: Some(gw::Timing {
-                        parameters: Some(gw::timing::Parameters::Delay(gw::DelayTimingInfo {
-                            delay: Some(PbDuration { seconds: 1, nanos: 0 }),
-                        })),
-                    }),
-                    context: 1000u32.to_be_bytes().to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let cmd = delayed_downlink(PbDuration { seconds: 1, nanos: 0 });
         let d = decode_downlink(&cmd.encode_to_vec(), PayloadFormat::Protobuf).expect("decodes");
         assert_eq!(d.frame.timing, TxTiming::Counter(1_001_000));
         assert!(d.frame.invert_iq);
