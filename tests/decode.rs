@@ -414,19 +414,23 @@ fn session_keys_in_a_signed_envelope_are_checked_and_installed() {
     client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, plain.into_bytes()).expect("publish");
     daemon.wait_log(Duration::from_secs(20), "refused before authentication");
     // Signed by the network server's key: installed, and the device decodes.
-    let signed = UnsignedCommand {
-        id: "s-1".into(),
-        key_id: "lns".into(),
-        gateway_id: GW.into(),
-        target: dev_eui.into(),
-        command: "set_session".into(),
-        args: serde_json::json!({ "dev_addr": "26011007", "nwk_s_key": NWK, "app_s_key": APP, "f_cnt_up": 0 }),
-        not_after: berrygw::actuation::engine::now_utc() + chrono::Duration::minutes(5),
-        issued_at: Some(berrygw::actuation::engine::now_utc()),
-    }
-    .sign(&key)
-    .expect("sign")
-    .to_json();
+    // Signed by the network server's key: each push under its own id.
+    let signed_push = |id: &str| {
+        UnsignedCommand {
+            id: id.into(),
+            key_id: "lns".into(),
+            gateway_id: GW.into(),
+            target: dev_eui.into(),
+            command: "set_session".into(),
+            args: serde_json::json!({ "dev_addr": "26011007", "nwk_s_key": NWK, "app_s_key": APP, "f_cnt_up": 0 }),
+            not_after: berrygw::actuation::engine::now_utc() + chrono::Duration::minutes(5),
+            issued_at: Some(berrygw::actuation::engine::now_utc()),
+        }
+        .sign(&key)
+        .expect("sign")
+        .to_json()
+    };
+    let signed = signed_push("s-1");
     client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, signed.into_bytes()).expect("publish");
     let reading = wait_reading(&app, dev_eui);
     assert_eq!(reading["device_name"], "compteur-signe");
@@ -439,19 +443,7 @@ fn session_keys_in_a_signed_envelope_are_checked_and_installed() {
     assert!(text.contains("set_session") && text.contains("verified"), "{text}");
     assert!(text.contains("had no session"), "{text}");
     // Pushed again (a new id): the audit says it replaced a session.
-    let again = UnsignedCommand {
-        id: "s-2".into(),
-        key_id: "lns".into(),
-        gateway_id: GW.into(),
-        target: dev_eui.into(),
-        command: "set_session".into(),
-        args: serde_json::json!({ "dev_addr": "26011007", "nwk_s_key": NWK, "app_s_key": APP, "f_cnt_up": 0 }),
-        not_after: berrygw::actuation::engine::now_utc() + chrono::Duration::minutes(5),
-        issued_at: Some(berrygw::actuation::engine::now_utc()),
-    }
-    .sign(&key)
-    .expect("sign")
-    .to_json();
+    let again = signed_push("s-2");
     client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, again.into_bytes()).expect("publish");
     let replaced = wait_for(Duration::from_secs(20), "the second install", || {
         app.on_topic(&format!("berrygw/{GW}/event/command"))

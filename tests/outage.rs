@@ -244,8 +244,8 @@ fn a_frame_replayed_after_a_crash_is_refused_and_makes_no_second_reading() {
         format!(
             "[[device]]\nname = \"sonde\"\ndev_eui = \"{REPLAY_EUI}\"\ncodec = \"cayenne_lpp\"\n\
              abp = {{ dev_addr = \"26011002\", nwk_s_key = \"{}\", app_s_key = \"{}\" }}\n",
-            hex(&REPLAY_NWK),
-            hex(&REPLAY_APP)
+            hex::encode(REPLAY_NWK),
+            hex::encode(REPLAY_APP)
         ),
     )
     .expect("registry");
@@ -293,10 +293,6 @@ fn a_frame_replayed_after_a_crash_is_refused_and_makes_no_second_reading() {
         gw.log().iter().any(|l| l.contains("uplink not decoded") && l.contains("replay")),
         "the replay is refused as such"
     );
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
