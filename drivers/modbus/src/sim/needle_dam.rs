@@ -67,6 +67,10 @@ impl Plant for NeedleDam {
             let moving = !fault && gap.abs() > 0.05;
             if moving {
                 self.positions[bay] += gap.signum() * (self.speed * dt).min(gap.abs());
+            } else if !fault {
+                // Within the drive's dead band it settles on the target rather than stopping
+                // short by whatever the last step left.
+                self.positions[bay] = target;
             }
             bank.discrete[bay] = moving && (target - self.positions[bay]).abs() > 0.05;
             bank.input[bay] = (self.positions[bay] * 10.0).round() as u16;
