@@ -39,6 +39,7 @@ use crate::journal::{Journal, JournalConfig, NewRecord, Seq};
 use crate::pipeline::{Gateway, SinkCounters};
 use crate::sink::chirpstack::{self, RecordKind, Topics};
 use crate::sink::mqtt::{self, MqttSinkSettings, Protocol, SinkInbound, SinkRadioIo};
+use crate::sink::pace::PaceSettings;
 
 /// Options of `berrygw bench`.
 #[derive(Debug, clap::Args)]
@@ -536,6 +537,8 @@ async fn drain(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         max_inflight: 500,
         reconnect_min: Duration::from_millis(200),
         reconnect_max: Duration::from_secs(2),
+        // The sink's own drain speed; pacing for a network server is measured by scripts/interop-chirpstack.
+        pace: PaceSettings::OFF,
     };
     let counters = Arc::new(SinkCounters::default());
     let (_down_tx, _down_rx) = mpsc::channel(1);

@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::journal::Backend;
+use crate::sink::pace::PaceSettings;
 use crate::sink::semtech_udp::SemtechUdpSinkConfig;
 
 /// The whole configuration file.
@@ -224,6 +225,11 @@ pub struct MqttSinkConfig {
     /// Removed (it accepted unsigned session keys): read only to refuse it with a message
     /// that says what to do instead.
     pub accept_session_push: Option<Spanned<bool>>,
+    /// ChirpStack only: least time between two uplinks of one device when a backlog leaves
+    /// (0: no per-device pacing). See `sink::pace`.
+    pub replay_gap_ms: Option<Spanned<u64>>,
+    /// ChirpStack only: most uplinks per second when a backlog leaves (0: no limit).
+    pub replay_rate: Option<Spanned<u32>>,
 }
 
 impl MqttSinkConfig {
@@ -233,6 +239,20 @@ impl MqttSinkConfig {
             (Some(p), _) => p,
             (None, MqttSinkKind::Chirpstack) => "eu868",
             (None, MqttSinkKind::App) => "berrygw",
+        }
+    }
+
+    /// How a backlog leaves: ChirpStack's defaults let a network server take every
+    /// replayed uplink (BENCHMARKS.md, "Replay"); the app sink is not paced.
+    pub fn pace(&self, kind: MqttSinkKind) -> PaceSettings {
+        match kind {
+            MqttSinkKind::Chirpstack => PaceSettings {
+                device_gap: Duration::from_millis(
+                    self.replay_gap_ms.as_ref().map_or(DEFAULT_REPLAY_GAP_MS, |g| *g.get_ref()),
+                ),
+                rate: self.replay_rate.as_ref().map_or(DEFAULT_REPLAY_RATE, |r| *r.get_ref()),
+            },
+            MqttSinkKind::App => PaceSettings::OFF,
         }
     }
 
@@ -568,6 +588,14 @@ fn check_mqtt_sink(
             if let Some(f) = &cs.format {
                 return Err(loaded.error_at(f.span(), "the app sink always publishes JSON; remove `format`"));
             }
+            let pace_span =
+                cs.replay_gap_ms.as_ref().map(Spanned::span).or(cs.replay_rate.as_ref().map(Spanned::span));
+            if let Some(span) = pace_span {
+                return Err(loaded.error_at(
+                    span,
+                    "replay_gap_ms and replay_rate pace uplinks to a network server: they belong in [sinks.chirpstack]",
+                ));
+            }
             if let Some(push) = &cs.accept_session_push {
                 return Err(loaded.error_at(
                     push.span(),
@@ -579,6 +607,11 @@ fn check_mqtt_sink(
             }
         }
         MqttSinkKind::Chirpstack => {
+            if let Some(gap) = cs.replay_gap_ms.as_ref().filter(|g| *g.get_ref() > 60_000) {
+                return Err(
+                    loaded.error_at(gap.span(), "replay_gap_ms is at most 60000 (one minute per device)")
+                );
+            }
             if let Some(push) = &cs.accept_session_push {
                 return Err(loaded.error_at(
                     push.span(),
@@ -646,6 +679,11 @@ fn key_at(source: &str, line: usize) -> Option<String> {
 }
 
 /// Where `berrygw status` looks when no configuration names the socket.
+/// Default least time between two replayed uplinks of one device (BENCHMARKS.md, "Replay").
+pub const DEFAULT_REPLAY_GAP_MS: u64 = 500;
+/// Default most replayed uplinks per second, all devices together.
+pub const DEFAULT_REPLAY_RATE: u32 = 50;
+
 pub const DEFAULT_API_SOCKET: &str = "/run/berrygw/api.sock";
 
 fn default_http_listen() -> SocketAddr {

@@ -689,6 +689,7 @@ fn mqtt_settings(
         max_inflight: sink_cfg.max_inflight,
         reconnect_min: Duration::from_millis(sink_cfg.reconnect_min_ms),
         reconnect_max: Duration::from_millis(sink_cfg.reconnect_max_ms),
+        pace: sink_cfg.pace(kind),
     })
 }
 

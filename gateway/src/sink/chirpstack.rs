@@ -14,6 +14,8 @@ use chirpstack_api::pbjson_types::{Duration as PbDuration, Timestamp};
 use prost::Message;
 
 use crate::config::PayloadFormat;
+use crate::journal::Record;
+use crate::sink::pace::Sender;
 
 /// Metadata key carrying the per-gateway uplink sequence number.
 pub const META_SEQ: &str = "berrygw_seq";
@@ -139,7 +141,7 @@ pub fn uplink_message(gateway_id: &str, frame: &UplinkFrame, seq: u64, uplink_id
             channel: frame.channel.into(),
             rf_chain: frame.rf_chain.into(),
             board: frame.board.into(),
-            context: frame.counter_us.to_be_bytes().to_vec(),
+            context: uplink_context(frame.counter_us, unix_ms(frame.received_at)),
             metadata,
             crc_status: match frame.crc {
                 CrcStatus::Ok => gw::CrcStatus::CrcOk,
@@ -150,6 +152,36 @@ pub fn uplink_message(gateway_id: &str, frame: &UplinkFrame, seq: u64, uplink_id
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// The one field of a stored `gw::UplinkFrame` that pacing reads (prost skips the rest).
+#[derive(Clone, PartialEq, prost::Message)]
+struct PhyPayloadOnly {
+    #[prost(bytes = "vec", tag = "1")]
+    phy_payload: Vec<u8>,
+}
+
+/// Who sent a stored uplink, for pacing the replay (`sink::pace`): the DevAddr of a data
+/// uplink, the DevEUI of a join or rejoin request; `None` for stats, proprietary frames and
+/// records that do not decode (the sink deals with those).
+pub fn uplink_sender(r: &Record) -> Option<Sender> {
+    if RecordKind::from_u8(r.kind)? != RecordKind::Uplink {
+        return None;
+    }
+    let phy = PhyPayloadOnly::decode(r.payload.as_slice()).ok()?.phy_payload;
+    let mtype = phy.first()? >> 5;
+    match mtype {
+        // UnconfirmedDataUp, ConfirmedDataUp: DevAddr, little-endian after MHDR.
+        0b010 | 0b100 => Some(Sender::DevAddr(u32::from_le_bytes(phy.get(1..5)?.try_into().ok()?))),
+        // JoinRequest: JoinEUI then DevEUI.
+        0b000 => Some(Sender::DevEui(u64::from_le_bytes(phy.get(9..17)?.try_into().ok()?))),
+        // RejoinRequest type 0/2: NetID then DevEUI; type 1: JoinEUI then DevEUI.
+        0b110 => {
+            let at = if phy.get(1) == Some(&1) { 10 } else { 5 };
+            Some(Sender::DevEui(u64::from_le_bytes(phy.get(at..at + 8)?.try_into().ok()?)))
+        }
+        _ => None,
     }
 }
 
@@ -210,6 +242,10 @@ pub enum ProtocolError {
     /// A downlink that decodes but cannot be transmitted.
     #[error("downlink {id}: {what}")]
     BadDownlink { id: u32, items: usize, what: &'static str },
+    /// A downlink answering an uplink whose receive windows have closed (a replayed uplink's
+    /// answer): never sent on air.
+    #[error("downlink {id}: its transmit time passed {late_ms} ms ago (it answers an uplink received {age_ms} ms ago)")]
+    TooLate { id: u32, items: usize, late_ms: i64, age_ms: i64 },
 }
 
 impl ProtocolError {
@@ -219,6 +255,9 @@ impl ProtocolError {
         match *self {
             ProtocolError::BadDownlink { id, items, .. } => {
                 Some((TxAck { downlink_id: id, status: TxStatus::InternalError }, items))
+            }
+            ProtocolError::TooLate { id, items, .. } => {
+                Some((TxAck { downlink_id: id, status: TxStatus::TooLate }, items))
             }
             _ => None,
         }
@@ -266,7 +305,33 @@ pub fn decode_downlink(payload: &[u8], format: PayloadFormat) -> Result<Downlink
     let (id, items) = (msg.downlink_id, msg.items.len());
     let item = msg.items.first().ok_or(ProtocolError::NoItems(id))?;
     let frame = downlink_frame(id, item).map_err(|what| ProtocolError::BadDownlink { id, items, what })?;
+    if let Some((late_ms, age_ms)) = lateness(item, unix_ms(SystemTime::now())) {
+        return Err(ProtocolError::TooLate { id, items, late_ms, age_ms });
+    }
     Ok(DownlinkCommand { frame, items })
+}
+
+/// `rx_info.context` of an uplink, echoed in the downlinks that answer it: the concentrator
+/// counter (4 bytes, what a delay is counted from) and the receive time (unix ms, 8 bytes,
+/// what tells a replayed uplink's answer from a live one). Both big-endian.
+fn uplink_context(counter_us: u32, received_ms: i64) -> Vec<u8> {
+    let mut context = counter_us.to_be_bytes().to_vec();
+    context.extend_from_slice(&received_ms.to_be_bytes());
+    context
+}
+
+/// How late a delay-timed downlink would be at `now_ms`, and how old the uplink it answers
+/// is, when its transmit time (uplink receive time + delay) has passed. `None` when it is
+/// on time, not delay-timed, or its context carries no receive time (an older berrygw's).
+fn lateness(item: &gw::DownlinkFrameItem, now_ms: i64) -> Option<(i64, i64)> {
+    let tx = item.tx_info.as_ref()?;
+    let Some(gw::timing::Parameters::Delay(d)) = tx.timing.as_ref()?.parameters.as_ref() else {
+        return None;
+    };
+    let received_ms = i64::from_be_bytes(tx.context.get(4..12)?.try_into().ok()?);
+    let delay_ms = d.delay.as_ref().and_then(duration_us).map_or(0, |us| (us / 1000) as i64);
+    let late_ms = now_ms.saturating_sub(received_ms.saturating_add(delay_ms));
+    (late_ms > 0).then(|| (late_ms, now_ms.saturating_sub(received_ms)))
 }
 
 /// Names of the `google.protobuf.Duration` fields of a downlink, in both JSON spellings.
@@ -478,6 +543,60 @@ mod tests {
         let fits = delayed_downlink(PbDuration { seconds: 4_294, nanos: 0 });
         let d = decode_downlink(&fits.encode_to_vec(), PayloadFormat::Protobuf).expect("fits the counter");
         assert_eq!(d.frame.timing, TxTiming::Counter(1000u32.wrapping_add(4_294_000_000)));
+    }
+
+    /// A delay-timed downlink answering an uplink received at `received_ms`.
+    fn answering(received_ms: i64, delay_s: i64) -> gw::DownlinkFrame {
+        let mut d = delayed_downlink(PbDuration { seconds: delay_s, nanos: 0 });
+        d.items[0].tx_info.as_mut().expect("tx_info").context = uplink_context(1000, received_ms);
+        d
+    }
+
+    #[test]
+    fn a_downlink_answering_an_uplink_past_its_receive_windows_is_refused_too_late() {
+        let now = unix_ms(SystemTime::now());
+        // A replayed uplink received half an hour ago: ChirpStack's ACK for it is refused, not sent.
+        let err = decode_downlink(&answering(now - 1_800_000, 1).encode_to_vec(), PayloadFormat::Protobuf)
+            .expect_err("stale");
+        assert!(matches!(err, ProtocolError::TooLate { age_ms, .. } if age_ms >= 1_800_000), "{err}");
+        assert_eq!(err.refusal(), Some((TxAck { downlink_id: 9, status: TxStatus::TooLate }, 1)));
+        // A live uplink's answer, its RX2 window 2 s ahead, goes to the radio at the counter.
+        let live =
+            decode_downlink(&answering(now, 2).encode_to_vec(), PayloadFormat::Protobuf).expect("on time");
+        assert_eq!(live.frame.timing, TxTiming::Counter(1000 + 2_000_000));
+        // The uplink message carries that context.
+        let rx = uplink_message("0016c001ff10a235", &frame(), 1, 7).rx_info.expect("rx_info");
+        assert_eq!(rx.context, uplink_context(frame().counter_us, 1_700_000_000_123));
+    }
+
+    #[test]
+    fn pacing_knows_an_uplink_by_its_devaddr_or_deveui() {
+        let stored = |phy: Vec<u8>| {
+            let mut f = frame();
+            f.phy_payload = phy;
+            Record {
+                seq: crate::journal::Seq(1),
+                kind: RecordKind::Uplink as u8,
+                received_at_ms: 0,
+                payload: uplink_message("0016c001ff10a235", &f, 1, 7).encode_to_vec(),
+            }
+        };
+        let data = vec![0x40, 0x01, 0x1a, 0x0b, 0x26, 0, 5, 0, 2, 1, 2, 3, 4];
+        assert_eq!(uplink_sender(&stored(data.clone())), Some(Sender::DevAddr(0x260b_1a01)));
+        let mut confirmed = data;
+        confirmed[0] = 0x80;
+        assert_eq!(uplink_sender(&stored(confirmed)), Some(Sender::DevAddr(0x260b_1a01)));
+        let mut join = vec![0x00];
+        join.extend_from_slice(&[0x11; 8]); // JoinEUI
+        join.extend_from_slice(&0x0004_a30b_001c_0530u64.to_le_bytes()); // DevEUI
+        join.extend_from_slice(&[1, 0, 0, 0, 0, 0]); // DevNonce, MIC
+        assert_eq!(uplink_sender(&stored(join)), Some(Sender::DevEui(0x0004_a30b_001c_0530)));
+        assert_eq!(uplink_sender(&stored(vec![0xe0, 1, 2])), None, "proprietary");
+        assert_eq!(uplink_sender(&stored(vec![0x40, 1])), None, "truncated");
+        let stats = Record { kind: RecordKind::Stats as u8, ..stored(vec![0x40, 1, 2, 3, 4]) };
+        assert_eq!(uplink_sender(&stats), None);
+        let garbage = Record { payload: vec![0xff, 0xff], ..stored(vec![]) };
+        assert_eq!(uplink_sender(&garbage), None);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::app::{self, AppTopics};
 use super::chirpstack::{self, RecordKind, Topics};
+use super::pace::{ack_point, Next, PaceSettings, Pacer, Sender};
 use super::read_ahead::{set_aside, Backoff, BadRecord, ReadAhead};
 use crate::actuation::engine::Actuation;
 use crate::actuation::gate::Arrival;
@@ -51,6 +52,8 @@ pub struct MqttSinkSettings {
     pub max_inflight: u16,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// How fast a backlog leaves (ChirpStack: per device, so that the server takes all of it).
+    pub pace: PaceSettings,
 }
 
 /// What a sink speaks on its connection.
@@ -109,6 +112,14 @@ impl Protocol {
                     .map_err(|e| BadRecord::new("malformed app record", e))?;
                 Ok((topic.to_string(), body.to_vec()))
             }
+        }
+    }
+
+    /// The pacing key of a record: uplinks to a network server are paced per device.
+    fn sender_of(&self) -> fn(&Record) -> Option<Sender> {
+        match self {
+            Protocol::Chirpstack { .. } => chirpstack::uplink_sender,
+            Protocol::App { .. } => |_| None,
         }
     }
 }
@@ -236,6 +247,11 @@ struct Acked {
 }
 
 impl InFlight {
+    /// The oldest journal record awaiting its PUBACK.
+    fn oldest(&self) -> Option<Seq> {
+        self.seqs.first_key_value().map(|(seq, _)| Seq(*seq))
+    }
+
     fn record_published(&mut self, tag: Option<u64>) {
         self.unassigned.push_back(tag);
         if let Some(seq) = tag {
@@ -299,27 +315,44 @@ async fn session(
     flight.highest_sent = acked.0;
     let mut downlink_items: HashMap<u32, usize> = HashMap::new();
     let mut reader = ReadAhead::new(journal, acked);
+    let mut pacer = Pacer::new(s.pace, s.protocol.sender_of());
 
     loop {
+        let mut wake = None;
         while flight.seqs.len() < window {
-            let Some(r) = reader.records.pop_front() else { break };
-            publish_record(s, &client, counters, &mut flight, warn, r)?;
+            pacer.fill(&mut reader.records);
+            let now = tokio::time::Instant::now();
+            match pacer.next(now) {
+                Next::Ready(i) => {
+                    if let Some(r) = pacer.take(i, now) {
+                        publish_record(s, &client, counters, &mut flight, warn, r)?;
+                    }
+                }
+                Next::Wait(at) => {
+                    wake = Some(at);
+                    break;
+                }
+                Next::Empty => break,
+            }
         }
-        // Records skipped as unpublishable are acknowledged once nothing older is in flight.
-        if flight.seqs.is_empty() && flight.highest_sent > acked.0 && reader.records.is_empty() {
-            acked = Seq(flight.highest_sent);
+        // Records skipped as unpublishable are acknowledged once nothing older is in flight or held.
+        let point = ack_point(Seq(flight.highest_sent), flight.oldest(), unsent(&pacer, &reader));
+        if point > acked {
+            acked = point;
             journal.ack(acked);
         }
         reader.refill();
 
         tokio::select! {
             ready = reader.ready() => ready?,
+            () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
             event = eventloop.poll() => match event.context("connection")? {
                 Event::Outgoing(Outgoing::Publish(pkid)) => flight.assign(pkid),
                 Event::Incoming(Packet::PubAck(ack)) => {
                     if let Some(Acked { up_to, latency }) = flight.acked(ack.pkid) {
                         counters.forwarded.fetch_add(1, Ordering::Relaxed);
                         counters.publish_ack_latency.observe(latency.as_secs_f64());
+                        let up_to = ack_point(up_to, None, unsent(&pacer, &reader));
                         if up_to > acked {
                             acked = up_to;
                             journal.ack(acked);
@@ -344,6 +377,11 @@ async fn session(
             }
         }
     }
+}
+
+/// The oldest record read from the journal and not yet published.
+fn unsent(pacer: &Pacer, reader: &ReadAhead) -> Option<Seq> {
+    pacer.oldest().or_else(|| reader.records.front().map(|r| r.seq))
 }
 
 /// Answer a downlink on `event/ack` (ChirpStack) and forget it: the radio's
@@ -534,6 +572,7 @@ mod tests {
             max_inflight: 8,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(1),
+            pace: PaceSettings::OFF,
         }
     }
 
