@@ -3,7 +3,7 @@
 //! (`DownlinkFrame`, answered by a `TxAck`). Plain data, no I/O.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A carrier frequency in Hz.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -87,6 +87,42 @@ pub enum TxTiming {
     GpsEpoch(u64),
 }
 
+/// Furthest ahead a counter-timed downlink may be (Class A windows are seconds away).
+const MAX_ADVANCE_US: i32 = 60_000_000;
+/// Furthest ahead a GPS-timed downlink may be (Class B ping slots within a beacon period or a few).
+const MAX_GPS_ADVANCE_US: u64 = 600_000_000;
+/// GPS epoch (1980-01-06) in Unix seconds, and GPS time's lead over UTC since 2017.
+const GPS_EPOCH_UNIX_S: u64 = 315_964_800;
+const GPS_LEAP_S: u64 = 18;
+
+impl TxTiming {
+    /// What a concentrator answers this timing at this moment (`counter_now`: its 32-bit
+    /// microsecond counter): a time that has passed is `TooLate` (the answer to a replayed
+    /// uplink, say), one too far ahead `TooEarly`. The SX1302's JIT queue refuses the same;
+    /// the sim and GWMP radios check it before anything goes on air.
+    pub fn status_at(self, counter_now: u32, now: SystemTime) -> TxStatus {
+        match self {
+            TxTiming::Immediately => TxStatus::Ok,
+            TxTiming::Counter(at) => match at.wrapping_sub(counter_now) as i32 {
+                ahead if ahead < 0 => TxStatus::TooLate,
+                ahead if ahead > MAX_ADVANCE_US => TxStatus::TooEarly,
+                _ => TxStatus::Ok,
+            },
+            TxTiming::GpsEpoch(at_us) => {
+                let unix_us = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+                let gps_now_us = unix_us.saturating_sub((GPS_EPOCH_UNIX_S - GPS_LEAP_S) * 1_000_000);
+                if at_us < gps_now_us {
+                    TxStatus::TooLate
+                } else if at_us - gps_now_us > MAX_GPS_ADVANCE_US {
+                    TxStatus::TooEarly
+                } else {
+                    TxStatus::Ok
+                }
+            }
+        }
+    }
+}
+
 /// A frame the network server asks this gateway to transmit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DownlinkFrame {
@@ -151,5 +187,31 @@ impl UplinkFrame {
             counter_us: 0,
             received_at: SystemTime::now(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_transmit_time_that_has_passed_is_too_late_and_one_far_ahead_too_early() {
+        let now = SystemTime::now();
+        let counter = 4_000_000_000u32;
+        assert_eq!(TxTiming::Immediately.status_at(counter, now), TxStatus::Ok);
+        assert_eq!(TxTiming::Counter(counter.wrapping_add(1_000_000)).status_at(counter, now), TxStatus::Ok);
+        // RX1 of an uplink heard through the counter's wrap is still ahead.
+        assert_eq!(TxTiming::Counter(500_000).status_at(u32::MAX - 400_000, now), TxStatus::Ok);
+        // The answer to an uplink received 30 minutes ago.
+        let stale = counter.wrapping_sub(1_800_000_000).wrapping_add(1_000_000);
+        assert_eq!(TxTiming::Counter(stale).status_at(counter, now), TxStatus::TooLate);
+        assert_eq!(TxTiming::Counter(counter.wrapping_add(120_000_000)).status_at(counter, now), TxStatus::TooEarly);
+        let gps_now = |t: SystemTime| {
+            (t.duration_since(UNIX_EPOCH).unwrap().as_micros() as u64) - (GPS_EPOCH_UNIX_S - GPS_LEAP_S) * 1_000_000
+        };
+        let in_2_s = gps_now(now + Duration::from_secs(2));
+        assert_eq!(TxTiming::GpsEpoch(in_2_s).status_at(0, now), TxStatus::Ok);
+        assert_eq!(TxTiming::GpsEpoch(in_2_s).status_at(0, now + Duration::from_secs(3)), TxStatus::TooLate);
     }
 }

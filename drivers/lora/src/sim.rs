@@ -563,12 +563,18 @@ impl SimRadio {
                 downlink = downlinks.recv(), if downlinks_open => match downlink {
                     Some(downlink) => {
                         // The first device waiting whose AppKey opens it joins; the rest keep trying.
-                        for device in &mut devices {
+                        let on_time = matches!(
+                            downlink.timing.status_at(start.elapsed().as_micros() as u32, SystemTime::now()),
+                            TxStatus::Ok
+                        );
+                        for device in devices.iter_mut().filter(|_| on_time) {
                             if device.try_join(&downlink.phy_payload) {
                                 break;
                             }
                         }
-                        acknowledge(&downlink, &tx_acks).await;
+                        // Counted like the SX1302's: microseconds since start, wrapping at 32 bits.
+                        let counter_now = start.elapsed().as_micros() as u32;
+                        acknowledge(&downlink, downlink.timing.status_at(counter_now, SystemTime::now()), &tx_acks).await;
                     }
                     None => downlinks_open = false,
                 },
@@ -625,15 +631,19 @@ impl SimRadio {
     }
 }
 
-/// Pretends to transmit a downlink and reports success.
-async fn acknowledge(downlink: &DownlinkFrame, tx_acks: &tokio::sync::mpsc::Sender<TxAck>) {
-    info!(
-        downlink_id = downlink.downlink_id,
-        frequency = %downlink.frequency,
-        bytes = downlink.phy_payload.len(),
-        "sim radio: downlink transmitted (simulated)"
-    );
-    let ack = TxAck { downlink_id: downlink.downlink_id, status: TxStatus::Ok };
+/// Pretends to transmit a downlink when its timing allows, and answers.
+async fn acknowledge(downlink: &DownlinkFrame, status: TxStatus, tx_acks: &tokio::sync::mpsc::Sender<TxAck>) {
+    if status == TxStatus::Ok {
+        info!(
+            downlink_id = downlink.downlink_id,
+            frequency = %downlink.frequency,
+            bytes = downlink.phy_payload.len(),
+            "sim radio: downlink transmitted (simulated)"
+        );
+    } else {
+        info!(downlink_id = downlink.downlink_id, ?status, "sim radio: downlink refused, not transmitted");
+    }
+    let ack = TxAck { downlink_id: downlink.downlink_id, status };
     if tx_acks.send(ack).await.is_err() {
         debug!("sim radio: nobody listens for tx acks any more");
     }
@@ -836,6 +846,20 @@ mod tests {
         let logs = logs.0.lock().unwrap();
         let done: Vec<_> = logs.iter().filter(|m| m.contains("all devices done")).collect();
         assert_eq!(done, vec!["sim radio: all devices done (3 uplinks)"]);
+    }
+
+    #[tokio::test]
+    async fn a_downlink_whose_counter_time_has_passed_is_answered_too_late() {
+        let mut h = start(one_device(60_000, None), 8);
+        let mut stale = downlink(41);
+        // An answer to an uplink heard before this radio started: its time has passed.
+        stale.timing = TxTiming::Counter(u32::MAX - 10);
+        h.downlinks.send(stale).await.unwrap();
+        assert_eq!(h.tx_acks.recv().await, Some(TxAck { downlink_id: 41, status: TxStatus::TooLate }));
+        let mut ahead = downlink(42);
+        ahead.timing = TxTiming::Counter(30_000_000);
+        h.downlinks.send(ahead).await.unwrap();
+        assert_eq!(h.tx_acks.recv().await, Some(TxAck { downlink_id: 42, status: TxStatus::Ok }));
     }
 
     #[tokio::test(start_paused = true)]

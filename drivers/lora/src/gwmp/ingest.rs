@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use super::codec::{Datagram, Packet, RxTime, TxPk, MAX_DATAGRAM_BYTES, PROTOCOL_V1};
 use super::LogLimiter;
-use crate::frame::{DownlinkFrame, TxAck, TxStatus, UplinkFrame};
+use crate::frame::{DownlinkFrame, TxAck, TxStatus, TxTiming, UplinkFrame};
 use crate::phy::Eui64;
 use crate::radio::{RadioError, RadioIo, RadioSource, RadioTask};
 
@@ -139,6 +139,8 @@ pub struct GwmpStats {
     pub downlinks_sent: AtomicU64,
     /// Downlinks refused because no forwarder had sent PULL_DATA yet.
     pub downlinks_without_forwarder: AtomicU64,
+    /// Downlinks refused `TooLate` before the forwarder saw them: their counter time had passed.
+    pub downlinks_too_late: AtomicU64,
     /// TX_ACKs matched to a downlink.
     pub tx_acks: AtomicU64,
     /// Downlinks with no TX_ACK in time (answered InternalError).
@@ -253,6 +255,7 @@ impl GwmpIngest {
             stats,
             forwarder: None,
             pending: HashMap::new(),
+            counter: None,
             warn: LogLimiter::default(),
             tx_acks,
         };
@@ -337,6 +340,10 @@ struct Server {
     forwarder: Option<Forwarder>,
     /// By PULL_RESP token.
     pending: HashMap<u16, PendingTx>,
+    /// The forwarder's concentrator counter as its latest rxpk gave it, and when that
+    /// arrived: what tells a downlink whose time has passed. An estimate that errs early
+    /// (the rxpk's airtime and transit), so it never refuses one that is on time.
+    counter: Option<(u32, Instant)>,
     warn: LogLimiter,
     tx_acks: mpsc::Sender<TxAck>,
 }
@@ -390,6 +397,9 @@ impl Server {
                             }
                         }
                     }
+                }
+                if let Some(last) = frames.last() {
+                    self.counter = Some((last.counter_us, Instant::now()));
                 }
                 Taken { frames, push_ack: Some(Datagram { version, token, packet: Packet::PushAck }) }
             }
@@ -542,6 +552,16 @@ impl Server {
             }
             return self.answer(d.downlink_id, TxStatus::InternalError).await;
         };
+        // A counter time that has passed (a replayed uplink's answer) never reaches the forwarder:
+        // a GWMP v1 forwarder would send it a counter turn (71 minutes) late, or at once.
+        if let (TxTiming::Counter(_), Some((counter, at))) = (d.timing, self.counter) {
+            let counter_now = counter.wrapping_add(at.elapsed().as_micros() as u32);
+            if d.timing.status_at(counter_now, SystemTime::now()) == TxStatus::TooLate {
+                bump(&self.stats.downlinks_too_late);
+                debug!(downlink_id = d.downlink_id, "gwmp ingest: downlink refused, its time has passed");
+                return self.answer(d.downlink_id, TxStatus::TooLate).await;
+            }
+        }
         let token = self.fresh_token();
         let dg = Datagram {
             version: fwd.version,
@@ -608,7 +628,7 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{CodeRate, CrcStatus, Frequency, Modulation, TxTiming};
+    use crate::frame::{CodeRate, CrcStatus, Frequency, Modulation};
     use tokio::task::JoinHandle;
 
     /// Guard against a hung test, not a performance bound.
@@ -740,6 +760,24 @@ mod tests {
         h.uplink().await;
         assert_eq!(h.recv().await, vec![2, 0, 2, 1], "PUSH_ACK once the pipeline took it");
         h.uplink().await;
+    }
+
+    #[tokio::test]
+    async fn a_downlink_whose_counter_time_has_passed_is_refused_too_late_before_the_forwarder() {
+        let mut h = start(GwmpConfig::default()).await;
+        h.pull(2, 0x0102).await;
+        h.send(&push_data(1, FORWARDER_EUI, &one_rxpk("AQID"))).await; // tmst 42
+        h.uplink().await;
+        assert_eq!(h.recv().await, vec![2, 0, 1, 1], "PUSH_ACK");
+        // The answer to an uplink heard a second before the latest one: its time has passed.
+        h.downlinks.send(downlink(601, TxTiming::Counter(42u32.wrapping_sub(1_000_000)))).await.expect("send");
+        assert_eq!(h.tx_ack().await, TxAck { downlink_id: 601, status: TxStatus::TooLate });
+        assert_eq!(h.stat(|s| &s.downlinks_too_late), 1);
+        // RX2 of the latest uplink is still ahead: it goes to the forwarder.
+        h.downlinks.send(downlink(602, TxTiming::Counter(42 + 2_000_000))).await.expect("send");
+        let resp = h.recv().await;
+        assert_eq!((resp[0], resp[3]), (2, 3), "PULL_RESP");
+        assert_eq!(h.stat(|s| &s.downlinks_sent), 1, "only the one on time was sent");
     }
 
     #[tokio::test]
