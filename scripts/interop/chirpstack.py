@@ -826,13 +826,16 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
                 row["no_event"] += 1
     duplicates_refused = sum(1 for k in retrans_keys if k in accepted)
     not_published = [k for k in sent if k not in published]
+    # Those of the last seconds before berrygw was stopped may just not have left yet.
+    not_published_at_stop = sum(1 for k in not_published if sent[k] > t_end - 2000)
     accepted_unknown = [k for k in accepted if k not in published]
 
     # ChirpStack's log, by when the line was written.
     periods = ["up", "outage", "drain", "tail"]
     log_counts = defaultdict(Counter)
     for t, cause in cs_problems:
-        log_counts[cause][period_of(t)] += 1
+        if t >= times["started"]:  # not ChirpStack's own start-up
+            log_counts[cause][period_of(t)] += 1
     received_counts = Counter(period_of(t) for t in cs_received)
 
     # Event time: ChirpStack's `time` against berrygw's receive time.
@@ -845,7 +848,7 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
         p = phase_of(item["received_ms"])
         e = acc["event"]
         t = parse_time_ms(e.get("time", "")) if e.get("time") else None
-        if t is not None and abs(t - item["gw_time_ns"] / 1e6) < 0.001:
+        if t is not None and abs(t - item["gw_time_ns"] / 1e6) < 0.01:
             timing[p]["original"] += 1
         else:
             timing[p]["other"] += 1
@@ -853,7 +856,7 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
                 late_deltas[p].append((t - item["received_ms"]) / 1000)
         rx = (e.get("rxInfo") or [{}])[0]
         gw_t = parse_time_ms(rx.get("gwTime", "")) if rx.get("gwTime") else None
-        if gw_t is not None and abs(gw_t - item["gw_time_ns"] / 1e6) < 0.001:
+        if gw_t is not None and abs(gw_t - item["gw_time_ns"] / 1e6) < 0.01:
             timing[p]["gw_time_kept"] += 1
         if rx.get("metadata", {}).get("berrygw_received_ms") == str(item["received_ms"]):
             timing[p]["metadata_kept"] += 1
@@ -893,16 +896,22 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
     # Drain.
     outage_items = [v for v in published.values() if t_cut <= v["received_ms"] < t_reopen]
     last_outage_published = max((v["published_ms"] for v in outage_items), default=None)
+    first_outage_published = min((v["published_ms"] for v in outage_items), default=None)
     drain = dict(
         backlog_left_when_stopped=times.get("backlog_left"),
         outage_uplinks=len(outage_items),
         backlog_zero_after_s=None if t_drained is None else round((t_drained - t_reopen) / 1000, 1),
+        first_outage_uplink_published_after_s=None
+        if first_outage_published is None
+        else round((first_outage_published - t_reopen) / 1000, 1),
         last_outage_uplink_published_after_s=None
         if last_outage_published is None
         else round((last_outage_published - t_reopen) / 1000, 1),
     )
-    if drain["last_outage_uplink_published_after_s"]:
-        drain["replay_rate_per_s"] = round(len(outage_items) / max(drain["last_outage_uplink_published_after_s"], 0.001), 1)
+    if first_outage_published is not None and last_outage_published > first_outage_published:
+        drain["replay_rate_per_s"] = round(
+            (len(outage_items) - 1) * 1000 / (last_outage_published - first_outage_published), 1
+        )
 
     # Per device.
     per_device = []
@@ -944,6 +953,7 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
         ],
         radio_source=radio_source,
         sent_not_published=len(not_published),
+        sent_not_published_in_last_2s=not_published_at_stop,
         berrygw_publications=publications,
         berrygw_duplicate_publications=publications - len(first),
         accepted_not_published=len(accepted_unknown),
@@ -1033,7 +1043,10 @@ def report(args, res, times):
     say("  or none (dropped without an event: see its log below).")
     notes = []
     if res["sent_not_published"]:
-        notes.append(f"{res['sent_not_published']} sent by the radio but never published")
+        notes.append(
+            f"{res['sent_not_published']} sent by the radio but never published "
+            f"({res['sent_not_published_in_last_2s']} of them in the 2 s before berrygw was stopped)"
+        )
     if res["berrygw_duplicate_publications"]:
         notes.append(
             f"{res['berrygw_duplicate_publications']} duplicate publications by berrygw (same berrygw_seq), "
@@ -1057,8 +1070,8 @@ def report(args, res, times):
     say()
     rate = f" ({d['replay_rate_per_s']} uplinks/s)" if d.get("replay_rate_per_s") else ""
     out = (
-        f"the last of the {d['outage_uplinks']} outage uplinks published after "
-        f"{d['last_outage_uplink_published_after_s']} s{rate}"
+        f"the {d['outage_uplinks']} outage uplinks published from {d['first_outage_uplink_published_after_s']} s "
+        f"to {d['last_outage_uplink_published_after_s']} s{rate}"
     )
     if d["backlog_zero_after_s"] is not None:
         say(f"Drain: relay reopened -> journal backlog 0 after {d['backlog_zero_after_s']} s; {out}")
@@ -1294,7 +1307,7 @@ def _run(args, work, procs):
              lambda: (st := berrygw_status(ports["http"])) and st[1] and st[1]["connected"], procs, ("berrygw",))
     say(f"  berrygw running, connected through the relay; phase up for {args.up_secs} s")
 
-    times = {}
+    times = dict(started=t0)
     sleep_phase("up", max(0, args.up_secs - (now_ms() - t0) / 1000), t0, rec, ports["http"], procs)
     progress("up", t0, rec, ports["http"], procs)
     relay.set_open(False)
@@ -1367,7 +1380,7 @@ def _run(args, work, procs):
         replay_rate=args.replay_rate,
         chirpstack_defaults=dict(deduplication_delay_ms=200, rx_timestamp_max_drift_s=30),
     )
-    res["times_ms"] = dict(berrygw_started=t0, **times)
+    res["times_ms"] = times
     report(args, res, times)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")

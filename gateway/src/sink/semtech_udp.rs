@@ -35,8 +35,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::chirpstack::RecordKind;
+use super::chirpstack::{self, RecordKind};
 use super::mqtt::SinkRadioIo;
+use super::pace::{ack_point, Next, PaceSettings, Pacer};
 use super::read_ahead::{set_aside, Backoff, BadRecord, ReadAhead};
 use crate::journal::{Journal, Record, Seq};
 use crate::pipeline::SinkCounters;
@@ -123,8 +124,20 @@ pub struct SemtechUdpSinkConfig {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// Least time between two uplinks of one device when a backlog leaves (0: none); see `sink::pace`.
+    #[serde(default = "default_replay_gap_ms")]
+    pub replay_gap_ms: u64,
+    /// Most uplinks per second when a backlog leaves (0: no limit).
+    #[serde(default = "default_replay_rate")]
+    pub replay_rate: u32,
 }
 
+fn default_replay_gap_ms() -> u64 {
+    crate::config::DEFAULT_REPLAY_GAP_MS
+}
+fn default_replay_rate() -> u32 {
+    crate::config::DEFAULT_REPLAY_RATE
+}
 fn default_keepalive_secs() -> u64 {
     10
 }
@@ -167,6 +180,8 @@ impl SemtechUdpSinkConfig {
             max_rxpk_per_datagram: default_max_rxpk_per_datagram(),
             reconnect_min_ms: default_reconnect_min_ms(),
             reconnect_max_ms: default_reconnect_max_ms(),
+            replay_gap_ms: default_replay_gap_ms(),
+            replay_rate: default_replay_rate(),
         }
     }
 
@@ -196,6 +211,9 @@ impl SemtechUdpSinkConfig {
         if self.reconnect_min_ms == 0 || self.reconnect_max_ms < self.reconnect_min_ms {
             return Err(format!("{key}.reconnect_min_ms must be ≥ 1 and ≤ reconnect_max_ms"));
         }
+        if self.replay_gap_ms > 60_000 {
+            return Err(format!("{key}.replay_gap_ms is at most 60000 (one minute per device)"));
+        }
         Ok(())
     }
 
@@ -213,6 +231,7 @@ impl SemtechUdpSinkConfig {
             max_rxpk_per_datagram: self.max_rxpk_per_datagram,
             reconnect_min: Duration::from_millis(self.reconnect_min_ms),
             reconnect_max: Duration::from_millis(self.reconnect_max_ms),
+            pace: PaceSettings { device_gap: Duration::from_millis(self.replay_gap_ms), rate: self.replay_rate },
         }
     }
 }
@@ -231,6 +250,7 @@ pub struct SemtechUdpSettings {
     pub max_rxpk_per_datagram: usize,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    pub pace: PaceSettings,
 }
 
 /// How a session ended when it did not fail.
@@ -331,13 +351,24 @@ async fn session(
     let mut link = Link { socket, s, counters, heard: false, last_heard: Instant::now(), pull_token: None };
     let mut window = PushWindow::default();
     let mut reader = ReadAhead::new(journal, carry.acked);
+    let mut pacer = Pacer::new(s.pace, chirpstack::uplink_sender);
     let mut keepalive = tokio::time::interval(s.keepalive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; codec::MAX_DATAGRAM_BYTES + 1];
 
     loop {
-        while window.len() < s.max_inflight && !reader.records.is_empty() {
-            let packed = pack(s, &mut reader.records, counters, carry);
+        let mut wake = None;
+        while window.len() < s.max_inflight {
+            pacer.fill(&mut reader.records);
+            match pacer.next(Instant::now()) {
+                Next::Ready(_) => {}
+                Next::Wait(at) => {
+                    wake = Some(at);
+                    break;
+                }
+                Next::Empty => break,
+            }
+            let packed = pack(s, &mut pacer, &mut reader.records, counters, carry);
             match packed.datagram {
                 Some((rxpk, stat)) => {
                     let token = window.fresh_token();
@@ -349,30 +380,24 @@ async fn session(
                     let bytes = dg.encode().context("encoding PUSH_DATA")?;
                     link.socket.send(&bytes).await.context("sending PUSH_DATA")?;
                     carry.datagrams_sent += 1;
-                    debug!(token, up_to = %packed.last_seq, records = packed.records, "semtech udp sink: PUSH_DATA sent");
-                    window.push(
-                        Some(token),
-                        bytes,
-                        packed.last_seq,
-                        packed.records,
-                        Instant::now() + s.push_timeout,
-                    );
+                    debug!(token, up_to = %packed.seqs.1, records = packed.records, "semtech udp sink: PUSH_DATA sent");
+                    window.push(Some(token), bytes, packed.seqs, packed.records, Instant::now() + s.push_timeout);
                 }
                 // Only unsendable records: they leave the journal once everything older has.
-                None => window.push(None, Vec::new(), packed.last_seq, 0, Instant::now()),
+                None => window.push(None, Vec::new(), packed.seqs, 0, Instant::now()),
             }
         }
-        if let Some(up_to) = window.take_ack_point() {
-            if up_to > carry.acked {
-                carry.acked = up_to;
-                journal.ack(up_to);
-            }
+        let up_to = window.take_ack_point(unsent(&pacer, &reader));
+        if up_to > carry.acked {
+            carry.acked = up_to;
+            journal.ack(up_to);
         }
         reader.refill();
         let next_retry = window.next_retry();
 
         tokio::select! {
             ready = reader.ready() => ready?,
+            () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
             received = link.socket.recv(&mut buf) => {
                 // ECONNREFUSED here: the server's port is closed (ICMP). Start over.
                 let len = received.context("receiving")?;
@@ -391,7 +416,7 @@ async fn session(
             }
             Some(ack) = radio.tx_acks.recv() => link.tx_ack(ack, carry).await?,
             _ = shutdown.changed() => {
-                link.drain_before_shutdown(&mut window, &mut buf, radio, journal, carry).await;
+                link.drain_before_shutdown(&mut window, unsent(&pacer, &reader), &mut buf, radio, journal, carry).await;
                 return Ok(SessionEnd::Shutdown);
             }
         }
@@ -562,6 +587,7 @@ impl Link<'_> {
     async fn drain_before_shutdown(
         &mut self,
         window: &mut PushWindow,
+        unsent: Option<Seq>,
         buf: &mut [u8],
         radio: &mut SinkRadioIo,
         journal: &Journal,
@@ -577,11 +603,10 @@ impl Link<'_> {
                     if self.on_datagram(&buf[..len], window, radio, carry).await.is_err() {
                         break;
                     }
-                    if let Some(up_to) = window.take_ack_point() {
-                        if up_to > carry.acked {
-                            carry.acked = up_to;
-                            journal.ack(up_to);
-                        }
+                    let up_to = window.take_ack_point(unsent);
+                    if up_to > carry.acked {
+                        carry.acked = up_to;
+                        journal.ack(up_to);
                     }
                 }
             }
@@ -593,8 +618,8 @@ impl Link<'_> {
 struct Packed {
     /// `None` when every record taken was unsendable.
     datagram: Option<(Vec<RxPk>, Option<Stat>)>,
-    /// Highest seq taken (sent or skipped).
-    last_seq: Seq,
+    /// Lowest and highest seq taken (sent or skipped); with pacing, not every seq between.
+    seqs: (Seq, Seq),
     /// Records sent.
     records: u64,
 }
@@ -602,21 +627,26 @@ struct Packed {
 /// JSON around the objects of a PUSH_DATA body, with room to spare.
 const BODY_OVERHEAD: usize = 12 + 32;
 
-/// Take records from the front of `queue` into one PUSH_DATA: as many `rxpk` as fit
-/// `max_datagram_bytes` and `max_rxpk_per_datagram`, and at most one `stat`.
-/// Unsendable records are set aside (counted in `bad_records`) and taken along.
+/// Take the records the pacer lets go now (refilled from `from`) into one PUSH_DATA: as
+/// many `rxpk` as fit `max_datagram_bytes` and `max_rxpk_per_datagram`, and at most one
+/// `stat`. Unsendable records are set aside (counted in `bad_records`) and taken along.
 fn pack(
     s: &SemtechUdpSettings,
-    queue: &mut VecDeque<Record>,
+    pacer: &mut Pacer,
+    from: &mut VecDeque<Record>,
     counters: &SinkCounters,
     carry: &mut Carry,
 ) -> Packed {
     let mut rxpk: Vec<RxPk> = Vec::new();
     let mut stat: Option<Stat> = None;
     let mut size = BODY_OVERHEAD;
-    let mut last_seq = Seq::NONE;
+    let mut seqs: Option<(Seq, Seq)> = None;
     let mut records = 0;
-    while let Some(r) = queue.front() {
+    loop {
+        pacer.fill(from);
+        let now = Instant::now();
+        let Next::Ready(i) = pacer.next(now) else { break };
+        let Some(r) = pacer.peek(i) else { break };
         let empty = rxpk.is_empty() && stat.is_none();
         let (sent, acked) =
             (carry.datagrams_sent - carry.at_last_stat.0, carry.datagrams_acked - carry.at_last_stat.1);
@@ -644,11 +674,17 @@ fn pack(
                 records += 1;
             }
         }
-        last_seq = r.seq;
-        queue.pop_front();
+        let seq = r.seq;
+        seqs = Some(seqs.map_or((seq, seq), |(lo, hi)| (lo.min(seq), hi.max(seq))));
+        pacer.take(i, now);
     }
     let datagram = (!rxpk.is_empty() || stat.is_some()).then_some((rxpk, stat));
-    Packed { datagram, last_seq, records }
+    Packed { datagram, seqs: seqs.unwrap_or((Seq::NONE, Seq::NONE)), records }
+}
+
+/// The oldest record read from the journal and not yet sent.
+fn unsent(pacer: &Pacer, reader: &ReadAhead) -> Option<Seq> {
+    pacer.oldest().or_else(|| reader.records.front().map(|r| r.seq))
 }
 
 /// What one journal record becomes in a PUSH_DATA.
@@ -786,13 +822,16 @@ fn stat(msg: &gw::GatewayStats, received_at_ms: i64, ackr: f64) -> Result<Stat, 
 #[derive(Default)]
 struct PushWindow {
     entries: VecDeque<InFlight>,
+    /// Highest seq taken into any datagram of this session.
+    highest: Seq,
 }
 
 struct InFlight {
     /// `None` for records that were skipped, not sent.
     token: Option<u16>,
     bytes: Vec<u8>,
-    last_seq: Seq,
+    /// Lowest and highest seq it carries (pacing lets other devices' records between).
+    seqs: (Seq, Seq),
     records: u64,
     acked: bool,
     retries: u32,
@@ -808,9 +847,10 @@ impl PushWindow {
         self.entries.is_empty()
     }
 
-    fn push(&mut self, token: Option<u16>, bytes: Vec<u8>, last_seq: Seq, records: u64, retry_at: Instant) {
+    fn push(&mut self, token: Option<u16>, bytes: Vec<u8>, seqs: (Seq, Seq), records: u64, retry_at: Instant) {
         let acked = token.is_none();
-        self.entries.push_back(InFlight { token, bytes, last_seq, records, acked, retries: 0, retry_at });
+        self.highest = self.highest.max(seqs.1);
+        self.entries.push_back(InFlight { token, bytes, seqs, records, acked, retries: 0, retry_at });
     }
 
     /// A token no waiting datagram uses.
@@ -831,14 +871,14 @@ impl PushWindow {
         Some(e.records)
     }
 
-    /// Drop the acknowledged prefix; the journal may be acked up to the returned seq.
-    fn take_ack_point(&mut self) -> Option<Seq> {
-        let mut up_to = None;
-        while let Some(e) = self.entries.front().filter(|e| e.acked) {
-            up_to = Some(e.last_seq);
+    /// Drop the acknowledged prefix; the journal may be acked up to the returned seq: never
+    /// past a datagram still waiting for its PUSH_ACK nor a record not yet sent (`unsent`).
+    fn take_ack_point(&mut self, unsent: Option<Seq>) -> Seq {
+        while self.entries.front().is_some_and(|e| e.acked) {
             self.entries.pop_front();
         }
-        up_to
+        let waiting = self.entries.iter().filter(|e| !e.acked).map(|e| e.seqs.0).min();
+        ack_point(self.highest, waiting, unsent)
     }
 
     fn next_retry(&self) -> Option<Instant> {
@@ -1055,6 +1095,27 @@ mod tests {
         seen.json.as_ref().and_then(|j| j["rxpk"].as_array()).map_or_else(Vec::new, |a| {
             a.iter().map(|p| p["data"].as_str().expect("data").to_string()).collect()
         })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_is_paced_per_device_one_device_passing_another_s_held_uplink() {
+        let mut h = start(|s| s.pace = PaceSettings { device_gap: Duration::from_secs(60), rate: 0 }).await;
+        let t = SystemTime::now() - Duration::from_secs(600);
+        let data_up = |dev: u8, fcnt: u8| [0x40, dev, 0, 0, 0x26, 0, fcnt, 0, 2, 9, 9, 9, 9];
+        // Device 1's two uplinks 300 ms apart (its gap, capped at that), device 2's after them.
+        h.append_uplink(&uplink(&data_up(1, 0), 1, t)).await;
+        h.append_uplink(&uplink(&data_up(1, 1), 2, t + Duration::from_millis(300))).await;
+        h.append_uplink(&uplink(&data_up(2, 0), 3, t + Duration::from_millis(600))).await;
+        // Base64 of data_up(1, 0), data_up(2, 0), data_up(1, 1).
+        let (d1f0, d2f0, d1f1) = ("QAEAACYAAAACCQkJCQ==", "QAIAACYAAAACCQkJCQ==", "QAEAACYAAQACCQkJCQ==");
+        let mut sent = Vec::new();
+        while sent.len() < 3 {
+            let seen = h.recv_push().await;
+            sent.extend(rxpk_data(&seen));
+            h.push_ack(seen.token).await;
+        }
+        assert_eq!(sent, [d1f0, d2f0, d1f1], "device 2 passes device 1's held uplink; each device in order");
+        h.wait_acked(3).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1340,22 +1401,39 @@ mod tests {
     fn window_acks_the_journal_only_past_a_fully_acknowledged_prefix() {
         let mut w = PushWindow::default();
         let now = Instant::now();
-        w.push(Some(1), vec![1], Seq(2), 2, now);
-        w.push(None, Vec::new(), Seq(3), 0, now); // a skipped record
-        w.push(Some(2), vec![2], Seq(5), 2, now);
+        w.push(Some(1), vec![1], (Seq(1), Seq(2)), 2, now);
+        w.push(None, Vec::new(), (Seq(3), Seq(3)), 0, now); // a skipped record
+        w.push(Some(2), vec![2], (Seq(4), Seq(5)), 2, now);
         assert_eq!(w.ack(2), Some(2));
-        assert_eq!(w.take_ack_point(), None, "the first datagram is still out");
+        assert_eq!(w.take_ack_point(None), Seq(0), "the first datagram is still out");
         assert_eq!(w.ack(2), None, "duplicate PUSH_ACK ignored");
         assert_eq!(w.ack(1), Some(2));
-        assert_eq!(w.take_ack_point(), Some(Seq(5)));
+        assert_eq!(w.take_ack_point(None), Seq(5));
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn with_pacing_the_ack_point_stays_below_a_held_or_waiting_older_record() {
+        let mut w = PushWindow::default();
+        let now = Instant::now();
+        // Device A's seq 2 is held by the pacer while seqs 1 and 3 (other devices) go.
+        w.push(Some(1), vec![1], (Seq(1), Seq(3)), 2, now);
+        w.ack(1);
+        assert_eq!(w.take_ack_point(Some(Seq(2))), Seq(1), "not past the held seq 2");
+        // Seq 2 goes, seq 4 after it; seq 4's datagram is acknowledged first.
+        w.push(Some(2), vec![2], (Seq(2), Seq(2)), 1, now);
+        w.push(Some(3), vec![3], (Seq(4), Seq(4)), 1, now);
+        w.ack(3);
+        assert_eq!(w.take_ack_point(None), Seq(1), "seq 2 still waits for its PUSH_ACK");
+        w.ack(2);
+        assert_eq!(w.take_ack_point(None), Seq(4));
     }
 
     #[test]
     fn retransmissions_back_off_up_to_the_maximum() {
         let mut w = PushWindow::default();
         let t0 = Instant::now();
-        w.push(Some(1), vec![7], Seq(1), 1, t0);
+        w.push(Some(1), vec![7], (Seq(1), Seq(1)), 1, t0);
         let (first, max) = (Duration::from_secs(1), Duration::from_secs(5));
         let mut at = t0;
         let mut waits = Vec::new();
