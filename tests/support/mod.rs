@@ -551,10 +551,13 @@ pub fn four_devices(interval_ms: u64, count: Option<u64>) -> String {
 }
 
 /// A complete config with the simulated radio; `sink_extra` is appended to
-/// `[sinks.chirpstack]`, `devices` after `[radio.sim]`.
+/// `[sinks.chirpstack]`, `devices` after `[radio.sim]`. The test devices send every
+/// few tens of milliseconds, faster than any real device can, so replay pacing is off
+/// unless `sink_extra` sets it (tests/replay.rs tests it at its defaults).
 pub fn config(state_dir: &Path, backend: &str, server: &str, sink_extra: &str, devices: &str) -> String {
     let radio = format!("[radio]\nkind = \"sim\"\n\n[radio.sim]\nseed = 7\n\n{devices}\n");
-    config_with_radio(state_dir, backend, &radio, &format!("[sinks.chirpstack]\nserver = \"{server}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\nkeep_alive_secs = 5\n{sink_extra}\n"))
+    let pace = if sink_extra.contains("replay_") { "" } else { "replay_gap_ms = 0\nreplay_rate = 0\n" };
+    config_with_radio(state_dir, backend, &radio, &format!("[sinks.chirpstack]\nserver = \"{server}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\nkeep_alive_secs = 5\n{pace}{sink_extra}\n"))
 }
 
 /// A complete config from its `[radio...]` and `[sinks...]` sections.

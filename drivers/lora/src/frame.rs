@@ -206,9 +206,13 @@ mod tests {
         // The answer to an uplink received 30 minutes ago.
         let stale = counter.wrapping_sub(1_800_000_000).wrapping_add(1_000_000);
         assert_eq!(TxTiming::Counter(stale).status_at(counter, now), TxStatus::TooLate);
-        assert_eq!(TxTiming::Counter(counter.wrapping_add(120_000_000)).status_at(counter, now), TxStatus::TooEarly);
+        assert_eq!(
+            TxTiming::Counter(counter.wrapping_add(120_000_000)).status_at(counter, now),
+            TxStatus::TooEarly
+        );
         let gps_now = |t: SystemTime| {
-            (t.duration_since(UNIX_EPOCH).unwrap().as_micros() as u64) - (GPS_EPOCH_UNIX_S - GPS_LEAP_S) * 1_000_000
+            (t.duration_since(UNIX_EPOCH).unwrap().as_micros() as u64)
+                - (GPS_EPOCH_UNIX_S - GPS_LEAP_S) * 1_000_000
         };
         let in_2_s = gps_now(now + Duration::from_secs(2));
         assert_eq!(TxTiming::GpsEpoch(in_2_s).status_at(0, now), TxStatus::Ok);

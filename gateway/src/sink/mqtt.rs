@@ -322,7 +322,7 @@ async fn session(
         while flight.seqs.len() < window {
             pacer.fill(&mut reader.records);
             let now = tokio::time::Instant::now();
-            match pacer.next(now) {
+            match pacer.next(now, chirpstack::unix_ms(std::time::SystemTime::now())) {
                 Next::Ready(i) => {
                     if let Some(r) = pacer.take(i, now) {
                         publish_record(s, &client, counters, &mut flight, warn, r)?;

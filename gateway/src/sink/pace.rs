@@ -4,12 +4,15 @@
 //! A network server handles each uplink in its own task after a short deduplication
 //! wait (ChirpStack: 200 ms), then checks that the device's frame counter grew. A
 //! device's backlog sent in one burst puts hundreds of its frames in flight at once:
-//! a later counter commits first and every earlier one is refused. So a sink never
-//! lets two uplinks of one device out closer together than they were received, nor
-//! closer than `device_gap`; and never lets uplinks out faster than `rate` overall
-//! when they were received further apart. Devices drain side by side; each device's
-//! uplinks stay in order. Live traffic is not slowed: its uplinks leave as far apart
-//! as they arrived. Records that are not uplinks (gateway stats) are not paced.
+//! a later counter commits first and every earlier one is refused. So a late uplink
+//! (received more than [`LATE_AFTER`] ago: a backlog) leaves at least `device_gap`
+//! after the previous uplink of its device, and late uplinks leave at most `rate` per
+//! second overall. Devices drain side by side; each device's uplinks stay in order.
+//! Live traffic is not slowed: a live uplink only keeps the spacing it was received
+//! with from its device's previous one (at most `device_gap`), which a real device,
+//! seconds apart by duty cycle, always has. A backlog catches up with its device as
+//! long as `device_gap` is shorter than the device's interval. Records that are not
+//! uplinks (gateway stats) are never held.
 //!
 //! The pacer holds records taken from the journal and not yet sent; the sink must not
 //! acknowledge the journal past the oldest of them ([`Pacer::oldest`]).
@@ -23,6 +26,9 @@ use crate::journal::{Record, Seq};
 
 /// How far ahead of the oldest held record the pacer looks for one it may send.
 pub const LOOKAHEAD: usize = 512;
+
+/// An uplink received longer ago than this is late (part of a backlog) and paced in full.
+pub const LATE_AFTER: Duration = Duration::from_secs(2);
 
 /// Pacing settings of one sink; both zero: no pacing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,8 +86,12 @@ struct Last {
 }
 
 impl Last {
-    /// Earliest time the next uplink, received at `received_ms`, may follow this one.
-    fn next_at(&self, received_ms: i64, gap: Duration) -> Instant {
+    /// Earliest time the next uplink, received at `received_ms`, may follow this one: a
+    /// late one `gap` after, a live one no closer than it was received (at most `gap`).
+    fn next_at(&self, received_ms: i64, late: bool, gap: Duration) -> Instant {
+        if late {
+            return self.sent + gap;
+        }
         let apart = Duration::from_millis(u64::try_from(received_ms - self.received_ms).unwrap_or(0));
         self.sent + gap.min(apart)
     }
@@ -136,9 +146,9 @@ impl Pacer {
         self.held.is_empty()
     }
 
-    /// The first held record that may go at `now`: not an uplink, or an uplink whose
-    /// device has nothing older held and whose device and overall spacing are kept.
-    pub fn next(&self, now: Instant) -> Next {
+    /// The first held record that may go at `now` (`now_ms` on the wall clock): not an
+    /// uplink, or an uplink whose device has nothing older held and whose spacing is kept.
+    pub fn next(&self, now: Instant, now_ms: i64) -> Next {
         let mut wait: Option<Instant> = None;
         let mut blocked: HashSet<Sender> = HashSet::new();
         let global_gap = self.settings.global_gap();
@@ -147,9 +157,13 @@ impl Pacer {
             if blocked.contains(&up.sender) {
                 continue;
             }
-            let mut at = self.any.map_or(now, |l| l.next_at(up.received_ms, global_gap));
+            let late = now_ms.saturating_sub(up.received_ms) > LATE_AFTER.as_millis() as i64;
+            let mut at = match self.any {
+                Some(last) if late => last.sent + global_gap,
+                _ => now,
+            };
             if let Some(last) = self.devices.get(&up.sender) {
-                at = at.max(last.next_at(up.received_ms, self.settings.device_gap));
+                at = at.max(last.next_at(up.received_ms, late, self.settings.device_gap));
             }
             if at <= now {
                 return Next::Ready(i);
@@ -206,13 +220,15 @@ mod tests {
     }
 
     const GAP: Duration = Duration::from_millis(500);
+    /// The wall clock in the tests: records received before `NOW_MS - 2000` are late.
+    const NOW_MS: i64 = 10_000_000;
 
     fn pacer(rate: u32) -> Pacer {
         Pacer::new(PaceSettings { device_gap: GAP, rate }, uplink_of)
     }
 
     fn take_ready(p: &mut Pacer, now: Instant) -> Option<u64> {
-        match p.next(now) {
+        match p.next(now, NOW_MS) {
             Next::Ready(i) => p.take(i, now).map(|r| r.seq.0),
             _ => None,
         }
@@ -228,7 +244,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(take_ready(&mut p, t0), Some(1));
         assert_eq!(take_ready(&mut p, t0), Some(2), "the other device goes at once");
-        assert_eq!(p.next(t0), Next::Wait(t0 + GAP), "both devices wait out their gap");
+        assert_eq!(p.next(t0, NOW_MS), Next::Wait(t0 + GAP), "both devices wait out their gap");
         assert_eq!(p.oldest(), Some(Seq(3)));
         let t1 = t0 + GAP;
         assert_eq!(take_ready(&mut p, t1), Some(3));
@@ -236,7 +252,7 @@ mod tests {
         assert_eq!(take_ready(&mut p, t1), None);
         let t2 = t1 + GAP;
         assert_eq!((take_ready(&mut p, t2), take_ready(&mut p, t2)), (Some(5), Some(6)));
-        assert_eq!(p.next(t2), Next::Empty);
+        assert_eq!(p.next(t2, NOW_MS), Next::Empty);
     }
 
     #[test]
@@ -256,13 +272,23 @@ mod tests {
     #[test]
     fn live_uplinks_go_as_far_apart_as_they_were_received() {
         let mut p = pacer(0);
-        // One device's uplinks received 5 ms apart (a test load, not a real device): not held to the gap.
-        let mut q: VecDeque<Record> = [rec(1, 1, 100), rec(2, 1, 105)].into();
+        // One device's live uplinks received 5 ms apart (a test load, not a real device): not held to the gap.
+        let mut q: VecDeque<Record> = [rec(1, 1, NOW_MS - 10), rec(2, 1, NOW_MS - 5)].into();
         p.fill(&mut q);
         let t0 = Instant::now();
         assert_eq!(take_ready(&mut p, t0), Some(1));
-        assert_eq!(p.next(t0), Next::Wait(t0 + Duration::from_millis(5)));
+        assert_eq!(p.next(t0, NOW_MS), Next::Wait(t0 + Duration::from_millis(5)));
         assert_eq!(take_ready(&mut p, t0 + Duration::from_millis(5)), Some(2));
+    }
+
+    #[test]
+    fn a_live_uplink_behind_its_device_s_backlog_keeps_the_gap() {
+        let mut p = pacer(0);
+        let mut q: VecDeque<Record> = [rec(1, 1, 1_000), rec(2, 1, NOW_MS - 1)].into();
+        p.fill(&mut q);
+        let t0 = Instant::now();
+        assert_eq!(take_ready(&mut p, t0), Some(1));
+        assert_eq!(p.next(t0, NOW_MS), Next::Wait(t0 + GAP), "received long after: the whole gap");
     }
 
     #[test]
@@ -272,7 +298,7 @@ mod tests {
         p.fill(&mut q);
         let t0 = Instant::now();
         assert_eq!(take_ready(&mut p, t0), Some(1));
-        assert_eq!(p.next(t0), Next::Wait(t0 + Duration::from_millis(100)), "10/s: 100 ms apart");
+        assert_eq!(p.next(t0, NOW_MS), Next::Wait(t0 + Duration::from_millis(100)), "10/s: 100 ms apart");
         assert_eq!(take_ready(&mut p, t0 + Duration::from_millis(100)), Some(2));
     }
 

@@ -231,7 +231,10 @@ impl SemtechUdpSinkConfig {
             max_rxpk_per_datagram: self.max_rxpk_per_datagram,
             reconnect_min: Duration::from_millis(self.reconnect_min_ms),
             reconnect_max: Duration::from_millis(self.reconnect_max_ms),
-            pace: PaceSettings { device_gap: Duration::from_millis(self.replay_gap_ms), rate: self.replay_rate },
+            pace: PaceSettings {
+                device_gap: Duration::from_millis(self.replay_gap_ms),
+                rate: self.replay_rate,
+            },
         }
     }
 }
@@ -360,7 +363,7 @@ async fn session(
         let mut wake = None;
         while window.len() < s.max_inflight {
             pacer.fill(&mut reader.records);
-            match pacer.next(Instant::now()) {
+            match pacer.next(Instant::now(), chirpstack::unix_ms(SystemTime::now())) {
                 Next::Ready(_) => {}
                 Next::Wait(at) => {
                     wake = Some(at);
@@ -381,7 +384,13 @@ async fn session(
                     link.socket.send(&bytes).await.context("sending PUSH_DATA")?;
                     carry.datagrams_sent += 1;
                     debug!(token, up_to = %packed.seqs.1, records = packed.records, "semtech udp sink: PUSH_DATA sent");
-                    window.push(Some(token), bytes, packed.seqs, packed.records, Instant::now() + s.push_timeout);
+                    window.push(
+                        Some(token),
+                        bytes,
+                        packed.seqs,
+                        packed.records,
+                        Instant::now() + s.push_timeout,
+                    );
                 }
                 // Only unsendable records: they leave the journal once everything older has.
                 None => window.push(None, Vec::new(), packed.seqs, 0, Instant::now()),
@@ -645,7 +654,7 @@ fn pack(
     loop {
         pacer.fill(from);
         let now = Instant::now();
-        let Next::Ready(i) = pacer.next(now) else { break };
+        let Next::Ready(i) = pacer.next(now, chirpstack::unix_ms(SystemTime::now())) else { break };
         let Some(r) = pacer.peek(i) else { break };
         let empty = rxpk.is_empty() && stat.is_none();
         let (sent, acked) =
@@ -847,7 +856,14 @@ impl PushWindow {
         self.entries.is_empty()
     }
 
-    fn push(&mut self, token: Option<u16>, bytes: Vec<u8>, seqs: (Seq, Seq), records: u64, retry_at: Instant) {
+    fn push(
+        &mut self,
+        token: Option<u16>,
+        bytes: Vec<u8>,
+        seqs: (Seq, Seq),
+        records: u64,
+        retry_at: Instant,
+    ) {
         let acked = token.is_none();
         self.highest = self.highest.max(seqs.1);
         self.entries.push_back(InFlight { token, bytes, seqs, records, acked, retries: 0, retry_at });
@@ -1099,10 +1115,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_backlog_is_paced_per_device_one_device_passing_another_s_held_uplink() {
-        let mut h = start(|s| s.pace = PaceSettings { device_gap: Duration::from_secs(60), rate: 0 }).await;
+        let mut h =
+            start(|s| s.pace = PaceSettings { device_gap: Duration::from_millis(300), rate: 0 }).await;
         let t = SystemTime::now() - Duration::from_secs(600);
         let data_up = |dev: u8, fcnt: u8| [0x40, dev, 0, 0, 0x26, 0, fcnt, 0, 2, 9, 9, 9, 9];
-        // Device 1's two uplinks 300 ms apart (its gap, capped at that), device 2's after them.
+        // A backlog: device 1's two uplinks (300 ms apart when they leave), device 2's after them.
         h.append_uplink(&uplink(&data_up(1, 0), 1, t)).await;
         h.append_uplink(&uplink(&data_up(1, 1), 2, t + Duration::from_millis(300))).await;
         h.append_uplink(&uplink(&data_up(2, 0), 3, t + Duration::from_millis(600))).await;

@@ -770,7 +770,10 @@ mod tests {
         h.uplink().await;
         assert_eq!(h.recv().await, vec![2, 0, 1, 1], "PUSH_ACK");
         // The answer to an uplink heard a second before the latest one: its time has passed.
-        h.downlinks.send(downlink(601, TxTiming::Counter(42u32.wrapping_sub(1_000_000)))).await.expect("send");
+        h.downlinks
+            .send(downlink(601, TxTiming::Counter(42u32.wrapping_sub(1_000_000))))
+            .await
+            .expect("send");
         assert_eq!(h.tx_ack().await, TxAck { downlink_id: 601, status: TxStatus::TooLate });
         assert_eq!(h.stat(|s| &s.downlinks_too_late), 1);
         // RX2 of the latest uplink is still ahead: it goes to the forwarder.
