@@ -1328,7 +1328,7 @@ def _run(args, work, procs):
     before = sum(1 for t, _, _ in sim_radio_log(work / "berrygw.log", names) if t < times["reopen"]) or None
     deadline = time.monotonic() + args.drain_timeout_secs
     next_report = time.monotonic() + PROGRESS_EVERY_S
-    held = None
+    held = sink = None
     while time.monotonic() < deadline:
         procs.check()
         st = berrygw_status(ports["http"])
@@ -1349,6 +1349,8 @@ def _run(args, work, procs):
             progress("drain", t0, rec, ports["http"], procs)
             next_report += PROGRESS_EVERY_S
         time.sleep(0.1)
+    else:
+        held = sink["backlog"] if sink else None
     times["backlog_left"] = held and dict(records=held["records"], oldest_age_secs=held["oldest_age_secs"])
     if times["drained"] is None:
         say(

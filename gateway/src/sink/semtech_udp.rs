@@ -848,12 +848,14 @@ struct InFlight {
 }
 
 impl PushWindow {
+    /// Datagrams waiting for their PUSH_ACK (acknowledged ones behind an older waiting
+    /// one stay in `entries` for the ack point, but no longer take a place in the window).
     fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.iter().filter(|e| !e.acked).count()
     }
 
     fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     fn push(
