@@ -25,7 +25,9 @@ use berrygw_lora::gwmp::codec::{
     self, Datagram, Packet, RxPk, Stat, TxPk, TxPkAck, PROTOCOL_V1, PROTOCOL_V2,
 };
 use berrygw_lora::gwmp::LogLimiter;
-use berrygw_lora::{CodeRate, CrcStatus, Eui64, Frequency, Modulation, TxAck, TxStatus, UplinkFrame};
+use berrygw_lora::{
+    CodeRate, CrcStatus, Eui64, Frequency, Modulation, TxAck, TxStatus, TxTiming, UplinkFrame,
+};
 use chirpstack_api::gw;
 use chirpstack_api::pbjson_types::Timestamp;
 use prost::Message;
@@ -274,7 +276,38 @@ struct Carry {
     at_last_stat: (u64, u64),
     /// Sessions started: picks which of the server's addresses to use.
     sessions: usize,
+    /// The concentrator counter and receive time of the uplinks sent lately, newest last:
+    /// what tells the answer to a replayed uplink (its `tmst` + a delay) from a live one's.
+    sent_uplinks: VecDeque<(u32, i64)>,
     warn: LogLimiter,
+}
+
+/// Uplinks remembered in `Carry::sent_uplinks`.
+const SENT_UPLINKS_KEPT: usize = 4096;
+/// The latest a Class A answer comes after its uplink (RX1 delay up to 15 s, RX2 a second later).
+const RX_WINDOWS_US: u32 = 16_000_000;
+
+impl Carry {
+    fn sent_uplink(&mut self, counter_us: u32, received_ms: i64) {
+        if self.sent_uplinks.len() >= SENT_UPLINKS_KEPT {
+            self.sent_uplinks.pop_front();
+        }
+        self.sent_uplinks.push_back((counter_us, received_ms));
+    }
+
+    /// Whether a downlink at counter `at` can only answer uplinks whose windows have closed
+    /// by `now_ms`: every uplink sent lately within an RX window before `at` was received
+    /// too long ago. `false` when it answers none of them (the radio then judges it).
+    fn answers_only_stale_uplinks(&self, at: u32, now_ms: i64) -> bool {
+        let mut answers = self
+            .sent_uplinks
+            .iter()
+            .map(|&(counter, received_ms)| (at.wrapping_sub(counter), received_ms))
+            .filter(|&(delay_us, _)| delay_us <= RX_WINDOWS_US)
+            .peekable();
+        answers.peek().is_some()
+            && answers.all(|(delay_us, received_ms)| received_ms + i64::from(delay_us / 1000) < now_ms)
+    }
 }
 
 /// The PULL_RESP a downlink came from.
@@ -302,6 +335,7 @@ pub async fn run(
         datagrams_acked: 0,
         at_last_stat: (0, 0),
         sessions: 0,
+        sent_uplinks: VecDeque::new(),
         warn: LogLimiter::default(),
     };
     let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
@@ -562,6 +596,18 @@ impl Link<'_> {
         };
         self.counters.downlinks_received.fetch_add(1, Ordering::Relaxed);
         carry.downlinks.insert(id, DownlinkOrigin { version, token, at: Instant::now() });
+        // The answer to a replayed uplink: its counter may have turned since (71 minutes), so
+        // the radio could not tell it is late. Never sent on air.
+        if let TxTiming::Counter(at) = frame.timing {
+            if carry.answers_only_stale_uplinks(at, chirpstack::unix_ms(SystemTime::now())) {
+                debug!(
+                    downlink_id = id,
+                    tmst = at,
+                    "semtech udp sink: downlink answers a replayed uplink; refused TOO_LATE"
+                );
+                return self.tx_ack(TxAck { downlink_id: id, status: TxStatus::TooLate }, carry).await;
+            }
+        }
         if let Err(e) = radio.downlinks.try_send(frame) {
             let status = match e {
                 tokio::sync::mpsc::error::TrySendError::Full(_) => TxStatus::QueueFull,
@@ -668,6 +714,7 @@ fn pack(
                 if !empty && (rxpk.len() >= s.max_rxpk_per_datagram || size + len > s.max_datagram_bytes) {
                     break;
                 }
+                carry.sent_uplink(p.tmst, r.received_at_ms);
                 size += len;
                 rxpk.push(p);
                 records += 1;
@@ -921,7 +968,7 @@ mod tests {
     use super::*;
     use crate::journal::{Backend, JournalConfig, NewRecord};
     use crate::sink::chirpstack::{self, StatsSnapshot};
-    use berrygw_lora::{DownlinkFrame, TxTiming};
+    use berrygw_lora::DownlinkFrame;
     use serde_json::{json, Value};
     use tokio::sync::mpsc;
     use tokio::task::JoinHandle;
@@ -1283,6 +1330,38 @@ mod tests {
         assert_eq!(ack.json, Some(json!({"txpk_ack": {"error": "TOO_LATE"}})));
         assert_eq!(h.counter(|c| &c.downlinks_received), 1);
         assert_eq!(h.counter(|c| &c.tx_acks), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_answer_to_a_replayed_uplink_is_refused_too_late_not_sent_to_the_radio() {
+        let mut h = start(|_| {}).await;
+        // An uplink received 80 minutes ago: its counter has turned since, the radio could not tell.
+        let replayed = uplink(
+            &[0x80, 1, 0, 0, 0x26, 0, 0, 0, 2, 9, 9, 9, 9],
+            1_000_000,
+            SystemTime::now() - Duration::from_secs(4800),
+        );
+        h.append_uplink(&replayed).await;
+        let push = h.recv_push().await;
+        h.push_ack(push.token).await;
+        // The network server's ACK for it, in its RX1 window (tmst + 1 s).
+        let mut ack_txpk = txpk();
+        ack_txpk["tmst"] = json!(2_000_000);
+        h.pull_resp(0x5151, &ack_txpk).await;
+        let ack = loop {
+            let seen = h.recv().await;
+            if seen.ident == TX_ACK {
+                break seen;
+            }
+        };
+        assert_eq!(ack.token, 0x5151);
+        assert_eq!(ack.json, Some(json!({"txpk_ack": {"error": "TOO_LATE"}})));
+        assert!(h.downlinks.try_recv().is_err(), "nothing reached the radio");
+        // A downlink answering no uplink we sent (Class C at a counter): the radio judges it.
+        let mut other = txpk();
+        other["tmst"] = json!(900_000_000);
+        h.pull_resp(0x5252, &other).await;
+        assert_eq!(h.downlink().await.timing, TxTiming::Counter(900_000_000));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
