@@ -50,9 +50,9 @@ from chirpstack_api import api, common, gw
 GATEWAY_ID = "0016c001ff10a235"
 REGION = "eu868"
 KINDS = ["water_meter", "river_level", "waste_fill", "lighting_cabinet"]
-# A downlink reaching the gateway this long after its uplink was received
-# missed both receive windows (RX1 1 s, RX2 2 s after the uplink).
-STALE_DOWNLINK_MS = 2000
+# Downlinks by how long after its uplink's reception it reached the broker: the
+# device listens 1 s (RX1) and 2 s (RX2) after its uplink (ABP rx1 delay 1).
+DOWNLINK_AGES = [(1000, "<= 1 s (RX1 ahead)"), (2000, "1-2 s (RX2 ahead)"), (None, "> 2 s (both windows gone)")]
 PROGRESS_EVERY_S = 30
 # The journal backlog is not back to 0 this long after every uplink received before
 # the reopening was published: live uplinks are held back; stop waiting.
@@ -335,6 +335,10 @@ class Relay:
             async def shut():
                 self.server.close()
                 await self._set(False)
+                others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for t in others:
+                    t.cancel()
+                await asyncio.gather(*others, return_exceptions=True)
 
             try:
                 asyncio.run_coroutine_threadsafe(shut(), self.loop).result(5)
@@ -358,13 +362,16 @@ def phy_data_up(phy):
 
 
 def phy_data_down(phy):
-    """(dev_addr, FCntDown 16 bits, confirmed, ACK bit) of a data downlink, else None."""
+    """(dev_addr, FCntDown 16 bits, confirmed, ACK bit, carries MAC commands) of a data downlink, else None."""
     if len(phy) < 12:
         return None
     mtype = phy[0] >> 5
     if mtype not in (3, 5):
         return None
-    return phy[1:5][::-1].hex(), int.from_bytes(phy[6:8], "little"), mtype == 5, bool(phy[5] & 0x20)
+    f_opts_len = phy[5] & 0x0F
+    has_port = len(phy) > 8 + f_opts_len + 4
+    mac = f_opts_len > 0 or (has_port and phy[8 + f_opts_len] == 0)
+    return phy[1:5][::-1].hex(), int.from_bytes(phy[6:8], "little"), mtype == 5, bool(phy[5] & 0x20), mac
 
 
 class Recorder:
@@ -676,6 +683,30 @@ def sim_radio_log(path, names):
 
 # ---------------------------------------------------------------- counting
 
+
+def save_messages(path, messages):
+    """Everything the recorder saw, one JSON line each (decoded), for a look with --keep."""
+    kinds = {"/event/up": gw.UplinkFrame, "/event/ack": gw.DownlinkTxAck, "/command/down": gw.DownlinkFrame}
+    from google.protobuf import json_format
+
+    with open(path, "w") as f:
+        for at, topic, payload in messages:
+            body = None
+            if topic.startswith("application/"):
+                try:
+                    body = json.loads(payload)
+                except ValueError:
+                    pass
+            else:
+                kind = next((k for s, k in kinds.items() if topic.endswith(s)), None)
+                if kind is not None:
+                    try:
+                        body = json_format.MessageToDict(kind.FromString(payload))
+                    except Exception:  # noqa: BLE001 - kept as hex below
+                        pass
+            f.write(json.dumps(dict(at=at, topic=topic, body=body if body is not None else payload.hex())) + "\n")
+
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LOG_CAUSES = [
     ("FCntUp already updated", "FCntUp already updated"),
@@ -712,6 +743,24 @@ def chirpstack_log(path):
         if cause is not None:
             problems.append((t, cause))
     return received, problems
+
+
+def summary(values):
+    """min, median, max (seconds, 0.1 s) of a list, or None."""
+    if not values:
+        return None
+    return dict(min_s=round(min(values), 1), median_s=round(statistics.median(values), 1), max_s=round(max(values), 1))
+
+
+def ranges(numbers):
+    """'3,5-9,12' from numbers."""
+    out = []
+    for n in sorted(set(numbers)):
+        if out and n == out[-1][1] + 1:
+            out[-1][1] = n
+        else:
+            out.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in out)
 
 
 def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times, relay, app_id):
@@ -804,6 +853,9 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
 
     # Per phase (by the radio's receive time).
     phases = ["up", "outage", "after"]
+    publish_delay = {p: [] for p in phases}
+    for item in published.values():
+        publish_delay[phase_of(item["received_ms"])].append((item["published_ms"] - item["received_ms"]) / 1000)
     rows = {p: Counter() for p in phases}
     for key, t in sent.items():
         rows[phase_of(t)]["sent"] += 1
@@ -834,7 +886,7 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
     periods = ["up", "outage", "drain", "tail"]
     log_counts = defaultdict(Counter)
     for t, cause in cs_problems:
-        if t >= times["started"]:  # not ChirpStack's own start-up
+        if times["started"] <= t <= t_end + 5000:  # not ChirpStack's own start-up or shutdown
             log_counts[cause][period_of(t)] += 1
     received_counts = Counter(period_of(t) for t in cs_received)
 
@@ -866,9 +918,15 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
     for at, topic, payload in messages:
         if topic.startswith(f"{REGION}/gateway/") and topic.endswith("/event/ack"):
             a = gw.DownlinkTxAck.FromString(payload)
-            statuses = [gw.TxAckStatus.Name(i.status) for i in a.items]
-            used = next((s for s in statuses if s != "IGNORED"), statuses[0] if statuses else "NONE")
-            acks[a.downlink_id] = used
+            # Per item (RX1, RX2): e.g. TOO_LATE/IGNORED = RX1 refused, RX2 not tried.
+            acks[a.downlink_id] = "/".join(gw.TxAckStatus.Name(i.status) for i in a.items) or "no items"
+    def no_ack(at):
+        if at >= t_end:
+            return "no ack (berrygw stopped)"
+        if t_cut <= at < t_reopen:
+            return "no ack (sent during the outage)"
+        return "no ack"
+
     downlinks = []
     for at, topic, payload in messages:
         if not (topic.startswith(f"{REGION}/gateway/") and topic.endswith("/command/down")):
@@ -887,9 +945,10 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
                 uplink=key,
                 uplink_phase=phase_of(up["received_ms"]) if up else None,
                 age_ms=age,
-                stale=age is not None and age > STALE_DOWNLINK_MS,
+                age_class=None if age is None else next(label for limit, label in DOWNLINK_AGES if limit is None or age <= limit),
                 ack_bit=info[3] if info else None,
-                ack=acks.get(d.downlink_id, "no ack"),
+                mac_commands=info[4] if info else None,
+                ack=acks.get(d.downlink_id, no_ack(at)),
             )
         )
 
@@ -908,6 +967,8 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
         if last_outage_published is None
         else round((last_outage_published - t_reopen) / 1000, 1),
     )
+    if first_outage_published is not None:
+        drain["outage_publish_spread_ms"] = last_outage_published - first_outage_published
     if first_outage_published is not None and last_outage_published > first_outage_published:
         drain["replay_rate_per_s"] = round(
             (len(outage_items) - 1) * 1000 / (last_outage_published - first_outage_published), 1
@@ -927,13 +988,14 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
                 published=len(ks),
                 accepted=sum(1 for k in ks if k in accepted),
                 highest_fcnt=max((k[1] for k in ks), default=None),
+                outage_fcnts_accepted=ranges(
+                    k[1] for k in ks if k in accepted and t_cut <= published[k]["received_ms"] < t_reopen
+                ),
+                outage_fcnts_refused=ranges(
+                    k[1] for k in ks if k not in accepted and t_cut <= published[k]["received_ms"] < t_reopen
+                ),
             )
         )
-
-    def summary(deltas):
-        if not deltas:
-            return None
-        return dict(min_s=round(min(deltas), 1), median_s=round(statistics.median(deltas), 1), max_s=round(max(deltas), 1))
 
     return dict(
         phases=[
@@ -943,6 +1005,7 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
                 published_by_berrygw=rows[p]["published"],
                 accepted_by_chirpstack=rows[p]["accepted"],
                 refused=rows[p]["refused"],
+                publish_delay_s=summary(publish_delay[p]),
                 refused_by_cause=dict(
                     UPLINK_F_CNT_RESET=rows[p]["F_CNT_RESET"],
                     UPLINK_F_CNT_RETRANSMISSION=rows[p]["F_CNT_RETRANSMISSION"],
@@ -978,12 +1041,17 @@ def analyse(args, devices, messages, radio_log, cs_received, cs_problems, times,
             total=len(downlinks),
             for_uplinks_of_phase={p: sum(1 for d in downlinks if d["uplink_phase"] == p) for p in phases},
             unmatched=sum(1 for d in downlinks if d["uplink"] is None),
-            stale=sum(1 for d in downlinks if d["stale"]),
-            stale_age=summary([d["age_ms"] / 1000 for d in downlinks if d["stale"]]),
-            fresh_age=summary([d["age_ms"] / 1000 for d in downlinks if d["age_ms"] is not None and not d["stale"]]),
             with_ack_bit=sum(1 for d in downlinks if d["ack_bit"]),
-            acks_fresh=dict(Counter(d["ack"] for d in downlinks if not d["stale"])),
-            acks_stale=dict(Counter(d["ack"] for d in downlinks if d["stale"])),
+            with_mac_commands=sum(1 for d in downlinks if d["mac_commands"]),
+            by_uplink_age={
+                label: dict(
+                    count=len(ds),
+                    age=summary([d["age_ms"] / 1000 for d in ds]),
+                    berrygw_acks=dict(Counter(d["ack"] for d in ds)),
+                )
+                for label in [lbl for _, lbl in DOWNLINK_AGES]
+                for ds in [[d for d in downlinks if d["age_class"] == label]]
+            },
         ),
         relay=dict(connections_relayed=relay.accepted, connections_refused=relay.refused),
         devices=per_device,
@@ -1063,16 +1131,25 @@ def report(args, res, times):
     for cause, c in res["chirpstack_log"].items():
         log_rows.append([cause] + [c[p] for p in periods])
     say(table(log_rows, ["ChirpStack log, lines written during", "up", "outage", "drain", "tail"]))
+    say("  drain: from the relay reopening to berrygw's backlog 0; tail: after that, until berrygw stopped")
     if res["integration_log_events"]:
         say("  integration event/log: " + ", ".join(f"{k} {v}" for k, v in sorted(res["integration_log_events"].items())))
 
     d = res["drain"]
     say()
-    rate = f" ({d['replay_rate_per_s']} uplinks/s)" if d.get("replay_rate_per_s") else ""
-    out = (
-        f"the {d['outage_uplinks']} outage uplinks published from {d['first_outage_uplink_published_after_s']} s "
-        f"to {d['last_outage_uplink_published_after_s']} s{rate}"
-    )
+    spread = (d["last_outage_uplink_published_after_s"] or 0) - (d["first_outage_uplink_published_after_s"] or 0)
+    if d["outage_uplinks"] == 0:
+        out = "no uplinks received during the outage"
+    elif spread < 1:
+        out = (
+            f"the {d['outage_uplinks']} outage uplinks published {d['first_outage_uplink_published_after_s']} s "
+            f"after it, all within {d['outage_publish_spread_ms']} ms"
+        )
+    else:
+        out = (
+            f"the {d['outage_uplinks']} outage uplinks published from {d['first_outage_uplink_published_after_s']} s "
+            f"to {d['last_outage_uplink_published_after_s']} s after it ({d.get('replay_rate_per_s')} uplinks/s)"
+        )
     if d["backlog_zero_after_s"] is not None:
         say(f"Drain: relay reopened -> journal backlog 0 after {d['backlog_zero_after_s']} s; {out}")
     else:
@@ -1081,6 +1158,10 @@ def report(args, res, times):
             f"(still {left.get('records', '?')} records, oldest {left.get('oldest_age_secs', '?')} s, "
             f"when the run stopped waiting)")
 
+    say("Publication delay (received by the radio -> first published by berrygw):")
+    for p in res["phases"]:
+        if p["publish_delay_s"]:
+            say(f"  {labels[p['phase']]}: median {p['publish_delay_s']['median_s']} s, max {p['publish_delay_s']['max_s']} s")
     say("Event time (ChirpStack's `time` vs berrygw's receive time, accepted uplinks):")
     for p in ["up", "outage", "after"]:
         e = res["event_time"][p]
@@ -1102,19 +1183,17 @@ def report(args, res, times):
         + (f", unmatched {dl['unmatched']}" if dl["unmatched"] else "")
     )
     if dl["total"]:
-        fa = dl["fresh_age"]
         say(
-            f"  in time (<= {STALE_DOWNLINK_MS // 1000} s after the uplink): {dl['total'] - dl['stale']}"
-            + (f", {fa['median_s']} s median" if fa else "")
-            + f"; berrygw acks: {fmt_counter(dl['acks_fresh'])}"
+            f"  {dl['with_mac_commands']} carry MAC commands; by how long after the uplink's reception they reached "
+            "the broker, with berrygw's ack per item (RX1/RX2):"
         )
-        sa = dl["stale_age"]
-        say(
-            f"  stale (both receive windows long gone): {dl['stale']}"
-            + (f", {sa['min_s']}..{sa['max_s']} s after the uplink" if sa else "")
-            + f"; berrygw acks: {fmt_counter(dl['acks_stale'])}"
-        )
-
+        for label, b in dl["by_uplink_age"].items():
+            if b["count"]:
+                a = b["age"]
+                say(
+                    f"    {label:<27} {b['count']:>5}   ({a['min_s']}..{a['max_s']} s)   "
+                    f"acks: {fmt_counter(b['berrygw_acks'])}"
+                )
     say()
     say(
         table(
@@ -1228,6 +1307,42 @@ def _run(args, work, procs):
         f"up {args.up_secs} s, outage {args.outage_secs} s, {args.devices} devices every {args.interval_ms} ms"
     )
 
+    # Devices, keys drawn for this run, registered in ChirpStack.
+    devices = []
+    for i in range(1, args.devices + 1):
+        devices.append(
+            dict(
+                name=f"dev{i:02d}",
+                kind=KINDS[(i - 1) % len(KINDS)],
+                dev_addr=f"260b10{i:02x}",
+                dev_eui=f"70b3d57ed0b1{i:04x}",
+                nwk_s_key=secrets.token_hex(16),
+                app_s_key=secrets.token_hex(16),
+                confirmed=(i == 1),
+            )
+        )
+    # berrygw's config, checked before anything starts.
+    config = berrygw_config(work, args, devices, ports["relay"], ports["http"])
+    check = subprocess.run([args.berrygw_bin, "check-config", str(config)], capture_output=True, text=True)
+    if check.returncode != 0:
+        hint = ""
+        if "unknown field `replay_" in (check.stderr + check.stdout):
+            hint = "\n  (this berrygw does not know replay_gap_ms / replay_rate: unset REPLAY_GAP_MS / REPLAY_RATE or use a newer binary)"
+        raise Failed(f"berrygw check-config refused {config.name}:\n  {(check.stderr or check.stdout).strip()}{hint}")
+    # Does this berrygw pace replays (and so apply its own defaults when nothing is set)?
+    probe = work / "berrygw-probe.toml"
+    probe.write_text(config.read_text() + "replay_gap_ms = 0\n" * (args.replay_gap_ms is None))
+    probe.chmod(0o600)
+    knows_pacing = subprocess.run([args.berrygw_bin, "check-config", str(probe)], capture_output=True).returncode == 0
+    probe.unlink()
+    if args.replay_gap_ms is None and args.replay_rate is None:
+        args.pacing = "not set: berrygw's defaults" if knows_pacing else "none (this berrygw has no replay pacing)"
+    else:
+        args.pacing = ", ".join(
+            f"{k}={v}" for k, v in (("replay_gap_ms", args.replay_gap_ms), ("replay_rate", args.replay_rate)) if v is not None
+        )
+    say(f"  berrygw replay pacing: {args.pacing}")
+
     # Redis, no persistence.
     (work / "redis").mkdir()
     procs.start(
@@ -1256,20 +1371,6 @@ def _run(args, work, procs):
     wait_for("ChirpStack's API (login admin/admin)", 120, cs.login, procs, ("chirpstack",))
     say(f"  ChirpStack up in {time.monotonic() - t:.1f} s (region file: {region_source or 'built-in copy'})")
 
-    # Devices, keys drawn for this run, registered in ChirpStack.
-    devices = []
-    for i in range(1, args.devices + 1):
-        devices.append(
-            dict(
-                name=f"dev{i:02d}",
-                kind=KINDS[(i - 1) % len(KINDS)],
-                dev_addr=f"260b10{i:02x}",
-                dev_eui=f"70b3d57ed0b1{i:04x}",
-                nwk_s_key=secrets.token_hex(16),
-                app_s_key=secrets.token_hex(16),
-                confirmed=(i == 1),
-            )
-        )
     app_id = cs.provision(devices, args.interval_ms)
     say(f"  provisioned gateway {GATEWAY_ID}, {len(devices)} ABP devices (dev01 confirmed) in application {app_id}")
 
@@ -1279,26 +1380,6 @@ def _run(args, work, procs):
     _state["relay"] = relay
 
     # berrygw.
-    config = berrygw_config(work, args, devices, ports["relay"], ports["http"])
-    check = subprocess.run([args.berrygw_bin, "check-config", str(config)], capture_output=True, text=True)
-    if check.returncode != 0:
-        hint = ""
-        if "replay_" in (check.stderr + check.stdout):
-            hint = "\n  (this berrygw does not know replay_gap_ms / replay_rate: unset REPLAY_GAP_MS / REPLAY_RATE or use a newer binary)"
-        raise Failed(f"berrygw check-config refused {config.name}:\n  {(check.stderr or check.stdout).strip()}{hint}")
-    # Does this berrygw pace replays (and so apply its own defaults when nothing is set)?
-    probe = work / "berrygw-probe.toml"
-    probe.write_text(config.read_text() + "replay_gap_ms = 0\n" * (args.replay_gap_ms is None))
-    probe.chmod(0o600)
-    knows_pacing = subprocess.run([args.berrygw_bin, "check-config", str(probe)], capture_output=True).returncode == 0
-    probe.unlink()
-    if args.replay_gap_ms is None and args.replay_rate is None:
-        args.pacing = "not set: berrygw's defaults" if knows_pacing else "none (this berrygw has no replay pacing)"
-    else:
-        args.pacing = ", ".join(
-            f"{k}={v}" for k, v in (("replay_gap_ms", args.replay_gap_ms), ("replay_rate", args.replay_rate)) if v is not None
-        )
-    say(f"  berrygw replay pacing: {args.pacing}")
     env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC", "RUST_LOG")}
     env.update(BERRYGW_LOG="info,berrygw_lora::sim=debug", NO_COLOR="1")
     t0 = now_ms()
@@ -1338,9 +1419,13 @@ def _run(args, work, procs):
             break
         if times["outage_out"] is None and before and rec.published_before(times["reopen"]) >= before:
             times["outage_out"] = now_ms()
+            told = False
+        if times["outage_out"] is not None and not told and now_ms() - times["outage_out"] > 3000:
+            told = True
             say(
                 f"  +{(times['outage_out'] - t0) / 1000:5.0f} s  all {before} uplinks received before the reopening "
-                f"are published, backlog still {sink['backlog']['records'] if sink else '?'}; waiting {HELD_WAIT_S} s more"
+                f"were published, yet the backlog is {sink['backlog']['records'] if sink else '?'} 3 s later; "
+                f"waiting {HELD_WAIT_S} s more"
             )
         if times["outage_out"] is not None and now_ms() - times["outage_out"] > HELD_WAIT_S * 1000:
             held = sink["backlog"] if sink else None
@@ -1367,6 +1452,7 @@ def _run(args, work, procs):
     times["end"] = now_ms()
     time.sleep(1.5)  # ChirpStack's last events (deduplication 200 ms) and downlinks
     messages = rec.snapshot()
+    save_messages(work / "broker-messages.jsonl", messages)
 
     radio_log = sim_radio_log(work / "berrygw.log", names)
     cs_received, cs_problems = chirpstack_log(work / "chirpstack.log")
