@@ -116,10 +116,10 @@ fn item(i: Item) -> gw::DownlinkFrameItem {
 
 fn decode(payload: &[u8], format: PayloadFormat) {
     match decode_downlink(payload, format) {
-        Ok(cmd) => assert!(cmd.items >= 1),
+        Ok(cmd) => assert!(cmd.shape.chosen < cmd.shape.items),
         Err(e) => {
-            if let Some((ack, items)) = e.refusal() {
-                let _ = tx_ack_message("0016c001ff10a235", &ack, items, format);
+            if let Some((ack, shape)) = e.refusal() {
+                let _ = tx_ack_message("0016c001ff10a235", &ack, shape, format);
             }
         }
     }

@@ -241,23 +241,36 @@ pub enum ProtocolError {
     BadDuration(String),
     /// A downlink that decodes but cannot be transmitted.
     #[error("downlink {id}: {what}")]
-    BadDownlink { id: u32, items: usize, what: &'static str },
-    /// A downlink answering an uplink whose receive windows have closed (a replayed uplink's
-    /// answer): never sent on air.
-    #[error("downlink {id}: its transmit time passed {late_ms} ms ago (it answers an uplink received {age_ms} ms ago)")]
-    TooLate { id: u32, items: usize, late_ms: i64, age_ms: i64 },
+    BadDownlink { id: u32, shape: AckShape, what: &'static str },
+    /// A downlink answering an uplink whose receive windows have all closed (a replayed
+    /// uplink's answer): never sent on air.
+    #[error("downlink {id}: its last transmit time passed {late_ms} ms ago (it answers an uplink received {age_ms} ms ago)")]
+    TooLate { id: u32, shape: AckShape, late_ms: i64, age_ms: i64 },
+}
+
+/// How the `event/ack` of a downlink lists its items: `items` offered (RX1, RX2), the
+/// radio's answer at `chosen`, `TOO_LATE` before it (their time had passed), `IGNORED` after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckShape {
+    pub items: usize,
+    pub chosen: usize,
+}
+
+impl AckShape {
+    /// One item, answered as a whole.
+    pub const ONE: AckShape = AckShape { items: 1, chosen: 0 };
 }
 
 impl ProtocolError {
     /// The TxAck that tells the network server a decoded downlink was refused
     /// (with how many items it had), or `None` when there is no downlink id to answer.
-    pub fn refusal(&self) -> Option<(TxAck, usize)> {
+    pub fn refusal(&self) -> Option<(TxAck, AckShape)> {
         match *self {
-            ProtocolError::BadDownlink { id, items, .. } => {
-                Some((TxAck { downlink_id: id, status: TxStatus::InternalError }, items))
+            ProtocolError::BadDownlink { id, shape, .. } => {
+                Some((TxAck { downlink_id: id, status: TxStatus::InternalError }, shape))
             }
-            ProtocolError::TooLate { id, items, .. } => {
-                Some((TxAck { downlink_id: id, status: TxStatus::TooLate }, items))
+            ProtocolError::TooLate { id, shape, .. } => {
+                Some((TxAck { downlink_id: id, status: TxStatus::TooLate }, shape))
             }
             _ => None,
         }
@@ -283,14 +296,16 @@ pub fn wire_payload(
 #[derive(Debug)]
 pub struct DownlinkCommand {
     pub frame: DownlinkFrame,
-    /// How many alternatives (RX1, RX2) the network server offered; the ack lists each.
-    pub items: usize,
+    /// The alternatives (RX1, RX2) the network server offered and which one goes; the ack lists each.
+    pub shape: AckShape,
 }
 
-/// Decode a `command/down` payload. Only the first item is tried for now;
-/// the others are acknowledged as ignored. A command that decodes but cannot
-/// be transmitted is [`ProtocolError::BadDownlink`]: the network server is told
-/// with a TxAck (see [`ProtocolError::refusal`]).
+/// Decode a `command/down` payload: the first item whose transmit time has not passed
+/// goes to the radio (RX2 when RX1's window closed on the way), the later ones are
+/// acknowledged as ignored. A command that decodes but cannot be transmitted is
+/// [`ProtocolError::BadDownlink`], one whose every window has closed
+/// [`ProtocolError::TooLate`]: the network server is told with a TxAck (see
+/// [`ProtocolError::refusal`]).
 pub fn decode_downlink(payload: &[u8], format: PayloadFormat) -> Result<DownlinkCommand, ProtocolError> {
     let msg: gw::DownlinkFrame = match format {
         PayloadFormat::Protobuf => gw::DownlinkFrame::decode(payload)?,
@@ -303,12 +318,22 @@ pub fn decode_downlink(payload: &[u8], format: PayloadFormat) -> Result<Downlink
         }
     };
     let (id, items) = (msg.downlink_id, msg.items.len());
-    let item = msg.items.first().ok_or(ProtocolError::NoItems(id))?;
-    let frame = downlink_frame(id, item).map_err(|what| ProtocolError::BadDownlink { id, items, what })?;
-    if let Some((late_ms, age_ms)) = lateness(item, unix_ms(SystemTime::now())) {
-        return Err(ProtocolError::TooLate { id, items, late_ms, age_ms });
+    let now_ms = unix_ms(SystemTime::now());
+    let mut late = None;
+    for (chosen, item) in msg.items.iter().enumerate() {
+        let shape = AckShape { items, chosen };
+        if let Some(passed) = lateness(item, now_ms) {
+            late = Some((passed, shape));
+            continue;
+        }
+        let frame =
+            downlink_frame(id, item).map_err(|what| ProtocolError::BadDownlink { id, shape, what })?;
+        return Ok(DownlinkCommand { frame, shape });
     }
-    Ok(DownlinkCommand { frame, items })
+    match late {
+        Some(((late_ms, age_ms), shape)) => Err(ProtocolError::TooLate { id, shape, late_ms, age_ms }),
+        None => Err(ProtocolError::NoItems(id)),
+    }
 }
 
 /// `rx_info.context` of an uplink, echoed in the downlinks that answer it: the concentrator
@@ -420,7 +445,7 @@ fn duration_us(d: &PbDuration) -> Option<u64> {
 }
 
 /// The `event/ack` payload for a radio's answer to a downlink.
-pub fn tx_ack_message(gateway_id: &str, ack: &TxAck, items: usize, format: PayloadFormat) -> Vec<u8> {
+pub fn tx_ack_message(gateway_id: &str, ack: &TxAck, shape: AckShape, format: PayloadFormat) -> Vec<u8> {
     let status = match ack.status {
         TxStatus::Ok => gw::TxAckStatus::Ok,
         TxStatus::TooLate => gw::TxAckStatus::TooLate,
@@ -436,8 +461,14 @@ pub fn tx_ack_message(gateway_id: &str, ack: &TxAck, items: usize, format: Paylo
         // ChirpStack has no "sent, unconfirmed"; OK would claim more than we know.
         TxStatus::Unconfirmed => gw::TxAckStatus::Ignored,
     };
-    let mut list = vec![gw::DownlinkTxAckItem { status: status.into() }];
-    list.extend((1..items.max(1)).map(|_| gw::DownlinkTxAckItem { status: gw::TxAckStatus::Ignored.into() }));
+    let item = |status: gw::TxAckStatus| gw::DownlinkTxAckItem { status: status.into() };
+    let list: Vec<gw::DownlinkTxAckItem> = (0..shape.items.max(shape.chosen + 1))
+        .map(|i| match i.cmp(&shape.chosen) {
+            std::cmp::Ordering::Less => item(gw::TxAckStatus::TooLate),
+            std::cmp::Ordering::Equal => item(status),
+            std::cmp::Ordering::Greater => item(gw::TxAckStatus::Ignored),
+        })
+        .collect();
     let msg = gw::DownlinkTxAck {
         gateway_id: gateway_id.to_string(),
         downlink_id: ack.downlink_id,
@@ -529,7 +560,7 @@ mod tests {
         let huge = PbDuration { seconds: i64::MAX, nanos: 999_999_999 };
         // Used to overflow (panic in debug builds, a wrapped TX time in release).
         let (ack, items) = refused(delayed_downlink(huge));
-        assert_eq!((ack.downlink_id, ack.status, items), (9, TxStatus::InternalError, 1));
+        assert_eq!((ack.downlink_id, ack.status, items), (9, TxStatus::InternalError, AckShape::ONE));
         let mut gps = delayed_downlink(PbDuration::default());
         gps.items[0].tx_info.as_mut().expect("tx_info").timing = Some(gw::Timing {
             parameters: Some(gw::timing::Parameters::GpsEpoch(gw::GpsEpochTimingInfo {
@@ -559,7 +590,7 @@ mod tests {
         let err = decode_downlink(&answering(now - 1_800_000, 1).encode_to_vec(), PayloadFormat::Protobuf)
             .expect_err("stale");
         assert!(matches!(err, ProtocolError::TooLate { age_ms, .. } if age_ms >= 1_800_000), "{err}");
-        assert_eq!(err.refusal(), Some((TxAck { downlink_id: 9, status: TxStatus::TooLate }, 1)));
+        assert_eq!(err.refusal(), Some((TxAck { downlink_id: 9, status: TxStatus::TooLate }, AckShape::ONE)));
         // A live uplink's answer, its RX2 window 2 s ahead, goes to the radio at the counter.
         let live =
             decode_downlink(&answering(now, 2).encode_to_vec(), PayloadFormat::Protobuf).expect("on time");
@@ -567,6 +598,41 @@ mod tests {
         // The uplink message carries that context.
         let rx = uplink_message("0016c001ff10a235", &frame(), 1, 7).rx_info.expect("rx_info");
         assert_eq!(rx.context, uplink_context(frame().counter_us, 1_700_000_000_123));
+    }
+
+    #[test]
+    fn rx2_goes_when_rx1_closed_on_the_way_and_the_ack_says_so() {
+        let now = unix_ms(SystemTime::now());
+        // Received 1.5 s ago: RX1 (1 s) has passed, RX2 (2 s) is still ahead.
+        let mut cmd = answering(now - 1500, 1);
+        let mut rx2 = answering(now - 1500, 2).items.remove(0);
+        rx2.tx_info.as_mut().expect("tx_info").frequency = 869_525_000;
+        cmd.items.push(rx2);
+        let d = decode_downlink(&cmd.encode_to_vec(), PayloadFormat::Protobuf).expect("RX2 on time");
+        assert_eq!(d.shape, AckShape { items: 2, chosen: 1 });
+        assert_eq!(d.frame.timing, TxTiming::Counter(1000 + 2_000_000));
+        let ack = gw::DownlinkTxAck::decode(
+            tx_ack_message(
+                "gw",
+                &TxAck { downlink_id: 9, status: TxStatus::Ok },
+                d.shape,
+                PayloadFormat::Protobuf,
+            )
+            .as_slice(),
+        )
+        .expect("ack");
+        let statuses: Vec<gw::TxAckStatus> = ack.items.iter().map(|i| i.status()).collect();
+        assert_eq!(statuses, [gw::TxAckStatus::TooLate, gw::TxAckStatus::Ok]);
+        // Both closed: refused, each item TOO_LATE.
+        let mut stale = answering(now - 60_000, 1);
+        stale.items.push(answering(now - 60_000, 2).items.remove(0));
+        let err = decode_downlink(&stale.encode_to_vec(), PayloadFormat::Protobuf).expect_err("stale");
+        let (ack, shape) = err.refusal().expect("answered");
+        let msg =
+            gw::DownlinkTxAck::decode(tx_ack_message("gw", &ack, shape, PayloadFormat::Protobuf).as_slice())
+                .expect("ack");
+        assert!(msg.items.iter().all(|i| i.status() == gw::TxAckStatus::TooLate), "{msg:?}");
+        assert_eq!(msg.items.len(), 2);
     }
 
     #[test]
@@ -619,7 +685,7 @@ mod tests {
         let d = decode_downlink(&cmd.encode_to_vec(), PayloadFormat::Protobuf).expect("decodes");
         assert_eq!(d.frame.timing, TxTiming::Counter(1_001_000));
         assert!(d.frame.invert_iq);
-        assert_eq!(d.items, 1);
+        assert_eq!(d.shape, AckShape::ONE);
         assert!(decode_downlink(b"\xff\xff", PayloadFormat::Protobuf).is_err());
         assert!(decode_downlink(b"{not json", PayloadFormat::Json).is_err());
         let empty = gw::DownlinkFrame { downlink_id: 3, ..Default::default() };

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::app::{self, AppTopics};
-use super::chirpstack::{self, RecordKind, Topics};
+use super::chirpstack::{self, AckShape, RecordKind, Topics};
 use super::pace::{ack_point, Next, PaceSettings, Pacer, Sender};
 use super::read_ahead::{set_aside, Backoff, BadRecord, ReadAhead};
 use crate::actuation::engine::Actuation;
@@ -313,7 +313,7 @@ async fn session(
 
     let mut acked = journal.watch().borrow().acked;
     flight.highest_sent = acked.0;
-    let mut downlink_items: HashMap<u32, usize> = HashMap::new();
+    let mut downlink_items: HashMap<u32, AckShape> = HashMap::new();
     let mut reader = ReadAhead::new(journal, acked);
     let mut pacer = Pacer::new(s.pace, s.protocol.sender_of());
 
@@ -390,12 +390,12 @@ fn answer_downlink(
     s: &MqttSinkSettings,
     client: &AsyncClient,
     flight: &mut InFlight,
-    downlink_items: &mut HashMap<u32, usize>,
+    downlink_items: &mut HashMap<u32, AckShape>,
     ack: &TxAck,
 ) -> anyhow::Result<()> {
-    let items = downlink_items.remove(&ack.downlink_id).unwrap_or(1);
+    let shape = downlink_items.remove(&ack.downlink_id).unwrap_or(AckShape::ONE);
     if let Protocol::Chirpstack { topics, format } = &s.protocol {
-        let payload = chirpstack::tx_ack_message(&s.gateway_id, ack, items, *format);
+        let payload = chirpstack::tx_ack_message(&s.gateway_id, ack, shape, *format);
         client.try_publish(topics.event("ack"), QoS::AtLeastOnce, false, payload).context("queueing ack")?;
         flight.record_published(None);
     }
@@ -410,7 +410,7 @@ fn incoming(
     s: &MqttSinkSettings,
     counters: &SinkCounters,
     inbound: &SinkInbound,
-    downlink_items: &mut HashMap<u32, usize>,
+    downlink_items: &mut HashMap<u32, AckShape>,
     topic: &str,
     payload: &[u8],
 ) -> Option<TxAck> {
@@ -421,7 +421,7 @@ fn incoming(
                 Ok(cmd) => {
                     counters.downlinks_received.fetch_add(1, Ordering::Relaxed);
                     let downlink_id = cmd.frame.downlink_id;
-                    downlink_items.insert(downlink_id, cmd.items);
+                    downlink_items.insert(downlink_id, cmd.shape);
                     if let Err(e) = radio.downlinks.try_send(cmd.frame) {
                         let status = match e {
                             mpsc::error::TrySendError::Full(_) => TxStatus::QueueFull,
@@ -435,8 +435,8 @@ fn incoming(
                     counters.bad_commands.fetch_add(1, Ordering::Relaxed);
                     warn!(%topic, "{name} sink: rejected command: {e}");
                     // Refused here (timing out of range, ...): answered like one the radio refused.
-                    return e.refusal().map(|(ack, items)| {
-                        downlink_items.insert(ack.downlink_id, items);
+                    return e.refusal().map(|(ack, shape)| {
+                        downlink_items.insert(ack.downlink_id, shape);
                         ack
                     });
                 }
