@@ -10,8 +10,10 @@
 //! second overall. Devices drain side by side; each device's uplinks stay in order.
 //! Live traffic is not slowed: a live uplink only keeps the spacing it was received
 //! with from its device's previous one (at most `device_gap`), which a real device,
-//! seconds apart by duty cycle, always has. A backlog catches up with its device as
-//! long as `device_gap` is shorter than the device's interval. Records that are not
+//! seconds apart by duty cycle, always has; but a device's live uplinks wait behind its
+//! own backlog until that has drained (their downlink windows pass meanwhile). A backlog
+//! catches up with its device as long as `device_gap` is shorter than the device's
+//! interval. Records that are not
 //! uplinks (gateway stats) are never held.
 //!
 //! The pacer holds records taken from the journal and not yet sent; the sink must not
