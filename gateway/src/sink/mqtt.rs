@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use super::app::{self, AppTopics};
 use super::chirpstack::{self, AckShape, RecordKind, Topics};
 use super::pace::{ack_point, Next, PaceSettings, Pacer, Sender};
-use super::read_ahead::{set_aside, Backoff, BadRecord, ReadAhead};
+use super::read_ahead::{set_aside, Backoff, BadRecord, Failure, ReadAhead};
 use crate::actuation::engine::Actuation;
 use crate::actuation::gate::Arrival;
 use crate::config::{BrokerUrl, PayloadFormat};
@@ -170,14 +170,19 @@ pub async fn run(
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
                 counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                let delay = backoff.after_failure(started.elapsed());
-                warn!(
-                    server = %settings.server,
-                    "{} sink: {}; reconnecting in {:.1} s",
-                    settings.name,
-                    error_chain(&e),
-                    delay.as_secs_f32()
-                );
+                let kind = failure_kind(&e);
+                let delay = backoff.after_failure(started.elapsed(), kind);
+                // While nothing answers, a try every second: one line per WARN_EVERY, not per try.
+                let held = if kind == Failure::Unreachable { warn.allow("unreachable") } else { Some(0) };
+                if let Some(held) = held {
+                    warn!(
+                        server = %settings.server,
+                        "{} sink: {}; reconnecting in {:.1} s ({held} more failures like it since the last warning)",
+                        settings.name,
+                        error_chain(&e),
+                        delay.as_secs_f32()
+                    );
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return,
@@ -186,6 +191,25 @@ pub async fn run(
         }
     }
 }
+
+/// Whether anything answered before the session failed: a broker that is down is tried
+/// again soon; one that refused us, or a session that broke, backs off.
+fn failure_kind(e: &anyhow::Error) -> Failure {
+    if e.downcast_ref::<Unanswered>().is_some() {
+        return Failure::Unreachable;
+    }
+    match e.chain().find_map(|c| c.downcast_ref::<rumqttc::ConnectionError>()) {
+        Some(rumqttc::ConnectionError::Io(_) | rumqttc::ConnectionError::NetworkTimeout) => {
+            Failure::Unreachable
+        }
+        _ => Failure::Refused,
+    }
+}
+
+/// A connection attempt nothing answered (no CONNACK in time, or no TCP connection at all).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unanswered(String);
 
 /// The error and its causes on one line, without the repeats some libraries add
 /// (rumqttc's I/O errors print their source twice).
@@ -502,7 +526,7 @@ async fn connect(eventloop: &mut EventLoop, s: &MqttSinkSettings) -> anyhow::Res
     };
     tokio::time::timeout(Duration::from_secs(15), wait)
         .await
-        .map_err(|_| anyhow!("no CONNACK from {} within 15 s", s.server))?
+        .map_err(|_| anyhow::Error::new(Unanswered(format!("no CONNACK from {} within 15 s", s.server))))?
 }
 
 /// On shutdown: give in-flight publishes a moment to be acknowledged, then say goodbye.

@@ -114,8 +114,21 @@ pub fn set_aside(sink: &str, seq: Seq, bad: &BadRecord, counters: &SinkCounters,
     }
 }
 
-/// Reconnect delays: doubling from `min` to `max`, +0–25 % jitter so that a fleet
-/// does not reconnect in lockstep after a broker restart.
+/// How a connection attempt or session ended, for the reconnect delay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing answered (connection refused, unreachable, timed out, name not resolved):
+    /// the far side or the backhaul is down. Trying again costs a SYN; try soon, so that
+    /// the first publish follows the broker's return within about `min`.
+    Unreachable,
+    /// The far side answered and refused (bad credentials, TLS), or the session broke
+    /// after it began: back off, doubling.
+    Refused,
+}
+
+/// Reconnect delays: `min` (+0–25 % jitter) while nothing answers; doubling from `min`
+/// to `max` after refusals. The jitter keeps a fleet from reconnecting in lockstep after
+/// a broker restart; `max` is a real cap, jitter included.
 pub struct Backoff {
     min: Duration,
     max: Duration,
@@ -127,15 +140,21 @@ impl Backoff {
         Backoff { min, max, next: min }
     }
 
-    /// The delay before the next attempt, after a session that lasted `lived`.
-    /// A session that lived longer than `max` was healthy: back off afresh.
-    pub fn after_failure(&mut self, lived: Duration) -> Duration {
+    /// The delay before the next attempt, after a session that lasted `lived` and ended
+    /// by `failure`. A session that lived longer than `max` was healthy: back off afresh.
+    pub fn after_failure(&mut self, lived: Duration, failure: Failure) -> Duration {
         if lived > self.max {
             self.next = self.min;
         }
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay + delay.mul_f64(rand::random::<f64>() * 0.25)
+        let delay = match failure {
+            Failure::Unreachable => self.min,
+            Failure::Refused => {
+                let delay = self.next;
+                self.next = (self.next * 2).min(self.max);
+                delay
+            }
+        };
+        (delay + delay.mul_f64(rand::random::<f64>() * 0.25)).min(self.max)
     }
 }
 
@@ -144,13 +163,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_max_and_resets_after_a_healthy_session() {
+    fn backoff_doubles_to_max_after_refusals_and_resets_after_a_healthy_session() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(4));
         let base = |d: Duration| d.as_secs();
-        assert_eq!(base(b.after_failure(Duration::ZERO)), 1);
-        assert_eq!(base(b.after_failure(Duration::ZERO)), 2);
-        assert_eq!(base(b.after_failure(Duration::ZERO)), 4);
-        assert_eq!(base(b.after_failure(Duration::ZERO)), 4);
-        assert_eq!(base(b.after_failure(Duration::from_secs(60))), 1);
+        let refused = Failure::Refused;
+        assert_eq!(base(b.after_failure(Duration::ZERO, refused)), 1);
+        assert_eq!(base(b.after_failure(Duration::ZERO, refused)), 2);
+        for _ in 0..20 {
+            assert!(
+                b.after_failure(Duration::ZERO, refused) <= Duration::from_secs(4),
+                "the cap holds, jitter included"
+            );
+        }
+        assert_eq!(base(b.after_failure(Duration::from_secs(60), refused)), 1);
+    }
+
+    #[test]
+    fn while_nothing_answers_the_next_try_comes_after_min_however_long_the_outage() {
+        let mut b = Backoff::new(Duration::from_millis(1000), Duration::from_secs(60));
+        for _ in 0..100 {
+            let d = b.after_failure(Duration::ZERO, Failure::Unreachable);
+            assert!(d >= Duration::from_millis(1000) && d <= Duration::from_millis(1250), "{d:?}");
+        }
     }
 }

@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 use super::chirpstack::{self, RecordKind};
 use super::mqtt::SinkRadioIo;
 use super::pace::{ack_point, Next, PaceSettings, Pacer};
-use super::read_ahead::{set_aside, Backoff, BadRecord, ReadAhead};
+use super::read_ahead::{set_aside, Backoff, BadRecord, Failure, ReadAhead};
 use crate::journal::{Journal, Record, Seq};
 use crate::pipeline::SinkCounters;
 
@@ -349,7 +349,8 @@ pub async fn run(
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
                 counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                let delay = backoff.after_failure(started.elapsed());
+                // UDP has no refusal to tell from silence: a dead server is tried again soon.
+                let delay = backoff.after_failure(started.elapsed(), Failure::Unreachable);
                 warn!(
                     server = %settings.server,
                     "semtech udp sink: {e:#}; starting over in {:.1} s",
