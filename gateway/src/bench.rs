@@ -241,6 +241,9 @@ socket = "{dir}/api.sock"
 [sinks.chirpstack]
 server = "mqtt://{broker}"
 max_inflight = 500
+# Devices every 2 ms, far faster than any real one: replay pacing would only measure itself.
+replay_gap_ms = 0
+replay_rate = 0
 "#,
         dir = dir.display(),
         backend = args.backend,
