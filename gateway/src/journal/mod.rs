@@ -64,7 +64,8 @@ pub struct NewRecord {
 /// A committed record as read back from the journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    /// Position in the journal; strictly increasing, never reused.
+    /// Position in the journal; strictly increasing, a stored record's never reused (seqs of
+    /// records acknowledged before they were stored may be given out again after a crash).
     pub seq: Seq,
     /// What the payload is, defined by the sink that reads it back.
     pub kind: u8,

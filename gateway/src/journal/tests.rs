@@ -574,6 +574,39 @@ async fn sled_store_recovered_as_empty_is_quarantined() -> TestResult {
 
 /// Rebuild the `meta` table without its PRIMARY KEY: the file stays sound to
 /// `quick_check`, but every commit's `ON CONFLICT (key)` upsert fails.
+#[tokio::test]
+async fn sqlite_writes_nothing_at_all_for_a_batch_acknowledged_before_its_commit() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config =
+        JournalConfig { commit_interval: Duration::from_secs(3600), ..config(Backend::Sqlite, &dir) };
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=2).await?;
+    journal.flush().await?;
+    journal.ack(Seq(2));
+    journal.flush().await?;
+    let files = |dir: &TempDir| -> std::io::Result<Vec<Vec<u8>>> {
+        ["uplinks.db", "uplinks.db-wal"].iter().map(|f| std::fs::read(dir.path().join(f))).collect()
+    };
+    let before = files(&dir)?;
+    // A healthy link: read, published and acknowledged within the commit window.
+    append_range(&journal, 3..=5).await?;
+    assert_eq!(seqs(&journal.read_after(Seq(2), 10).await?), [3, 4, 5]);
+    journal.ack(Seq(5));
+    journal.flush().await?;
+    assert!(files(&dir)? == before, "not a record, not the meta row: nothing written");
+    let stats = journal.watch().borrow().clone();
+    assert_eq!((stats.last_seq, stats.acked, stats.records), (Seq(5), Seq(5), 0));
+    // The next record to keep is stored under the next seq, and survives a restart.
+    append_range(&journal, 6..=6).await?;
+    journal.flush().await?;
+    assert!(files(&dir)? != before, "a record to keep is written");
+    journal.close().await?;
+    let journal = open(&config).await?;
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?, [expected(6)]);
+    journal.close().await?;
+    Ok(())
+}
+
 fn drop_meta_primary_key(path: &Path) -> TestResult {
     let conn = rusqlite::Connection::open(path)?;
     conn.execute_batch(
