@@ -360,7 +360,7 @@ async fn session(
             }
         }
         // Records skipped as unpublishable are acknowledged once nothing older is in flight or held.
-        let point = ack_point(Seq(flight.highest_sent), flight.oldest(), unsent(&pacer, &reader));
+        let point = ack_point(Seq(flight.highest_sent), flight.oldest(), pacer.unsent(&reader.records));
         if point > acked {
             acked = point;
             journal.ack(acked);
@@ -376,7 +376,7 @@ async fn session(
                     if let Some(Acked { up_to, latency }) = flight.acked(ack.pkid) {
                         counters.forwarded.fetch_add(1, Ordering::Relaxed);
                         counters.publish_ack_latency.observe(latency.as_secs_f64());
-                        let up_to = ack_point(up_to, None, unsent(&pacer, &reader));
+                        let up_to = ack_point(up_to, None, pacer.unsent(&reader.records));
                         if up_to > acked {
                             acked = up_to;
                             journal.ack(acked);
@@ -401,11 +401,6 @@ async fn session(
             }
         }
     }
-}
-
-/// The oldest record read from the journal and not yet published.
-fn unsent(pacer: &Pacer, reader: &ReadAhead) -> Option<Seq> {
-    pacer.oldest().or_else(|| reader.records.front().map(|r| r.seq))
 }
 
 /// Answer a downlink on `event/ack` (ChirpStack) and forget it: the radio's

@@ -144,6 +144,12 @@ impl Pacer {
         self.held.front().map(|h| h.record.seq)
     }
 
+    /// The oldest record taken from the journal and not yet sent: held here, or still in the
+    /// sink's read-ahead (`fresh`).
+    pub fn unsent(&self, fresh: &VecDeque<Record>) -> Option<Seq> {
+        self.oldest().or_else(|| fresh.front().map(|r| r.seq))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }

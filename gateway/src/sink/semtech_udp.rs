@@ -431,7 +431,7 @@ async fn session(
                 None => window.push(None, Vec::new(), packed.seqs, 0, Instant::now()),
             }
         }
-        let up_to = window.take_ack_point(unsent(&pacer, &reader));
+        let up_to = window.take_ack_point(pacer.unsent(&reader.records));
         if up_to > carry.acked {
             carry.acked = up_to;
             journal.ack(up_to);
@@ -460,7 +460,7 @@ async fn session(
             }
             Some(ack) = radio.tx_acks.recv() => link.tx_ack(ack, carry).await?,
             _ = shutdown.changed() => {
-                link.drain_before_shutdown(&mut window, unsent(&pacer, &reader), &mut buf, radio, journal, carry).await;
+                link.drain_before_shutdown(&mut window, pacer.unsent(&reader.records), &mut buf, radio, journal, carry).await;
                 return Ok(SessionEnd::Shutdown);
             }
         }
@@ -737,11 +737,6 @@ fn pack(
     }
     let datagram = (!rxpk.is_empty() || stat.is_some()).then_some((rxpk, stat));
     Packed { datagram, seqs: seqs.unwrap_or((Seq::NONE, Seq::NONE)), records }
-}
-
-/// The oldest record read from the journal and not yet sent.
-fn unsent(pacer: &Pacer, reader: &ReadAhead) -> Option<Seq> {
-    pacer.oldest().or_else(|| reader.records.front().map(|r| r.seq))
 }
 
 /// What one journal record becomes in a PUSH_DATA.
