@@ -410,7 +410,7 @@ fn idle_connections_are_closed_and_bounded_per_peer() {
     let idle: Vec<TcpStream> =
         (0..8).map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect")).collect();
     // Past its share, the same peer is told at once, not queued.
-    let refused = wait_for(Duration::from_secs(10), "a 503 for the ninth connection", || {
+    let refused = wait_for(Duration::from_secs(60), "a 503 for the ninth connection", || {
         http(port, b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").filter(|r| r.0 == 503)
     });
     assert!(refused.1.contains("too many connections"));
