@@ -98,7 +98,7 @@ fn json_format_publishes_chirpstack_json() {
     let devices = sim_device("d", "river_level", "26011bdb", 100, Some(2));
     let _gw = Berrygw::start(
         dir.path(),
-        &config(&dir.path().join("s"), "sled", &broker.url(false), "format = \"json\"", &devices),
+        &config(&dir.path().join("s"), "log", &broker.url(false), "format = \"json\"", &devices),
     );
     let ups = wait_for(Duration::from_secs(30), "2 JSON uplinks", || {
         let v = sub.seen();

@@ -44,8 +44,8 @@ fn evicts_oldest_when_full_and_counts_sqlite() {
 }
 
 #[test]
-fn evicts_oldest_when_full_and_counts_sled() {
-    evicts_oldest_when_full_and_counts("sled");
+fn evicts_oldest_when_full_and_counts_log() {
+    evicts_oldest_when_full_and_counts("log");
 }
 
 fn corrupt_store_is_quarantined_and_daemon_keeps_working(backend: &str) {
@@ -63,10 +63,9 @@ fn corrupt_store_is_quarantined_and_daemon_keeps_working(backend: &str) {
             p
         }
         _ => {
-            let p = journal_dir.join("chirpstack.sled");
-            std::fs::create_dir_all(&p).expect("sled dir");
-            std::fs::write(p.join("conf"), &garbage[..512]).expect("garbage conf");
-            std::fs::write(p.join("db"), &garbage).expect("garbage db");
+            let p = journal_dir.join("chirpstack.log");
+            std::fs::create_dir_all(&p).expect("log dir");
+            std::fs::write(p.join("seg-00000000000000000001.log"), &garbage).expect("garbage segment");
             p
         }
     };
@@ -91,8 +90,8 @@ fn corrupt_store_is_quarantined_and_daemon_keeps_working_sqlite() {
 }
 
 #[test]
-fn corrupt_store_is_quarantined_and_daemon_keeps_working_sled() {
-    corrupt_store_is_quarantined_and_daemon_keeps_working("sled");
+fn corrupt_store_is_quarantined_and_daemon_keeps_working_log() {
+    corrupt_store_is_quarantined_and_daemon_keeps_working("log");
 }
 
 /// Every path under `dir` with its mode, sockets left out (the API socket is 0660 by design).
@@ -138,6 +137,6 @@ fn state_is_private_whatever_the_umask_sqlite() {
 }
 
 #[test]
-fn state_is_private_whatever_the_umask_sled() {
-    state_is_private_whatever_the_umask("sled");
+fn state_is_private_whatever_the_umask_log() {
+    state_is_private_whatever_the_umask("log");
 }

@@ -82,8 +82,8 @@ fn replays_backlog_in_order_after_outage_sqlite() {
 }
 
 #[test]
-fn replays_backlog_in_order_after_outage_sled() {
-    replays_backlog_in_order_after_outage("sled");
+fn replays_backlog_in_order_after_outage_log() {
+    replays_backlog_in_order_after_outage("log");
 }
 
 fn kill9_while_draining_loses_nothing_persisted(backend: &str) {
@@ -134,8 +134,8 @@ fn kill9_while_draining_loses_nothing_persisted_sqlite() {
 }
 
 #[test]
-fn kill9_while_draining_loses_nothing_persisted_sled() {
-    kill9_while_draining_loses_nothing_persisted("sled");
+fn kill9_while_draining_loses_nothing_persisted_log() {
+    kill9_while_draining_loses_nothing_persisted("log");
 }
 
 #[test]

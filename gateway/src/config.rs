@@ -137,6 +137,13 @@ pub struct JournalSection {
     /// Group commit window: appends within it share one durable write.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// The window while a sink's far side is disconnected (records cannot leave soon).
+    #[serde(default = "default_outage_commit_interval_ms")]
+    pub outage_commit_interval_ms: u64,
+    /// The RAM stage (a tmpfs directory): records are there before they are accepted, so a
+    /// crash of berrygw loses none. Empty: no stage.
+    #[serde(default = "default_stage_dir")]
+    pub stage_dir: PathBuf,
     /// Group commit size: a batch this large is written without waiting.
     #[serde(default = "default_commit_max_records")]
     pub commit_max_records: usize,
@@ -148,6 +155,8 @@ impl Default for JournalSection {
             backend: default_backend(),
             max_bytes: default_max_bytes(),
             commit_interval_ms: default_commit_interval_ms(),
+            outage_commit_interval_ms: default_outage_commit_interval_ms(),
+            stage_dir: default_stage_dir(),
             commit_max_records: default_commit_max_records(),
         }
     }
@@ -157,6 +166,16 @@ impl JournalSection {
     /// Group commit window as a duration.
     pub fn commit_interval(&self) -> Duration {
         Duration::from_millis(self.commit_interval_ms)
+    }
+
+    /// The commit window while no far side is connected.
+    pub fn outage_commit_interval(&self) -> Duration {
+        Duration::from_millis(self.outage_commit_interval_ms)
+    }
+
+    /// The RAM stage's directory, if there is one.
+    pub fn stage_dir(&self) -> Option<PathBuf> {
+        (!self.stage_dir.as_os_str().is_empty()).then(|| self.stage_dir.clone())
     }
 }
 
@@ -417,8 +436,8 @@ impl LoadedConfig {
     /// Path of the directory holding the journal of sink `name`.
     pub fn journal_path(&self, sink: &str) -> PathBuf {
         let ext = match self.config.journal.backend {
+            Backend::Log => "log",
             Backend::Sqlite => "sqlite",
-            Backend::Sled => "sled",
         };
         self.config.gateway.state_dir.join("journal").join(format!("{sink}.{ext}"))
     }
@@ -487,6 +506,11 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     }
     if c.journal.max_bytes < 4096 {
         return Err(whole("journal.max_bytes must be at least 4096".into()));
+    }
+    if c.journal.outage_commit_interval_ms > 60_000 {
+        return Err(whole(
+            "journal.outage_commit_interval_ms must be at most 60000: a power cut during an outage loses up to this window".into(),
+        ));
     }
     if c.journal.commit_max_records == 0 || c.journal.commit_interval_ms == 0 {
         return Err(whole(
@@ -702,7 +726,14 @@ fn default_report_interval_secs() -> u64 {
     60
 }
 fn default_backend() -> Backend {
-    Backend::Sqlite
+    Backend::Log
+}
+fn default_outage_commit_interval_ms() -> u64 {
+    1000
+}
+fn default_stage_dir() -> PathBuf {
+    // systemd's RuntimeDirectory=berrygw (kept across restarts by RuntimeDirectoryPreserve=).
+    PathBuf::from("/run/berrygw/journal")
 }
 fn default_max_bytes() -> u64 {
     256 * 1024 * 1024
@@ -759,7 +790,7 @@ server = "mqtt://127.0.0.1:1883"
     #[test]
     fn minimal_config_takes_defaults() {
         let c = parse_str(MINIMAL).expect("minimal config parses").config;
-        assert_eq!(c.journal.backend, Backend::Sqlite);
+        assert_eq!(c.journal.backend, Backend::Log);
         assert_eq!(c.journal.max_bytes, 256 * 1024 * 1024);
         let cs = c.sinks.chirpstack.expect("sink");
         assert_eq!(cs.topic_prefix(MqttSinkKind::Chirpstack), "eu868");

@@ -569,8 +569,10 @@ async fn open_journal(cfg: &LoadedConfig, name: &'static str) -> anyhow::Result<
     let journal_cfg = JournalConfig {
         backend: c.journal.backend,
         path,
+        stage_dir: c.journal.stage_dir(),
         max_bytes: c.journal.max_bytes,
         commit_interval: c.journal.commit_interval(),
+        outage_commit_interval: c.journal.outage_commit_interval(),
         commit_max_records: c.journal.commit_max_records,
     };
     tokio::task::spawn_blocking(move || Journal::open(name, journal_cfg))
@@ -1024,11 +1026,9 @@ mod tests {
         let journal = Journal::open(
             "test",
             JournalConfig {
-                backend: crate::journal::Backend::Sqlite,
-                path: dir.path().join("j.sqlite"),
-                max_bytes: 1 << 20,
                 commit_interval: Duration::from_millis(10),
                 commit_max_records: 100,
+                ..JournalConfig::new(crate::journal::Backend::Log, dir.path().join("j.log"), 1 << 20)
             },
         )
         .expect("journal");

@@ -572,6 +572,7 @@ report_interval_secs = 1
 [journal]
 backend = "{backend}"
 commit_interval_ms = 50
+stage_dir = "{state}-stage"
 
 [http]
 listen = "127.0.0.1:{http_port}"

@@ -43,8 +43,8 @@ pub struct DemoArgs {
     /// Uplinks per second from the four simulated devices together.
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
-    /// Journal backend to show (sqlite or sled).
-    #[arg(long, default_value = "sqlite")]
+    /// Journal backend to show (log or sqlite).
+    #[arg(long, default_value = "log")]
     pub backend: String,
 }
 
@@ -85,6 +85,7 @@ devices = []
 
 [journal]
 backend = "{}"
+stage_dir = "{}-stage"
 
 [http]
 listen = "127.0.0.1:{http_port}"
@@ -101,6 +102,7 @@ reconnect_max_ms = 2000
 "#,
         state_dir.display(),
         args.backend,
+        state_dir.display(),
         state_dir.display(),
         http_port = http_port,
     );

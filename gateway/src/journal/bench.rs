@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo test --release -p berrygw journal::bench::sqlite_backlog -- --ignored --nocapture
-//! cargo test --release -p berrygw journal::bench::sled_backlog -- --ignored --nocapture
+//! cargo test --release -p berrygw journal::bench::log_backlog -- --ignored --nocapture
 //! ```
 //!
 //! `JOURNAL_BENCH_RECORDS` (default 1000000), `JOURNAL_BENCH_PAYLOAD` (default 120 bytes) and
@@ -26,8 +26,8 @@ async fn sqlite_backlog() -> BenchResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run by hand with --ignored --nocapture"]
-async fn sled_backlog() -> BenchResult {
-    backlog(Backend::Sled).await
+async fn log_backlog() -> BenchResult {
+    backlog(Backend::Log).await
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

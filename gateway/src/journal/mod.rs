@@ -3,31 +3,37 @@
 //! It is the only owner of unacked records. It is not a queue between tasks (use a channel)
 //! and not a general key-value store: records go in at the tail and leave at the head.
 //!
-//! Shape: a cheap, cloneable [`Journal`] handle talks over a bounded channel to one owner
-//! thread per journal (`owner.rs`), which batches appends and acks into group commits on a
-//! [`Store`] backend — SQLite (`sqlite.rs`) or sled (`sled.rs`). A store that is corrupt on
-//! open is moved aside and replaced by a fresh one (`quarantine.rs`).
+//! Shape: a cheap, cloneable [`Journal`] handle shares with one owner thread per journal
+//! (`owner.rs`) the records not yet durable, in memory and in the RAM stage (`stage.rs`):
+//! appends, reads of those records and acks never leave the caller's task. The owner makes
+//! records durable on a [`Store`] backend — the segment log (`segments.rs`, the default) or
+//! SQLite (`sqlite.rs`) — only when they are still unacknowledged at the end of the commit
+//! window, deletes acknowledged ones, and serves reads of stored records. A store that is
+//! corrupt on open is moved aside and replaced by a fresh one (`quarantine.rs`).
 
 #[cfg(test)]
 mod bench;
+mod frame;
 mod owner;
 pub(crate) mod quarantine;
-mod sled;
+mod segments;
 mod sqlite;
+mod stage;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
 /// Default upper bound on how long an appended record waits before its durable write.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Default commit window while no far side is connected (records cannot leave soon).
+pub const DEFAULT_OUTAGE_COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
 /// Default number of pending records that triggers a durable write before the interval ends.
 pub const DEFAULT_COMMIT_MAX_RECORDS: usize = 1000;
 /// Bytes counted against `max_bytes` for each record on top of its payload (seq, kind, time, slack).
@@ -75,21 +81,21 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
-/// Which storage engine backs a journal (config value `sqlite` or `sled`).
+/// Which storage engine backs a journal (config value `log` or `sqlite`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
+    /// Append-only segment files, one `fdatasync` per commit, deleted whole; `path` is a directory.
+    Log,
     /// SQLite in WAL mode with `synchronous=FULL`; `path` is the database file.
     Sqlite,
-    /// sled 0.34 with a small page cache; `path` is a directory.
-    Sled,
 }
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Backend::Log => "log",
             Backend::Sqlite => "sqlite",
-            Backend::Sled => "sled",
         })
     }
 }
@@ -99,12 +105,16 @@ impl fmt::Display for Backend {
 pub struct JournalConfig {
     /// Storage engine.
     pub backend: Backend,
-    /// SQLite: the database file. sled: a directory.
+    /// log: a directory. SQLite: the database file.
     pub path: PathBuf,
+    /// The RAM stage's directory (tmpfs); `None`: no stage, a crash loses the commit window.
+    pub stage_dir: Option<PathBuf>,
     /// Budget for stored records (payload + [`RECORD_OVERHEAD_BYTES`] each); oldest are evicted beyond it.
     pub max_bytes: u64,
     /// Longest time an appended record or an ack waits for its durable write.
     pub commit_interval: Duration,
+    /// The same while no far side is connected ([`Journal::far_side`]).
+    pub outage_commit_interval: Duration,
     /// Pending records that trigger a durable write before `commit_interval` ends.
     pub commit_max_records: usize,
 }
@@ -115,8 +125,10 @@ impl JournalConfig {
         JournalConfig {
             backend,
             path: path.into(),
+            stage_dir: None,
             max_bytes,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
+            outage_commit_interval: DEFAULT_OUTAGE_COMMIT_INTERVAL,
             commit_max_records: DEFAULT_COMMIT_MAX_RECORDS,
         }
     }
@@ -133,7 +145,7 @@ pub struct JournalStats {
     pub oldest_received_at_ms: Option<i64>,
     /// Highest committed sequence number (kept after its record is deleted).
     pub last_seq: Seq,
-    /// Highest sequence number the far side acknowledged, durably.
+    /// Highest sequence number the far side acknowledged (durable within a commit window).
     pub acked: Seq,
     /// Records removed without acknowledgement (over `max_bytes`, or unreadable), ever.
     pub evicted_total: u64,
@@ -175,17 +187,6 @@ pub enum JournalError {
         /// Underlying error.
         #[source]
         source: rusqlite::Error,
-    },
-    /// sled reported an error.
-    #[error("sled journal {path}: {action} failed: {source}")]
-    Sled {
-        /// Database directory.
-        path: PathBuf,
-        /// What the journal was doing.
-        action: &'static str,
-        /// Underlying error.
-        #[source]
-        source: ::sled::Error,
     },
     /// The store is unusable even after moving the corrupt one aside.
     #[error("journal {path}: store is corrupt: {reason}")]
@@ -231,112 +232,86 @@ pub enum JournalError {
     },
 }
 
-/// Handle to one journal; cheap to clone; all methods usable from async code (they never block the async worker).
+/// Handle to one journal; cheap to clone; all methods usable from async code (they never
+/// block the async worker on the SD card: appends, reads of records not yet durable and acks
+/// are served in memory and the RAM stage, durable work on the owner thread).
 #[derive(Clone)]
 pub struct Journal {
-    name: Arc<str>,
-    commands: mpsc::Sender<Command>,
-    acks: Arc<AckSlot>,
+    handle: Arc<Handle>,
+}
+
+/// What every clone of a [`Journal`] shares; dropping the last one stops the owner.
+struct Handle {
+    shared: Arc<owner::Shared>,
     stats: watch::Receiver<JournalStats>,
     appended: watch::Receiver<Seq>,
 }
 
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.handles_gone();
+    }
+}
+
 impl fmt::Debug for Journal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Journal").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Journal").field("name", &self.handle.shared.name()).finish_non_exhaustive()
     }
 }
 
 impl Journal {
-    /// Open (quarantining a corrupt store) and start the owner thread `journal-<name>`; blocks, so async callers use `spawn_blocking`.
+    /// Open (quarantining a corrupt store, taking back what the RAM stage holds) and start the
+    /// owner thread `journal-<name>`; blocks, so async callers use `spawn_blocking`.
     pub fn open(name: &str, config: JournalConfig) -> Result<Journal, JournalError> {
-        owner::start(name, config)
+        let (shared, stats, appended) = owner::start(name, config)?;
+        Ok(Journal { handle: Arc::new(Handle { shared, stats, appended }) })
     }
 
-    /// Enqueue one record; durable within `commit_interval`. Waits only if the bounded queue is full (backpressure).
+    /// Take one record: it is readable at once and in the RAM stage (so a crash of this
+    /// process cannot lose it) when this returns; durable on the medium within the commit
+    /// window unless the far side acknowledges it first. Waits only while the owner is behind
+    /// by many records (backpressure).
     pub async fn append(&self, record: NewRecord) -> Result<(), JournalError> {
-        self.commands.send(Command::Append(record)).await.map_err(|_| self.closed())
+        self.handle.shared.append(record).await
     }
 
     /// Up to `max` (at most [`MAX_READ_RECORDS`]) unacknowledged records with seq > `after`, oldest
-    /// first: committed ones, then those still waiting for their durable write (publishing does not
+    /// first: durable ones, then those still waiting for their durable write (publishing does not
     /// wait for the fsync; deleting waits for the far side's acknowledgement).
     pub async fn read_after(&self, after: Seq, max: usize) -> Result<Vec<Record>, JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Read { after, max, reply }).await.map_err(|_| self.closed())?;
-        answer.await.map_err(|_| self.closed())?
+        self.handle.shared.read_after(after, max).await
     }
 
-    /// The far side acknowledged everything up to `up_to`: those records may be deleted. Non-blocking, coalesced.
+    /// The far side acknowledged everything up to `up_to`: those records may be deleted. Never waits.
     pub fn ack(&self, up_to: Seq) {
-        // Only appended records can have been read, so anything beyond the last append is a
-        // caller bug; clamping keeps it from deleting records appended later.
-        let last_seq = *self.appended.borrow();
-        let up_to = if up_to > last_seq {
-            tracing::warn!(journal = %self.name, %up_to, %last_seq, "ack beyond the last appended record; clamped");
-            last_seq
-        } else {
-            up_to
-        };
-        if self.acks.up_to.fetch_max(up_to.0, Ordering::SeqCst) >= up_to.0 {
-            return;
-        }
-        // One wake-up in flight is enough: the owner reads `up_to` after clearing the flag.
-        // A full queue means the owner is busy and will look at `up_to` anyway.
-        if !self.acks.wake_sent.swap(true, Ordering::SeqCst) {
-            let _ = self.commands.try_send(Command::Wake);
-        }
+        self.handle.shared.ack(up_to);
     }
 
-    /// Watch stats; updated after every commit.
+    /// Whether a far side is connected and acknowledging: while none is, records cannot leave
+    /// soon, and the commit window grows to `outage_commit_interval` (fewer, larger writes).
+    pub fn far_side(&self, connected: bool) {
+        self.handle.shared.far_side(connected);
+    }
+
+    /// Watch stats; updated after every durable write.
     pub fn watch(&self) -> watch::Receiver<JournalStats> {
-        self.stats.clone()
+        self.handle.stats.clone()
     }
 
     /// Watch the highest appended seq (durable or not); changes as soon as a record is readable.
     pub fn watch_appended(&self) -> watch::Receiver<Seq> {
-        self.appended.clone()
+        self.handle.appended.clone()
     }
 
     /// Wait until everything appended (and acked) before this call is durable (used on SIGTERM).
     pub async fn flush(&self) -> Result<(), JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Flush(reply)).await.map_err(|_| self.closed())?;
-        answer.await.map_err(|_| self.closed())?
+        self.handle.shared.flush().await
     }
 
     /// Commit what is pending, stop the owner thread and release the store; other clones then get `Closed`.
     pub async fn close(self) -> Result<(), JournalError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Close(reply)).await.map_err(|_| self.closed())?;
-        answer.await.map_err(|_| self.closed())?
+        self.handle.shared.close().await
     }
-
-    fn closed(&self) -> JournalError {
-        JournalError::Closed { name: self.name.to_string() }
-    }
-}
-
-/// Requests from handles to the owner thread.
-enum Command {
-    Append(NewRecord),
-    Read {
-        after: Seq,
-        max: usize,
-        reply: oneshot::Sender<Result<Vec<Record>, JournalError>>,
-    },
-    Flush(oneshot::Sender<Result<(), JournalError>>),
-    Close(oneshot::Sender<Result<(), JournalError>>),
-    /// Look at `AckSlot::up_to`.
-    Wake,
-}
-
-/// Acks travel outside the bounded queue so that `ack` never waits: handles raise the
-/// requested seq, the owner picks up the highest one at its next commit.
-#[derive(Debug, Default)]
-struct AckSlot {
-    up_to: AtomicU64,
-    wake_sent: AtomicBool,
 }
 
 /// Counters a store keeps in memory (never the records themselves).
@@ -353,8 +328,13 @@ struct Counters {
 
 /// The work of one durable write.
 struct Commit<'a> {
-    /// Appended in order; they get seqs `last_seq + 1 ..`.
-    records: &'a [NewRecord],
+    /// Records to make durable, in seq order, each above the store's `last_seq`; those at or
+    /// below `ack_up_to` are skipped (the far side has them already).
+    records: &'a [Record],
+    /// Every seq up to here was handed out: the store's `last_seq` becomes at least this.
+    last_seq: Seq,
+    /// Write the counters (last seq, ack) durably even if nothing else changes (on close).
+    persist_counters: bool,
     /// Delete records up to here (never lowers the stored ack).
     ack_up_to: Seq,
     /// After appending, evict the oldest records until `bytes <= max_bytes`.

@@ -1,20 +1,25 @@
-//! The owner thread: one OS thread per journal owns its [`Store`], takes requests from the
-//! handles' bounded channel and turns appends and acks into group commits (one durable write
-//! per `commit_interval` or `commit_max_records`). Reads and flushes are served in channel
-//! order, so a flush covers every append sent before it. Blocking storage work happens only
-//! here, never on the async workers.
+//! The owner thread and the state it shares with the handles. Appends, reads of records not
+//! yet durable and acks happen on the caller's task under one short lock ([`Shared`]): a
+//! record goes to the RAM stage (one `write` to tmpfs) and to the in-memory `pending` queue.
+//! The owner thread sleeps until the oldest pending record's commit window ends (or the batch
+//! is full, a flush or a read of stored records waits, or stored records were acknowledged),
+//! then makes the still-unacknowledged records durable in one group commit on the [`Store`],
+//! deletes acknowledged ones, and serves reads of stored records. On a healthy link the far
+//! side acknowledges records within the window, the owner finds nothing to keep, and the
+//! medium sees nothing. Blocking storage work happens only on the owner thread.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 
+use super::stage::{stage_path, Stage};
 use super::{
-    sled, sqlite, AckSlot, Backend, Command, Commit, Counters, Journal, JournalConfig, JournalError,
-    JournalStats, NewRecord, Record, Seq, Store, MAX_READ_RECORDS,
+    segments, sqlite, Backend, Commit, Counters, JournalConfig, JournalError, JournalStats, NewRecord,
+    Record, Seq, Store, MAX_READ_RECORDS,
 };
 
 /// How long `open` waits for a previous journal on the same path (in this process) to finish.
@@ -33,8 +38,72 @@ const MAX_UNREADABLE_PER_READ: usize = 16;
 /// Eviction warnings are summarised at most this often.
 const EVICTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Open the store, then hand it to a new owner thread and return the first handle.
-pub(super) fn start(name: &str, config: JournalConfig) -> Result<Journal, JournalError> {
+/// A record taken, not yet durable and not yet acknowledged.
+struct Pending {
+    at: Instant,
+    record: Record,
+}
+
+/// Where the journal is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    Open,
+    /// Close asked (or every handle gone): the owner commits what is pending and stops.
+    Closing,
+    /// The owner has stopped.
+    Closed,
+}
+
+/// A read of stored records, served by the owner.
+struct ReadRequest {
+    after: Seq,
+    max: usize,
+    reply: oneshot::Sender<Result<Vec<Record>, JournalError>>,
+}
+
+/// What handles and the owner share under the lock.
+struct Hot {
+    life: Life,
+    /// In seq order, contiguous: not durable, not acknowledged. Readable at once.
+    pending: VecDeque<Pending>,
+    /// Highest seq handed out.
+    last_seq: Seq,
+    /// Highest seq the far side acknowledged (durable or not).
+    acked: Seq,
+    /// Highest seq of a record in the store (0: none ever); reads beyond it come from `pending`.
+    stored_last: Seq,
+    /// First stored record not yet acknowledged (so to be deleted once acked).
+    stored_first: Option<Seq>,
+    stage: Option<Stage>,
+    reads: Vec<ReadRequest>,
+    flushes: Vec<oneshot::Sender<Result<(), JournalError>>>,
+    close_reply: Option<oneshot::Sender<Result<(), JournalError>>>,
+    /// The owner waits with no deadline: an append must wake it.
+    owner_idle: bool,
+    /// A far side is connected (the short commit window applies).
+    far_side: bool,
+    /// Stored records were acknowledged at this time; deleted within a commit window.
+    ack_noticed: Option<Instant>,
+}
+
+/// The journal state every handle and the owner share.
+pub(super) struct Shared {
+    name: String,
+    config: JournalConfig,
+    hot: Mutex<Hot>,
+    wake: Condvar,
+    room: Notify,
+    appended: watch::Sender<Seq>,
+    stats: watch::Sender<JournalStats>,
+    /// Appends wait while this many records are pending.
+    limit: usize,
+}
+
+/// Open the store and the stage, take back what the stage holds, then start the owner.
+pub(super) fn start(
+    name: &str,
+    config: JournalConfig,
+) -> Result<(Arc<Shared>, watch::Receiver<JournalStats>, watch::Receiver<Seq>), JournalError> {
     validate(&config)?;
     let absolute = std::path::absolute(&config.path).map_err(|source| JournalError::Io {
         path: config.path.clone(),
@@ -42,46 +111,103 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Journal, Journa
         source,
     })?;
     let claim = PathClaim::acquire(absolute, CLAIM_WAIT)?;
-    let (store, quarantined): (Box<dyn Store>, _) = match config.backend {
+    let (mut store, quarantined): (Box<dyn Store>, _) = match config.backend {
+        Backend::Log => {
+            let (store, quarantined) = segments::SegmentStore::open(&config.path)?;
+            (Box::new(store), quarantined)
+        }
         Backend::Sqlite => {
             let (store, quarantined) = sqlite::SqliteStore::open(&config.path)?;
             (Box::new(store), quarantined)
         }
-        Backend::Sled => {
-            let (store, quarantined) = sled::SledStore::open(&config.path)?;
-            (Box::new(store), quarantined)
-        }
     };
+
+    let mut stage = None;
+    if let Some(dir) = &config.stage_dir {
+        let path = stage_path(dir, name, &config.path);
+        match Stage::open(&path) {
+            Ok((mut opened, recovered)) => {
+                if let Some(damage) = &recovered.damage {
+                    tracing::warn!(journal = name, path = %path.display(), %damage, "journal stage is damaged; taking back what precedes the damage");
+                }
+                let counters = store.counters();
+                let records: Vec<Record> =
+                    recovered.records.into_iter().filter(|r| r.seq > counters.last_seq).collect();
+                let acked = recovered.acked.max(counters.acked);
+                let last_seq = records.last().map_or(counters.last_seq, |r| r.seq).max(acked).max(counters.last_seq);
+                if !records.is_empty() || last_seq > counters.last_seq {
+                    tracing::info!(journal = name, records = records.len(), %acked, "journal takes back records its RAM stage held (berrygw stopped without a clean shutdown)");
+                    let commit = Commit {
+                        records: &records,
+                        last_seq,
+                        persist_counters: true,
+                        ack_up_to: acked,
+                        max_bytes: config.max_bytes,
+                        unreadable: &[],
+                    };
+                    store.commit(&commit)?;
+                }
+                if let Err(error) = opened.clear() {
+                    tracing::warn!(journal = name, path = %path.display(), %error, "journal stage cannot be emptied; running without it");
+                } else {
+                    stage = Some(opened);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    journal = name,
+                    path = %path.display(),
+                    %error,
+                    "journal RAM stage cannot be opened; running without it: a crash of berrygw can lose the records of one commit window"
+                );
+            }
+        }
+    }
+
     let counters = store.counters();
     let (stats_tx, stats_rx) = watch::channel(stats_from(&counters, 0, &quarantined));
     let (appended_tx, appended_rx) = watch::channel(counters.last_seq);
-    let (commands_tx, commands_rx) = mpsc::channel(config.commit_max_records.clamp(64, 8192));
-    let acks =
-        Arc::new(AckSlot { up_to: AtomicU64::new(counters.acked.0), wake_sent: AtomicBool::new(false) });
     tracing::info!(
         journal = name,
         backend = %config.backend,
         path = %config.path.display(),
+        stage = %stage.as_ref().map(|s: &Stage| s.path().display().to_string()).unwrap_or_else(|| "none".into()),
         records = counters.records,
         bytes = counters.bytes,
         last_seq = %counters.last_seq,
         acked = %counters.acked,
         "journal opened"
     );
-    let owner = Owner {
+    let shared = Arc::new(Shared {
         name: name.to_string(),
-        store,
-        commands: commands_rx,
-        acks: Arc::clone(&acks),
-        stats: stats_tx,
-        appended: appended_tx,
+        limit: config.commit_max_records.saturating_mul(4).clamp(64, 65_536),
         config: config.clone(),
+        hot: Mutex::new(Hot {
+            life: Life::Open,
+            pending: VecDeque::new(),
+            last_seq: counters.last_seq,
+            acked: counters.acked,
+            stored_last: if counters.records > 0 { counters.last_seq } else { Seq::NONE },
+            stored_first: counters.first_seq,
+            stage,
+            reads: Vec::new(),
+            flushes: Vec::new(),
+            close_reply: None,
+            owner_idle: false,
+            far_side: true,
+            ack_noticed: None,
+        }),
+        wake: Condvar::new(),
+        room: Notify::new(),
+        appended: appended_tx,
+        stats: stats_tx,
+    });
+    let owner = Owner {
+        shared: Arc::clone(&shared),
+        store,
         quarantined,
         commits: 0,
-        pending: Vec::new(),
-        flush_waiters: Vec::new(),
-        deadline: None,
-        retrying: false,
+        retry_at: None,
         failures: 0,
         evicted_unlogged: 0,
         last_eviction_log: None,
@@ -93,7 +219,7 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Journal, Journa
             source,
         },
     )?;
-    Ok(Journal { name: Arc::from(name), commands: commands_tx, acks, stats: stats_rx, appended: appended_rx })
+    Ok((shared, stats_rx, appended_rx))
 }
 
 fn validate(config: &JournalConfig) -> Result<(), JournalError> {
@@ -122,26 +248,216 @@ fn stats_from(counters: &Counters, commits: u64, quarantined: &Option<(PathBuf, 
     }
 }
 
+impl Shared {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Hot> {
+        // Every update under the lock leaves `Hot` consistent, so a panicked holder's
+        // poisoning is ignored.
+        self.hot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn closed(&self) -> JournalError {
+        JournalError::Closed { name: self.name.clone() }
+    }
+
+    pub(super) async fn append(&self, record: NewRecord) -> Result<(), JournalError> {
+        let mut record = Some(record);
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut hot = self.lock();
+                if hot.life != Life::Open {
+                    return Err(self.closed());
+                }
+                if hot.pending.len() < self.limit {
+                    let Some(new) = record.take() else { return Ok(()) };
+                    let seq = Seq(hot.last_seq.0 + 1);
+                    let record = Record { seq, kind: new.kind, received_at_ms: new.received_at_ms, payload: new.payload };
+                    if let Some(stage) = hot.stage.as_mut() {
+                        if let Err(error) = stage.append(&record) {
+                            tracing::error!(journal = %self.name, path = %stage.path().display(), %error, "journal RAM stage write failed; running without it from now on");
+                            hot.stage = None;
+                        }
+                    }
+                    hot.last_seq = seq;
+                    let was_empty = hot.pending.is_empty();
+                    hot.pending.push_back(Pending { at: Instant::now(), record });
+                    let wake = (was_empty && hot.owner_idle) || hot.pending.len() == self.config.commit_max_records;
+                    self.appended.send_replace(seq);
+                    drop(hot);
+                    if wake {
+                        self.wake.notify_one();
+                    }
+                    return Ok(());
+                }
+            }
+            room.await;
+        }
+    }
+
+    pub(super) async fn read_after(&self, after: Seq, max: usize) -> Result<Vec<Record>, JournalError> {
+        let max = max.min(MAX_READ_RECORDS);
+        let answer = {
+            let mut hot = self.lock();
+            if hot.life == Life::Closed {
+                return Err(self.closed());
+            }
+            let after = after.max(hot.acked);
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            if hot.stored_last <= after || hot.stored_first.is_none() {
+                return Ok(pending_after(&hot.pending, after, max));
+            }
+            let (reply, answer) = oneshot::channel();
+            hot.reads.push(ReadRequest { after, max, reply });
+            answer
+        };
+        self.wake.notify_one();
+        answer.await.map_err(|_| self.closed())?
+    }
+
+    pub(super) fn ack(&self, up_to: Seq) {
+        let mut hot = self.lock();
+        // Only appended records can have been read, so anything beyond the last append is a
+        // caller bug; clamping keeps it from deleting records appended later.
+        let up_to = if up_to > hot.last_seq {
+            tracing::warn!(journal = %self.name, %up_to, last_seq = %hot.last_seq, "ack beyond the last appended record; clamped");
+            hot.last_seq
+        } else {
+            up_to
+        };
+        if up_to <= hot.acked {
+            return;
+        }
+        hot.acked = up_to;
+        let full = hot.pending.len() >= self.limit;
+        let mut freed = 0;
+        while hot.pending.front().is_some_and(|p| p.record.seq <= up_to) {
+            hot.pending.pop_front();
+            freed += 1;
+        }
+        let Hot { stage, pending, .. } = &mut *hot;
+        if let Some(stage) = stage.as_mut() {
+            let result = if pending.is_empty() {
+                stage.clear()
+            } else if stage.wants_rewrite() {
+                stage.rewrite(pending.iter().map(|p| &p.record), up_to)
+            } else {
+                stage.ack(up_to)
+            };
+            if let Err(error) = result {
+                tracing::error!(journal = %self.name, path = %stage.path().display(), %error, "journal RAM stage write failed; running without it from now on");
+                hot.stage = None;
+            }
+        }
+        self.stats.send_if_modified(|stats| {
+            let raise = stats.acked < up_to;
+            stats.acked = stats.acked.max(up_to);
+            raise
+        });
+        let mut wake = false;
+        if hot.stored_first.is_some_and(|first| first <= up_to) && hot.ack_noticed.is_none() {
+            hot.ack_noticed = Some(Instant::now());
+            wake = hot.owner_idle;
+        }
+        drop(hot);
+        if full && freed > 0 {
+            self.room.notify_waiters();
+        }
+        if wake {
+            self.wake.notify_one();
+        }
+    }
+
+    pub(super) fn far_side(&self, connected: bool) {
+        let mut hot = self.lock();
+        if hot.far_side != connected {
+            hot.far_side = connected;
+            drop(hot);
+            // The window changed: the owner recomputes its deadline.
+            self.wake.notify_one();
+        }
+    }
+
+    pub(super) async fn flush(&self) -> Result<(), JournalError> {
+        let answer = {
+            let mut hot = self.lock();
+            if hot.life == Life::Closed {
+                return Err(self.closed());
+            }
+            let (reply, answer) = oneshot::channel();
+            hot.flushes.push(reply);
+            answer
+        };
+        self.wake.notify_one();
+        answer.await.map_err(|_| self.closed())?
+    }
+
+    pub(super) async fn close(&self) -> Result<(), JournalError> {
+        let answer = {
+            let mut hot = self.lock();
+            if hot.life == Life::Closed {
+                return Err(self.closed());
+            }
+            let (reply, answer) = oneshot::channel();
+            if hot.life == Life::Open {
+                hot.life = Life::Closing;
+                hot.close_reply = Some(reply);
+            } else {
+                // A second close behind the first: answered like a flush.
+                hot.flushes.push(reply);
+            }
+            answer
+        };
+        self.wake.notify_one();
+        self.room.notify_waiters();
+        answer.await.map_err(|_| self.closed())?
+    }
+
+    /// The last handle is gone: stop like a close nobody waits for.
+    pub(super) fn handles_gone(&self) {
+        let mut hot = self.lock();
+        if hot.life == Life::Open {
+            hot.life = Life::Closing;
+        }
+        drop(hot);
+        self.wake.notify_one();
+    }
+}
+
+/// Pending records after `after`, up to `max`.
+fn pending_after(pending: &VecDeque<Pending>, after: Seq, max: usize) -> Vec<Record> {
+    let start = pending.partition_point(|p| p.record.seq <= after);
+    pending.range(start..).take(max).map(|p| p.record.clone()).collect()
+}
+
+/// What the owner found to do after waking.
+#[derive(Default)]
+struct Work {
+    reads: Vec<ReadRequest>,
+    flushes: Vec<oneshot::Sender<Result<(), JournalError>>>,
+    /// Records to make durable (copies; they stay pending until the write succeeded).
+    spill: Vec<Record>,
+    last_seq: Seq,
+    acked: Seq,
+    commit: bool,
+    closing: bool,
+}
+
 /// State of the owner thread; lives and dies on that thread.
 struct Owner {
-    name: String,
+    shared: Arc<Shared>,
     store: Box<dyn Store>,
-    commands: mpsc::Receiver<Command>,
-    acks: Arc<AckSlot>,
-    stats: watch::Sender<JournalStats>,
-    /// Highest seq handed out, pending included.
-    appended: watch::Sender<Seq>,
-    config: JournalConfig,
     quarantined: Option<(PathBuf, String)>,
     commits: u64,
-    /// Appended, not yet durable; at most `commit_max_records`. They hold seqs
-    /// `last_seq + 1 ..` of the store, in order, and are readable already.
-    pending: Vec<NewRecord>,
-    flush_waiters: Vec<oneshot::Sender<Result<(), JournalError>>>,
-    /// When the next durable write must happen (set by the first pending append or ack).
-    deadline: Option<Instant>,
-    /// The last durable write failed; wait for `deadline` before trying again.
-    retrying: bool,
+    /// The last durable write failed; try again at this time.
+    retry_at: Option<Instant>,
     failures: u32,
     evicted_unlogged: u64,
     last_eviction_log: Option<Instant>,
@@ -149,27 +465,34 @@ struct Owner {
 
 impl Owner {
     fn run(mut self, claim: PathClaim) {
-        let name = self.name.clone();
-        let outcome = catch_unwind(AssertUnwindSafe(move || {
-            // Only for the commit timer: a current-thread runtime with no I/O driver.
-            let close_reply = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
-                Ok(runtime) => self.serve(&runtime),
-                Err(error) => {
-                    tracing::error!(journal = %self.name, %error, "journal thread could not start its timer; closing the journal");
-                    None
-                }
-            };
+        let name = self.shared.name.clone();
+        let shared = Arc::clone(&self.shared);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let close_reply = self.serve();
             let result = self.finish();
-            // Release the store before answering, so a reopen right after `close` succeeds.
-            drop(self);
             (close_reply, result)
         }));
+        // Release the store before answering, so a reopen right after `close` succeeds.
+        drop(self);
         drop(claim);
-        match outcome {
-            Ok((Some(reply), result)) => {
-                let _ = reply.send(result);
+        let close_reply = {
+            let mut hot = shared.lock();
+            hot.life = Life::Closed;
+            for waiter in hot.flushes.drain(..) {
+                let _ = waiter.send(Err(shared.closed()));
             }
-            Ok((None, _)) => {}
+            for read in hot.reads.drain(..) {
+                let _ = read.reply.send(Err(shared.closed()));
+            }
+            hot.close_reply.take()
+        };
+        shared.room.notify_waiters();
+        match outcome {
+            Ok((_, result)) => {
+                if let Some(reply) = close_reply {
+                    let _ = reply.send(result);
+                }
+            }
             Err(panic) => {
                 let message = panic
                     .downcast_ref::<&str>()
@@ -181,219 +504,236 @@ impl Owner {
         }
     }
 
-    /// Serve requests until every handle is gone or one asks to close; returns that close's reply.
-    fn serve(
-        &mut self,
-        runtime: &tokio::runtime::Runtime,
-    ) -> Option<oneshot::Sender<Result<(), JournalError>>> {
+    /// Serve until the journal closes (asked, every handle gone, or the store keeps failing).
+    fn serve(&mut self) -> Option<()> {
         loop {
-            self.notice_acks();
             if self.failures >= MAX_COMMIT_FAILURES {
                 tracing::error!(
-                    journal = %self.name,
+                    journal = %self.shared.name,
                     failures = self.failures,
                     "journal store fails every commit; closing the journal (restart berrygw to check the store)"
                 );
                 return None;
             }
-            if self.commit_due() {
-                // A failure is logged and retried by `commit` itself, up to MAX_COMMIT_FAILURES.
-                let _ = self.commit(&[]);
-                continue;
+            let work = self.wait_for_work();
+            if work.closing {
+                // Reads and flushes queued behind the close are answered by `finish`.
+                let mut hot = self.shared.lock();
+                hot.reads.extend(work.reads);
+                hot.flushes.extend(work.flushes);
+                return Some(());
             }
-            let message = match self.deadline {
-                // A failing store with a full batch: stop taking requests until the retry.
-                Some(deadline) if self.retrying && self.batch_full() => {
-                    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-                    continue;
-                }
-                Some(deadline) => {
-                    // The timer must be created inside the runtime it belongs to.
-                    let commands = &mut self.commands;
-                    let receive = async { tokio::time::timeout_at(deadline.into(), commands.recv()).await };
-                    match runtime.block_on(receive) {
-                        Ok(message) => message,
-                        Err(_elapsed) => continue,
-                    }
-                }
-                None => runtime.block_on(self.commands.recv()),
+            self.do_work(work);
+        }
+    }
+
+    /// Sleep until something is due, then take it.
+    fn wait_for_work(&mut self) -> Work {
+        let shared = Arc::clone(&self.shared);
+        let mut hot = shared.lock();
+        loop {
+            let now = Instant::now();
+            if hot.life != Life::Open {
+                return Work { closing: true, reads: std::mem::take(&mut hot.reads), flushes: std::mem::take(&mut hot.flushes), ..Work::default() };
+            }
+            let window = if hot.far_side {
+                self.shared.config.commit_interval
+            } else {
+                self.shared.config.outage_commit_interval.max(self.shared.config.commit_interval)
             };
-            match message {
-                None => return None,
-                Some(Command::Close(reply)) => return Some(reply),
-                Some(command) => self.handle(command),
+            let mut deadline = None::<Instant>;
+            let mut due = !hot.reads.is_empty() || !hot.flushes.is_empty();
+            if let Some(retry) = self.retry_at {
+                // A failing store: nothing durable before the retry time (reads still served).
+                due = due || now >= retry;
+                deadline = Some(retry);
+            } else {
+                if let Some(front) = hot.pending.front() {
+                    let at = front.at + window;
+                    due = due || now >= at || hot.pending.len() >= self.shared.config.commit_max_records;
+                    deadline = Some(at);
+                }
+                if let Some(noticed) = hot.ack_noticed {
+                    let at = noticed + self.shared.config.commit_interval;
+                    due = due || now >= at;
+                    deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                }
+            }
+            if due {
+                let commit = self.retry_at.is_none_or(|retry| now >= retry)
+                    && (!hot.pending.is_empty() || hot.ack_noticed.is_some() || !hot.flushes.is_empty());
+                let spill = if commit { hot.pending.iter().map(|p| p.record.clone()).collect() } else { Vec::new() };
+                let work = Work {
+                    reads: std::mem::take(&mut hot.reads),
+                    flushes: if commit { std::mem::take(&mut hot.flushes) } else { Vec::new() },
+                    spill,
+                    last_seq: hot.last_seq,
+                    acked: hot.acked,
+                    commit,
+                    closing: false,
+                };
+                if commit {
+                    hot.ack_noticed = None;
+                }
+                return work;
+            }
+            hot.owner_idle = deadline.is_none();
+            hot = match deadline {
+                Some(at) => {
+                    shared.wake.wait_timeout(hot, at.saturating_duration_since(now)).unwrap_or_else(|p| p.into_inner()).0
+                }
+                None => shared.wake.wait(hot).unwrap_or_else(|p| p.into_inner()),
+            };
+            hot.owner_idle = false;
+        }
+    }
+
+    fn do_work(&mut self, work: Work) {
+        if work.commit {
+            let result = self.commit(&work.spill, work.last_seq, work.acked, false, &[]);
+            for waiter in work.flushes {
+                let _ = waiter.send(result.as_ref().map(|_| ()).map_err(|error| JournalError::CommitFailed {
+                    path: self.shared.config.path.clone(),
+                    reason: error.to_string(),
+                }));
             }
         }
-    }
-
-    fn handle(&mut self, command: Command) {
-        match command {
-            Command::Append(record) => {
-                self.deadline.get_or_insert_with(|| Instant::now() + self.config.commit_interval);
-                self.pending.push(record);
-                self.appended.send_replace(self.pending_seq(self.pending.len() - 1));
-            }
-            Command::Read { after, max, reply } => {
-                let _ = reply.send(self.read(after, max));
-            }
-            Command::Flush(reply) => self.flush_waiters.push(reply),
-            Command::Wake => {}
-            // Only reachable while draining behind a first close: answer it like a flush.
-            Command::Close(reply) => self.flush_waiters.push(reply),
+        for read in work.reads {
+            let result = self.read(read.after, read.max);
+            let _ = read.reply.send(result);
         }
     }
 
-    /// Take in requests already queued behind a close, then make everything durable.
-    fn finish(&mut self) -> Result<(), JournalError> {
-        self.commands.close();
-        while let Ok(command) = self.commands.try_recv() {
-            self.handle(command);
-        }
-        self.notice_acks();
-        let mut result = Ok(());
-        for attempt in 1..=FINAL_COMMIT_ATTEMPTS {
-            result = self.commit(&[]);
-            if result.is_ok() {
-                break;
-            }
-            if attempt < FINAL_COMMIT_ATTEMPTS {
-                std::thread::sleep(self.config.commit_interval.max(Duration::from_millis(100)));
-            }
-        }
-        if result.is_err() {
-            tracing::error!(
-                journal = %self.name,
-                lost = self.pending.len(),
-                "journal closed with records that never became durable; they are lost"
-            );
-        }
-        self.publish();
-        result
-    }
-
-    /// If a handle acked past the durable ack, make sure a commit is scheduled.
-    fn notice_acks(&mut self) {
-        self.acks.wake_sent.store(false, Ordering::SeqCst);
-        if self.requested_ack() > self.store.counters().acked {
-            self.deadline.get_or_insert_with(|| Instant::now() + self.config.commit_interval);
-        }
-    }
-
-    fn requested_ack(&self) -> Seq {
-        Seq(self.acks.up_to.load(Ordering::SeqCst))
-    }
-
-    fn batch_full(&self) -> bool {
-        self.pending.len() >= self.config.commit_max_records
-    }
-
-    fn commit_due(&self) -> bool {
-        let deadline_passed = self.deadline.is_some_and(|d| Instant::now() >= d);
-        if self.retrying {
-            return deadline_passed;
-        }
-        deadline_passed || self.batch_full() || !self.flush_waiters.is_empty() || self.purge_left()
-    }
-
-    /// Acked records still stored (a backend may delete a large ack over several writes).
-    fn purge_left(&self) -> bool {
+    /// One durable write: `spill` (if not acknowledged meanwhile), the ack, evictions.
+    fn commit(
+        &mut self,
+        spill: &[Record],
+        last_seq: Seq,
+        acked: Seq,
+        persist_counters: bool,
+        unreadable: &[Seq],
+    ) -> Result<(), JournalError> {
         let counters = self.store.counters();
-        counters.first_seq.is_some_and(|first| first <= counters.acked)
-    }
-
-    /// Whether a commit now would change anything on disk.
-    fn has_writes(&self) -> bool {
-        !self.pending.is_empty() || self.requested_ack() > self.store.counters().acked || self.purge_left()
-    }
-
-    /// One durable write of everything pending; answers flush waiters either way.
-    fn commit(&mut self, unreadable: &[Seq]) -> Result<(), JournalError> {
-        if unreadable.is_empty() && !self.has_writes() {
-            // A flush with nothing pending: already durable, spare the medium a write.
-            self.deadline = None;
-            for waiter in self.flush_waiters.drain(..) {
-                let _ = waiter.send(Ok(()));
-            }
-            return Ok(());
-        }
-        let evicted_before = self.store.counters().evicted_total;
+        let evicted_before = counters.evicted_total;
         let commit = Commit {
-            records: &self.pending,
-            ack_up_to: self.requested_ack(),
-            max_bytes: self.config.max_bytes,
+            records: spill,
+            last_seq,
+            persist_counters,
+            ack_up_to: acked,
+            max_bytes: self.shared.config.max_bytes,
             unreadable,
         };
-        match self.store.commit(&commit) {
+        let result = self.store.commit(&commit);
+        match &result {
             Ok(()) => {
                 self.commits += 1;
-                self.pending.clear();
-                self.deadline = None;
-                self.retrying = false;
+                self.retry_at = None;
                 self.failures = 0;
                 let evicted = self.store.counters().evicted_total.saturating_sub(evicted_before);
                 self.note_evictions(evicted.saturating_sub(unreadable.len() as u64));
-                self.publish();
-                for waiter in self.flush_waiters.drain(..) {
-                    let _ = waiter.send(Ok(()));
-                }
-                Ok(())
             }
             Err(error) => {
                 self.failures = self.failures.saturating_add(1);
                 let delay = self
+                    .shared
                     .config
                     .commit_interval
                     .max(Duration::from_millis(100))
                     .saturating_mul(1 << self.failures.min(6))
                     .min(MAX_RETRY_DELAY);
                 tracing::error!(
-                    journal = %self.name,
+                    journal = %self.shared.name,
                     %error,
-                    pending = self.pending.len(),
+                    pending = spill.len(),
                     retry_in = ?delay,
                     "journal commit failed; records stay pending"
                 );
-                self.deadline = Some(Instant::now() + delay);
-                self.retrying = true;
-                let reason = error.to_string();
-                for waiter in self.flush_waiters.drain(..) {
-                    let _ = waiter.send(Err(JournalError::CommitFailed {
-                        path: self.config.path.clone(),
-                        reason: reason.clone(),
-                    }));
-                }
-                Err(error)
+                self.retry_at = Some(Instant::now() + delay);
             }
         }
+        let settled = result.as_ref().map(|_| ()).map_err(|_| ());
+        self.settle(spill, settled);
+        result
     }
 
-    /// The seq the pending record at `index` will be stored under.
-    fn pending_seq(&self, index: usize) -> Seq {
-        Seq(self.store.counters().last_seq.0 + 1 + index as u64)
+    /// After a commit: drop what it made durable from `pending` (and the stage), publish.
+    fn settle(&mut self, spill: &[Record], result: Result<(), ()>) {
+        let counters = self.store.counters();
+        let acked = {
+            let mut hot = self.shared.lock();
+            if result.is_ok() {
+                if let Some(last) = spill.last() {
+                    let full = hot.pending.len() >= self.shared.limit;
+                    while hot.pending.front().is_some_and(|p| p.record.seq <= last.seq) {
+                        hot.pending.pop_front();
+                    }
+                    if full {
+                        self.shared.room.notify_waiters();
+                    }
+                }
+                let spilled_last = spill.last().map_or(Seq::NONE, |r| r.seq);
+                hot.stored_last = if counters.records > 0 { hot.stored_last.max(spilled_last) } else { Seq::NONE };
+                hot.stored_first = counters.first_seq;
+                if hot.stored_first.is_some_and(|first| first <= hot.acked) && hot.ack_noticed.is_none() {
+                    hot.ack_noticed = Some(Instant::now());
+                }
+                if hot.pending.is_empty() {
+                    let failed = hot.stage.as_mut().map(|stage| stage.clear());
+                    if let Some(Err(error)) = failed {
+                        tracing::error!(journal = %self.shared.name, %error, "journal RAM stage cannot be emptied; running without it from now on");
+                        hot.stage = None;
+                    }
+                }
+            }
+            hot.acked
+        };
+        self.publish(acked);
+    }
+
+    /// Commit what is pending (and acked) before the owner stops.
+    fn finish(&mut self) -> Result<(), JournalError> {
+        let (spill, last_seq, acked, reads, flushes) = {
+            let mut hot = self.shared.lock();
+            let spill: Vec<Record> = hot.pending.iter().map(|p| p.record.clone()).collect();
+            (spill, hot.last_seq, hot.acked, std::mem::take(&mut hot.reads), std::mem::take(&mut hot.flushes))
+        };
+        for read in reads {
+            let result = self.read(read.after, read.max);
+            let _ = read.reply.send(result);
+        }
+        let mut result = Ok(());
+        for attempt in 1..=FINAL_COMMIT_ATTEMPTS {
+            result = self.commit(&spill, last_seq, acked, true, &[]);
+            if result.is_ok() {
+                break;
+            }
+            if attempt < FINAL_COMMIT_ATTEMPTS {
+                std::thread::sleep(self.shared.config.commit_interval.max(Duration::from_millis(100)));
+            }
+        }
+        if result.is_err() {
+            tracing::error!(
+                journal = %self.shared.name,
+                lost = spill.iter().filter(|r| r.seq > acked).count(),
+                "journal closed with records that never became durable; they are lost"
+            );
+        }
+        for waiter in flushes {
+            let _ = waiter.send(result.as_ref().map(|_| ()).map_err(|error| JournalError::CommitFailed {
+                path: self.shared.config.path.clone(),
+                reason: error.to_string(),
+            }));
+        }
+        result
     }
 
     /// Stored records after `after`, then pending ones, up to `max`.
     fn read(&mut self, after: Seq, max: usize) -> Result<Vec<Record>, JournalError> {
-        let after = after.max(self.requested_ack());
-        let max = max.min(MAX_READ_RECORDS);
-        if max == 0 {
-            return Ok(Vec::new());
-        }
         let mut records = self.read_stored(after, max)?;
-        // Fewer than asked means every stored record after `after` is in hand.
-        for (index, record) in self.pending.iter().enumerate() {
-            if records.len() >= max {
-                break;
-            }
-            let seq = self.pending_seq(index);
-            if seq > after {
-                records.push(Record {
-                    seq,
-                    kind: record.kind,
-                    received_at_ms: record.received_at_ms,
-                    payload: record.payload.clone(),
-                });
-            }
+        let from = records.last().map_or(after, |r| r.seq);
+        if records.len() < max {
+            let hot = self.shared.lock();
+            records.extend(pending_after(&hot.pending, from.max(hot.acked), max - records.len()));
         }
         Ok(records)
     }
@@ -402,17 +742,16 @@ impl Owner {
         let mut dropped = 0;
         loop {
             match self.store.read_after(after, max) {
-                Err(JournalError::CorruptRecord { path, seq, reason })
-                    if dropped < MAX_UNREADABLE_PER_READ =>
-                {
+                Err(JournalError::CorruptRecord { path, seq, reason }) if dropped < MAX_UNREADABLE_PER_READ => {
                     tracing::error!(
-                        journal = %self.name,
+                        journal = %self.shared.name,
                         path = %path.display(),
                         %seq,
                         %reason,
                         "journal record is unreadable; dropping it (counted in evicted_total)"
                     );
-                    self.commit(&[seq])?;
+                    let counters = self.store.counters();
+                    self.commit(&[], counters.last_seq, counters.acked, false, &[seq])?;
                     dropped += 1;
                 }
                 other => return other,
@@ -430,18 +769,21 @@ impl Owner {
             return;
         }
         tracing::warn!(
-            journal = %self.name,
+            journal = %self.shared.name,
             evicted = self.evicted_unlogged,
             evicted_total = self.store.counters().evicted_total,
-            max_bytes = self.config.max_bytes,
+            max_bytes = self.shared.config.max_bytes,
             "journal is over max_bytes: evicted the oldest unacknowledged records"
         );
         self.evicted_unlogged = 0;
         self.last_eviction_log = Some(now);
     }
 
-    fn publish(&self) {
-        self.stats.send_replace(stats_from(&self.store.counters(), self.commits, &self.quarantined));
+    /// Publish the store's counters, with the ack as the far side gave it (durable or not).
+    fn publish(&self, acked: Seq) {
+        let mut stats = stats_from(&self.store.counters(), self.commits, &self.quarantined);
+        stats.acked = stats.acked.max(acked);
+        self.shared.stats.send_replace(stats);
     }
 }
 

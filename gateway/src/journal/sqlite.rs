@@ -272,10 +272,15 @@ impl Store for SqliteStore {
         // not even the meta row: on a healthy link the SD card sees nothing. The seqs given
         // out stay counted in memory; a crash before the next real write can only hand such
         // never-stored seqs out again, never the seq of a stored record.
-        let appended = u64::try_from(commit.records.len()).unwrap_or(u64::MAX);
-        let batch_end = Seq(next.last_seq.0.saturating_add(appended));
-        if commit.unreadable.is_empty() && next.first_seq.is_none() && batch_end <= commit.ack_up_to {
-            next.last_seq = batch_end;
+        let batch_end = commit.records.last().map_or(Seq::NONE, |r| r.seq).max(commit.last_seq);
+        let keeps = commit.records.iter().any(|r| r.seq > commit.ack_up_to && r.seq > next.last_seq);
+        if !keeps
+            && !commit.persist_counters
+            && commit.unreadable.is_empty()
+            && next.first_seq.is_none_or(|first| first > commit.ack_up_to)
+            && next.bytes <= commit.max_bytes
+        {
+            next.last_seq = next.last_seq.max(batch_end);
             next.acked = commit.ack_up_to.max(next.acked).min(next.last_seq);
             self.counters = next;
             return Ok(());
@@ -288,22 +293,21 @@ impl Store for SqliteStore {
                 )
                 .map_err(sql_error(path, "preparing an insert"))?;
             for record in commit.records {
-                let seq = Seq(next.last_seq.0.saturating_add(1));
-                if seq <= commit.ack_up_to {
+                if record.seq <= commit.ack_up_to || record.seq <= next.last_seq {
                     // Published and acknowledged before its durable write: the far side has
                     // it, so it never needs to touch the SD card.
-                    next.last_seq = seq;
                     continue;
                 }
                 insert
-                    .execute(params![sql_seq(path, seq)?, record.kind, record.received_at_ms, record.payload])
+                    .execute(params![sql_seq(path, record.seq)?, record.kind, record.received_at_ms, record.payload])
                     .map_err(sql_error(path, "appending a record"))?;
-                next.last_seq = seq;
-                next.first_seq.get_or_insert(seq);
+                next.last_seq = record.seq;
+                next.first_seq.get_or_insert(record.seq);
                 next.records += 1;
                 next.bytes = next.bytes.saturating_add(record_bytes(record.payload.len()));
             }
         }
+        next.last_seq = next.last_seq.max(batch_end);
 
         for &seq in commit.unreadable {
             let seq = sql_seq(path, seq)?;

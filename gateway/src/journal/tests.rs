@@ -1,5 +1,5 @@
 //! One behaviour suite for both backends: each test is a generic async fn over a
-//! [`Backend`], instantiated for SQLite and sled by `for_both_backends!`. No test asserts on
+//! [`Backend`], instantiated for the segment log and SQLite by `for_both_backends!`. No test asserts on
 //! timing; waits on the stats watch are guarded only against hanging forever.
 
 use std::error::Error;
@@ -28,11 +28,11 @@ macro_rules! for_both_backends {
                 }
             )*
         }
-        mod on_sled {
+        mod on_log {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() -> super::TestResult {
-                    super::$name(super::Backend::Sled).await
+                    super::$name(super::Backend::Log).await
                 }
             )*
         }
@@ -62,7 +62,7 @@ for_both_backends!(
 fn store_path(backend: Backend, dir: &TempDir) -> PathBuf {
     match backend {
         Backend::Sqlite => dir.path().join("uplinks.db"),
-        Backend::Sled => dir.path().join("uplinks.sled"),
+        Backend::Log => dir.path().join("uplinks.log"),
     }
 }
 
@@ -186,8 +186,9 @@ async fn ack_alone_is_committed_when_idle(backend: Backend) -> TestResult {
     append_range(&journal, 1..=5).await?;
     journal.flush().await?;
     journal.ack(Seq(5));
-    wait_for(&journal, |stats| stats.acked == Seq(5)).await?;
-    assert_eq!(journal.watch().borrow().records, 0);
+    // Published at once; the stored records leave within a commit window, with no flush.
+    assert_eq!(journal.watch().borrow().acked, Seq(5));
+    wait_for(&journal, |stats| stats.records == 0 && stats.commits >= 2).await?;
     journal.close().await?;
     Ok(())
 }
@@ -199,7 +200,6 @@ async fn large_ack_is_fully_deleted(backend: Backend) -> TestResult {
     append_range(&journal, 1..=20_000).await?;
     journal.flush().await?;
     journal.ack(Seq(19_999));
-    // sled deletes a large ack over several commits; both must end with one record left.
     wait_for(&journal, |stats| stats.records == 1).await?;
     assert_eq!(journal.read_after(Seq::NONE, 10).await?, [expected(20_000)]);
     journal.close().await?;
@@ -270,7 +270,7 @@ async fn read_after_skips_evicted(backend: Backend) -> TestResult {
     Ok(())
 }
 
-/// Bytes that are no valid SQLite page nor sled segment or config.
+/// Bytes that are no valid SQLite page nor journal segment.
 fn garbage(len: usize) -> Vec<u8> {
     let mut state: u32 = 0x2545_f491;
     (0..len)
@@ -336,10 +336,17 @@ fn damage_record(backend: Backend, path: &Path, seq: Seq) -> TestResult {
             let conn = rusqlite::Connection::open(path)?;
             conn.execute("UPDATE records SET kind = 999 WHERE seq = ?1", [seq.0 as i64])?;
         }
-        Backend::Sled => {
-            let db = raw_sled(path)?;
-            db.open_tree("records")?.insert(seq.0.to_be_bytes(), &[1u8, 2, 3][..])?;
-            db.flush()?;
+        Backend::Log => {
+            // Flip a payload byte of record `seq` in the first segment (a magic line, then
+            // frames of a 27-byte header and the payload).
+            let segment = path.join("seg-00000000000000000001.log");
+            let mut bytes = std::fs::read(&segment)?;
+            let mut offset = 8;
+            for i in 1..seq.0 {
+                offset += 27 + uplink(i).payload.len();
+            }
+            bytes[offset + 27 + 1] ^= 0x20;
+            std::fs::write(&segment, bytes)?;
         }
     }
     Ok(())
@@ -511,64 +518,121 @@ async fn rejects_invalid_config(backend: Backend) -> TestResult {
     Ok(())
 }
 
-/// Open a journal's sled files directly, behind the journal's back. sled lets go of its
-/// lock file a little after the journal dropped it, so a held lock is retried.
-fn raw_sled(path: &Path) -> Result<::sled::Db, ::sled::Error> {
-    let mut attempts = 0;
-    loop {
-        match ::sled::Config::new().path(path).open() {
-            Err(::sled::Error::Io(io))
-                if io.to_string().contains("could not acquire lock") && attempts < 500 =>
-            {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
-}
-
+/// The segment log keeps a cut-short tail out (a write a power cut interrupted) and
+/// appends after it; a later reopen finds every record.
 #[tokio::test]
-async fn sled_records_lost_in_recovery_are_counted_as_evicted() -> TestResult {
+async fn log_store_cuts_off_a_torn_tail_and_keeps_appending() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let config = config(Backend::Sled, &dir);
+    let config = config(Backend::Log, &dir);
     let journal = open(&config).await?;
-    append_range(&journal, 1..=10).await?;
+    append_range(&journal, 1..=3).await?;
     journal.close().await?;
-    // What sled leaves after recovering a damaged log to an earlier point: fewer records
-    // than the last commit wrote down.
-    {
-        let db = raw_sled(&config.path)?;
-        db.open_tree("meta")?.insert("records", &13u64.to_be_bytes())?;
-        db.flush()?;
-    }
+    let segment = config.path.join("seg-00000000000000000001.log");
+    let mut bytes = std::fs::read(&segment)?;
+    // Half of a fourth frame: what a power cut leaves of a write that never returned.
+    let mut torn = Vec::new();
+    super::frame::encode_record(&mut torn, &expected(4));
+    bytes.extend_from_slice(&torn[..torn.len() / 2]);
+    std::fs::write(&segment, bytes)?;
 
     let journal = open(&config).await?;
     let stats = journal.watch().borrow().clone();
-    assert_eq!((stats.records, stats.evicted_total), (10, 3));
+    assert_eq!((stats.records, stats.last_seq, stats.evicted_total), (3, Seq(3), 0));
+    append_range(&journal, 4..=5).await?;
+    journal.flush().await?;
     journal.close().await?;
-    // Counted once, not again at every start.
     let journal = open(&config).await?;
-    assert_eq!(journal.watch().borrow().evicted_total, 3);
+    assert_eq!(journal.read_after(Seq::NONE, 10).await?, (1..=5).map(expected).collect::<Vec<_>>());
     journal.close().await?;
     Ok(())
 }
 
+/// A drained backlog leaves by whole segments: a large ack unlinks the full segments.
 #[tokio::test]
-async fn sled_store_recovered_as_empty_is_quarantined() -> TestResult {
+async fn log_store_deletes_acknowledged_segments_whole() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let config = config(Backend::Sled, &dir);
-    // sled files without the journal's format mark: what sled opens, without complaint,
-    // from a log whose head is damaged.
-    {
-        let db = raw_sled(&config.path)?;
-        db.insert("unrelated", "data")?;
-        db.flush()?;
-    }
+    let config = JournalConfig { commit_max_records: 5000, ..config(Backend::Log, &dir) };
     let journal = open(&config).await?;
-    let quarantined = journal.watch().borrow().quarantined.clone();
-    assert!(quarantined.is_some_and(|(_, reason)| reason.contains("format mark")), "expected a quarantine");
+    // 4 KiB payloads: 4 MiB segments hold about a thousand each.
+    for i in 1..=3000 {
+        journal.append(sized_uplink(i, 4096)).await?;
+    }
+    journal.flush().await?;
+    let segments = |dir: &Path| -> std::io::Result<usize> {
+        Ok(std::fs::read_dir(dir)?.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("seg-")).count())
+    };
+    let before = segments(&config.path)?;
+    assert!(before >= 3, "{before} segments for 12 MiB");
+    journal.ack(Seq(2999));
+    wait_for(&journal, |stats| stats.records == 1).await?;
+    assert_eq!(segments(&config.path)?, 1, "only the segment holding the last record is left");
+    assert_eq!(seqs(&journal.read_after(Seq::NONE, 10).await?), [3000]);
     journal.close().await?;
+    Ok(())
+}
+
+/// What a crash leaves in the RAM stage is taken back on open: nothing accepted is lost,
+/// nothing acknowledged comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_in_the_stage_survive_a_crash_and_acked_ones_do_not_come_back() -> TestResult {
+    for backend in [Backend::Log, Backend::Sqlite] {
+        let dir = tempfile::tempdir()?;
+        let stage = tempfile::tempdir()?;
+        let config = JournalConfig {
+            commit_interval: Duration::from_secs(3600),
+            outage_commit_interval: Duration::from_secs(3600),
+            stage_dir: Some(stage.path().to_path_buf()),
+            ..config(backend, &dir)
+        };
+        let journal = open(&config).await?;
+        append_range(&journal, 1..=6).await?;
+        journal.ack(Seq(2));
+        // A crash: the owner never commits (the window is an hour) and never closes.
+        std::mem::forget(journal);
+        let staged: Vec<_> = std::fs::read_dir(stage.path())?.flatten().collect();
+        assert_eq!(staged.len(), 1, "one stage file");
+        assert!(staged[0].metadata()?.len() > 0);
+
+        // A second process would open the same files; here the path claim of the forgotten
+        // journal is still held, so open a copy of the store and stage.
+        let copy = tempfile::tempdir()?;
+        let copied_store = copy.path().join(config.path.file_name().unwrap_or_default());
+        copy_tree(&config.path, &copied_store)?;
+        let copy_stage = tempfile::tempdir()?;
+        let stage_name = super::stage::stage_path(copy_stage.path(), "test", &copied_store);
+        std::fs::copy(staged[0].path(), &stage_name)?;
+        let reopened = JournalConfig { path: copied_store, stage_dir: Some(copy_stage.path().to_path_buf()), ..config.clone() };
+        let journal = open(&reopened).await?;
+        assert_eq!(journal.read_after(Seq::NONE, 10).await?, (3..=6).map(expected).collect::<Vec<_>>(), "{backend}");
+        let stats = journal.watch().borrow().clone();
+        assert_eq!((stats.records, stats.acked, stats.last_seq), (4, Seq(2), Seq(6)), "{backend}");
+        journal.append(uplink(7)).await?;
+        assert_eq!(seqs(&journal.read_after(Seq(6), 10).await?), [7], "{backend}: seqs continue");
+        journal.close().await?;
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    } else if from.exists() {
+        std::fs::copy(from, to)?;
+    }
+    for suffix in ["-wal", "-shm"] {
+        let mut companion = from.as_os_str().to_owned();
+        companion.push(suffix);
+        let companion = PathBuf::from(companion);
+        if companion.exists() {
+            let mut target = to.as_os_str().to_owned();
+            target.push(suffix);
+            std::fs::copy(&companion, PathBuf::from(target))?;
+        }
+    }
     Ok(())
 }
 

@@ -169,6 +169,8 @@ pub async fn run(
             Ok(SessionEnd::Shutdown) => return,
             Err(e) => {
                 counters.connected.store(false, Ordering::Relaxed);
+                // Nobody acknowledges now: the journal may take its longer commit window.
+                journal.far_side(false);
                 counters.reconnects.fetch_add(1, Ordering::Relaxed);
                 let kind = failure_kind(&e);
                 let delay = backoff.after_failure(started.elapsed(), kind);
@@ -319,6 +321,7 @@ async fn session(
     let (client, mut eventloop) = AsyncClient::new(options(s), window + 64);
     connect(&mut eventloop, s).await?;
     counters.connected.store(true, Ordering::Relaxed);
+    journal.far_side(true);
     info!(server = %s.server, "{name} sink: connected");
 
     let mut flight = InFlight::default();

@@ -1006,11 +1006,9 @@ mod tests {
         let journal = Journal::open(
             "test",
             JournalConfig {
-                backend: Backend::Sqlite,
-                path: dir.path().join("j.sqlite"),
-                max_bytes: 1 << 20,
                 commit_interval: Duration::from_millis(10),
                 commit_max_records: 100,
+                ..JournalConfig::new(Backend::Log, dir.path().join("j.log"), 1 << 20)
             },
         )
         .expect("journal");
@@ -1236,6 +1234,7 @@ mod tests {
 
         h.push_ack(first.token).await;
         h.wait_acked(1).await;
+        assert_eq!(h.durable_ack().await, Seq(1), "the ack is made durable, the record deleted");
         assert_eq!(h.journal.watch().borrow().records, 0);
         assert_eq!(h.counter(|c| &c.forwarded), 1);
     }

@@ -1,0 +1,224 @@
+//! The RAM stage: every appended record is written to a file on a RAM file system (tmpfs,
+//! `[journal] stage_dir`, `/run/berrygw/journal` under systemd) before `append` returns, so
+//! a record the gateway accepted is in the kernel before the packet forwarder gets its
+//! PUSH_ACK: a crash or `kill -9` of berrygw loses nothing, while the SD card sees only the
+//! records that are still unacknowledged at their durability deadline (the segment log).
+//! A power cut empties the stage too; what it can take is bounded by the commit window.
+//!
+//! The stage holds frames (`frame.rs`): records, and ack marks written when the far side
+//! acknowledges something. It is emptied whenever nothing in it is waiting (every staged
+//! record acknowledged or durable in the store), and rewritten with only the waiting ones
+//! when it grows past [`REWRITE_BYTES`]. On open, what a previous process left is read back:
+//! records after the last ack mark go to the store before anything else happens.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::frame::{self, Frame, Parsed};
+use super::{Record, Seq};
+
+/// A stage this large is rewritten with only its waiting records.
+const REWRITE_BYTES: u64 = 4 << 20;
+
+/// The stage file of one journal.
+pub(super) struct Stage {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    buf: Vec<u8>,
+}
+
+/// What a previous process left in the stage.
+#[derive(Debug, Default)]
+pub(super) struct Recovered {
+    /// Staged records after the last ack mark, in seq order.
+    pub records: Vec<Record>,
+    /// The highest ack mark (everything up to it was acknowledged).
+    pub acked: Seq,
+    /// Why reading stopped early, if the file was damaged (the rest is ignored).
+    pub damage: Option<String>,
+}
+
+/// The stage file for the journal stored at `journal_path`: one per journal, so two
+/// journals (or two gateways on one machine) never share one.
+pub(super) fn stage_path(stage_dir: &Path, name: &str, journal_path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(journal_path).unwrap_or_else(|_| journal_path.to_path_buf());
+    let tag = frame::crc32c(0, absolute.as_os_str().as_encoded_bytes());
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    stage_dir.join(format!("{safe}-{tag:08x}.stage"))
+}
+
+impl Stage {
+    /// Open (creating it and its directory, 0700/0600) the stage at `path` and read back
+    /// what it holds.
+    pub(super) fn open(path: &Path) -> std::io::Result<(Stage, Recovered)> {
+        if let Some(parent) = path.parent() {
+            crate::state_db::create_private_dir(parent)?;
+        }
+        let mut file = OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let recovered = recover(&bytes);
+        let len = bytes.len() as u64;
+        Ok((Stage { path: path.to_path_buf(), file, len, buf: Vec::new() }, recovered))
+    }
+
+    /// Where the stage lives.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Write one record; it is in the kernel when this returns.
+    pub(super) fn append(&mut self, record: &Record) -> std::io::Result<()> {
+        self.buf.clear();
+        frame::encode_record(&mut self.buf, record);
+        self.write_buf()
+    }
+
+    /// Note that everything up to `up_to` was acknowledged.
+    pub(super) fn ack(&mut self, up_to: Seq) -> std::io::Result<()> {
+        self.buf.clear();
+        frame::encode_ack(&mut self.buf, up_to);
+        self.write_buf()
+    }
+
+    /// Nothing staged is waiting any more: empty the file.
+    pub(super) fn clear(&mut self) -> std::io::Result<()> {
+        if self.len > 0 {
+            self.file.set_len(0)?;
+            self.len = 0;
+        }
+        Ok(())
+    }
+
+    /// Whether the stage has grown past [`REWRITE_BYTES`] and should be rewritten.
+    pub(super) fn wants_rewrite(&self) -> bool {
+        self.len > REWRITE_BYTES
+    }
+
+    /// Replace the stage by one holding only `waiting` (and the ack mark `acked`).
+    pub(super) fn rewrite<'a>(
+        &mut self,
+        waiting: impl Iterator<Item = &'a Record>,
+        acked: Seq,
+    ) -> std::io::Result<()> {
+        self.buf.clear();
+        frame::encode_ack(&mut self.buf, acked);
+        for record in waiting {
+            frame::encode_record(&mut self.buf, record);
+        }
+        let tmp = self.path.with_extension("stage.new");
+        {
+            let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            file.write_all(&self.buf)?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        self.file = OpenOptions::new().read(true).append(true).open(&self.path)?;
+        self.len = self.buf.len() as u64;
+        Ok(())
+    }
+
+    fn write_buf(&mut self) -> std::io::Result<()> {
+        self.file.write_all(&self.buf)?;
+        self.len += self.buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// Records after the last ack mark, in seq order, and the ack.
+fn recover(bytes: &[u8]) -> Recovered {
+    let mut recovered = Recovered::default();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        match frame::parse(&bytes[offset..]) {
+            Parsed::Frame { frame, len } => {
+                match frame {
+                    Frame::Ack(seq) => recovered.acked = recovered.acked.max(seq),
+                    Frame::Record(record) => {
+                        // Seqs only grow in one stage; a lower one would be damage.
+                        if recovered.records.last().is_none_or(|last| last.seq < record.seq) {
+                            recovered.records.push(record);
+                        }
+                    }
+                }
+                offset += len;
+            }
+            Parsed::Truncated => {
+                recovered.damage = Some(format!("a frame cut short at byte {offset}"));
+                break;
+            }
+            Parsed::Damaged { seq, .. } => {
+                recovered.damage = Some(format!("record {seq} at byte {offset} fails its check"));
+                break;
+            }
+            Parsed::Garbage => {
+                recovered.damage = Some(format!("no frame at byte {offset}"));
+                break;
+            }
+        }
+    }
+    let acked = recovered.acked;
+    recovered.records.retain(|record| record.seq > acked);
+    recovered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64) -> Record {
+        Record { seq: Seq(seq), kind: 1, received_at_ms: seq as i64, payload: vec![seq as u8; 10] }
+    }
+
+    #[test]
+    fn a_reopened_stage_gives_back_what_was_not_acknowledged() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = stage_path(dir.path(), "chirp stack", Path::new("/var/lib/berrygw/journal/x.log"));
+        assert!(path.file_name().unwrap_or_default().to_string_lossy().starts_with("chirp_stack-"));
+        let (mut stage, recovered) = Stage::open(&path)?;
+        assert!(recovered.records.is_empty());
+        for seq in 1..=5 {
+            stage.append(&record(seq))?;
+        }
+        stage.ack(Seq(3))?;
+        drop(stage);
+
+        let (mut stage, recovered) = Stage::open(&path)?;
+        assert_eq!(recovered.acked, Seq(3));
+        assert_eq!(recovered.records, vec![record(4), record(5)]);
+        assert_eq!(recovered.damage, None);
+
+        stage.rewrite([record(5)].iter(), Seq(4))?;
+        stage.append(&record(6))?;
+        drop(stage);
+        let (mut stage, recovered) = Stage::open(&path)?;
+        assert_eq!(recovered.records, vec![record(5), record(6)]);
+        stage.clear()?;
+        drop(stage);
+        let (_, recovered) = Stage::open(&path)?;
+        assert!(recovered.records.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_stage_gives_back_what_precedes_the_damage() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("s.stage");
+        let (mut stage, _) = Stage::open(&path)?;
+        for seq in 1..=3 {
+            stage.append(&record(seq))?;
+        }
+        drop(stage);
+        let mut bytes = std::fs::read(&path)?;
+        let third = 2 * (frame::HEADER_LEN + 10);
+        bytes[third + frame::HEADER_LEN] ^= 1;
+        std::fs::write(&path, &bytes)?;
+        let (_, recovered) = Stage::open(&path)?;
+        assert_eq!(recovered.records, vec![record(1), record(2)]);
+        assert!(recovered.damage.is_some_and(|d| d.contains("record 3")));
+        Ok(())
+    }
+}
