@@ -143,7 +143,7 @@ pub struct JournalStats {
     pub bytes: u64,
     /// Receive time of the oldest stored record.
     pub oldest_received_at_ms: Option<i64>,
-    /// Highest committed sequence number (kept after its record is deleted).
+    /// Highest settled sequence number: durable, or acknowledged before it needed to be.
     pub last_seq: Seq,
     /// Highest sequence number the far side acknowledged (durable within a commit window).
     pub acked: Seq,

@@ -356,9 +356,12 @@ impl Shared {
                 hot.stage = None;
             }
         }
+        // Published at once: an acknowledged record is settled (it needs no durable write),
+        // so the highest settled seq rises with it.
         self.stats.send_if_modified(|stats| {
             let raise = stats.acked < up_to;
             stats.acked = stats.acked.max(up_to);
+            stats.last_seq = stats.last_seq.max(up_to);
             raise
         });
         let mut wake = false;
@@ -783,6 +786,7 @@ impl Owner {
     fn publish(&self, acked: Seq) {
         let mut stats = stats_from(&self.store.counters(), self.commits, &self.quarantined);
         stats.acked = stats.acked.max(acked);
+        stats.last_seq = stats.last_seq.max(acked);
         self.shared.stats.send_replace(stats);
     }
 }
