@@ -297,6 +297,28 @@ fn a_frame_replayed_after_a_crash_is_refused_and_makes_no_second_reading() {
 
 #[test]
 fn sigterm_keeps_every_uplink_the_gwmp_ingest_acknowledged() {
+    every_acknowledged_gwmp_uplink_survives(Stop::Sigterm, "sqlite");
+}
+
+/// kill -9 right after PUSH_ACKs, with a commit window (10 s) far longer than the test: what
+/// the ingest acknowledged is in the journal's RAM stage only, and must all come back.
+#[test]
+fn kill9_loses_no_uplink_the_gwmp_ingest_acknowledged_log() {
+    every_acknowledged_gwmp_uplink_survives(Stop::Kill9, "log");
+}
+
+#[test]
+fn kill9_loses_no_uplink_the_gwmp_ingest_acknowledged_sqlite() {
+    every_acknowledged_gwmp_uplink_survives(Stop::Kill9, "sqlite");
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Sigterm,
+    Kill9,
+}
+
+fn every_acknowledged_gwmp_uplink_survives(how: Stop, backend: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let mut broker = Mosquitto::start(dir.path(), None);
     let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/up", None);
@@ -307,7 +329,8 @@ fn sigterm_keeps_every_uplink_the_gwmp_ingest_acknowledged() {
         "[sinks.chirpstack]\nserver = \"{}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n",
         broker.url(false)
     );
-    let text = config_with_radio(&dir.path().join("s"), "sqlite", &gwmp_radio(port), &sink);
+    let text = config_with_radio(&dir.path().join("s"), backend, &gwmp_radio(port), &sink)
+        .replace("commit_interval_ms = 50\n", "commit_interval_ms = 10000\noutage_commit_interval_ms = 10000\n");
     let mut gw = Berrygw::start(dir.path(), &text);
     let mut fwd = Forwarder::new(port);
     fwd.wait_ready();
@@ -336,8 +359,12 @@ fn sigterm_keeps_every_uplink_the_gwmp_ingest_acknowledged() {
         acked.extend(acked_rx.try_iter());
         (acked.len() >= 100).then_some(())
     });
-    let status = gw.stop().expect("berrygw exits on SIGTERM");
-    assert!(status.success(), "clean exit, got {status:?}");
+    if how == Stop::Kill9 {
+        gw.kill9();
+    } else {
+        let status = gw.stop().expect("berrygw exits on SIGTERM");
+        assert!(status.success(), "clean exit, got {status:?}");
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     sender.join().expect("sender");
     acked.extend(acked_rx.try_iter());

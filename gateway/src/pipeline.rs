@@ -424,8 +424,13 @@ impl Gateway {
 
         let mut tasks = Vec::new();
         let radio_kind = radio.kind();
-        let radio_task =
-            radio.start(RadioIo { uplinks: uplink_tx, downlinks: radio_down_rx, tx_acks: radio_ack_tx });
+        let (taken_tx, taken_rx) = watch::channel(0u64);
+        let radio_task = radio.start(RadioIo {
+            uplinks: uplink_tx,
+            downlinks: radio_down_rx,
+            tx_acks: radio_ack_tx,
+            taken: Some(taken_rx),
+        });
         let radio = tokio::spawn(async move {
             if let Err(e) = radio_task.await {
                 error!("radio ({radio_kind}) stopped: {e}");
@@ -443,6 +448,7 @@ impl Gateway {
             journals,
             counters: counters.clone(),
             decoder: decoder_handle.clone(),
+            taken: taken_tx,
         };
         let (intake_stop, intake_stop_rx) = watch::channel(false);
         let ingest = tokio::spawn(ingest.run(uplink_rx, liveness.heartbeat("ingest"), intake_stop_rx));
@@ -792,6 +798,8 @@ struct Ingest {
     counters: Arc<Counters>,
     /// Gets every stored uplink after the journals have it.
     decoder: Option<Decoder>,
+    /// Uplinks taken so far (journaled or refused); the radio acknowledges by it.
+    taken: watch::Sender<u64>,
 }
 
 impl Ingest {
@@ -814,6 +822,7 @@ impl Ingest {
                         // gateway can no longer keep uplinks safe. Say so and keep trying.
                         error!("uplink not stored: {e:#}");
                     }
+                    self.taken.send_modify(|n| *n += 1);
                 }
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
@@ -1040,6 +1049,7 @@ mod tests {
             journals: vec![journal.clone()],
             counters: counters.clone(),
             decoder: None,
+            taken: watch::channel(0).0,
         };
         let key = AesKey([7; 16]);
         let good = build_data_uplink(

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::frame::{DownlinkFrame, TxAck, UplinkFrame};
 
@@ -16,6 +16,11 @@ pub struct RadioIo {
     pub uplinks: mpsc::Sender<UplinkFrame>,
     pub downlinks: mpsc::Receiver<DownlinkFrame>,
     pub tx_acks: mpsc::Sender<TxAck>,
+    /// How many uplinks the pipeline has taken so far (stored in every sink's journal, or
+    /// refused by its filters). A radio that acknowledges frames to a sender (the GWMP
+    /// ingest's PUSH_ACK) waits for it, so that an acknowledged frame is never only in a
+    /// channel. `None`: handing a frame over is enough (tests, tools).
+    pub taken: Option<watch::Receiver<u64>>,
 }
 
 /// Why a radio source stopped.

@@ -499,7 +499,7 @@ impl SimRadio {
     }
 
     async fn run(self, io: RadioIo) -> Result<(), RadioError> {
-        let RadioIo { uplinks, mut downlinks, tx_acks } = io;
+        let RadioIo { uplinks, mut downlinks, tx_acks, .. } = io;
         let SimConfig { devices, frequencies, seed } = self.config;
         let seed = seed.unwrap_or_else(rand::random);
         info!(devices = devices.len(), seed, "sim radio: started");
@@ -688,7 +688,7 @@ mod tests {
         let (ack_tx, tx_acks) = mpsc::channel(8);
         let radio = Box::new(SimRadio::new(config).unwrap());
         assert_eq!(radio.kind(), "sim");
-        let task = tokio::spawn(radio.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx }));
+        let task = tokio::spawn(radio.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx, taken: None }));
         Harness { uplinks, downlinks, tx_acks, task }
     }
 

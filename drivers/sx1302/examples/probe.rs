@@ -38,7 +38,7 @@ fn probe() -> Result<(), String> {
         let (up_tx, mut uplinks) = mpsc::channel(64);
         let (_down_tx, downlinks) = mpsc::channel(1);
         let (ack_tx, _acks) = mpsc::channel(1);
-        let io = RadioIo { uplinks: up_tx, downlinks, tx_acks: ack_tx };
+        let io = RadioIo { uplinks: up_tx, downlinks, tx_acks: ack_tx, taken: None };
         let task = tokio::spawn(Box::new(radio).start(io));
         let deadline = tokio::time::sleep(Duration::from_secs(seconds));
         tokio::pin!(deadline);

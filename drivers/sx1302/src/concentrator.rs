@@ -139,7 +139,7 @@ impl Owner {
     }
 
     fn run(&mut self, io: RadioIo, done: &oneshot::Sender<Result<(), RadioError>>) -> Result<(), RadioError> {
-        let RadioIo { uplinks, mut downlinks, tx_acks } = io;
+        let RadioIo { uplinks, mut downlinks, tx_acks, .. } = io;
         let mut downlinks_open = true;
         let mut received = Vec::new();
         loop {

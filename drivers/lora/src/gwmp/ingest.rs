@@ -41,6 +41,9 @@ use crate::frame::{DownlinkFrame, TxAck, TxStatus, TxTiming, UplinkFrame};
 use crate::phy::Eui64;
 use crate::radio::{RadioError, RadioIo, RadioSource, RadioTask};
 
+/// Longest wait for the pipeline to store a datagram's frames before its PUSH_ACK is withheld.
+const TAKEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The `[radio.gwmp]` configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -245,7 +248,9 @@ impl GwmpIngest {
         bound.send_replace(Some(local));
         info!(%local, "gwmp ingest: listening for a packet forwarder");
 
-        let RadioIo { uplinks, mut downlinks, tx_acks } = io;
+        let RadioIo { uplinks, mut downlinks, tx_acks, mut taken } = io;
+        // Frames handed to the pipeline so far (compared with `taken`).
+        let mut handed: u64 = 0;
         let mut server = Server {
             socket,
             tx_ack_timeout: Duration::from_millis(config.tx_ack_timeout_ms),
@@ -269,16 +274,20 @@ impl GwmpIngest {
                 () = uplinks.closed() => return Ok(()),
                 received = server.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => {
-                        let taken = server.on_datagram(&buf[..len], from).await;
-                        for frame in taken.frames {
+                        let datagram = server.on_datagram(&buf[..len], from).await;
+                        for frame in datagram.frames {
                             if uplinks.send(frame).await.is_err() {
                                 return Ok(());
                             }
+                            handed += 1;
                             bump(&server.stats.uplinks);
                         }
-                        // Acknowledged only once every frame of it is in the pipeline's hands.
-                        if let Some(ack) = taken.push_ack {
-                            server.reply(ack, from).await;
+                        // Acknowledged only once every frame of it is stored (in the journals'
+                        // RAM stage at least): a crash after the PUSH_ACK loses none of them.
+                        if let Some(ack) = datagram.push_ack {
+                            if server.wait_taken(taken.as_mut(), handed).await {
+                                server.reply(ack, from).await;
+                            }
                         }
                     }
                     Err(e) => {
@@ -356,6 +365,23 @@ struct Taken {
 }
 
 impl Server {
+    /// Wait until the pipeline has taken `handed` frames; false (and logged) if it has not
+    /// within [`TAKEN_TIMEOUT`]: then the datagram is not acknowledged.
+    async fn wait_taken(&mut self, taken: Option<&mut watch::Receiver<u64>>, handed: u64) -> bool {
+        let Some(taken) = taken else { return true };
+        match tokio::time::timeout(TAKEN_TIMEOUT, taken.wait_for(|n| *n >= handed)).await {
+            Ok(Ok(_)) => true,
+            // The pipeline is gone: nothing can be stored any more.
+            Ok(Err(_)) => false,
+            Err(_) => {
+                if let Some(held) = self.warn.allow("taken") {
+                    warn!(held_back = held, "gwmp ingest: the pipeline did not store a frame within {TAKEN_TIMEOUT:?}; its PUSH_ACK is withheld");
+                }
+                false
+            }
+        }
+    }
+
     /// Handle one datagram; returns the uplinks it carried and, for a
     /// PUSH_DATA, the PUSH_ACK to send once they are handed over.
     async fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> Taken {
@@ -661,7 +687,7 @@ mod tests {
         assert_eq!(ingest.kind(), "gwmp");
         let mut handle = ingest.handle();
         let task =
-            tokio::spawn(ingest.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx }));
+            tokio::spawn(ingest.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx, taken: None }));
         let server = tokio::time::timeout(HANG_GUARD, handle.local_addr())
             .await
             .expect("bound in time")
@@ -1107,7 +1133,7 @@ mod tests {
         let (ack_tx, _ack_rx) = mpsc::channel(1);
         let ingest = Box::new(GwmpIngest::new(config).expect("config"));
         let mut handle = ingest.handle();
-        let err = ingest.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx }).await;
+        let err = ingest.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx, taken: None }).await;
         assert!(matches!(err, Err(RadioError::Start(ref m)) if m.contains("cannot listen")), "{err:?}");
         assert_eq!(handle.local_addr().await, None);
     }
