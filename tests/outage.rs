@@ -329,8 +329,10 @@ fn every_acknowledged_gwmp_uplink_survives(how: Stop, backend: &str) {
         "[sinks.chirpstack]\nserver = \"{}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n",
         broker.url(false)
     );
-    let text = config_with_radio(&dir.path().join("s"), backend, &gwmp_radio(port), &sink)
-        .replace("commit_interval_ms = 50\n", "commit_interval_ms = 10000\noutage_commit_interval_ms = 10000\n");
+    let text = config_with_radio(&dir.path().join("s"), backend, &gwmp_radio(port), &sink).replace(
+        "commit_interval_ms = 50\n",
+        "commit_interval_ms = 10000\noutage_commit_interval_ms = 10000\n",
+    );
     let mut gw = Berrygw::start(dir.path(), &text);
     let mut fwd = Forwarder::new(port);
     fwd.wait_ready();

@@ -688,7 +688,12 @@ mod tests {
         let (ack_tx, tx_acks) = mpsc::channel(8);
         let radio = Box::new(SimRadio::new(config).unwrap());
         assert_eq!(radio.kind(), "sim");
-        let task = tokio::spawn(radio.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx, taken: None }));
+        let task = tokio::spawn(radio.start(RadioIo {
+            uplinks: up_tx,
+            downlinks: down_rx,
+            tx_acks: ack_tx,
+            taken: None,
+        }));
         Harness { uplinks, downlinks, tx_acks, task }
     }
 

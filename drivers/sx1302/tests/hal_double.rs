@@ -45,8 +45,12 @@ fn open(guard: DoubleGuard, config: &Sx1302Config) -> Harness {
     let (up_tx, uplinks) = mpsc::channel(64);
     let (downlinks, down_rx) = mpsc::channel(64);
     let (ack_tx, tx_acks) = mpsc::channel(64);
-    let task =
-        tokio::spawn(Box::new(radio).start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx, taken: None }));
+    let task = tokio::spawn(Box::new(radio).start(RadioIo {
+        uplinks: up_tx,
+        downlinks: down_rx,
+        tx_acks: ack_tx,
+        taken: None,
+    }));
     Harness { uplinks, downlinks, tx_acks, status, gpio, task, _guard: guard }
 }
 

@@ -99,11 +99,11 @@ pub(super) struct Shared {
     limit: usize,
 }
 
+/// What `start` hands to the first handle: the shared state and its two watches.
+pub(super) type Started = (Arc<Shared>, watch::Receiver<JournalStats>, watch::Receiver<Seq>);
+
 /// Open the store and the stage, take back what the stage holds, then start the owner.
-pub(super) fn start(
-    name: &str,
-    config: JournalConfig,
-) -> Result<(Arc<Shared>, watch::Receiver<JournalStats>, watch::Receiver<Seq>), JournalError> {
+pub(super) fn start(name: &str, config: JournalConfig) -> Result<Started, JournalError> {
     validate(&config)?;
     let absolute = std::path::absolute(&config.path).map_err(|source| JournalError::Io {
         path: config.path.clone(),
@@ -134,7 +134,8 @@ pub(super) fn start(
                 let records: Vec<Record> =
                     recovered.records.into_iter().filter(|r| r.seq > counters.last_seq).collect();
                 let acked = recovered.acked.max(counters.acked);
-                let last_seq = records.last().map_or(counters.last_seq, |r| r.seq).max(acked).max(counters.last_seq);
+                let last_seq =
+                    records.last().map_or(counters.last_seq, |r| r.seq).max(acked).max(counters.last_seq);
                 if !records.is_empty() || last_seq > counters.last_seq {
                     tracing::info!(journal = name, records = records.len(), %acked, "journal takes back records its RAM stage held (berrygw stopped without a clean shutdown)");
                     let commit = Commit {
@@ -277,7 +278,12 @@ impl Shared {
                 if hot.pending.len() < self.limit {
                     let Some(new) = record.take() else { return Ok(()) };
                     let seq = Seq(hot.last_seq.0 + 1);
-                    let record = Record { seq, kind: new.kind, received_at_ms: new.received_at_ms, payload: new.payload };
+                    let record = Record {
+                        seq,
+                        kind: new.kind,
+                        received_at_ms: new.received_at_ms,
+                        payload: new.payload,
+                    };
                     if let Some(stage) = hot.stage.as_mut() {
                         if let Err(error) = stage.append(&record) {
                             tracing::error!(journal = %self.name, path = %stage.path().display(), %error, "journal RAM stage write failed; running without it from now on");
@@ -287,7 +293,8 @@ impl Shared {
                     hot.last_seq = seq;
                     let was_empty = hot.pending.is_empty();
                     hot.pending.push_back(Pending { at: Instant::now(), record });
-                    let wake = (was_empty && hot.owner_idle) || hot.pending.len() == self.config.commit_max_records;
+                    let wake =
+                        (was_empty && hot.owner_idle) || hot.pending.len() == self.config.commit_max_records;
                     self.appended.send_replace(seq);
                     drop(hot);
                     if wake {
@@ -537,7 +544,12 @@ impl Owner {
         loop {
             let now = Instant::now();
             if hot.life != Life::Open {
-                return Work { closing: true, reads: std::mem::take(&mut hot.reads), flushes: std::mem::take(&mut hot.flushes), ..Work::default() };
+                return Work {
+                    closing: true,
+                    reads: std::mem::take(&mut hot.reads),
+                    flushes: std::mem::take(&mut hot.flushes),
+                    ..Work::default()
+                };
             }
             let window = if hot.far_side {
                 self.shared.config.commit_interval
@@ -565,7 +577,8 @@ impl Owner {
             if due {
                 let commit = self.retry_at.is_none_or(|retry| now >= retry)
                     && (!hot.pending.is_empty() || hot.ack_noticed.is_some() || !hot.flushes.is_empty());
-                let spill = if commit { hot.pending.iter().map(|p| p.record.clone()).collect() } else { Vec::new() };
+                let spill =
+                    if commit { hot.pending.iter().map(|p| p.record.clone()).collect() } else { Vec::new() };
                 let work = Work {
                     reads: std::mem::take(&mut hot.reads),
                     flushes: if commit { std::mem::take(&mut hot.flushes) } else { Vec::new() },
@@ -583,7 +596,11 @@ impl Owner {
             hot.owner_idle = deadline.is_none();
             hot = match deadline {
                 Some(at) => {
-                    shared.wake.wait_timeout(hot, at.saturating_duration_since(now)).unwrap_or_else(|p| p.into_inner()).0
+                    shared
+                        .wake
+                        .wait_timeout(hot, at.saturating_duration_since(now))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
                 None => shared.wake.wait(hot).unwrap_or_else(|p| p.into_inner()),
             };
@@ -595,10 +612,11 @@ impl Owner {
         if work.commit {
             let result = self.commit(&work.spill, work.last_seq, work.acked, false, &[]);
             for waiter in work.flushes {
-                let _ = waiter.send(result.as_ref().map(|_| ()).map_err(|error| JournalError::CommitFailed {
-                    path: self.shared.config.path.clone(),
-                    reason: error.to_string(),
-                }));
+                let _ =
+                    waiter.send(result.as_ref().map(|_| ()).map_err(|error| JournalError::CommitFailed {
+                        path: self.shared.config.path.clone(),
+                        reason: error.to_string(),
+                    }));
             }
         }
         for read in work.reads {
@@ -675,7 +693,8 @@ impl Owner {
                     }
                 }
                 let spilled_last = spill.last().map_or(Seq::NONE, |r| r.seq);
-                hot.stored_last = if counters.records > 0 { hot.stored_last.max(spilled_last) } else { Seq::NONE };
+                hot.stored_last =
+                    if counters.records > 0 { hot.stored_last.max(spilled_last) } else { Seq::NONE };
                 hot.stored_first = counters.first_seq;
                 if hot.stored_first.is_some_and(|first| first <= hot.acked) && hot.ack_noticed.is_none() {
                     hot.ack_noticed = Some(Instant::now());
@@ -745,7 +764,9 @@ impl Owner {
         let mut dropped = 0;
         loop {
             match self.store.read_after(after, max) {
-                Err(JournalError::CorruptRecord { path, seq, reason }) if dropped < MAX_UNREADABLE_PER_READ => {
+                Err(JournalError::CorruptRecord { path, seq, reason })
+                    if dropped < MAX_UNREADABLE_PER_READ =>
+                {
                     tracing::error!(
                         journal = %self.shared.name,
                         path = %path.display(),

@@ -208,14 +208,33 @@ fn scan_segment(first: Seq, path: PathBuf, is_last: bool, evicted: &mut u64) -> 
         if is_last && SEGMENT_MAGIC.starts_with(&bytes) {
             // Created, its magic line never fully written: an empty segment.
             std::fs::write(&path, SEGMENT_MAGIC).map_err(io_error(&path, "rewriting an empty segment"))?;
-            return Ok(Segment { first, path, len: SEGMENT_MAGIC.len() as u64, last: Seq::NONE, records: 0, bytes: 0, index: Vec::new() });
+            return Ok(Segment {
+                first,
+                path,
+                len: SEGMENT_MAGIC.len() as u64,
+                last: Seq::NONE,
+                records: 0,
+                bytes: 0,
+                index: Vec::new(),
+            });
         }
         return Err(OpenFailure::Corrupt(format!("{} is too short to be a segment", path.display())));
     }
     if &bytes[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
-        return Err(OpenFailure::Corrupt(format!("{} does not start like a journal segment", path.display())));
+        return Err(OpenFailure::Corrupt(format!(
+            "{} does not start like a journal segment",
+            path.display()
+        )));
     }
-    let mut segment = Segment { first, path, len: SEGMENT_MAGIC.len() as u64, last: Seq::NONE, records: 0, bytes: 0, index: Vec::new() };
+    let mut segment = Segment {
+        first,
+        path,
+        len: SEGMENT_MAGIC.len() as u64,
+        last: Seq::NONE,
+        records: 0,
+        bytes: 0,
+        index: Vec::new(),
+    };
     let mut offset = SEGMENT_MAGIC.len();
     let mut dropped = Vec::new();
     while offset < bytes.len() {
@@ -244,7 +263,10 @@ fn scan_segment(first: Seq, path: PathBuf, is_last: bool, evicted: &mut u64) -> 
         }
     }
     segment.len = offset as u64;
-    let file = OpenOptions::new().write(true).open(&segment.path).map_err(io_error(&segment.path, "opening a segment"))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&segment.path)
+        .map_err(io_error(&segment.path, "opening a segment"))?;
     for at in dropped {
         file.write_at(&[DROPPED_TAG], at + 1).map_err(io_error(&segment.path, "marking a damaged record"))?;
     }
@@ -258,8 +280,13 @@ fn scan_segment(first: Seq, path: PathBuf, is_last: bool, evicted: &mut u64) -> 
 }
 
 fn note_record(segment: &mut Segment, seq: Seq, offset: u64, payload_len: usize) {
-    if segment.records % INDEX_EVERY == 0 {
-        segment.index.push(Mark { seq, offset, records_before: segment.records, bytes_before: segment.bytes });
+    if segment.records.is_multiple_of(INDEX_EVERY) {
+        segment.index.push(Mark {
+            seq,
+            offset,
+            records_before: segment.records,
+            bytes_before: segment.bytes,
+        });
     }
     segment.records += 1;
     segment.bytes = segment.bytes.saturating_add(record_bytes(payload_len));
@@ -310,7 +337,9 @@ impl SegmentStore {
         while offset < segment.len {
             let want = (segment.len - offset).min(READ_CHUNK as u64) as usize;
             chunk.resize(want.max(HEADER_LEN), 0);
-            let got = file.read_at(&mut chunk[..want], offset).map_err(io_error(&segment.path, "reading a segment"))?;
+            let got = file
+                .read_at(&mut chunk[..want], offset)
+                .map_err(io_error(&segment.path, "reading a segment"))?;
             if got == 0 {
                 break;
             }
@@ -319,7 +348,13 @@ impl SegmentStore {
                 let step = parse_at(&chunk[at..got]);
                 let frame_len = match step {
                     Step::Record(seq, len, received_at_ms, payload_len) => {
-                        let found = Found { seq, offset: offset + at as u64, len: len as u64, received_at_ms, payload_len };
+                        let found = Found {
+                            seq,
+                            offset: offset + at as u64,
+                            len: len as u64,
+                            received_at_ms,
+                            payload_len,
+                        };
                         if !visit(&found, &chunk[at..at + len]) {
                             return Ok(());
                         }
@@ -331,12 +366,17 @@ impl SegmentStore {
                             // A frame larger than the chunk: read it whole.
                             let Some(len) = frame_len_at(&chunk[..got]) else { return Ok(()) };
                             chunk.resize(len, 0);
-                            let n = file.read_at(&mut chunk[..len], offset).map_err(io_error(&segment.path, "reading a segment"))?;
+                            let n = file
+                                .read_at(&mut chunk[..len], offset)
+                                .map_err(io_error(&segment.path, "reading a segment"))?;
                             if n < len {
                                 return Ok(());
                             }
-                            if let Step::Record(seq, len, received_at_ms, payload_len) = parse_at(&chunk[..len]) {
-                                let found = Found { seq, offset, len: len as u64, received_at_ms, payload_len };
+                            if let Step::Record(seq, len, received_at_ms, payload_len) =
+                                parse_at(&chunk[..len])
+                            {
+                                let found =
+                                    Found { seq, offset, len: len as u64, received_at_ms, payload_len };
                                 if !visit(&found, &chunk[..len]) {
                                     return Ok(());
                                 }
@@ -394,7 +434,8 @@ impl SegmentStore {
         let mut bytes = 0u64;
         for segment in self.segments.iter().filter(|s| s.records > 0 && s.last > from && s.first <= to) {
             let (c_to, b_to) = self.totals_upto(segment, to)?;
-            let (c_from, b_from) = if from < segment.first { (0, 0) } else { self.totals_upto(segment, from)? };
+            let (c_from, b_from) =
+                if from < segment.first { (0, 0) } else { self.totals_upto(segment, from)? };
             count += c_to.saturating_sub(c_from);
             bytes = bytes.saturating_add(b_to.saturating_sub(b_from));
         }
@@ -476,7 +517,8 @@ impl SegmentStore {
         let mut freed = 0u64;
         let mut cutoff = floor;
         for segment in self.segments.iter().filter(|s| s.records > 0 && s.last > floor) {
-            let (c_from, b_from) = if floor < segment.first { (0, 0) } else { self.totals_upto(segment, floor)? };
+            let (c_from, b_from) =
+                if floor < segment.first { (0, 0) } else { self.totals_upto(segment, floor)? };
             let rest = segment.bytes.saturating_sub(b_from);
             if freed + rest < needed && segment.records > c_from {
                 freed += rest;
@@ -715,7 +757,9 @@ impl SegmentStore {
         let mut offset = start;
         let mut header = [0u8; HEADER_LEN];
         while offset < segment.len {
-            if file.read_at(&mut header, offset).map_err(io_error(&segment.path, "reading a segment"))? < HEADER_LEN {
+            if file.read_at(&mut header, offset).map_err(io_error(&segment.path, "reading a segment"))?
+                < HEADER_LEN
+            {
                 break;
             }
             let found = Seq(u64::from_le_bytes(header[10..18].try_into().unwrap_or_default()));

@@ -299,7 +299,12 @@ impl Store for SqliteStore {
                     continue;
                 }
                 insert
-                    .execute(params![sql_seq(path, record.seq)?, record.kind, record.received_at_ms, record.payload])
+                    .execute(params![
+                        sql_seq(path, record.seq)?,
+                        record.kind,
+                        record.received_at_ms,
+                        record.payload
+                    ])
                     .map_err(sql_error(path, "appending a record"))?;
                 next.last_seq = record.seq;
                 next.first_seq.get_or_insert(record.seq);

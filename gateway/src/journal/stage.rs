@@ -46,8 +46,10 @@ pub(super) struct Recovered {
 pub(super) fn stage_path(stage_dir: &Path, name: &str, journal_path: &Path) -> PathBuf {
     let absolute = std::path::absolute(journal_path).unwrap_or_else(|_| journal_path.to_path_buf());
     let tag = frame::crc32c(0, absolute.as_os_str().as_encoded_bytes());
-    let safe: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
     stage_dir.join(format!("{safe}-{tag:08x}.stage"))
 }
 
@@ -112,7 +114,8 @@ impl Stage {
         }
         let tmp = self.path.with_extension("stage.new");
         {
-            let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            let mut file =
+                OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
             file.write_all(&self.buf)?;
         }
         std::fs::rename(&tmp, &self.path)?;

@@ -559,7 +559,10 @@ async fn log_store_deletes_acknowledged_segments_whole() -> TestResult {
     }
     journal.flush().await?;
     let segments = |dir: &Path| -> std::io::Result<usize> {
-        Ok(std::fs::read_dir(dir)?.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("seg-")).count())
+        Ok(std::fs::read_dir(dir)?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+            .count())
     };
     let before = segments(&config.path)?;
     assert!(before >= 3, "{before} segments for 12 MiB");
@@ -601,9 +604,17 @@ async fn records_in_the_stage_survive_a_crash_and_acked_ones_do_not_come_back() 
         let copy_stage = tempfile::tempdir()?;
         let stage_name = super::stage::stage_path(copy_stage.path(), "test", &copied_store);
         std::fs::copy(staged[0].path(), &stage_name)?;
-        let reopened = JournalConfig { path: copied_store, stage_dir: Some(copy_stage.path().to_path_buf()), ..config.clone() };
+        let reopened = JournalConfig {
+            path: copied_store,
+            stage_dir: Some(copy_stage.path().to_path_buf()),
+            ..config.clone()
+        };
         let journal = open(&reopened).await?;
-        assert_eq!(journal.read_after(Seq::NONE, 10).await?, (3..=6).map(expected).collect::<Vec<_>>(), "{backend}");
+        assert_eq!(
+            journal.read_after(Seq::NONE, 10).await?,
+            (3..=6).map(expected).collect::<Vec<_>>(),
+            "{backend}"
+        );
         let stats = journal.watch().borrow().clone();
         assert_eq!((stats.records, stats.acked, stats.last_seq), (4, Seq(2), Seq(6)), "{backend}");
         journal.append(uplink(7)).await?;

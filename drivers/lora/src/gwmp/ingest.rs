@@ -686,8 +686,12 @@ mod tests {
         );
         assert_eq!(ingest.kind(), "gwmp");
         let mut handle = ingest.handle();
-        let task =
-            tokio::spawn(ingest.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx, taken: None }));
+        let task = tokio::spawn(ingest.start(RadioIo {
+            uplinks: up_tx,
+            downlinks: down_rx,
+            tx_acks: ack_tx,
+            taken: None,
+        }));
         let server = tokio::time::timeout(HANG_GUARD, handle.local_addr())
             .await
             .expect("bound in time")
@@ -1133,7 +1137,8 @@ mod tests {
         let (ack_tx, _ack_rx) = mpsc::channel(1);
         let ingest = Box::new(GwmpIngest::new(config).expect("config"));
         let mut handle = ingest.handle();
-        let err = ingest.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx, taken: None }).await;
+        let err =
+            ingest.start(RadioIo { uplinks: up_tx, downlinks: down_rx, tx_acks: ack_tx, taken: None }).await;
         assert!(matches!(err, Err(RadioError::Start(ref m)) if m.contains("cannot listen")), "{err:?}");
         assert_eq!(handle.local_addr().await, None);
     }
