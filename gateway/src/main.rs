@@ -134,7 +134,12 @@ fn init_logging(default_level: &str) {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+    // One worker: at a field's 1-50 uplinks/s every hand-off between tasks on a second worker
+    // cost a thread wake-up (BENCHMARKS.md "Field rates": context switches per uplink 5.9 ->
+    // 4.1 at 10/s, 3.3 -> 2.3 at 2,000/s). Blocking work has threads of its own (journal
+    // owners, decoder, concentrator) or `block_in_place`, which a multi-thread runtime with
+    // one worker still allows.
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
 }
 
 fn main() -> ExitCode {

@@ -11,7 +11,8 @@
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch, Notify};
@@ -78,8 +79,10 @@ struct Hot {
     reads: Vec<ReadRequest>,
     flushes: Vec<oneshot::Sender<Result<(), JournalError>>>,
     close_reply: Option<oneshot::Sender<Result<(), JournalError>>>,
-    /// The owner waits with no deadline: an append must wake it.
+    /// The owner waits with no deadline: an append must wake it (when no clock task runs).
     owner_idle: bool,
+    /// The clock task found a commit window ended: the owner commits.
+    commit_due: bool,
     /// A far side is connected (the short commit window applies).
     far_side: bool,
     /// Stored records were acknowledged at this time; deleted within a commit window.
@@ -97,6 +100,12 @@ pub(super) struct Shared {
     stats: watch::Sender<JournalStats>,
     /// Appends wait while this many records are pending.
     limit: usize,
+    /// Wakes the clock task (a window opened, closed, or changed).
+    clock: Notify,
+    /// The clock task runs: the owner thread keeps no timers of its own.
+    clock_running: AtomicBool,
+    /// To hand the clock task its own reference.
+    this: Weak<Shared>,
 }
 
 /// What `start` hands to the first handle: the shared state and its two watches.
@@ -179,7 +188,10 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Started, Journa
         acked = %counters.acked,
         "journal opened"
     );
-    let shared = Arc::new(Shared {
+    let shared = Arc::new_cyclic(|this| Shared {
+        this: this.clone(),
+        clock: Notify::new(),
+        clock_running: AtomicBool::new(false),
         name: name.to_string(),
         limit: config.commit_max_records.saturating_mul(4).clamp(64, 65_536),
         config: config.clone(),
@@ -195,6 +207,7 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Started, Journa
             flushes: Vec::new(),
             close_reply: None,
             owner_idle: false,
+            commit_due: false,
             far_side: true,
             ack_noticed: None,
         }),
@@ -293,11 +306,16 @@ impl Shared {
                     hot.last_seq = seq;
                     let was_empty = hot.pending.is_empty();
                     hot.pending.push_back(Pending { at: Instant::now(), record });
-                    let wake =
-                        (was_empty && hot.owner_idle) || hot.pending.len() == self.config.commit_max_records;
+                    let full = hot.pending.len() == self.config.commit_max_records;
+                    let owner_idle = hot.owner_idle;
                     self.appended.send_replace(seq);
                     drop(hot);
-                    if wake {
+                    let clock = was_empty && self.ensure_clock();
+                    if clock {
+                        // A window opens: the clock task (on this runtime, no thread woken) times it.
+                        self.clock.notify_one();
+                    }
+                    if full || (was_empty && owner_idle && !clock) {
                         self.wake.notify_one();
                     }
                     return Ok(());
@@ -372,16 +390,54 @@ impl Shared {
             raise
         });
         let mut wake = false;
+        let mut tell_clock = freed > 0 && hot.pending.is_empty();
         if hot.stored_first.is_some_and(|first| first <= up_to) && hot.ack_noticed.is_none() {
             hot.ack_noticed = Some(Instant::now());
             wake = hot.owner_idle;
+            tell_clock = true;
         }
         drop(hot);
         if full && freed > 0 {
             self.room.notify_waiters();
         }
-        if wake {
+        let clock = tell_clock && self.ensure_clock();
+        if clock {
+            self.clock.notify_one();
+        }
+        if wake && !clock {
             self.wake.notify_one();
+        }
+    }
+
+    /// Start the clock task on the current tokio runtime if it is not running; whether it runs.
+    fn ensure_clock(&self) -> bool {
+        if self.clock_running.load(Ordering::Acquire) {
+            return true;
+        }
+        let (Ok(runtime), Some(this)) = (tokio::runtime::Handle::try_current(), self.this.upgrade()) else {
+            return false;
+        };
+        if self.clock_running.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        runtime.spawn(clock(this));
+        // The owner may be sleeping on a deadline of its own: from now on the clock times it.
+        self.wake.notify_one();
+        true
+    }
+
+    /// When the open commit window (or the deletion of acknowledged stored records) is due.
+    fn next_deadline(&self, hot: &Hot) -> Option<Instant> {
+        let window = if hot.far_side {
+            self.config.commit_interval
+        } else {
+            self.config.outage_commit_interval.max(self.config.commit_interval)
+        };
+        let spill = hot.pending.front().map(|front| front.at + window);
+        let delete = hot.ack_noticed.map(|noticed| noticed + self.config.commit_interval);
+        match (spill, delete) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -390,7 +446,8 @@ impl Shared {
         if hot.far_side != connected {
             hot.far_side = connected;
             drop(hot);
-            // The window changed: the owner recomputes its deadline.
+            // The window changed: whoever times it recomputes its deadline.
+            self.clock.notify_one();
             self.wake.notify_one();
         }
     }
@@ -426,6 +483,7 @@ impl Shared {
             answer
         };
         self.wake.notify_one();
+        self.clock.notify_one();
         self.room.notify_waiters();
         answer.await.map_err(|_| self.closed())?
     }
@@ -438,6 +496,7 @@ impl Shared {
         }
         drop(hot);
         self.wake.notify_one();
+        self.clock.notify_one();
     }
 }
 
@@ -445,6 +504,46 @@ impl Shared {
 fn pending_after(pending: &VecDeque<Pending>, after: Seq, max: usize) -> Vec<Record> {
     let start = pending.partition_point(|p| p.record.seq <= after);
     pending.range(start..).take(max).map(|p| p.record.clone()).collect()
+}
+
+/// The clock task: times the commit windows on the async runtime, where starting, moving and
+/// cancelling a timer wakes no thread, and wakes the owner thread only when a window ends
+/// with something to keep. On a healthy link (every record acknowledged within its window)
+/// the owner thread never wakes at all.
+async fn clock(shared: Arc<Shared>) {
+    loop {
+        let notified = shared.clock.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let next = {
+            let mut hot = shared.lock();
+            if hot.life != Life::Open {
+                break;
+            }
+            let next = shared.next_deadline(&hot);
+            if next.is_some_and(|at| at <= Instant::now()) {
+                if !hot.commit_due {
+                    hot.commit_due = true;
+                    drop(hot);
+                    shared.wake.notify_one();
+                }
+                // The owner tells the clock when it has committed.
+                None
+            } else {
+                next
+            }
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = &mut notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+    shared.clock_running.store(false, Ordering::Release);
 }
 
 /// What the owner found to do after waking.
@@ -551,11 +650,6 @@ impl Owner {
                     ..Work::default()
                 };
             }
-            let window = if hot.far_side {
-                self.shared.config.commit_interval
-            } else {
-                self.shared.config.outage_commit_interval.max(self.shared.config.commit_interval)
-            };
             let mut deadline = None::<Instant>;
             let mut due = !hot.reads.is_empty() || !hot.flushes.is_empty();
             if let Some(retry) = self.retry_at {
@@ -563,15 +657,12 @@ impl Owner {
                 due = due || now >= retry;
                 deadline = Some(retry);
             } else {
-                if let Some(front) = hot.pending.front() {
-                    let at = front.at + window;
-                    due = due || now >= at || hot.pending.len() >= self.shared.config.commit_max_records;
-                    deadline = Some(at);
-                }
-                if let Some(noticed) = hot.ack_noticed {
-                    let at = noticed + self.shared.config.commit_interval;
-                    due = due || now >= at;
-                    deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                due = due || hot.commit_due || hot.pending.len() >= self.shared.config.commit_max_records;
+                if !self.shared.clock_running.load(Ordering::Acquire) {
+                    // No clock task (no async runtime has used this journal yet): time the
+                    // windows here.
+                    deadline = self.shared.next_deadline(&hot);
+                    due = due || deadline.is_some_and(|at| now >= at);
                 }
             }
             if due {
@@ -590,6 +681,7 @@ impl Owner {
                 };
                 if commit {
                     hot.ack_noticed = None;
+                    hot.commit_due = false;
                 }
                 return work;
             }
@@ -709,6 +801,8 @@ impl Owner {
             }
             hot.acked
         };
+        // The windows moved: the clock times the next one.
+        self.shared.clock.notify_one();
         self.publish(acked);
     }
 
