@@ -39,7 +39,7 @@ pub struct Heartbeat {
 }
 
 /// How often a live loop beats, even when idle.
-pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+pub const BEAT_EVERY: Duration = Duration::from_secs(5);
 
 impl Heartbeat {
     /// Record that the loop is alive now.
@@ -75,7 +75,7 @@ impl Liveness {
         hb
     }
 
-    /// Probe this journal's owner thread (an empty flush) at each check.
+    /// Probe this journal's owner thread (a ping, which writes nothing) at each check.
     pub fn journal(&mut self, name: &'static str, journal: Journal) {
         self.journals.push((name, journal));
     }
@@ -89,7 +89,7 @@ impl Liveness {
             }
         }
         for (name, journal) in &self.journals {
-            match tokio::time::timeout(max_silence, journal.flush()).await {
+            match tokio::time::timeout(max_silence, journal.ping()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(format!("{name} journal: {e}")),
                 Err(_) => return Err(format!("{name} journal did not answer within {max_silence:?}")),

@@ -303,6 +303,12 @@ impl Journal {
         self.handle.appended.clone()
     }
 
+    /// Whether the owner thread still answers (the watchdog's probe); makes nothing durable,
+    /// so a healthy link still writes nothing.
+    pub async fn ping(&self) -> Result<(), JournalError> {
+        self.handle.shared.ping().await
+    }
+
     /// Wait until everything appended (and acked) before this call is durable (used on SIGTERM).
     pub async fn flush(&self) -> Result<(), JournalError> {
         self.handle.shared.flush().await

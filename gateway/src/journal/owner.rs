@@ -78,6 +78,8 @@ struct Hot {
     stage: Option<Stage>,
     reads: Vec<ReadRequest>,
     flushes: Vec<oneshot::Sender<Result<(), JournalError>>>,
+    /// Liveness probes: answered by the owner thread when it next loops, nothing written.
+    pings: Vec<oneshot::Sender<()>>,
     close_reply: Option<oneshot::Sender<Result<(), JournalError>>>,
     /// The owner waits with no deadline: an append must wake it (when no clock task runs).
     owner_idle: bool,
@@ -205,6 +207,7 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Started, Journa
             stage,
             reads: Vec::new(),
             flushes: Vec::new(),
+            pings: Vec::new(),
             close_reply: None,
             owner_idle: false,
             commit_due: false,
@@ -452,6 +455,21 @@ impl Shared {
         }
     }
 
+    /// Whether the owner thread still loops (answers within the caller's timeout); writes nothing.
+    pub(super) async fn ping(&self) -> Result<(), JournalError> {
+        let answer = {
+            let mut hot = self.lock();
+            if hot.life == Life::Closed {
+                return Err(self.closed());
+            }
+            let (reply, answer) = oneshot::channel();
+            hot.pings.push(reply);
+            answer
+        };
+        self.wake.notify_one();
+        answer.await.map_err(|_| self.closed())
+    }
+
     pub(super) async fn flush(&self) -> Result<(), JournalError> {
         let answer = {
             let mut hot = self.lock();
@@ -651,6 +669,9 @@ impl Owner {
                 };
             }
             let mut deadline = None::<Instant>;
+            for ping in hot.pings.drain(..) {
+                let _ = ping.send(());
+            }
             let mut due = !hot.reads.is_empty() || !hot.flushes.is_empty();
             if let Some(retry) = self.retry_at {
                 // A failing store: nothing durable before the retry time (reads still served).

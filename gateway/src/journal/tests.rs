@@ -55,6 +55,7 @@ for_both_backends!(
     pending_records_are_readable_before_their_durable_write,
     records_acked_before_their_durable_write_are_never_replayed,
     flush_makes_appends_durable,
+    a_ping_is_answered_and_writes_nothing,
     concurrent_reader_while_appending,
     rejects_invalid_config,
 );
@@ -443,6 +444,21 @@ async fn records_acked_before_their_durable_write_are_never_replayed(backend: Ba
     append_range(&journal, 6..=6).await?;
     journal.flush().await?;
     assert_eq!(seqs(&journal.read_after(Seq(5), 10).await?), [6], "seqs continue after the skipped ones");
+    journal.close().await?;
+    Ok(())
+}
+
+/// The watchdog's probe proves the owner thread loops without forcing a durable write, so a
+/// healthy link still writes nothing between probes.
+async fn a_ping_is_answered_and_writes_nothing(backend: Backend) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = JournalConfig { commit_interval: Duration::from_secs(3600), ..config(backend, &dir) };
+    let journal = open(&config).await?;
+    append_range(&journal, 1..=2).await?;
+    tokio::time::timeout(HANG_GUARD, journal.ping()).await??;
+    let stats = journal.watch().borrow().clone();
+    assert_eq!((stats.commits, stats.records, stats.last_seq), (0, 0, Seq::NONE), "nothing made durable");
+    journal.ack(Seq(2));
     journal.close().await?;
     Ok(())
 }
