@@ -729,7 +729,9 @@ fn default_backend() -> Backend {
     Backend::Log
 }
 fn default_outage_commit_interval_ms() -> u64 {
-    1000
+    // At 10 uplinks/s a 1 s window writes ~615 bytes per uplink (each commit re-dirties
+    // the segment's last 4 KiB page); 1.5 s keeps it under 500 (BENCHMARKS.md "Field rates").
+    1500
 }
 fn default_stage_dir() -> PathBuf {
     // systemd's RuntimeDirectory=berrygw (kept across restarts by RuntimeDirectoryPreserve=).

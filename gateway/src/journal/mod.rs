@@ -33,7 +33,7 @@ use tokio::sync::watch;
 /// Default upper bound on how long an appended record waits before its durable write.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Default commit window while no far side is connected (records cannot leave soon).
-pub const DEFAULT_OUTAGE_COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
+pub const DEFAULT_OUTAGE_COMMIT_INTERVAL: Duration = Duration::from_millis(1500);
 /// Default number of pending records that triggers a durable write before the interval ends.
 pub const DEFAULT_COMMIT_MAX_RECORDS: usize = 1000;
 /// Bytes counted against `max_bytes` for each record on top of its payload (seq, kind, time, slack).
