@@ -286,6 +286,7 @@ fn accepted_uplinks_survive_power_cuts_within_the_commit_window() {
     println!("power cuts: {cycles} cycles, POWERCUT_SEED={seed}");
 
     let started = Instant::now();
+    let started_wall = std::time::SystemTime::now();
     let ms = move || started.elapsed().as_secs_f64() * 1000.0;
     let work = tempfile::tempdir().expect("tmp");
     // In production a tmpfs: RAM, lost at a power cut like the page cache.
@@ -487,6 +488,19 @@ fn accepted_uplinks_survive_power_cuts_within_the_commit_window() {
         first.entry(phy.clone()).or_insert(i);
     }
     let duplicates = messages.len() - first.len();
+    // Duplicates by the cut they followed (arrival after that cut's restart, before the next).
+    let mut dup_per_cut: BTreeMap<usize, usize> = BTreeMap::new();
+    {
+        let mut seen_once: HashSet<Vec<u8>> = HashSet::new();
+        for m in sub.on_topic("/event/up") {
+            let phy = m.uplink().phy_payload;
+            if !seen_once.insert(phy) {
+                let at = m.at.duration_since(started_wall).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+                let cycle = cuts.iter().rev().find(|c| c.restarted_ms <= at).map_or(0, |c| c.cycle);
+                *dup_per_cut.entry(cycle).or_default() += 1;
+            }
+        }
+    }
     let accepted: Vec<&Uplink> = uplinks.iter().filter(|u| u.acked_ms.is_some()).collect();
     let sent = uplinks.len();
     let known: HashSet<&Vec<u8>> = uplinks.iter().map(|u| &u.phy).collect();
@@ -567,10 +581,15 @@ fn accepted_uplinks_survive_power_cuts_within_the_commit_window() {
         let (lost, oldest) = lost_per_cut.get(&c.cycle).copied().unwrap_or_default();
         println!(
             "  cut {}: {} files reverted, {} pages dropped, {} PUSH_ACKs in the window, {lost} lost \
-             (the oldest acknowledged {oldest:.0} ms before the cut)",
-            c.cycle, c.report.files_reverted, c.report.pages_dropped, c.acked_in_window
+             (the oldest acknowledged {oldest:.0} ms before the cut), {} duplicates after it",
+            c.cycle,
+            c.report.files_reverted,
+            c.report.pages_dropped,
+            c.acked_in_window,
+            dup_per_cut.get(&c.cycle).unwrap_or(&0)
         );
     }
+    println!("  before the first cut: {} duplicates (broker restarts)", dup_per_cut.get(&0).unwrap_or(&0));
     println!(
         "lost {lost}: {lost_in_window} within the window, {} beyond; audit entries checked {}; \
          fs: {} writes, {} fsyncs, {} KiB synced",
