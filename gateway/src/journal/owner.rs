@@ -159,7 +159,7 @@ pub(super) fn start(name: &str, config: JournalConfig) -> Result<Started, Journa
                     };
                     store.commit(&commit)?;
                 }
-                if let Err(error) = opened.clear() {
+                if let Err(error) = opened.clear(acked) {
                     tracing::warn!(journal = name, path = %path.display(), %error, "journal stage cannot be emptied; running without it");
                 } else {
                     stage = Some(opened);
@@ -373,7 +373,7 @@ impl Shared {
         let Hot { stage, pending, .. } = &mut *hot;
         if let Some(stage) = stage.as_mut() {
             let result = if pending.is_empty() {
-                stage.clear()
+                stage.clear(up_to)
             } else if stage.wants_rewrite() {
                 stage.rewrite(pending.iter().map(|p| &p.record), up_to)
             } else {
@@ -813,7 +813,8 @@ impl Owner {
                     hot.ack_noticed = Some(Instant::now());
                 }
                 if hot.pending.is_empty() {
-                    let failed = hot.stage.as_mut().map(|stage| stage.clear());
+                    let acked = hot.acked;
+                    let failed = hot.stage.as_mut().map(|stage| stage.clear(acked));
                     if let Some(Err(error)) = failed {
                         tracing::error!(journal = %self.shared.name, %error, "journal RAM stage cannot be emptied; running without it from now on");
                         hot.stage = None;

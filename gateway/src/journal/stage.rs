@@ -6,14 +6,19 @@
 //! A power cut empties the stage too; what it can take is bounded by the commit window.
 //!
 //! The stage holds frames (`frame.rs`): records, and ack marks written when the far side
-//! acknowledges something. It is emptied whenever nothing in it is waiting (every staged
-//! record acknowledged or durable in the store), and rewritten with only the waiting ones
-//! when it grows past [`REWRITE_BYTES`]. On open, what a previous process left is read back:
-//! records after the last ack mark go to the store before anything else happens.
+//! acknowledges something. Whenever nothing in it is waiting (every staged record
+//! acknowledged or durable in the store) it starts over: an ack mark is written at offset 0
+//! and the next record after it, over the old frames (no truncation: on tmpfs a truncate
+//! frees the page and the next write allocates and zeroes a new one, which cost more than the
+//! rest of the uplink's journal work). What lies after the live frames is older: seqs at or
+//! below the mark, or bytes that do not parse, so reading stops there. When the live part
+//! grows past [`REWRITE_BYTES`] the stage is rewritten with only the waiting records. On open,
+//! what a previous process left is read back: records after the last ack mark go to the store
+//! before anything else happens.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::frame::{self, Frame, Parsed};
@@ -26,6 +31,7 @@ const REWRITE_BYTES: u64 = 4 << 20;
 pub(super) struct Stage {
     path: PathBuf,
     file: File,
+    /// End of the live frames: the next frame is written here.
     len: u64,
     buf: Vec<u8>,
 }
@@ -60,7 +66,8 @@ impl Stage {
         if let Some(parent) = path.parent() {
             crate::state_db::create_private_dir(parent)?;
         }
-        let mut file = OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(path)?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let recovered = recover(&bytes);
@@ -87,13 +94,11 @@ impl Stage {
         self.write_buf()
     }
 
-    /// Nothing staged is waiting any more: empty the file.
-    pub(super) fn clear(&mut self) -> std::io::Result<()> {
-        if self.len > 0 {
-            self.file.set_len(0)?;
-            self.len = 0;
-        }
-        Ok(())
+    /// Nothing staged is waiting any more (everything up to `acked` acknowledged, the rest
+    /// durable in the store): start over at offset 0 with an ack mark.
+    pub(super) fn clear(&mut self, acked: Seq) -> std::io::Result<()> {
+        self.len = 0;
+        self.ack(acked)
     }
 
     /// Whether the stage has grown past [`REWRITE_BYTES`] and should be rewritten.
@@ -119,48 +124,45 @@ impl Stage {
             file.write_all(&self.buf)?;
         }
         std::fs::rename(&tmp, &self.path)?;
-        self.file = OpenOptions::new().read(true).append(true).open(&self.path)?;
+        self.file = OpenOptions::new().read(true).write(true).open(&self.path)?;
         self.len = self.buf.len() as u64;
         Ok(())
     }
 
     fn write_buf(&mut self) -> std::io::Result<()> {
-        self.file.write_all(&self.buf)?;
+        self.file.write_all_at(&self.buf, self.len)?;
         self.len += self.buf.len() as u64;
         Ok(())
     }
 }
 
-/// Records after the last ack mark, in seq order, and the ack.
+/// Records after the last ack mark, in seq order, and the ack. Reading stops at the first
+/// record whose seq does not grow (an older frame left behind by a start-over) or at bytes
+/// that are no frame; only a frame that parses but fails its check is reported as damage.
 fn recover(bytes: &[u8]) -> Recovered {
     let mut recovered = Recovered::default();
     let mut offset = 0;
+    let mut last = Seq::NONE;
     while offset < bytes.len() {
         match frame::parse(&bytes[offset..]) {
             Parsed::Frame { frame, len } => {
                 match frame {
                     Frame::Ack(seq) => recovered.acked = recovered.acked.max(seq),
                     Frame::Record(record) => {
-                        // Seqs only grow in one stage; a lower one would be damage.
-                        if recovered.records.last().is_none_or(|last| last.seq < record.seq) {
-                            recovered.records.push(record);
+                        if record.seq <= last {
+                            break;
                         }
+                        last = record.seq;
+                        recovered.records.push(record);
                     }
                 }
                 offset += len;
             }
-            Parsed::Truncated => {
-                recovered.damage = Some(format!("a frame cut short at byte {offset}"));
-                break;
-            }
-            Parsed::Damaged { seq, .. } => {
+            Parsed::Damaged { seq, .. } if seq > last && seq > recovered.acked => {
                 recovered.damage = Some(format!("record {seq} at byte {offset} fails its check"));
                 break;
             }
-            Parsed::Garbage => {
-                recovered.damage = Some(format!("no frame at byte {offset}"));
-                break;
-            }
+            Parsed::Damaged { .. } | Parsed::Truncated | Parsed::Garbage => break,
         }
     }
     let acked = recovered.acked;
@@ -199,10 +201,17 @@ mod tests {
         drop(stage);
         let (mut stage, recovered) = Stage::open(&path)?;
         assert_eq!(recovered.records, vec![record(5), record(6)]);
-        stage.clear()?;
+        stage.clear(Seq(6))?;
+        drop(stage);
+        let (mut stage, recovered) = Stage::open(&path)?;
+        assert!(recovered.records.is_empty(), "the old frames after the mark are not taken back");
+        // Starting over writes over the old frames; only the new ones come back.
+        stage.clear(Seq(6))?;
+        stage.append(&record(7))?;
         drop(stage);
         let (_, recovered) = Stage::open(&path)?;
-        assert!(recovered.records.is_empty());
+        assert_eq!(recovered.records, vec![record(7)]);
+        assert_eq!(recovered.damage, None);
         Ok(())
     }
 
