@@ -736,7 +736,10 @@ impl SegmentStore {
         if changed {
             self.write_ack_file()?;
             let due = self.ack_synced.is_none_or(|at| at.elapsed() >= ACK_SYNC_INTERVAL);
-            if commit.persist_counters || due {
+            // A drained backlog's last ack is synced at once: no later commit may come to do
+            // it, and a power cut would then send the whole last stretch again.
+            let drained = self.counters.records == 0;
+            if commit.persist_counters || due || drained {
                 let path = self.dir.join(ACK_FILE);
                 self.ack_file.sync_data().map_err(io_error(&path, "syncing the ack file"))?;
                 self.ack_synced = Some(std::time::Instant::now());

@@ -46,6 +46,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_CONNECTIONS: usize = 64;
 /// Connections one peer address may hold open on the HTTP listener; more get 503.
 const MAX_CONNECTIONS_PER_PEER: usize = 8;
+/// How long a refused connection is kept to be closed gracefully after its 503.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
 
 const PAGE: &str = include_str!("page.html");
 
@@ -179,9 +181,11 @@ async fn accept_tcp(listener: TcpListener, site: Arc<Site>) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let Some(admitted) = admit(&connections, peer.ip()) else {
-                    // Refused without reading: a short answer if the socket takes it now, then closed.
+                    // Refused without serving: a short answer if the socket takes it now, then
+                    // closed gracefully (see `refuse`).
                     debug!(%peer, "http connection refused: too many open");
                     let _ = stream.try_write(&Response::error(503, "too many connections").to_bytes());
+                    tokio::spawn(refuse(stream));
                     continue;
                 };
                 let site = site.clone();
@@ -198,6 +202,24 @@ async fn accept_tcp(listener: TcpListener, site: Arc<Site>) {
             }
         }
     }
+}
+
+/// Close a refused connection so that the client reads its 503: end our side (FIN), then
+/// read and drop what the client sent, for at most [`REFUSE_LINGER`]. Closing a socket with
+/// the client's request still unread makes the kernel send a reset instead, and a client
+/// whose request arrived before the close (any slow machine; always under qemu) then got
+/// "connection reset" instead of the answer.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    let _ = tokio::time::timeout(REFUSE_LINGER, async {
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn accept_unix(listener: UnixListener, site: Arc<Site>) {
