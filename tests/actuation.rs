@@ -105,6 +105,9 @@ fn start_site_with_rules(rules: Option<&str>) -> Site {
     wait_for(Duration::from_secs(30), "the dam online in `berrygw points`", || {
         site.cli(&["points", "barrage-cher-1"]).filter(|o| o.contains("online")).map(drop)
     });
+    // A command published before the app sink's SUBACK is not delivered to it (no session
+    // yet): under qemu the dam can be online first.
+    site.gw.wait_log(Duration::from_secs(60), "app sink: subscribed");
     site
 }
 

@@ -391,7 +391,9 @@ async fn session(
                         answer_downlink(s, &client, &mut flight, &mut downlink_items, &refused)?;
                     }
                 }
-                Event::Incoming(Packet::SubAck(ack)) => debug!(?ack, "{name} sink: subscribed"),
+                // Info: from here on the broker delivers what is published to us (commands,
+                // downlinks); tests and operators wait for this line, not for "connected".
+                Event::Incoming(Packet::SubAck(ack)) => info!(codes = ?ack.return_codes, "{name} sink: subscribed"),
                 _ => {}
             },
             Some(ack) = inbound.tx_ack() => {
