@@ -25,7 +25,7 @@ use rumqttc::{
     TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::app::{self, AppTopics};
 use super::chirpstack::{self, AckShape, RecordKind, Topics};
