@@ -457,31 +457,31 @@ impl Shared {
 
     /// Whether the owner thread still loops (answers within the caller's timeout); writes nothing.
     pub(super) async fn ping(&self) -> Result<(), JournalError> {
-        let answer = {
-            let mut hot = self.lock();
-            if hot.life == Life::Closed {
-                return Err(self.closed());
-            }
-            let (reply, answer) = oneshot::channel();
-            hot.pings.push(reply);
-            answer
-        };
-        self.wake.notify_one();
+        let answer = self.ask(|hot| &mut hot.pings)?;
         answer.await.map_err(|_| self.closed())
     }
 
     pub(super) async fn flush(&self) -> Result<(), JournalError> {
+        let answer = self.ask(|hot| &mut hot.flushes)?;
+        answer.await.map_err(|_| self.closed())?
+    }
+
+    /// Queue a request for the owner in the list `queue` picks, and wake the owner.
+    fn ask<T>(
+        &self,
+        queue: impl FnOnce(&mut Hot) -> &mut Vec<oneshot::Sender<T>>,
+    ) -> Result<oneshot::Receiver<T>, JournalError> {
         let answer = {
             let mut hot = self.lock();
             if hot.life == Life::Closed {
                 return Err(self.closed());
             }
             let (reply, answer) = oneshot::channel();
-            hot.flushes.push(reply);
+            queue(&mut hot).push(reply);
             answer
         };
         self.wake.notify_one();
-        answer.await.map_err(|_| self.closed())?
+        Ok(answer)
     }
 
     pub(super) async fn close(&self) -> Result<(), JournalError> {
@@ -595,9 +595,8 @@ impl Owner {
         let name = self.shared.name.clone();
         let shared = Arc::clone(&self.shared);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let close_reply = self.serve();
-            let result = self.finish();
-            (close_reply, result)
+            self.serve();
+            self.finish()
         }));
         // Release the store before answering, so a reopen right after `close` succeeds.
         drop(self);
@@ -615,7 +614,7 @@ impl Owner {
         };
         shared.room.notify_waiters();
         match outcome {
-            Ok((_, result)) => {
+            Ok(result) => {
                 if let Some(reply) = close_reply {
                     let _ = reply.send(result);
                 }
@@ -632,7 +631,7 @@ impl Owner {
     }
 
     /// Serve until the journal closes (asked, every handle gone, or the store keeps failing).
-    fn serve(&mut self) -> Option<()> {
+    fn serve(&mut self) {
         loop {
             if self.failures >= MAX_COMMIT_FAILURES {
                 tracing::error!(
@@ -640,7 +639,7 @@ impl Owner {
                     failures = self.failures,
                     "journal store fails every commit; closing the journal (restart berrygw to check the store)"
                 );
-                return None;
+                return;
             }
             let work = self.wait_for_work();
             if work.closing {
@@ -648,7 +647,7 @@ impl Owner {
                 let mut hot = self.shared.lock();
                 hot.reads.extend(work.reads);
                 hot.flushes.extend(work.flushes);
-                return Some(());
+                return;
             }
             self.do_work(work);
         }

@@ -69,6 +69,21 @@ struct Segment {
     index: Vec<Mark>,
 }
 
+impl Segment {
+    /// A segment holding only its magic line.
+    fn empty(first: Seq, path: PathBuf) -> Segment {
+        Segment {
+            first,
+            path,
+            len: SEGMENT_MAGIC.len() as u64,
+            last: Seq::NONE,
+            records: 0,
+            bytes: 0,
+            index: Vec::new(),
+        }
+    }
+}
+
 /// A journal stored as a segment log.
 pub(super) struct SegmentStore {
     dir: PathBuf,
@@ -208,15 +223,7 @@ fn scan_segment(first: Seq, path: PathBuf, is_last: bool, evicted: &mut u64) -> 
         if is_last && SEGMENT_MAGIC.starts_with(&bytes) {
             // Created, its magic line never fully written: an empty segment.
             std::fs::write(&path, SEGMENT_MAGIC).map_err(io_error(&path, "rewriting an empty segment"))?;
-            return Ok(Segment {
-                first,
-                path,
-                len: SEGMENT_MAGIC.len() as u64,
-                last: Seq::NONE,
-                records: 0,
-                bytes: 0,
-                index: Vec::new(),
-            });
+            return Ok(Segment::empty(first, path));
         }
         return Err(OpenFailure::Corrupt(format!("{} is too short to be a segment", path.display())));
     }
@@ -226,15 +233,7 @@ fn scan_segment(first: Seq, path: PathBuf, is_last: bool, evicted: &mut u64) -> 
             path.display()
         )));
     }
-    let mut segment = Segment {
-        first,
-        path,
-        len: SEGMENT_MAGIC.len() as u64,
-        last: Seq::NONE,
-        records: 0,
-        bytes: 0,
-        index: Vec::new(),
-    };
+    let mut segment = Segment::empty(first, path);
     let mut offset = SEGMENT_MAGIC.len();
     let mut dropped = Vec::new();
     while offset < bytes.len() {
@@ -567,15 +566,7 @@ impl SegmentStore {
             .open(&path)
             .map_err(io_error(&path, "creating a segment"))?;
         file.write_all(SEGMENT_MAGIC).map_err(io_error(&path, "creating a segment"))?;
-        self.segments.push_back(Segment {
-            first,
-            path,
-            len: SEGMENT_MAGIC.len() as u64,
-            last: Seq::NONE,
-            records: 0,
-            bytes: 0,
-            index: Vec::new(),
-        });
+        self.segments.push_back(Segment::empty(first, path));
         self.active = Some(file);
         Ok(())
     }
