@@ -801,6 +801,22 @@ server = "mqtt://127.0.0.1:1883"
         assert_eq!(c.api.socket, Path::new("/run/berrygw/api.sock"));
     }
 
+    #[test]
+    fn a_retired_backend_and_an_outage_window_past_a_minute_are_refused() {
+        let sled =
+            MINIMAL.replace("[sinks.chirpstack]", "[journal]\nbackend = \"sled\"\n\n[sinks.chirpstack]");
+        let err = parse_str(&sled).expect_err("sled was retired");
+        assert!(err.message.contains("sled") && err.message.contains("`log`"), "{err}");
+        let long = MINIMAL.replace(
+            "[sinks.chirpstack]",
+            "[journal]\noutage_commit_interval_ms = 60001\n\n[sinks.chirpstack]",
+        );
+        let err = parse_str(&long).expect_err("window too long");
+        assert!(err.message.contains("outage_commit_interval_ms must be at most 60000"), "{err}");
+        let off = MINIMAL.replace("[sinks.chirpstack]", "[journal]\nstage_dir = \"\"\n\n[sinks.chirpstack]");
+        assert_eq!(parse_str(&off).expect("no stage").config.journal.stage_dir(), None);
+    }
+
     /// MINIMAL with a `[field]` section over the shipped profiles, then `extra`.
     fn with_field(devices: &str, extra: &str) -> String {
         let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/profiles");
