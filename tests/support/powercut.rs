@@ -449,6 +449,31 @@ fn apply_mode(path: &Path, mode: u32) -> io::Result<()> {
 }
 
 impl PowerCutFuse {
+    /// unlink and rmdir: remove `name` in the backing directory with `remove`, then forget it.
+    fn remove(
+        &self,
+        op: &'static str,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        remove: fn(&Path) -> std::io::Result<()>,
+    ) {
+        guard(op, || {
+            let mut s = lock(&self.state);
+            let rel = match s.child(parent, name) {
+                Ok(rel) => rel,
+                Err(e) => return reply.error(e),
+            };
+            match remove(&s.abs(&rel)) {
+                Ok(()) => {
+                    s.unlink_path(&rel);
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
     fn entry(&self, reply: ReplyEntry, rel: PathBuf) {
         let mut s = lock(&self.state);
         let ino = s.ino_for(rel);
@@ -608,37 +633,11 @@ impl Filesystem for PowerCutFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guard("unlink", || {
-            let mut s = lock(&self.state);
-            let rel = match s.child(parent, name) {
-                Ok(rel) => rel,
-                Err(e) => return reply.error(e),
-            };
-            match fs::remove_file(s.abs(&rel)) {
-                Ok(()) => {
-                    s.unlink_path(&rel);
-                    reply.ok()
-                }
-                Err(e) => reply.error(errno(e)),
-            }
-        });
+        self.remove("unlink", parent, name, reply, |p| fs::remove_file(p));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        guard("rmdir", || {
-            let mut s = lock(&self.state);
-            let rel = match s.child(parent, name) {
-                Ok(rel) => rel,
-                Err(e) => return reply.error(e),
-            };
-            match fs::remove_dir(s.abs(&rel)) {
-                Ok(()) => {
-                    s.unlink_path(&rel);
-                    reply.ok()
-                }
-                Err(e) => reply.error(errno(e)),
-            }
-        });
+        self.remove("rmdir", parent, name, reply, |p| fs::remove_dir(p));
     }
 
     fn rename(
