@@ -15,7 +15,7 @@ use anyhow::Context;
 use berrygw_lora::filter::UplinkFilter;
 use berrygw_lora::gwmp::{GwmpHandle, GwmpIngest};
 use berrygw_lora::sim::SimRadio;
-use berrygw_lora::{CrcStatus, DownlinkFrame, RadioIo, RadioSource, TxAck, TxStatus, UplinkFrame};
+use berrygw_lora::{CrcStatus, DownlinkFrame, RadioIo, RadioSource, Taken, TxAck, TxStatus, UplinkFrame};
 use berrygw_sx1302::{ConcentratorStatus, Sx1302Radio};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -424,7 +424,7 @@ impl Gateway {
 
         let mut tasks = Vec::new();
         let radio_kind = radio.kind();
-        let (taken_tx, taken_rx) = watch::channel(0u64);
+        let (taken_tx, taken_rx) = watch::channel(Taken::default());
         let radio_task = radio.start(RadioIo {
             uplinks: uplink_tx,
             downlinks: radio_down_rx,
@@ -798,8 +798,8 @@ struct Ingest {
     counters: Arc<Counters>,
     /// Gets every stored uplink after the journals have it.
     decoder: Option<Decoder>,
-    /// Uplinks taken so far (journaled or refused); the radio acknowledges by it.
-    taken: watch::Sender<u64>,
+    /// Uplinks settled so far (journaled, refused or failed); the radio acknowledges by it.
+    taken: watch::Sender<Taken>,
 }
 
 impl Ingest {
@@ -817,12 +817,19 @@ impl Ingest {
             tokio::select! {
                 frame = uplinks.recv() => {
                     let Some(frame) = frame else { return };
-                    if let Err(e) = self.accept(frame).await {
+                    let stored = self.accept(frame).await;
+                    if let Err(e) = &stored {
                         // Only the journal or the sequence file can fail here: both mean the
-                        // gateway can no longer keep uplinks safe. Say so and keep trying.
+                        // gateway can no longer keep uplinks safe. Say so, keep trying, and let
+                        // the radio know (no PUSH_ACK for it).
                         error!("uplink not stored: {e:#}");
                     }
-                    self.taken.send_modify(|n| *n += 1);
+                    self.taken.send_modify(|t| {
+                        t.handled += 1;
+                        if stored.is_err() {
+                            t.last_failed = t.handled;
+                        }
+                    });
                 }
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
@@ -1049,7 +1056,7 @@ mod tests {
             journals: vec![journal.clone()],
             counters: counters.clone(),
             decoder: None,
-            taken: watch::channel(0).0,
+            taken: watch::channel(Taken::default()).0,
         };
         let key = AesKey([7; 16]);
         let good = build_data_uplink(

@@ -19,6 +19,6 @@ pub use frame::{
     CodeRate, CrcStatus, DownlinkFrame, Frequency, Modulation, TxAck, TxStatus, TxTiming, UplinkFrame,
 };
 pub use phy::{AesKey, DevAddr, Eui64, MType, PhyError, PhyFrame};
-pub use radio::{RadioError, RadioIo, RadioSource};
+pub use radio::{RadioError, RadioIo, RadioSource, Taken};
 pub use security::{FCntError, SecurityError, SessionKeys, VerifiedUplink};
 pub use sim::{SimConfig, SimRadio};

@@ -16,11 +16,30 @@ pub struct RadioIo {
     pub uplinks: mpsc::Sender<UplinkFrame>,
     pub downlinks: mpsc::Receiver<DownlinkFrame>,
     pub tx_acks: mpsc::Sender<TxAck>,
-    /// How many uplinks the pipeline has taken so far (stored in every sink's journal, or
-    /// refused by its filters). A radio that acknowledges frames to a sender (the GWMP
-    /// ingest's PUSH_ACK) waits for it, so that an acknowledged frame is never only in a
-    /// channel. `None`: handing a frame over is enough (tests, tools).
-    pub taken: Option<watch::Receiver<u64>>,
+    /// The pipeline's account of the frames handed to it. A radio that acknowledges frames
+    /// to a sender (the GWMP ingest's PUSH_ACK) waits for it, so that an acknowledged frame
+    /// is never only in a channel, and never one the pipeline failed to store. `None`:
+    /// handing a frame over is enough (tests, tools).
+    pub taken: Option<watch::Receiver<Taken>>,
+}
+
+/// How far the pipeline has got with the frames handed to it, counted from 1 in the order
+/// they were handed over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// Frames settled so far: stored in every sink's journal, refused by a filter, or failed.
+    pub handled: u64,
+    /// The number of the last frame that could not be stored (a journal or the sequence
+    /// file failed); 0 while none has failed. A sender must not be told such a frame is safe.
+    pub last_failed: u64,
+}
+
+impl Taken {
+    /// Whether frames `first..=last` (handed-over numbers) are all settled and none failed:
+    /// `None` while some are not settled yet.
+    pub fn stored(&self, first: u64, last: u64) -> Option<bool> {
+        (self.handled >= last).then_some(self.last_failed < first)
+    }
 }
 
 /// Why a radio source stopped.

@@ -39,7 +39,7 @@ use super::codec::{Datagram, Packet, RxTime, TxPk, MAX_DATAGRAM_BYTES, PROTOCOL_
 use super::LogLimiter;
 use crate::frame::{DownlinkFrame, TxAck, TxStatus, TxTiming, UplinkFrame};
 use crate::phy::Eui64;
-use crate::radio::{RadioError, RadioIo, RadioSource, RadioTask};
+use crate::radio::{RadioError, RadioIo, RadioSource, RadioTask, Taken};
 
 /// Longest wait for the pipeline to store a datagram's frames before its PUSH_ACK is withheld.
 const TAKEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -275,6 +275,7 @@ impl GwmpIngest {
                 received = server.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => {
                         let datagram = server.on_datagram(&buf[..len], from).await;
+                        let first = handed + 1;
                         for frame in datagram.frames {
                             if uplinks.send(frame).await.is_err() {
                                 return Ok(());
@@ -285,7 +286,7 @@ impl GwmpIngest {
                         // Acknowledged only once every frame of it is stored (in the journals'
                         // RAM stage at least): a crash after the PUSH_ACK loses none of them.
                         if let Some(ack) = datagram.push_ack {
-                            if server.wait_taken(taken.as_mut(), handed).await {
+                            if server.wait_taken(taken.as_mut(), first, handed).await {
                                 server.reply(ack, from).await;
                             }
                         }
@@ -359,18 +360,30 @@ struct Server {
 
 /// What one datagram gave the pipeline.
 #[derive(Default)]
-struct Taken {
+struct Received {
     frames: Vec<UplinkFrame>,
     push_ack: Option<Datagram>,
 }
 
 impl Server {
-    /// Wait until the pipeline has taken `handed` frames; false (and logged) if it has not
+    /// Wait until the pipeline has settled frames `first..=last`; true if it stored them all.
+    /// False (and logged) if one of them could not be stored, or if they are not settled
     /// within [`TAKEN_TIMEOUT`]: then the datagram is not acknowledged.
-    async fn wait_taken(&mut self, taken: Option<&mut watch::Receiver<u64>>, handed: u64) -> bool {
+    async fn wait_taken(
+        &mut self,
+        taken: Option<&mut watch::Receiver<Taken>>,
+        first: u64,
+        last: u64,
+    ) -> bool {
         let Some(taken) = taken else { return true };
-        match tokio::time::timeout(TAKEN_TIMEOUT, taken.wait_for(|n| *n >= handed)).await {
-            Ok(Ok(_)) => true,
+        match tokio::time::timeout(TAKEN_TIMEOUT, taken.wait_for(|t| t.stored(first, last).is_some())).await {
+            Ok(Ok(t)) if t.stored(first, last) == Some(true) => true,
+            Ok(Ok(_)) => {
+                if let Some(held) = self.warn.allow("unstored") {
+                    warn!(held_back = held, "gwmp ingest: the pipeline could not store a frame of this datagram; its PUSH_ACK is withheld");
+                }
+                false
+            }
             // The pipeline is gone: nothing can be stored any more.
             Ok(Err(_)) => false,
             Err(_) => {
@@ -384,20 +397,20 @@ impl Server {
 
     /// Handle one datagram; returns the uplinks it carried and, for a
     /// PUSH_DATA, the PUSH_ACK to send once they are handed over.
-    async fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> Taken {
+    async fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> Received {
         bump(&self.stats.datagrams);
         let dg = match Datagram::parse(bytes) {
             Ok(dg) => dg,
             Err(e) => {
                 self.malformed(e.cause(), from, &e);
-                return Taken::default();
+                return Received::default();
             }
         };
         let (version, token) = (dg.version, dg.token);
         match dg.packet {
             Packet::PushData { gateway_id, rxpk, stat } => {
                 if !self.accepts(gateway_id, from) {
-                    return Taken::default();
+                    return Received::default();
                 }
                 bump(&self.stats.push_data);
                 if stat.is_some() {
@@ -427,11 +440,11 @@ impl Server {
                 if let Some(last) = frames.last() {
                     self.counter = Some((last.counter_us, Instant::now()));
                 }
-                Taken { frames, push_ack: Some(Datagram { version, token, packet: Packet::PushAck }) }
+                Received { frames, push_ack: Some(Datagram { version, token, packet: Packet::PushAck }) }
             }
             Packet::PullData { gateway_id } => {
                 if !self.accepts(gateway_id, from) {
-                    return Taken::default();
+                    return Received::default();
                 }
                 let now = Instant::now();
                 match self.forwarder {
@@ -440,7 +453,7 @@ impl Server {
                         if silent < self.forwarder_timeout {
                             // No PULL_ACK: the live forwarder keeps its downlinks.
                             self.refuse("pull_data_refused", from, gateway_id);
-                            return Taken::default();
+                            return Received::default();
                         }
                         bump(&self.stats.forwarder_moves);
                         warn!(%gateway_id, old = %current.addr, new = %from, silent_ms = silent.as_millis() as u64,
@@ -458,20 +471,20 @@ impl Server {
                 self.reply(Datagram { version, token, packet: Packet::PullAck }, from).await;
                 self.forwarder = Some(Forwarder { addr: from, version, heard: now });
                 self.publish_forwarder();
-                Taken::default()
+                Received::default()
             }
             Packet::TxAck { gateway_id, ack } => {
                 if !self.accepts(gateway_id, from) {
-                    return Taken::default();
+                    return Received::default();
                 }
                 if self.forwarder.map(|f| f.addr) != Some(from) {
                     self.refuse("tx_ack_refused", from, gateway_id);
-                    return Taken::default();
+                    return Received::default();
                 }
                 let Some(pending) = self.pending.remove(&token) else {
                     bump(&self.stats.unknown_tx_acks);
                     debug!(token, "gwmp ingest: TX_ACK for no waiting downlink (late or duplicate)");
-                    return Taken::default();
+                    return Received::default();
                 };
                 bump(&self.stats.tx_acks);
                 let status = ack.status();
@@ -484,12 +497,12 @@ impl Server {
                     debug!(downlink_id = pending.downlink_id, warn = %w, value = ?ack.value, "gwmp ingest: forwarder transmitted with a warning");
                 }
                 self.answer(pending.downlink_id, status).await;
-                Taken::default()
+                Received::default()
             }
             other @ (Packet::PushAck | Packet::PullAck | Packet::PullResp { .. }) => {
                 let name = other.identifier().name();
                 self.malformed("unexpected", from, &format_args!("{name} is sent by servers, not to them"));
-                Taken::default()
+                Received::default()
             }
         }
     }
@@ -677,6 +690,11 @@ mod tests {
 
     /// As `start`, with room for `room` uplinks between the ingest and the pipeline.
     async fn start_with_room(config: GwmpConfig, room: usize) -> Harness {
+        start_with(config, room, None).await
+    }
+
+    /// As `start_with_room`, with the pipeline's account of stored frames when `taken` is set.
+    async fn start_with(config: GwmpConfig, room: usize, taken: Option<watch::Receiver<Taken>>) -> Harness {
         let (up_tx, uplinks) = mpsc::channel(room);
         let (downlinks, down_rx) = mpsc::channel(8);
         let (ack_tx, tx_acks) = mpsc::channel(8);
@@ -690,7 +708,7 @@ mod tests {
             uplinks: up_tx,
             downlinks: down_rx,
             tx_acks: ack_tx,
-            taken: None,
+            taken,
         }));
         let server = tokio::time::timeout(HANG_GUARD, handle.local_addr())
             .await
@@ -749,9 +767,48 @@ mod tests {
         d
     }
 
+    /// A PUSH_ACK tells the forwarder its frames are safe: it goes out only once the pipeline
+    /// has stored them, and never for a datagram one of whose frames it failed to store.
+    #[tokio::test]
+    async fn a_push_data_is_acknowledged_only_once_the_pipeline_stored_its_frames() {
+        let (pipeline, taken) = watch::channel(Taken::default());
+        let mut h = start_with(GwmpConfig::default(), 64, Some(taken)).await;
+        let two = format!(r#"{{"rxpk":[{},{}]}}"#, rxpk("AQID"), rxpk("AQID"));
+
+        h.send(&push_data(1, FORWARDER_EUI, &two)).await;
+        h.uplink().await;
+        h.uplink().await;
+        pipeline.send_modify(|t| t.handled = 1);
+        // Not yet: the second frame is not settled. Settling it releases the PUSH_ACK.
+        pipeline.send_modify(|t| t.handled = 2);
+        assert_eq!(h.recv().await, vec![2, 0, 1, 1], "both frames stored: PUSH_ACK");
+
+        h.send(&push_data(2, FORWARDER_EUI, &two)).await;
+        h.uplink().await;
+        h.uplink().await;
+        pipeline.send_modify(|t| {
+            t.handled = 3;
+            t.last_failed = 3;
+        });
+        pipeline.send_modify(|t| t.handled = 4);
+
+        h.send(&push_data(3, FORWARDER_EUI, &one_rxpk("AQID"))).await;
+        h.uplink().await;
+        pipeline.send_modify(|t| t.handled = 5);
+        assert_eq!(
+            h.recv().await,
+            vec![2, 0, 3, 1],
+            "the next answer is datagram 3's: datagram 2's PUSH_ACK is withheld, one of its frames was not stored"
+        );
+    }
+
     fn one_rxpk(data: &str) -> String {
+        format!(r#"{{"rxpk":[{}]}}"#, rxpk(data))
+    }
+
+    fn rxpk(data: &str) -> String {
         format!(
-            r#"{{"rxpk":[{{"tmst":42,"chan":0,"rfch":0,"freq":868.1,"stat":1,"modu":"LORA","datr":"SF7BW125","codr":"4/5","rssi":-60,"lsnr":9.0,"size":3,"data":"{data}"}}]}}"#
+            r#"{{"tmst":42,"chan":0,"rfch":0,"freq":868.1,"stat":1,"modu":"LORA","datr":"SF7BW125","codr":"4/5","rssi":-60,"lsnr":9.0,"size":3,"data":"{data}"}}"#
         )
     }
 
