@@ -23,6 +23,9 @@ use crate::status::ConcentratorStatus;
 
 /// How often the temperature is read.
 const TEMPERATURE_EVERY: Duration = Duration::from_secs(30);
+/// Longest the next fetch waits for the pipeline to store the previous one; past it the chip
+/// is read anyway (its buffer would overflow), with a warning.
+const STORE_WAIT: Duration = Duration::from_secs(5);
 /// First wait before retrying a restart that failed; doubles up to the configured maximum.
 const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
 
@@ -139,9 +142,12 @@ impl Owner {
     }
 
     fn run(&mut self, io: RadioIo, done: &oneshot::Sender<Result<(), RadioError>>) -> Result<(), RadioError> {
-        let RadioIo { uplinks, mut downlinks, tx_acks, .. } = io;
+        let RadioIo { uplinks, mut downlinks, tx_acks, taken } = io;
         let mut downlinks_open = true;
         let mut received = Vec::new();
+        // Frames handed to the pipeline so far, and since when the last fetch waits to be stored.
+        let mut handed = 0u64;
+        let mut unsettled_since: Option<Instant> = None;
         loop {
             if uplinks.is_closed() || done.is_closed() {
                 return Ok(());
@@ -177,9 +183,26 @@ impl Owner {
                 self.transmit_due(c);
             }
 
+            // The next fetch waits until the pipeline has stored the last one (in the journals'
+            // RAM stage): until then new frames stay in the chip's buffer, so a crash can lose
+            // only the one fetch between `lgw_receive` and the stage write. Downlinks go on.
+            let settled = taken.as_ref().is_none_or(|t| t.borrow().handled >= handed);
+            let fetch =
+                settled || unsettled_since.is_some_and(|since| now.duration_since(since) >= STORE_WAIT);
+            if settled {
+                unsettled_since = None;
+            } else if fetch {
+                warn!("the pipeline has not stored the last fetch within {STORE_WAIT:?}; reading the concentrator anyway");
+                unsettled_since = None;
+            } else {
+                unsettled_since.get_or_insert(now);
+            }
             received.clear();
-            match self.hal.receive(self.fsk_deviation, SystemTime::now(), &mut received) {
-                Ok(()) => {
+            let result =
+                fetch.then(|| self.hal.receive(self.fsk_deviation, SystemTime::now(), &mut received));
+            match result {
+                None => {}
+                Some(Ok(())) => {
                     self.health.receive_ok(received.len(), now);
                     let mut delivered = 0u64;
                     let mut dropped = 0u64;
@@ -190,6 +213,7 @@ impl Owner {
                                     return Ok(());
                                 }
                                 delivered += 1;
+                                handed += 1;
                             }
                             Err(reason) => {
                                 warn!("dropped a received packet: {reason}");
@@ -204,7 +228,7 @@ impl Owner {
                         });
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     self.note_error(&e.to_string());
                     wedged = wedged.or(self.health.receive_failed());
                 }
