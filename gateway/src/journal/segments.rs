@@ -100,6 +100,18 @@ pub(super) struct SegmentStore {
     ack_synced: Option<std::time::Instant>,
     /// Records up to here were evicted (over `max_bytes`): gone, like acknowledged ones.
     evicted_to: Seq,
+    /// A failed commit could not be undone: its undoing is tried again before anything else.
+    undo: Option<Before>,
+}
+
+/// What a commit must be undone to when it fails.
+#[derive(Clone, Copy, Debug)]
+struct Before {
+    counters: Counters,
+    evicted_to: Seq,
+    /// The last segment then (its first seq and length): records appended to it are cut off,
+    /// segments started after it are removed.
+    tail: Option<(Seq, u64)>,
 }
 
 /// One record found by a scan, without its payload.
@@ -193,6 +205,7 @@ fn open_store(dir: &Path) -> Result<SegmentStore, OpenFailure> {
         buf: Vec::new(),
         ack_synced: None,
         evicted_to,
+        undo: None,
     };
     store.drop_acked_segments().map_err(OpenFailure::Failed)?;
     store.recount().map_err(OpenFailure::Failed)?;
@@ -602,18 +615,25 @@ fn frame_len_at(bytes: &[u8]) -> Option<usize> {
 
 impl Store for SegmentStore {
     fn commit(&mut self, commit: &Commit<'_>) -> Result<(), JournalError> {
-        let before = self.counters;
+        self.finish_undo()?;
+        let before = Before {
+            counters: self.counters,
+            evicted_to: self.evicted_to,
+            tail: self.segments.back().map(|s| (s.first, s.len)),
+        };
         let result = self.apply(commit);
         if result.is_err() {
-            // Nothing of a failed commit counts: reopen-like state from the counters before.
-            self.counters = before;
-            self.active = None;
-            self.buf.clear();
+            // Nothing of a failed commit counts, on the medium as in memory.
+            self.undo = Some(before);
+            if let Err(error) = self.finish_undo() {
+                tracing::error!(path = %self.dir.display(), %error, "journal: undoing a failed commit failed; trying again before the next commit");
+            }
         }
         result
     }
 
     fn read_after(&mut self, after: Seq, max: usize) -> Result<Vec<Record>, JournalError> {
+        self.finish_undo()?;
         let after = after.max(self.floor());
         let mut records = Vec::new();
         let mut cursor = None;
@@ -657,6 +677,54 @@ impl Store for SegmentStore {
 }
 
 impl SegmentStore {
+    /// Undo a failed commit if one waits: segments it started are removed, the one it appended
+    /// to is cut back to its length before, the ack file says what it said before (the
+    /// acknowledgements it knew stay: the far side has those records either way), and the
+    /// index is read again from the medium, as a restart would.
+    fn finish_undo(&mut self) -> Result<(), JournalError> {
+        let Some(before) = self.undo else { return Ok(()) };
+        self.active = None;
+        self.buf.clear();
+        self.cursor = None;
+        for segment in &self.segments {
+            if before.tail.is_some_and(|(first, _)| segment.first <= first) {
+                continue;
+            }
+            match std::fs::remove_file(&segment.path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_error(&segment.path, "removing a segment of a failed commit")(error));
+                }
+                _ => {}
+            }
+        }
+        if let Some((first, len)) = before.tail {
+            let path = self.dir.join(segment_name(first));
+            match OpenOptions::new().write(true).open(&path) {
+                Ok(file) => file
+                    .set_len(len)
+                    .and_then(|()| file.sync_data())
+                    .map_err(io_error(&path, "cutting off a failed commit"))?,
+                // Acknowledged meanwhile and unlinked: nothing to cut.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error(&path, "cutting off a failed commit")(error)),
+            }
+        }
+        self.counters = before.counters;
+        self.evicted_to = before.evicted_to;
+        self.write_ack_file()?;
+        let ack_path = self.dir.join(ACK_FILE);
+        self.ack_file.sync_data().map_err(io_error(&ack_path, "syncing the ack file"))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(&self.dir, "syncing the journal directory"))?;
+        let reread = open_store(&self.dir).map_err(|failure| match failure {
+            OpenFailure::Failed(error) => error,
+            OpenFailure::Corrupt(reason) => JournalError::Corrupt { path: self.dir.clone(), reason },
+        })?;
+        *self = reread;
+        Ok(())
+    }
+
     fn apply(&mut self, commit: &Commit<'_>) -> Result<(), JournalError> {
         let mut new_segment = false;
         let mut wrote = false;
@@ -777,5 +845,89 @@ impl SegmentStore {
         self.counters.evicted_total = self.counters.evicted_total.saturating_add(1);
         self.cursor = None;
         self.refresh_oldest()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn record(seq: u64) -> Record {
+        Record { seq: Seq(seq), kind: 1, received_at_ms: 1_700_000_000_000, payload: vec![seq as u8; 100] }
+    }
+
+    fn commit_of(records: &[Record], max_bytes: u64) -> Commit<'_> {
+        Commit {
+            records,
+            last_seq: records.last().map_or(Seq::NONE, |r| r.seq),
+            persist_counters: false,
+            ack_up_to: Seq::NONE,
+            max_bytes,
+            unreadable: &[],
+        }
+    }
+
+    fn seqs(store: &mut SegmentStore) -> Result<Vec<u64>, JournalError> {
+        Ok(store.read_after(Seq::NONE, 100)?.iter().map(|r| r.seq.0).collect())
+    }
+
+    /// A commit whose append fails leaves nothing behind: the retry stores each record once,
+    /// and a reopen finds the same.
+    #[test]
+    fn a_failed_append_is_cut_off_and_its_retry_stores_each_record_once() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("journal");
+        let (mut store, _) = SegmentStore::open(&path)?;
+        store.commit(&commit_of(&[record(1), record(2)], u64::MAX))?;
+        // The active segment's descriptor can no longer write: the next append fails.
+        let active = store.segments.back().ok_or("a segment")?.path.clone();
+        store.active = Some(File::open(&active)?);
+        let batch = [record(3), record(4)];
+        assert!(store.commit(&commit_of(&batch, u64::MAX)).is_err(), "the append fails");
+        assert_eq!((store.counters().records, store.counters().last_seq), (2, Seq(2)));
+        assert_eq!(seqs(&mut store)?, [1, 2]);
+
+        store.commit(&commit_of(&batch, u64::MAX))?;
+        assert_eq!(seqs(&mut store)?, [1, 2, 3, 4]);
+        drop(store);
+        let (mut reopened, quarantined) = SegmentStore::open(&path)?;
+        assert!(quarantined.is_none());
+        assert_eq!(seqs(&mut reopened)?, [1, 2, 3, 4]);
+        assert_eq!(reopened.counters().records, 4);
+        Ok(())
+    }
+
+    /// A commit that evicts and then fails evicts nothing: the eviction point goes back with
+    /// the counters, in memory and in the ack file, even when the undoing itself must wait.
+    #[test]
+    fn a_failed_commit_evicts_nothing() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("journal");
+        let (mut store, _) = SegmentStore::open(&path)?;
+        store.commit(&commit_of(&[record(1), record(2), record(3), record(4)], u64::MAX))?;
+        // The ack file can no longer be written: a commit that evicts fails at its end, and
+        // so does the first try to undo it.
+        let ack_path = path.join(ACK_FILE);
+        store.ack_file = File::open(&ack_path)?;
+        let room_for_two = 2 * record_bytes(100);
+        assert!(store.commit(&commit_of(&[record(5)], room_for_two)).is_err(), "the ack file write fails");
+        assert!(store.undo.is_some(), "the undoing waits for a writable ack file");
+
+        store.ack_file = OpenOptions::new().read(true).write(true).open(&ack_path)?;
+        assert_eq!(seqs(&mut store)?, [1, 2, 3, 4], "nothing evicted, record 5 not stored");
+        let c = store.counters();
+        assert_eq!((c.records, c.evicted_total, c.last_seq), (4, 0, Seq(4)));
+        assert!(store.undo.is_none());
+        drop(store);
+        let (mut reopened, _) = SegmentStore::open(&path)?;
+        assert_eq!(seqs(&mut reopened)?, [1, 2, 3, 4]);
+
+        // The retry evicts as it should.
+        reopened.commit(&commit_of(&[record(5)], room_for_two))?;
+        assert_eq!(seqs(&mut reopened)?, [4, 5]);
+        assert_eq!(reopened.counters().evicted_total, 3);
+        Ok(())
     }
 }
