@@ -808,10 +808,9 @@ impl Ingest {
     async fn run(
         mut self,
         mut uplinks: mpsc::Receiver<UplinkFrame>,
-        heartbeat: Heartbeat,
+        mut heartbeat: Heartbeat,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(service::BEAT_EVERY);
         let mut stopping = false;
         loop {
             tokio::select! {
@@ -835,7 +834,7 @@ impl Ingest {
                     stopping = true;
                     uplinks.close();
                 }
-                _ = tick.tick() => {}
+                () = heartbeat.asked() => {}
             }
             heartbeat.beat();
         }

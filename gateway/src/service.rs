@@ -4,9 +4,7 @@
 //! restarts berrygw. Outside systemd (no `NOTIFY_SOCKET`) all of it is a no-op.
 //! Log routing (journald or stderr) is chosen in `main.rs`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio::sync::watch;
@@ -31,48 +29,46 @@ pub fn notify_stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }
 
-/// Proof of life of one loop: it beats at least every [`BEAT_EVERY`].
-#[derive(Clone)]
+/// Proof of life of one loop: the watchdog asks, the loop answers when it next comes round
+/// (any pass of it answers). An idle loop needs no timer of its own to prove it lives.
 pub struct Heartbeat {
-    epoch: Instant,
-    last_ms: Arc<AtomicU64>,
+    asked: watch::Receiver<u64>,
+    answered: watch::Sender<u64>,
 }
 
-/// How often a live loop beats, even when idle.
-pub const BEAT_EVERY: Duration = Duration::from_secs(5);
+/// The least time a loop is given to answer the watchdog.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(15);
 
 impl Heartbeat {
-    /// Record that the loop is alive now.
-    pub fn beat(&self) {
-        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    /// Resolves when the watchdog asks (never, once the watchdog is gone); the loop then
+    /// calls [`Heartbeat::beat`].
+    pub async fn asked(&mut self) {
+        if self.asked.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
-    fn silent_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    /// The loop is alive now: answers whatever the watchdog asked so far.
+    pub fn beat(&self) {
+        let asked = *self.asked.borrow();
+        self.answered.send_if_modified(|answered| std::mem::replace(answered, asked) != asked);
     }
 }
 
 /// The parts whose life the watchdog checks.
+#[derive(Default)]
 pub struct Liveness {
-    epoch: Instant,
-    beats: Vec<(&'static str, Heartbeat)>,
+    loops: Vec<(&'static str, watch::Sender<u64>, watch::Receiver<u64>)>,
     journals: Vec<(&'static str, Journal)>,
-}
-
-impl Default for Liveness {
-    fn default() -> Self {
-        Liveness { epoch: Instant::now(), beats: Vec::new(), journals: Vec::new() }
-    }
 }
 
 impl Liveness {
     /// A heartbeat for the loop called `name`.
     pub fn heartbeat(&mut self, name: &'static str) -> Heartbeat {
-        let hb = Heartbeat { epoch: self.epoch, last_ms: Arc::default() };
-        hb.beat();
-        self.beats.push((name, hb.clone()));
-        hb
+        let (ask, asked) = watch::channel(0);
+        let (answered, answers) = watch::channel(0);
+        self.loops.push((name, ask, answers));
+        Heartbeat { asked, answered }
     }
 
     /// Probe this journal's owner thread (a ping, which writes nothing) at each check.
@@ -80,12 +76,17 @@ impl Liveness {
         self.journals.push((name, journal));
     }
 
-    /// Ok when every loop beat within `max_silence` and every journal answered within it.
+    /// Ok when every loop and every journal answered within `max_silence`.
     pub async fn check(&self, max_silence: Duration) -> Result<(), String> {
-        for (name, hb) in &self.beats {
-            let silent = hb.silent_for();
-            if silent > max_silence {
-                return Err(format!("{name} silent for {:.1} s", silent.as_secs_f32()));
+        for (name, ask, answers) in &self.loops {
+            let mut answers = answers.clone();
+            ask.send_modify(|n| *n += 1);
+            let asked = *ask.borrow();
+            let answer = tokio::time::timeout(max_silence, answers.wait_for(|a| *a >= asked)).await;
+            match answer.map(|answered| answered.is_ok()) {
+                Ok(true) => {}
+                Ok(false) => return Err(format!("{name} has stopped")),
+                Err(_) => return Err(format!("{name} did not answer within {max_silence:?}")),
             }
         }
         for (name, journal) in &self.journals {
@@ -106,7 +107,7 @@ pub async fn watchdog(liveness: Liveness, mut shutdown: watch::Receiver<bool>) {
         return;
     };
     let every = (period / 2).max(Duration::from_millis(100));
-    let max_silence = (period / 2).max(BEAT_EVERY * 3);
+    let max_silence = (period / 2).max(ANSWER_WITHIN);
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
@@ -128,15 +129,40 @@ pub async fn watchdog(liveness: Liveness, mut shutdown: watch::Receiver<bool>) {
 mod tests {
     use super::*;
 
+    /// A loop that answers when asked, as the ingest does.
+    fn answering(mut heartbeat: Heartbeat) {
+        tokio::spawn(async move {
+            loop {
+                heartbeat.asked().await;
+                heartbeat.beat();
+            }
+        });
+    }
+
     #[tokio::test]
-    async fn a_silent_loop_fails_the_check_and_names_itself() {
+    async fn a_loop_that_does_not_answer_fails_the_check_and_names_itself() {
         let mut l = Liveness::default();
-        let ingest = l.heartbeat("ingest");
-        let _radio = l.heartbeat("radio");
-        assert!(l.check(Duration::from_secs(3)).await.is_ok());
-        std::thread::sleep(Duration::from_millis(50));
-        ingest.beat();
-        let err = l.check(Duration::from_millis(20)).await.expect_err("radio did not beat");
-        assert!(err.starts_with("radio silent for"), "{err}");
+        answering(l.heartbeat("ingest"));
+        let radio = l.heartbeat("radio");
+        let err = l.check(Duration::from_millis(100)).await.expect_err("radio does not answer");
+        assert!(err.starts_with("radio did not answer"), "{err}");
+        // An answer to an earlier question is not an answer to the next one.
+        radio.beat();
+        let err =
+            l.check(Duration::from_millis(100)).await.expect_err("radio answered only the last question");
+        assert!(err.starts_with("radio did not answer"), "{err}");
+        drop(radio);
+        let err = l.check(Duration::from_secs(10)).await.expect_err("radio is gone");
+        assert_eq!(err, "radio has stopped");
+    }
+
+    #[tokio::test]
+    async fn loops_that_answer_pass_the_check_every_time() {
+        let mut l = Liveness::default();
+        answering(l.heartbeat("ingest"));
+        answering(l.heartbeat("radio"));
+        for _ in 0..3 {
+            assert_eq!(l.check(Duration::from_secs(10)).await, Ok(()));
+        }
     }
 }
