@@ -186,9 +186,11 @@ pub struct Backlog {
 /// A backlog older than this is a problem even when it drains.
 const STALE_BACKLOG: Duration = Duration::from_secs(120);
 
-/// How the sampler remembers a sink: one sample every `SAMPLE_EVERY`, `SAMPLES` kept.
+/// How the sampler remembers a sink: a sample at most every `SAMPLE_EVERY` while some journal
+/// changes, none while all are still (nothing to learn, and an idle gateway is not woken for
+/// it); the samples of the last `WINDOW` kept, and the last one before it as the baseline.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
-const SAMPLES: usize = 13;
+const WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug)]
 struct Sample {
@@ -211,6 +213,17 @@ struct Trend {
 }
 
 impl History {
+    /// Remember `sample` of sink `sink`, forgetting what the window no longer needs.
+    fn push(&mut self, sink: usize, sample: Sample) {
+        let Some(window) = self.0.get_mut(sink) else { return };
+        window.push_back(sample);
+        if let Some(cutoff) = sample.at.checked_sub(WINDOW) {
+            while window.get(1).is_some_and(|second| second.at <= cutoff) {
+                window.pop_front();
+            }
+        }
+    }
+
     fn trend(&self, sink: usize, now: Sample) -> Option<Trend> {
         let first = self.0.get(sink)?.front()?;
         let secs = now.at.saturating_duration_since(first.at).as_secs_f64();
@@ -225,22 +238,39 @@ impl History {
     }
 }
 
-/// Keeps `History` of every sink, for drain estimates; runs until aborted.
+/// Keeps `History` of every sink, for drain estimates; runs until aborted or a journal closes.
 pub async fn sample_history(view: GatewayView, history: watch::Sender<History>) {
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    let mut journals: Vec<_> = view.sinks.iter().map(|sink| sink.journal.watch()).collect();
     loop {
-        tick.tick().await;
+        for journal in &mut journals {
+            journal.borrow_and_update();
+        }
         history.send_modify(|h| {
             h.0.resize_with(view.sinks.len(), VecDeque::new);
             for (i, sink) in view.sinks.iter().enumerate() {
-                let window = &mut h.0[i];
-                window.push_back(sample(sink));
-                while window.len() > SAMPLES {
-                    window.pop_front();
-                }
+                h.push(i, sample(sink));
             }
         });
+        tokio::time::sleep(SAMPLE_EVERY).await;
+        if !any_changed(&mut journals).await {
+            return;
+        }
     }
+}
+
+/// Resolves when one of the journals has changed since it was last seen: true, or false when
+/// one is closed. Never resolves for no journals.
+async fn any_changed(journals: &mut [watch::Receiver<crate::journal::JournalStats>]) -> bool {
+    let mut waits: Vec<_> = journals.iter_mut().map(|j| Box::pin(j.changed())).collect();
+    std::future::poll_fn(|cx| {
+        for wait in &mut waits {
+            if let std::task::Poll::Ready(result) = std::future::Future::poll(wait.as_mut(), cx) {
+                return std::task::Poll::Ready(result.is_ok());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 fn sample(sink: &crate::pipeline::SinkView) -> Sample {
@@ -487,6 +517,20 @@ mod tests {
         assert_eq!(t.drain_per_sec, 800.0 / 60.0);
         assert_eq!(t.growth_per_sec, -10.0, "600 fewer records in 60 s");
         assert!(!t.evicting);
+    }
+
+    #[test]
+    fn the_window_keeps_the_last_sample_before_it_as_the_baseline() {
+        let base = Instant::now();
+        let mut h = History(vec![VecDeque::new()]);
+        for secs in [0, 5, 10, 100, 105] {
+            h.push(0, at(base, secs, 100, secs));
+        }
+        let kept: Vec<u64> = h.0[0].iter().map(|s| (s.at - base).as_secs()).collect();
+        assert_eq!(kept, [10, 100, 105], "105 s - 60 s = 45 s: the sample at 10 s is the baseline");
+        // Nothing sampled for a long while: nothing changed, the rates are those since then.
+        let t = h.trend(0, at(base, 310, 100, 105)).expect("a baseline");
+        assert_eq!((t.growth_per_sec, t.drain_per_sec), (0.0, 95.0 / 300.0));
     }
 
     #[test]
