@@ -3,7 +3,7 @@
 //! journal's stored records (`topic\nbody`).
 #![no_main]
 
-use berrygw::sink::app::{open_record, parse_session_push, RECORD_KIND};
+use berrygw::events::{open_record, parse_session_push, RECORD_KIND};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {

@@ -9,7 +9,7 @@
 use arbitrary::Arbitrary;
 use berrygw::config::PayloadFormat;
 use berrygw::journal::{Record, Seq};
-use berrygw::sink::app::AppTopics;
+use berrygw::events::AppTopics;
 use berrygw::sink::chirpstack::Topics;
 use berrygw::sink::mqtt::Protocol;
 use berrygw::sink::semtech_udp::{wire_object, WireObject};

@@ -30,16 +30,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use berrygw_core::proc::{self, stat_cpu};
 use berrygw_lora::{CrcStatus, UplinkFrame};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{self, BrokerUrl, PayloadFormat};
+use crate::config;
 use crate::journal::{Journal, JournalConfig, NewRecord, Seq};
-use crate::pipeline::{Gateway, SinkCounters};
-use crate::sink::chirpstack::{self, RecordKind, Topics};
-use crate::sink::mqtt::{self, MqttSinkSettings, Protocol, SinkInbound, SinkRadioIo};
+use crate::pipeline::Gateway;
+use crate::sink::chirpstack::{self, PayloadFormat, RecordKind, Topics};
+use crate::sink::mqtt::{self, BrokerUrl, MqttSinkSettings, Protocol, SinkInbound, SinkRadioIo};
 use crate::sink::pace::PaceSettings;
+use crate::sink::SinkCounters;
 
 /// Options of `berrygw bench`.
 #[derive(Debug, clap::Args)]
@@ -77,46 +79,13 @@ struct ProcSample {
     write_bytes: u64,
 }
 
-/// utime + stime (fields 14 and 15) of a `/proc/.../stat` file, in clock ticks (100 per
-/// second on Linux): coarse, but the phases run for many seconds.
-fn stat_cpu(path: &str) -> Duration {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| {
-            let after_comm = &s[s.rfind(')')? + 2..];
-            let fields: Vec<&str> = after_comm.split_whitespace().collect();
-            let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-            Some(Duration::from_millis(ticks * 10))
-        })
-        .unwrap_or(Duration::ZERO)
-}
-
 fn sample() -> ProcSample {
-    let cpu = stat_cpu("/proc/self/stat");
-    let write_bytes = std::fs::read_to_string("/proc/self/io")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("write_bytes:").map(|v| v.trim().parse::<u64>().ok()))
-                .flatten()
-        })
-        .unwrap_or(0);
-    ProcSample { cpu, write_bytes }
+    ProcSample { cpu: stat_cpu("/proc/self/stat"), write_bytes: proc::self_field("io", "write_bytes:") }
 }
 
 /// Peak resident set size in KiB (VmHWM).
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| {
-                    l.strip_prefix("VmHWM:")
-                        .map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                })
-                .flatten()
-        })
-        .unwrap_or(0)
+    proc::self_field("status", "VmHWM:")
 }
 
 /// The `[radio]` body of a simulated radio whose devices a phase sets itself.
@@ -186,7 +155,7 @@ fn decode(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         Registry::parse(&args.dir.join("devices.toml"), &registry_text, std::slice::from_ref(&args.dir))?;
     let codecs = Codecs::build(&registry, &codec_limits(50, 8 * 1024))?;
     let (store, sessions) = SessionStore::open(&args.dir.join("sessions.sqlite"))?;
-    let topics = crate::sink::app::AppTopics::new("berrygw", "0016c001ffbe0001");
+    let topics = crate::events::AppTopics::new("berrygw", "0016c001ffbe0001");
     let mut engine = Engine::new("0016c001ffbe0001".into(), Some(topics), registry, codecs, store, sessions);
     let frames: Vec<UplinkFrame> = (0..n)
         .map(|i| {
@@ -330,17 +299,7 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
 
 /// Current resident set size in KiB (VmRSS).
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| {
-                    l.strip_prefix("VmRSS:")
-                        .map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                })
-                .flatten()
-        })
-        .unwrap_or(0)
+    proc::self_field("status", "VmRSS:")
 }
 
 async fn footprint(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
@@ -493,7 +452,7 @@ fn sample_record(seq: u64) -> NewRecord {
     let msg = chirpstack::uplink_message("0016c001ffbe0001", &frame, seq, 42);
     NewRecord {
         kind: RecordKind::Uplink as u8,
-        received_at_ms: chirpstack::unix_ms(frame.received_at),
+        received_at_ms: berrygw_core::unix_ms(frame.received_at),
         payload: msg.encode_to_vec(),
     }
 }

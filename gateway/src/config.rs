@@ -6,22 +6,26 @@
 //! file system (certificate paths) are checked here too, so `check-config`
 //! and `run` reject exactly the same files.
 
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::decode::DecodeSection;
+pub use crate::status::http::{ApiSection, HttpSection, DEFAULT_API_SOCKET};
+use berrygw_core::locate;
+pub use berrygw_core::{read_file, ConfigError};
 use berrygw_lora::filter::FilterConfig;
 use berrygw_lora::gwmp::GwmpConfig;
 use berrygw_lora::phy::Eui64;
 use berrygw_lora::sim::SimConfig;
 use berrygw_sx1302::{ConcentratorSetup, Sx1302Config};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use toml::Spanned;
 
 use crate::journal::Backend;
-use crate::sink::pace::PaceSettings;
+pub use crate::sink::chirpstack::PayloadFormat;
+pub use crate::sink::mqtt::BrokerUrl;
+use crate::sink::pace::{PaceSettings, DEFAULT_REPLAY_GAP_MS, DEFAULT_REPLAY_RATE};
 use crate::sink::semtech_udp::SemtechUdpSinkConfig;
 
 /// The whole configuration file.
@@ -43,44 +47,6 @@ pub struct Config {
     pub decode: Option<DecodeSection>,
     /// `[field]`: Modbus field equipment, central commands, rules; off when absent.
     pub field: Option<crate::actuation::field::FieldSection>,
-}
-
-/// `[http]`: the listener serving `/metrics`, the status page `/` and `/api/status`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSection {
-    /// Address and port; loopback by default (the page and metrics carry no secrets,
-    /// but expose them beyond the gateway only on purpose, e.g. `0.0.0.0:9101`).
-    #[serde(default = "default_http_listen")]
-    pub listen: SocketAddr,
-    /// Host names (besides IP literals and localhost) requests may name in `Host`;
-    /// others get 421, so a web page cannot read the gateway by rebinding its DNS.
-    #[serde(default)]
-    pub allowed_hosts: Vec<String>,
-}
-
-impl Default for HttpSection {
-    fn default() -> Self {
-        HttpSection { listen: default_http_listen(), allowed_hosts: Vec::new() }
-    }
-}
-
-/// `[api]`: the local API on a unix socket, used by `berrygw status`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiSection {
-    /// Socket path, created mode 0660 (owner and group may read status).
-    #[serde(default = "default_api_socket")]
-    pub socket: PathBuf,
-    /// Who may act (actuate, reload) besides root and the daemon's own user.
-    #[serde(default)]
-    pub operators: Vec<crate::status::operators::Operator>,
-}
-
-impl Default for ApiSection {
-    fn default() -> Self {
-        ApiSection { socket: default_api_socket(), operators: Vec::new() }
-    }
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its state.
@@ -281,144 +247,6 @@ impl MqttSinkConfig {
     }
 }
 
-/// `[decode]`: local decoding of the devices this gateway serves.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DecodeSection {
-    /// The device registry (keys and codecs), mode 0600.
-    pub devices: Spanned<PathBuf>,
-    /// Where codec files named in the registry are looked up, in order.
-    #[serde(default = "default_codec_dirs")]
-    pub codec_dirs: Vec<PathBuf>,
-    /// Wall-clock limit of one JavaScript codec call.
-    #[serde(default = "default_codec_time_limit_ms")]
-    pub codec_time_limit_ms: u64,
-    /// Heap limit of each JavaScript codec.
-    #[serde(default = "default_codec_memory_limit_kib")]
-    pub codec_memory_limit_kib: u64,
-}
-
-/// Encoding of ChirpStack messages on the wire.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PayloadFormat {
-    #[default]
-    Protobuf,
-    Json,
-}
-
-/// An MQTT broker address with its transport.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-impl BrokerUrl {
-    /// Whether the host is this machine (plaintext is acceptable there).
-    pub fn is_loopback(&self) -> bool {
-        if self.host.eq_ignore_ascii_case("localhost") {
-            return true;
-        }
-        self.host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
-    }
-}
-
-impl fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        write!(f, "{scheme}://{}:{}", self.host, self.port)
-    }
-}
-
-impl std::str::FromStr for BrokerUrl {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| format!("`{s}` has no scheme; write mqtts://host:port or mqtt://host:port"))?;
-        let (tls, default_port) = match scheme {
-            "mqtts" | "ssl" | "tls" => (true, 8883),
-            "mqtt" | "tcp" => (false, 1883),
-            other => return Err(format!("unknown scheme `{other}`; use mqtts:// or mqtt://")),
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(':') && !p.contains(']') => {
-                let port = p.parse::<u16>().map_err(|_| format!("bad port `{p}` in `{s}`"))?;
-                (h, port)
-            }
-            _ => (rest, default_port),
-        };
-        if host.is_empty() || host.contains('/') {
-            return Err(format!("bad host in `{s}`"));
-        }
-        Ok(BrokerUrl { tls, host: host.to_string(), port })
-    }
-}
-
-impl<'de> Deserialize<'de> for BrokerUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// A configuration error located in its file.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, ": key `{key}`")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl ConfigError {
-    /// An error about `file` as a whole (no line, no key).
-    pub fn whole(file: &Path, message: impl Into<String>) -> ConfigError {
-        ConfigError { file: file.to_path_buf(), line: None, key: None, message: message.into() }
-    }
-}
-
-/// The text of a configuration file. With `forbidden` mode bits (e.g. `0o077`
-/// for a file of secrets), a file that has any of them is refused with
-/// `explain(mode)`, which says why and how to fix it.
-pub fn read_file(
-    path: &Path,
-    forbidden: u32,
-    explain: impl FnOnce(u32) -> String,
-) -> Result<String, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| ConfigError::whole(path, format!("cannot read: {e}")))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & forbidden != 0 {
-        return Err(ConfigError::whole(path, explain(mode)));
-    }
-    std::fs::read_to_string(path).map_err(|e| ConfigError::whole(path, format!("cannot read: {e}")))
-}
-
 /// A loaded, checked configuration and where it came from.
 #[derive(Debug)]
 pub struct LoadedConfig {
@@ -428,6 +256,11 @@ pub struct LoadedConfig {
 }
 
 impl LoadedConfig {
+    /// This file's path and text, for locating errors in it.
+    pub fn file(&self) -> berrygw_core::SourceFile<'_> {
+        berrygw_core::SourceFile { path: &self.path, text: &self.source }
+    }
+
     /// Build a `ConfigError` pointing at `span` in this file.
     pub fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         locate(&self.path, &self.source, Some(span), message.into())
@@ -568,7 +401,7 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         }
     }
     if let Some(field) = &c.field {
-        field.check(loaded)?;
+        field.check(loaded.file())?;
         if field.authorized_keys.is_some() && c.sinks.app.is_none() {
             return Err(whole(
                 "field.authorized_keys: central commands come over the app sink; add [sinks.app]".into(),
@@ -668,54 +501,6 @@ fn check_mqtt_sink(
     Ok(())
 }
 
-/// Turn a byte span into line number and dotted key, as a person reads the file.
-pub(crate) fn locate(path: &Path, source: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
-    let (line, key) = match span {
-        Some(span) => {
-            let start = span.start.min(source.len());
-            let line = source[..start].matches('\n').count() + 1;
-            (Some(line), key_at(source, line))
-        }
-        None => (None, None),
-    };
-    ConfigError { file: path.to_path_buf(), line, key, message }
-}
-
-/// The dotted key written on `line` (1-based), prefixed by its table header.
-fn key_at(source: &str, line: usize) -> Option<String> {
-    let lines: Vec<&str> = source.lines().collect();
-    let text = lines.get(line.checked_sub(1)?)?.trim();
-    let table = lines[..line - 1]
-        .iter()
-        .rev()
-        .map(|l| l.trim())
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    if text.starts_with('[') {
-        return Some(text.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    }
-    let key = text.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string());
-    match (table, key) {
-        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
-        (None, Some(k)) => Some(k),
-        (t, None) => t,
-    }
-}
-
-/// Where `berrygw status` looks when no configuration names the socket.
-/// Default least time between two replayed uplinks of one device (BENCHMARKS.md, "Replay").
-pub const DEFAULT_REPLAY_GAP_MS: u64 = 500;
-/// Default most replayed uplinks per second, all devices together.
-pub const DEFAULT_REPLAY_RATE: u32 = 50;
-
-pub const DEFAULT_API_SOCKET: &str = "/run/berrygw/api.sock";
-
-fn default_http_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9101))
-}
-fn default_api_socket() -> PathBuf {
-    PathBuf::from(DEFAULT_API_SOCKET)
-}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/berrygw")
 }
@@ -745,15 +530,6 @@ fn default_commit_interval_ms() -> u64 {
 }
 fn default_commit_max_records() -> usize {
     1000
-}
-fn default_codec_dirs() -> Vec<PathBuf> {
-    vec![PathBuf::from("/etc/berrygw/codecs"), PathBuf::from("/usr/share/berrygw/codecs")]
-}
-fn default_codec_time_limit_ms() -> u64 {
-    50
-}
-fn default_codec_memory_limit_kib() -> u64 {
-    8 * 1024
 }
 fn default_keep_alive_secs() -> u64 {
     30

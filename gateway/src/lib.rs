@@ -6,11 +6,15 @@
 //! See ARCHITECTURE.md at the repository root for the code map.
 
 pub mod actuation;
+pub mod automation;
 pub mod bench;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod decode;
 pub mod demo;
+pub mod events;
 pub mod journal;
 pub mod metrics;
 pub mod pipeline;
@@ -20,3 +24,4 @@ pub mod service;
 pub mod sink;
 pub mod state_db;
 pub mod status;
+pub mod view;

@@ -98,7 +98,7 @@ enum Command {
         api: ApiArgs,
     },
     /// Decode a payload with a codec, or a whole frame with a registered device's keys.
-    Decode(berrygw::decode::cli::DecodeArgs),
+    Decode(berrygw::cli::decode::DecodeArgs),
     /// Run the whole pipeline with a simulated radio and an embedded broker; nothing to install.
     Demo(berrygw::demo::DemoArgs),
     /// Measure journal and forwarding throughput against a running MQTT broker.
@@ -180,7 +180,7 @@ fn main() -> ExitCode {
             }
             let result = runtime()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(berrygw::pipeline::run_until_signal(&cfg)));
+                .and_then(|rt| rt.block_on(berrygw::daemon::run_until_signal(&cfg)));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -196,7 +196,7 @@ fn main() -> ExitCode {
         Command::Audit { limit, json, api } => audit(limit, json, api),
         Command::Decode(args) => {
             init_logging("warn");
-            report(berrygw::decode::cli::run(args))
+            report(berrygw::cli::decode::run(args))
         }
         Command::Demo(args) => {
             // The demo prints its own account; logs only for trouble.

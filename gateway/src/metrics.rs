@@ -16,8 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::pipeline::{GatewayView, SinkView};
-use crate::sink::chirpstack;
+use crate::view::{GatewayView, SinkView};
 
 /// The registry of a running gateway, ready to encode.
 pub struct Metrics {
@@ -209,7 +208,7 @@ impl prometheus_client::collector::Collector for GatewayCollector {
 
         // Journals and sinks.
         let sinks = &v.sinks;
-        let now_ms = chirpstack::unix_ms(SystemTime::now());
+        let now_ms = berrygw_core::unix_ms(SystemTime::now());
         per_sink(
             &mut enc,
             sinks,

@@ -67,9 +67,11 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(crate::state_db::STATE_FILE_MODE)
+            .mode(berrygw_core::files::STATE_FILE_MODE)
             .open(&tmp)?;
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(crate::state_db::STATE_FILE_MODE))?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+            berrygw_core::files::STATE_FILE_MODE,
+        ))?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

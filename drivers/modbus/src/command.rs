@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::profile::value::{self, PointValue, Points};
 use crate::profile::{ArgType, CommandSpec, Literal, Point, Profile};
-use crate::value::{self, PointValue, Points};
 
 /// Why a command was not even attempted. `reason` is stable (metrics, audit, API).
 #[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]

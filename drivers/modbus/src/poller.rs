@@ -21,8 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::client::{Bus, CallError, ErrorKind, Reply, Request, MAX_READ_BITS, MAX_READ_REGISTERS};
 use crate::command::{Refusal, RefusalReason, RegisterWrite, TypedArgs};
+use crate::profile::value::{self, Points};
 use crate::profile::{PointKind, Profile};
-use crate::value::{self, Points};
 
 /// How one device is polled.
 #[derive(Debug, Clone)]

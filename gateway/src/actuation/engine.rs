@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use berrygw_core::unix_ms;
 use berrygw_modbus::{CommandOutcome, DeviceState, PointValue};
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
@@ -42,9 +43,8 @@ use super::keys::{AuthorizedKey, AuthorizedKeys};
 use super::replay::{Admission, ReplayWindow, REPLAY_WINDOW_FAILED};
 use crate::clock::ClockSync;
 use crate::decode::Decoder;
+use crate::events::{self, AppTopics};
 use crate::journal::Journal;
-use crate::sink::app::{self, AppTopics};
-use crate::sink::chirpstack::unix_ms;
 
 /// Authenticated central messages waiting for their turn.
 pub const QUEUE: usize = 64;
@@ -311,7 +311,7 @@ impl Actuation {
             else {
                 continue;
             };
-            let record = app::record(
+            let record = events::record(
                 &topics.event("unauthenticated"),
                 body.to_string().as_bytes(),
                 unix_ms(std::time::SystemTime::now()),
@@ -436,14 +436,14 @@ impl Actuation {
         }
         let mut fields = env.args().clone();
         fields.insert("dev_eui".into(), serde_json::Value::String(env.target().to_string()));
-        let session = match app::parse_session_push(serde_json::Value::Object(fields).to_string().as_bytes())
-        {
-            Ok(s) => s,
-            Err(e) => {
-                self.record(ask.refusal("bad_args", e)).await;
-                return;
-            }
-        };
+        let session =
+            match events::parse_session_push(serde_json::Value::Object(fields).to_string().as_bytes()) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.record(ask.refusal("bad_args", e)).await;
+                    return;
+                }
+            };
         ask.args =
             serde_json::json!({ "dev_addr": session.dev_addr.to_string(), "f_cnt_up": session.f_cnt_up });
         let Some(decoder) = &self.inner.decoder else {
@@ -607,7 +607,7 @@ impl Actuation {
                 "audit": entry,
             })) {
                 let record =
-                    app::record(&topics.event("command"), &body, unix_ms(std::time::SystemTime::now()));
+                    events::record(&topics.event("command"), &body, unix_ms(std::time::SystemTime::now()));
                 if let Err(e) = journal.append(record).await {
                     warn!("command result not stored in the app journal: {e}");
                 }
@@ -749,11 +749,11 @@ impl Actuation {
             "gateway_id": self.inner.gateway_id,
             "device": name,
             "profile": profile,
-            "at": crate::decode::reading::rfc3339(std::time::SystemTime::now()),
+            "at": berrygw_core::rfc3339_ms(std::time::SystemTime::now()),
             "state": state,
         });
         let Ok(body) = serde_json::to_vec(&body) else { return };
-        let record = app::record(&topics.field_state(name), &body, unix_ms(std::time::SystemTime::now()));
+        let record = events::record(&topics.field_state(name), &body, unix_ms(std::time::SystemTime::now()));
         if let Err(e) = journal.append(record).await {
             warn!(device = name, "field state not stored in the app journal: {e}");
         }

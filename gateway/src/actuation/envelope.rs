@@ -82,6 +82,7 @@ use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
 use super::keys::{AuthorizedKey, AuthorizedKeys};
+pub use super::MAX_NAME_BYTES;
 
 /// Largest envelope accepted, in bytes.
 pub const MAX_ENVELOPE_BYTES: usize = 8 * 1024;
@@ -92,9 +93,6 @@ pub const MAX_VALIDITY: Duration = Duration::hours(24);
 
 /// Furthest `issued_at` may lie ahead of the gateway's clock (the two clocks differ a little).
 pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
-
-/// Longest `id`, `key_id`, `gateway_id`, `target` or `command`, in bytes.
-pub const MAX_NAME_BYTES: usize = 128;
 
 /// The stable labels of [`Refusal::reason`] produced by this module and by `replay.rs`.
 pub mod reason {

@@ -30,7 +30,7 @@ use berrygw_modbus::{Bus, BusOptions, Device, DeviceConfig, Link, ProfileSet};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{ConfigError, LoadedConfig};
+use berrygw_core::{ConfigError, SourceFile};
 
 /// `[field]`.
 #[derive(Debug, Deserialize)]
@@ -110,14 +110,9 @@ fn default_timeout_ms() -> u64 {
 
 impl FieldSection {
     /// Load the profiles and check every device against them.
-    pub fn check(&self, loaded: &LoadedConfig) -> Result<ProfileSet, ConfigError> {
+    pub fn check(&self, loaded: SourceFile<'_>) -> Result<ProfileSet, ConfigError> {
         let dirs: Vec<&Path> = self.profile_dirs.iter().map(PathBuf::as_path).collect();
-        let profiles = ProfileSet::load(&dirs).map_err(|e| ConfigError {
-            file: e.file.clone(),
-            line: e.line,
-            key: e.key.clone(),
-            message: e.message.clone(),
-        })?;
+        let profiles = ProfileSet::load(&dirs)?;
         let mut names = HashSet::new();
         for d in &self.device {
             let name = d.name.get_ref();
@@ -158,7 +153,7 @@ impl FieldSection {
         }
         if self.state_interval_secs == 0 {
             return Err(ConfigError {
-                file: loaded.path.clone(),
+                file: loaded.path.to_path_buf(),
                 line: None,
                 key: Some("field.state_interval_secs".into()),
                 message: "must be at least 1".into(),
@@ -166,7 +161,7 @@ impl FieldSection {
         }
         if self.audit_max_bytes < MIN_AUDIT_BYTES {
             return Err(ConfigError {
-                file: loaded.path.clone(),
+                file: loaded.path.to_path_buf(),
                 line: None,
                 key: Some("field.audit_max_bytes".into()),
                 message: format!("must be at least {MIN_AUDIT_BYTES} (a few dozen entries)"),

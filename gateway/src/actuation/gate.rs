@@ -16,7 +16,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use berrygw_lora::gwmp::LogLimiter;
+use berrygw_core::LogLimiter;
 
 /// Refusal reasons counted at the door (the `reason` label), in a fixed order.
 pub const REASONS: [&str; 4] = [
@@ -104,7 +104,7 @@ pub fn summary(
     }
     Some(serde_json::json!({
         "gateway_id": gateway_id,
-        "at": crate::decode::reading::rfc3339(std::time::SystemTime::now()),
+        "at": berrygw_core::rfc3339_ms(std::time::SystemTime::now()),
         "window_secs": window.as_secs(),
         "refused": counts,
     }))

@@ -18,12 +18,12 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use berrygw_core::{locate, ConfigError};
 use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::envelope::MAX_NAME_BYTES;
-use crate::config::{locate, ConfigError};
+use super::MAX_NAME_BYTES;
 
 /// Every authorized key, checked.
 #[derive(Clone, Debug)]
@@ -74,7 +74,7 @@ struct Entry {
 impl AuthorizedKeys {
     /// Read and check the file at `path`; refused if group or others may write it.
     pub fn load(path: &Path) -> Result<AuthorizedKeys, ConfigError> {
-        let source = crate::config::read_file(path, 0o022, |mode| {
+        let source = berrygw_core::read_file(path, 0o022, |mode| {
             format!(
                 "mode {mode:04o} lets other users edit the keys allowed to move equipment; run \
                  `chmod 644 {p}` (or 600) and `chown root:berrygw {p}`",

@@ -14,3 +14,6 @@ pub mod field;
 pub mod gate;
 pub mod keys;
 pub mod replay;
+
+/// Longest `id`, `key_id`, `gateway_id`, `target` or `command` of a command, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;

@@ -7,16 +7,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use berrygw_codecs::{Codec, Limits, UplinkInput};
+use berrygw_core::rfc3339_ms as rfc3339;
+use berrygw_core::unix_ms;
+use berrygw_core::ConfigError;
 use berrygw_lora::phy::{self, DevAddr, Eui64, MType, PhyFrame};
 use berrygw_lora::security::{self, SessionKeys};
 use berrygw_lora::UplinkFrame;
 
-use super::reading::{rfc3339, Reading, RxInfo};
+use super::reading::{Reading, RxInfo};
 use super::registry::{Activation, CodecRef, Device, Registry, Target};
 use super::sessions::{Session, SessionSource, SessionStore};
-use crate::config::ConfigError;
-use crate::sink::app::{self, AppTopics, PushedSession};
-use crate::sink::chirpstack::unix_ms;
+use crate::events::{self, AppTopics, PushedSession};
 
 /// How long a JoinRequest waits for its JoinAccept (RX2 of the join is 6 s after it).
 const JOIN_WINDOW: Duration = Duration::from_secs(30);
@@ -293,7 +294,7 @@ impl Engine {
                 };
                 serde_json::to_vec(&reading)
                     .ok()
-                    .map(|body| app::record(&topic, &body, reading.received_at_ms))
+                    .map(|body| events::record(&topic, &body, reading.received_at_ms))
             }
         };
         Outcome::Reading { reading: Box::new(reading), record, codec_failure }

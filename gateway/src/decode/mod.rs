@@ -19,7 +19,6 @@
 //! Not here: the LoRaWAN crypto (`berrygw_lora::security`), the codecs
 //! (`berrygw_codecs`), publishing (`sink::mqtt` reads the app journal).
 
-pub mod cli;
 pub mod engine;
 pub mod reading;
 pub mod registry;
@@ -34,13 +33,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use berrygw_codecs::Limits;
-use berrygw_lora::gwmp::LogLimiter;
+use berrygw_core::LogLimiter;
 use berrygw_lora::phy::MType;
 use berrygw_lora::UplinkFrame;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use serde::Deserialize;
 use tokio::sync::{broadcast, oneshot, watch};
+use toml::Spanned;
 use tracing::{error, info, warn};
 
 pub use self::engine::Installed;
@@ -48,8 +49,8 @@ use self::engine::{Codecs, Engine, Outcome};
 pub use self::reading::Reading;
 use self::registry::Registry;
 use self::sessions::SessionStore;
+use crate::events::{AppTopics, PushedSession};
 use crate::journal::{Journal, NewRecord};
-use crate::sink::app::{AppTopics, PushedSession};
 
 /// Data frames waiting to be decoded; past this the newest readings are
 /// dropped (counted). Joins, TxAcks, signed session pushes (authenticated
@@ -493,6 +494,35 @@ fn codec_reason(label: &'static str) -> &'static str {
         "output_too_large" => "codec_output_too_large",
         _ => "codec_other",
     }
+}
+
+/// `[decode]`: local decoding of the devices this gateway serves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeSection {
+    /// The device registry (keys and codecs), mode 0600.
+    pub devices: Spanned<PathBuf>,
+    /// Where codec files named in the registry are looked up, in order.
+    #[serde(default = "default_codec_dirs")]
+    pub codec_dirs: Vec<PathBuf>,
+    /// Wall-clock limit of one JavaScript codec call.
+    #[serde(default = "default_codec_time_limit_ms")]
+    pub codec_time_limit_ms: u64,
+    /// Heap limit of each JavaScript codec.
+    #[serde(default = "default_codec_memory_limit_kib")]
+    pub codec_memory_limit_kib: u64,
+}
+
+fn default_codec_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("/etc/berrygw/codecs"), PathBuf::from("/usr/share/berrygw/codecs")]
+}
+
+fn default_codec_time_limit_ms() -> u64 {
+    50
+}
+
+fn default_codec_memory_limit_kib() -> u64 {
+    8 * 1024
 }
 
 #[cfg(test)]

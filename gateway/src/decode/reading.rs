@@ -3,7 +3,6 @@
 //! contract with the data platform (README, "Readings").
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 use berrygw_lora::phy::{DevAddr, Eui64};
 use berrygw_lora::{Modulation, UplinkFrame};
@@ -69,9 +68,4 @@ pub fn data_rate(m: &Modulation) -> String {
         }
         Modulation::Fsk { datarate, .. } => format!("FSK{datarate}"),
     }
-}
-
-/// RFC 3339 in UTC with milliseconds (`2026-11-28T19:40:12.345Z`).
-pub fn rfc3339(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

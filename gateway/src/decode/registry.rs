@@ -24,7 +24,7 @@ use berrygw_lora::phy::{AesKey, DevAddr, Eui64};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{locate, read_file, ConfigError};
+use berrygw_core::{locate, read_file, ConfigError};
 
 /// The whole registry, checked.
 #[derive(Clone, Debug)]

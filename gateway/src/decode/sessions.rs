@@ -169,7 +169,7 @@ impl SessionStore {
         if self.dirty.is_empty() {
             return Ok(0);
         }
-        let now = crate::sink::chirpstack::unix_ms(SystemTime::now());
+        let now = berrygw_core::unix_ms(SystemTime::now());
         let tx = self.conn.transaction()?;
         let written = self.dirty.len();
         for &eui in &self.dirty {

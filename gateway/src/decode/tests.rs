@@ -13,7 +13,7 @@ use berrygw_lora::{CrcStatus, UplinkFrame};
 use super::engine::{codec_limits, Codecs, Engine, Outcome};
 use super::registry::Registry;
 use super::sessions::{SessionSource, SessionStore};
-use crate::sink::app::{self, AppTopics, PushedSession};
+use crate::events::{self, AppTopics, PushedSession};
 
 const NWK: [u8; 16] =
     [0x96, 0x08, 0xa1, 0x55, 0x1e, 0x4e, 0x78, 0xdd, 0x91, 0xef, 0x99, 0xac, 0x74, 0x2f, 0xeb, 0xb2];
@@ -97,7 +97,7 @@ fn abp_uplink_becomes_a_reading_on_the_device_topic() {
     assert_eq!(reading.object["temperature_1"], serde_json::json!(27.2));
     assert_eq!(reading.tags["site"], "pont du Cher");
     let record = record.expect("published");
-    let (topic, body) = app::open_record(record.kind, &record.payload).expect("app record");
+    let (topic, body) = events::open_record(record.kind, &record.payload).expect("app record");
     assert_eq!(topic, format!("berrygw/0016c001ff10a235/device/{ABP_EUI:016x}/up"));
     let json: serde_json::Value = serde_json::from_slice(body).expect("json");
     assert_eq!(json["object"]["temperature_1"], serde_json::json!(27.2));

@@ -34,15 +34,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// A field of `/proc/self/<file>` as a number (kB for status, bytes for io); 0 if absent.
-fn proc_field(file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/self/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn disk_usage(path: &Path) -> u64 {
     match std::fs::read_dir(path) {
         Ok(entries) => entries.flatten().map(|entry| disk_usage(&entry.path())).sum(),
@@ -60,7 +51,7 @@ async fn backlog(backend: Backend) -> BenchResult {
     let config = JournalConfig::new(backend, scratch.path().join("bench"), u64::MAX);
     let per_record = |bytes: u64| bytes as f64 / records as f64;
 
-    let written_before = proc_field("io", "write_bytes:");
+    let written_before = berrygw_core::proc::self_field("io", "write_bytes:");
     let started = Instant::now();
     let journal = Journal::open("bench", config.clone())?;
     for i in 0..records {
@@ -69,14 +60,14 @@ async fn backlog(backend: Backend) -> BenchResult {
     }
     journal.close().await?;
     let fill = started.elapsed();
-    let written_fill = proc_field("io", "write_bytes:") - written_before;
+    let written_fill = berrygw_core::proc::self_field("io", "write_bytes:") - written_before;
     println!(
         "{backend}: appended {records} x {payload_len} B in {fill:.2?} ({:.0}/s), {:.0} B written/record, \
          store {:.0} B/record, RSS {} kB",
         records as f64 / fill.as_secs_f64(),
         per_record(written_fill),
         per_record(disk_usage(&config.path)),
-        proc_field("status", "VmRSS:"),
+        berrygw_core::proc::self_field("status", "VmRSS:"),
     );
 
     let started = Instant::now();
@@ -89,10 +80,10 @@ async fn backlog(backend: Backend) -> BenchResult {
         "{backend}: reopened with {} records in {:.2?}, RSS {} kB",
         journal.watch().borrow().records,
         started.elapsed(),
-        proc_field("status", "VmRSS:")
+        berrygw_core::proc::self_field("status", "VmRSS:")
     );
 
-    let written_before = proc_field("io", "write_bytes:");
+    let written_before = berrygw_core::proc::self_field("io", "write_bytes:");
     let started = Instant::now();
     let (mut after, mut drained) = (Seq::NONE, 0u64);
     loop {
@@ -111,8 +102,8 @@ async fn backlog(backend: Backend) -> BenchResult {
         "{backend}: drained and acked {drained} in {drain:.2?} ({:.0}/s), {:.0} B written/record, \
          peak RSS {} kB, {} commits",
         drained as f64 / drain.as_secs_f64(),
-        per_record(proc_field("io", "write_bytes:") - written_before),
-        proc_field("status", "VmHWM:"),
+        per_record(berrygw_core::proc::self_field("io", "write_bytes:") - written_before),
+        berrygw_core::proc::self_field("status", "VmHWM:"),
         journal.watch().borrow().commits,
     );
     journal.close().await?;

@@ -143,7 +143,7 @@ fn open_store(dir: &Path) -> Result<SegmentStore, OpenFailure> {
     if dir.is_file() {
         return Err(OpenFailure::Corrupt("the journal path is a file, not a segment log directory".into()));
     }
-    crate::state_db::create_private_dir(dir).map_err(io_error(dir, "creating the journal directory"))?;
+    berrygw_core::files::create_private_dir(dir).map_err(io_error(dir, "creating the journal directory"))?;
     let mut firsts = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_error(dir, "listing the journal directory"))? {
         let entry = entry.map_err(io_error(dir, "listing the journal directory"))?;
@@ -169,7 +169,7 @@ fn open_store(dir: &Path) -> Result<SegmentStore, OpenFailure> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(crate::state_db::STATE_FILE_MODE)
+        .mode(berrygw_core::files::STATE_FILE_MODE)
         .open(&ack_path)
         .map_err(io_error(&ack_path, "opening the ack file"))?;
     let mut ack_bytes = Vec::new();
@@ -575,7 +575,7 @@ impl SegmentStore {
             .append(true)
             .create(true)
             .truncate(false)
-            .mode(crate::state_db::STATE_FILE_MODE)
+            .mode(berrygw_core::files::STATE_FILE_MODE)
             .open(&path)
             .map_err(io_error(&path, "creating a segment"))?;
         file.write_all(SEGMENT_MAGIC).map_err(io_error(&path, "creating a segment"))?;

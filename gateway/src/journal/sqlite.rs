@@ -47,14 +47,14 @@ impl SqliteStore {
 
 fn open_store(path: &Path) -> Result<SqliteStore, OpenFailure> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::state_db::create_private_dir(parent).map_err(|source| JournalError::Io {
+        berrygw_core::files::create_private_dir(parent).map_err(|source| JournalError::Io {
             path: parent.to_path_buf(),
             action: "creating the journal directory",
             source,
         })?;
     }
     // Created (or kept) 0600 before SQLite opens it; its -wal and -shm take the same mode.
-    crate::state_db::create_with_mode(path, crate::state_db::STATE_FILE_MODE).map_err(|source| {
+    berrygw_core::files::create_with_mode(path, berrygw_core::files::STATE_FILE_MODE).map_err(|source| {
         JournalError::Io { path: path.to_path_buf(), action: "setting the journal's mode", source }
     })?;
     let conn = Connection::open(path).map_err(open_failure(path, "opening the database"))?;

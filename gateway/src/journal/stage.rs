@@ -64,7 +64,7 @@ impl Stage {
     /// what it holds.
     pub(super) fn open(path: &Path) -> std::io::Result<(Stage, Recovered)> {
         if let Some(parent) = path.parent() {
-            crate::state_db::create_private_dir(parent)?;
+            berrygw_core::files::create_private_dir(parent)?;
         }
         let mut file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::file::{Condition, Effect, Literal, Rule, RuleSet, Severity, Test, Trigger, Watched};
 use super::sun;
@@ -436,4 +436,14 @@ fn judge(test: &Test, value: &serde_json::Value) -> Option<Verdict> {
             Some(verdict(same, !same))
         }
     }
+}
+
+/// An active alarm as the status page and `berrygw status` show it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AlarmView {
+    pub rule: String,
+    pub name: String,
+    pub severity: String,
+    pub since: String,
+    pub message: String,
 }

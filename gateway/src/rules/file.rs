@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use berrygw_core::{locate, ConfigError};
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::cron::Cron;
 use super::sun::{Coordinates, SunEvent};
 use super::tz::TimeZone;
-use crate::config::{locate, ConfigError};
 
 /// The longest hold accepted (a year): beyond that a rule is a mistake.
 const MAX_HOLD_S: i64 = 366 * 86_400;
@@ -197,7 +197,7 @@ impl Locator<'_> {
 impl RuleSet {
     /// Read and check the rules file at `path`.
     pub fn load(path: &Path) -> Result<RuleSet, ConfigError> {
-        RuleSet::parse(path, &crate::config::read_file(path, 0, |_| String::new())?)
+        RuleSet::parse(path, &berrygw_core::read_file(path, 0, |_| String::new())?)
     }
 
     /// Parse and check rules text; `path` names it in messages.

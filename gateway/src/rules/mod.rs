@@ -85,7 +85,6 @@
 mod cron;
 mod engine;
 mod file;
-pub mod run;
 mod sun;
 mod tz;
 
@@ -93,7 +92,7 @@ mod tz;
 mod tests;
 
 pub use cron::Cron;
-pub use engine::{Action, ActiveAlarm, RuleEngine, Source, SCHEDULE_GRACE};
+pub use engine::{Action, ActiveAlarm, AlarmView, RuleEngine, Source, SCHEDULE_GRACE};
 pub use file::{Condition, Effect, Literal, Rule, RuleSet, Severity, Test, Trigger, Watched};
 pub use sun::{Coordinates, SunEvent};
 pub use tz::TimeZone;

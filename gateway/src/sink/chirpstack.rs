@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use berrygw_core::unix_ms;
 use berrygw_lora::{
     CodeRate, CrcStatus, DownlinkFrame, Frequency, Modulation, TxAck, TxStatus, TxTiming, UplinkFrame,
 };
@@ -13,9 +14,18 @@ use chirpstack_api::gw;
 use chirpstack_api::pbjson_types::{Duration as PbDuration, Timestamp};
 use prost::Message;
 
-use crate::config::PayloadFormat;
 use crate::journal::Record;
 use crate::sink::pace::Sender;
+use serde::Deserialize;
+
+/// Encoding of ChirpStack messages on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    #[default]
+    Protobuf,
+    Json,
+}
 
 /// Metadata key carrying the per-gateway uplink sequence number.
 pub const META_SEQ: &str = "berrygw_seq";
@@ -81,11 +91,6 @@ impl Topics {
     pub fn command_down(&self) -> String {
         format!("{}/command/down", self.base)
     }
-}
-
-/// Milliseconds since the Unix epoch (0 for times before it).
-pub fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn timestamp(t: SystemTime) -> Timestamp {

@@ -5,10 +5,48 @@
 //! MQTT sinks, `read_ahead` the journal window and reconnect backoff every
 //! sink shares, `pace` the per-device pacing of a replayed backlog.
 
-pub mod app;
 pub mod chirpstack;
 pub mod mqtt;
 pub mod pace;
 pub mod read_ahead;
 pub mod semtech_udp;
 pub mod tls;
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use prometheus_client::metrics::histogram::Histogram;
+
+/// Counters of one sink, written by its task only.
+pub struct SinkCounters {
+    /// Records the far side acknowledged.
+    pub forwarded: AtomicU64,
+    /// Journal records the sink could not turn into a wire message: set aside
+    /// (acknowledged out of the journal) and counted, never retried.
+    pub bad_records: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub downlinks_received: AtomicU64,
+    pub tx_acks: AtomicU64,
+    /// Malformed commands or datagrams from the far side.
+    pub bad_commands: AtomicU64,
+    pub connected: AtomicBool,
+    /// Seconds from publishing a record to the far side's acknowledgement (MQTT: PUBACK).
+    pub publish_ack_latency: Histogram,
+}
+
+impl Default for SinkCounters {
+    fn default() -> Self {
+        SinkCounters {
+            forwarded: AtomicU64::new(0),
+            bad_records: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            downlinks_received: AtomicU64::new(0),
+            tx_acks: AtomicU64::new(0),
+            bad_commands: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            // 5 ms .. about 20 s.
+            publish_ack_latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.005, 2.0, 13,
+            )),
+        }
+    }
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use berrygw_lora::gwmp::LogLimiter;
+use berrygw_core::LogLimiter;
 use berrygw_lora::{DownlinkFrame, TxAck, TxStatus};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
@@ -27,15 +27,81 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::app::{self, AppTopics};
-use super::chirpstack::{self, AckShape, RecordKind, Topics};
+use super::chirpstack::{self, AckShape, PayloadFormat, RecordKind, Topics};
 use super::pace::{ack_point, Next, PaceSettings, Pacer, Sender};
 use super::read_ahead::{set_aside, Backoff, BadRecord, Failure, ReadAhead};
+use super::SinkCounters;
 use crate::actuation::engine::Actuation;
 use crate::actuation::gate::Arrival;
-use crate::config::{BrokerUrl, PayloadFormat};
+use crate::events::{self, AppTopics};
 use crate::journal::{Journal, Record, Seq};
-use crate::pipeline::SinkCounters;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::IpAddr;
+
+/// An MQTT broker address with its transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    /// Whether the host is this machine (plaintext is acceptable there).
+    pub fn is_loopback(&self) -> bool {
+        if self.host.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        self.host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+impl std::str::FromStr for BrokerUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| format!("`{s}` has no scheme; write mqtts://host:port or mqtt://host:port"))?;
+        let (tls, default_port) = match scheme {
+            "mqtts" | "ssl" | "tls" => (true, 8883),
+            "mqtt" | "tcp" => (false, 1883),
+            other => return Err(format!("unknown scheme `{other}`; use mqtts:// or mqtt://")),
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') && !p.contains(']') => {
+                let port = p.parse::<u16>().map_err(|_| format!("bad port `{p}` in `{s}`"))?;
+                (h, port)
+            }
+            _ => (rest, default_port),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("bad host in `{s}`"));
+        }
+        Ok(BrokerUrl { tls, host: host.to_string(), port })
+    }
+}
+
+impl<'de> Deserialize<'de> for BrokerUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// Everything a sink needs, resolved from configuration.
 pub struct MqttSinkSettings {
@@ -76,7 +142,7 @@ impl Protocol {
     fn state_message(&self, gateway_id: &str, online: bool) -> Vec<u8> {
         match self {
             Protocol::Chirpstack { format, .. } => chirpstack::conn_state(gateway_id, online, *format),
-            Protocol::App { .. } => app::state_message(gateway_id, online),
+            Protocol::App { .. } => events::state_message(gateway_id, online),
         }
     }
 
@@ -108,7 +174,7 @@ impl Protocol {
                 Ok((topics.event(kind.event()), payload))
             }
             Protocol::App { .. } => {
-                let (topic, body) = app::open_record(r.kind, &r.payload)
+                let (topic, body) = events::open_record(r.kind, &r.payload)
                     .map_err(|e| BadRecord::new("malformed app record", e))?;
                 Ok((topic.to_string(), body.to_vec()))
             }
@@ -349,7 +415,7 @@ async fn session(
         while flight.seqs.len() < window {
             pacer.fill(&mut reader.records);
             let now = tokio::time::Instant::now();
-            match pacer.next(now, chirpstack::unix_ms(std::time::SystemTime::now())) {
+            match pacer.next(now, berrygw_core::unix_ms(std::time::SystemTime::now())) {
                 Next::Ready(i) => {
                     if let Some(r) = pacer.take(i, now) {
                         publish_record(s, &client, counters, &mut flight, warn, r)?;

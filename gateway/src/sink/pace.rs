@@ -26,6 +26,11 @@ use tokio::time::Instant;
 
 use crate::journal::{Record, Seq};
 
+/// Default least time between two replayed uplinks of one device (BENCHMARKS.md, "Replay").
+pub const DEFAULT_REPLAY_GAP_MS: u64 = 500;
+/// Default most replayed uplinks per second, all devices together.
+pub const DEFAULT_REPLAY_RATE: u32 = 50;
+
 /// How far ahead of the oldest held record the pacer looks for one it may send.
 pub const LOOKAHEAD: usize = 512;
 

@@ -11,12 +11,12 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use berrygw_lora::gwmp::LogLimiter;
+use berrygw_core::LogLimiter;
 use tokio::sync::watch;
 use tracing::warn;
 
+use super::SinkCounters;
 use crate::journal::{Journal, JournalError, Record, Seq};
-use crate::pipeline::SinkCounters;
 
 /// Records read from the journal ahead of sending.
 pub const PREFETCH: usize = 2000;
@@ -100,7 +100,7 @@ impl BadRecord {
 }
 
 /// What every sink does with a record it cannot send: count it in `bad_records`
-/// and log it (once per cause per [`berrygw_lora::gwmp::WARN_EVERY`]). The caller
+/// and log it (once per cause per [`berrygw_core::log::WARN_EVERY`]). The caller
 /// then acknowledges it out of the journal with the records around it, so a bad
 /// record never stops the sink nor comes back after a restart.
 pub fn set_aside(sink: &str, seq: Seq, bad: &BadRecord, counters: &SinkCounters, warn: &mut LogLimiter) {

@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
+use berrygw_core::LogLimiter;
 use berrygw_lora::gwmp::codec::{
     self, Datagram, Packet, RxPk, Stat, TxPk, TxPkAck, PROTOCOL_V1, PROTOCOL_V2,
 };
-use berrygw_lora::gwmp::LogLimiter;
 use berrygw_lora::{
     CodeRate, CrcStatus, Eui64, Frequency, Modulation, TxAck, TxStatus, TxTiming, UplinkFrame,
 };
@@ -41,8 +41,8 @@ use super::chirpstack::{self, RecordKind};
 use super::mqtt::SinkRadioIo;
 use super::pace::{ack_point, Next, PaceSettings, Pacer};
 use super::read_ahead::{set_aside, Backoff, BadRecord, Failure, ReadAhead};
+use super::SinkCounters;
 use crate::journal::{Journal, Record, Seq};
-use crate::pipeline::SinkCounters;
 
 /// A network server's UDP address as configured, `host:port`; the name is resolved
 /// again at every reconnection.
@@ -135,10 +135,10 @@ pub struct SemtechUdpSinkConfig {
 }
 
 fn default_replay_gap_ms() -> u64 {
-    crate::config::DEFAULT_REPLAY_GAP_MS
+    super::pace::DEFAULT_REPLAY_GAP_MS
 }
 fn default_replay_rate() -> u32 {
-    crate::config::DEFAULT_REPLAY_RATE
+    super::pace::DEFAULT_REPLAY_RATE
 }
 fn default_keepalive_secs() -> u64 {
     10
@@ -398,7 +398,7 @@ async fn session(
         let mut wake = None;
         while window.len() < s.max_inflight {
             pacer.fill(&mut reader.records);
-            match pacer.next(Instant::now(), chirpstack::unix_ms(SystemTime::now())) {
+            match pacer.next(Instant::now(), berrygw_core::unix_ms(SystemTime::now())) {
                 Next::Ready(_) => {}
                 Next::Wait(at) => {
                     wake = Some(at);
@@ -600,7 +600,7 @@ impl Link<'_> {
         // The answer to a replayed uplink: its counter may have turned since (71 minutes), so
         // the radio could not tell it is late. Never sent on air.
         if let TxTiming::Counter(at) = frame.timing {
-            if carry.answers_only_stale_uplinks(at, chirpstack::unix_ms(SystemTime::now())) {
+            if carry.answers_only_stale_uplinks(at, berrygw_core::unix_ms(SystemTime::now())) {
                 debug!(
                     downlink_id = id,
                     tmst = at,
@@ -701,7 +701,7 @@ fn pack(
     loop {
         pacer.fill(from);
         let now = Instant::now();
-        let Next::Ready(i) = pacer.next(now, chirpstack::unix_ms(SystemTime::now())) else { break };
+        let Next::Ready(i) = pacer.next(now, berrygw_core::unix_ms(SystemTime::now())) else { break };
         let Some(r) = pacer.peek(i) else { break };
         let empty = rxpk.is_empty() && stat.is_none();
         let (sent, acked) =
@@ -1054,7 +1054,7 @@ mod tests {
             let msg = chirpstack::uplink_message(&GATEWAY.to_string(), f, 1, 1);
             let record = NewRecord {
                 kind: RecordKind::Uplink as u8,
-                received_at_ms: chirpstack::unix_ms(f.received_at),
+                received_at_ms: berrygw_core::unix_ms(f.received_at),
                 payload: msg.encode_to_vec(),
             };
             self.journal.append(record).await.expect("append");
@@ -1282,7 +1282,7 @@ mod tests {
         let msg = chirpstack::stats_message(&GATEWAY.to_string(), at, snapshot);
         let record = NewRecord {
             kind: RecordKind::Stats as u8,
-            received_at_ms: chirpstack::unix_ms(at),
+            received_at_ms: berrygw_core::unix_ms(at),
             payload: msg.encode_to_vec(),
         };
         h.journal.append(record).await.expect("append");

@@ -33,9 +33,59 @@ use tracing::{debug, error, info};
 
 use super::operators::{authorize, Operator, Peer, RELOAD};
 use super::{History, Status};
-use crate::config::Config;
 use crate::metrics::{self, Metrics};
-use crate::pipeline::GatewayView;
+use crate::view::GatewayView;
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+/// `[http]`: the listener serving `/metrics`, the status page `/` and `/api/status`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address and port; loopback by default (the page and metrics carry no secrets,
+    /// but expose them beyond the gateway only on purpose, e.g. `0.0.0.0:9101`).
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+    /// Host names (besides IP literals and localhost) requests may name in `Host`;
+    /// others get 421, so a web page cannot read the gateway by rebinding its DNS.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection { listen: default_http_listen(), allowed_hosts: Vec::new() }
+    }
+}
+
+/// `[api]`: the local API on a unix socket, used by `berrygw status`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Socket path, created mode 0660 (owner and group may read status).
+    #[serde(default = "default_api_socket")]
+    pub socket: PathBuf,
+    /// Who may act (actuate, reload) besides root and the daemon's own user.
+    #[serde(default)]
+    pub operators: Vec<crate::status::operators::Operator>,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection { socket: default_api_socket(), operators: Vec::new() }
+    }
+}
+
+/// Where `berrygw status` looks when no configuration names the socket.
+pub const DEFAULT_API_SOCKET: &str = "/run/berrygw/api.sock";
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9101))
+}
+
+fn default_api_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_API_SOCKET)
+}
 
 /// Largest request head accepted (request line and headers).
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -81,35 +131,35 @@ impl Served {
 }
 
 /// Open the HTTP listener and the API socket named in `cfg` over `view`.
-pub async fn serve(cfg: &Config, view: GatewayView) -> Served {
+pub async fn serve(http: &HttpSection, api: &ApiSection, view: GatewayView) -> Served {
     let (history_tx, history) = watch::channel(History::default());
     let mut tasks = vec![tokio::spawn(super::sample_history(view.clone(), history_tx))];
     let allowed_hosts =
-        cfg.http.allowed_hosts.iter().map(|h| h.trim_end_matches('.').to_ascii_lowercase()).collect();
-    let operators = cfg.api.operators.clone();
+        http.allowed_hosts.iter().map(|h| h.trim_end_matches('.').to_ascii_lowercase()).collect();
+    let operators = api.operators.clone();
     let site =
         Arc::new(Site { metrics: Metrics::new(view.clone()), view, history, allowed_hosts, operators });
 
-    match TcpListener::bind(cfg.http.listen).await {
+    match TcpListener::bind(http.listen).await {
         Ok(listener) => {
-            info!(listen = %cfg.http.listen, "status page and metrics at http://{}/", cfg.http.listen);
+            info!(listen = %http.listen, "status page and metrics at http://{}/", http.listen);
             tasks.push(tokio::spawn(accept_tcp(listener, site.clone())));
         }
         Err(e) => error!(
             "cannot listen on {} ([http] listen): {e}; no status page or metrics until restarted (forwarding continues)",
-            cfg.http.listen
+            http.listen
         ),
     }
-    let socket = match bind_socket(&cfg.api.socket) {
+    let socket = match bind_socket(&api.socket) {
         Ok(listener) => {
-            info!(socket = %cfg.api.socket.display(), "local API listening");
+            info!(socket = %api.socket.display(), "local API listening");
             tasks.push(tokio::spawn(accept_unix(listener, site)));
-            Some(cfg.api.socket.clone())
+            Some(api.socket.clone())
         }
         Err(e) => {
             error!(
                 "cannot open the local API socket {} ([api] socket): {e}; `berrygw status` will not answer (forwarding continues)",
-                cfg.api.socket.display()
+                api.socket.display()
             );
             None
         }
@@ -504,7 +554,7 @@ async fn post(req: &Request, body: &[u8], site: &Site, listener: Listener) -> Re
             if let Err(why) = authorize(&site.operators, peer, "gateway", RELOAD) {
                 return refuse("gateway".into(), RELOAD.into(), why).await;
             }
-            let (status, body) = match crate::pipeline::reload(&site.view).await {
+            let (status, body) = match crate::view::reload(&site.view).await {
                 Ok(r) => {
                     info!("local API: reloaded: {r}");
                     (200, serde_json::json!({ "reloaded": true, "report": r.to_string() }))

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::clock::{self, ClockSync};
-use crate::pipeline::GatewayView;
-use crate::sink::chirpstack;
+pub use crate::rules::AlarmView;
+use crate::view::GatewayView;
 
 /// The answer of `GET /api/status`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,16 +62,6 @@ pub struct FieldDeviceView {
     pub last_error: Option<String>,
     /// Point values, compact JSON.
     pub points: String,
-}
-
-/// An active alarm.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AlarmView {
-    pub rule: String,
-    pub name: String,
-    pub severity: String,
-    pub since: String,
-    pub message: String,
 }
 
 /// One command attempt.
@@ -273,7 +263,7 @@ async fn any_changed(journals: &mut [watch::Receiver<crate::journal::JournalStat
     .await
 }
 
-fn sample(sink: &crate::pipeline::SinkView) -> Sample {
+fn sample(sink: &crate::view::SinkView) -> Sample {
     let j = sink.journal.watch().borrow().clone();
     Sample {
         at: Instant::now(),
@@ -346,7 +336,7 @@ impl Status {
             }
         }
         let gwmp = view.gwmp.as_ref().map(|h| gwmp_view(h.stats(), &mut problems));
-        let now_ms = chirpstack::unix_ms(SystemTime::now());
+        let now_ms = berrygw_core::unix_ms(SystemTime::now());
         let mut sinks = Vec::new();
         for (i, sink) in view.sinks.iter().enumerate() {
             let j = sink.journal.watch().borrow().clone();

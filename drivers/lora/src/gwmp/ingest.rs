@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use berrygw_core::LogLimiter;
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
@@ -36,7 +37,6 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::codec::{Datagram, Packet, RxTime, TxPk, MAX_DATAGRAM_BYTES, PROTOCOL_V1};
-use super::LogLimiter;
 use crate::frame::{DownlinkFrame, TxAck, TxStatus, TxTiming, UplinkFrame};
 use crate::phy::Eui64;
 use crate::radio::{RadioError, RadioIo, RadioSource, RadioTask, Taken};

@@ -3,42 +3,16 @@
 //! gateway refuses to start on one rather than guess.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berrygw_core::ConfigError;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::value;
 use super::{ArgSpec, ArgType, CommandSpec, DataType, Literal, Point, Profile};
-use crate::value;
-
-/// A profile file that cannot be used, located as a person reads it.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub struct ProfileError {
-    /// The file.
-    pub file: PathBuf,
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// Dotted key (`commands[2].args[0].max`), when known.
-    pub key: Option<String>,
-    /// What is wrong and, where possible, what to do.
-    pub message: String,
-}
-
-impl fmt::Display for ProfileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, ": {key}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
 
 /// Every profile known to the gateway, by name.
 #[derive(Debug, Clone, Default)]
@@ -50,7 +24,7 @@ impl ProfileSet {
     /// Load `*.toml` from each directory in turn; a later directory replaces an earlier one's
     /// profile of the same name (shipped `/usr/share/berrygw/profiles`, then the site's
     /// `/etc/berrygw/profiles`). A directory that does not exist is skipped.
-    pub fn load(dirs: &[&Path]) -> Result<ProfileSet, ProfileError> {
+    pub fn load(dirs: &[&Path]) -> Result<ProfileSet, ConfigError> {
         let mut set = ProfileSet::default();
         for dir in dirs {
             let mut files = match std::fs::read_dir(dir) {
@@ -97,8 +71,8 @@ impl ProfileSet {
     }
 }
 
-fn whole_file(path: &Path, message: String) -> ProfileError {
-    ProfileError { file: path.to_path_buf(), line: None, key: None, message }
+fn whole_file(path: &Path, message: String) -> ConfigError {
+    ConfigError { file: path.to_path_buf(), line: None, key: None, message }
 }
 
 #[derive(Deserialize)]
@@ -115,18 +89,18 @@ struct ProfileFile {
 
 impl Profile {
     /// Read and check one profile file.
-    pub fn load_file(path: &Path) -> Result<Profile, ProfileError> {
+    pub fn load_file(path: &Path) -> Result<Profile, ConfigError> {
         let source = std::fs::read_to_string(path)
             .map_err(|e| whole_file(path, format!("cannot read the profile: {e}")))?;
         Profile::parse(path, &source)
     }
 
     /// Parse and check profile text; `path` is only used to name errors.
-    pub fn parse(path: &Path, source: &str) -> Result<Profile, ProfileError> {
+    pub fn parse(path: &Path, source: &str) -> Result<Profile, ConfigError> {
         let file: ProfileFile = toml::from_str(source).map_err(|e| {
             let line = e.span().map(|s| line_of(source, s.start));
             let key = line.and_then(|l| key_on_line(source, l));
-            ProfileError { file: path.to_path_buf(), line, key, message: e.message().trim().to_string() }
+            ConfigError { file: path.to_path_buf(), line, key, message: e.message().trim().to_string() }
         })?;
         let check = Checker { path, source };
         check.profile(&file)?;
@@ -149,7 +123,7 @@ struct Checker<'a> {
 impl Checker<'_> {
     /// An error about `key` inside the table spanning `span`; `needle` (the key itself or an
     /// offending value) is searched inside the span to find the line.
-    fn err(&self, span: &Range<usize>, key: String, needle: &str, message: String) -> ProfileError {
+    fn err(&self, span: &Range<usize>, key: String, needle: &str, message: String) -> ConfigError {
         let start = span.start.min(self.source.len());
         // For `[[points]]` entries toml spans only the header: the table runs to the next header.
         let body = self.source[start..].find('\n').map_or(self.source.len(), |i| start + i);
@@ -161,7 +135,7 @@ impl Checker<'_> {
         let end = span.end.max(next_header).clamp(start, self.source.len());
         let offset =
             self.source[start..end].find(needle).filter(|_| !needle.is_empty()).map_or(start, |i| start + i);
-        ProfileError {
+        ConfigError {
             file: self.path.to_path_buf(),
             line: Some(line_of(self.source, offset)),
             key: Some(key),
@@ -169,7 +143,7 @@ impl Checker<'_> {
         }
     }
 
-    fn profile(&self, file: &ProfileFile) -> Result<(), ProfileError> {
+    fn profile(&self, file: &ProfileFile) -> Result<(), ConfigError> {
         if file.name.get_ref().trim().is_empty() {
             return Err(self.err(&file.name.span(), "name".into(), "name", "must not be empty".into()));
         }
@@ -207,7 +181,7 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn point(&self, sp: &Spanned<Point>, key: &dyn Fn(&str) -> String) -> Result<(), ProfileError> {
+    fn point(&self, sp: &Spanned<Point>, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         let (p, span) = (sp.get_ref(), sp.span());
         if p.name.trim().is_empty() {
             return Err(self.err(&span, key("name"), "name", "must not be empty".into()));
@@ -253,7 +227,7 @@ impl Checker<'_> {
     }
 
     /// Two points sharing an address must read it the same way (same type and word order).
-    fn overlaps(&self, points: &[Spanned<Point>]) -> Result<(), ProfileError> {
+    fn overlaps(&self, points: &[Spanned<Point>]) -> Result<(), ConfigError> {
         for (i, a) in points.iter().enumerate() {
             for b in &points[..i] {
                 let (pa, pb) = (a.get_ref(), b.get_ref());
@@ -283,7 +257,7 @@ impl Checker<'_> {
         sc: &Spanned<CommandSpec>,
         points: &HashMap<&str, &Point>,
         key: &dyn Fn(&str) -> String,
-    ) -> Result<(), ProfileError> {
+    ) -> Result<(), ConfigError> {
         let (c, span) = (sc.get_ref(), sc.span());
         let err = |k: String, needle: &str, msg: String| self.err(&span, k, needle, msg);
         let point = |k: String, name: &str| {
@@ -389,12 +363,7 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn arg(
-        &self,
-        a: &ArgSpec,
-        key: &dyn Fn(&str) -> String,
-        span: &Range<usize>,
-    ) -> Result<(), ProfileError> {
+    fn arg(&self, a: &ArgSpec, key: &dyn Fn(&str) -> String, span: &Range<usize>) -> Result<(), ConfigError> {
         let needle = format!("\"{}\"", a.name);
         let err = |f: &str, msg: &str| self.err(span, key(f), &needle, msg.to_string());
         match a.arg_type {
@@ -501,7 +470,7 @@ fn key_on_line(source: &str, line: usize) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Profile, ProfileError> {
+    fn parse(text: &str) -> Result<Profile, ConfigError> {
         Profile::parse(Path::new("site.toml"), text)
     }
 

@@ -3,16 +3,17 @@
 //!
 //! A profile is data, one TOML file per kind of device (`plugins/profiles/*.toml`). This
 //! module holds the model; `load.rs` parses and validates files (errors name file, line
-//! and key); decoding lives in `crate::value`, the safety rules in `crate::command`.
+//! and key); decoding lives in `value`, the safety rules in `crate::command`.
 
 mod load;
+pub mod value;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use load::{ProfileError, ProfileSet};
+pub use load::ProfileSet;
 
 /// One kind of field device: its points and its commands, checked at load.
 #[derive(Debug, Clone)]

@@ -8,18 +8,16 @@
 
 use std::time::Duration;
 
-use crate::actuation::engine::now_utc;
+use berrygw_core::unix_ms;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::{Action, RuleEngine, RuleSet, Source};
-use crate::actuation::engine::Actuation;
+use crate::actuation::engine::{now_utc, Actuation};
 use crate::decode::Decoder;
+use crate::events::{self, AppTopics};
 use crate::journal::Journal;
-use crate::sink::app::{self, AppTopics};
-use crate::sink::chirpstack::unix_ms;
-use crate::status::AlarmView;
+use crate::rules::{Action, AlarmView, RuleEngine, RuleSet, Source};
 
 /// Longest sleep between two looks at the clock (schedules are re-planned after it).
 const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -198,10 +196,10 @@ async fn act(action: Action, outputs: &RulesOutputs) {
                 "severity": severity.to_string(),
                 "raised": raised,
                 "message": message,
-                "at": crate::decode::reading::rfc3339(std::time::SystemTime::now()),
+                "at": berrygw_core::rfc3339_ms(std::time::SystemTime::now()),
             });
             let Ok(body) = serde_json::to_vec(&body) else { return };
-            let record = app::record(&topics.event("alarm"), &body, unix_ms(std::time::SystemTime::now()));
+            let record = events::record(&topics.event("alarm"), &body, unix_ms(std::time::SystemTime::now()));
             if let Err(e) = journal.append(record).await {
                 warn!("alarm event not stored in the app journal: {e}");
             }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Serialize, Serializer};
 
-use crate::profile::{DataType, Literal, Point, WordOrder};
+use super::{DataType, Literal, Point, WordOrder};
 
 /// The state of every point of a device, by point name.
 pub type Points = BTreeMap<String, PointValue>;

@@ -1,7 +1,8 @@
-//! The app sink's protocol: what berrygw tells the data platform over MQTT
-//! (decoded readings as JSON, on topics of its own) and what the platform may
-//! tell it (session keys of OTAA devices). Pure functions; the connection is
-//! `sink::mqtt`, the readings are made by `decode`.
+//! App events: what berrygw tells the data platform over MQTT (decoded
+//! readings, command outcomes, alarms, field state, as JSON on topics of its
+//! own) and what the platform may tell it (session keys of OTAA devices).
+//! Pure functions, shared by whoever makes an event (`decode`, `actuation`,
+//! `rules`) and the app sink that publishes it (`sink::mqtt`).
 //!
 //! A journal record of this sink carries its whole message: the topic, a
 //! newline, then the JSON body. The topic is decided when the record is made

@@ -12,10 +12,10 @@ use berrygw_codecs::UplinkInput;
 use berrygw_lora::phy::{self, PhyFrame};
 use berrygw_lora::security::{self, SessionKeys};
 
-use super::engine::{codec_limits, instantiate};
-use super::registry::{Activation, CodecRef, Registry};
-use super::sessions::SessionStore;
 use crate::config::{self, DecodeSection};
+use crate::decode::engine::{codec_limits, instantiate};
+use crate::decode::registry::{Activation, CodecRef, Registry};
+use crate::decode::sessions::SessionStore;
 
 /// `berrygw decode` arguments.
 #[derive(clap::Args, Debug)]

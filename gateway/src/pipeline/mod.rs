@@ -1,0 +1,473 @@
+//! The uplink pipeline of a running gateway: radio source → PHY parse and
+//! filters → sequence number → sink journal(s) → sink. This module wires the
+//! parts together and owns their shutdown order; `ingest` journals what the
+//! radio hands over, `downlink` routes the sinks' downlinks to the one radio,
+//! `stats` makes the gateway stats and the periodic report. What the metrics
+//! endpoint and the status page read of it is `crate::view`.
+//!
+//! Invariant: once `Journal::append` has accepted a record, the journal owns
+//! it until the sink acknowledges it; nothing here keeps a copy.
+
+mod downlink;
+mod ingest;
+mod stats;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use berrygw_lora::filter::UplinkFilter;
+use berrygw_lora::gwmp::GwmpIngest;
+use berrygw_lora::sim::SimRadio;
+use berrygw_lora::{RadioIo, RadioSource, Taken};
+use berrygw_sx1302::Sx1302Radio;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+use crate::actuation::engine::{Actuation, ActuationSettings};
+use crate::config::{LoadedConfig, MqttSinkConfig, MqttSinkKind, RadioKind};
+use crate::decode::engine::codec_limits;
+use crate::decode::{Decoder, DecoderSettings};
+use crate::events::AppTopics;
+use crate::journal::{Journal, JournalConfig};
+use crate::seq::UplinkSeq;
+use crate::service::{self, Liveness};
+use crate::sink::chirpstack::Topics;
+use crate::sink::mqtt::{self, MqttSinkSettings, Protocol, SinkInbound};
+use crate::sink::semtech_udp;
+use crate::sink::tls::{self, TlsFiles};
+
+use crate::sink::SinkCounters;
+pub use crate::view::{reload, tx_status_label, Counters, FrameLabels, GatewayView, Reloaded, SinkView};
+use downlink::DownlinkRouter;
+use ingest::Ingest;
+use stats::{report_loop, stats_loop};
+
+/// One sink of a running gateway: its journal, its counters, its task.
+pub struct SinkRuntime {
+    pub name: &'static str,
+    pub journal: Journal,
+    pub counters: Arc<SinkCounters>,
+    task: JoinHandle<()>,
+}
+
+/// A running gateway: its tasks and the handles to stop them.
+pub struct Gateway {
+    pub counters: Arc<Counters>,
+    /// Every configured sink; each gets a last chance to deliver before the journals are flushed.
+    pub sinks: Vec<SinkRuntime>,
+    decoder: Option<(Decoder, std::thread::JoinHandle<()>)>,
+    view: GatewayView,
+    /// Stops radio intake: the ingest closes the radio's uplink channel and drains it.
+    intake_stop: watch::Sender<bool>,
+    radio: JoinHandle<()>,
+    ingest: JoinHandle<()>,
+    /// Stops the sinks, stats, reports and watchdog.
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Start every part described by `cfg`. Fails (and starts nothing) on any setup error:
+    /// every step that can fail runs before the first sink, radio or task is spawned.
+    pub async fn start(cfg: &LoadedConfig) -> anyhow::Result<Gateway> {
+        let c = &cfg.config;
+        let gateway_id = c.gateway.id.to_string();
+        crate::state_db::create_private_dir(&c.gateway.state_dir)
+            .with_context(|| format!("creating state directory {}", c.gateway.state_dir.display()))?;
+        let state_dir = c.gateway.state_dir.clone();
+        let seq = tokio::task::spawn_blocking(move || UplinkSeq::open(&state_dir))
+            .await
+            .context("sequence open task")?
+            .context("opening the uplink sequence counter")?;
+        let filter = UplinkFilter::new(c.filters.clone());
+
+        // Files and settings first: none of this starts anything.
+        let rule_set = match c.field.as_ref().and_then(|f| f.rules.as_ref()) {
+            Some(path) => {
+                let set = crate::rules::RuleSet::load(path.get_ref()).context("loading the rules")?;
+                info!(rules = set.rules().len(), path = %path.get_ref().display(), "rules loaded");
+                Some(set)
+            }
+            None => None,
+        };
+        let profiles = match &c.field {
+            Some(field) => Some(field.check(cfg.file())?),
+            None => None,
+        };
+        let chirpstack_settings = match &c.sinks.chirpstack {
+            Some(sink_cfg) => {
+                Some(mqtt_settings(cfg, MqttSinkKind::Chirpstack, sink_cfg, &gateway_id, false, false)?)
+            }
+            None => None,
+        };
+        // What the app sink accepts is known once decoding and actuation are set up (below).
+        let mut app_settings = match &c.sinks.app {
+            Some(sink_cfg) => {
+                Some(mqtt_settings(cfg, MqttSinkKind::App, sink_cfg, &gateway_id, false, false)?)
+            }
+            None => None,
+        };
+        let chirpstack_journal = match &c.sinks.chirpstack {
+            Some(_) => Some(open_journal(cfg, "chirpstack").await?),
+            None => None,
+        };
+        let semtech_journal = match &c.sinks.semtech_udp {
+            Some(_) => Some(open_journal(cfg, "semtech_udp").await?),
+            None => None,
+        };
+        let app_journal = match &c.sinks.app {
+            Some(_) => Some(open_journal(cfg, "app").await?),
+            None => None,
+        };
+        let app_topics =
+            c.sinks.app.as_ref().map(|a| AppTopics::new(a.topic_prefix(MqttSinkKind::App), &gateway_id));
+        // The decoder thread ends by itself if a later step fails (its handles are dropped).
+        let decoder = match &c.decode {
+            Some(d) => {
+                let settings = DecoderSettings {
+                    gateway_id: gateway_id.clone(),
+                    devices: d.devices.get_ref().clone(),
+                    codec_dirs: d.codec_dirs.clone(),
+                    limits: codec_limits(d.codec_time_limit_ms, d.codec_memory_limit_kib),
+                    sessions: c.gateway.state_dir.join("sessions.sqlite"),
+                    topics: app_topics.clone(),
+                };
+                let journal = app_journal.clone();
+                Some(
+                    tokio::task::block_in_place(|| Decoder::spawn(settings, journal))
+                        .context("starting local decoding")?,
+                )
+            }
+            None => None,
+        };
+        let decoder_handle = decoder.as_ref().map(|(d, _)| d.clone());
+        let mut concentrator = None;
+        let mut gwmp_handle = None;
+        let radio: Box<dyn RadioSource> = match c.radio.kind.get_ref() {
+            RadioKind::Sim => {
+                let sim = c.radio.sim.clone().context("[radio.sim] missing")?;
+                Box::new(SimRadio::new(sim).context("radio.sim")?)
+            }
+            RadioKind::Gwmp => {
+                let gwmp = c.radio.gwmp.clone().unwrap_or_default();
+                let ingest = GwmpIngest::new(gwmp).context("radio.gwmp")?;
+                gwmp_handle = Some(ingest.handle());
+                Box::new(ingest)
+            }
+            RadioKind::Sx1302 => {
+                let sx = c.radio.sx1302.clone().context("[radio.sx1302] missing")?;
+                // Reset, configuration and lgw_start block for about a second.
+                let radio = tokio::task::spawn_blocking(move || Sx1302Radio::open(&sx))
+                    .await
+                    .context("concentrator start task")?
+                    .context("starting the SX1302 concentrator")?;
+                concentrator = Some(radio.status());
+                Box::new(radio)
+            }
+        };
+        // Last, as it starts the field pollers (dropped, so stopped, if it fails).
+        let mut actuation = None;
+        if let (Some(field), Some(profiles)) = (&c.field, &profiles) {
+            let devices = field.spawn(profiles);
+            let settings = ActuationSettings {
+                gateway_id: gateway_id.clone(),
+                topics: app_topics.clone(),
+                state_dir: c.gateway.state_dir.clone(),
+                state_interval: Duration::from_secs(field.state_interval_secs),
+                keys: field.authorized_keys.as_ref().map(|k| k.get_ref().clone()),
+                require_clock_sync: field.require_clock_sync,
+                audit_max_bytes: field.audit_max_bytes,
+                decoder: decoder_handle.clone(),
+            };
+            let (handle, field_tasks) = Actuation::start(devices, settings, app_journal.clone())
+                .context("starting the actuation engine")?;
+            actuation = Some((handle, field_tasks));
+        }
+        let actuation_handle = actuation.as_ref().map(|(a, _)| a.clone());
+
+        // Nothing below fails: start everything.
+        let started = Instant::now();
+        let counters = Arc::new(Counters::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (uplink_tx, uplink_rx) = mpsc::channel(1024);
+        let (radio_down_tx, radio_down_rx) = mpsc::channel(64);
+        let (radio_ack_tx, radio_ack_rx) = mpsc::channel(64);
+        let mut router = DownlinkRouter::new(radio_down_tx);
+        let mut sinks = Vec::new();
+        if let (Some(settings), Some(journal)) = (chirpstack_settings, chirpstack_journal) {
+            let sink_counters = Arc::new(SinkCounters::default());
+            let task = tokio::spawn(mqtt::run(
+                settings,
+                journal.clone(),
+                sink_counters.clone(),
+                SinkInbound::Radio(router.attach()),
+                shutdown_rx.clone(),
+            ));
+            sinks.push(SinkRuntime { name: "chirpstack", journal, counters: sink_counters, task });
+        }
+        if let (Some(sink_cfg), Some(journal)) = (&c.sinks.semtech_udp, semtech_journal) {
+            let sink_counters = Arc::new(SinkCounters::default());
+            let task = tokio::spawn(semtech_udp::run(
+                sink_cfg.settings(c.gateway.id),
+                journal.clone(),
+                sink_counters.clone(),
+                router.attach(),
+                shutdown_rx.clone(),
+            ));
+            sinks.push(SinkRuntime { name: "semtech_udp", journal, counters: sink_counters, task });
+        }
+        // Uplinks and gateway stats go to the network server sinks; the app sink gets readings.
+        let journals: Vec<Journal> = sinks.iter().map(|s| s.journal.clone()).collect();
+        let stats_journals: Vec<(&'static str, Journal)> =
+            sinks.iter().map(|s| (s.name, s.journal.clone())).collect();
+        let mut rules = None;
+        if let Some(set) = rule_set {
+            let outputs = crate::automation::RulesOutputs {
+                gateway_id: gateway_id.clone(),
+                actuation: actuation_handle.clone(),
+                topics: app_topics.clone(),
+                app_journal: app_journal.clone(),
+            };
+            rules = Some(crate::automation::spawn(set, decoder_handle.as_ref(), outputs));
+        }
+        let rules_handle = rules.as_ref().map(|(r, _)| r.clone());
+        if let (Some(_), Some(journal), Some(mut settings)) = (&c.sinks.app, app_journal, app_settings.take())
+        {
+            let accept_commands = actuation_handle.as_ref().is_some_and(Actuation::accepts_central);
+            let accept_sessions = actuation_handle.as_ref().is_some_and(Actuation::accepts_sessions);
+            if let Protocol::App { accept_sessions: sessions, accept_commands: commands, .. } =
+                &mut settings.protocol
+            {
+                *sessions = accept_sessions;
+                *commands = accept_commands;
+            }
+            let sink_counters = Arc::new(SinkCounters::default());
+            // Signed commands and session keys go through the actuation engine's door.
+            let actuation = actuation_handle.clone().filter(Actuation::accepts_central);
+            let task = tokio::spawn(mqtt::run(
+                settings,
+                journal.clone(),
+                sink_counters.clone(),
+                SinkInbound::App { actuation },
+                shutdown_rx.clone(),
+            ));
+            sinks.push(SinkRuntime { name: "app", journal, counters: sink_counters, task });
+        }
+        router.decoder = decoder_handle.clone();
+
+        let mut tasks = Vec::new();
+        let radio_kind = radio.kind();
+        let (taken_tx, taken_rx) = watch::channel(Taken::default());
+        let radio_task = radio.start(RadioIo {
+            uplinks: uplink_tx,
+            downlinks: radio_down_rx,
+            tx_acks: radio_ack_tx,
+            taken: Some(taken_rx),
+        });
+        let radio = tokio::spawn(async move {
+            if let Err(e) = radio_task.await {
+                error!("radio ({radio_kind}) stopped: {e}");
+            }
+        });
+        tasks.push(tokio::spawn(router.run(radio_ack_rx, counters.clone())));
+        let mut liveness = Liveness::default();
+        for sink in &sinks {
+            liveness.journal(sink.name, sink.journal.clone());
+        }
+        let ingest = Ingest {
+            gateway_id: gateway_id.clone(),
+            filter,
+            seq,
+            journals,
+            counters: counters.clone(),
+            decoder: decoder_handle.clone(),
+            taken: taken_tx,
+        };
+        let (intake_stop, intake_stop_rx) = watch::channel(false);
+        let ingest = tokio::spawn(ingest.run(uplink_rx, liveness.heartbeat("ingest"), intake_stop_rx));
+        tasks.push(tokio::spawn(service::watchdog(liveness, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(stats_loop(
+            gateway_id.clone(),
+            Duration::from_secs(c.gateway.stats_interval_secs),
+            stats_journals,
+            concentrator.clone(),
+            counters.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(report_loop(
+            Duration::from_secs(c.gateway.report_interval_secs),
+            sinks.iter().map(|s| (s.name, s.journal.clone(), s.counters.clone())).collect(),
+            counters.clone(),
+            shutdown_rx,
+        )));
+
+        for sink in &sinks {
+            let stats = sink.journal.watch().borrow().clone();
+            if let Some((moved_to, reason)) = &stats.quarantined {
+                error!(
+                    sink = sink.name,
+                    "JOURNAL WAS CORRUPT: moved aside to {} ({reason}); started a fresh one. Records in the damaged file were not forwarded.",
+                    moved_to.display()
+                );
+            }
+            info!(sink = sink.name, backlog = stats.records, "sink ready");
+        }
+        info!(gateway_id = gateway_id.as_str(), radio = radio_kind, backend = ?c.journal.backend, "berrygw running");
+        let view = GatewayView {
+            gateway_id,
+            radio_kind,
+            started,
+            counters: counters.clone(),
+            sinks: sinks
+                .iter()
+                .map(|s| SinkView { name: s.name, journal: s.journal.clone(), counters: s.counters.clone() })
+                .collect(),
+            concentrator,
+            gwmp: gwmp_handle,
+            decoder: decoder_handle,
+            actuation: actuation_handle,
+            rules: rules_handle,
+        };
+        if let Some((_, field_tasks)) = actuation {
+            tasks.extend(field_tasks);
+        }
+        if let Some((_, rule_tasks)) = rules {
+            tasks.extend(rule_tasks);
+        }
+        Ok(Gateway { counters, sinks, decoder, view, intake_stop, radio, ingest, shutdown, tasks })
+    }
+
+    /// Read-only handles for the metrics endpoint and the status page.
+    pub fn view(&self) -> GatewayView {
+        self.view.clone()
+    }
+
+    /// The sink called `name`, if configured.
+    pub fn sink(&self, name: &str) -> Option<&SinkRuntime> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+
+    /// Re-read the device registry and codecs (SIGHUP, `berrygw reload`); on any
+    /// error the registry in force stays and the error says what is wrong.
+    pub async fn reload(&self) -> Result<Reloaded, String> {
+        reload(&self.view).await
+    }
+
+    /// Stop in the order that loses nothing accepted: radio intake (every uplink the
+    /// radio handed over reaches the journals), the decoder (its readings reach the
+    /// app journal), the sinks (a last chance to deliver), then the journals are
+    /// flushed, then the rest stops.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.intake_stop.send(true);
+        let mut ingest = self.ingest;
+        if tokio::time::timeout(Duration::from_secs(10), &mut ingest).await.is_err() {
+            error!("ingest did not drain within 10 s; uplinks it still held are lost");
+            ingest.abort();
+        }
+        // The radio ends once its uplink channel is closed.
+        let mut radio = self.radio;
+        if tokio::time::timeout(Duration::from_secs(5), &mut radio).await.is_err() {
+            radio.abort();
+        }
+        // Readings still queued go to the app journal before it is flushed; sessions are written.
+        if let Some((decoder, thread)) = self.decoder {
+            decoder.stop().await;
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        let _ = self.shutdown.send(true);
+        let mut result = Ok(());
+        let mut sinks = self.sinks;
+        for sink in &mut sinks {
+            // A sink waits up to 2 s for outstanding acknowledgements: fewer duplicates after a restart.
+            if tokio::time::timeout(Duration::from_secs(4), &mut sink.task).await.is_err() {
+                sink.task.abort();
+            }
+        }
+        for sink in sinks {
+            if let Err(e) = sink.journal.flush().await {
+                result = Err(e).with_context(|| format!("flushing the {} journal", sink.name));
+            }
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+        result?;
+        info!("berrygw stopped; journal flushed");
+        Ok(())
+    }
+}
+
+/// Open (creating its folder) the journal of sink `name`.
+async fn open_journal(cfg: &LoadedConfig, name: &'static str) -> anyhow::Result<Journal> {
+    let c = &cfg.config;
+    let path = cfg.journal_path(name);
+    if let Some(parent) = path.parent() {
+        crate::state_db::create_private_dir(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let journal_cfg = JournalConfig {
+        backend: c.journal.backend,
+        path,
+        stage_dir: c.journal.stage_dir(),
+        max_bytes: c.journal.max_bytes,
+        commit_interval: c.journal.commit_interval(),
+        outage_commit_interval: c.journal.outage_commit_interval(),
+        commit_max_records: c.journal.commit_max_records,
+    };
+    tokio::task::spawn_blocking(move || Journal::open(name, journal_cfg))
+        .await
+        .context("journal open task")?
+        .with_context(|| format!("opening the {name} journal"))
+}
+
+/// An MQTT sink's settings, TLS files read and checked.
+fn mqtt_settings(
+    cfg: &LoadedConfig,
+    kind: MqttSinkKind,
+    sink_cfg: &MqttSinkConfig,
+    gateway_id: &str,
+    accept_commands: bool,
+    accept_sessions: bool,
+) -> anyhow::Result<MqttSinkSettings> {
+    let name = kind.name();
+    let tls = if sink_cfg.server.get_ref().tls {
+        let files = TlsFiles {
+            ca_file: sink_cfg.ca_file.as_ref().map(|f| f.get_ref().as_path()),
+            client_cert_file: sink_cfg.client_cert_file.as_ref().map(|f| f.get_ref().as_path()),
+            client_key_file: sink_cfg.client_key_file.as_ref().map(|f| f.get_ref().as_path()),
+        };
+        Some(tls::client_config(&files).with_context(|| format!("{}: sinks.{name}", cfg.path.display()))?)
+    } else {
+        None
+    };
+    let prefix = sink_cfg.topic_prefix(kind);
+    let protocol = match kind {
+        MqttSinkKind::Chirpstack => {
+            Protocol::Chirpstack { topics: Topics::new(prefix, gateway_id), format: sink_cfg.format() }
+        }
+        MqttSinkKind::App => {
+            Protocol::App { topics: AppTopics::new(prefix, gateway_id), accept_sessions, accept_commands }
+        }
+    };
+    let default_client_id = match kind {
+        MqttSinkKind::Chirpstack => format!("berrygw-{gateway_id}"),
+        MqttSinkKind::App => format!("berrygw-{gateway_id}-app"),
+    };
+    Ok(MqttSinkSettings {
+        name,
+        protocol,
+        server: sink_cfg.server.get_ref().clone(),
+        tls,
+        allow_plaintext: sink_cfg.allow_plaintext,
+        client_id: sink_cfg.client_id.clone().unwrap_or(default_client_id),
+        credentials: sink_cfg.username.clone().map(|u| (u, sink_cfg.password.clone().unwrap_or_default())),
+        gateway_id: gateway_id.to_string(),
+        keep_alive: Duration::from_secs(sink_cfg.keep_alive_secs),
+        max_inflight: sink_cfg.max_inflight,
+        reconnect_min: Duration::from_millis(sink_cfg.reconnect_min_ms),
+        reconnect_max: Duration::from_millis(sink_cfg.reconnect_max_ms),
+        pace: sink_cfg.pace(kind),
+    })
+}
