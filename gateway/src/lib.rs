@@ -15,13 +15,15 @@ pub mod daemon;
 pub mod decode;
 pub mod demo;
 pub mod events;
-pub mod journal;
 pub mod metrics;
 pub mod pipeline;
-pub mod rules;
-pub mod seq;
 pub mod service;
 pub mod sink;
-pub mod state_db;
 pub mod status;
 pub mod view;
+
+/// The durable stores, a crate of their own (`berrygw-journal`).
+pub use berrygw_journal as journal;
+pub use berrygw_journal::{seq, state_db};
+/// The rules engine, a crate of its own (`berrygw-rules`); the task feeding it is `automation`.
+pub use berrygw_rules as rules;

@@ -13,7 +13,7 @@ use rusqlite::{Connection, ErrorCode};
 /// The store's content does not pass SQLite's own check.
 #[derive(Debug, thiserror::Error)]
 #[error("integrity check failed: {0}")]
-pub(crate) struct CorruptStore(String);
+pub struct CorruptStore(String);
 
 pub use berrygw_core::files::{
     create_private_dir, create_with_mode, make_private, STATE_DIR_MODE, STATE_FILE_MODE,
@@ -21,7 +21,7 @@ pub use berrygw_core::files::{
 
 /// Open the SQLite file at `path` for durable writes (WAL, `synchronous=FULL`), give it
 /// `mode`, check its integrity and run `schema`.
-pub(crate) fn open_sqlite(path: &Path, mode: u32, schema: &str) -> anyhow::Result<Connection> {
+pub fn open_sqlite(path: &Path, mode: u32, schema: &str) -> anyhow::Result<Connection> {
     // Before SQLite opens it: SQLite would create it 0644, and its -wal and -shm take its mode.
     create_with_mode(path, mode).with_context(|| format!("setting the mode of {}", path.display()))?;
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -40,7 +40,7 @@ pub(crate) fn open_sqlite(path: &Path, mode: u32, schema: &str) -> anyhow::Resul
 
 /// Run `open`; if the store is corrupt, move it (with its -wal and -shm) aside, log `alarm`
 /// and `consequence` at error level, and open a fresh one.
-pub(crate) fn open_or_move_aside<T>(
+pub fn open_or_move_aside<T>(
     path: &Path,
     alarm: &str,
     consequence: &str,
@@ -48,7 +48,7 @@ pub(crate) fn open_or_move_aside<T>(
 ) -> anyhow::Result<T> {
     match open(path) {
         Err(e) if is_corrupt(&e) => {
-            let moved = crate::journal::quarantine::move_aside(path, &["-wal", "-shm"])
+            let moved = crate::quarantine::move_aside(path, &["-wal", "-shm"])
                 .with_context(|| format!("moving the corrupt {} aside", path.display()))?;
             tracing::error!(
                 path = %path.display(),
@@ -62,7 +62,7 @@ pub(crate) fn open_or_move_aside<T>(
 }
 
 /// Whether `e` says the SQLite file is damaged (rather than, say, unreadable or locked).
-pub(crate) fn is_corrupt(e: &anyhow::Error) -> bool {
+pub fn is_corrupt(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.is::<CorruptStore>()
             || matches!(

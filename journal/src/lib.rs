@@ -10,15 +10,21 @@
 //! SQLite (`sqlite.rs`) — only when they are still unacknowledged at the end of the commit
 //! window, deletes acknowledged ones, and serves reads of stored records. A store that is
 //! corrupt on open is moved aside and replaced by a fresh one (`quarantine.rs`).
+//!
+//! Beside the journal, the crate holds the gateway's other durable stores: `seq` (uplink
+//! sequence numbers, reserved by blocks) and `state_db` (the small SQLite stores of the state
+//! directory: decoder sessions, command replay window, audit log).
 
 #[cfg(test)]
 mod bench;
 mod frame;
 mod owner;
-pub(crate) mod quarantine;
+pub mod quarantine;
 mod segments;
+pub mod seq;
 mod sqlite;
 mod stage;
+pub mod state_db;
 #[cfg(test)]
 mod tests;
 

@@ -4,8 +4,8 @@
 //! record (Linux `/proc/self/io`). Run one backend per process so the memory peak is its own:
 //!
 //! ```text
-//! cargo test --release -p berrygw journal::bench::sqlite_backlog -- --ignored --nocapture
-//! cargo test --release -p berrygw journal::bench::log_backlog -- --ignored --nocapture
+//! cargo test --release -p berrygw-journal bench::sqlite_backlog -- --ignored --nocapture
+//! cargo test --release -p berrygw-journal bench::log_backlog -- --ignored --nocapture
 //! ```
 //!
 //! `JOURNAL_BENCH_RECORDS` (default 1000000), `JOURNAL_BENCH_PAYLOAD` (default 120 bytes) and

@@ -57,7 +57,7 @@ pub(super) fn open_or_quarantine<S>(
 }
 
 /// Rename `path` (and its companions) to a free `<path>.corrupt-<unix-seconds>[-n]` name.
-pub(crate) fn move_aside(path: &Path, companions: &[&str]) -> Result<PathBuf, JournalError> {
+pub fn move_aside(path: &Path, companions: &[&str]) -> Result<PathBuf, JournalError> {
     let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
     let mut attempt = 0u32;
     let target = loop {
