@@ -39,9 +39,10 @@ use crate::config;
 use crate::journal::{Journal, JournalConfig, NewRecord, Seq};
 use crate::pipeline::Gateway;
 use crate::sink::chirpstack::{self, PayloadFormat, RecordKind, Topics};
-use crate::sink::mqtt::{self, BrokerUrl, MqttSinkSettings, Protocol, SinkInbound, SinkRadioIo};
+use crate::sink::mqtt::{self, BrokerUrl, MqttSinkSettings, Protocol, SinkInbound};
 use crate::sink::pace::PaceSettings;
 use crate::sink::SinkCounters;
+use crate::sink::SinkRadioIo;
 
 /// Options of `berrygw bench`.
 #[derive(Debug, clap::Args)]

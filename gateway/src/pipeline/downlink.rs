@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::decode::Decoder;
-use crate::sink::mqtt::SinkRadioIo;
+use crate::sink::SinkRadioIo;
 use crate::view::{tx_status_label, Counters};
 
 /// Downlinks from every sink go to the one radio; each `TxAck` goes back to the

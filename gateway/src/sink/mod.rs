@@ -14,7 +14,9 @@ pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
+use berrygw_lora::{DownlinkFrame, TxAck};
 use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::mpsc;
 
 /// Counters of one sink, written by its task only.
 pub struct SinkCounters {
@@ -49,4 +51,11 @@ impl Default for SinkCounters {
             )),
         }
     }
+}
+
+/// The channels between a network server sink and the radio: its downlinks out, the
+/// radio's answers (`TxAck`) back.
+pub struct SinkRadioIo {
+    pub downlinks: mpsc::Sender<DownlinkFrame>,
+    pub tx_acks: mpsc::Receiver<TxAck>,
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use berrygw_core::LogLimiter;
-use berrygw_lora::{DownlinkFrame, TxAck, TxStatus};
+use berrygw_lora::{TxAck, TxStatus};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     TlsConfiguration, Transport,
@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use super::chirpstack::{self, AckShape, PayloadFormat, RecordKind, Topics};
 use super::pace::{ack_point, Next, PaceSettings, Pacer, Sender};
 use super::read_ahead::{set_aside, Backoff, BadRecord, Failure, ReadAhead};
-use super::SinkCounters;
+use super::{SinkCounters, SinkRadioIo};
 use crate::actuation::engine::Actuation;
 use crate::actuation::gate::Arrival;
 use crate::events::{self, AppTopics};
@@ -206,12 +206,6 @@ impl SinkInbound {
             SinkInbound::App { .. } => std::future::pending().await,
         }
     }
-}
-
-/// Channels between the sink and the radio.
-pub struct SinkRadioIo {
-    pub downlinks: mpsc::Sender<DownlinkFrame>,
-    pub tx_acks: mpsc::Receiver<TxAck>,
 }
 
 /// How a connection ended when it did not fail.

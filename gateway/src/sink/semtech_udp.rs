@@ -38,10 +38,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::chirpstack::{self, RecordKind};
-use super::mqtt::SinkRadioIo;
 use super::pace::{ack_point, Next, PaceSettings, Pacer};
 use super::read_ahead::{set_aside, Backoff, BadRecord, Failure, ReadAhead};
 use super::SinkCounters;
+use super::SinkRadioIo;
 use crate::journal::{Journal, Record, Seq};
 
 /// A network server's UDP address as configured, `host:port`; the name is resolved
