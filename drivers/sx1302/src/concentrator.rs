@@ -145,9 +145,9 @@ impl Owner {
         let RadioIo { uplinks, mut downlinks, tx_acks, taken } = io;
         let mut downlinks_open = true;
         let mut received = Vec::new();
-        // Frames handed to the pipeline so far, and since when the last fetch waits to be stored.
+        // Frames handed to the pipeline so far, and when the last of them were handed over.
         let mut handed = 0u64;
-        let mut unsettled_since: Option<Instant> = None;
+        let mut handed_at = Instant::now();
         loop {
             if uplinks.is_closed() || done.is_closed() {
                 return Ok(());
@@ -187,16 +187,12 @@ impl Owner {
             // RAM stage): until then new frames stay in the chip's buffer, so a crash can lose
             // only the one fetch between `lgw_receive` and the stage write. Downlinks go on.
             let settled = taken.as_ref().is_none_or(|t| t.borrow().handled >= handed);
-            let fetch =
-                settled || unsettled_since.is_some_and(|since| now.duration_since(since) >= STORE_WAIT);
-            if settled {
-                unsettled_since = None;
-            } else if fetch {
+            let overdue = !settled && now.duration_since(handed_at) >= STORE_WAIT;
+            if overdue {
                 warn!("the pipeline has not stored the last fetch within {STORE_WAIT:?}; reading the concentrator anyway");
-                unsettled_since = None;
-            } else {
-                unsettled_since.get_or_insert(now);
+                handed_at = now;
             }
+            let fetch = settled || overdue;
             received.clear();
             let result =
                 fetch.then(|| self.hal.receive(self.fsk_deviation, SystemTime::now(), &mut received));
@@ -214,6 +210,7 @@ impl Owner {
                                 }
                                 delivered += 1;
                                 handed += 1;
+                                handed_at = now;
                             }
                             Err(reason) => {
                                 warn!("dropped a received packet: {reason}");

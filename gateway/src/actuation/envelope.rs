@@ -82,7 +82,7 @@ use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
 use super::keys::{AuthorizedKey, AuthorizedKeys};
-pub use super::MAX_NAME_BYTES;
+use super::MAX_NAME_BYTES;
 
 /// Largest envelope accepted, in bytes.
 pub const MAX_ENVELOPE_BYTES: usize = 8 * 1024;

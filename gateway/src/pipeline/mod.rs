@@ -39,7 +39,7 @@ use crate::sink::semtech_udp;
 use crate::sink::tls::{self, TlsFiles};
 
 use crate::sink::SinkCounters;
-pub use crate::view::{reload, tx_status_label, Counters, FrameLabels, GatewayView, Reloaded, SinkView};
+use crate::view::{reload, Counters, GatewayView, Reloaded, SinkView};
 use downlink::DownlinkRouter;
 use ingest::Ingest;
 use stats::{report_loop, stats_loop};
@@ -74,7 +74,7 @@ impl Gateway {
     pub async fn start(cfg: &LoadedConfig) -> anyhow::Result<Gateway> {
         let c = &cfg.config;
         let gateway_id = c.gateway.id.to_string();
-        crate::state_db::create_private_dir(&c.gateway.state_dir)
+        berrygw_core::files::create_private_dir(&c.gateway.state_dir)
             .with_context(|| format!("creating state directory {}", c.gateway.state_dir.display()))?;
         let state_dir = c.gateway.state_dir.clone();
         let seq = tokio::task::spawn_blocking(move || UplinkSeq::open(&state_dir))
@@ -404,7 +404,7 @@ async fn open_journal(cfg: &LoadedConfig, name: &'static str) -> anyhow::Result<
     let c = &cfg.config;
     let path = cfg.journal_path(name);
     if let Some(parent) = path.parent() {
-        crate::state_db::create_private_dir(parent)
+        berrygw_core::files::create_private_dir(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     let journal_cfg = JournalConfig {
