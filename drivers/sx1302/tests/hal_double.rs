@@ -315,6 +315,21 @@ async fn the_concentrator_is_read_again_only_once_the_last_fetch_is_stored() {
     assert!(h.shut_down().await.is_ok());
 }
 
+/// A pipeline that never stores what it was handed does not let the chip's buffer overflow:
+/// after the wait (5 s) the concentrator is read anyway.
+#[tokio::test]
+async fn a_pipeline_that_stores_nothing_does_not_stop_the_concentrator_for_good() {
+    let (_pipeline, taken) = watch::channel(Taken::default());
+    let mut h = open_with(double::exclusive(), &Sx1302Config::for_board("rak2287"), Some(taken));
+    let payload = [0x40, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+    assert!(double::push_rx(RxPacket::lora(868_100_000, 7, codes::BW_125KHZ, &payload)));
+    assert_eq!(h.uplink().await.frequency, Frequency(868_100_000));
+    assert!(double::push_rx(RxPacket::lora(868_300_000, 7, codes::BW_125KHZ, &payload)));
+    // Never settled: the second frame still comes out, within the harness's patience (10 s).
+    assert_eq!(h.uplink().await.frequency, Frequency(868_300_000));
+    assert!(h.shut_down().await.is_ok());
+}
+
 #[tokio::test]
 async fn received_packets_become_uplink_frames() {
     let mut h = open(double::exclusive(), &Sx1302Config::for_board("rak2287"));
