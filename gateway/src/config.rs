@@ -24,8 +24,7 @@ use toml::Spanned;
 
 use crate::journal::Backend;
 pub use crate::sink::chirpstack::PayloadFormat;
-pub use crate::sink::mqtt::BrokerUrl;
-use crate::sink::pace::{PaceSettings, DEFAULT_REPLAY_GAP_MS, DEFAULT_REPLAY_RATE};
+pub use crate::sink::mqtt::{BrokerUrl, MqttSinkConfig, MqttSinkKind};
 use crate::sink::semtech_udp::SemtechUdpSinkConfig;
 
 /// The whole configuration file.
@@ -155,96 +154,6 @@ pub struct SinksConfig {
     pub semtech_udp: Option<SemtechUdpSinkConfig>,
     /// `[sinks.app]`: MQTT to the data platform (decoded readings as JSON).
     pub app: Option<MqttSinkConfig>,
-}
-
-/// Which MQTT sink a `MqttSinkConfig` configures; decides defaults and which keys apply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MqttSinkKind {
-    Chirpstack,
-    App,
-}
-
-impl MqttSinkKind {
-    /// The sink's name in configuration, logs, metrics and journal files.
-    pub fn name(self) -> &'static str {
-        match self {
-            MqttSinkKind::Chirpstack => "chirpstack",
-            MqttSinkKind::App => "app",
-        }
-    }
-}
-
-/// `[sinks.chirpstack]` and `[sinks.app]`: one MQTT connection each.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttSinkConfig {
-    /// `mqtts://host:port` (TLS) or `mqtt://host:port` (plaintext).
-    pub server: Spanned<BrokerUrl>,
-    /// Topic prefix: the region name for ChirpStack (`eu868`), `berrygw` for the app sink.
-    pub topic_prefix: Option<String>,
-    /// ChirpStack only: message encoding (`protobuf` or `json`).
-    pub format: Option<Spanned<PayloadFormat>>,
-    /// MQTT client id; defaults to `berrygw-<gateway id>` (`berrygw-<gateway id>-app` for the app sink).
-    pub client_id: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// CA bundle (PEM) the server certificate must chain to; system roots when absent.
-    pub ca_file: Option<Spanned<PathBuf>>,
-    /// Client certificate chain (PEM) for mutual TLS.
-    pub client_cert_file: Option<Spanned<PathBuf>>,
-    /// Client private key (PEM) for mutual TLS.
-    pub client_key_file: Option<Spanned<PathBuf>>,
-    /// Allow `mqtt://` to a non-loopback host. Credentials and data then cross the network in clear.
-    #[serde(default)]
-    pub allow_plaintext: bool,
-    #[serde(default = "default_keep_alive_secs")]
-    pub keep_alive_secs: u64,
-    /// Publishes awaiting PUBACK at once.
-    #[serde(default = "default_max_inflight")]
-    pub max_inflight: u16,
-    /// First reconnect delay; doubles up to `reconnect_max_ms`.
-    #[serde(default = "default_reconnect_min_ms")]
-    pub reconnect_min_ms: u64,
-    #[serde(default = "default_reconnect_max_ms")]
-    pub reconnect_max_ms: u64,
-    /// Removed (it accepted unsigned session keys): read only to refuse it with a message
-    /// that says what to do instead.
-    pub accept_session_push: Option<Spanned<bool>>,
-    /// ChirpStack only: least time between two uplinks of one device when a backlog leaves
-    /// (0: no per-device pacing). See `sink::pace`.
-    pub replay_gap_ms: Option<Spanned<u64>>,
-    /// ChirpStack only: most uplinks per second when a backlog leaves (0: no limit).
-    pub replay_rate: Option<Spanned<u32>>,
-}
-
-impl MqttSinkConfig {
-    /// The topic prefix, with the sink's default.
-    pub fn topic_prefix(&self, kind: MqttSinkKind) -> &str {
-        match (&self.topic_prefix, kind) {
-            (Some(p), _) => p,
-            (None, MqttSinkKind::Chirpstack) => "eu868",
-            (None, MqttSinkKind::App) => "berrygw",
-        }
-    }
-
-    /// How a backlog leaves: ChirpStack's defaults let a network server take every
-    /// replayed uplink (BENCHMARKS.md, "Replay"); the app sink is not paced.
-    pub fn pace(&self, kind: MqttSinkKind) -> PaceSettings {
-        match kind {
-            MqttSinkKind::Chirpstack => PaceSettings {
-                device_gap: Duration::from_millis(
-                    self.replay_gap_ms.as_ref().map_or(DEFAULT_REPLAY_GAP_MS, |g| *g.get_ref()),
-                ),
-                rate: self.replay_rate.as_ref().map_or(DEFAULT_REPLAY_RATE, |r| *r.get_ref()),
-            },
-            MqttSinkKind::App => PaceSettings::OFF,
-        }
-    }
-
-    /// ChirpStack message encoding (protobuf unless configured).
-    pub fn format(&self) -> PayloadFormat {
-        self.format.as_ref().map(|f| *f.get_ref()).unwrap_or_default()
-    }
 }
 
 /// A loaded, checked configuration and where it came from.
@@ -397,7 +306,7 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
     }
     for (kind, sink) in [(MqttSinkKind::Chirpstack, &c.sinks.chirpstack), (MqttSinkKind::App, &c.sinks.app)] {
         if let Some(sink) = sink {
-            check_mqtt_sink(loaded, kind, sink)?;
+            sink.check(kind, loaded.file())?;
         }
     }
     if let Some(field) = &c.field {
@@ -417,85 +326,6 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
                 "decode.codec_time_limit_ms must be at least 1 and decode.codec_memory_limit_kib at least 256"
                     .into(),
             ));
-        }
-    }
-    Ok(())
-}
-
-/// The checks every MQTT sink passes: transport, windows, certificate files, keys of the other kind.
-fn check_mqtt_sink(
-    loaded: &LoadedConfig,
-    kind: MqttSinkKind,
-    cs: &MqttSinkConfig,
-) -> Result<(), ConfigError> {
-    let name = kind.name();
-    let whole = |message: String| ConfigError::whole(&loaded.path, message);
-    let server = cs.server.get_ref();
-    if !server.tls && !server.is_loopback() && !cs.allow_plaintext {
-        return Err(loaded.error_at(
-            cs.server.span(),
-            format!(
-                "plaintext MQTT to {} would send data and credentials in clear; use mqtts:// or set allow_plaintext = true",
-                server.host
-            ),
-        ));
-    }
-    match kind {
-        MqttSinkKind::App => {
-            if let Some(f) = &cs.format {
-                return Err(loaded.error_at(f.span(), "the app sink always publishes JSON; remove `format`"));
-            }
-            let pace_span =
-                cs.replay_gap_ms.as_ref().map(Spanned::span).or(cs.replay_rate.as_ref().map(Spanned::span));
-            if let Some(span) = pace_span {
-                return Err(loaded.error_at(
-                    span,
-                    "replay_gap_ms and replay_rate pace uplinks to a network server: they belong in [sinks.chirpstack]",
-                ));
-            }
-            if let Some(push) = &cs.accept_session_push {
-                return Err(loaded.error_at(
-                    push.span(),
-                    "accept_session_push was removed: unsigned session keys could be installed by \
-                     anyone able to publish on the broker. Delete this line and have the network \
-                     server send signed `set_session` envelopes instead (a key in [field] \
-                     authorized_keys whose scope allows set_session on those DevEUIs)",
-                ));
-            }
-        }
-        MqttSinkKind::Chirpstack => {
-            if let Some(gap) = cs.replay_gap_ms.as_ref().filter(|g| *g.get_ref() > 60_000) {
-                return Err(
-                    loaded.error_at(gap.span(), "replay_gap_ms is at most 60000 (one minute per device)")
-                );
-            }
-            if let Some(push) = &cs.accept_session_push {
-                return Err(loaded.error_at(
-                    push.span(),
-                    "accept_session_push belongs in [sinks.app]; the network server does not push keys",
-                ));
-            }
-        }
-    }
-    if cs.max_inflight == 0 {
-        return Err(whole(format!("sinks.{name}.max_inflight must be at least 1")));
-    }
-    if cs.reconnect_min_ms == 0 || cs.reconnect_max_ms < cs.reconnect_min_ms {
-        return Err(whole(format!("sinks.{name}.reconnect_min_ms must be ≥ 1 and ≤ reconnect_max_ms")));
-    }
-    if cs.client_cert_file.is_some() != cs.client_key_file.is_some() {
-        return Err(whole(format!(
-            "sinks.{name}: client_cert_file and client_key_file go together (mutual TLS needs both)"
-        )));
-    }
-    for file in [&cs.ca_file, &cs.client_cert_file, &cs.client_key_file].into_iter().flatten() {
-        if let Err(e) = std::fs::metadata(file.get_ref()) {
-            return Err(
-                loaded.error_at(file.span(), format!("cannot read {}: {e}", file.get_ref().display()))
-            );
-        }
-        if !server.tls {
-            return Err(loaded.error_at(file.span(), "certificate files need an mqtts:// server"));
         }
     }
     Ok(())
@@ -530,18 +360,6 @@ fn default_commit_interval_ms() -> u64 {
 }
 fn default_commit_max_records() -> usize {
     1000
-}
-fn default_keep_alive_secs() -> u64 {
-    30
-}
-fn default_max_inflight() -> u16 {
-    100
-}
-fn default_reconnect_min_ms() -> u64 {
-    1000
-}
-fn default_reconnect_max_ms() -> u64 {
-    60_000
 }
 
 #[cfg(test)]

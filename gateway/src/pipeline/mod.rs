@@ -26,17 +26,16 @@ use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 use crate::actuation::engine::{Actuation, ActuationSettings};
-use crate::config::{LoadedConfig, MqttSinkConfig, MqttSinkKind, RadioKind};
+use crate::config::{LoadedConfig, RadioKind};
 use crate::decode::engine::codec_limits;
 use crate::decode::{Decoder, DecoderSettings};
 use crate::events::AppTopics;
 use crate::journal::{Journal, JournalConfig};
 use crate::seq::UplinkSeq;
 use crate::service::{self, Liveness};
-use crate::sink::chirpstack::Topics;
-use crate::sink::mqtt::{self, MqttSinkSettings, Protocol, SinkInbound};
+use crate::sink::mqtt::MqttSinkKind;
+use crate::sink::mqtt::{self, Protocol, SinkInbound};
 use crate::sink::semtech_udp;
-use crate::sink::tls::{self, TlsFiles};
 
 use crate::sink::SinkCounters;
 use crate::view::{reload, Counters, GatewayView, Reloaded, SinkView};
@@ -98,14 +97,14 @@ impl Gateway {
         };
         let chirpstack_settings = match &c.sinks.chirpstack {
             Some(sink_cfg) => {
-                Some(mqtt_settings(cfg, MqttSinkKind::Chirpstack, sink_cfg, &gateway_id, false, false)?)
+                Some(sink_cfg.settings(MqttSinkKind::Chirpstack, &cfg.path, &gateway_id, false, false)?)
             }
             None => None,
         };
         // What the app sink accepts is known once decoding and actuation are set up (below).
         let mut app_settings = match &c.sinks.app {
             Some(sink_cfg) => {
-                Some(mqtt_settings(cfg, MqttSinkKind::App, sink_cfg, &gateway_id, false, false)?)
+                Some(sink_cfg.settings(MqttSinkKind::App, &cfg.path, &gateway_id, false, false)?)
             }
             None => None,
         };
@@ -420,54 +419,4 @@ async fn open_journal(cfg: &LoadedConfig, name: &'static str) -> anyhow::Result<
         .await
         .context("journal open task")?
         .with_context(|| format!("opening the {name} journal"))
-}
-
-/// An MQTT sink's settings, TLS files read and checked.
-fn mqtt_settings(
-    cfg: &LoadedConfig,
-    kind: MqttSinkKind,
-    sink_cfg: &MqttSinkConfig,
-    gateway_id: &str,
-    accept_commands: bool,
-    accept_sessions: bool,
-) -> anyhow::Result<MqttSinkSettings> {
-    let name = kind.name();
-    let tls = if sink_cfg.server.get_ref().tls {
-        let files = TlsFiles {
-            ca_file: sink_cfg.ca_file.as_ref().map(|f| f.get_ref().as_path()),
-            client_cert_file: sink_cfg.client_cert_file.as_ref().map(|f| f.get_ref().as_path()),
-            client_key_file: sink_cfg.client_key_file.as_ref().map(|f| f.get_ref().as_path()),
-        };
-        Some(tls::client_config(&files).with_context(|| format!("{}: sinks.{name}", cfg.path.display()))?)
-    } else {
-        None
-    };
-    let prefix = sink_cfg.topic_prefix(kind);
-    let protocol = match kind {
-        MqttSinkKind::Chirpstack => {
-            Protocol::Chirpstack { topics: Topics::new(prefix, gateway_id), format: sink_cfg.format() }
-        }
-        MqttSinkKind::App => {
-            Protocol::App { topics: AppTopics::new(prefix, gateway_id), accept_sessions, accept_commands }
-        }
-    };
-    let default_client_id = match kind {
-        MqttSinkKind::Chirpstack => format!("berrygw-{gateway_id}"),
-        MqttSinkKind::App => format!("berrygw-{gateway_id}-app"),
-    };
-    Ok(MqttSinkSettings {
-        name,
-        protocol,
-        server: sink_cfg.server.get_ref().clone(),
-        tls,
-        allow_plaintext: sink_cfg.allow_plaintext,
-        client_id: sink_cfg.client_id.clone().unwrap_or(default_client_id),
-        credentials: sink_cfg.username.clone().map(|u| (u, sink_cfg.password.clone().unwrap_or_default())),
-        gateway_id: gateway_id.to_string(),
-        keep_alive: Duration::from_secs(sink_cfg.keep_alive_secs),
-        max_inflight: sink_cfg.max_inflight,
-        reconnect_min: Duration::from_millis(sink_cfg.reconnect_min_ms),
-        reconnect_max: Duration::from_millis(sink_cfg.reconnect_max_ms),
-        pace: sink_cfg.pace(kind),
-    })
 }

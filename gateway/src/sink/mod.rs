@@ -1,14 +1,19 @@
 //! Sinks: where records go after the journal. Each sink reads its own
 //! journal and acknowledges records only when the far side has them.
-//! `chirpstack` is the protocol (topics and messages), `mqtt` the connection,
-//! `semtech_udp` the GWMP client, `tls` the certificate handling shared by
-//! MQTT sinks, `read_ahead` the journal window and reconnect backoff every
-//! sink shares, `pace` the per-device pacing of a replayed backlog.
+//! One folder per sink: `mqtt/` the MQTT connection of the ChirpStack and app
+//! sinks, `semtech_udp/` the GWMP client; each holds its config section
+//! (`config.rs`), its session (`mod.rs`), its in-order ack window (`window.rs`)
+//! and its tests. `chirpstack` is the ChirpStack protocol the MQTT sink speaks
+//! (topics and messages; the app sink's is `crate::events`). What every sink
+//! shares: `read_ahead` the journal window, `reconnect` the reconnect loop and
+//! its backoff, `pace` the per-device pacing of a replayed backlog, `tls` the
+//! certificate handling of MQTT sinks.
 
 pub mod chirpstack;
 pub mod mqtt;
 pub mod pace;
 pub mod read_ahead;
+pub mod reconnect;
 pub mod semtech_udp;
 pub mod tls;
 

@@ -3,12 +3,11 @@
 //! connection's event loop (a journal busy with an fsync must never stall
 //! acknowledgement handling), and wake on appends, not commits (publishing
 //! does not wait for the durable write). Also what every sink does with a
-//! record it cannot send ([`set_aside`]) and the reconnect backoff.
+//! record it cannot send ([`set_aside`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berrygw_core::LogLimiter;
@@ -111,79 +110,5 @@ pub fn set_aside(sink: &str, seq: Seq, bad: &BadRecord, counters: &SinkCounters,
             "{sink} sink: journal record set aside, it cannot be sent ({}): {bad}; {held} more like it since the last warning",
             bad.cause
         );
-    }
-}
-
-/// How a connection attempt or session ended, for the reconnect delay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// Nothing answered (connection refused, unreachable, timed out, name not resolved):
-    /// the far side or the backhaul is down. Trying again costs a SYN; try soon, so that
-    /// the first publish follows the broker's return within about `min`.
-    Unreachable,
-    /// The far side answered and refused (bad credentials, TLS), or the session broke
-    /// after it began: back off, doubling.
-    Refused,
-}
-
-/// Reconnect delays: `min` (+0–25 % jitter) while nothing answers; doubling from `min`
-/// to `max` after refusals. The jitter keeps a fleet from reconnecting in lockstep after
-/// a broker restart; `max` is a real cap, jitter included.
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { min, max, next: min }
-    }
-
-    /// The delay before the next attempt, after a session that lasted `lived` and ended
-    /// by `failure`. A session that lived longer than `max` was healthy: back off afresh.
-    pub fn after_failure(&mut self, lived: Duration, failure: Failure) -> Duration {
-        if lived > self.max {
-            self.next = self.min;
-        }
-        let delay = match failure {
-            Failure::Unreachable => self.min,
-            Failure::Refused => {
-                let delay = self.next;
-                self.next = (self.next * 2).min(self.max);
-                delay
-            }
-        };
-        (delay + delay.mul_f64(rand::random::<f64>() * 0.25)).min(self.max)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_max_after_refusals_and_resets_after_a_healthy_session() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(4));
-        let base = |d: Duration| d.as_secs();
-        let refused = Failure::Refused;
-        assert_eq!(base(b.after_failure(Duration::ZERO, refused)), 1);
-        assert_eq!(base(b.after_failure(Duration::ZERO, refused)), 2);
-        for _ in 0..20 {
-            assert!(
-                b.after_failure(Duration::ZERO, refused) <= Duration::from_secs(4),
-                "the cap holds, jitter included"
-            );
-        }
-        assert_eq!(base(b.after_failure(Duration::from_secs(60), refused)), 1);
-    }
-
-    #[test]
-    fn while_nothing_answers_the_next_try_comes_after_min_however_long_the_outage() {
-        let mut b = Backoff::new(Duration::from_millis(1000), Duration::from_secs(60));
-        for _ in 0..100 {
-            let d = b.after_failure(Duration::ZERO, Failure::Unreachable);
-            assert!(d >= Duration::from_millis(1000) && d <= Duration::from_millis(1250), "{d:?}");
-        }
     }
 }

@@ -12,10 +12,15 @@
 //! their signature before anything is stored. `Protocol` is all that differs
 //! between the two.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod config;
+#[cfg(test)]
+mod tests;
+mod window;
+
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use berrygw_core::LogLimiter;
@@ -27,100 +32,18 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::chirpstack::{self, AckShape, PayloadFormat, RecordKind, Topics};
-use super::pace::{ack_point, Next, PaceSettings, Pacer, Sender};
-use super::read_ahead::{set_aside, Backoff, BadRecord, Failure, ReadAhead};
-use super::{SinkCounters, SinkRadioIo};
 use crate::actuation::engine::Actuation;
 use crate::actuation::gate::Arrival;
 use crate::events::{self, AppTopics};
 use crate::journal::{Journal, Record, Seq};
-use serde::{Deserialize, Deserializer};
-use std::fmt;
-use std::net::IpAddr;
+use crate::sink::chirpstack::{self, AckShape, PayloadFormat, RecordKind, Topics};
+use crate::sink::pace::{ack_point, Next, Pacer, Sender};
+use crate::sink::read_ahead::{set_aside, BadRecord, ReadAhead};
+use crate::sink::reconnect::{Backoff, Failure, Reconnect, Sink, Stopped};
+use crate::sink::{SinkCounters, SinkRadioIo};
 
-/// An MQTT broker address with its transport.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-impl BrokerUrl {
-    /// Whether the host is this machine (plaintext is acceptable there).
-    pub fn is_loopback(&self) -> bool {
-        if self.host.eq_ignore_ascii_case("localhost") {
-            return true;
-        }
-        self.host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
-    }
-}
-
-impl fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        write!(f, "{scheme}://{}:{}", self.host, self.port)
-    }
-}
-
-impl std::str::FromStr for BrokerUrl {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| format!("`{s}` has no scheme; write mqtts://host:port or mqtt://host:port"))?;
-        let (tls, default_port) = match scheme {
-            "mqtts" | "ssl" | "tls" => (true, 8883),
-            "mqtt" | "tcp" => (false, 1883),
-            other => return Err(format!("unknown scheme `{other}`; use mqtts:// or mqtt://")),
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(':') && !p.contains(']') => {
-                let port = p.parse::<u16>().map_err(|_| format!("bad port `{p}` in `{s}`"))?;
-                (h, port)
-            }
-            _ => (rest, default_port),
-        };
-        if host.is_empty() || host.contains('/') {
-            return Err(format!("bad host in `{s}`"));
-        }
-        Ok(BrokerUrl { tls, host: host.to_string(), port })
-    }
-}
-
-impl<'de> Deserialize<'de> for BrokerUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Everything a sink needs, resolved from configuration.
-pub struct MqttSinkSettings {
-    /// `chirpstack` or `app`, in logs.
-    pub name: &'static str,
-    pub protocol: Protocol,
-    pub server: BrokerUrl,
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub allow_plaintext: bool,
-    pub client_id: String,
-    pub credentials: Option<(String, String)>,
-    pub gateway_id: String,
-    pub keep_alive: Duration,
-    pub max_inflight: u16,
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
-    /// How fast a backlog leaves (ChirpStack: per device, so that the server takes all of it).
-    pub pace: PaceSettings,
-}
+pub use config::{BrokerUrl, MqttSinkConfig, MqttSinkKind, MqttSinkSettings};
+use window::{Acked, PubackWindow};
 
 /// What a sink speaks on its connection.
 pub enum Protocol {
@@ -208,11 +131,6 @@ impl SinkInbound {
     }
 }
 
-/// How a connection ended when it did not fail.
-enum SessionEnd {
-    Shutdown,
-}
-
 /// The sink task: connect, drain, reconnect with backoff, until shutdown.
 pub async fn run(
     settings: MqttSinkSettings,
@@ -221,35 +139,14 @@ pub async fn run(
     mut inbound: SinkInbound,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let sink = Sink { name: settings.name, server: &settings.server, counters: &counters, journal: &journal };
+    let backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let mut reconnect = Reconnect::new(sink, backoff, failure_kind);
     let mut warn = LogLimiter::default();
     loop {
-        let started = Instant::now();
-        match session(&settings, &journal, &counters, &mut inbound, &mut shutdown, &mut warn).await {
-            Ok(SessionEnd::Shutdown) => return,
-            Err(e) => {
-                counters.connected.store(false, Ordering::Relaxed);
-                // Nobody acknowledges now: the journal may take its longer commit window.
-                journal.far_side(false);
-                counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                let kind = failure_kind(&e);
-                let delay = backoff.after_failure(started.elapsed(), kind);
-                // While nothing answers, a try every second: one line per WARN_EVERY, not per try.
-                let held = if kind == Failure::Unreachable { warn.allow("unreachable") } else { Some(0) };
-                if let Some(held) = held {
-                    warn!(
-                        server = %settings.server,
-                        "{} sink: {}; reconnecting in {:.1} s ({held} more failures like it since the last warning)",
-                        settings.name,
-                        error_chain(&e),
-                        delay.as_secs_f32()
-                    );
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
+        let ended = session(&settings, &journal, &counters, &mut inbound, &mut shutdown, &mut warn).await;
+        if reconnect.after(ended, &mut shutdown).await.is_break() {
+            return;
         }
     }
 }
@@ -272,21 +169,6 @@ fn failure_kind(e: &anyhow::Error) -> Failure {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Unanswered(String);
-
-/// The error and its causes on one line, without the repeats some libraries add
-/// (rumqttc's I/O errors print their source twice).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain().map(|c| c.to_string()) {
-        if !out.contains(&cause) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&cause);
-        }
-    }
-    out
-}
 
 fn options(s: &MqttSinkSettings) -> MqttOptions {
     let mut o = MqttOptions::new(s.client_id.clone(), s.server.host.clone(), s.server.port);
@@ -312,59 +194,6 @@ fn options(s: &MqttSinkSettings) -> MqttOptions {
     o
 }
 
-/// Publishes of this connection that wait for their PUBACK.
-#[derive(Default)]
-struct InFlight {
-    /// Journal seqs (or None for state/ack messages) in publish order, awaiting a packet id.
-    unassigned: VecDeque<Option<u64>>,
-    by_pkid: HashMap<u16, Option<u64>>,
-    /// Journal seqs awaiting PUBACK, with when they were published.
-    seqs: BTreeMap<u64, Instant>,
-    highest_sent: u64,
-}
-
-/// A PUBACK that acknowledged a journal record.
-#[derive(Debug, PartialEq)]
-struct Acked {
-    /// Everything up to here is acknowledged (the journal's new ack point if it moved).
-    up_to: Seq,
-    /// Publish to PUBACK of this record.
-    latency: Duration,
-}
-
-impl InFlight {
-    /// The oldest journal record awaiting its PUBACK.
-    fn oldest(&self) -> Option<Seq> {
-        self.seqs.first_key_value().map(|(seq, _)| Seq(*seq))
-    }
-
-    fn record_published(&mut self, tag: Option<u64>) {
-        self.unassigned.push_back(tag);
-        if let Some(seq) = tag {
-            self.seqs.insert(seq, Instant::now());
-            self.highest_sent = self.highest_sent.max(seq);
-        }
-    }
-
-    fn assign(&mut self, pkid: u16) {
-        if let Some(tag) = self.unassigned.pop_front() {
-            self.by_pkid.insert(pkid, tag);
-        }
-    }
-
-    /// PUBACK for `pkid`: if it acknowledged a journal record, the seq up to which
-    /// everything is acknowledged and how long this one took.
-    fn acked(&mut self, pkid: u16) -> Option<Acked> {
-        let seq = self.by_pkid.remove(&pkid)??;
-        let latency = self.seqs.remove(&seq).map(|at| at.elapsed()).unwrap_or_default();
-        let up_to = match self.seqs.first_key_value() {
-            Some((oldest, _)) => oldest - 1,
-            None => self.highest_sent,
-        };
-        Some(Acked { up_to: Seq(up_to), latency })
-    }
-}
-
 async fn session(
     s: &MqttSinkSettings,
     journal: &Journal,
@@ -372,7 +201,7 @@ async fn session(
     inbound: &mut SinkInbound,
     shutdown: &mut watch::Receiver<bool>,
     warn: &mut LogLimiter,
-) -> anyhow::Result<SessionEnd> {
+) -> anyhow::Result<Stopped> {
     let name = s.name;
     if !s.server.tls && s.allow_plaintext && !s.server.is_loopback() {
         warn!(server = %s.server, "{name} sink: connecting WITHOUT TLS (allow_plaintext = true): data and credentials cross the network in clear");
@@ -384,7 +213,7 @@ async fn session(
     journal.far_side(true);
     info!(server = %s.server, "{name} sink: connected");
 
-    let mut flight = InFlight::default();
+    let mut flight = PubackWindow::default();
     client
         .try_publish(
             s.protocol.state_topic(),
@@ -399,14 +228,14 @@ async fn session(
     }
 
     let mut acked = journal.watch().borrow().acked;
-    flight.highest_sent = acked.0;
+    flight.resume_after(acked);
     let mut downlink_items: HashMap<u32, AckShape> = HashMap::new();
     let mut reader = ReadAhead::new(journal, acked);
     let mut pacer = Pacer::new(s.pace, s.protocol.sender_of());
 
     loop {
         let mut wake = None;
-        while flight.seqs.len() < window {
+        while flight.waiting() < window {
             pacer.fill(&mut reader.records);
             let now = tokio::time::Instant::now();
             match pacer.next(now, berrygw_core::unix_ms(std::time::SystemTime::now())) {
@@ -423,7 +252,7 @@ async fn session(
             }
         }
         // Records skipped as unpublishable are acknowledged once nothing older is in flight or held.
-        let point = ack_point(Seq(flight.highest_sent), flight.oldest(), pacer.unsent(&reader.records));
+        let point = flight.ack_point(pacer.unsent(&reader.records));
         if point > acked {
             acked = point;
             journal.ack(acked);
@@ -462,7 +291,7 @@ async fn session(
             }
             _ = shutdown.changed() => {
                 drain_before_shutdown(s, &client, &mut eventloop, journal, &mut flight, &mut acked).await;
-                return Ok(SessionEnd::Shutdown);
+                return Ok(Stopped);
             }
         }
     }
@@ -473,7 +302,7 @@ async fn session(
 fn answer_downlink(
     s: &MqttSinkSettings,
     client: &AsyncClient,
-    flight: &mut InFlight,
+    flight: &mut PubackWindow,
     downlink_items: &mut HashMap<u32, AckShape>,
     ack: &TxAck,
 ) -> anyhow::Result<()> {
@@ -552,7 +381,7 @@ fn publish_record(
     s: &MqttSinkSettings,
     client: &AsyncClient,
     counters: &SinkCounters,
-    flight: &mut InFlight,
+    flight: &mut PubackWindow,
     warn: &mut LogLimiter,
     r: Record,
 ) -> anyhow::Result<()> {
@@ -563,7 +392,7 @@ fn publish_record(
         }
         Err(bad) => {
             set_aside(s.name, r.seq, &bad, counters, warn);
-            flight.highest_sent = flight.highest_sent.max(r.seq.0);
+            flight.skipped(r.seq);
         }
     }
     Ok(())
@@ -595,7 +424,7 @@ async fn drain_before_shutdown(
     client: &AsyncClient,
     eventloop: &mut EventLoop,
     journal: &Journal,
-    flight: &mut InFlight,
+    flight: &mut PubackWindow,
     acked: &mut Seq,
 ) {
     let _ = client.try_publish(
@@ -606,7 +435,7 @@ async fn drain_before_shutdown(
     );
     let deadline = tokio::time::sleep(Duration::from_secs(2));
     tokio::pin!(deadline);
-    while !flight.seqs.is_empty() {
+    while flight.waiting() > 0 {
         tokio::select! {
             _ = &mut deadline => break,
             ev = eventloop.poll() => match ev {
@@ -626,117 +455,4 @@ async fn drain_before_shutdown(
     }
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_chain_drops_repeated_causes() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
-        let e = anyhow::Error::new(io).context("I/O: Connection refused").context("connecting to mqtt://x:1");
-        assert_eq!(error_chain(&e), "connecting to mqtt://x:1: I/O: Connection refused");
-    }
-
-    fn chirpstack_settings() -> MqttSinkSettings {
-        MqttSinkSettings {
-            name: "chirpstack",
-            protocol: Protocol::Chirpstack {
-                topics: Topics::new("eu868", "0016c001ff10a235"),
-                format: PayloadFormat::Protobuf,
-            },
-            server: "mqtt://127.0.0.1:1".parse().expect("url"),
-            tls: None,
-            allow_plaintext: true,
-            client_id: "test".into(),
-            credentials: None,
-            gateway_id: "0016c001ff10a235".into(),
-            keep_alive: Duration::from_secs(30),
-            max_inflight: 8,
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(1),
-            pace: PaceSettings::OFF,
-        }
-    }
-
-    fn downlink_command(downlink_id: u32) -> Vec<u8> {
-        use chirpstack_api::gw;
-        use prost::Message;
-        gw::DownlinkFrame {
-            downlink_id,
-            items: vec![gw::DownlinkFrameItem {
-                phy_payload: vec![0x60, 1, 2],
-                tx_info: Some(gw::DownlinkTxInfo {
-                    frequency: 869_525_000,
-                    power: 14,
-                    modulation: Some(gw::Modulation {
-                        parameters: Some(gw::modulation::Parameters::Lora(gw::LoraModulationInfo {
-                            bandwidth: 125_000,
-                            spreading_factor: 9,
-                            code_rate: gw::CodeRate::Cr45.into(),
-                            polarization_inversion: true,
-                            ..Default::default()
-                        })),
-                    }),
-                    timing: Some(gw::Timing {
-                        parameters: Some(gw::timing::Parameters::Immediately(gw::ImmediatelyTimingInfo {})),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-        .encode_to_vec()
-    }
-
-    #[tokio::test]
-    async fn a_downlink_the_radio_cannot_take_is_answered_queue_full_and_forgotten() {
-        let s = chirpstack_settings();
-        let counters = SinkCounters::default();
-        let (down_tx, mut down_rx) = mpsc::channel(1);
-        let (_ack_tx, ack_rx) = mpsc::channel(1);
-        let inbound = SinkInbound::Radio(SinkRadioIo { downlinks: down_tx, tx_acks: ack_rx });
-        let mut items = HashMap::new();
-        let topic = "eu868/gateway/0016c001ff10a235/command/down";
-
-        let taken = incoming(&s, &counters, &inbound, &mut items, topic, &downlink_command(1));
-        assert_eq!(taken, None, "the radio took the first downlink; its answer comes from the radio");
-        let refused = incoming(&s, &counters, &inbound, &mut items, topic, &downlink_command(2))
-            .expect("a downlink refused by a full radio queue is answered");
-        assert_eq!(refused, TxAck { downlink_id: 2, status: TxStatus::QueueFull });
-
-        // The answer goes out on event/ack and the downlink is forgotten.
-        let (client, _eventloop) = AsyncClient::new(options(&s), 16);
-        let mut flight = InFlight::default();
-        answer_downlink(&s, &client, &mut flight, &mut items, &refused).expect("queued");
-        assert_eq!(flight.unassigned.len(), 1, "the ack was published");
-        assert!(!items.contains_key(&2), "no entry left behind for the refused downlink");
-        assert!(items.contains_key(&1), "the accepted downlink waits for its TxAck");
-
-        // A closed radio answers InternalError.
-        drop(down_rx.recv().await);
-        drop(down_rx);
-        let closed = incoming(&s, &counters, &inbound, &mut items, topic, &downlink_command(3));
-        assert_eq!(closed.map(|a| a.status), Some(TxStatus::InternalError));
-    }
-
-    #[test]
-    fn ack_point_waits_for_the_oldest_publish() {
-        let mut f = InFlight::default();
-        f.record_published(None); // state/conn
-        for seq in 1..=3 {
-            f.record_published(Some(seq));
-        }
-        for pkid in 1..=4 {
-            f.assign(pkid);
-        }
-        let mut up_to = |pkid| f.acked(pkid).map(|a| a.up_to);
-        assert_eq!(up_to(1), None, "state message moves nothing");
-        assert_eq!(up_to(3), Some(Seq(0)), "seq 2 acked but seq 1 still out");
-        assert_eq!(up_to(2), Some(Seq(2)));
-        assert_eq!(up_to(4), Some(Seq(3)));
-        assert_eq!(up_to(4), None, "duplicate PUBACK ignored");
-    }
 }
