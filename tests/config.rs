@@ -110,6 +110,38 @@ fn run_refuses_to_start_on_a_bad_config() {
 }
 
 #[test]
+fn a_codec_that_does_not_compile_is_refused_by_check_config_and_run_alike() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("broken.js"), "function decodeUplink(input) { return {").expect("codec");
+    let registry = dir.path().join("devices.toml");
+    std::fs::write(
+        &registry,
+        "[[device]]\nname = \"compteur\"\ndev_eui = \"0000000000000001\"\ncodec = \"broken.js\"\n\
+         otaa = { app_key = \"000102030405060708090a0b0c0d0e0f\" }\n",
+    )
+    .expect("registry");
+    std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let text = format!(
+        "{}\n[decode]\ndevices = \"{}\"\ncodec_dirs = [\"{}\"]\n",
+        config(&dir.path().join("state"), "sqlite", "mqtt://127.0.0.1:1", "", "devices = []"),
+        registry.display(),
+        dir.path().display()
+    );
+    let path = dir.path().join("berrygw.toml");
+    std::fs::write(&path, text).expect("write");
+    let checked = berrygw_command().arg("check-config").arg(&path).output().expect("check-config");
+    assert_eq!(checked.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&checked.stderr).contains("broken.js"), "{checked:?}");
+    // The daemon compiles each codec once, on its decoder thread; the same file is refused
+    // there with the same exit status.
+    let out = berrygw_command().args(["run", "--config"]).arg(&path).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to start") && err.contains("broken.js"), "{err}");
+}
+
+#[test]
 fn check_config_refuses_a_world_readable_file_holding_a_password() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tmp");

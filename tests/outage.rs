@@ -400,15 +400,25 @@ async fn a_start_that_fails_late_connects_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let broker = Mosquitto::start(dir.path(), None);
     let sub = Subscriber::connect(broker.port, "#", None);
-    // A registry readable by others: refused when decoding starts, after the journals are open.
+    // A codec that does not compile: refused when decoding starts (the decoder thread
+    // compiles the codecs), after the journals are open.
+    let codecs = dir.path().join("codecs");
+    std::fs::create_dir(&codecs).expect("codec dir");
+    std::fs::write(codecs.join("broken.js"), "function decodeUplink(input) { return {").expect("codec");
     let registry = dir.path().join("devices.toml");
-    std::fs::write(&registry, "").expect("registry");
-    std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::write(
+        &registry,
+        "[[device]]\nname = \"compteur\"\ndev_eui = \"0000000000000001\"\ncodec = \"broken.js\"\n\
+         otaa = { app_key = \"000102030405060708090a0b0c0d0e0f\" }\n",
+    )
+    .expect("registry");
+    std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let sinks = format!(
         "[sinks.chirpstack]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
          [sinks.app]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
-         [decode]\ndevices = \"{}\"\n",
+         [decode]\ndevices = \"{}\"\ncodec_dirs = [\"{}\"]\n",
         registry.display(),
+        codecs.display(),
         url = broker.url(false)
     );
     let path = dir.path().join("berrygw.toml");
@@ -417,9 +427,9 @@ async fn a_start_that_fails_late_connects_nothing() {
         config_with_radio(&dir.path().join("s"), "sqlite", &gwmp_radio(free_port()), &sinks),
     )
     .expect("config");
-    let cfg = berrygw::config::load(&path).expect("the file itself is valid");
+    let site = berrygw::config::Site::load(&path).expect("the files themselves are valid");
 
-    let err = match berrygw::pipeline::Gateway::start(&cfg).await {
+    let err = match berrygw::pipeline::Gateway::start(&site).await {
         Ok(_) => panic!("the start must fail on the registry"),
         Err(e) => e,
     };

@@ -4,15 +4,16 @@
 use anyhow::Context;
 use tracing::{error, info};
 
-use crate::config::LoadedConfig;
+use crate::config::Site;
 use crate::service::{self};
 
 use crate::pipeline::Gateway;
 
 /// Run the daemon until SIGTERM/SIGINT; SIGHUP reloads the device registry.
-pub async fn run_until_signal(cfg: &LoadedConfig) -> anyhow::Result<()> {
+pub async fn run_until_signal(site: &Site) -> anyhow::Result<()> {
+    let cfg = &site.loaded;
     use tokio::signal::unix::{signal, SignalKind};
-    let gw = Gateway::start(cfg).await?;
+    let gw = Gateway::start(site).await?;
     let served = crate::status::http::serve(&cfg.config.http, &cfg.config.api, gw.view()).await;
     service::notify_ready();
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use berrygw::config::{ConfigError, Site};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -145,21 +146,15 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match berrygw::config::load(&file) {
-            Ok(cfg) => match check_registry(&cfg) {
-                Ok(Some(devices)) => {
-                    println!("{}: OK ({devices} devices in the registry)", file.display());
-                    ExitCode::SUCCESS
-                }
-                Ok(None) => {
-                    println!("{}: OK", file.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            },
+        Command::CheckConfig { file } => match Site::load(&file).and_then(|site| site.compile_codecs()) {
+            Ok(Some(devices)) => {
+                println!("{}: OK ({devices} devices in the registry)", file.display());
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                println!("{}: OK", file.display());
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
@@ -167,22 +162,23 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => {
             init_logging("info");
-            let cfg = match berrygw::config::load(&config) {
-                Ok(c) => c,
+            let site = match Site::load(&config) {
+                Ok(site) => site,
                 Err(e) => {
                     tracing::error!("refusing to start: {e}");
                     return ExitCode::from(2);
                 }
             };
-            if let Err(e) = check_registry(&cfg) {
-                tracing::error!("refusing to start: {e:#}");
-                return ExitCode::from(2);
-            }
             let result = runtime()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(berrygw::daemon::run_until_signal(&cfg)));
+                .and_then(|rt| rt.block_on(berrygw::daemon::run_until_signal(&site)));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
+                // A file found bad only as it is put to use (a codec that does not compile).
+                Err(e) if e.chain().any(|c| c.is::<ConfigError>()) => {
+                    tracing::error!("refusing to start: {e:#}");
+                    ExitCode::from(2)
+                }
                 Err(e) => {
                     tracing::error!("berrygw failed: {e:#}");
                     ExitCode::FAILURE
@@ -210,15 +206,6 @@ fn main() -> ExitCode {
             report(berrygw::bench::run(args))
         }
     }
-}
-
-/// With a `[decode]` section: the registry and every codec it names load (number of devices).
-fn check_registry(cfg: &berrygw::config::LoadedConfig) -> anyhow::Result<Option<usize>> {
-    use berrygw::decode::{engine, registry::Registry};
-    let Some(d) = &cfg.config.decode else { return Ok(None) };
-    let registry = Registry::load(d.devices.get_ref(), &d.codec_dirs)?;
-    engine::Codecs::build(&registry, &engine::codec_limits(d.codec_time_limit_ms, d.codec_memory_limit_kib))?;
-    Ok(Some(registry.devices().len()))
 }
 
 /// The local API socket: as given, as configured, or the default.

@@ -1,7 +1,8 @@
 //! The `[field]` section of `berrygw.toml`: the Modbus equipment wired to this
 //! gateway, where its profiles, the command signing keys and the rules live.
-//! Parsed strictly; `check` loads the profiles so that `check-config` and
-//! `run` refuse exactly the same files.
+//! Parsed strictly; `check` needs no other file, `profiles` loads the profiles
+//! (`config::site` calls both), so that `check-config` and `run` refuse exactly
+//! the same files.
 //!
 //! ```toml
 //! [field]
@@ -109,10 +110,8 @@ fn default_timeout_ms() -> u64 {
 }
 
 impl FieldSection {
-    /// Load the profiles and check every device against them.
-    pub fn check(&self, loaded: SourceFile<'_>) -> Result<ProfileSet, ConfigError> {
-        let dirs: Vec<&Path> = self.profile_dirs.iter().map(PathBuf::as_path).collect();
-        let profiles = ProfileSet::load(&dirs)?;
+    /// The checks that need no other file: device names, intervals, limits.
+    pub fn check(&self, loaded: SourceFile<'_>) -> Result<(), ConfigError> {
         let mut names = HashSet::new();
         for d in &self.device {
             let name = d.name.get_ref();
@@ -128,28 +127,12 @@ impl FieldSection {
             if !names.insert(name.clone()) {
                 return Err(loaded.error_at(d.name.span(), format!("two field devices are named {name:?}")));
             }
-            if profiles.get(d.profile.get_ref()).is_none() {
-                let known: Vec<String> = profiles.names().map(str::to_string).collect();
-                return Err(loaded.error_at(
-                    d.profile.span(),
-                    format!(
-                        "no profile {:?} in {} (known: {})",
-                        d.profile.get_ref(),
-                        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
-                        known.join(", ")
-                    ),
-                ));
-            }
             if d.poll_interval_ms < 100 || d.timeout_ms == 0 {
                 return Err(loaded.error_at(
                     d.name.span(),
                     "poll_interval_ms must be at least 100 and timeout_ms at least 1",
                 ));
             }
-        }
-        if let Some(path) = &self.rules {
-            let rules = crate::rules::RuleSet::load(path.get_ref())?;
-            self.check_rules(&rules, &profiles)?;
         }
         if self.state_interval_secs == 0 {
             return Err(ConfigError {
@@ -166,6 +149,27 @@ impl FieldSection {
                 key: Some("field.audit_max_bytes".into()),
                 message: format!("must be at least {MIN_AUDIT_BYTES} (a few dozen entries)"),
             });
+        }
+        Ok(())
+    }
+
+    /// Load the profiles from `profile_dirs` and check that every device's is among them.
+    pub fn profiles(&self, loaded: SourceFile<'_>) -> Result<ProfileSet, ConfigError> {
+        let dirs: Vec<&Path> = self.profile_dirs.iter().map(PathBuf::as_path).collect();
+        let profiles = ProfileSet::load(&dirs)?;
+        for d in &self.device {
+            if profiles.get(d.profile.get_ref()).is_none() {
+                let known: Vec<String> = profiles.names().map(str::to_string).collect();
+                return Err(loaded.error_at(
+                    d.profile.span(),
+                    format!(
+                        "no profile {:?} in {} (known: {})",
+                        d.profile.get_ref(),
+                        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+                        known.join(", ")
+                    ),
+                ));
+            }
         }
         Ok(profiles)
     }

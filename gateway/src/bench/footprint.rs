@@ -7,7 +7,7 @@ pub(super) async fn footprint(args: &BenchArgs) -> anyhow::Result<serde_json::Va
     let idle_dir = args.dir.join("idle");
     let cfg = bench_config(args, &idle_dir, SIM_NO_DEVICES)?;
     let start = Instant::now();
-    let gateway = Gateway::start(&cfg).await?;
+    let gateway = Gateway::start(&Site::resolve(cfg)?).await?;
     let ready = start.elapsed();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle_rss = rss_kib();
@@ -24,7 +24,7 @@ pub(super) async fn footprint(args: &BenchArgs) -> anyhow::Result<serde_json::Va
             d
         })
         .collect();
-    let gateway = Gateway::start(&cfg).await?;
+    let gateway = Gateway::start(&Site::resolve(cfg)?).await?;
     tokio::time::sleep(Duration::from_secs(30)).await;
     let busy_rss = rss_kib();
     let forwarded =

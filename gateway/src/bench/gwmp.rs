@@ -12,7 +12,7 @@ pub(super) async fn gwmp(args: &BenchArgs) -> anyhow::Result<serde_json::Value> 
     let radio = format!("kind = \"gwmp\"\n[radio.gwmp]\nbind = \"127.0.0.1:{port}\"");
     let cfg = bench_config(args, &args.dir, &radio)?;
     let total = args.uplinks;
-    let gateway = Gateway::start(&cfg).await?;
+    let gateway = Gateway::start(&Site::resolve(cfg)?).await?;
     let sink = gateway.sink("chirpstack").context("bench config has the chirpstack sink")?;
     let before = sample();
     let start = Instant::now();

@@ -42,7 +42,7 @@ use berrygw_lora::{CrcStatus, UplinkFrame};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 
-use crate::config;
+use crate::config::{self, Site};
 use crate::journal::{Journal, JournalConfig, NewRecord, Seq};
 use crate::pipeline::Gateway;
 use crate::sink::chirpstack::{self, PayloadFormat, RecordKind, Topics};

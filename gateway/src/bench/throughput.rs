@@ -23,7 +23,7 @@ pub(super) async fn throughput(args: &BenchArgs) -> anyhow::Result<serde_json::V
         .collect();
     let before = sample();
     let start = Instant::now();
-    let gateway = Gateway::start(&cfg).await?;
+    let gateway = Gateway::start(&Site::resolve(cfg)?).await?;
     let sink = gateway.sink("chirpstack").context("bench config has the chirpstack sink")?;
     let deadline = start + Duration::from_secs(600);
     while sink.counters.forwarded.load(Ordering::Relaxed) < total {

@@ -160,14 +160,14 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// Load the registry, open the sessions and start the decoder thread. Fails
-    /// (and starts nothing) if the registry or a codec is bad: the daemon
-    /// refuses to start rather than decode with half a registry.
+    /// Open the sessions and start the decoder thread with `registry` (loaded from
+    /// `settings.devices`, which a reload reads again). Fails (and starts nothing) if a
+    /// codec is bad: the daemon refuses to start rather than decode with half a registry.
     pub fn spawn(
         settings: DecoderSettings,
+        registry: Registry,
         app_journal: Option<Journal>,
     ) -> anyhow::Result<(Decoder, std::thread::JoinHandle<()>)> {
-        let registry = Registry::load(&settings.devices, &settings.codec_dirs)?;
         let (store, sessions) = SessionStore::open(&settings.sessions)?;
         let (tx, rx) = std_mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));

@@ -317,7 +317,8 @@ async fn a_busy_decoder_drops_readings_but_never_a_join() {
         sessions: dir.path().join("sessions.sqlite"),
         topics: None,
     };
-    let (decoder, thread) = super::Decoder::spawn(settings, None).expect("decoder");
+    let registry = Registry::load(&settings.devices, &settings.codec_dirs).expect("registry");
+    let (decoder, thread) = super::Decoder::spawn(settings, registry, None).expect("decoder");
 
     // The first frame holds the decoder in its codec for a second; the queue fills behind it.
     let frame = data_frame(&abp_keys(), 1, &LPP);

@@ -163,15 +163,22 @@ async fn run_in(dir: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         dam.local_addr(),
         cabinet.local_addr()
     );
-    let cfg = demo_config(dir, &broker.backhaul_addr().to_string(), http_port, args, &field)?;
-    let gateway = Gateway::start(&cfg).await?;
+    let site = config::Site::resolve(demo_config(
+        dir,
+        &broker.backhaul_addr().to_string(),
+        http_port,
+        args,
+        &field,
+    )?)?;
+    let gateway = Gateway::start(&site).await?;
     println!(
         "  field: needle dam barrage-demo on tcp://{}, lighting cabinet armoire-demo on tcp://{} (Modbus simulators)",
         dam.local_addr(),
         cabinet.local_addr()
     );
     let field_demo = gateway.view().actuation.map(|a| tokio::spawn(field_agent(a, dam)));
-    let expected = cfg
+    let expected = site
+        .loaded
         .config
         .radio
         .sim

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 use crate::actuation::engine::{Actuation, ActuationSettings};
-use crate::config::{LoadedConfig, RadioKind};
+use crate::config::{LoadedConfig, RadioKind, Site};
 use crate::decode::engine::codec_limits;
 use crate::decode::{Decoder, DecoderSettings};
 use crate::events::AppTopics;
@@ -68,9 +68,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Start every part described by `cfg`. Fails (and starts nothing) on any setup error:
+    /// Start every part of a resolved site. Fails (and starts nothing) on any setup error:
     /// every step that can fail runs before the first sink, radio or task is spawned.
-    pub async fn start(cfg: &LoadedConfig) -> anyhow::Result<Gateway> {
+    pub async fn start(site: &Site) -> anyhow::Result<Gateway> {
+        let cfg = &site.loaded;
         let c = &cfg.config;
         let gateway_id = c.gateway.id.to_string();
         berrygw_core::files::create_private_dir(&c.gateway.state_dir)
@@ -83,18 +84,6 @@ impl Gateway {
         let filter = UplinkFilter::new(c.filters.clone());
 
         // Files and settings first: none of this starts anything.
-        let rule_set = match c.field.as_ref().and_then(|f| f.rules.as_ref()) {
-            Some(path) => {
-                let set = crate::rules::RuleSet::load(path.get_ref()).context("loading the rules")?;
-                info!(rules = set.rules().len(), path = %path.get_ref().display(), "rules loaded");
-                Some(set)
-            }
-            None => None,
-        };
-        let profiles = match &c.field {
-            Some(field) => Some(field.check(cfg.file())?),
-            None => None,
-        };
         let chirpstack_settings = match &c.sinks.chirpstack {
             Some(sink_cfg) => {
                 Some(sink_cfg.settings(MqttSinkKind::Chirpstack, &cfg.path, &gateway_id, false, false)?)
@@ -123,8 +112,8 @@ impl Gateway {
         let app_topics =
             c.sinks.app.as_ref().map(|a| AppTopics::new(a.topic_prefix(MqttSinkKind::App), &gateway_id));
         // The decoder thread ends by itself if a later step fails (its handles are dropped).
-        let decoder = match &c.decode {
-            Some(d) => {
+        let decoder = match (&c.decode, &site.registry) {
+            (Some(d), Some(registry)) => {
                 let settings = DecoderSettings {
                     gateway_id: gateway_id.clone(),
                     devices: d.devices.get_ref().clone(),
@@ -135,11 +124,11 @@ impl Gateway {
                 };
                 let journal = app_journal.clone();
                 Some(
-                    tokio::task::block_in_place(|| Decoder::spawn(settings, journal))
+                    tokio::task::block_in_place(|| Decoder::spawn(settings, registry.clone(), journal))
                         .context("starting local decoding")?,
                 )
             }
-            None => None,
+            _ => None,
         };
         let decoder_handle = decoder.as_ref().map(|(d, _)| d.clone());
         let mut concentrator = None;
@@ -168,7 +157,7 @@ impl Gateway {
         };
         // Last, as it starts the field pollers (dropped, so stopped, if it fails).
         let mut actuation = None;
-        if let (Some(field), Some(profiles)) = (&c.field, &profiles) {
+        if let (Some(field), Some(profiles)) = (&c.field, &site.profiles) {
             let devices = field.spawn(profiles);
             let settings = ActuationSettings {
                 gateway_id: gateway_id.clone(),
@@ -222,7 +211,7 @@ impl Gateway {
         let stats_journals: Vec<(&'static str, Journal)> =
             sinks.iter().map(|s| (s.name, s.journal.clone())).collect();
         let mut rules = None;
-        if let Some(set) = rule_set {
+        if let Some(set) = site.rules.clone() {
             let outputs = crate::automation::RulesOutputs {
                 gateway_id: gateway_id.clone(),
                 actuation: actuation_handle.clone(),

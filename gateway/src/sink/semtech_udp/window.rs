@@ -14,12 +14,13 @@ use crate::sink::pace::ack_point;
 /// the longest fully acknowledged prefix, never past an unacknowledged datagram.
 #[derive(Default)]
 pub(super) struct PushWindow {
-    entries: VecDeque<InFlight>,
+    entries: VecDeque<Sent>,
     /// Highest seq taken into any datagram of this session.
     highest: Seq,
 }
 
-pub(super) struct InFlight {
+/// One PUSH_DATA of this socket (without a token: records set aside, never sent).
+struct Sent {
     /// `None` for records that were skipped, not sent.
     token: Option<u16>,
     bytes: Vec<u8>,
@@ -52,7 +53,7 @@ impl PushWindow {
     ) {
         let acked = token.is_none();
         self.highest = self.highest.max(seqs.1);
-        self.entries.push_back(InFlight { token, bytes, seqs, records, acked, retries: 0, retry_at });
+        self.entries.push_back(Sent { token, bytes, seqs, records, acked, retries: 0, retry_at });
     }
 
     /// A token no waiting datagram uses.
