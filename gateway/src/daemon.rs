@@ -14,7 +14,7 @@ pub async fn run_until_signal(site: &Site) -> anyhow::Result<()> {
     let cfg = &site.loaded;
     use tokio::signal::unix::{signal, SignalKind};
     let gw = Gateway::start(site).await?;
-    let served = crate::status::http::serve(&cfg.config.http, &cfg.config.api, gw.view()).await;
+    let served = crate::api::serve(&cfg.config.http, &cfg.config.api, gw.view()).await;
     service::notify_ready();
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut hup = signal(SignalKind::hangup()).context("watching SIGHUP")?;

@@ -6,6 +6,7 @@
 //! See ARCHITECTURE.md at the repository root for the code map.
 
 pub mod actuation;
+pub mod api;
 pub mod automation;
 pub mod bench;
 pub mod cli;

@@ -5,7 +5,7 @@
 //! Parsing is strict (`deny_unknown_fields` everywhere); values that need the
 //! file system (certificate paths) are checked here too, so `check-config`
 //! and `run` reject exactly the same files. Each part owns its section (the
-//! sinks', `decode`'s, `actuation::field`'s, `status::http`'s); this module
+//! sinks', `decode`'s, `actuation::field`'s, `api`'s); this module
 //! assembles them, and [`site`] loads the files they name into a resolved [`Site`].
 
 mod site;
@@ -18,8 +18,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::api::{ApiSection, HttpSection, DEFAULT_API_SOCKET};
 pub use crate::decode::DecodeSection;
-pub use crate::status::http::{ApiSection, HttpSection, DEFAULT_API_SOCKET};
 use berrygw_core::locate;
 pub use berrygw_core::{read_file, ConfigError};
 use berrygw_lora::filter::FilterConfig;

@@ -1,14 +1,15 @@
 //! What a person on site (or `berrygw status`) is told about a running
 //! gateway: overall health with its reasons, the radio, each sink and its
 //! backlog with an estimate of when it will be drained. `Status` is the JSON
-//! of `GET /api/status`; `http` serves it with the page and the metrics, on
-//! TCP and on the local unix socket; `cli` is the `berrygw status` client.
+//! of `GET /api/status` and what the status page (`page.html`, [`PAGE`]) shows;
+//! `text` renders it for `berrygw status`. `crate::api` serves it.
 //!
 //! Nothing here counts or owns pipeline state: it reads `GatewayView`.
 
-pub mod cli;
-pub mod http;
-pub mod operators;
+pub mod text;
+
+/// The status page: one HTML file that reads `/api/status`.
+pub const PAGE: &str = include_str!("page.html");
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
