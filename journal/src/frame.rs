@@ -1,4 +1,4 @@
-//! The one on-disk form of a journal record, shared by the segment log (`segments.rs`) and
+//! The one on-disk form of a journal record, shared by the segment log (`segments/`) and
 //! the RAM stage (`stage.rs`): a fixed header, then the payload, checked by a CRC-32C over
 //! everything after the CRC field. A frame is either a record or an ack mark (stage only).
 //!

@@ -4,9 +4,9 @@
 //! and not a general key-value store: records go in at the tail and leave at the head.
 //!
 //! Shape: a cheap, cloneable [`Journal`] handle shares with one owner thread per journal
-//! (`owner.rs`) the records not yet durable, in memory and in the RAM stage (`stage.rs`):
+//! (`owner/`) the records not yet durable, in memory and in the RAM stage (`stage.rs`):
 //! appends, reads of those records and acks never leave the caller's task. The owner makes
-//! records durable on a [`Store`] backend — the segment log (`segments.rs`, the default) or
+//! records durable on a [`Store`] backend — the segment log (`segments/`, the default) or
 //! SQLite (`sqlite.rs`) — only when they are still unacknowledged at the end of the commit
 //! window, deletes acknowledged ones, and serves reads of stored records. A store that is
 //! corrupt on open is moved aside and replaced by a fresh one (`quarantine.rs`).
