@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::audit::{self, AuditEntry, AuditLog, NewAuditEntry, Outcome, Source};
+use super::audit::{self, AuditEntry, AuditLog, Outcome, Source};
 use super::envelope::{self, CommandEnvelope};
 use super::field::FieldDevice;
 use super::gate::{self, Arrival, DoorState};
@@ -555,8 +555,8 @@ impl Actuation {
 
     /// Write the entry (secrets redacted) to the audit log, durably; count it, log it, and
     /// append it to the app journal before returning, so a command's events keep their order.
-    async fn record(&self, new: NewAuditEntry) -> AuditEntry {
-        let new = NewAuditEntry { args: audit::redact(&new.args), ..new };
+    async fn record(&self, new: AuditEntry) -> AuditEntry {
+        let new = AuditEntry { args: audit::redact(&new.args), ..new };
         let stored = tokio::task::block_in_place(|| match self.inner.audit.lock() {
             Ok(mut audit) => audit.append(new.clone()),
             Err(_) => Err(anyhow::anyhow!("audit log unavailable")),
@@ -566,7 +566,7 @@ impl Actuation {
             Err(e) => {
                 tracing::error!("audit log: entry NOT stored ({e:#}): {new:?}");
                 // Still reported upstream and to the caller, with seq 0 (never a stored one).
-                new.numbered(0)
+                AuditEntry { seq: 0, ..new }
             }
         };
         self.inner.recent.send_modify(|recent| {
@@ -678,8 +678,9 @@ impl Ask {
         }
     }
 
-    fn entry(&self, outcome: Outcome, reason: Option<String>, message: String) -> NewAuditEntry {
-        NewAuditEntry {
+    fn entry(&self, outcome: Outcome, reason: Option<String>, message: String) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
             at: now_utc(),
             source: self.source,
             actor: self.actor.clone(),
@@ -693,7 +694,7 @@ impl Ask {
         }
     }
 
-    fn refusal(&self, reason: &str, message: String) -> NewAuditEntry {
+    fn refusal(&self, reason: &str, message: String) -> AuditEntry {
         self.entry(Outcome::Refused, Some(reason.to_string()), message)
     }
 }
