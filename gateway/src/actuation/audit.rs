@@ -3,7 +3,7 @@
 //! the engine redacts key material from arguments before it gets here; WAL,
 //! `synchronous=FULL`, so an entry is on disk before `append` returns; commands are rare,
 //! the fsync is affordable). Messages that fail authentication never get here: the engine
-//! counts them (see `engine.rs`). `berrygw audit` lists it; the same JSON is published
+//! counts them (see `engine/central.rs`). `berrygw audit` lists it; the same JSON is published
 //! through the journal as the command's result event.
 //!
 //! Bounded twice: at most `MAX_ENTRIES` (100,000) entries, and at most `max_bytes` of entry
