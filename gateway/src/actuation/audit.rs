@@ -3,7 +3,7 @@
 //! the engine redacts key material from arguments before it gets here; WAL,
 //! `synchronous=FULL`, so an entry is on disk before `append` returns; commands are rare,
 //! the fsync is affordable). Messages that fail authentication never get here: the engine
-//! counts them (see `engine.rs`). `berrygw audit` lists it; the same JSON is published
+//! counts them (see `engine/central.rs`). `berrygw audit` lists it; the same JSON is published
 //! through the journal as the command's result event.
 //!
 //! Bounded twice: at most `MAX_ENTRIES` (100,000) entries, and at most `max_bytes` of entry
@@ -90,9 +90,16 @@ impl Outcome {
     }
 }
 
-/// An attempt to record (an [`AuditEntry`] before the log numbers it).
-#[derive(Clone, Debug, PartialEq)]
-pub struct NewAuditEntry {
+/// One attempt. Its JSON is the result event and `berrygw audit --json`'s output. The
+/// engine makes it with `seq` 0; [`AuditLog::append`] returns it numbered (an entry the log
+/// could not store keeps 0, never a stored entry's number).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    /// Grows by one per stored entry, never reused; 0: not stored.
+    pub seq: u64,
+    /// RFC 3339, UTC, milliseconds.
+    #[serde(with = "rfc3339_millis")]
     pub at: DateTime<Utc>,
     pub source: Source,
     /// Who: the key id, `uid 1000`, the rule's name.
@@ -106,45 +113,6 @@ pub struct NewAuditEntry {
     /// Stable snake_case cause, for `refused` and `failed`.
     pub reason: Option<String>,
     /// For people, one line.
-    pub message: String,
-}
-
-impl NewAuditEntry {
-    /// The entry once the log gave it `seq` (0: not stored).
-    pub fn numbered(self, seq: u64) -> AuditEntry {
-        AuditEntry {
-            seq,
-            at: self.at,
-            source: self.source,
-            actor: self.actor,
-            command_id: self.command_id,
-            target: self.target,
-            command: self.command,
-            args: self.args,
-            outcome: self.outcome,
-            reason: self.reason,
-            message: self.message,
-        }
-    }
-}
-
-/// One recorded attempt. Its JSON is the result event and `berrygw audit --json`'s output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditEntry {
-    /// Grows by one per entry, never reused.
-    pub seq: u64,
-    /// RFC 3339, UTC, milliseconds.
-    #[serde(with = "rfc3339_millis")]
-    pub at: DateTime<Utc>,
-    pub source: Source,
-    pub actor: String,
-    pub command_id: Option<String>,
-    pub target: String,
-    pub command: String,
-    pub args: Value,
-    pub outcome: Outcome,
-    pub reason: Option<String>,
     pub message: String,
 }
 
@@ -253,8 +221,8 @@ impl AuditLog {
     }
 
     /// Record `entry` durably (synced before returning), drop the oldest beyond the limit,
-    /// and return it numbered. `at` is kept to the millisecond.
-    pub fn append(&mut self, entry: NewAuditEntry) -> anyhow::Result<AuditEntry> {
+    /// and return it numbered (whatever `seq` it came with). `at` is kept to the millisecond.
+    pub fn append(&mut self, entry: AuditEntry) -> anyhow::Result<AuditEntry> {
         let at = DateTime::from_timestamp_millis(entry.at.timestamp_millis()).unwrap_or(entry.at);
         let at_text = at.to_rfc3339_opts(SecondsFormat::Millis, true);
         let args = serde_json::to_string(&entry.args).context("encoding the arguments")?;
@@ -289,7 +257,7 @@ impl AuditLog {
             // The entry is stored; the log is only larger than asked until the next append.
             tracing::warn!(path = %self.path.display(), "audit log: cannot delete old entries: {e:#}");
         }
-        Ok(NewAuditEntry { at, ..entry }.numbered(u64::try_from(seq).unwrap_or(0)))
+        Ok(AuditEntry { seq: u64::try_from(seq).unwrap_or(0), at, ..entry })
     }
 
     /// Delete the oldest entries until the rest fit in `max_bytes` (the newest always stays).
@@ -469,8 +437,9 @@ mod tests {
     use serde_json::json;
     use std::os::unix::fs::PermissionsExt;
 
-    fn attempt(n: u32, outcome: Outcome) -> NewAuditEntry {
-        NewAuditEntry {
+    fn attempt(n: u32, outcome: Outcome) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
             at: DateTime::from_timestamp(1_772_366_400 + i64::from(n), 123_456_789).expect("time"),
             source: Source::Central,
             actor: "central-2026".into(),
@@ -661,19 +630,7 @@ mod tests {
                 reason: None,
                 message: "ok".into(),
             },
-            AuditEntry {
-                seq: 1,
-                at: refused.at,
-                source: Source::Local,
-                actor: refused.actor,
-                command_id: refused.command_id,
-                target: refused.target,
-                command: refused.command,
-                args: refused.args,
-                outcome: refused.outcome,
-                reason: refused.reason,
-                message: refused.message,
-            },
+            AuditEntry { seq: 1, source: Source::Local, ..refused },
         ];
         let table = render(&entries);
         let lines: Vec<&str> = table.lines().collect();

@@ -6,7 +6,7 @@
 //! [`LOG_EVERY`], and summed up in one `event/unauthenticated` message at most every
 //! [`SUMMARY_EVERY`]; the key an envelope names is only "claimed" in those, since the
 //! signature did not hold. Only authenticated envelopes reach the bounded queue of the
-//! actuation engine (`engine.rs`), which audits everything from there on.
+//! actuation engine (`engine/`), which audits everything from there on.
 //!
 //! A copy of an envelope that already passed the door (a broker redelivery, or a captured
 //! envelope replayed by someone else) is refused here too, as `duplicate`: its signature

@@ -20,6 +20,11 @@
 //! through the app journal (kept through outages), in the order it was recorded.
 //! Arguments are redacted of secrets before either. Field devices' states go
 //! out on `…/field/<device>/state`.
+//!
+//! Here: the handle (`Actuation`, its settings and counters, `start`), local and rule
+//! commands, and what every command shares (execution, the audit record, its event).
+//! `central` is the central path, from the door to execution or session install, and
+//! `authorized_keys` reloads; `state` publishes the field devices' states.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,24 +32,29 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use berrygw_core::unix_ms;
-use berrygw_modbus::{CommandOutcome, DeviceState, PointValue};
+use berrygw_modbus::CommandOutcome;
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use super::audit::{self, AuditEntry, AuditLog, NewAuditEntry, Outcome, Source};
-use super::envelope::{self, CommandEnvelope};
+use super::audit::{self, AuditEntry, AuditLog, Outcome, Source};
 use super::field::FieldDevice;
-use super::gate::{self, Arrival, DoorState};
-use super::keys::{AuthorizedKey, AuthorizedKeys};
-use super::replay::{Admission, ReplayWindow, REPLAY_WINDOW_FAILED};
-use crate::clock::ClockSync;
+use super::gate::{self, DoorState};
+use super::keys::AuthorizedKeys;
+use super::replay::ReplayWindow;
 use crate::decode::Decoder;
 use crate::events::{self, AppTopics};
 use crate::journal::Journal;
+
+mod central;
+mod state;
+
+use central::Authenticated;
+pub use central::SET_SESSION;
+use state::publish_states;
 
 /// Authenticated central messages waiting for their turn.
 pub const QUEUE: usize = 64;
@@ -136,13 +146,6 @@ struct Ask {
     args: serde_json::Value,
 }
 
-/// A central message whose signature holds, with the key that made it.
-struct Authenticated {
-    envelope: CommandEnvelope,
-    key: AuthorizedKey,
-    arrival: Arrival,
-}
-
 impl Actuation {
     /// Open the replay window and audit log, load the keys, and start publishing
     /// each device's state and, with keys, dispatching central messages. The devices
@@ -222,250 +225,6 @@ impl Actuation {
     /// Counters for the metrics endpoint.
     pub fn counters(&self) -> &ActuationCounters {
         &self.inner.counters
-    }
-
-    /// Re-read `authorized_keys` (SIGHUP); on error the keys in force stay.
-    pub fn reload_keys(&self) -> Result<usize, String> {
-        let Some(path) = &self.inner.keys_path else { return Ok(0) };
-        let keys = AuthorizedKeys::load(path).map_err(|e| e.to_string())?;
-        let n = keys.keys().len();
-        if let Ok(mut k) = self.inner.keys.write() {
-            *k = Some(keys);
-        }
-        Ok(n)
-    }
-
-    /// A message from the central platform, as received on the app sink (the door, see
-    /// `gate.rs`): parsed and its signature checked here, in memory, without waiting.
-    /// Refused: counted, maybe logged, nothing stored. Authenticated: queued for
-    /// [`dispatch`](Self::dispatch), which audits it from there on.
-    pub fn offer(&self, arrival: Arrival, payload: &[u8]) {
-        let Some(queue) = &self.inner.queue else { return };
-        let envelope = match CommandEnvelope::parse(payload) {
-            Ok(e) => e,
-            Err(r) => return self.unauthenticated(r.reason, None, &r.message),
-        };
-        let key = {
-            let keys = self.inner.keys.read().ok();
-            match keys.as_deref().and_then(Option::as_ref) {
-                Some(keys) => envelope::authenticate(&envelope, keys).cloned(),
-                None => {
-                    Err(envelope::Refusal::new(envelope::reason::UNKNOWN_KEY, "no authorized_keys loaded"))
-                }
-            }
-        };
-        let key = match key {
-            Ok(k) => k,
-            Err(r) => return self.unauthenticated(r.reason, Some(&envelope), &r.message),
-        };
-        let fresh = self.inner.door.lock().map(|mut d| d.remember(&key.id, envelope.id())).unwrap_or(true);
-        if !fresh {
-            let message = "a copy of an envelope already received (redelivered, or replayed by someone)";
-            return self.unauthenticated(gate::DUPLICATE, Some(&envelope), message);
-        }
-        let (key_id, id) = (key.id.clone(), envelope.id().to_string());
-        match queue.try_send(Authenticated { envelope, key, arrival }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if let Ok(mut door) = self.inner.door.lock() {
-                    door.forget(&key_id, &id);
-                }
-                self.inner.counters.reasons.get_or_create(&[("reason", "queue_full".to_string())]).inc();
-                error!(
-                    key = key_id,
-                    id,
-                    "central message dropped: {QUEUE} authenticated messages already wait (the platform may resend it)"
-                );
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
-    }
-
-    /// A refusal at the door: counted, logged at most once per reason every few seconds.
-    fn unauthenticated(&self, reason: &'static str, envelope: Option<&CommandEnvelope>, message: &str) {
-        self.inner.counters.unauthenticated.get_or_create(&[("reason", reason)]).inc();
-        let held = self.inner.door.lock().ok().and_then(|mut d| d.log.allow(reason));
-        if let Some(held) = held {
-            warn!(
-                reason,
-                claimed_key = envelope.map(CommandEnvelope::key_id),
-                id = envelope.map(CommandEnvelope::id),
-                held_back = held,
-                "central message refused before authentication, nothing stored: {message}"
-            );
-        }
-    }
-
-    /// Publish how many messages the door refused, at most every `SUMMARY_EVERY`.
-    async fn summarize_refusals(self) {
-        let mut last = self.inner.counters.unauthenticated_counts();
-        let mut tick = tokio::time::interval(gate::SUMMARY_EVERY);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let now = self.inner.counters.unauthenticated_counts();
-            let body = gate::summary(&self.inner.gateway_id, &last, &now, gate::SUMMARY_EVERY);
-            last = now;
-            let (Some(body), Some(topics), Some(journal)) =
-                (body, &self.inner.topics, &self.inner.app_journal)
-            else {
-                continue;
-            };
-            let record = events::record(
-                &topics.event("unauthenticated"),
-                body.to_string().as_bytes(),
-                unix_ms(std::time::SystemTime::now()),
-            );
-            if let Err(e) = journal.append(record).await {
-                warn!("refusal summary not stored in the app journal: {e}");
-            }
-        }
-    }
-
-    /// Authenticated central messages in arrival order: the rest of the checks and the
-    /// replay window here, one at a time; then each command runs on its own (at most
-    /// `RUNNING` at once, so a long read-back does not hold up the next one).
-    async fn dispatch(self, mut queued: mpsc::Receiver<Authenticated>) {
-        let running = Arc::new(Semaphore::new(RUNNING));
-        while let Some(message) = queued.recv().await {
-            match message.arrival {
-                Arrival::Session => self.install_session(message).await,
-                Arrival::Command => {
-                    let Some(ask) = self.admit(message).await else { continue };
-                    let Ok(permit) = running.clone().acquire_owned().await else { return };
-                    let actuation = self.clone();
-                    tokio::spawn(async move {
-                        actuation.execute(ask).await;
-                        drop(permit);
-                    });
-                }
-            }
-        }
-    }
-
-    /// Clock, gateway, expiry, scope, then the replay window: the command to execute, or
-    /// None when refused (recorded).
-    async fn admit(&self, message: Authenticated) -> Option<Ask> {
-        let Authenticated { envelope: env, key, arrival } = message;
-        let ask = Ask::central(&key, &env);
-        let refused = if arrival == Arrival::Command && env.command() == SET_SESSION {
-            Err(envelope::Refusal::new(
-                "wrong_topic",
-                "set_session carries keys and is taken only on the session/set topic; refused here",
-            ))
-        } else {
-            self.authorize(&env, &key)
-        };
-        match refused {
-            Ok(()) => Some(ask),
-            Err(r) => {
-                self.record(ask.refusal(r.reason, r.message)).await;
-                None
-            }
-        }
-    }
-
-    /// The checks after the signature. A refusal that may pass later (clock not yet
-    /// synchronized, the window not writable) lets the door take the same envelope again;
-    /// any other keeps it remembered there, so copies of it are not audited over and over.
-    fn authorize(&self, env: &CommandEnvelope, key: &AuthorizedKey) -> Result<(), envelope::Refusal> {
-        let result = self.authorize_once(env, key);
-        if let Err(r) = &result {
-            if [CLOCK_NOT_SYNCHRONIZED, CLOCK_STATE_UNKNOWN, REPLAY_WINDOW_FAILED, "internal"]
-                .contains(&r.reason)
-            {
-                if let Ok(mut door) = self.inner.door.lock() {
-                    door.forget(&key.id, env.id());
-                }
-            }
-        }
-        result
-    }
-
-    fn authorize_once(&self, env: &CommandEnvelope, key: &AuthorizedKey) -> Result<(), envelope::Refusal> {
-        if self.inner.require_clock_sync {
-            match crate::clock::clock_sync() {
-                ClockSync::Synchronized => {}
-                ClockSync::Unsynchronized => {
-                    return Err(envelope::Refusal::new(
-                        CLOCK_NOT_SYNCHRONIZED,
-                        "this gateway's clock is not synchronized (NTP), so not_after cannot be trusted; \
-                         check chrony/systemd-timesyncd, or set [field] require_clock_sync = false",
-                    ))
-                }
-                ClockSync::Unknown(e) => return Err(envelope::Refusal::new(CLOCK_STATE_UNKNOWN, e)),
-            }
-        }
-        let now = now_utc();
-        envelope::authorize(env, key, &self.inner.gateway_id, now)?;
-        let admission = Admission {
-            key_id: &key.id,
-            id: env.id(),
-            not_after: env.not_after(),
-            issued_at: env.issued_at(),
-        };
-        tokio::task::block_in_place(|| {
-            self.inner
-                .replay
-                .lock()
-                .map_err(|_| envelope::Refusal::new("internal", "replay window unavailable"))
-                .and_then(|mut w| w.admit(admission, now))
-        })
-    }
-
-    /// Session keys of an OTAA device in a signed envelope (`command` = `set_session`,
-    /// `target` = the DevEUI, `args` = `dev_addr`, `nwk_s_key`, `app_s_key`, `f_cnt_up`):
-    /// the same checks as a command, then installed in the decoder; audited without the
-    /// keys, saying whether it replaced a session.
-    async fn install_session(&self, message: Authenticated) {
-        let Authenticated { envelope: env, key, .. } = message;
-        let mut ask = Ask::central(&key, &env);
-        let checked = if env.command() != SET_SESSION {
-            Err(envelope::Refusal::new(
-                "wrong_topic",
-                format!(
-                    "a session message must carry command {SET_SESSION:?}; commands go to the command topic"
-                ),
-            ))
-        } else {
-            self.authorize(&env, &key)
-        };
-        if let Err(r) = checked {
-            self.record(ask.refusal(r.reason, r.message)).await;
-            return;
-        }
-        let mut fields = env.args().clone();
-        fields.insert("dev_eui".into(), serde_json::Value::String(env.target().to_string()));
-        let session =
-            match events::parse_session_push(serde_json::Value::Object(fields).to_string().as_bytes()) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.record(ask.refusal("bad_args", e)).await;
-                    return;
-                }
-            };
-        ask.args =
-            serde_json::json!({ "dev_addr": session.dev_addr.to_string(), "f_cnt_up": session.f_cnt_up });
-        let Some(decoder) = &self.inner.decoder else {
-            self.record(ask.refusal("no_decoder", "no [decode] on this gateway".into())).await;
-            return;
-        };
-        match decoder.push(session).await {
-            Ok(installed) => {
-                let message = match installed.replaced {
-                    Some(source) => format!(
-                        "session keys installed for {}, REPLACING its session from {}",
-                        installed.device,
-                        source.label()
-                    ),
-                    None => format!("session keys installed for {} (it had no session)", installed.device),
-                };
-                self.record(ask.entry(Outcome::Verified, None, message)).await;
-            }
-            Err(e) => {
-                self.record(ask.refusal("session_refused", e)).await;
-            }
-        }
     }
 
     /// A command typed by a field agent (local API); `uid` is the caller's, from the socket.
@@ -555,8 +314,8 @@ impl Actuation {
 
     /// Write the entry (secrets redacted) to the audit log, durably; count it, log it, and
     /// append it to the app journal before returning, so a command's events keep their order.
-    async fn record(&self, new: NewAuditEntry) -> AuditEntry {
-        let new = NewAuditEntry { args: audit::redact(&new.args), ..new };
+    async fn record(&self, new: AuditEntry) -> AuditEntry {
+        let new = AuditEntry { args: audit::redact(&new.args), ..new };
         let stored = tokio::task::block_in_place(|| match self.inner.audit.lock() {
             Ok(mut audit) => audit.append(new.clone()),
             Err(_) => Err(anyhow::anyhow!("audit log unavailable")),
@@ -566,7 +325,7 @@ impl Actuation {
             Err(e) => {
                 tracing::error!("audit log: entry NOT stored ({e:#}): {new:?}");
                 // Still reported upstream and to the caller, with seq 0 (never a stored one).
-                new.numbered(0)
+                AuditEntry { seq: 0, ..new }
             }
         };
         self.inner.recent.send_modify(|recent| {
@@ -654,32 +413,13 @@ pub fn now_utc() -> DateTime<Utc> {
     DateTime::<Utc>::from(std::time::SystemTime::now())
 }
 
-/// `reason` of a central command refused because the clock is not synchronized.
-const CLOCK_NOT_SYNCHRONIZED: &str = "clock_not_synchronized";
-/// `reason` of a central command refused because the clock state could not be read.
-const CLOCK_STATE_UNKNOWN: &str = "clock_state_unknown";
-
 /// How many of the latest attempts `recent` keeps.
 const RECENT: usize = 10;
 
-/// The `command` of a signed session message.
-pub const SET_SESSION: &str = "set_session";
-
 impl Ask {
-    /// An authenticated central message, as its envelope says, signed by `key`.
-    fn central(key: &AuthorizedKey, env: &CommandEnvelope) -> Ask {
-        Ask {
-            source: Source::Central,
-            actor: key.id.clone(),
-            command_id: Some(env.id().to_string()),
-            target: env.target().to_string(),
-            command: env.command().to_string(),
-            args: serde_json::Value::Object(env.args().clone()),
-        }
-    }
-
-    fn entry(&self, outcome: Outcome, reason: Option<String>, message: String) -> NewAuditEntry {
-        NewAuditEntry {
+    fn entry(&self, outcome: Outcome, reason: Option<String>, message: String) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
             at: now_utc(),
             source: self.source,
             actor: self.actor.clone(),
@@ -693,69 +433,7 @@ impl Ask {
         }
     }
 
-    fn refusal(&self, reason: &str, message: String) -> NewAuditEntry {
+    fn refusal(&self, reason: &str, message: String) -> AuditEntry {
         self.entry(Outcome::Refused, Some(reason.to_string()), message)
-    }
-}
-
-/// Whether two states differ in something worth telling at once: online, a
-/// switch, a mode, a fault (numbers drift all the time and wait for the interval).
-fn changed_discretely(a: &DeviceState, b: &DeviceState) -> bool {
-    if a.online != b.online {
-        return true;
-    }
-    b.points.iter().any(|(name, v)| match (a.points.get(name), v) {
-        (Some(PointValue::Number(_)), PointValue::Number(_)) => false,
-        (old, new) => old != Some(new),
-    })
-}
-
-/// Publish a device's state on change of anything discrete, and every `interval` anyway.
-async fn publish_states(
-    actuation: Actuation,
-    name: String,
-    mut state: tokio::sync::watch::Receiver<DeviceState>,
-    interval: Duration,
-) {
-    let mut last_sent: Option<DeviceState> = None;
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            changed = state.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let now = state.borrow_and_update().clone();
-                if last_sent.as_ref().is_some_and(|l| !changed_discretely(l, &now)) {
-                    continue;
-                }
-                actuation.publish_state(&name, &now).await;
-                last_sent = Some(now);
-            }
-            _ = tick.tick() => {
-                let now = state.borrow().clone();
-                actuation.publish_state(&name, &now).await;
-                last_sent = Some(now);
-            }
-        }
-    }
-}
-
-impl Actuation {
-    async fn publish_state(&self, name: &str, state: &DeviceState) {
-        let (Some(topics), Some(journal)) = (&self.inner.topics, &self.inner.app_journal) else { return };
-        let profile = self.inner.devices.get(name).map(|d| d.profile.clone()).unwrap_or_default();
-        let body = serde_json::json!({
-            "gateway_id": self.inner.gateway_id,
-            "device": name,
-            "profile": profile,
-            "at": berrygw_core::rfc3339_ms(std::time::SystemTime::now()),
-            "state": state,
-        });
-        let Ok(body) = serde_json::to_vec(&body) else { return };
-        let record = events::record(&topics.field_state(name), &body, unix_ms(std::time::SystemTime::now()));
-        if let Err(e) = journal.append(record).await {
-            warn!(device = name, "field state not stored in the app journal: {e}");
-        }
     }
 }
