@@ -1,8 +1,8 @@
 //! The resolved site: the configuration file and every file it names, loaded and
 //! checked once: the field profiles (every device's found), the rules (every command
-//! they send known to its device's profile) and the device registry. `check-config`
-//! and `run` resolve the same way, and start-up uses what was resolved as is: no file
-//! is parsed twice. Codecs are compiled where they run, on the decoder thread (a
+//! they send known to its device's profile), the command signing keys and the device
+//! registry. `check-config` and `run` resolve the same way, and start-up uses what was
+//! resolved as is: no file is parsed twice. Codecs are compiled where they run, on the decoder thread (a
 //! JavaScript context cannot move between threads); `check-config` compiles them once
 //! to check them ([`Site::compile_codecs`]). What a running gateway re-reads on reload
 //! (registry, codecs, rules, keys) is read again then, by the part that uses it.
@@ -14,6 +14,7 @@ use berrygw_modbus::ProfileSet;
 use tracing::info;
 
 use super::{load, LoadedConfig};
+use crate::actuation::keys::AuthorizedKeys;
 use crate::decode::engine::{codec_limits, Codecs};
 use crate::decode::registry::Registry;
 use crate::rules::RuleSet;
@@ -26,6 +27,8 @@ pub struct Site {
     pub profiles: Option<ProfileSet>,
     /// `[field] rules`.
     pub rules: Option<RuleSet>,
+    /// `[field] authorized_keys`: who may sign central commands.
+    pub keys: Option<AuthorizedKeys>,
     /// `[decode] devices`.
     pub registry: Option<Registry>,
 }
@@ -39,7 +42,7 @@ impl Site {
     /// Load and check the files a checked configuration names.
     pub fn resolve(loaded: LoadedConfig) -> Result<Site, ConfigError> {
         let c = &loaded.config;
-        let (mut profiles, mut rules) = (None, None);
+        let (mut profiles, mut rules, mut keys) = (None, None, None);
         if let Some(field) = &c.field {
             let set = field.profiles(loaded.file())?;
             if let Some(path) = &field.rules {
@@ -48,13 +51,16 @@ impl Site {
                 info!(rules = rule_set.rules().len(), path = %path.get_ref().display(), "rules loaded");
                 rules = Some(rule_set);
             }
+            if let Some(path) = &field.authorized_keys {
+                keys = Some(AuthorizedKeys::load(path.get_ref())?);
+            }
             profiles = Some(set);
         }
         let registry = match &c.decode {
             Some(d) => Some(Registry::load(d.devices.get_ref(), &d.codec_dirs)?),
             None => None,
         };
-        Ok(Site { loaded, profiles, rules, registry })
+        Ok(Site { loaded, profiles, rules, keys, registry })
     }
 
     /// Compile every codec the registry names, as the decoder will (`check-config`):

@@ -251,3 +251,20 @@ fn missing_sink_is_refused() {
     let err = parse_str(&text).expect_err("no sink");
     assert!(err.message.contains("no network server sink"), "{err}");
 }
+
+#[test]
+fn the_command_keys_are_loaded_when_the_site_is_resolved() {
+    // check-config and run refuse a keys file others may write alike (it used to pass
+    // check-config and stop only the daemon's start).
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = dir.path().join("authorized_keys");
+    write_mode(&keys, "", 0o666);
+    let app = "[sinks.app]\nserver = \"mqtt://127.0.0.1:1884\"\n";
+    let text = format!("{}\n{app}", with_field(DAM, &format!("authorized_keys = \"{}\"", keys.display())));
+    parse_str(&text).expect("the file itself is valid");
+    let err = resolve_str(&text).expect_err("keys writable by others");
+    assert_eq!(err.file, keys, "{err}");
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let site = resolve_str(&text).expect("an empty keys file is valid");
+    assert!(site.keys.is_some());
+}

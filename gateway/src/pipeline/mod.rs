@@ -164,7 +164,7 @@ impl Gateway {
                 topics: app_topics.clone(),
                 state_dir: c.gateway.state_dir.clone(),
                 state_interval: Duration::from_secs(field.state_interval_secs),
-                keys: field.authorized_keys.as_ref().map(|k| k.get_ref().clone()),
+                keys: field.authorized_keys.as_ref().map(|k| k.get_ref().clone()).zip(site.keys.clone()),
                 require_clock_sync: field.require_clock_sync,
                 audit_max_bytes: field.audit_max_bytes,
                 decoder: decoder_handle.clone(),

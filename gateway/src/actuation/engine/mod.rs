@@ -70,8 +70,9 @@ pub struct ActuationSettings {
     /// `replay.sqlite` and `audit.sqlite` go here.
     pub state_dir: PathBuf,
     pub state_interval: Duration,
-    /// `authorized_keys`; `None`: central commands are not accepted.
-    pub keys: Option<PathBuf>,
+    /// `authorized_keys`: its path (read again on reload) and the keys loaded from it;
+    /// `None`: central commands are not accepted.
+    pub keys: Option<(PathBuf, AuthorizedKeys)>,
     /// Refuse central commands while the clock is not synchronized.
     pub require_clock_sync: bool,
     /// Bound on the audit log's entries, in bytes.
@@ -147,7 +148,7 @@ struct Ask {
 }
 
 impl Actuation {
-    /// Open the replay window and audit log, load the keys, and start publishing
+    /// Open the replay window and audit log, and start publishing
     /// each device's state and, with keys, dispatching central messages. The devices
     /// are already polling.
     pub fn start(
@@ -155,17 +156,14 @@ impl Actuation {
         settings: ActuationSettings,
         app_journal: Option<Journal>,
     ) -> anyhow::Result<(Actuation, Vec<JoinHandle<()>>)> {
-        let keys = match &settings.keys {
-            Some(path) => Some(AuthorizedKeys::load(path)?),
-            None => None,
-        };
         let replay =
             tokio::task::block_in_place(|| ReplayWindow::open(&settings.state_dir.join("replay.sqlite")))?;
         let audit = tokio::task::block_in_place(|| {
             AuditLog::open(&settings.state_dir.join("audit.sqlite"), settings.audit_max_bytes)
         })?;
         let (recent, _) = tokio::sync::watch::channel(audit.list(RECENT, None)?);
-        let (queue, queued) = match settings.keys {
+        let (keys_path, keys) = settings.keys.unzip();
+        let (queue, queued) = match keys {
             Some(_) => {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 (Some(tx), Some(rx))
@@ -176,7 +174,7 @@ impl Actuation {
             gateway_id: settings.gateway_id,
             require_clock_sync: settings.require_clock_sync,
             devices,
-            keys_path: settings.keys,
+            keys_path,
             keys: RwLock::new(keys),
             replay: Mutex::new(replay),
             audit: Mutex::new(audit),
