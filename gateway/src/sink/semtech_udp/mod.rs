@@ -13,7 +13,7 @@
 //! The wire format is `berrygw_lora::gwmp::codec`, shared with the GWMP ingest.
 
 mod config;
-mod link;
+mod socket;
 #[cfg(test)]
 mod tests;
 mod translate;
@@ -40,7 +40,7 @@ use crate::sink::reconnect::{Backoff, Failure, Reconnect, Sink, Stopped};
 use crate::sink::{SinkCounters, SinkRadioIo};
 
 pub use config::{LnsAddress, SemtechUdpSettings, SemtechUdpSinkConfig};
-use link::Link;
+use socket::ServerSocket;
 use translate::pack;
 pub use translate::{wire_object, WireObject};
 use window::PushWindow;
@@ -153,8 +153,15 @@ async fn session(
     socket.connect(addr).await.with_context(|| format!("addressing {addr}"))?;
     info!(server = %s.server, %addr, "semtech udp sink: sending to the network server");
 
-    let mut link =
-        Link { socket, s, counters, journal, heard: false, last_heard: Instant::now(), pull_token: None };
+    let mut link = ServerSocket {
+        socket,
+        s,
+        counters,
+        journal,
+        heard: false,
+        last_heard: Instant::now(),
+        pull_token: None,
+    };
     let mut window = PushWindow::default();
     let mut reader = ReadAhead::new(journal, carry.acked);
     let mut pacer = Pacer::new(s.pace, chirpstack::uplink_sender);

@@ -19,7 +19,7 @@ use crate::journal::{Journal, Seq};
 use crate::sink::{SinkCounters, SinkRadioIo};
 
 /// The socket to the server and what we know about the server's liveness.
-pub(super) struct Link<'a> {
+pub(super) struct ServerSocket<'a> {
     pub(super) socket: UdpSocket,
     pub(super) s: &'a SemtechUdpSettings,
     pub(super) counters: &'a SinkCounters,
@@ -30,7 +30,7 @@ pub(super) struct Link<'a> {
     pub(super) pull_token: Option<u16>,
 }
 
-impl Link<'_> {
+impl ServerSocket<'_> {
     pub(super) fn heard_from_server(&mut self) {
         self.last_heard = Instant::now();
         if !self.heard {
