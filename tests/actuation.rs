@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berrygw::actuation::engine::now_utc;
-use berrygw::actuation::envelope::UnsignedCommand;
 use berrygw_modbus::sim::{LightingCabinetSim, NeedleDamSim, Selector};
+use berrygw_proto::envelope::UnsignedCommand;
 use chrono::Utc;
 use ed25519_dalek::SigningKey;
 use support::*;

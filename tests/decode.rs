@@ -362,7 +362,7 @@ fn unsigned_session_keys_are_refused_even_from_a_peer_with_a_certificate_of_the_
 
 #[test]
 fn session_keys_in_a_signed_envelope_are_checked_and_installed() {
-    use berrygw::actuation::envelope::UnsignedCommand;
+    use berrygw_proto::envelope::UnsignedCommand;
     let dir = tempfile::tempdir().expect("tmp");
     let broker = Mosquitto::start(dir.path(), None);
     let app = Subscriber::connect(broker.port, "#", None);

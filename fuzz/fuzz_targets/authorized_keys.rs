@@ -8,5 +8,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(text) = std::str::from_utf8(bytes) else { return };
-    let _ = berrygw::actuation::keys::AuthorizedKeys::parse(Path::new("authorized_keys"), text);
+    let _ = berrygw_proto::keys::AuthorizedKeys::parse(Path::new("authorized_keys"), text);
 });

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use berrygw::actuation::envelope::{check, CommandEnvelope};
-use berrygw::actuation::keys::AuthorizedKeys;
+use berrygw_proto::envelope::{check, CommandEnvelope};
+use berrygw_proto::keys::AuthorizedKeys;
 use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
 

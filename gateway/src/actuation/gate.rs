@@ -20,9 +20,9 @@ use berrygw_core::LogLimiter;
 
 /// Refusal reasons counted at the door (the `reason` label), in a fixed order.
 pub const REASONS: [&str; 4] = [
-    super::envelope::reason::MALFORMED,
-    super::envelope::reason::UNKNOWN_KEY,
-    super::envelope::reason::BAD_SIGNATURE,
+    berrygw_proto::envelope::reason::MALFORMED,
+    berrygw_proto::envelope::reason::UNKNOWN_KEY,
+    berrygw_proto::envelope::reason::BAD_SIGNATURE,
     DUPLICATE,
 ];
 

@@ -34,8 +34,8 @@ use anyhow::Context;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::envelope::{reason, Refusal, MAX_VALIDITY};
 use crate::state_db::{open_or_move_aside, open_sqlite};
+use berrygw_proto::envelope::{reason, Refusal, MAX_VALIDITY};
 
 /// How long after its `not_after` an id is still remembered.
 pub const PRUNE_GRACE: Duration = Duration::hours(24);

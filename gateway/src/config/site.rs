@@ -14,10 +14,10 @@ use berrygw_modbus::ProfileSet;
 use tracing::info;
 
 use super::{load, LoadedConfig};
-use crate::actuation::keys::AuthorizedKeys;
 use crate::decode::engine::{codec_limits, Codecs};
 use crate::decode::registry::Registry;
 use crate::rules::RuleSet;
+use berrygw_proto::keys::AuthorizedKeys;
 
 /// A configuration with the files it names, loaded and checked.
 #[derive(Debug)]

@@ -12,13 +12,13 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{error, warn};
 
 use super::super::audit::{Outcome, Source};
-use super::super::envelope::{self, CommandEnvelope};
 use super::super::gate::{self, Arrival};
-use super::super::keys::{AuthorizedKey, AuthorizedKeys};
 use super::super::replay::{Admission, REPLAY_WINDOW_FAILED};
 use super::{now_utc, Actuation, Ask, QUEUE, RUNNING};
 use crate::clock::ClockSync;
 use crate::events;
+use berrygw_proto::envelope::{self, CommandEnvelope};
+use berrygw_proto::keys::{AuthorizedKey, AuthorizedKeys};
 
 /// The `command` of a signed session message.
 pub const SET_SESSION: &str = "set_session";

@@ -43,11 +43,11 @@ use tracing::{info, warn};
 use super::audit::{self, AuditEntry, AuditLog, Outcome, Source};
 use super::field::FieldDevice;
 use super::gate::{self, DoorState};
-use super::keys::AuthorizedKeys;
 use super::replay::ReplayWindow;
 use crate::decode::Decoder;
 use crate::events::{self, AppTopics};
 use crate::journal::Journal;
+use berrygw_proto::keys::AuthorizedKeys;
 
 mod central;
 mod state;

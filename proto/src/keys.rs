@@ -23,7 +23,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::MAX_NAME_BYTES;
+use crate::MAX_NAME_BYTES;
 
 /// Every authorized key, checked.
 #[derive(Clone, Debug)]

@@ -7,8 +7,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use ed25519_dalek::Signature;
 
-use super::super::keys::{AuthorizedKey, AuthorizedKeys};
 use super::{reason, CommandEnvelope, Refusal, MAX_CLOCK_SKEW, MAX_VALIDITY};
+use crate::keys::{AuthorizedKey, AuthorizedKeys};
 
 /// Decide whether `envelope` may go on to the engine: [`authenticate`], then [`authorize`].
 /// Returns the key that signed it. Replays are checked afterwards by `ReplayWindow::admit`.

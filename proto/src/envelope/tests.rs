@@ -11,9 +11,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::super::keys::AuthorizedKeys;
 use super::canonical::write_float;
 use super::*;
+use crate::keys::AuthorizedKeys;
 
 const GATEWAY: &str = "b827ebfffe000001";
 

@@ -13,8 +13,8 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 
-use super::super::MAX_NAME_BYTES;
 use super::{CommandEnvelope, Refusal, MAX_ENVELOPE_BYTES};
+use crate::MAX_NAME_BYTES;
 
 /// The envelope as it is on the wire; `args` goes through `StrictValue` to refuse duplicate keys.
 #[derive(Deserialize)]
