@@ -7,6 +7,7 @@
 
 pub mod envelope;
 pub mod keys;
+pub mod sealed;
 pub mod topics;
 
 /// Longest `id`, `key_id`, `gateway_id`, `target` or `command` of a command, in bytes.
