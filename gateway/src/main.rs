@@ -88,6 +88,8 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// This gateway's identity key: `init` makes it (never replaces it), `show` prints it.
+    Identity(berrygw::cli::identity::IdentityArgs),
     /// Decode a payload with a codec, or a whole frame with a registered device's keys.
     Decode(berrygw::cli::decode::DecodeArgs),
     /// Run the whole pipeline with a simulated radio and an embedded broker; nothing to install.
@@ -180,6 +182,7 @@ fn main() -> ExitCode {
         Command::Actuate { target, command, args, api } => commands::actuate(&target, &command, &args, api),
         Command::Points { target, json, api } => commands::points(&target, json, api),
         Command::Audit { limit, json, api } => commands::audit(limit, json, api),
+        Command::Identity(args) => berrygw::cli::identity::run(args),
         Command::Decode(args) => {
             init_logging("warn");
             report(berrygw::cli::decode::run(args))

@@ -28,6 +28,11 @@ impl AppTopics {
         format!("{}/state", self.base)
     }
 
+    /// `…/identity` (retained): the gateway's public key (`crate::identity`).
+    pub fn identity(&self) -> String {
+        format!("{}/identity", self.base)
+    }
+
     /// `…/session/set`: OTAA session keys pushed by the central side.
     pub fn session_set(&self) -> String {
         format!("{}/session/set", self.base)

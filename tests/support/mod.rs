@@ -279,12 +279,12 @@ pub fn tls_broker(dir: &Path, certs: &Certs, require_client_cert: bool) -> Mosqu
 
 /// rumqttc TLS settings for the test subscriber, with or without the client certificate.
 pub fn client_tls(certs: &Certs, with_cert: bool) -> TlsConfiguration {
-    let files = berrygw::sink::tls::TlsFiles {
+    let files = berrygw_proto::tls::TlsFiles {
         ca_file: Some(&certs.ca),
         client_cert_file: with_cert.then_some(certs.client_cert.as_path()),
         client_key_file: with_cert.then_some(certs.client_key.as_path()),
     };
-    TlsConfiguration::Rustls(berrygw::sink::tls::client_config(&files).expect("test TLS config"))
+    TlsConfiguration::Rustls(berrygw_proto::tls::client_config(&files).expect("test TLS config"))
 }
 
 /// The real berrygw binary running `run --config`.

@@ -1,7 +1,9 @@
-//! Command-line tools of the `berrygw` binary: `decode` works in-process; `api`
-//! asks the running daemon over its local API socket (`status`, `reload`,
-//! `actuate`, `points`, `audit`). They sit above everything else: they load the configuration and use the modules it
-//! configures, and nothing imports them but `main.rs`.
+//! Command-line tools of the `berrygw` binary: `decode` and `identity` work
+//! in-process; `api` asks the running daemon over its local API socket (`status`,
+//! `reload`, `actuate`, `points`, `audit`). They sit above everything else: they
+//! load the configuration and use the modules it configures, and nothing imports
+//! them but `main.rs`.
 
 pub mod api;
 pub mod decode;
+pub mod identity;

@@ -82,6 +82,15 @@ impl Gateway {
             .context("sequence open task")?
             .context("opening the uplink sequence counter")?;
         let filter = UplinkFilter::new(c.filters.clone());
+        let state_dir = c.gateway.state_dir.clone();
+        let (identity, made) =
+            tokio::task::spawn_blocking(move || crate::identity::load_or_create(&state_dir))
+                .await
+                .context("identity task")?
+                .context("this gateway's identity key")?;
+        if made {
+            info!(public_key = %identity.recipient(), "identity key made (it was not made at install)");
+        }
 
         // Files and settings first: none of this starts anything.
         let chirpstack_settings = match &c.sinks.chirpstack {
@@ -225,11 +234,13 @@ impl Gateway {
         {
             let accept_commands = actuation_handle.as_ref().is_some_and(Actuation::accepts_central);
             let accept_sessions = actuation_handle.as_ref().is_some_and(Actuation::accepts_sessions);
-            if let Protocol::App { accept_sessions: sessions, accept_commands: commands, .. } =
-                &mut settings.protocol
+            if let Protocol::App {
+                accept_sessions: sessions, accept_commands: commands, identity: key, ..
+            } = &mut settings.protocol
             {
                 *sessions = accept_sessions;
                 *commands = accept_commands;
+                *key = Some(identity.recipient());
             }
             let sink_counters = Arc::new(SinkCounters::default());
             // Signed commands and session keys go through the actuation engine's door.

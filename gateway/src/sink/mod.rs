@@ -6,8 +6,8 @@
 //! and its tests. `chirpstack` is the ChirpStack protocol the MQTT sink speaks
 //! (topics and messages; the app sink's is `crate::events`). What every sink
 //! shares: `read_ahead` the journal window, `reconnect` the reconnect loop and
-//! its backoff, `pace` the per-device pacing of a replayed backlog, `tls` the
-//! certificate handling of MQTT sinks.
+//! its backoff, `pace` the per-device pacing of a replayed backlog (TLS and the
+//! broker URL are `berrygw_proto`'s: the central tool connects the same way).
 
 pub mod chirpstack;
 pub mod mqtt;
@@ -15,7 +15,6 @@ pub mod pace;
 pub mod read_ahead;
 pub mod reconnect;
 pub mod semtech_udp;
-pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 

@@ -42,6 +42,9 @@ use crate::sink::read_ahead::{set_aside, BadRecord, ReadAhead};
 use crate::sink::reconnect::{Backoff, Failure, Reconnect, Sink, Stopped};
 use crate::sink::{SinkCounters, SinkRadioIo};
 
+use berrygw_proto::identity::Announcement;
+use berrygw_proto::sealed::Recipient;
+
 pub use config::{BrokerUrl, MqttSinkConfig, MqttSinkKind, MqttSinkSettings};
 use window::{Acked, PubackWindow};
 
@@ -50,8 +53,9 @@ pub enum Protocol {
     /// ChirpStack v4 gateway topics; records are `gw` messages; downlinks come back.
     Chirpstack { topics: Topics, format: PayloadFormat },
     /// The data platform; records carry their topic and JSON; signed session keys and
-    /// signed commands may come back.
-    App { topics: AppTopics, accept_sessions: bool, accept_commands: bool },
+    /// signed commands may come back. `identity`: this gateway's public key, announced
+    /// (retained) at every connection.
+    App { topics: AppTopics, accept_sessions: bool, accept_commands: bool, identity: Option<Recipient> },
 }
 
 impl Protocol {
@@ -69,10 +73,21 @@ impl Protocol {
         }
     }
 
+    /// Retained messages published at every connection besides the state: the
+    /// identity announcement of the app sink.
+    fn announcements(&self, gateway_id: &str) -> Vec<(String, Vec<u8>)> {
+        match self {
+            Protocol::App { topics, identity: Some(key), .. } => {
+                vec![(topics.identity(), Announcement::new(gateway_id, key).to_json())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     fn subscriptions(&self) -> Vec<String> {
         match self {
             Protocol::Chirpstack { topics, .. } => vec![topics.command_down()],
-            Protocol::App { topics, accept_sessions, accept_commands } => {
+            Protocol::App { topics, accept_sessions, accept_commands, .. } => {
                 let mut subs = Vec::new();
                 if *accept_sessions {
                     subs.push(topics.session_set());
@@ -223,6 +238,10 @@ async fn session(
         )
         .context("queueing the state message")?;
     flight.record_published(None);
+    for (topic, payload) in s.protocol.announcements(&s.gateway_id) {
+        client.try_publish(topic, QoS::AtLeastOnce, true, payload).context("queueing an announcement")?;
+        flight.record_published(None);
+    }
     for topic in s.protocol.subscriptions() {
         client.try_subscribe(topic, QoS::AtLeastOnce).context("queueing subscribe")?;
     }

@@ -1,4 +1,5 @@
-//! TLS client settings for MQTT sinks: the server is verified against a
+//! TLS client settings for MQTT connections (the gateway's sinks, the central tool):
+//! the server is verified against a
 //! configured CA bundle or the system roots, and a client certificate is
 //! presented when configured (mutual TLS). rustls with the ring provider only:
 //! no OpenSSL, no aws-lc (which needs cmake and breaks armv7 builds).
