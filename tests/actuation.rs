@@ -245,6 +245,58 @@ fn signed_command_is_executed_read_back_verified_and_reported() {
     });
 }
 
+/// `berryctl command` at the centre: signs, publishes through the broker, waits for the
+/// gateway's outcome; its exit code says verified (0), refused (1) or no answer (2).
+#[test]
+fn berryctl_command_signs_publishes_and_reports_the_outcome_with_its_exit_code() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = start_site();
+    let key = site.dir.path().join("central.key");
+    std::fs::write(&key, format!("{}\n", b64(&central_key().to_bytes()))).expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let url = site.broker.url(false);
+    let berryctl = |key_id: &str, target: &str, command: &str, args: &[&str], wait: &str| {
+        let out = berryctl_command()
+            .args(["command", "--json", "--broker", &url, "--key"])
+            .arg(&key)
+            .args(["--key-id", key_id, "--gateway", GW, "--wait", wait, target, command])
+            .args(args)
+            .output()
+            .expect("berryctl");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code(), json, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    let (code, outcome, err) =
+        berryctl("central-2026", "barrage-cher-1", "move_bay2", &["position=40"], "60");
+    assert_eq!(code, Some(0), "{outcome} {err}");
+    assert_eq!(outcome["outcome"], "verified", "{outcome}");
+    assert_eq!(outcome["actor"], "central-2026");
+    assert_eq!(site.dam.bay_position(2).map(|p| (p - 40.0).abs() < 1.0), Some(true));
+
+    // Out of the key's scope: refused by the gateway, audited, exit 1 with the reason.
+    let (code, outcome, err) = berryctl("central-2026", "armoire-ep-rue-haute", "switch_on", &[], "60");
+    assert_eq!(code, Some(1), "{outcome} {err}");
+    assert_eq!(outcome["outcome"], "refused", "{outcome}");
+    assert!(outcome["reason"].is_string(), "{outcome}");
+
+    // A key the gateway does not know: dropped unanswered (only counted), exit 2.
+    let (code, outcome, err) = berryctl("nobody", "barrage-cher-1", "move_bay2", &["position=50"], "3");
+    assert_eq!(code, Some(2), "{outcome} {err}");
+    assert!(outcome["outcome"].is_null() && err.contains("authorized_keys"), "{outcome} {err}");
+    wait_for(Duration::from_secs(20), "the unknown key counted", || {
+        (site.unauthenticated("unknown_key") >= 1).then_some(())
+    });
+
+    // Bad arguments and a key others may read: exit 3, nothing published.
+    let (code, _, err) = berryctl("central-2026", "barrage-cher-1", "move_bay2", &["position"], "3");
+    assert_eq!(code, Some(3), "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, _, err) = berryctl("central-2026", "barrage-cher-1", "move_bay2", &["position=50"], "3");
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
 #[test]
 fn every_refusal_reason_is_reported_and_nothing_moves() {
     let site = start_site();

@@ -56,6 +56,7 @@ fn a_gateway_announces_the_identity_key_it_was_installed_with() {
     gw.stop();
     gw.restart();
     gw.wait_log(Duration::from_secs(60), "app sink: connected");
-    let show = berrygw_command().args(["identity", "show", "--config"]).arg(&gw.config).output().expect("show");
+    let show =
+        berrygw_command().args(["identity", "show", "--config"]).arg(&gw.config).output().expect("show");
     assert_eq!(String::from_utf8_lossy(&show.stdout).trim(), installed);
 }

@@ -1,6 +1,6 @@
 //! A command attempt and what became of it, as a gateway records it in its audit log
-//! and publishes it on `<prefix>/<gateway_id>/event/command` (the same JSON); the
-//! central tool reads it to learn a command's outcome.
+//! ([`AuditEntry`]) and publishes it on `<prefix>/<gateway_id>/event/command`
+//! ([`CommandEvent`]); the central tool reads it to learn a command's outcome.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -107,4 +107,13 @@ mod rfc3339_millis {
             .map(|t| t.with_timezone(&Utc))
             .map_err(|e| serde::de::Error::custom(format!("`at` {text:?}: {e}")))
     }
+}
+
+/// The result event on `<prefix>/<gateway_id>/event/command`: an audit entry and the
+/// gateway it comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandEvent {
+    pub gateway_id: String,
+    pub audit: AuditEntry,
 }

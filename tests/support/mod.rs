@@ -316,6 +316,32 @@ pub fn berrygw_command() -> Command {
     }
 }
 
+/// The central tool, built beside `berrygw` by `cargo test --workspace` (the `berryctl`
+/// package's own tests make cargo build its binary).
+pub fn berryctl_bin() -> PathBuf {
+    let bin = Path::new(berrygw_bin()).with_file_name("berryctl");
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo build -p berryctl` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A command running `berryctl` (through the qemu runner under `scripts/cross-test`).
+pub fn berryctl_command() -> Command {
+    let runner = std::env::var("BERRYGW_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(berryctl_bin());
+            c
+        }
+        None => Command::new(berryctl_bin()),
+    }
+}
+
 impl Berrygw {
     /// Write `config_text` to `dir/berrygw.toml` and start the daemon on it.
     pub fn start(dir: &Path, config_text: &str) -> Berrygw {

@@ -68,26 +68,6 @@ pub fn reload(socket: Option<PathBuf>, config: &Path) -> ExitCode {
     }
 }
 
-/// `name=value` pairs (or one JSON object) as a JSON object of arguments.
-fn parse_args(args: &[String]) -> Result<serde_json::Value, String> {
-    if let [one] = args {
-        if one.trim_start().starts_with('{') {
-            return serde_json::from_str(one).map_err(|e| format!("arguments are not a JSON object: {e}"));
-        }
-    }
-    let mut map = serde_json::Map::new();
-    for a in args {
-        let (k, v) = a.split_once('=').ok_or_else(|| format!("argument {a:?}: write name=value"))?;
-        // 60 and true are numbers and booleans; anything else is a string (an enumeration label).
-        let value = serde_json::from_str::<serde_json::Value>(v)
-            .ok()
-            .filter(|v| v.is_number() || v.is_boolean())
-            .unwrap_or_else(|| serde_json::Value::String(v.to_string()));
-        map.insert(k.to_string(), value);
-    }
-    Ok(serde_json::Value::Object(map))
-}
-
 /// The body of a 200 answer from the local API; otherwise the exit code, said why
 /// (1: the daemon answered with an error, 3: no daemon).
 fn api_call(api: ApiArgs, method: &str, path: &str, body: Option<&str>) -> Result<String, ExitCode> {
@@ -107,7 +87,7 @@ fn api_call(api: ApiArgs, method: &str, path: &str, body: Option<&str>) -> Resul
 
 /// `berrygw actuate`: 0 verified, 1 refused or failed, 2 bad arguments, 3 no daemon.
 pub fn actuate(target: &str, command: &str, args: &[String], api: ApiArgs) -> ExitCode {
-    let args = match parse_args(args) {
+    let args = match berrygw_proto::envelope::args_from_words(args) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");

@@ -63,7 +63,7 @@ mod sign;
 mod tests;
 
 pub use check::{authenticate, authorize, check};
-pub use sign::UnsignedCommand;
+pub use sign::{args_from_words, UnsignedCommand};
 
 /// Largest envelope accepted, in bytes.
 pub const MAX_ENVELOPE_BYTES: usize = 8 * 1024;

@@ -46,3 +46,25 @@ impl UnsignedCommand {
         Ok(envelope)
     }
 }
+
+/// A command's arguments as people type them (`berrygw actuate`, `berryctl command`):
+/// `name=value` words, numbers and `true`/`false` as such, anything else a string (an
+/// enumeration label); or one JSON object.
+pub fn args_from_words(args: &[String]) -> Result<serde_json::Value, String> {
+    if let [one] = args {
+        if one.trim_start().starts_with('{') {
+            return serde_json::from_str(one).map_err(|e| format!("arguments are not a JSON object: {e}"));
+        }
+    }
+    let mut map = serde_json::Map::new();
+    for a in args {
+        let (k, v) = a.split_once('=').ok_or_else(|| format!("argument {a:?}: write name=value"))?;
+        // 60 and true are numbers and booleans; anything else is a string (an enumeration label).
+        let value = serde_json::from_str::<serde_json::Value>(v)
+            .ok()
+            .filter(|v| v.is_number() || v.is_boolean())
+            .unwrap_or_else(|| serde_json::Value::String(v.to_string()));
+        map.insert(k.to_string(), value);
+    }
+    Ok(serde_json::Value::Object(map))
+}

@@ -47,6 +47,7 @@ use super::replay::ReplayWindow;
 use crate::decode::Decoder;
 use crate::events::{self, AppTopics};
 use crate::journal::Journal;
+use berrygw_proto::audit::CommandEvent;
 use berrygw_proto::keys::AuthorizedKeys;
 
 mod central;
@@ -359,10 +360,8 @@ impl Actuation {
             ),
         }
         if let (Some(topics), Some(journal)) = (&self.inner.topics, &self.inner.app_journal) {
-            if let Ok(body) = serde_json::to_vec(&serde_json::json!({
-                "gateway_id": self.inner.gateway_id,
-                "audit": entry,
-            })) {
+            let event = CommandEvent { gateway_id: self.inner.gateway_id.clone(), audit: entry.clone() };
+            if let Ok(body) = serde_json::to_vec(&event) {
                 let record =
                     events::record(&topics.event("command"), &body, unix_ms(std::time::SystemTime::now()));
                 if let Err(e) = journal.append(record).await {

@@ -1,0 +1,161 @@
+//! `berryctl command`: a command signed for one gateway's field device, published on
+//! the gateway's `command` topic, and its outcomes read back from its `event/command`
+//! (subscribed before publishing, so none is missed). `executed` is progress; `verified`,
+//! `refused` or `failed` ends it. A command the gateway cannot authenticate (a key it
+//! does not know, a bad signature) gets no answer at all, by design: it is only counted
+//! there (`berrygw_commands_unauthenticated_total`), so that unsigned traffic cannot
+//! fill its audit log; that shows here as no answer.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berrygw_proto::audit::{AuditEntry, CommandEvent, Outcome};
+use berrygw_proto::envelope::{args_from_words, UnsignedCommand};
+use chrono::Utc;
+use rumqttc::{Event, Packet, QoS};
+
+use crate::broker::BrokerArgs;
+use crate::keygen::read_private;
+use crate::Exit;
+
+#[derive(clap::Args)]
+pub struct CommandArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// The signing key (`berryctl keygen --out`).
+    #[arg(long)]
+    key: PathBuf,
+    /// The key's id in the gateway's authorized_keys.
+    #[arg(long)]
+    key_id: String,
+    /// The gateway's id (its EUI, as in its `[gateway] id`).
+    #[arg(long)]
+    gateway: String,
+    /// Field device name (`barrage-cher-1`).
+    target: String,
+    /// Profile command (`move_bay`).
+    command: String,
+    /// Arguments, `name=value` (numbers and true/false as such), or one JSON object.
+    args: Vec<String>,
+    /// Seconds the command stays valid; after that the gateway refuses it (at most a day).
+    #[arg(long, default_value_t = 300)]
+    ttl: u64,
+    /// Seconds to wait for the outcome.
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
+    /// Print the final outcome as JSON (the gateway's audit entry), or `{"outcome": null, ...}`.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: CommandArgs) -> Exit {
+    let key = match read_private(&a.key) {
+        Ok(k) => k,
+        Err(e) => return usage(&e),
+    };
+    let args = match args_from_words(&a.args) {
+        Ok(v) => v,
+        Err(e) => return usage(&e),
+    };
+    let now = Utc::now();
+    let id = format!("c-{}-{:08x}", now.format("%Y%m%dT%H%M%S"), rand::random::<u32>());
+    let unsigned = UnsignedCommand {
+        id: id.clone(),
+        key_id: a.key_id.clone(),
+        gateway_id: a.gateway.clone(),
+        target: a.target.clone(),
+        command: a.command.clone(),
+        args,
+        not_after: now + chrono::Duration::seconds(a.ttl.min(86_400) as i64),
+        issued_at: Some(now),
+    };
+    let envelope = match unsigned.sign(&key) {
+        Ok(e) => e,
+        Err(r) => return usage(&r.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return usage(&format!("runtime: {e}")),
+    };
+    let wait = Duration::from_secs(a.wait);
+    match runtime.block_on(publish_and_wait(&a, &id, envelope.to_json(), wait)) {
+        Ok(Some(entry)) => {
+            let exit = if entry.outcome == Outcome::Verified { Exit::Done } else { Exit::Refused };
+            if a.json {
+                println!("{}", serde_json::to_string(&entry).unwrap_or_default());
+            } else {
+                let reason = entry.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+                println!("{}{reason}: {}", entry.outcome.as_str(), entry.message);
+            }
+            exit
+        }
+        Ok(None) => {
+            let why = format!(
+                "no outcome from gateway {} within {} s for command {id} (is it online? a command it cannot \
+                 authenticate, from a key missing in its authorized_keys, is dropped without an answer)",
+                a.gateway, a.wait
+            );
+            no_answer(&a, &id, &why)
+        }
+        Err(e) => no_answer(&a, &id, &format!("{e:#}")),
+    }
+}
+
+/// Publish the envelope, then read `event/command` until its final outcome or `wait`.
+async fn publish_and_wait(
+    a: &CommandArgs,
+    id: &str,
+    envelope: String,
+    wait: Duration,
+) -> anyhow::Result<Option<AuditEntry>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let (client, mut eventloop) = a.broker.connect(wait).await?;
+    let topics = a.broker.topics(&a.gateway);
+    let events = topics.event("command");
+    client.subscribe(&events, QoS::AtLeastOnce).await?;
+    let mut published = false;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(event) => event?,
+            Err(_) => return Ok(None),
+        };
+        match event {
+            Event::Incoming(Packet::SubAck(_)) if !published => {
+                client
+                    .publish(topics.command(), QoS::AtLeastOnce, false, envelope.clone().into_bytes())
+                    .await?;
+                published = true;
+            }
+            Event::Incoming(Packet::Publish(p)) if p.topic == events => {
+                let Ok(CommandEvent { audit: entry, .. }) = serde_json::from_slice(&p.payload) else {
+                    continue;
+                };
+                if entry.command_id.as_deref() != Some(id) {
+                    continue;
+                }
+                if entry.outcome == Outcome::Executed {
+                    if !a.json {
+                        eprintln!("executed: {}", entry.message);
+                    }
+                    continue;
+                }
+                let _ = client.disconnect().await;
+                return Ok(Some(entry));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn usage(message: &str) -> Exit {
+    eprintln!("error: {message}");
+    Exit::Usage
+}
+
+fn no_answer(a: &CommandArgs, id: &str, why: &str) -> Exit {
+    if a.json {
+        println!("{}", serde_json::json!({ "command_id": id, "outcome": null, "message": why }));
+    }
+    eprintln!("error: {why}");
+    Exit::NoAnswer
+}

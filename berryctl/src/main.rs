@@ -1,0 +1,76 @@
+//! `berryctl`: the operator's tool at the centre of a berrygw network (never needed on a
+//! gateway). It reaches the gateways only through the network's MQTT broker, like the
+//! rest of the platform.
+//!
+//! - `keygen`: an Ed25519 signing key (0600) and the `authorized_keys` entry that lets
+//!   gateways accept it, with its scope.
+//! - `command`: a command signed for one gateway and field device, published, and its
+//!   outcome awaited on the gateway's `event/command`.
+//!
+//! Exit codes scripts may rely on: 0 done (`command`: verified), 1 the gateway refused
+//! or the command failed, 2 no answer in time (or the broker could not be reached),
+//! 3 bad arguments or local files. `--json` prints one JSON object on stdout.
+
+mod broker;
+mod command;
+mod keygen;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "berryctl",
+    version,
+    about = "Run a berrygw network from the centre, through its MQTT broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make an Ed25519 signing key and print its authorized_keys entry.
+    Keygen(keygen::KeygenArgs),
+    /// Sign a command for a gateway's field device, publish it, wait for its outcome
+    /// (exit 0 verified, 1 refused or failed, 2 no answer).
+    Command(Box<command::CommandArgs>),
+}
+
+/// What a command-line run ends with.
+pub enum Exit {
+    Done,
+    Refused,
+    NoAnswer,
+    Usage,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(match e {
+            Exit::Done => 0,
+            Exit::Refused => 1,
+            Exit::NoAnswer => 2,
+            Exit::Usage => 3,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            // --help and --version are not errors; a bad argument is exit 3, never 2
+            // (which says "no answer").
+            return if usage { Exit::Usage.into() } else { Exit::Done.into() };
+        }
+    };
+    match cli.command {
+        Command::Keygen(args) => keygen::run(args).into(),
+        Command::Command(args) => command::run(*args).into(),
+    }
+}

@@ -1,0 +1,93 @@
+//! `berryctl` as a script sees it, without a broker: the keys it makes (0600, never over
+//! another file, an entry the gateways' own parser accepts) and the exit code of a
+//! command that cannot be sent (3: bad arguments or local files; never 2, which means
+//! "no answer"). The round trip through a broker and a gateway is in the workspace's
+//! tests/actuation.rs (`berryctl_command_…`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+fn berryctl() -> Command {
+    let runner = std::env::var("BERRYGW_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_berryctl"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_berryctl")),
+    }
+}
+
+#[test]
+fn keygen_writes_a_private_key_once_and_an_entry_gateways_accept() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = dir.path().join("central.key");
+    let out = berryctl()
+        .args([
+            "keygen",
+            "--json",
+            "--id",
+            "central-2027",
+            "--targets",
+            "barrage-*",
+            "--commands",
+            "move_bay*,stop_bay*",
+            "--out",
+        ])
+        .arg(&key)
+        .output()
+        .expect("berryctl keygen");
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(&key).expect("key file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let entry = v["authorized_keys"].as_str().expect("entry");
+    let keys =
+        berrygw_proto::keys::AuthorizedKeys::parse(Path::new("authorized_keys"), entry).expect("accepted");
+    let k = &keys.keys()[0];
+    assert_eq!(k.id, "central-2027");
+    assert!(k.allows("barrage-cher-1", "move_bay2") && !k.allows("armoire-1", "move_bay2"));
+    assert_eq!(v["public_key"], entry.lines().nth(2).and_then(|l| l.split('"').nth(1)).unwrap_or_default());
+
+    let again = berryctl().args(["keygen", "--id", "x", "--out"]).arg(&key).output().expect("again");
+    assert_eq!(again.status.code(), Some(3), "never over an existing key: {again:?}");
+}
+
+#[test]
+fn a_command_that_cannot_be_sent_exits_3_and_unknown_options_too() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let missing = dir.path().join("none.key");
+    let out = berryctl()
+        .args(["command", "--broker", "mqtt://127.0.0.1:1", "--key"])
+        .arg(&missing)
+        .args(["--key-id", "k", "--gateway", "0016c001ff10a235", "barrage-cher-1", "move_bay2", "position=1"])
+        .output()
+        .expect("berryctl command");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let out = berryctl().args(["command", "--no-such-option"]).output().expect("berryctl");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let out = berryctl().arg("--version").output().expect("berryctl --version");
+    assert!(out.status.success());
+}
+
+#[test]
+fn a_broker_that_does_not_answer_is_no_answer_exit_2() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = dir.path().join("k");
+    let made = berryctl().args(["keygen", "--id", "k", "--out"]).arg(&key).output().expect("keygen");
+    assert!(made.status.success());
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let out = berryctl()
+        .args(["command", "--json", "--wait", "2", "--broker", &format!("mqtt://127.0.0.1:{port}"), "--key"])
+        .arg(&key)
+        .args(["--key-id", "k", "--gateway", "0016c001ff10a235", "barrage-cher-1", "move_bay2", "position=1"])
+        .output()
+        .expect("berryctl command");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(v["outcome"].is_null(), "{v}");
+}
