@@ -20,6 +20,7 @@ mod bench;
 mod frame;
 mod owner;
 pub mod quarantine;
+mod section;
 mod segments;
 pub mod seq;
 mod sqlite;
@@ -28,6 +29,7 @@ pub mod state_db;
 #[cfg(test)]
 mod tests;
 
+pub use section::JournalSection;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;

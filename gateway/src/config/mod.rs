@@ -5,7 +5,7 @@
 //! Parsing is strict (`deny_unknown_fields` everywhere); values that need the
 //! file system (certificate paths) are checked here too, so `check-config`
 //! and `run` reject exactly the same files. Each part owns its section (the
-//! sinks', `decode`'s, `actuation::field`'s, `api`'s); this module
+//! journal's, the sinks', `decode`'s, `actuation::field`'s, `api`'s); this module
 //! assembles them, and [`site`] loads the files they name into a resolved [`Site`].
 
 mod site;
@@ -16,7 +16,6 @@ pub use site::Site;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 pub use crate::api::{ApiSection, HttpSection, DEFAULT_API_SOCKET};
 pub use crate::decode::DecodeSection;
@@ -30,7 +29,7 @@ use berrygw_sx1302::{ConcentratorSetup, Sx1302Config};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::journal::Backend;
+use crate::journal::{Backend, JournalSection};
 pub use crate::sink::chirpstack::PayloadFormat;
 pub use crate::sink::mqtt::{BrokerUrl, MqttSinkConfig, MqttSinkKind};
 use crate::sink::semtech_udp::SemtechUdpSinkConfig;
@@ -96,60 +95,6 @@ pub enum RadioKind {
     Gwmp,
     /// An SX1302/SX1303 concentrator on SPI, driven through libloragw.
     Sx1302,
-}
-
-/// `[journal]`: the durable queue in front of every sink.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JournalSection {
-    #[serde(default = "default_backend")]
-    pub backend: Backend,
-    /// Upper bound of each sink's journal; the oldest records are evicted past it.
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: u64,
-    /// Group commit window: appends within it share one durable write.
-    #[serde(default = "default_commit_interval_ms")]
-    pub commit_interval_ms: u64,
-    /// The window while a sink's far side is disconnected (records cannot leave soon).
-    #[serde(default = "default_outage_commit_interval_ms")]
-    pub outage_commit_interval_ms: u64,
-    /// The RAM stage (a tmpfs directory): records are there before they are accepted, so a
-    /// crash of berrygw loses none. Empty: no stage.
-    #[serde(default = "default_stage_dir")]
-    pub stage_dir: PathBuf,
-    /// Group commit size: a batch this large is written without waiting.
-    #[serde(default = "default_commit_max_records")]
-    pub commit_max_records: usize,
-}
-
-impl Default for JournalSection {
-    fn default() -> Self {
-        JournalSection {
-            backend: default_backend(),
-            max_bytes: default_max_bytes(),
-            commit_interval_ms: default_commit_interval_ms(),
-            outage_commit_interval_ms: default_outage_commit_interval_ms(),
-            stage_dir: default_stage_dir(),
-            commit_max_records: default_commit_max_records(),
-        }
-    }
-}
-
-impl JournalSection {
-    /// Group commit window as a duration.
-    pub fn commit_interval(&self) -> Duration {
-        Duration::from_millis(self.commit_interval_ms)
-    }
-
-    /// The commit window while no far side is connected.
-    pub fn outage_commit_interval(&self) -> Duration {
-        Duration::from_millis(self.outage_commit_interval_ms)
-    }
-
-    /// The RAM stage's directory, if there is one.
-    pub fn stage_dir(&self) -> Option<PathBuf> {
-        (!self.stage_dir.as_os_str().is_empty()).then(|| self.stage_dir.clone())
-    }
 }
 
 /// `[sinks]`: where records go.
@@ -254,19 +199,7 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             "gateway.stats_interval_secs and gateway.report_interval_secs must be at least 1".into(),
         ));
     }
-    if c.journal.max_bytes < 4096 {
-        return Err(whole("journal.max_bytes must be at least 4096".into()));
-    }
-    if c.journal.outage_commit_interval_ms > 60_000 {
-        return Err(whole(
-            "journal.outage_commit_interval_ms must be at most 60000: a power cut during an outage loses up to this window".into(),
-        ));
-    }
-    if c.journal.commit_max_records == 0 || c.journal.commit_interval_ms == 0 {
-        return Err(whole(
-            "journal.commit_interval_ms and journal.commit_max_records must be at least 1".into(),
-        ));
-    }
+    c.journal.check().map_err(whole)?;
     match c.radio.kind.get_ref() {
         RadioKind::Sim if c.radio.sim.is_none() => {
             return Err(loaded.error_at(
@@ -347,25 +280,4 @@ fn default_stats_interval_secs() -> u64 {
 }
 fn default_report_interval_secs() -> u64 {
     60
-}
-fn default_backend() -> Backend {
-    Backend::Log
-}
-fn default_outage_commit_interval_ms() -> u64 {
-    // At 10 uplinks/s a 1 s window writes ~615 bytes per uplink (each commit re-dirties
-    // the segment's last 4 KiB page); 1.5 s keeps it under 500 (BENCHMARKS.md "Field rates").
-    1500
-}
-fn default_stage_dir() -> PathBuf {
-    // systemd's RuntimeDirectory=berrygw (kept across restarts by RuntimeDirectoryPreserve=).
-    PathBuf::from("/run/berrygw/journal")
-}
-fn default_max_bytes() -> u64 {
-    256 * 1024 * 1024
-}
-fn default_commit_interval_ms() -> u64 {
-    100
-}
-fn default_commit_max_records() -> usize {
-    1000
 }
