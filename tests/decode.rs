@@ -413,22 +413,48 @@ fn session_keys_in_a_signed_envelope_are_checked_and_installed() {
     );
     client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, plain.into_bytes()).expect("publish");
     daemon.wait_log(Duration::from_secs(20), "refused before authentication");
-    // Signed by the network server's key: installed, and the device decodes.
-    // Signed by the network server's key: each push under its own id.
-    let signed_push = |id: &str| {
+    // The keys are sealed to the gateway's identity, as announced on the broker.
+    let announced = wait_for(Duration::from_secs(30), "the identity announcement", || {
+        app.on_topic(&format!("berrygw/{GW}/identity")).pop()
+    });
+    let (_, gateway_key) =
+        berrygw_proto::identity::Announcement::parse(&announced.payload).expect("announcement");
+    let keys = berrygw_proto::session::SessionKeys { nwk_s_key: NWK.into(), app_s_key: APP.into() };
+    let push = |id: &str, args: serde_json::Value| {
         UnsignedCommand {
             id: id.into(),
             key_id: "lns".into(),
             gateway_id: GW.into(),
             target: dev_eui.into(),
             command: "set_session".into(),
-            args: serde_json::json!({ "dev_addr": "26011007", "nwk_s_key": NWK, "app_s_key": APP, "f_cnt_up": 0 }),
+            args,
             not_after: berrygw::actuation::engine::now_utc() + chrono::Duration::minutes(5),
             issued_at: Some(berrygw::actuation::engine::now_utc()),
         }
         .sign(&key)
         .expect("sign")
         .to_json()
+    };
+    // Signed, but with the keys in clear: refused, and the keys are not kept.
+    let clear = push(
+        "s-0",
+        serde_json::json!({ "dev_addr": "26011007", "nwk_s_key": NWK, "app_s_key": APP, "f_cnt_up": 0 }),
+    );
+    client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, clear.into_bytes()).expect("publish");
+    let refused = wait_for(Duration::from_secs(20), "keys in clear refused", || {
+        app.on_topic(&format!("berrygw/{GW}/event/command"))
+            .into_iter()
+            .map(|e| String::from_utf8_lossy(&e.payload).to_string())
+            .find(|t| t.contains("s-0"))
+    });
+    assert!(refused.contains("keys_in_clear"), "{refused}");
+    // Signed by the network server's key, keys sealed: installed, and the device decodes;
+    // each push under its own id.
+    let signed_push = |id: &str| {
+        push(
+            id,
+            serde_json::json!({ "dev_addr": "26011007", "f_cnt_up": 0, "sealed_keys": keys.seal(&gateway_key) }),
+        )
     };
     let signed = signed_push("s-1");
     client.publish(&topic, rumqttc::QoS::AtLeastOnce, false, signed.into_bytes()).expect("publish");
@@ -452,8 +478,66 @@ fn session_keys_in_a_signed_envelope_are_checked_and_installed() {
             .find(|t| t.contains("s-2"))
     });
     assert!(replaced.contains("REPLACING its session from pushed"), "{replaced}");
-    // Keys never leave, nor stay in the audit log.
-    for event in app.seen().iter().filter(|e| !e.topic.ends_with("/session/set")) {
+    // The same from the centre's tool: the gateway's key taken from its announcement and
+    // pinned; a push sealed to another key is refused by the gateway (exit 1).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key_file = dir.path().join("lns.key");
+        std::fs::write(
+            &key_file,
+            format!("{}\n", base64::engine::general_purpose::STANDARD.encode(key.to_bytes())),
+        )
+        .expect("key");
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let keys_file = dir.path().join("session.json");
+        std::fs::write(&keys_file, format!(r#"{{"nwk_s_key":"{NWK}","app_s_key":"{APP}"}}"#)).expect("keys");
+        let pins = dir.path().join("known_gateways");
+        let url = broker.url(false);
+        let push = |extra: &[&str]| {
+            berryctl_command()
+                .args(["session", "push", "--json", "--broker", &url, "--key-id", "lns", "--gateway", GW])
+                .args(["--dev-eui", dev_eui, "--dev-addr", "26011007", "--key"])
+                .arg(&key_file)
+                .arg("--keys-file")
+                .arg(&keys_file)
+                .arg("--known-gateways")
+                .arg(&pins)
+                .args(extra)
+                .output()
+                .expect("berryctl session push")
+        };
+        let out = push(&[]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["outcome"], "verified", "{v}");
+        let pinned = std::fs::read_to_string(&pins).expect("pinned");
+        assert_eq!(pinned.trim(), format!("{GW} {gateway_key}"));
+        let stranger = berrygw_proto::sealed::Identity::generate().recipient().to_string();
+        let out = push(&["--recipient", &stranger]);
+        // The pin refuses another key for this gateway before anything is sent...
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        // ...and a gateway given keys sealed to another key refuses them.
+        let other_pins = dir.path().join("other_pins");
+        let out = berryctl_command()
+            .args(["session", "push", "--json", "--broker", &url, "--key-id", "lns", "--gateway", GW])
+            .args(["--dev-eui", dev_eui, "--dev-addr", "26011007", "--recipient", &stranger, "--key"])
+            .arg(&key_file)
+            .arg("--keys-file")
+            .arg(&keys_file)
+            .arg("--known-gateways")
+            .arg(&other_pins)
+            .output()
+            .expect("berryctl session push");
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["reason"], "sealed_keys_unreadable", "{v}");
+    }
+    // Keys never leave, nor stay in the audit log; sealed, they are not on the broker
+    // either (only the test's own pushes in clear, on session/set, carry them).
+    let sealed_or_not_a_push = |e: &&Seen| {
+        !e.topic.ends_with("/session/set") || String::from_utf8_lossy(&e.payload).contains("sealed_keys")
+    };
+    for event in app.seen().iter().filter(sealed_or_not_a_push) {
         let text = String::from_utf8_lossy(&event.payload).to_lowercase();
         assert!(
             !text.contains(&NWK.to_lowercase()) && !text.contains(&APP.to_lowercase()),

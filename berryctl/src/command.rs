@@ -58,7 +58,7 @@ pub fn run(a: CommandArgs) -> Exit {
         Err(e) => return usage(&e),
     };
     let now = Utc::now();
-    let id = format!("c-{}-{:08x}", now.format("%Y%m%dT%H%M%S"), rand::random::<u32>());
+    let id = new_id("c");
     let unsigned = UnsignedCommand {
         id: id.clone(),
         key_id: a.key_id.clone(),
@@ -78,10 +78,31 @@ pub fn run(a: CommandArgs) -> Exit {
         Err(e) => return usage(&format!("runtime: {e}")),
     };
     let wait = Duration::from_secs(a.wait);
-    match runtime.block_on(publish_and_wait(&a, &id, envelope.to_json(), wait)) {
+    let topic = a.broker.topics(&a.gateway).command();
+    let outcome = runtime.block_on(publish_and_wait(
+        &a.broker,
+        &a.gateway,
+        topic,
+        &id,
+        envelope.to_json(),
+        wait,
+        a.json,
+    ));
+    report(outcome, &a.gateway, &id, a.wait, a.json)
+}
+
+/// The exit of a command or session push whose outcome is `outcome`.
+pub fn report(
+    outcome: anyhow::Result<Option<AuditEntry>>,
+    gateway: &str,
+    id: &str,
+    wait: u64,
+    json: bool,
+) -> Exit {
+    match outcome {
         Ok(Some(entry)) => {
             let exit = if entry.outcome == Outcome::Verified { Exit::Done } else { Exit::Refused };
-            if a.json {
+            if json {
                 println!("{}", serde_json::to_string(&entry).unwrap_or_default());
             } else {
                 let reason = entry.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
@@ -91,27 +112,29 @@ pub fn run(a: CommandArgs) -> Exit {
         }
         Ok(None) => {
             let why = format!(
-                "no outcome from gateway {} within {} s for command {id} (is it online? a command it cannot \
-                 authenticate, from a key missing in its authorized_keys, is dropped without an answer)",
-                a.gateway, a.wait
+                "no outcome from gateway {gateway} within {wait} s for command {id} (is it online? a command it \
+                 cannot authenticate, from a key missing in its authorized_keys, is dropped without an answer)"
             );
-            no_answer(&a, &id, &why)
+            no_answer(json, id, &why)
         }
-        Err(e) => no_answer(&a, &id, &format!("{e:#}")),
+        Err(e) => no_answer(json, id, &format!("{e:#}")),
     }
 }
 
-/// Publish the envelope, then read `event/command` until its final outcome or `wait`.
-async fn publish_and_wait(
-    a: &CommandArgs,
+/// Publish a signed envelope on `topic`, then read the gateway's `event/command` until its
+/// final outcome or `wait` (subscribed first, so that no outcome is missed).
+pub async fn publish_and_wait(
+    broker: &BrokerArgs,
+    gateway: &str,
+    topic: String,
     id: &str,
     envelope: String,
     wait: Duration,
+    quiet: bool,
 ) -> anyhow::Result<Option<AuditEntry>> {
     let deadline = tokio::time::Instant::now() + wait;
-    let (client, mut eventloop) = a.broker.connect(wait).await?;
-    let topics = a.broker.topics(&a.gateway);
-    let events = topics.event("command");
+    let (client, mut eventloop) = broker.connect(wait).await?;
+    let events = broker.topics(gateway).event("command");
     client.subscribe(&events, QoS::AtLeastOnce).await?;
     let mut published = false;
     loop {
@@ -121,9 +144,7 @@ async fn publish_and_wait(
         };
         match event {
             Event::Incoming(Packet::SubAck(_)) if !published => {
-                client
-                    .publish(topics.command(), QoS::AtLeastOnce, false, envelope.clone().into_bytes())
-                    .await?;
+                client.publish(&topic, QoS::AtLeastOnce, false, envelope.clone().into_bytes()).await?;
                 published = true;
             }
             Event::Incoming(Packet::Publish(p)) if p.topic == events => {
@@ -134,7 +155,7 @@ async fn publish_and_wait(
                     continue;
                 }
                 if entry.outcome == Outcome::Executed {
-                    if !a.json {
+                    if !quiet {
                         eprintln!("executed: {}", entry.message);
                     }
                     continue;
@@ -147,13 +168,18 @@ async fn publish_and_wait(
     }
 }
 
-fn usage(message: &str) -> Exit {
+/// A fresh envelope id: `<prefix>-<UTC time>-<random>`.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}-{:08x}", Utc::now().format("%Y%m%dT%H%M%S"), rand::random::<u32>())
+}
+
+pub fn usage(message: &str) -> Exit {
     eprintln!("error: {message}");
     Exit::Usage
 }
 
-fn no_answer(a: &CommandArgs, id: &str, why: &str) -> Exit {
-    if a.json {
+fn no_answer(json: bool, id: &str, why: &str) -> Exit {
+    if json {
         println!("{}", serde_json::json!({ "command_id": id, "outcome": null, "message": why }));
     }
     eprintln!("error: {why}");

@@ -6,6 +6,8 @@
 //!   gateways accept it, with its scope.
 //! - `command`: a command signed for one gateway and field device, published, and its
 //!   outcome awaited on the gateway's `event/command`.
+//! - `session push`: an OTAA device's session keys, signed and sealed to the gateway's
+//!   identity (its announced key, pinned in `known_gateways` the first time).
 //!
 //! Exit codes scripts may rely on: 0 done (`command`: verified), 1 the gateway refused
 //! or the command failed, 2 no answer in time (or the broker could not be reached),
@@ -14,6 +16,8 @@
 mod broker;
 mod command;
 mod keygen;
+mod known;
+mod session;
 
 use std::process::ExitCode;
 
@@ -27,16 +31,18 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Action,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum Action {
     /// Make an Ed25519 signing key and print its authorized_keys entry.
     Keygen(keygen::KeygenArgs),
     /// Sign a command for a gateway's field device, publish it, wait for its outcome
     /// (exit 0 verified, 1 refused or failed, 2 no answer).
     Command(Box<command::CommandArgs>),
+    /// OTAA session keys for a gateway, sealed to its identity (`session push`).
+    Session(session::SessionArgs),
 }
 
 /// What a command-line run ends with.
@@ -70,7 +76,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Keygen(args) => keygen::run(args).into(),
-        Command::Command(args) => command::run(*args).into(),
+        Action::Keygen(args) => keygen::run(args).into(),
+        Action::Command(args) => command::run(*args).into(),
+        Action::Session(args) => session::run(args).into(),
     }
 }

@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod identity;
 pub mod keys;
 pub mod sealed;
+pub mod session;
 pub mod tls;
 pub mod topics;
 

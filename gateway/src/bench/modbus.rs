@@ -315,6 +315,7 @@ pub(super) async fn modbus(args: &BenchArgs) -> anyhow::Result<serde_json::Value
             require_clock_sync: false,
             audit_max_bytes: crate::actuation::audit::DEFAULT_MAX_BYTES,
             decoder: None,
+            identity: None,
         };
         let (actuation, _no_publishers) = Actuation::start(devices.clone(), settings, None)?;
         for (kind, rota) in [("lighting-cabinet", 0), ("needle-dam", 1)] {

@@ -177,6 +177,7 @@ impl Gateway {
                 require_clock_sync: field.require_clock_sync,
                 audit_max_bytes: field.audit_max_bytes,
                 decoder: decoder_handle.clone(),
+                identity: Some(identity.clone()),
             };
             let (handle, field_tasks) = Actuation::start(devices, settings, app_journal.clone())
                 .context("starting the actuation engine")?;

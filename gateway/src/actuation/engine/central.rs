@@ -19,6 +19,7 @@ use crate::clock::ClockSync;
 use crate::events;
 use berrygw_proto::envelope::{self, CommandEnvelope};
 use berrygw_proto::keys::{AuthorizedKey, AuthorizedKeys};
+use berrygw_proto::session::{SessionKeys, SEALED_KEYS};
 
 /// The `command` of a signed session message.
 pub const SET_SESSION: &str = "set_session";
@@ -226,9 +227,10 @@ impl Actuation {
     }
 
     /// Session keys of an OTAA device in a signed envelope (`command` = `set_session`,
-    /// `target` = the DevEUI, `args` = `dev_addr`, `nwk_s_key`, `app_s_key`, `f_cnt_up`):
-    /// the same checks as a command, then installed in the decoder; audited without the
-    /// keys, saying whether it replaced a session.
+    /// `target` = the DevEUI, `args` = `dev_addr`, `f_cnt_up` and `sealed_keys`, the keys
+    /// sealed to this gateway's identity: `berrygw_proto::session`): the same checks as a
+    /// command, then opened and installed in the decoder; audited without the keys, saying
+    /// whether it replaced a session. Keys sent in clear are refused (`keys_in_clear`).
     async fn install_session(&self, message: Authenticated) {
         let Authenticated { envelope: env, key, .. } = message;
         let mut ask = Ask::central(&key, &env);
@@ -247,6 +249,34 @@ impl Actuation {
             return;
         }
         let mut fields = env.args().clone();
+        if fields.contains_key("nwk_s_key") || fields.contains_key("app_s_key") {
+            let message = "session keys in clear crossed the broker; they must be sealed to this \
+                           gateway's identity (`sealed_keys`, as `berryctl session push` does)";
+            // What was sent is not repeated in the audit log.
+            ask.args = serde_json::json!({});
+            self.record(ask.refusal("keys_in_clear", message.into())).await;
+            return;
+        }
+        let opened = match (fields.remove(SEALED_KEYS), &self.inner.identity) {
+            (Some(serde_json::Value::String(sealed)), Some(identity)) => SessionKeys::open(&sealed, identity)
+                .map_err(|e| {
+                    ("sealed_keys_unreadable", format!("{e} (sealed to another key than this gateway's?)"))
+                }),
+            (Some(_), _) => Err(("bad_args", format!("`{SEALED_KEYS}` must be a base64 string"))),
+            (None, _) => {
+                Err(("bad_args", format!("no `{SEALED_KEYS}`: the session keys, sealed to this gateway")))
+            }
+        };
+        let keys = match opened {
+            Ok(keys) => keys,
+            Err((reason, message)) => {
+                ask.args = serde_json::Value::Object(fields);
+                self.record(ask.refusal(reason, message)).await;
+                return;
+            }
+        };
+        fields.insert("nwk_s_key".into(), serde_json::Value::String(keys.nwk_s_key));
+        fields.insert("app_s_key".into(), serde_json::Value::String(keys.app_s_key));
         fields.insert("dev_eui".into(), serde_json::Value::String(env.target().to_string()));
         let session =
             match events::parse_session_push(serde_json::Value::Object(fields).to_string().as_bytes()) {

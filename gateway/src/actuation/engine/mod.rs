@@ -49,6 +49,7 @@ use crate::events::{self, AppTopics};
 use crate::journal::Journal;
 use berrygw_proto::audit::CommandEvent;
 use berrygw_proto::keys::AuthorizedKeys;
+use berrygw_proto::sealed::Identity;
 
 mod central;
 mod state;
@@ -80,6 +81,8 @@ pub struct ActuationSettings {
     pub audit_max_bytes: u64,
     /// Where signed `set_session` keys are installed; `None`: they are refused.
     pub decoder: Option<Decoder>,
+    /// This gateway's identity: opens the session keys sealed to it.
+    pub identity: Option<Identity>,
 }
 
 /// Commands by source and outcome, read by the metrics endpoint.
@@ -130,6 +133,7 @@ struct Inner {
     /// Authenticated central messages, to the dispatcher; `None` without `authorized_keys`.
     queue: Option<mpsc::Sender<Authenticated>>,
     decoder: Option<Decoder>,
+    identity: Option<Identity>,
 }
 
 /// The handle every part holds (local API, app sink, rules); cheap to clone.
@@ -186,6 +190,7 @@ impl Actuation {
             door: Mutex::new(DoorState::default()),
             queue,
             decoder: settings.decoder,
+            identity: settings.identity,
         });
         let actuation = Actuation { inner };
         let mut tasks = Vec::new();

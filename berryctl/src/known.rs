@@ -1,0 +1,87 @@
+//! The gateways' identity keys this centre has seen, pinned like SSH's known_hosts: a
+//! file of `<gateway id> <public key>` lines (default `~/.config/berryctl/known_gateways`).
+//! A key read from a gateway's retained announcement is added the first time (and said
+//! so); a different key later is refused until its line is removed, since it may be a
+//! publisher on the broker pretending to be the gateway to read the secrets sealed to it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use berrygw_proto::sealed::Recipient;
+
+/// Where the pins are when `--known-gateways` is not given.
+pub fn default_path() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".config/berryctl/known_gateways")
+}
+
+/// What the pins say of `key` for `gateway`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// The same key was pinned before.
+    Known,
+    /// Nothing was pinned for this gateway; it is now.
+    Added,
+}
+
+/// Check `key` against the pin of `gateway` in `path`, pinning it if there is none.
+pub fn check_or_pin(path: &Path, gateway: &str, key: &Recipient) -> Result<Pin, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(id), Some(pinned), None) = (words.next(), words.next(), words.next()) else {
+            return Err(format!("{}:{}: expected `<gateway id> <public key>`", path.display(), n + 1));
+        };
+        if id.eq_ignore_ascii_case(gateway) {
+            return if pinned == key.to_string() {
+                Ok(Pin::Known)
+            } else {
+                Err(format!(
+                    "gateway {gateway} announces the key {key}, but {} pins {pinned} (line {}): refused. If the \
+                     gateway's identity was made again on purpose, remove that line and run again",
+                    path.display(),
+                    n + 1
+                ))
+            };
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    writeln!(file, "{gateway} {key}").map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Pin::Added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berrygw_proto::sealed::Identity;
+
+    #[test]
+    fn a_key_is_pinned_first_then_must_stay_the_same() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("sub/known_gateways");
+        let key = Identity::generate().recipient();
+        assert_eq!(check_or_pin(&path, "0016c001ff10a235", &key), Ok(Pin::Added));
+        assert_eq!(check_or_pin(&path, "0016C001FF10A235", &key), Ok(Pin::Known));
+        let other = Identity::generate().recipient();
+        let err = check_or_pin(&path, "0016c001ff10a235", &other).expect_err("changed");
+        assert!(err.contains("remove that line"), "{err}");
+        assert_eq!(check_or_pin(&path, "0016c001ff10a236", &other), Ok(Pin::Added));
+        std::fs::write(&path, "garbage\n").expect("write");
+        assert!(check_or_pin(&path, "x", &key).is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! `berryctl session push`: an OTAA device's session keys for a gateway that did not hear
+//! its join, in a signed `set_session` envelope whose keys are sealed to that gateway's
+//! identity (`berrygw_proto::session`). The gateway's public key comes from `--recipient`,
+//! or from its retained announcement on the broker, checked against the pins in
+//! `--known-gateways` (see `known`). The keys are read from a file, never the command
+//! line (which other users of the machine can see).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berrygw_proto::envelope::UnsignedCommand;
+use berrygw_proto::identity::Announcement;
+use berrygw_proto::sealed::Recipient;
+use berrygw_proto::session::{SessionKeys, SEALED_KEYS};
+use chrono::Utc;
+use rumqttc::{Event, Packet, QoS};
+
+use crate::broker::BrokerArgs;
+use crate::command::{new_id, publish_and_wait, report, usage};
+use crate::keygen::read_private;
+use crate::known::{self, Pin};
+use crate::Exit;
+
+#[derive(clap::Args)]
+pub struct SessionArgs {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Push a device's session keys, sealed to the gateway (exit 0 installed, 1 refused, 2 no answer).
+    Push(Box<PushArgs>),
+}
+
+#[derive(clap::Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// The signing key (`berryctl keygen --out`); its scope must allow `set_session` on the DevEUI.
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    key_id: String,
+    /// The gateway's id.
+    #[arg(long)]
+    gateway: String,
+    /// The device's DevEUI (16 hex digits).
+    #[arg(long)]
+    dev_eui: String,
+    /// Its DevAddr (8 hex digits).
+    #[arg(long)]
+    dev_addr: String,
+    /// Its next uplink counter.
+    #[arg(long, default_value_t = 0)]
+    f_cnt_up: u32,
+    /// A JSON file `{"nwk_s_key": "…32 hex…", "app_s_key": "…32 hex…"}`.
+    #[arg(long)]
+    keys_file: PathBuf,
+    /// The gateway's public identity key (`berrygw identity show`); else its announcement.
+    #[arg(long)]
+    recipient: Option<Recipient>,
+    /// Pinned gateway keys (default ~/.config/berryctl/known_gateways).
+    #[arg(long)]
+    known_gateways: Option<PathBuf>,
+    #[arg(long, default_value_t = 300)]
+    ttl: u64,
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: SessionArgs) -> Exit {
+    match args.action {
+        Action::Push(a) => push(*a),
+    }
+}
+
+fn push(a: PushArgs) -> Exit {
+    let key = match read_private(&a.key) {
+        Ok(k) => k,
+        Err(e) => return usage(&e),
+    };
+    let keys: SessionKeys = match std::fs::read(&a.keys_file)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(k) => k,
+        Err(e) => return usage(&format!("--keys-file {}: {e}", a.keys_file.display())),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return usage(&format!("runtime: {e}")),
+    };
+    let wait = Duration::from_secs(a.wait);
+    let recipient = match &a.recipient {
+        Some(r) => r.clone(),
+        None => match runtime.block_on(announced_key(&a.broker, &a.gateway, wait)) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return usage(&format!(
+                "gateway {} announced no identity key within {} s; give --recipient (berrygw identity show)",
+                a.gateway, a.wait
+            ))
+            }
+            Err(e) => return usage(&format!("{e:#}")),
+        },
+    };
+    let pins = a.known_gateways.clone().unwrap_or_else(known::default_path);
+    match known::check_or_pin(&pins, &a.gateway, &recipient) {
+        Ok(Pin::Known) => {}
+        Ok(Pin::Added) => eprintln!("gateway {} key {recipient} pinned in {}", a.gateway, pins.display()),
+        Err(e) => return usage(&e),
+    }
+    let now = Utc::now();
+    let id = new_id("s");
+    let envelope = UnsignedCommand {
+        id: id.clone(),
+        key_id: a.key_id.clone(),
+        gateway_id: a.gateway.clone(),
+        target: a.dev_eui.clone(),
+        command: "set_session".into(),
+        args: serde_json::json!({
+            "dev_addr": a.dev_addr,
+            "f_cnt_up": a.f_cnt_up,
+            SEALED_KEYS: keys.seal(&recipient),
+        }),
+        not_after: now + chrono::Duration::seconds(a.ttl.min(86_400) as i64),
+        issued_at: Some(now),
+    }
+    .sign(&key);
+    let envelope = match envelope {
+        Ok(e) => e,
+        Err(r) => return usage(&r.to_string()),
+    };
+    let topic = a.broker.topics(&a.gateway).session_set();
+    let outcome = runtime.block_on(publish_and_wait(
+        &a.broker,
+        &a.gateway,
+        topic,
+        &id,
+        envelope.to_json(),
+        wait,
+        a.json,
+    ));
+    report(outcome, &a.gateway, &id, a.wait, a.json)
+}
+
+/// The key in the gateway's retained identity announcement, if one comes within `wait`.
+async fn announced_key(
+    broker: &BrokerArgs,
+    gateway: &str,
+    wait: Duration,
+) -> anyhow::Result<Option<Recipient>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let (client, mut eventloop) = broker.connect(wait).await?;
+    let topic = broker.topics(gateway).identity();
+    client.subscribe(&topic, QoS::AtLeastOnce).await?;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(event) => event?,
+            Err(_) => return Ok(None),
+        };
+        if let Event::Incoming(Packet::Publish(p)) = event {
+            if p.topic != topic {
+                continue;
+            }
+            let (announcement, key) =
+                Announcement::parse(&p.payload).map_err(|e| anyhow::anyhow!("{topic}: {e}"))?;
+            if !announcement.gateway_id.eq_ignore_ascii_case(gateway) {
+                anyhow::bail!("{topic} announces gateway {}, not {gateway}", announcement.gateway_id);
+            }
+            let _ = client.disconnect().await;
+            return Ok(Some(key));
+        }
+    }
+}
