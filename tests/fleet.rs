@@ -60,3 +60,71 @@ fn a_gateway_announces_the_identity_key_it_was_installed_with() {
         berrygw_command().args(["identity", "show", "--config"]).arg(&gw.config).output().expect("show");
     assert_eq!(String::from_utf8_lossy(&show.stdout).trim(), installed);
 }
+
+/// Three gateways on one broker: `berryctl fleet` lists them from their retained state
+/// and health records; one killed (its last will says offline) shows as offline and
+/// makes the exit code 1.
+#[test]
+fn berryctl_fleet_shows_every_gateway_and_one_killed_as_offline() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let url = broker.url(false);
+    let ids = ["0016c001ff10a001", "0016c001ff10a002", "0016c001ff10a003"];
+    let mut gateways: Vec<Berrygw> = ids
+        .iter()
+        .map(|id| {
+            let gw_dir = dir.path().join(id);
+            std::fs::create_dir_all(&gw_dir).expect("dir");
+            let sinks = format!(
+                "[sinks.chirpstack]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
+                 [sinks.app]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n"
+            );
+            let radio = "[radio]\nkind = \"sim\"\n\n[radio.sim]\ndevices = []\n";
+            let config = config_with_radio(&gw_dir.join("s"), "log", radio, &sinks).replace(GW, id);
+            Berrygw::start(&gw_dir, &config)
+        })
+        .collect();
+    let fleet = || {
+        let out = berryctl_command()
+            .args(["fleet", "--json", "--wait", "2", "--broker", &url])
+            .output()
+            .expect("berryctl fleet");
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code(), rows)
+    };
+    let (code, rows) = wait_for(Duration::from_secs(60), "three gateways online and healthy", || {
+        let (code, rows) = fleet();
+        let healthy = |r: &serde_json::Value| r["status"] == "online" && r["health"]["healthy"] == true;
+        (rows.len() == 3 && rows.iter().all(healthy)).then_some((code, rows))
+    });
+    assert_eq!(code, Some(0), "{rows:?}");
+    for (row, id) in rows.iter().zip(ids) {
+        assert_eq!(row["gateway_id"], id);
+        let h = &row["health"];
+        assert_eq!(h["gateway_id"], id);
+        assert_eq!(h["healthy"], true, "{h}");
+        assert!(h["sinks"].as_array().is_some_and(|s| s.len() == 2), "{h}");
+        assert!(h["disk_free_bytes"].as_u64().is_some_and(|b| b > 0), "{h}");
+    }
+
+    gateways[1].kill9();
+    let (code, rows) = wait_for(Duration::from_secs(60), "the killed gateway offline", || {
+        let (code, rows) = fleet();
+        rows.iter().any(|r| r["gateway_id"] == ids[1] && r["status"] == "offline").then_some((code, rows))
+    });
+    assert_eq!(code, Some(1), "one gateway is offline: {rows:?}");
+    let others: Vec<&serde_json::Value> = rows.iter().filter(|r| r["gateway_id"] != ids[1]).collect();
+    assert!(others.iter().all(|r| r["status"] == "online"), "{rows:?}");
+    // Its last record is still there: when it was last seen, and what it said then.
+    let killed = rows.iter().find(|r| r["gateway_id"] == ids[1]).expect("row");
+    assert!(killed["health"]["uptime_secs"].is_u64(), "{killed}");
+
+    // The table for people names all three.
+    let out = berryctl_command().args(["fleet", "--broker", &url]).output().expect("berryctl fleet");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for id in ids {
+        assert!(text.contains(id), "{text}");
+    }
+    assert!(text.contains("offline"), "{text}");
+    drop(gateways);
+}

@@ -8,6 +8,8 @@
 //!   outcome awaited on the gateway's `event/command`.
 //! - `session push`: an OTAA device's session keys, signed and sealed to the gateway's
 //!   identity (its announced key, pinned in `known_gateways` the first time).
+//! - `fleet`: every gateway in one table (online, stale, offline since), from the
+//!   state and health records the gateways keep retained on the broker.
 //!
 //! Exit codes scripts may rely on: 0 done (`command`: verified), 1 the gateway refused
 //! or the command failed, 2 no answer in time (or the broker could not be reached),
@@ -15,6 +17,7 @@
 
 mod broker;
 mod command;
+mod fleet;
 mod keygen;
 mod known;
 mod session;
@@ -43,6 +46,9 @@ enum Action {
     Command(Box<command::CommandArgs>),
     /// OTAA session keys for a gateway, sealed to its identity (`session push`).
     Session(session::SessionArgs),
+    /// Every gateway in one table, from the broker's retained state and health records
+    /// (exit 0 all online and healthy, 1 one is not, 2 none heard).
+    Fleet(fleet::FleetArgs),
 }
 
 /// What a command-line run ends with.
@@ -79,5 +85,6 @@ fn main() -> ExitCode {
         Action::Keygen(args) => keygen::run(args).into(),
         Action::Command(args) => command::run(*args).into(),
         Action::Session(args) => session::run(args).into(),
+        Action::Fleet(args) => fleet::run(args).into(),
     }
 }

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod decode;
 pub mod demo;
 pub mod events;
+pub mod health;
 pub mod identity;
 pub mod metrics;
 pub mod pipeline;

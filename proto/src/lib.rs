@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod broker;
 pub mod envelope;
+pub mod health;
 pub mod identity;
 pub mod keys;
 pub mod sealed;

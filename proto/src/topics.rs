@@ -28,6 +28,11 @@ impl AppTopics {
         format!("{}/state", self.base)
     }
 
+    /// `…/health` (retained): the compact health record (`crate::health`).
+    pub fn health(&self) -> String {
+        format!("{}/health", self.base)
+    }
+
     /// `…/identity` (retained): the gateway's public key (`crate::identity`).
     pub fn identity(&self) -> String {
         format!("{}/identity", self.base)

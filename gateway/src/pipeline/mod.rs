@@ -190,12 +190,16 @@ impl Gateway {
         let counters = Arc::new(Counters::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (uplink_tx, uplink_rx) = mpsc::channel(1024);
+        // The health record for the app sink (crate::health), made once the view exists;
+        // `news` tells it when a sink connects or loses its far side.
+        let (health_tx, health_rx) = watch::channel(None);
+        let news = Arc::new(tokio::sync::Notify::new());
         let (radio_down_tx, radio_down_rx) = mpsc::channel(64);
         let (radio_ack_tx, radio_ack_rx) = mpsc::channel(64);
         let mut router = DownlinkRouter::new(radio_down_tx);
         let mut sinks = Vec::new();
         if let (Some(settings), Some(journal)) = (chirpstack_settings, chirpstack_journal) {
-            let sink_counters = Arc::new(SinkCounters::default());
+            let sink_counters = Arc::new(SinkCounters::telling(&news));
             let task = tokio::spawn(mqtt::run(
                 settings,
                 journal.clone(),
@@ -206,7 +210,7 @@ impl Gateway {
             sinks.push(SinkRuntime { name: "chirpstack", journal, counters: sink_counters, task });
         }
         if let (Some(sink_cfg), Some(journal)) = (&c.sinks.semtech_udp, semtech_journal) {
-            let sink_counters = Arc::new(SinkCounters::default());
+            let sink_counters = Arc::new(SinkCounters::telling(&news));
             let task = tokio::spawn(semtech_udp::run(
                 sink_cfg.settings(c.gateway.id),
                 journal.clone(),
@@ -243,14 +247,14 @@ impl Gateway {
                 *commands = accept_commands;
                 *key = Some(identity.recipient());
             }
-            let sink_counters = Arc::new(SinkCounters::default());
+            let sink_counters = Arc::new(SinkCounters::telling(&news));
             // Signed commands and session keys go through the actuation engine's door.
             let actuation = actuation_handle.clone().filter(Actuation::accepts_central);
             let task = tokio::spawn(mqtt::run(
                 settings,
                 journal.clone(),
                 sink_counters.clone(),
-                SinkInbound::App { actuation },
+                SinkInbound::App { actuation, health: Some(health_rx.clone()) },
                 shutdown_rx.clone(),
             ));
             sinks.push(SinkRuntime { name: "app", journal, counters: sink_counters, task });
@@ -300,7 +304,7 @@ impl Gateway {
             Duration::from_secs(c.gateway.report_interval_secs),
             sinks.iter().map(|s| (s.name, s.journal.clone(), s.counters.clone())).collect(),
             counters.clone(),
-            shutdown_rx,
+            shutdown_rx.clone(),
         )));
 
         for sink in &sinks {
@@ -330,6 +334,16 @@ impl Gateway {
             actuation: actuation_handle,
             rules: rules_handle,
         };
+        if c.sinks.app.is_some() {
+            let state_dir = c.gateway.state_dir.clone();
+            tasks.push(tokio::spawn(crate::health::run(
+                view.clone(),
+                state_dir,
+                news,
+                health_tx,
+                shutdown_rx,
+            )));
+        }
         if let Some((_, field_tasks)) = actuation {
             tasks.extend(field_tasks);
         }

@@ -16,11 +16,12 @@ pub mod read_ahead;
 pub mod reconnect;
 pub mod semtech_udp;
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use berrygw_lora::{DownlinkFrame, TxAck};
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Counters of one sink, written by its task only.
 pub struct SinkCounters {
@@ -34,7 +35,10 @@ pub struct SinkCounters {
     pub tx_acks: AtomicU64,
     /// Malformed commands or datagrams from the far side.
     pub bad_commands: AtomicU64,
+    /// Whether the far side answers; set through [`SinkCounters::set_connected`].
     pub connected: AtomicBool,
+    /// Told when `connected` changes (the health record's news; shared by every sink).
+    pub news: Arc<Notify>,
     /// Seconds from publishing a record to the far side's acknowledgement (MQTT: PUBACK).
     pub publish_ack_latency: Histogram,
 }
@@ -49,10 +53,25 @@ impl Default for SinkCounters {
             tx_acks: AtomicU64::new(0),
             bad_commands: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            news: Arc::new(Notify::new()),
             // 5 ms .. about 20 s.
             publish_ack_latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
                 0.005, 2.0, 13,
             )),
+        }
+    }
+}
+
+impl SinkCounters {
+    /// Counters whose connection changes are told to `news`.
+    pub fn telling(news: &Arc<Notify>) -> SinkCounters {
+        SinkCounters { news: news.clone(), ..SinkCounters::default() }
+    }
+
+    /// The far side answers (or stopped answering); `news` is told of a change.
+    pub fn set_connected(&self, connected: bool) {
+        if self.connected.swap(connected, Ordering::Relaxed) != connected {
+            self.news.notify_one();
         }
     }
 }

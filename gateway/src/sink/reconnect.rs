@@ -55,7 +55,7 @@ impl<'a> Reconnect<'a> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> ControlFlow<()> {
         let sink = &self.sink;
-        sink.counters.connected.store(false, Ordering::Relaxed);
+        sink.counters.set_connected(false);
         let e = match ended {
             Ok(Stopped) => return ControlFlow::Break(()),
             Err(e) => e,

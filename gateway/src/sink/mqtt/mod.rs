@@ -134,14 +134,40 @@ pub enum SinkInbound {
     Radio(SinkRadioIo),
     /// What the app sink hears: signed commands and session keys, offered to the
     /// actuation engine's door as received (it checks them); `None` when nobody takes them.
-    App { actuation: Option<Actuation> },
+    /// And what it says: the latest health record (`crate::health`), published retained
+    /// at every connection and whenever it changes.
+    App { actuation: Option<Actuation>, health: Option<watch::Receiver<Option<Vec<u8>>>> },
+}
+
+/// Something to send that did not come from the journal.
+enum Besides {
+    /// The radio's answer to a downlink of this sink.
+    TxAck(TxAck),
+    /// A new health record of this gateway (app sink).
+    Health(Vec<u8>),
 }
 
 impl SinkInbound {
-    async fn tx_ack(&mut self) -> Option<TxAck> {
+    /// The next thing to send besides the journal's records: a TxAck (network server
+    /// sinks), a health record (app sink). Never ready when there is none to come.
+    async fn next_out(&mut self) -> Besides {
         match self {
-            SinkInbound::Radio(radio) => radio.tx_acks.recv().await,
-            SinkInbound::App { .. } => std::future::pending().await,
+            SinkInbound::Radio(radio) => match radio.tx_acks.recv().await {
+                Some(ack) => Besides::TxAck(ack),
+                None => std::future::pending().await,
+            },
+            SinkInbound::App { health: Some(rx), .. } => {
+                if rx.changed().await.is_err() {
+                    // The health task ended (shutdown): nothing more to publish.
+                    std::future::pending::<()>().await;
+                }
+                let latest = rx.borrow_and_update().clone();
+                match latest {
+                    Some(record) => Besides::Health(record),
+                    None => std::future::pending().await,
+                }
+            }
+            SinkInbound::App { health: None, .. } => std::future::pending().await,
         }
     }
 }
@@ -224,7 +250,7 @@ async fn session(
     let window = usize::from(s.max_inflight);
     let (client, mut eventloop) = AsyncClient::new(options(s), window + 64);
     connect(&mut eventloop, s).await?;
-    counters.connected.store(true, Ordering::Relaxed);
+    counters.set_connected(true);
     journal.far_side(true);
     info!(server = %s.server, "{name} sink: connected");
 
@@ -241,6 +267,14 @@ async fn session(
     for (topic, payload) in s.protocol.announcements(&s.gateway_id) {
         client.try_publish(topic, QoS::AtLeastOnce, true, payload).context("queueing an announcement")?;
         flight.record_published(None);
+    }
+    if let (SinkInbound::App { health: Some(rx), .. }, Protocol::App { topics, .. }) =
+        (&mut *inbound, &s.protocol)
+    {
+        if let Some(record) = rx.borrow_and_update().clone() {
+            client.try_publish(topics.health(), QoS::AtLeastOnce, true, record).context("queueing health")?;
+            flight.record_published(None);
+        }
     }
     for topic in s.protocol.subscriptions() {
         client.try_subscribe(topic, QoS::AtLeastOnce).context("queueing subscribe")?;
@@ -304,10 +338,18 @@ async fn session(
                 Event::Incoming(Packet::SubAck(ack)) => info!(codes = ?ack.return_codes, "{name} sink: subscribed"),
                 _ => {}
             },
-            Some(ack) = inbound.tx_ack() => {
-                counters.tx_acks.fetch_add(1, Ordering::Relaxed);
-                answer_downlink(s, &client, &mut flight, &mut downlink_items, &ack)?;
-            }
+            out = inbound.next_out() => match out {
+                Besides::TxAck(ack) => {
+                    counters.tx_acks.fetch_add(1, Ordering::Relaxed);
+                    answer_downlink(s, &client, &mut flight, &mut downlink_items, &ack)?;
+                }
+                Besides::Health(record) => {
+                    if let Protocol::App { topics, .. } = &s.protocol {
+                        client.try_publish(topics.health(), QoS::AtLeastOnce, true, record).context("queueing health")?;
+                        flight.record_published(None);
+                    }
+                }
+            },
             _ = shutdown.changed() => {
                 drain_before_shutdown(s, &client, &mut eventloop, journal, &mut flight, &mut acked).await;
                 return Ok(Stopped);
@@ -377,13 +419,13 @@ fn incoming(
         // The door checks size, form and signature in memory before anything is copied or stored.
         (
             Protocol::App { topics, accept_commands: true, .. },
-            SinkInbound::App { actuation: Some(actuation) },
+            SinkInbound::App { actuation: Some(actuation), .. },
         ) if topic == topics.command() => {
             actuation.offer(Arrival::Command, payload);
         }
         (
             Protocol::App { topics, accept_sessions: true, .. },
-            SinkInbound::App { actuation: Some(actuation) },
+            SinkInbound::App { actuation: Some(actuation), .. },
         ) if topic == topics.session_set() => {
             actuation.offer(Arrival::Session, payload);
         }

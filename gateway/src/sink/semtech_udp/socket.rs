@@ -35,7 +35,7 @@ impl ServerSocket<'_> {
         self.last_heard = Instant::now();
         if !self.heard {
             self.heard = true;
-            self.counters.connected.store(true, Ordering::Relaxed);
+            self.counters.set_connected(true);
             self.journal.far_side(true);
             info!(server = %self.s.server, "semtech udp sink: the network server answers");
         }

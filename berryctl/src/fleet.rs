@@ -1,0 +1,190 @@
+//! `berryctl fleet`: every gateway of the network in one table, from what the broker
+//! keeps retained: each gateway's state (`…/state`, `online: false` from its last will
+//! when its connection drops) and its compact health record (`…/health`). A gateway is
+//! `online` when its state says so and its health record is fresh (younger than twice
+//! the period it promises), `stale` when it says online but its record is old,
+//! `offline` when its last will has spoken (since the time of its last record).
+//!
+//! Exit 0 when every gateway heard is online and healthy, 1 when one is not, 2 when no
+//! gateway was heard within `--wait`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berrygw_proto::health::Health;
+use rumqttc::{Event, Packet, QoS};
+use serde::Serialize;
+
+use crate::broker::BrokerArgs;
+use crate::command::usage;
+use crate::Exit;
+
+#[derive(clap::Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Seconds to collect the retained records.
+    #[arg(long, default_value_t = 2)]
+    wait: u64,
+    /// One JSON object per gateway, in an array.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One gateway as the broker knows it.
+#[derive(Debug, Default, Serialize)]
+pub struct Row {
+    pub gateway_id: String,
+    /// `online`, `stale`, `offline` or `unknown` (a health record and no state).
+    pub status: String,
+    /// Its state message said online (`None`: no state message retained).
+    pub online: Option<bool>,
+    /// Age of its latest health record, in seconds.
+    pub health_age_secs: Option<u64>,
+    pub health: Option<Health>,
+}
+
+pub fn run(a: FleetArgs) -> Exit {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return usage(&format!("runtime: {e}")),
+    };
+    let rows = match runtime.block_on(collect(&a.broker, Duration::from_secs(a.wait))) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Exit::NoAnswer;
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&rows).unwrap_or_default());
+    } else {
+        print!("{}", table(&rows));
+    }
+    if rows.is_empty() {
+        eprintln!("no gateway heard on {} within {} s", a.broker.broker, a.wait);
+        Exit::NoAnswer
+    } else if rows.iter().all(|r| r.status == "online" && r.health.as_ref().is_some_and(|h| h.healthy)) {
+        Exit::Done
+    } else {
+        Exit::Refused
+    }
+}
+
+/// The retained state and health of every gateway under the prefix.
+async fn collect(broker: &BrokerArgs, wait: Duration) -> anyhow::Result<Vec<Row>> {
+    let (client, mut eventloop) = broker.connect(wait.max(Duration::from_secs(5))).await?;
+    let prefix = broker.prefix.trim_matches('/');
+    let under =
+        |what: &str| if prefix.is_empty() { format!("+/{what}") } else { format!("{prefix}/+/{what}") };
+    client.subscribe(under("state"), QoS::AtLeastOnce).await?;
+    client.subscribe(under("health"), QoS::AtLeastOnce).await?;
+    let mut states: BTreeMap<String, bool> = BTreeMap::new();
+    let mut healths: BTreeMap<String, Health> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(event) => event?,
+            Err(_) => break,
+        };
+        let Event::Incoming(Packet::Publish(p)) = event else { continue };
+        let rest =
+            if prefix.is_empty() { p.topic.as_str() } else { p.topic.strip_prefix(prefix).unwrap_or("") };
+        let mut parts = rest.trim_start_matches('/').split('/');
+        let (Some(gateway), Some(kind), None) = (parts.next(), parts.next(), parts.next()) else { continue };
+        match kind {
+            "state" => {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                if let Some(online) = v["online"].as_bool() {
+                    states.insert(gateway.to_string(), online);
+                }
+            }
+            "health" => {
+                // A record that does not parse is skipped: the table shows what is known.
+                if let Ok(h) = serde_json::from_slice::<Health>(&p.payload) {
+                    healths.insert(gateway.to_string(), h);
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = client.disconnect().await;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut ids: Vec<String> = states.keys().chain(healths.keys()).cloned().collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids
+        .into_iter()
+        .map(|id| {
+            let online = states.get(&id).copied();
+            let health = healths.remove(&id);
+            let age = health.as_ref().map(|h| ((now_ms - h.at_ms).max(0) / 1000) as u64);
+            let fresh = health.as_ref().zip(age).is_some_and(|(h, age)| age <= 2 * h.every_secs.max(1));
+            let status = match (online, fresh) {
+                (Some(true), true) => "online",
+                (Some(true), false) => "stale",
+                (Some(false), _) => "offline",
+                (None, _) => "unknown",
+            };
+            Row { gateway_id: id, status: status.into(), online, health_age_secs: age, health }
+        })
+        .collect())
+}
+
+fn human(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} d", s / 86_400),
+    }
+}
+
+/// The rows for a terminal.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<18} {:<8} {:<10} {:<9} {:<8} {:<9} {:<22} {:<6} {:<6} {}\n",
+        "GATEWAY",
+        "STATUS",
+        "RECORD",
+        "VERSION",
+        "UPTIME",
+        "RADIO",
+        "SINKS (backlog)",
+        "CLOCK",
+        "ALARMS",
+        "PROBLEMS"
+    );
+    for r in rows {
+        let record = r.health_age_secs.map(|a| format!("{} ago", human(a))).unwrap_or_else(|| "none".into());
+        let Some(h) = &r.health else {
+            out.push_str(&format!("{:<18} {:<8} {record}\n", r.gateway_id, r.status));
+            continue;
+        };
+        let sinks: Vec<String> = h
+            .sinks
+            .iter()
+            .map(|s| format!("{}:{}({})", s.name, if s.connected { "up" } else { "DOWN" }, s.backlog))
+            .collect();
+        let radio = format!("{}{}", h.radio.kind, if h.radio.running { "" } else { " DOWN" });
+        let clock = match h.clock_synced {
+            Some(true) => "ntp",
+            Some(false) => "NOSYNC",
+            None => "?",
+        };
+        out.push_str(&format!(
+            "{:<18} {:<8} {:<10} {:<9} {:<8} {:<9} {:<22} {:<6} {:<6} {}\n",
+            r.gateway_id,
+            r.status,
+            record,
+            h.version,
+            human(h.uptime_secs),
+            radio,
+            sinks.join(" "),
+            clock,
+            h.alarms_open,
+            h.problems.join("; ")
+        ));
+    }
+    out
+}
