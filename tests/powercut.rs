@@ -1,7 +1,7 @@
 //! Power cuts, simulated for real (issue 12). `kill -9` keeps the page cache; a power cut
 //! does not. Here the daemon's `state_dir` lives on a FUSE filesystem that keeps every
-//! write not yet fsynced in memory and drops it on command (tests/support/powercut.rs says
-//! exactly what it models), and each cycle ends in a power cut:
+//! write not yet fsynced in memory and drops it on command (tests/support/powercut/mod.rs
+//! says exactly what it models), and each cycle ends in a power cut:
 //!
 //! 1. **load**: a packet forwarder (GWMP, one rxpk per datagram) sends uplinks of 4 devices
 //!    at 50/s, for the whole test; each PUSH_ACK is recorded with the moment it came;
@@ -43,7 +43,7 @@
 //! still busy past the test's deadline is aborted (`PowerCutFs::abort_after`): the test
 //! fails, it never hangs.
 
-#[path = "support/powercut.rs"]
+#[path = "support/powercut/mod.rs"]
 mod powercut;
 mod support;
 
