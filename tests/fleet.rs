@@ -107,6 +107,50 @@ fn berryctl_fleet_shows_every_gateway_and_one_killed_as_offline() {
         assert!(h["disk_free_bytes"].as_u64().is_some_and(|b| b > 0), "{h}");
     }
 
+    // The exporter serves the same, as metrics, checked against each gateway's own.
+    let exporter_port = free_port();
+    let exporter = KillOnDrop(
+        berryctl_command()
+            .args(["exporter", "--broker", &url, "--listen", &format!("127.0.0.1:{exporter_port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("berryctl exporter"),
+    );
+    let scrape = |port: u16| http_get(port, "/metrics");
+    let fleet_metrics = wait_for(Duration::from_secs(30), "the exporter's three gateways", || {
+        scrape(exporter_port).filter(|m| {
+            m.contains("berrygw_fleet_gateways 3") && m.matches("berrygw_fleet_healthy{").count() == 3
+        })
+    });
+    for (gw, id) in gateways.iter().zip(ids) {
+        let text = std::fs::read_to_string(&gw.config).expect("config");
+        let port: u16 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+            .and_then(|p| p.trim_end_matches('"').parse().ok())
+            .expect("the gateway's http port");
+        let own = scrape(port).expect("the gateway's /metrics");
+        for sink in ["chirpstack", "app"] {
+            let theirs = value(&own, &format!("berrygw_sink_connected{{sink=\"{sink}\"}}"));
+            let ours = value(
+                &fleet_metrics,
+                &format!("berrygw_fleet_sink_connected{{gateway=\"{id}\",sink=\"{sink}\"}}"),
+            );
+            assert_eq!((theirs, ours), (Some(1.0), Some(1.0)), "{id} {sink}");
+            let theirs = value(&own, &format!("berrygw_journal_records{{sink=\"{sink}\"}}"));
+            let ours = value(
+                &fleet_metrics,
+                &format!("berrygw_fleet_sink_backlog_records{{gateway=\"{id}\",sink=\"{sink}\"}}"),
+            );
+            assert_eq!(theirs, ours, "{id} {sink} backlog");
+        }
+        assert_eq!(
+            value(&fleet_metrics, &format!("berrygw_fleet_gateway_up{{gateway=\"{id}\"}}")),
+            Some(1.0)
+        );
+    }
+
     gateways[1].kill9();
     let (code, rows) = wait_for(Duration::from_secs(60), "the killed gateway offline", || {
         let (code, rows) = fleet();
@@ -115,6 +159,11 @@ fn berryctl_fleet_shows_every_gateway_and_one_killed_as_offline() {
     assert_eq!(code, Some(1), "one gateway is offline: {rows:?}");
     let others: Vec<&serde_json::Value> = rows.iter().filter(|r| r["gateway_id"] != ids[1]).collect();
     assert!(others.iter().all(|r| r["status"] == "online"), "{rows:?}");
+    wait_for(Duration::from_secs(30), "the exporter sees it down", || {
+        scrape(exporter_port)
+            .filter(|m| value(m, &format!("berrygw_fleet_gateway_up{{gateway=\"{}\"}}", ids[1])) == Some(0.0))
+    });
+    drop(exporter);
     // Its last record is still there: when it was last seen, and what it said then.
     let killed = rows.iter().find(|r| r["gateway_id"] == ids[1]).expect("row");
     assert!(killed["health"]["uptime_secs"].is_u64(), "{killed}");
@@ -127,4 +176,31 @@ fn berryctl_fleet_shows_every_gateway_and_one_killed_as_offline() {
     }
     assert!(text.contains("offline"), "{text}");
     drop(gateways);
+}
+
+/// The body of `GET path` on a loopback HTTP port.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text.
+fn value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+}
+
+/// A child process killed (and reaped) when the test ends, even by a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

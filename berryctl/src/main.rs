@@ -10,6 +10,7 @@
 //!   identity (its announced key, pinned in `known_gateways` the first time).
 //! - `fleet`: every gateway in one table (online, stale, offline since), from the
 //!   state and health records the gateways keep retained on the broker.
+//! - `exporter`: the same records as Prometheus metrics, for a central Prometheus.
 //!
 //! Exit codes scripts may rely on: 0 done (`command`: verified), 1 the gateway refused
 //! or the command failed, 2 no answer in time (or the broker could not be reached),
@@ -17,6 +18,7 @@
 
 mod broker;
 mod command;
+mod exporter;
 mod fleet;
 mod keygen;
 mod known;
@@ -49,6 +51,8 @@ enum Action {
     /// Every gateway in one table, from the broker's retained state and health records
     /// (exit 0 all online and healthy, 1 one is not, 2 none heard).
     Fleet(fleet::FleetArgs),
+    /// Serve the fleet as Prometheus metrics (`berrygw_fleet_*`), from the broker.
+    Exporter(exporter::ExporterArgs),
 }
 
 /// What a command-line run ends with.
@@ -86,5 +90,6 @@ fn main() -> ExitCode {
         Action::Command(args) => command::run(*args).into(),
         Action::Session(args) => session::run(args).into(),
         Action::Fleet(args) => fleet::run(args).into(),
+        Action::Exporter(args) => exporter::run(args).into(),
     }
 }
