@@ -151,6 +151,30 @@ fn berryctl_fleet_shows_every_gateway_and_one_killed_as_offline() {
         );
     }
 
+    // The fleet dashboard shipped for Grafana asks only for families the exporter serves.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/grafana-fleet-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fleet dashboard")).expect("JSON");
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let mut rest = target["expr"].as_str().expect("expr");
+            while let Some(i) = rest.find("berrygw_") {
+                let name: String =
+                    rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[i + name.len()..];
+                used.insert(name);
+            }
+        }
+    }
+    assert!(used.len() >= 12, "the dashboard covers the families: {used:?}");
+    for name in used {
+        assert!(
+            fleet_metrics.contains(&format!("# TYPE {name} ")),
+            "the dashboard uses {name}, not exported"
+        );
+    }
+
     gateways[1].kill9();
     let (code, rows) = wait_for(Duration::from_secs(60), "the killed gateway offline", || {
         let (code, rows) = fleet();
