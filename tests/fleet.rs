@@ -84,6 +84,28 @@ fn berryctl_fleet_shows_every_gateway_and_one_killed_as_offline() {
             Berrygw::start(&gw_dir, &config)
         })
         .collect();
+    // Junk that anyone able to publish could leave retained: ignored, nothing else lost.
+    {
+        let (client, mut conn) =
+            rumqttc::Client::new(rumqttc::MqttOptions::new("test-junk", "127.0.0.1", broker.port), 10);
+        for (topic, payload) in [
+            ("berrygw/0016c001ff10aaaa/health", &b"not json"[..]),
+            ("berrygw/0016c001ff10aaab/health", br#"{"gateway_id": 1}"#),
+            ("berrygw/0016c001ff10aaac/state", b"\xff\xfe"),
+            ("berrygw/deep/er/health", b"{}"),
+        ] {
+            client.publish(topic, rumqttc::QoS::AtLeastOnce, true, payload.to_vec()).expect("publish");
+        }
+        let mut acked = 0;
+        for event in conn.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = event {
+                acked += 1;
+                if acked == 4 {
+                    break;
+                }
+            }
+        }
+    }
     let fleet = || {
         let out = berryctl_command()
             .args(["fleet", "--json", "--wait", "2", "--broker", &url])

@@ -258,3 +258,34 @@ fn encode(fleet: &Fleet, now_ms: i64) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_gateway_ids_and_sink_names_cannot_break_the_text_format() {
+        let fleet: Fleet = Arc::default();
+        let health: Health = serde_json::from_value(serde_json::json!({
+            "gateway_id": "x", "at_ms": 0, "every_secs": 300, "version": "1\"\n# TYPE evil gauge",
+            "uptime_secs": 1, "healthy": true,
+            "radio": { "kind": "sim", "running": true, "received": 0 },
+            "sinks": [{ "name": "a\"}\nevil 1", "connected": true, "backlog": 0 }],
+        }))
+        .expect("a record");
+        fleet
+            .lock()
+            .expect("lock")
+            .insert("gw\"\\\n1".into(), Known { online: Some(true), health: Some(health) });
+        let text = encode(&fleet, 1000);
+        for line in text.lines() {
+            assert!(
+                line.starts_with("# HELP berrygw_fleet_")
+                    || line.starts_with("# TYPE berrygw_fleet_")
+                    || line.starts_with("berrygw_fleet_"),
+                "a line the text format does not allow: {line:?}\n{text}"
+            );
+        }
+        assert!(text.contains(r#"gateway="gw\"\\\n1""#), "{text}");
+    }
+}
