@@ -250,3 +250,137 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The broker as a network would run it: TLS, a certificate per client, and an ACL that
+/// lets each gateway write only its own topics and the centre only commands. berryctl
+/// reaches it with its own certificate; a client that is not the gateway cannot replace
+/// the gateway's retained identity or health (the broker drops it), so the centre reads
+/// the gateway's own.
+#[test]
+fn over_tls_with_per_client_acls_the_centre_reads_what_the_gateway_itself_published() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = Certs::generate(dir.path(), "fleet");
+    let (gw_cert, gw_key) = certs.client(GW);
+    let (central_cert, central_key) = certs.client("central");
+    let (intruder_cert, intruder_key) = certs.client("intruder");
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "user central\n\
+         topic read berrygw/+/state\ntopic read berrygw/+/health\ntopic read berrygw/+/identity\n\
+         topic read berrygw/+/event/#\ntopic write berrygw/+/command\ntopic write berrygw/+/session/set\n\n\
+         pattern readwrite berrygw/%u/#\npattern readwrite eu868/gateway/%u/#\n",
+    )
+    .expect("acl");
+    let tls = BrokerTls {
+        ca: certs.ca.clone(),
+        cert: certs.server_cert.clone(),
+        key: certs.server_key.clone(),
+        require_client_cert: true,
+    };
+    let conf = format!("use_identity_as_username true\nacl_file {}\n", acl.display());
+    let broker = Mosquitto::start_with(dir.path(), Some(tls), &conf);
+    let url = broker.url(true);
+    let sink = |name: &str| {
+        format!(
+            "[sinks.{name}]\nserver = \"{url}\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n\
+             reconnect_min_ms = 200\nreconnect_max_ms = 1000\n",
+            certs.ca.display(),
+            gw_cert.display(),
+            gw_key.display()
+        )
+    };
+    let radio = "[radio]\nkind = \"sim\"\n\n[radio.sim]\ndevices = []\n";
+    let state = dir.path().join("s");
+    let gw = Berrygw::start(
+        dir.path(),
+        &config_with_radio(&state, "log", radio, &format!("{}\n{}", sink("chirpstack"), sink("app"))),
+    );
+    gw.wait_log(Duration::from_secs(60), "app sink: connected");
+    let own_key =
+        berrygw_command().args(["identity", "show", "--state-dir"]).arg(&state).output().expect("show");
+    let own_key = String::from_utf8_lossy(&own_key.stdout).trim().to_string();
+
+    // The intruder holds a certificate of the same CA, but the ACL gives it only its own topics.
+    let impostor = berrygw_proto::identity::Announcement::new(
+        GW,
+        &berrygw_proto::sealed::Identity::generate().recipient(),
+    );
+    for (topic, payload) in [
+        (format!("berrygw/{GW}/identity"), impostor.to_json()),
+        (format!("berrygw/{GW}/health"), b"{}".to_vec()),
+        (format!("berrygw/{GW}/state"), br#"{"online":false}"#.to_vec()),
+    ] {
+        // mosquitto answers a denied publish by closing the connection; either way, nothing
+        // of it may be kept (checked below).
+        let mut o = rumqttc::MqttOptions::new("intruder", "127.0.0.1", broker.port);
+        o.set_transport(tls_as(&certs, &intruder_cert, &intruder_key));
+        let (client, mut conn) = rumqttc::Client::new(o, 10);
+        client.publish(topic, rumqttc::QoS::AtLeastOnce, true, payload).expect("publish");
+        for event in conn.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) | Err(_) => break,
+                _ => {}
+            }
+        }
+    }
+
+    let berryctl = |args: &[&str]| {
+        berryctl_command()
+            .args(args)
+            .args(["--broker", &url, "--ca-file"])
+            .arg(&certs.ca)
+            .arg("--client-cert-file")
+            .arg(&central_cert)
+            .arg("--client-key-file")
+            .arg(&central_key)
+            .output()
+            .expect("berryctl")
+    };
+    let rows = wait_for(Duration::from_secs(60), "the gateway online and healthy, over TLS", || {
+        let out = berryctl(&["fleet", "--json", "--wait", "2"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows.iter()
+            .any(|r| r["gateway_id"] == GW && r["status"] == "online" && r["health"]["healthy"] == true)
+            .then_some(rows)
+    });
+    assert_eq!(rows.len(), 1, "only the gateway itself: {rows:?}");
+
+    // The retained identity is the gateway's own: what a session push would seal to.
+    let sub = {
+        let mut o = rumqttc::MqttOptions::new("central-reader", "127.0.0.1", broker.port);
+        o.set_transport(tls_as(&certs, &central_cert, &central_key));
+        let (client, mut conn) = rumqttc::Client::new(o, 10);
+        client.subscribe(format!("berrygw/{GW}/identity"), rumqttc::QoS::AtLeastOnce).expect("subscribe");
+        let mut payload = None;
+        for event in conn.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = event {
+                payload = Some(p.payload.to_vec());
+                break;
+            }
+        }
+        payload.expect("the retained identity")
+    };
+    let (_, key) = berrygw_proto::identity::Announcement::parse(&sub).expect("announcement");
+    assert_eq!(key.to_string(), own_key, "the gateway's own key, not the intruder's");
+
+    // Without a client certificate the broker does not let berryctl in: no answer, exit 2.
+    let out = berryctl_command()
+        .args(["fleet", "--wait", "2", "--broker", &url, "--ca-file"])
+        .arg(&certs.ca)
+        .output()
+        .expect("berryctl");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// rumqttc's TLS transport for a client with its own certificate of `certs`' CA.
+fn tls_as(certs: &Certs, cert: &std::path::Path, key: &std::path::Path) -> rumqttc::Transport {
+    let files = berrygw_proto::tls::TlsFiles {
+        ca_file: Some(&certs.ca),
+        client_cert_file: Some(cert),
+        client_key_file: Some(key),
+    };
+    rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+        berrygw_proto::tls::client_config(&files).expect("tls"),
+    ))
+}

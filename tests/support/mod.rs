@@ -86,6 +86,11 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start(dir: &Path, tls: Option<BrokerTls>) -> Mosquitto {
+        Mosquitto::start_with(dir, tls, "")
+    }
+
+    /// As `start`, with more lines for its configuration (an ACL file, say).
+    pub fn start_with(dir: &Path, tls: Option<BrokerTls>, extra_conf: &str) -> Mosquitto {
         let port = free_port();
         let dir = dir.join(format!("mosquitto-{port}"));
         fs::create_dir_all(&dir).expect("mosquitto dir");
@@ -108,6 +113,7 @@ impl Mosquitto {
                 t.require_client_cert
             );
         }
+        conf += extra_conf;
         fs::write(dir.join("mosquitto.conf"), conf).expect("write mosquitto.conf");
         let mut m = Mosquitto { port, dir, child: None };
         m.restart();
@@ -175,6 +181,7 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::Ex
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
 pub struct Certs {
+    dir: PathBuf,
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
@@ -257,12 +264,61 @@ impl Certs {
             );
         }
         Certs {
+            dir: d.clone(),
             ca: d.join("ca.pem"),
             server_cert: d.join("server.pem"),
             server_key: d.join("server.key"),
             client_cert: d.join("client.pem"),
             client_key: d.join("client.key"),
         }
+    }
+}
+
+impl Certs {
+    /// Another client certificate of this CA, with common name `cn` (a broker that maps
+    /// certificates to users, `use_identity_as_username`, knows it by that name):
+    /// `(certificate, key)`.
+    pub fn client(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let d = &self.dir;
+        let (key, csr, pem) = (format!("{cn}.key"), format!("{cn}.csr"), format!("{cn}.pem"));
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                "client.ext",
+            ],
+        );
+        (d.join(pem), d.join(key))
     }
 }
 
