@@ -1,8 +1,9 @@
 //! berrygw, the LoRaWAN gateway runtime: the library behind the `berrygw`
 //! binary. `pipeline` wires a radio source through filters into per-sink
-//! durable journals and out through the sinks; `config` is the file format;
-//! `demo` and `bench` run the same pipeline against an embedded broker;
-//! `metrics` and `status` tell people how it is doing.
+//! durable journals and out through the sinks; `config` is the file format and
+//! the resolved site; `demo` and `bench` run the same pipeline against an
+//! embedded broker; `metrics`, `status` and `api` tell people how it is doing,
+//! `health` and `identity` what the centre knows of it (with `berrygw-proto`).
 //! See ARCHITECTURE.md at the repository root for the code map.
 
 pub mod actuation;

@@ -1,6 +1,6 @@
 //! The `berrygw` command: the daemon (`run`), the field tools
 //! (`check-config`, `status`, `reload`, `actuate`, `points`, `audit`,
-//! `decode`), the self-contained `demo` and the `bench` harness.
+//! `identity`, `decode`), the self-contained `demo` and the `bench` harness.
 //! Argument parsing and logging set-up only; the work is in the library.
 
 use std::path::PathBuf;
