@@ -111,22 +111,13 @@ fn run_refuses_to_start_on_a_bad_config() {
 
 #[test]
 fn a_codec_that_does_not_compile_is_refused_by_check_config_and_run_alike() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tmp");
-    std::fs::write(dir.path().join("broken.js"), "function decodeUplink(input) { return {").expect("codec");
-    let registry = dir.path().join("devices.toml");
-    std::fs::write(
-        &registry,
-        "[[device]]\nname = \"compteur\"\ndev_eui = \"0000000000000001\"\ncodec = \"broken.js\"\n\
-         otaa = { app_key = \"000102030405060708090a0b0c0d0e0f\" }\n",
-    )
-    .expect("registry");
-    std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (registry, codecs) = registry_with_a_broken_codec(dir.path());
     let text = format!(
         "{}\n[decode]\ndevices = \"{}\"\ncodec_dirs = [\"{}\"]\n",
         config(&dir.path().join("state"), "sqlite", "mqtt://127.0.0.1:1", "", "devices = []"),
         registry.display(),
-        dir.path().display()
+        codecs.display()
     );
     let path = dir.path().join("berrygw.toml");
     std::fs::write(&path, text).expect("write");

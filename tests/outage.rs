@@ -396,23 +396,12 @@ fn every_acknowledged_gwmp_uplink_survives(how: Stop, backend: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_that_fails_late_connects_nothing() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tmp");
     let broker = Mosquitto::start(dir.path(), None);
     let sub = Subscriber::connect(broker.port, "#", None);
     // A codec that does not compile: refused when decoding starts (the decoder thread
     // compiles the codecs), after the journals are open.
-    let codecs = dir.path().join("codecs");
-    std::fs::create_dir(&codecs).expect("codec dir");
-    std::fs::write(codecs.join("broken.js"), "function decodeUplink(input) { return {").expect("codec");
-    let registry = dir.path().join("devices.toml");
-    std::fs::write(
-        &registry,
-        "[[device]]\nname = \"compteur\"\ndev_eui = \"0000000000000001\"\ncodec = \"broken.js\"\n\
-         otaa = { app_key = \"000102030405060708090a0b0c0d0e0f\" }\n",
-    )
-    .expect("registry");
-    std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (registry, codecs) = registry_with_a_broken_codec(dir.path());
     let sinks = format!(
         "[sinks.chirpstack]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
          [sinks.app]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\

@@ -360,15 +360,20 @@ pub fn berrygw_bin() -> &'static str {
 /// A command running the berrygw binary; under `scripts/cross-test` the
 /// foreign binary goes through the qemu runner named in `BERRYGW_TEST_RUNNER`.
 pub fn berrygw_command() -> Command {
+    through_runner(Path::new(berrygw_bin()))
+}
+
+/// A command running `bin`, through the qemu runner in `BERRYGW_TEST_RUNNER` if any.
+fn through_runner(bin: &Path) -> Command {
     let runner = std::env::var("BERRYGW_TEST_RUNNER").unwrap_or_default();
     let mut words = runner.split_whitespace();
     match words.next() {
         Some(program) => {
             let mut c = Command::new(program);
-            c.args(words).arg(berrygw_bin());
+            c.args(words).arg(bin);
             c
         }
-        None => Command::new(berrygw_bin()),
+        None => Command::new(bin),
     }
 }
 
@@ -386,16 +391,7 @@ pub fn berryctl_bin() -> PathBuf {
 
 /// A command running `berryctl` (through the qemu runner under `scripts/cross-test`).
 pub fn berryctl_command() -> Command {
-    let runner = std::env::var("BERRYGW_TEST_RUNNER").unwrap_or_default();
-    let mut words = runner.split_whitespace();
-    match words.next() {
-        Some(program) => {
-            let mut c = Command::new(program);
-            c.args(words).arg(berryctl_bin());
-            c
-        }
-        None => Command::new(berryctl_bin()),
-    }
+    through_runner(&berryctl_bin())
 }
 
 impl Berrygw {
@@ -705,4 +701,22 @@ pub fn downlink_command(downlink_id: u32) -> gw::DownlinkFrame {
         }],
         ..Default::default()
     }
+}
+
+/// A device registry (mode 0600) in `dir` naming one device whose codec, `broken.js` in
+/// `dir/codecs`, does not compile: `(registry, codec folder)`.
+pub fn registry_with_a_broken_codec(dir: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let codecs = dir.join("codecs");
+    fs::create_dir_all(&codecs).expect("codec dir");
+    fs::write(codecs.join("broken.js"), "function decodeUplink(input) { return {").expect("codec");
+    let registry = dir.join("devices.toml");
+    fs::write(
+        &registry,
+        "[[device]]\nname = \"compteur\"\ndev_eui = \"0000000000000001\"\ncodec = \"broken.js\"\n\
+         otaa = { app_key = \"000102030405060708090a0b0c0d0e0f\" }\n",
+    )
+    .expect("registry");
+    fs::set_permissions(&registry, fs::Permissions::from_mode(0o600)).expect("chmod");
+    (registry, codecs)
 }
