@@ -17,11 +17,15 @@ use rumqttc::{Event, Packet, QoS};
 use crate::broker::BrokerArgs;
 use crate::keygen::read_private;
 use crate::Exit;
+use ed25519_dalek::SigningKey;
 
+/// What every signed message to one gateway needs (`command`, `session push`): the
+/// broker, the signing key, the gateway, how long the message stays valid and how long
+/// to wait for its outcome.
 #[derive(clap::Args)]
-pub struct CommandArgs {
+pub struct Signed {
     #[command(flatten)]
-    broker: BrokerArgs,
+    pub broker: BrokerArgs,
     /// The signing key (`berryctl keygen --out`).
     #[arg(long)]
     key: PathBuf,
@@ -30,65 +34,92 @@ pub struct CommandArgs {
     key_id: String,
     /// The gateway's id (its EUI, as in its `[gateway] id`).
     #[arg(long)]
-    gateway: String,
+    pub gateway: String,
+    /// Seconds the message stays valid; after that the gateway refuses it (at most a day).
+    #[arg(long, default_value_t = 300)]
+    ttl: u64,
+    /// Seconds to wait for the outcome.
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
+    /// Print the final outcome as JSON (the gateway's audit entry), or `{"outcome": null, ...}`.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Signed {
+    /// The signing key, or exit 3 with why not.
+    pub fn key(&self) -> Result<SigningKey, Exit> {
+        read_private(&self.key).map_err(|e| usage(&e))
+    }
+
+    /// Sign `command` for `target` with `args`, publish it on `topic`, wait for the
+    /// gateway's outcome: the exit. Ids are `s-…` for session pushes, `c-…` for commands.
+    pub fn send(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        key: &SigningKey,
+        topic: String,
+        target: &str,
+        command: &str,
+        args: serde_json::Value,
+    ) -> Exit {
+        let now = Utc::now();
+        let id = new_id(if command == "set_session" { "s" } else { "c" });
+        let unsigned = UnsignedCommand {
+            id: id.clone(),
+            key_id: self.key_id.clone(),
+            gateway_id: self.gateway.clone(),
+            target: target.to_string(),
+            command: command.to_string(),
+            args,
+            not_after: now + chrono::Duration::seconds(self.ttl.min(86_400) as i64),
+            issued_at: Some(now),
+        };
+        let envelope = match unsigned.sign(key) {
+            Ok(e) => e,
+            Err(r) => return usage(&r.to_string()),
+        };
+        let wait = Duration::from_secs(self.wait);
+        let outcome = runtime.block_on(publish_and_wait(
+            &self.broker,
+            &self.gateway,
+            topic,
+            &id,
+            envelope.to_json(),
+            wait,
+            self.json,
+        ));
+        report(outcome, &self.gateway, &id, self.wait, self.json)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct CommandArgs {
+    #[command(flatten)]
+    signed: Signed,
     /// Field device name (`barrage-cher-1`).
     target: String,
     /// Profile command (`move_bay`).
     command: String,
     /// Arguments, `name=value` (numbers and true/false as such), or one JSON object.
     args: Vec<String>,
-    /// Seconds the command stays valid; after that the gateway refuses it (at most a day).
-    #[arg(long, default_value_t = 300)]
-    ttl: u64,
-    /// Seconds to wait for the outcome.
-    #[arg(long, default_value_t = 60)]
-    wait: u64,
-    /// Print the final outcome as JSON (the gateway's audit entry), or `{"outcome": null, ...}`.
-    #[arg(long)]
-    json: bool,
 }
 
 pub fn run(a: CommandArgs) -> Exit {
-    let key = match read_private(&a.key) {
+    let key = match a.signed.key() {
         Ok(k) => k,
-        Err(e) => return usage(&e),
+        Err(exit) => return exit,
     };
     let args = match args_from_words(&a.args) {
         Ok(v) => v,
         Err(e) => return usage(&e),
     };
-    let now = Utc::now();
-    let id = new_id("c");
-    let unsigned = UnsignedCommand {
-        id: id.clone(),
-        key_id: a.key_id.clone(),
-        gateway_id: a.gateway.clone(),
-        target: a.target.clone(),
-        command: a.command.clone(),
-        args,
-        not_after: now + chrono::Duration::seconds(a.ttl.min(86_400) as i64),
-        issued_at: Some(now),
-    };
-    let envelope = match unsigned.sign(&key) {
-        Ok(e) => e,
-        Err(r) => return usage(&r.to_string()),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match crate::runtime() {
         Ok(r) => r,
-        Err(e) => return usage(&format!("runtime: {e}")),
+        Err(exit) => return exit,
     };
-    let wait = Duration::from_secs(a.wait);
-    let topic = a.broker.topics(&a.gateway).command();
-    let outcome = runtime.block_on(publish_and_wait(
-        &a.broker,
-        &a.gateway,
-        topic,
-        &id,
-        envelope.to_json(),
-        wait,
-        a.json,
-    ));
-    report(outcome, &a.gateway, &id, a.wait, a.json)
+    let topic = a.signed.broker.topics(&a.signed.gateway).command();
+    a.signed.send(&runtime, &key, topic, &a.target, &a.command, args)
 }
 
 /// The exit of a command or session push whose outcome is `outcome`.

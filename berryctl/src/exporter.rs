@@ -13,11 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berrygw_proto::health::Health;
-use rumqttc::{Event, Packet, QoS};
+use rumqttc::{Event, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::broker::BrokerArgs;
+use crate::fleet::{subscribe, take, Known};
 use crate::Exit;
 
 #[derive(clap::Args)]
@@ -29,19 +30,12 @@ pub struct ExporterArgs {
     listen: SocketAddr,
 }
 
-/// What is known of one gateway.
-#[derive(Default)]
-struct Known {
-    online: Option<bool>,
-    health: Option<Health>,
-}
-
 type Fleet = Arc<Mutex<BTreeMap<String, Known>>>;
 
 pub fn run(a: ExporterArgs) -> Exit {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match crate::runtime() {
         Ok(r) => r,
-        Err(e) => return crate::command::usage(&format!("runtime: {e}")),
+        Err(exit) => return exit,
     };
     runtime.block_on(async {
         let listener = match TcpListener::bind(a.listen).await {
@@ -89,39 +83,14 @@ pub fn run(a: ExporterArgs) -> Exit {
 
 /// Stay subscribed to every gateway's state and health, reconnecting when the broker goes.
 async fn follow(broker: BrokerArgs, fleet: Fleet) {
-    let prefix = broker.prefix.trim_matches('/').to_string();
-    let under =
-        |what: &str| if prefix.is_empty() { format!("+/{what}") } else { format!("{prefix}/+/{what}") };
     loop {
         let session = async {
             let (client, mut eventloop) = broker.connect(Duration::from_secs(15)).await?;
-            client.subscribe(under("state"), QoS::AtLeastOnce).await?;
-            client.subscribe(under("health"), QoS::AtLeastOnce).await?;
+            subscribe(&client, &broker.prefix).await?;
             loop {
-                let Event::Incoming(Packet::Publish(p)) = eventloop.poll().await? else { continue };
-                let rest = if prefix.is_empty() {
-                    p.topic.as_str()
-                } else {
-                    p.topic.strip_prefix(&prefix).unwrap_or("")
-                };
-                let mut parts = rest.trim_start_matches('/').split('/');
-                let (Some(gateway), Some(kind), None) = (parts.next(), parts.next(), parts.next()) else {
-                    continue;
-                };
-                let mut fleet = fleet.lock().unwrap_or_else(|e| e.into_inner());
-                match kind {
-                    "state" => {
-                        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
-                        if let Some(online) = v["online"].as_bool() {
-                            fleet.entry(gateway.to_string()).or_default().online = Some(online);
-                        }
-                    }
-                    "health" => {
-                        if let Ok(h) = serde_json::from_slice::<Health>(&p.payload) {
-                            fleet.entry(gateway.to_string()).or_default().health = Some(h);
-                        }
-                    }
-                    _ => {}
+                if let Event::Incoming(Packet::Publish(p)) = eventloop.poll().await? {
+                    let mut fleet = fleet.lock().unwrap_or_else(|e| e.into_inner());
+                    take(&mut fleet, &broker.prefix, &p.topic, &p.payload);
                 }
             }
             #[allow(unreachable_code)]

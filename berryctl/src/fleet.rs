@@ -12,11 +12,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berrygw_proto::health::Health;
-use rumqttc::{Event, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde::Serialize;
 
 use crate::broker::BrokerArgs;
-use crate::command::usage;
 use crate::Exit;
 
 #[derive(clap::Args)]
@@ -45,9 +44,9 @@ pub struct Row {
 }
 
 pub fn run(a: FleetArgs) -> Exit {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match crate::runtime() {
         Ok(r) => r,
-        Err(e) => return usage(&format!("runtime: {e}")),
+        Err(exit) => return exit,
     };
     let rows = match runtime.block_on(collect(&a.broker, Duration::from_secs(a.wait))) {
         Ok(rows) => rows,
@@ -71,53 +70,68 @@ pub fn run(a: FleetArgs) -> Exit {
     }
 }
 
+/// What the broker keeps retained of one gateway.
+#[derive(Default)]
+pub struct Known {
+    /// Its state message said online (`None`: no state message retained).
+    pub online: Option<bool>,
+    pub health: Option<Health>,
+}
+
+/// Subscribe `client` to every gateway's state and health under `prefix`.
+pub async fn subscribe(client: &AsyncClient, prefix: &str) -> Result<(), rumqttc::ClientError> {
+    let prefix = prefix.trim_matches('/');
+    for what in ["state", "health"] {
+        let filter = if prefix.is_empty() { format!("+/{what}") } else { format!("{prefix}/+/{what}") };
+        client.subscribe(filter, QoS::AtLeastOnce).await?;
+    }
+    Ok(())
+}
+
+/// Take one message into `fleet` if it is a gateway's state or health under `prefix`.
+/// Anything else, or a payload that does not parse, is ignored: anyone able to publish
+/// may leave junk, and the table shows what is known.
+pub fn take(fleet: &mut BTreeMap<String, Known>, prefix: &str, topic: &str, payload: &[u8]) {
+    let prefix = prefix.trim_matches('/');
+    let rest = if prefix.is_empty() { topic } else { topic.strip_prefix(prefix).unwrap_or("") };
+    let mut parts = rest.trim_start_matches('/').split('/');
+    let (Some(gateway), Some(kind), None) = (parts.next(), parts.next(), parts.next()) else { return };
+    match kind {
+        "state" => {
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+            if let Some(online) = v["online"].as_bool() {
+                fleet.entry(gateway.to_string()).or_default().online = Some(online);
+            }
+        }
+        "health" => {
+            if let Ok(h) = serde_json::from_slice::<Health>(payload) {
+                fleet.entry(gateway.to_string()).or_default().health = Some(h);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The retained state and health of every gateway under the prefix.
 async fn collect(broker: &BrokerArgs, wait: Duration) -> anyhow::Result<Vec<Row>> {
     let (client, mut eventloop) = broker.connect(wait.max(Duration::from_secs(5))).await?;
-    let prefix = broker.prefix.trim_matches('/');
-    let under =
-        |what: &str| if prefix.is_empty() { format!("+/{what}") } else { format!("{prefix}/+/{what}") };
-    client.subscribe(under("state"), QoS::AtLeastOnce).await?;
-    client.subscribe(under("health"), QoS::AtLeastOnce).await?;
-    let mut states: BTreeMap<String, bool> = BTreeMap::new();
-    let mut healths: BTreeMap<String, Health> = BTreeMap::new();
+    subscribe(&client, &broker.prefix).await?;
+    let mut fleet = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
             Ok(event) => event?,
             Err(_) => break,
         };
-        let Event::Incoming(Packet::Publish(p)) = event else { continue };
-        let rest =
-            if prefix.is_empty() { p.topic.as_str() } else { p.topic.strip_prefix(prefix).unwrap_or("") };
-        let mut parts = rest.trim_start_matches('/').split('/');
-        let (Some(gateway), Some(kind), None) = (parts.next(), parts.next(), parts.next()) else { continue };
-        match kind {
-            "state" => {
-                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
-                if let Some(online) = v["online"].as_bool() {
-                    states.insert(gateway.to_string(), online);
-                }
-            }
-            "health" => {
-                // A record that does not parse is skipped: the table shows what is known.
-                if let Ok(h) = serde_json::from_slice::<Health>(&p.payload) {
-                    healths.insert(gateway.to_string(), h);
-                }
-            }
-            _ => {}
+        if let Event::Incoming(Packet::Publish(p)) = event {
+            take(&mut fleet, &broker.prefix, &p.topic, &p.payload);
         }
     }
     let _ = client.disconnect().await;
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut ids: Vec<String> = states.keys().chain(healths.keys()).cloned().collect();
-    ids.sort();
-    ids.dedup();
-    Ok(ids
+    Ok(fleet
         .into_iter()
-        .map(|id| {
-            let online = states.get(&id).copied();
-            let health = healths.remove(&id);
+        .map(|(id, Known { online, health })| {
             let age = health.as_ref().map(|h| ((now_ms - h.at_ms).max(0) / 1000) as u64);
             let fresh = health.as_ref().zip(age).is_some_and(|(h, age)| age <= 2 * h.every_secs.max(1));
             let status = match (online, fresh) {

@@ -74,6 +74,14 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// The one-thread runtime every command runs its broker connection on (exit 3 if none).
+fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| command::usage(&format!("runtime: {e}")))
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

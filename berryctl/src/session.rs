@@ -8,16 +8,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berrygw_proto::envelope::UnsignedCommand;
 use berrygw_proto::identity::Announcement;
 use berrygw_proto::sealed::Recipient;
 use berrygw_proto::session::{SessionKeys, SEALED_KEYS};
-use chrono::Utc;
 use rumqttc::{Event, Packet, QoS};
 
 use crate::broker::BrokerArgs;
-use crate::command::{new_id, publish_and_wait, report, usage};
-use crate::keygen::read_private;
+use crate::command::{usage, Signed};
 use crate::known::{self, Pin};
 use crate::Exit;
 
@@ -36,16 +33,9 @@ enum Action {
 #[derive(clap::Args)]
 pub struct PushArgs {
     #[command(flatten)]
-    broker: BrokerArgs,
-    /// The signing key (`berryctl keygen --out`); its scope must allow `set_session` on the DevEUI.
-    #[arg(long)]
-    key: PathBuf,
-    #[arg(long)]
-    key_id: String,
-    /// The gateway's id.
-    #[arg(long)]
-    gateway: String,
-    /// The device's DevEUI (16 hex digits).
+    signed: Signed,
+    /// The device's DevEUI (16 hex digits); the signing key's scope must allow
+    /// `set_session` on it.
     #[arg(long)]
     dev_eui: String,
     /// Its DevAddr (8 hex digits).
@@ -63,12 +53,6 @@ pub struct PushArgs {
     /// Pinned gateway keys (default ~/.config/berryctl/known_gateways).
     #[arg(long)]
     known_gateways: Option<PathBuf>,
-    #[arg(long, default_value_t = 300)]
-    ttl: u64,
-    #[arg(long, default_value_t = 60)]
-    wait: u64,
-    #[arg(long)]
-    json: bool,
 }
 
 pub fn run(args: SessionArgs) -> Exit {
@@ -78,9 +62,9 @@ pub fn run(args: SessionArgs) -> Exit {
 }
 
 fn push(a: PushArgs) -> Exit {
-    let key = match read_private(&a.key) {
+    let key = match a.signed.key() {
         Ok(k) => k,
-        Err(e) => return usage(&e),
+        Err(exit) => return exit,
     };
     let keys: SessionKeys = match std::fs::read(&a.keys_file)
         .map_err(|e| e.to_string())
@@ -89,62 +73,37 @@ fn push(a: PushArgs) -> Exit {
         Ok(k) => k,
         Err(e) => return usage(&format!("--keys-file {}: {e}", a.keys_file.display())),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match crate::runtime() {
         Ok(r) => r,
-        Err(e) => return usage(&format!("runtime: {e}")),
+        Err(exit) => return exit,
     };
-    let wait = Duration::from_secs(a.wait);
+    let (broker, gateway) = (&a.signed.broker, &a.signed.gateway);
     let recipient = match &a.recipient {
         Some(r) => r.clone(),
-        None => match runtime.block_on(announced_key(&a.broker, &a.gateway, wait)) {
+        None => match runtime.block_on(announced_key(broker, gateway, Duration::from_secs(a.signed.wait))) {
             Ok(Some(r)) => r,
             Ok(None) => {
                 return usage(&format!(
-                "gateway {} announced no identity key within {} s; give --recipient (berrygw identity show)",
-                a.gateway, a.wait
-            ))
+                    "gateway {gateway} announced no identity key within {} s; give --recipient (berrygw identity show)",
+                    a.signed.wait
+                ))
             }
             Err(e) => return usage(&format!("{e:#}")),
         },
     };
     let pins = a.known_gateways.clone().unwrap_or_else(known::default_path);
-    match known::check_or_pin(&pins, &a.gateway, &recipient) {
+    match known::check_or_pin(&pins, gateway, &recipient) {
         Ok(Pin::Known) => {}
-        Ok(Pin::Added) => eprintln!("gateway {} key {recipient} pinned in {}", a.gateway, pins.display()),
+        Ok(Pin::Added) => eprintln!("gateway {gateway} key {recipient} pinned in {}", pins.display()),
         Err(e) => return usage(&e),
     }
-    let now = Utc::now();
-    let id = new_id("s");
-    let envelope = UnsignedCommand {
-        id: id.clone(),
-        key_id: a.key_id.clone(),
-        gateway_id: a.gateway.clone(),
-        target: a.dev_eui.clone(),
-        command: "set_session".into(),
-        args: serde_json::json!({
-            "dev_addr": a.dev_addr,
-            "f_cnt_up": a.f_cnt_up,
-            SEALED_KEYS: keys.seal(&recipient),
-        }),
-        not_after: now + chrono::Duration::seconds(a.ttl.min(86_400) as i64),
-        issued_at: Some(now),
-    }
-    .sign(&key);
-    let envelope = match envelope {
-        Ok(e) => e,
-        Err(r) => return usage(&r.to_string()),
-    };
-    let topic = a.broker.topics(&a.gateway).session_set();
-    let outcome = runtime.block_on(publish_and_wait(
-        &a.broker,
-        &a.gateway,
-        topic,
-        &id,
-        envelope.to_json(),
-        wait,
-        a.json,
-    ));
-    report(outcome, &a.gateway, &id, a.wait, a.json)
+    let args = serde_json::json!({
+        "dev_addr": a.dev_addr,
+        "f_cnt_up": a.f_cnt_up,
+        SEALED_KEYS: keys.seal(&recipient),
+    });
+    let topic = broker.topics(gateway).session_set();
+    a.signed.send(&runtime, &key, topic, &a.dev_eui, "set_session", args)
 }
 
 /// The key in the gateway's retained identity announcement, if one comes within `wait`.

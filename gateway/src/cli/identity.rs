@@ -32,19 +32,16 @@ enum Action {
 }
 
 pub fn run(args: IdentityArgs) -> ExitCode {
-    let loaded = config::load(&args.config).ok();
+    let loaded = config::load(&args.config);
     let state_dir = match (&args.state_dir, &loaded) {
         (Some(dir), _) => dir.clone(),
-        (None, Some(c)) => c.config.gateway.state_dir.clone(),
-        (None, None) => {
-            // Say why: the file is missing or wrong.
-            if let Err(e) = config::load(&args.config) {
-                eprintln!("error: {e} (or give --state-dir)");
-            }
+        (None, Ok(c)) => c.config.gateway.state_dir.clone(),
+        (None, Err(e)) => {
+            eprintln!("error: {e} (or give --state-dir)");
             return ExitCode::from(2);
         }
     };
-    let gateway_id = loaded.as_ref().map(|c| c.config.gateway.id.to_string());
+    let gateway_id = loaded.as_ref().ok().map(|c| c.config.gateway.id.to_string());
     let result = match args.action {
         Action::Init => identity::load_or_create(&state_dir).map(|(id, made)| {
             if made {
