@@ -448,6 +448,22 @@ fn session_keys_in_a_signed_envelope_are_checked_and_installed() {
             .find(|t| t.contains("s-0"))
     });
     assert!(refused.contains("keys_in_clear"), "{refused}");
+    // No sealed keys, or something else than a base64 string: refused, nothing installed.
+    for (id, args) in [
+        ("s-no-keys", serde_json::json!({ "dev_addr": "26011007", "f_cnt_up": 0 })),
+        ("s-not-text", serde_json::json!({ "dev_addr": "26011007", "f_cnt_up": 0, "sealed_keys": 5 })),
+    ] {
+        client
+            .publish(&topic, rumqttc::QoS::AtLeastOnce, false, push(id, args).into_bytes())
+            .expect("publish");
+        let refused = wait_for(Duration::from_secs(20), id, || {
+            app.on_topic(&format!("berrygw/{GW}/event/command"))
+                .into_iter()
+                .map(|e| String::from_utf8_lossy(&e.payload).to_string())
+                .find(|t| t.contains(id))
+        });
+        assert!(refused.contains("refused") && refused.contains("bad_args"), "{refused}");
+    }
     // Signed by the network server's key, keys sealed: installed, and the device decodes;
     // each push under its own id.
     let signed_push = |id: &str| {

@@ -145,6 +145,7 @@ fn berryctl_fleet_shows_every_gateway_and_one_killed_as_offline() {
             m.contains("berrygw_fleet_gateways 3") && m.matches("berrygw_fleet_healthy{").count() == 3
         })
     });
+    assert_eq!(http_get(exporter_port, "/"), None, "only /metrics is served");
     for (gw, id) in gateways.iter().zip(ids) {
         let text = std::fs::read_to_string(&gw.config).expect("config");
         let port: u16 = text

@@ -91,3 +91,30 @@ fn a_broker_that_does_not_answer_is_no_answer_exit_2() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(v["outcome"].is_null(), "{v}");
 }
+
+#[test]
+fn a_session_push_with_keys_that_do_not_read_exits_3_before_any_connection() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = dir.path().join("k");
+    assert!(berryctl()
+        .args(["keygen", "--id", "k", "--out"])
+        .arg(&key)
+        .output()
+        .expect("keygen")
+        .status
+        .success());
+    let keys = dir.path().join("keys.json");
+    for junk in ["not json", r#"{"nwk_s_key": "00"}"#, r#"{"nwk_s_key": "00", "app_s_key": "11", "x": 1}"#] {
+        std::fs::write(&keys, junk).expect("write");
+        let out = berryctl()
+            .args(["session", "push", "--broker", "mqtt://127.0.0.1:1", "--key-id", "k", "--gateway", "g"])
+            .args(["--dev-eui", "70b3d57ed0001007", "--dev-addr", "26011007", "--key"])
+            .arg(&key)
+            .arg("--keys-file")
+            .arg(&keys)
+            .output()
+            .expect("berryctl session push");
+        assert_eq!(out.status.code(), Some(3), "{junk}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--keys-file"), "{out:?}");
+    }
+}
