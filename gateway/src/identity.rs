@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use berrygw_core::files::{create_private_dir, STATE_FILE_MODE};
 use berrygw_proto::sealed::Identity;
 
@@ -65,9 +65,6 @@ pub fn load_or_create(state_dir: &Path) -> anyhow::Result<(Identity, bool)> {
     std::fs::rename(&tmp, &path).with_context(|| format!("installing {}", path.display()))?;
     if let Ok(dir) = std::fs::File::open(state_dir) {
         let _ = dir.sync_all();
-    }
-    if load(state_dir)?.recipient() != identity.recipient() {
-        bail!("{}: the key read back is not the one written", path.display());
     }
     Ok((identity, true))
 }
