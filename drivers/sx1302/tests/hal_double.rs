@@ -94,12 +94,20 @@ impl Harness {
         found.unwrap_or_else(|| panic!("status never showed {what}: {:?}", *self.status.borrow()))
     }
 
-    /// Closes the pipeline's side; the radio stops and the task ends.
+    /// Closes the pipeline's side; the radio stops and the task ends. The double is
+    /// free for the next test once this returns: read it afterwards only through
+    /// `shut_down_holding`.
     async fn shut_down(self) -> Result<(), RadioError> {
-        let Harness { uplinks, downlinks, tx_acks, task, _guard, .. } = self;
+        self.shut_down_holding().await.0
+    }
+
+    /// As `shut_down`, keeping the double to this test so what it shows after the
+    /// stop is still this test's (another test may take it the moment it is free).
+    async fn shut_down_holding(self) -> (Result<(), RadioError>, DoubleGuard) {
+        let Harness { uplinks, downlinks, tx_acks, task, _guard: guard, .. } = self;
         drop((uplinks, downlinks, tx_acks));
         match tokio::time::timeout(PATIENCE, task).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => (result, guard),
             other => panic!("radio task did not end: {other:?}"),
         }
     }
@@ -221,7 +229,8 @@ async fn configures_the_hal_with_the_eu868_plan_on_a_rak2287() {
     assert_eq!(h.gpio.events(), reset_sequence(&boards::rak2287::MODEL));
     assert!(double::is_started());
 
-    assert!(h.shut_down().await.is_ok());
+    let (stopped, _still_ours) = h.shut_down_holding().await;
+    assert!(stopped.is_ok());
     assert!(!double::is_started(), "lgw_stop on shutdown");
 }
 
@@ -473,7 +482,8 @@ async fn every_refused_downlink_is_answered_with_its_reason() {
 
     let s = h.status_when("six refused", |s| s.tx_refused == 6).await;
     assert_eq!(s.tx_sent, 0);
-    assert!(h.shut_down().await.is_ok());
+    let (stopped, _still_ours) = h.shut_down_holding().await;
+    assert!(stopped.is_ok());
     assert!(double::sent().is_empty(), "the accepted one was dropped at shutdown, never sent");
 }
 
@@ -581,7 +591,8 @@ async fn a_restart_voids_queued_downlinks() {
     double::fail_next("lgw_receive", 3);
     let s = h.status_when("restart", |s| s.restarts == 1 && s.running).await;
     assert_eq!(s.tx_failed, 1);
-    assert!(h.shut_down().await.is_ok());
+    let (stopped, _still_ours) = h.shut_down_holding().await;
+    assert!(stopped.is_ok());
     assert!(double::sent().is_empty());
 }
 
