@@ -10,7 +10,18 @@
 //! targets = ["barrage-*", "armoire-ep-rue-haute"]   # glob: `*` matches any run of characters
 //! commands = ["move_bay*", "stop_bay*"]             # ["*"] for all
 //! comment = "plateforme centrale, clé 2026"          # optional
+//!
+//! [[key]]
+//! id = "central-config"
+//! public_key = "…"
+//! bundles = ["devices", "codecs", "rules"]   # kinds of file it may sign in a bundle
 //! ```
+//!
+//! `bundles` (optional, none by default) is the scope for configuration bundles
+//! (`crate::bundle`): `devices`, `codecs`, `rules`, `authorized_keys`. Only a key with
+//! `authorized_keys` in it can change this file remotely, so a command key cannot give
+//! itself more scope. A key with `bundles` may leave out `targets` and `commands`
+//! (then it signs no command).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -23,6 +34,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::bundle::Kind;
 use crate::MAX_NAME_BYTES;
 
 /// Every authorized key, checked.
@@ -43,6 +55,8 @@ pub struct AuthorizedKey {
     pub targets: Vec<String>,
     /// Globs over command names.
     pub commands: Vec<String>,
+    /// The kinds of file it may sign in a configuration bundle.
+    pub bundles: Vec<Kind>,
     pub comment: Option<String>,
 }
 
@@ -66,8 +80,9 @@ struct File {
 struct Entry {
     id: Spanned<String>,
     public_key: Spanned<String>,
-    targets: Spanned<Vec<String>>,
-    commands: Spanned<Vec<String>>,
+    targets: Option<Spanned<Vec<String>>>,
+    commands: Option<Spanned<Vec<String>>>,
+    bundles: Option<Spanned<Vec<String>>>,
     comment: Option<String>,
 }
 
@@ -110,11 +125,26 @@ impl AuthorizedKeys {
             }
             let public_key = parse_public_key(e.public_key.get_ref())
                 .map_err(|message| at(e.public_key.span(), field("public_key"), message))?;
-            let targets = check_globs(&e.targets, "targets")
-                .map_err(|message| at(e.targets.span(), field("targets"), message))?;
-            let commands = check_globs(&e.commands, "commands")
-                .map_err(|message| at(e.commands.span(), field("commands"), message))?;
-            keys.push(AuthorizedKey { id, public_key, targets, commands, comment: e.comment });
+            let bundles = match &e.bundles {
+                Some(list) => {
+                    check_kinds(list).map_err(|message| at(list.span(), field("bundles"), message))?
+                }
+                None => Vec::new(),
+            };
+            let globs = |list: &Option<Spanned<Vec<String>>>, what: &str| match list {
+                Some(list) => {
+                    check_globs(list, what).map_err(|message| at(list.span(), field(what), message))
+                }
+                None if !bundles.is_empty() => Ok(Vec::new()),
+                None => Err(at(
+                    e.id.span(),
+                    field(what),
+                    format!("missing `{what}` (a key without `bundles` exists to sign commands)"),
+                )),
+            };
+            let targets = globs(&e.targets, "targets")?;
+            let commands = globs(&e.commands, "commands")?;
+            keys.push(AuthorizedKey { id, public_key, targets, commands, bundles, comment: e.comment });
         }
         Ok(AuthorizedKeys { path: path.to_path_buf(), keys, by_id })
     }
@@ -144,6 +174,20 @@ fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
         return Err("a weak (small-order) Ed25519 public key: anyone could forge its signatures".into());
     }
     Ok(key)
+}
+
+fn check_kinds(list: &Spanned<Vec<String>>) -> Result<Vec<Kind>, String> {
+    let mut kinds = Vec::new();
+    for label in list.get_ref() {
+        let kind = Kind::from_label(label).ok_or_else(|| {
+            let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+            format!("`{label}` in `bundles`: not a kind of bundle file; known: {}", known.join(", "))
+        })?;
+        kinds.push(kind);
+    }
+    kinds.sort();
+    kinds.dedup();
+    Ok(kinds)
 }
 
 fn check_globs(globs: &Spanned<Vec<String>>, what: &str) -> Result<Vec<String>, String> {

@@ -4,12 +4,14 @@
 //! signed command envelope with its canonical bytes, signing and checks
 //! (`envelope`), the keys a gateway accepts commands from with their scope
 //! (`keys`, `/etc/berrygw/authorized_keys`), secrets sealed to a gateway's identity
-//! (`sealed`) and the identity each gateway announces (`identity`). Nothing here
+//! (`sealed`), the identity each gateway announces (`identity`) and signed
+//! configuration bundles (`bundle`). Nothing here
 //! does I/O but reading the keys file and the TLS files; `broker` and `tls` are how
 //! both ends reach the broker.
 
 pub mod audit;
 pub mod broker;
+pub mod bundle;
 pub mod envelope;
 pub mod health;
 pub mod identity;
