@@ -57,7 +57,8 @@ impl BrokerArgs {
         let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_clean_session(true);
-        o.set_max_packet_size(1 << 20, 1 << 20);
+        // A configuration bundle may be megabytes (`bundle push`).
+        o.set_max_packet_size(1 << 20, berrygw_proto::bundle::MAX_BUNDLE_BYTES + 1024);
         if let Some(user) = &self.username {
             let password = match &self.password_file {
                 Some(f) => std::fs::read_to_string(f)

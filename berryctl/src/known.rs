@@ -24,6 +24,29 @@ pub enum Pin {
     Added,
 }
 
+/// The key pinned for `gateway` in `path`, if any.
+pub fn pinned(path: &Path, gateway: &str) -> Result<Option<Recipient>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let (Some(id), Some(pinned), None) = (words.next(), words.next(), words.next()) else {
+            return Err(format!("{}:{}: expected `<gateway id> <public key>`", path.display(), n + 1));
+        };
+        if id.eq_ignore_ascii_case(gateway) {
+            return pinned.parse().map(Some).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1));
+        }
+    }
+    Ok(None)
+}
+
 /// Check `key` against the pin of `gateway` in `path`, pinning it if there is none.
 pub fn check_or_pin(path: &Path, gateway: &str, key: &Recipient) -> Result<Pin, String> {
     let text = match std::fs::read_to_string(path) {

@@ -11,12 +11,15 @@
 //! - `fleet`: every gateway in one table (online, stale, offline since), from the
 //!   state and health records the gateways keep retained on the broker.
 //! - `exporter`: the same records as Prometheus metrics, for a central Prometheus.
+//! - `bundle build` / `bundle push`: a site's configuration files, signed, sealed where
+//!   they hold device keys, published retained for the target gateways to take.
 //!
 //! Exit codes scripts may rely on: 0 done (`command`: verified), 1 the gateway refused
 //! or the command failed, 2 no answer in time (or the broker could not be reached),
 //! 3 bad arguments or local files. `--json` prints one JSON object on stdout.
 
 mod broker;
+mod bundle;
 mod command;
 mod exporter;
 mod fleet;
@@ -51,6 +54,9 @@ enum Action {
     /// Every gateway in one table, from the broker's retained state and health records
     /// (exit 0 all online and healthy, 1 one is not, 2 none heard).
     Fleet(fleet::FleetArgs),
+    /// Signed configuration bundles: `build` a site's files, `push` them to the gateways
+    /// (exit 0 applied, 1 refused or rolled back, 2 no answer).
+    Bundle(bundle::BundleArgs),
     /// Serve the fleet as Prometheus metrics (`berrygw_fleet_*`), from the broker.
     Exporter(exporter::ExporterArgs),
 }
@@ -99,5 +105,6 @@ fn main() -> ExitCode {
         Action::Session(args) => session::run(args).into(),
         Action::Fleet(args) => fleet::run(args).into(),
         Action::Exporter(args) => exporter::run(args).into(),
+        Action::Bundle(args) => bundle::run(args).into(),
     }
 }

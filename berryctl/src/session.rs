@@ -107,7 +107,7 @@ fn push(a: PushArgs) -> Exit {
 }
 
 /// The key in the gateway's retained identity announcement, if one comes within `wait`.
-async fn announced_key(
+pub async fn announced_key(
     broker: &BrokerArgs,
     gateway: &str,
     wait: Duration,

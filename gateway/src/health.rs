@@ -32,7 +32,7 @@ pub fn record(view: &GatewayView, state_dir: &Path, last_uplink: Option<Instant>
         at_ms: berrygw_core::unix_ms(SystemTime::now()),
         every_secs: EVERY.as_secs(),
         version: s.version.clone(),
-        config_version: None,
+        config_version: view.config_version.as_ref().and_then(|v| *v.borrow()),
         uptime_secs: s.uptime_secs,
         healthy: s.healthy,
         problems: s.problems.clone(),

@@ -10,6 +10,7 @@ pub mod actuation;
 pub mod api;
 pub mod automation;
 pub mod bench;
+pub mod bundle;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -135,6 +135,26 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
 }
 
+/// The site `run` starts on: with `[bundles]`, read through the bundle in force (the store
+/// seeded at the first start); a bundle on probation that does not resolve is rolled back
+/// and the site read again.
+fn load_site(path: &std::path::Path) -> Result<Site, ConfigError> {
+    let loaded = berrygw::config::load(path)?;
+    if let Err(e) = berrygw::bundle::prepare(&loaded) {
+        return Err(ConfigError::whole(path, format!("[bundles]: {e:#}")));
+    }
+    match Site::resolve(loaded) {
+        Ok(site) => Ok(site),
+        Err(e) => {
+            let loaded = berrygw::config::load(path)?;
+            match berrygw::bundle::recover(&loaded, &e.to_string()) {
+                Some(_) => Site::resolve(loaded),
+                None => Err(e),
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -154,7 +174,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => {
             init_logging("info");
-            let site = match Site::load(&config) {
+            let site = match load_site(&config) {
                 Ok(site) => site,
                 Err(e) => {
                     tracing::error!("refusing to start: {e}");

@@ -148,6 +148,8 @@ pub struct GatewayView {
     pub actuation: Option<Actuation>,
     /// The running rules (their alarms, their reload), when rules are configured.
     pub rules: Option<crate::automation::Rules>,
+    /// The configuration bundle in force (`crate::bundle`), when `[bundles]` is on.
+    pub config_version: Option<watch::Receiver<Option<u64>>>,
 }
 
 /// One sink as seen from outside: its name, journal statistics and counters.

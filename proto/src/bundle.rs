@@ -423,6 +423,51 @@ fn open_files(
     Ok(out)
 }
 
+/// What became of a bundle on a gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BundleOutcome {
+    /// Verified, checked, in force and reloaded; now watched.
+    Applied,
+    /// Not taken; `reason` says why. Nothing changed.
+    Refused,
+    /// Taken, then undone: health fell during the watch, or the daemon could not start on it.
+    RolledBack,
+    /// Watched without trouble: it stays.
+    Kept,
+}
+
+impl BundleOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BundleOutcome::Applied => "applied",
+            BundleOutcome::Refused => "refused",
+            BundleOutcome::RolledBack => "rolled_back",
+            BundleOutcome::Kept => "kept",
+        }
+    }
+}
+
+/// The event on `<prefix>/<gateway_id>/event/bundle`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleEvent {
+    pub gateway_id: String,
+    /// The bundle's version, when it could be read.
+    pub version: Option<u64>,
+    /// The version in force after this outcome.
+    pub in_force: u64,
+    /// Who signed it, as it claims (refusals) or as verified.
+    pub key_id: Option<String>,
+    pub outcome: BundleOutcome,
+    /// Stable snake_case cause (refusals: one of [`reason`]; roll-backs: `health_fell`,
+    /// `start_failed`).
+    pub reason: Option<String>,
+    /// For people, one line.
+    pub message: String,
+    pub at_ms: i64,
+}
+
 fn signed_bytes(manifest: &str) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(DOMAIN.len() + manifest.len());
     bytes.extend_from_slice(DOMAIN);

@@ -43,6 +43,11 @@ impl AppTopics {
         format!("{}/session/set", self.base)
     }
 
+    /// `…/bundle` (retained): the signed configuration bundle for this gateway.
+    pub fn bundle(&self) -> String {
+        format!("{}/bundle", self.base)
+    }
+
     /// `…/command`: signed command envelopes from the central platform.
     pub fn command(&self) -> String {
         format!("{}/command", self.base)

@@ -8,6 +8,7 @@
 //! journal's, the sinks', `decode`'s, `actuation::field`'s, `api`'s); this module
 //! assembles them, and [`site`] loads the files they name into a resolved [`Site`].
 
+pub mod bundles;
 mod site;
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,8 @@ pub struct Config {
     pub decode: Option<DecodeSection>,
     /// `[field]`: Modbus field equipment, central commands, rules; off when absent.
     pub field: Option<crate::actuation::field::FieldSection>,
+    /// `[bundles]`: signed configuration bundles from the centre; off when absent.
+    pub bundles: Option<bundles::BundleSection>,
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its state.
@@ -257,6 +260,9 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
                 "field.authorized_keys: central commands come over the app sink; add [sinks.app]".into(),
             ));
         }
+    }
+    if let Some(bundles) = &c.bundles {
+        bundles.check(c).map_err(whole)?;
     }
     for operator in &c.api.operators {
         operator.check().map_err(whole)?;

@@ -13,6 +13,7 @@ use berrygw_core::ConfigError;
 use berrygw_modbus::ProfileSet;
 use tracing::info;
 
+use super::bundles::{overlay, Store};
 use super::{load, LoadedConfig};
 use crate::decode::engine::{codec_limits, Codecs};
 use crate::decode::registry::Registry;
@@ -39,8 +40,20 @@ impl Site {
         Site::resolve(load(path)?)
     }
 
-    /// Load and check the files a checked configuration names.
-    pub fn resolve(loaded: LoadedConfig) -> Result<Site, ConfigError> {
+    /// Load and check the files a checked configuration names: with `[bundles]`, those of
+    /// the version in force (`crate::bundle::store`) once there is one.
+    pub fn resolve(mut loaded: LoadedConfig) -> Result<Site, ConfigError> {
+        if loaded.config.bundles.is_some() {
+            let store = Store::new(&loaded.config.gateway.state_dir);
+            if let Ok(Some(_)) = store.in_force() {
+                overlay(&mut loaded.config, &store.current());
+            }
+        }
+        Site::resolve_as_is(loaded)
+    }
+
+    /// Load and check the files the configuration names, where it names them.
+    pub fn resolve_as_is(loaded: LoadedConfig) -> Result<Site, ConfigError> {
         let c = &loaded.config;
         let (mut profiles, mut rules, mut keys) = (None, None, None);
         if let Some(field) = &c.field {

@@ -84,6 +84,10 @@ pub struct DecodeCounters {
     pub errors: Family<[(&'static str, &'static str); 1], Counter>,
     /// Frames of devices not in the registry (forwarded untouched).
     pub not_ours: AtomicU64,
+    /// Readings whose codec failed (also in `readings` and, by reason, in `errors`).
+    pub codec_failures: AtomicU64,
+    /// Uplinks of our devices that made no reading (also in `errors`, by reason).
+    pub refused: AtomicU64,
     /// Sessions started by a join this gateway relayed, or pushed.
     pub sessions_started: Family<[(&'static str, &'static str); 1], Counter>,
     /// Readings lost because the decoder's queue was full, or because the
@@ -116,6 +120,8 @@ impl Default for DecodeCounters {
             readings: AtomicU64::new(0),
             errors,
             not_ours: AtomicU64::new(0),
+            codec_failures: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             sessions_started,
             dropped: AtomicU64::new(0),
             devices: AtomicU64::new(0),
@@ -448,6 +454,7 @@ impl Worker {
             Outcome::Reading { reading, record, codec_failure } => {
                 self.counters.readings.fetch_add(1, Ordering::Relaxed);
                 if let Some(label) = codec_failure {
+                    self.counters.codec_failures.fetch_add(1, Ordering::Relaxed);
                     self.counters.errors.get_or_create(&[("reason", codec_reason(label))]).inc();
                     if let Some(held) = limiter.allow("codec") {
                         warn!(
@@ -468,6 +475,7 @@ impl Worker {
                 self.counters.not_ours.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Refused { device, reason, detail } => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 self.counters.errors.get_or_create(&[("reason", reason)]).inc();
                 if let Some(held) = limiter.allow(reason) {
                     warn!(device, reason, held_back = held, "decoder: uplink not decoded: {detail}");

@@ -235,16 +235,26 @@ impl Gateway {
             rules = Some(crate::automation::spawn(set, decoder_handle.as_ref(), outputs));
         }
         let rules_handle = rules.as_ref().map(|(r, _)| r.clone());
+        // Bundles need the keys of the actuation engine (checked by `config`).
+        let bundle_actuation =
+            actuation_handle.clone().filter(Actuation::accepts_central).filter(|_| c.bundles.is_some());
+        let (bundle_tx, bundle_rx) = watch::channel(None);
+        let (config_version_tx, config_version_rx) = watch::channel(None);
         if let (Some(_), Some(journal), Some(mut settings)) = (&c.sinks.app, app_journal, app_settings.take())
         {
             let accept_commands = actuation_handle.as_ref().is_some_and(Actuation::accepts_central);
             let accept_sessions = actuation_handle.as_ref().is_some_and(Actuation::accepts_sessions);
             if let Protocol::App {
-                accept_sessions: sessions, accept_commands: commands, identity: key, ..
+                accept_sessions: sessions,
+                accept_commands: commands,
+                accept_bundles: bundles,
+                identity: key,
+                ..
             } = &mut settings.protocol
             {
                 *sessions = accept_sessions;
                 *commands = accept_commands;
+                *bundles = bundle_actuation.is_some();
                 *key = Some(identity.recipient());
             }
             let sink_counters = Arc::new(SinkCounters::telling(&news));
@@ -254,7 +264,11 @@ impl Gateway {
                 settings,
                 journal.clone(),
                 sink_counters.clone(),
-                SinkInbound::App { actuation, health: Some(health_rx.clone()) },
+                SinkInbound::App {
+                    actuation,
+                    health: Some(health_rx.clone()),
+                    bundles: bundle_actuation.as_ref().map(|_| bundle_tx),
+                },
                 shutdown_rx.clone(),
             ));
             sinks.push(SinkRuntime { name: "app", journal, counters: sink_counters, task });
@@ -333,7 +347,25 @@ impl Gateway {
             decoder: decoder_handle,
             actuation: actuation_handle,
             rules: rules_handle,
+            config_version: c.bundles.as_ref().map(|_| config_version_rx),
         };
+        if let (Some(actuation), Some(section), Some(journal), Some(topics)) =
+            (bundle_actuation, &c.bundles, sinks.iter().find(|s| s.name == "app"), &app_topics)
+        {
+            let runtime = crate::bundle::BundleRuntime {
+                gateway_id: view.gateway_id.clone(),
+                identity: identity.clone(),
+                store: crate::config::bundles::Store::new(&c.gateway.state_dir),
+                watch: Duration::from_secs(section.watch_secs),
+                config_path: cfg.path.clone(),
+                config_source: cfg.source.clone(),
+                actuation,
+                view: view.clone(),
+                app: (journal.journal.clone(), topics.clone()),
+                version: config_version_tx,
+            };
+            tasks.push(tokio::spawn(runtime.run(bundle_rx, shutdown_rx.clone())));
+        }
         if c.sinks.app.is_some() {
             let state_dir = c.gateway.state_dir.clone();
             tasks.push(tokio::spawn(crate::health::run(

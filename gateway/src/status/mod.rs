@@ -27,6 +27,9 @@ use crate::view::GatewayView;
 pub struct Status {
     pub version: String,
     pub gateway_id: String,
+    /// The configuration bundle in force (`[bundles]`; 0: the files berrygw.toml names).
+    #[serde(default)]
+    pub config_version: Option<u64>,
     pub uptime_secs: u64,
     /// False when any of `problems` holds.
     pub healthy: bool,
@@ -461,6 +464,7 @@ impl Status {
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             gateway_id: view.gateway_id.clone(),
+            config_version: view.config_version.as_ref().and_then(|v| *v.borrow()),
             uptime_secs: view.started.elapsed().as_secs(),
             healthy: problems.is_empty(),
             problems,

@@ -11,6 +11,12 @@ pub fn render(s: &Status) -> String {
         out.push('\n');
     };
     line(format!("berrygw {} on gateway {}, up {}", s.version, s.gateway_id, human_duration(s.uptime_secs)));
+    if let Some(v) = s.config_version {
+        line(format!(
+            "config:   bundle version {v}{}",
+            if v == 0 { " (the files berrygw.toml names)" } else { "" }
+        ));
+    }
     if s.healthy {
         line("health:   healthy".into());
     } else {

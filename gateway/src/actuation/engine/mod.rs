@@ -377,6 +377,17 @@ impl Actuation {
         entry
     }
 
+    /// The authorized keys in force (a copy), if central messages are accepted.
+    pub fn keys(&self) -> Option<AuthorizedKeys> {
+        self.inner.keys.read().ok().and_then(|k| k.clone())
+    }
+
+    /// Record an outcome decided outside the engine (a configuration bundle's): audited,
+    /// counted and published on `event/command` like a command's.
+    pub async fn record_outside(&self, entry: AuditEntry) -> AuditEntry {
+        self.record(entry).await
+    }
+
     /// The latest command attempts, newest first, without touching the audit log.
     pub fn recent(&self) -> Vec<AuditEntry> {
         self.inner.recent.borrow().clone()

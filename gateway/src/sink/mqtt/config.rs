@@ -240,6 +240,7 @@ impl MqttSinkConfig {
                 topics: AppTopics::new(prefix, gateway_id),
                 accept_sessions,
                 accept_commands,
+                accept_bundles: false,
                 identity: None,
             },
         };

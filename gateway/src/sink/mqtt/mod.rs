@@ -55,7 +55,14 @@ pub enum Protocol {
     /// The data platform; records carry their topic and JSON; signed session keys and
     /// signed commands may come back. `identity`: this gateway's public key, announced
     /// (retained) at every connection.
-    App { topics: AppTopics, accept_sessions: bool, accept_commands: bool, identity: Option<Recipient> },
+    App {
+        topics: AppTopics,
+        accept_sessions: bool,
+        accept_commands: bool,
+        /// Signed configuration bundles (`crate::bundle`), retained on `…/bundle`.
+        accept_bundles: bool,
+        identity: Option<Recipient>,
+    },
 }
 
 impl Protocol {
@@ -87,8 +94,11 @@ impl Protocol {
     fn subscriptions(&self) -> Vec<String> {
         match self {
             Protocol::Chirpstack { topics, .. } => vec![topics.command_down()],
-            Protocol::App { topics, accept_sessions, accept_commands, .. } => {
+            Protocol::App { topics, accept_sessions, accept_commands, accept_bundles, .. } => {
                 let mut subs = Vec::new();
+                if *accept_bundles {
+                    subs.push(topics.bundle());
+                }
                 if *accept_sessions {
                     subs.push(topics.session_set());
                 }
@@ -136,7 +146,13 @@ pub enum SinkInbound {
     /// actuation engine's door as received (it checks them); `None` when nobody takes them.
     /// And what it says: the latest health record (`crate::health`), published retained
     /// at every connection and whenever it changes.
-    App { actuation: Option<Actuation>, health: Option<watch::Receiver<Option<Vec<u8>>>> },
+    /// And signed configuration bundles, handed to the bundle task as received (the latest
+    /// only; it checks them).
+    App {
+        actuation: Option<Actuation>,
+        health: Option<watch::Receiver<Option<Vec<u8>>>>,
+        bundles: Option<watch::Sender<Option<Arc<Vec<u8>>>>>,
+    },
 }
 
 /// Something to send that did not come from the journal.
@@ -219,7 +235,12 @@ fn options(s: &MqttSinkSettings) -> MqttOptions {
     o.set_clean_session(!matches!(s.protocol, Protocol::App { accept_commands: true, .. }));
     // Headroom over our window so state, ack and subscribe packets never collide.
     o.set_inflight(s.max_inflight.saturating_add(16));
-    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    // A configuration bundle may be megabytes; nothing else that comes in is more than 8 KiB.
+    let incoming = match s.protocol {
+        Protocol::App { accept_bundles: true, .. } => berrygw_proto::bundle::MAX_BUNDLE_BYTES + 1024,
+        _ => 256 * 1024,
+    };
+    o.set_max_packet_size(incoming, 256 * 1024);
     o.set_last_will(LastWill::new(
         s.protocol.state_topic(),
         s.protocol.state_message(&s.gateway_id, false),
@@ -428,6 +449,13 @@ fn incoming(
             SinkInbound::App { actuation: Some(actuation), .. },
         ) if topic == topics.session_set() => {
             actuation.offer(Arrival::Session, payload);
+        }
+        // Checked by the bundle task, in memory, before anything is written.
+        (
+            Protocol::App { topics, accept_bundles: true, .. },
+            SinkInbound::App { bundles: Some(inbox), .. },
+        ) if topic == topics.bundle() => {
+            inbox.send_replace(Some(Arc::new(payload.to_vec())));
         }
         _ => {
             counters.bad_commands.fetch_add(1, Ordering::Relaxed);

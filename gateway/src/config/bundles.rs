@@ -1,0 +1,359 @@
+//! `[bundles]`, and the site's files on disk when bundles are on: `<state_dir>/bundles/`.
+//! (Taking a bundle, watching it and rolling it back is `crate::bundle`.)
+//!
+//! ```text
+//! bundles/
+//!   v0/            the files of berrygw.toml, copied at the first start (the seed)
+//!   v7/            a bundle's files: devices.toml, rules.toml, authorized_keys, codecs/
+//!   current -> v7  the version in force (a symlink, switched by one rename)
+//!   previous -> v0 what a roll-back returns to
+//!   highest        the highest version ever put in force: older or equal ones are refused
+//!   probation      the version on probation and the one before it, until its watch ends
+//! ```
+//!
+//! Every version folder holds the whole set: a bundle's files, and the files of the kinds
+//! it does not carry copied from the version before. The running gateway reads its files
+//! through `current/…` ([`overlay`]), so switching `current` and reloading puts a version in
+//! force; a power cut at any point leaves either the old or the new link, never half a
+//! set (staging happens in `.stage-<version>`, synced, before the rename).
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use berrygw_core::files::{create_private_dir, STATE_FILE_MODE};
+use berrygw_proto::bundle::Kind;
+use serde::{Deserialize, Serialize};
+
+use super::Config;
+
+/// `[bundles]`: take signed configuration bundles from the centre.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleSection {
+    /// How long a new version is watched before it is kept.
+    #[serde(default = "default_watch_secs")]
+    pub watch_secs: u64,
+}
+
+fn default_watch_secs() -> u64 {
+    300
+}
+
+impl BundleSection {
+    /// What berrygw.toml must also have for bundles to work.
+    pub fn check(&self, config: &Config) -> Result<(), String> {
+        if self.watch_secs == 0 || self.watch_secs > 86_400 {
+            return Err("bundles.watch_secs must be 1 to 86400".into());
+        }
+        if config.sinks.app.is_none() {
+            return Err("[bundles]: bundles come over the app sink; add [sinks.app]".into());
+        }
+        if config.field.as_ref().and_then(|f| f.authorized_keys.as_ref()).is_none() {
+            return Err("[bundles]: bundles are verified with [field] authorized_keys; set it".into());
+        }
+        Ok(())
+    }
+}
+
+/// The folder of bundles under the state directory.
+pub const DIR: &str = "bundles";
+
+/// Versions kept besides `current` and `previous` (older ones are deleted).
+const KEEP: usize = 3;
+
+/// A version on probation: put in force, watched, rolled back to `previous` if it fails.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probation {
+    pub version: u64,
+    pub previous: u64,
+    /// Who signed it (for the audit entry of a roll-back after a restart).
+    pub key_id: String,
+}
+
+/// The bundles folder of one gateway.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(state_dir: &Path) -> Store {
+        Store { dir: state_dir.join(DIR) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `current`: the path through which the running gateway reads its files.
+    pub fn current(&self) -> PathBuf {
+        self.dir.join("current")
+    }
+
+    fn version_dir(&self, version: u64) -> PathBuf {
+        self.dir.join(format!("v{version}"))
+    }
+
+    /// The version `link` points at.
+    fn link_version(&self, link: &str) -> anyhow::Result<Option<u64>> {
+        match std::fs::read_link(self.dir.join(link)) {
+            Ok(target) => {
+                let name = target.to_string_lossy();
+                let v = name.strip_prefix('v').and_then(|n| n.parse().ok());
+                v.map(Some)
+                    .with_context(|| format!("{}/{link} points at {name}, not a version", self.dir.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}/{link}", self.dir.display())),
+        }
+    }
+
+    /// The version in force, if the store has been seeded.
+    pub fn in_force(&self) -> anyhow::Result<Option<u64>> {
+        self.link_version("current")
+    }
+
+    /// The highest version ever put in force (bundles up to it are refused as old).
+    pub fn highest(&self) -> anyhow::Result<u64> {
+        let in_force = self.in_force()?.unwrap_or(0);
+        match std::fs::read_to_string(self.dir.join("highest")) {
+            Ok(t) => {
+                let v: u64 = t
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{}/highest: not a number", self.dir.display()))?;
+                Ok(v.max(in_force))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(in_force),
+            Err(e) => Err(e).with_context(|| format!("reading {}/highest", self.dir.display())),
+        }
+    }
+
+    pub fn probation(&self) -> anyhow::Result<Option<Probation>> {
+        match std::fs::read(self.dir.join("probation")) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).context("bundles/probation")?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("reading bundles/probation"),
+        }
+    }
+
+    /// The first start with bundles on: `v0` made of the files `config` names (before any
+    /// overlay), and `current` pointing at it. Nothing if `current` exists. Leftover
+    /// staging folders (a power cut while staging) are removed.
+    pub fn seed(&self, config: &Config) -> anyhow::Result<()> {
+        create_private_dir(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(".stage-") {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        if self.in_force()?.is_some() {
+            return Ok(());
+        }
+        let stage = self.dir.join(".stage-0");
+        create_private_dir(&stage)?;
+        create_private_dir(&stage.join("codecs"))?;
+        for (kind, path) in configured(config) {
+            let name = kind_file(kind);
+            let content = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            write_synced(&stage.join(name), &content)?;
+        }
+        sync_dir(&stage)?;
+        let v0 = self.version_dir(0);
+        if v0.exists() {
+            std::fs::remove_dir_all(&v0)?;
+        }
+        std::fs::rename(&stage, &v0)?;
+        self.point("current", 0)?;
+        sync_dir(&self.dir)?;
+        Ok(())
+    }
+
+    /// A new version's folder, staged: `files` (path in the bundle, content) over the
+    /// version in force's files of the kinds they do not carry. Not in force yet.
+    pub fn stage(&self, version: u64, files: &[(String, Vec<u8>)]) -> anyhow::Result<PathBuf> {
+        let Some(from) = self.in_force()? else { bail!("{} is not seeded", self.dir.display()) };
+        let from = self.version_dir(from);
+        let stage = self.dir.join(format!(".stage-{version}"));
+        if stage.exists() {
+            std::fs::remove_dir_all(&stage)?;
+        }
+        create_private_dir(&stage)?;
+        create_private_dir(&stage.join("codecs"))?;
+        let carried: Vec<Kind> = files.iter().filter_map(|(p, _)| Kind::of_path(p)).collect();
+        for kind in Kind::ALL.into_iter().filter(|k| !carried.contains(k)) {
+            if kind == Kind::Codecs {
+                for entry in std::fs::read_dir(from.join("codecs"))? {
+                    let entry = entry?;
+                    let content = std::fs::read(entry.path())?;
+                    write_synced(&stage.join("codecs").join(entry.file_name()), &content)?;
+                }
+            } else {
+                let name = kind_file(kind);
+                match std::fs::read(from.join(name)) {
+                    Ok(content) => write_synced(&stage.join(name), &content)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("reading {}", from.join(name).display()))
+                    }
+                }
+            }
+        }
+        for (path, content) in files {
+            // Paths were checked by `bundle::open` (Kind::of_path): no `..`, no absolute path.
+            write_synced(&stage.join(path), content)?;
+        }
+        sync_dir(&stage.join("codecs"))?;
+        sync_dir(&stage)?;
+        Ok(stage)
+    }
+
+    /// Put a staged version in force, on probation: its folder renamed into place,
+    /// `previous` and `highest` written, then `current` switched by one rename.
+    pub fn commit(&self, staged: &Path, version: u64, key_id: &str) -> anyhow::Result<()> {
+        let Some(previous) = self.in_force()? else { bail!("{} is not seeded", self.dir.display()) };
+        let target = self.version_dir(version);
+        if target.exists() {
+            std::fs::remove_dir_all(&target)?;
+        }
+        std::fs::rename(staged, &target)?;
+        let probation = Probation { version, previous, key_id: key_id.to_string() };
+        write_synced(&self.dir.join("probation"), &serde_json::to_vec(&probation)?)?;
+        write_synced(&self.dir.join("highest"), format!("{}\n", version.max(self.highest()?)).as_bytes())?;
+        self.point("previous", previous)?;
+        self.point("current", version)?;
+        sync_dir(&self.dir)?;
+        self.prune();
+        Ok(())
+    }
+
+    /// The version on probation passed its watch: it stays.
+    pub fn keep(&self) -> anyhow::Result<()> {
+        match std::fs::remove_file(self.dir.join("probation")) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Back to the version before the one on probation: `current` switched back; the failed
+    /// version's folder stays for inspection, and `highest` keeps it refused.
+    pub fn roll_back(&self) -> anyhow::Result<Probation> {
+        let Some(p) = self.probation()? else { bail!("no version on probation") };
+        if !self.version_dir(p.previous).is_dir() {
+            bail!("version {} to roll back to is gone from {}", p.previous, self.dir.display());
+        }
+        self.point("current", p.previous)?;
+        std::fs::remove_file(self.dir.join("probation"))?;
+        sync_dir(&self.dir)?;
+        Ok(p)
+    }
+
+    /// `link` → `v<version>`, replaced by one rename.
+    fn point(&self, link: &str, version: u64) -> anyhow::Result<()> {
+        let tmp = self.dir.join(format!(".{link}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(format!("v{version}"), &tmp)?;
+        std::fs::rename(&tmp, self.dir.join(link))?;
+        Ok(())
+    }
+
+    /// Delete the oldest versions beyond [`KEEP`], never `current` or `previous`.
+    fn prune(&self) {
+        let (Ok(Some(current)), Ok(previous)) = (self.in_force(), self.link_version("previous")) else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let mut versions: Vec<u64> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix('v')?.parse().ok())
+            .filter(|v| *v != current && Some(*v) != previous)
+            .collect();
+        versions.sort_unstable();
+        let excess = versions.len().saturating_sub(KEEP);
+        for v in &versions[..excess] {
+            if let Err(e) = std::fs::remove_dir_all(self.version_dir(*v)) {
+                tracing::warn!("bundles: could not delete old version {v}: {e}");
+            }
+        }
+    }
+}
+
+/// The name of a kind's file (or folder) in a version folder.
+fn kind_file(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Devices => "devices.toml",
+        Kind::Codecs => "codecs",
+        Kind::Rules => "rules.toml",
+        Kind::AuthorizedKeys => "authorized_keys",
+    }
+}
+
+/// The kinds berrygw.toml configures a file for, and the file: only these may come in a
+/// bundle (a bundle cannot turn on a part the gateway was not set up to run).
+pub fn configured(config: &Config) -> Vec<(Kind, PathBuf)> {
+    let mut out = Vec::new();
+    if let Some(d) = &config.decode {
+        out.push((Kind::Devices, d.devices.get_ref().clone()));
+    }
+    if let Some(f) = &config.field {
+        if let Some(r) = &f.rules {
+            out.push((Kind::Rules, r.get_ref().clone()));
+        }
+        if let Some(k) = &f.authorized_keys {
+            out.push((Kind::AuthorizedKeys, k.get_ref().clone()));
+        }
+    }
+    out
+}
+
+/// Whether berrygw.toml configures the part files of `kind` feed.
+pub fn accepts(config: &Config, kind: Kind) -> bool {
+    match kind {
+        Kind::Codecs => config.decode.is_some(),
+        _ => configured(config).iter().any(|(k, _)| *k == kind),
+    }
+}
+
+/// Make `config` read its site files from `dir` (a version folder, or `current`): the
+/// registry, the rules and the keys from there, and codecs from `dir/codecs` first, then
+/// the folders berrygw.toml names (the codecs shipped with the package stay reachable).
+pub fn overlay(config: &mut Config, dir: &Path) {
+    if let Some(d) = &mut config.decode {
+        let span = d.devices.span();
+        d.devices = toml::Spanned::new(span, dir.join("devices.toml"));
+        d.codec_dirs.insert(0, dir.join("codecs"));
+    }
+    if let Some(f) = &mut config.field {
+        if let Some(r) = &mut f.rules {
+            *r = toml::Spanned::new(r.span(), dir.join("rules.toml"));
+        }
+        if let Some(k) = &mut f.authorized_keys {
+            *k = toml::Spanned::new(k.span(), dir.join("authorized_keys"));
+        }
+    }
+}
+
+/// Write `content` to `path` with mode 0600 through a synced temporary file and a rename.
+fn write_synced(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp-write");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(STATE_FILE_MODE)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(content).with_context(|| format!("writing {}", tmp.display()))?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(STATE_FILE_MODE))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
+}
