@@ -34,7 +34,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::bundle::Kind;
+use crate::site::Kind;
 use crate::MAX_NAME_BYTES;
 
 /// Every authorized key, checked.

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod keys;
 pub mod sealed;
 pub mod session;
+pub mod site;
 pub mod tls;
 pub mod topics;
 
