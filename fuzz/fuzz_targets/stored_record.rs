@@ -173,6 +173,7 @@ fuzz_target!(|input: Input| {
             topics: AppTopics::new("berrygw", "0016c001ff10a235"),
             accept_sessions: false,
             accept_commands: false,
+            accept_bundles: false,
             identity: None,
         },
     ];
