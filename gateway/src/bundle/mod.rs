@@ -165,10 +165,13 @@ impl BundleRuntime {
             self.refused(r, Claimed::default(), in_force).await;
             return None;
         };
+        let digest = wire::sha256_hex(payload);
         let opened = match wire::open(payload, &self.gateway_id, highest, &keys, &self.identity) {
             Ok(o) => o,
-            Err((r, claimed)) if r.reason == reason::NOT_NEWER && claimed.version == Some(in_force) => {
-                // The retained copy of the version in force: nothing to do.
+            Err((r, Claimed { version: Some(v), .. }))
+                if r.reason == reason::NOT_NEWER && self.store.received(v, &digest) =>
+            {
+                // The retained copy of a bundle taken before (in force, or rolled back): said already.
                 return None;
             }
             Err((r, claimed)) => {
@@ -183,9 +186,10 @@ impl BundleRuntime {
         let key_id = opened.key_id.clone();
         let files: Vec<&str> = opened.files.iter().map(|(p, _)| p.as_str()).collect();
         let summary = files.join(", ");
-        let staged = tokio::task::spawn_blocking(move || stage_and_check(&store, &path, source, &opened))
-            .await
-            .unwrap_or_else(|e| Err(Refusal::new(reason::APPLY_FAILED, e.to_string())));
+        let staged =
+            tokio::task::spawn_blocking(move || stage_and_check(&store, &path, source, &opened, &digest))
+                .await
+                .unwrap_or_else(|e| Err(Refusal::new(reason::APPLY_FAILED, e.to_string())));
         if let Err(r) = staged {
             self.refused(r, claimed, in_force).await;
             return None;
@@ -345,6 +349,7 @@ fn stage_and_check(
     config_path: &Path,
     source: String,
     opened: &Opened,
+    payload_sha256: &str,
 ) -> Result<(), Refusal> {
     let version = opened.manifest.version;
     let check = |m: String| Refusal::new(reason::CHECK_FAILED, m);
@@ -363,7 +368,7 @@ fn stage_and_check(
         let _ = std::fs::remove_dir_all(&staged);
         return Err(check(e.to_string()));
     }
-    store.commit(&staged, version, &opened.key_id).map_err(apply)?;
+    store.commit(&staged, version, &opened.key_id, payload_sha256).map_err(apply)?;
     info!(version, key = opened.key_id, "bundle {version} staged, checked and put in force");
     Ok(())
 }

@@ -60,6 +60,9 @@ impl BundleSection {
 /// The folder of bundles under the state directory.
 pub const DIR: &str = "bundles";
 
+/// In a version folder: the SHA-256 of the bundle message that made it.
+const RECEIVED: &str = ".bundle-sha256";
+
 /// Versions kept besides `current` and `previous` (older ones are deleted).
 const KEEP: usize = 3;
 
@@ -213,8 +216,17 @@ impl Store {
 
     /// Put a staged version in force, on probation: its folder renamed into place,
     /// `previous` and `highest` written, then `current` switched by one rename.
-    pub fn commit(&self, staged: &Path, version: u64, key_id: &str) -> anyhow::Result<()> {
+    /// `payload_sha256` (of the bundle as received) is kept with it: the same message coming
+    /// again (a retained copy at each connection) is then known and ignored.
+    pub fn commit(
+        &self,
+        staged: &Path,
+        version: u64,
+        key_id: &str,
+        payload_sha256: &str,
+    ) -> anyhow::Result<()> {
         let Some(previous) = self.in_force()? else { bail!("{} is not seeded", self.dir.display()) };
+        write_synced(&staged.join(RECEIVED), payload_sha256.as_bytes())?;
         let target = self.version_dir(version);
         if target.exists() {
             std::fs::remove_dir_all(&target)?;
@@ -228,6 +240,11 @@ impl Store {
         sync_dir(&self.dir)?;
         self.prune();
         Ok(())
+    }
+
+    /// Whether `payload_sha256` is the bundle that made `version` (in force, kept or rolled back).
+    pub fn received(&self, version: u64, payload_sha256: &str) -> bool {
+        std::fs::read_to_string(self.version_dir(version).join(RECEIVED)).is_ok_and(|s| s == payload_sha256)
     }
 
     /// The version on probation passed its watch: it stays.
@@ -356,4 +373,127 @@ fn write_synced(path: &Path, content: &[u8]) -> anyhow::Result<()> {
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    /// A configuration with a registry and keys in `dir`, bundles on, state in `dir/s`.
+    fn config(dir: &Path) -> Config {
+        std::fs::write(dir.join("devices.toml"), "# seed registry\n").expect("devices");
+        std::fs::write(dir.join("authorized_keys"), "# seed keys\n").expect("keys");
+        let text = format!(
+            "[gateway]\nid = \"0016c001ff10a235\"\nstate_dir = \"{d}/s\"\n\n[radio]\nkind = \"sim\"\n[radio.sim]\n\
+             devices = []\n\n[sinks.chirpstack]\nserver = \"mqtt://127.0.0.1:1883\"\n\n[sinks.app]\n\
+             server = \"mqtt://127.0.0.1:1883\"\n\n[decode]\ndevices = \"{d}/devices.toml\"\n\n\
+             [field]\nauthorized_keys = \"{d}/authorized_keys\"\n\n[bundles]\nwatch_secs = 5\n",
+            d = dir.display()
+        );
+        parse(Path::new("berrygw.toml"), text).expect("config").config
+    }
+
+    fn read(path: PathBuf) -> String {
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn seeded_once_then_each_version_is_whole_and_switched_by_one_link() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = config(dir.path());
+        let store = Store::new(&dir.path().join("s"));
+        store.seed(&c).expect("seed");
+        assert_eq!(store.in_force().expect("read"), Some(0));
+        assert_eq!(read(store.current().join("devices.toml")), "# seed registry\n");
+        // The base files change by hand later: the seed is not made again.
+        std::fs::write(dir.path().join("devices.toml"), "# edited\n").expect("edit");
+        store.seed(&c).expect("seed again");
+        assert_eq!(read(store.current().join("devices.toml")), "# seed registry\n");
+
+        let files = vec![
+            ("devices.toml".to_string(), b"# v3 registry\n".to_vec()),
+            ("codecs/meter.js".to_string(), b"function decodeUplink() {}".to_vec()),
+        ];
+        let staged = store.stage(3, &files).expect("stage");
+        assert_eq!(store.in_force().expect("read"), Some(0), "staged is not in force");
+        store.commit(&staged, 3, "config", "abc").expect("commit");
+        assert_eq!(store.in_force().expect("read"), Some(3));
+        assert_eq!(store.highest().expect("highest"), 3);
+        assert!(store.received(3, "abc") && !store.received(3, "abd"));
+        let current = store.current();
+        assert_eq!(read(current.join("devices.toml")), "# v3 registry\n");
+        assert_eq!(read(current.join("authorized_keys")), "# seed keys\n", "kinds not carried come along");
+        assert_eq!(read(current.join("codecs/meter.js")), "function decodeUplink() {}");
+        let mode =
+            std::fs::metadata(current.join("devices.toml")).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(store.probation().expect("p").map(|p| (p.version, p.previous)), Some((3, 0)));
+
+        // A version without codecs keeps the codecs in force.
+        store.keep().expect("keep");
+        assert_eq!(store.probation().expect("p"), None);
+        let staged = store.stage(4, &[("authorized_keys".into(), b"# v4 keys\n".to_vec())]).expect("stage");
+        store.commit(&staged, 4, "root", "def").expect("commit");
+        assert_eq!(read(store.current().join("codecs/meter.js")), "function decodeUplink() {}");
+        assert_eq!(read(store.current().join("devices.toml")), "# v3 registry\n");
+
+        // Rolled back: version 3 again, and 4 stays refused (highest).
+        let p = store.roll_back().expect("roll back");
+        assert_eq!((p.version, p.previous, p.key_id.as_str()), (4, 3, "root"));
+        assert_eq!(store.in_force().expect("read"), Some(3));
+        assert_eq!(store.highest().expect("highest"), 4);
+        assert_eq!(read(store.current().join("authorized_keys")), "# seed keys\n");
+        assert!(store.roll_back().is_err(), "nothing on probation any more");
+    }
+
+    #[test]
+    fn a_power_cut_while_staging_leaves_the_version_in_force_and_no_debris() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = config(dir.path());
+        let store = Store::new(&dir.path().join("s"));
+        store.seed(&c).expect("seed");
+        let staged = store.stage(1, &[("devices.toml".into(), b"# half".to_vec())]).expect("stage");
+        // The power goes before the commit: the next start removes the staging folder.
+        store.seed(&c).expect("next start");
+        assert!(!staged.exists());
+        assert_eq!(store.in_force().expect("read"), Some(0));
+        assert_eq!(store.highest().expect("highest"), 0, "a version never in force can still come");
+    }
+
+    #[test]
+    fn old_versions_are_pruned_but_current_and_previous_stay() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = config(dir.path());
+        let store = Store::new(&dir.path().join("s"));
+        store.seed(&c).expect("seed");
+        for v in 1..=8 {
+            let staged =
+                store.stage(v, &[("devices.toml".into(), format!("# {v}").into_bytes())]).expect("stage");
+            store.commit(&staged, v, "config", "x").expect("commit");
+            store.keep().expect("keep");
+        }
+        let mut left: Vec<String> = std::fs::read_dir(store.dir())
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().to_str().map(String::from))
+            .filter(|n| n.starts_with('v'))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["v4", "v5", "v6", "v7", "v8"]);
+    }
+
+    #[test]
+    fn the_overlay_reads_the_site_through_the_link_and_keeps_shipped_codecs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut c = config(dir.path());
+        let shipped = c.decode.as_ref().map(|d| d.codec_dirs.clone()).unwrap_or_default();
+        overlay(&mut c, Path::new("/s/bundles/current"));
+        let d = c.decode.as_ref().expect("decode");
+        assert_eq!(d.devices.get_ref(), Path::new("/s/bundles/current/devices.toml"));
+        assert_eq!(d.codec_dirs[0], Path::new("/s/bundles/current/codecs"));
+        assert_eq!(&d.codec_dirs[1..], shipped.as_slice());
+        let keys = c.field.as_ref().and_then(|f| f.authorized_keys.as_ref()).expect("keys");
+        assert_eq!(keys.get_ref(), Path::new("/s/bundles/current/authorized_keys"));
+        assert!(accepts(&c, Kind::Codecs) && accepts(&c, Kind::Devices) && !accepts(&c, Kind::Rules));
+    }
 }
