@@ -279,7 +279,10 @@ fn push(a: PushArgs) -> Exit {
 }
 
 /// Publish each target's copy retained, then gather outcomes of `version` until every
-/// target has a final one (or `wait` passes). Subscribed first, so none is missed.
+/// target has a final one (or `wait` passes). Subscribed first, so none is missed. A
+/// gateway that already has this very message in force says nothing more (it ignores a
+/// message it took before); then the retained copy it took and its health record naming
+/// the version answer for it.
 async fn publish_and_wait(
     broker: &BrokerArgs,
     built: &Bundle,
@@ -290,16 +293,24 @@ async fn publish_and_wait(
 ) -> anyhow::Result<BTreeMap<String, BundleEvent>> {
     let deadline = tokio::time::Instant::now() + wait;
     let (client, mut eventloop) = broker.connect(wait).await?;
+    // Topic -> (gateway, what it is).
     let mut watched = BTreeMap::new();
+    let mut copies = BTreeMap::new();
     for gateway in targets {
         let topics = broker.topics(gateway);
-        watched.insert(topics.event("bundle"), gateway.clone());
-        watched.insert(topics.health(), gateway.clone());
-        client.subscribe(topics.event("bundle"), QoS::AtLeastOnce).await?;
-        client.subscribe(topics.health(), QoS::AtLeastOnce).await?;
+        for (topic, what) in [
+            (topics.event("bundle"), Heard::Event),
+            (topics.health(), Heard::Health),
+            (topics.bundle(), Heard::Retained),
+        ] {
+            client.subscribe(&topic, QoS::AtLeastOnce).await?;
+            watched.insert(topic, (gateway.clone(), what));
+        }
+        copies.insert(gateway.clone(), built.for_gateway(gateway).to_json());
     }
     let mut subacks = 0;
     let mut outcomes: BTreeMap<String, BundleEvent> = BTreeMap::new();
+    let mut already: BTreeMap<String, (bool, Option<Health>)> = BTreeMap::new();
     let final_outcome = |o: BundleOutcome| match o {
         BundleOutcome::Applied => !until_kept,
         BundleOutcome::Kept | BundleOutcome::Refused | BundleOutcome::RolledBack => true,
@@ -316,46 +327,66 @@ async fn publish_and_wait(
         match event {
             Event::Incoming(Packet::SubAck(_)) => {
                 subacks += 1;
-                if subacks == 2 * targets.len() {
-                    for gateway in targets {
-                        let copy = built.for_gateway(gateway).to_json();
-                        client.publish(broker.topics(gateway).bundle(), QoS::AtLeastOnce, true, copy).await?;
+                if subacks == watched.len() {
+                    for (gateway, copy) in &copies {
+                        client
+                            .publish(broker.topics(gateway).bundle(), QoS::AtLeastOnce, true, copy.clone())
+                            .await?;
                     }
                 }
             }
             Event::Incoming(Packet::Publish(p)) => {
-                let Some(gateway) = watched.get(p.topic.as_str()) else { continue };
-                if p.topic.ends_with("/health") {
-                    // A gateway that had this version already says so only in its health.
-                    let Ok(h) = serde_json::from_slice::<Health>(&p.payload) else { continue };
-                    if h.config_version == Some(version) && !outcomes.contains_key(gateway) && !until_kept {
+                let Some((gateway, what)) = watched.get(p.topic.as_str()) else { continue };
+                match what {
+                    // What was retained before this push (our own copy comes back live, unflagged).
+                    Heard::Retained if p.retain => {
+                        let same = copies.get(gateway).is_some_and(|c| c.as_slice() == p.payload.as_ref());
+                        already.entry(gateway.clone()).or_default().0 = same;
+                    }
+                    Heard::Retained => continue,
+                    Heard::Health => {
+                        let Ok(h) = serde_json::from_slice::<Health>(&p.payload) else { continue };
+                        already.entry(gateway.clone()).or_default().1 = Some(h);
+                    }
+                    Heard::Event => {
+                        let Ok(event) = serde_json::from_slice::<BundleEvent>(&p.payload) else { continue };
+                        if event.version != Some(version) {
+                            continue;
+                        }
+                        if event.outcome == BundleOutcome::Applied && until_kept {
+                            eprintln!("{gateway}: applied, watching: {}", event.message);
+                        }
+                        if !outcomes.get(gateway).is_some_and(|e| final_outcome(e.outcome)) {
+                            outcomes.insert(gateway.clone(), event);
+                        }
+                        continue;
+                    }
+                }
+                if let Some((true, Some(h))) = already.get(gateway) {
+                    if h.config_version == Some(version) && !outcomes.contains_key(gateway) {
                         let event = BundleEvent {
                             gateway_id: gateway.clone(),
                             version: Some(version),
                             in_force: version,
                             key_id: None,
-                            outcome: BundleOutcome::Applied,
+                            outcome: if until_kept { BundleOutcome::Kept } else { BundleOutcome::Applied },
                             reason: None,
-                            message: "in force (its health record says so)".into(),
+                            message: "this bundle was in force already (its health record says so)".into(),
                             at_ms: h.at_ms,
                         };
                         outcomes.insert(gateway.clone(), event);
                     }
-                    continue;
-                }
-                let Ok(event) = serde_json::from_slice::<BundleEvent>(&p.payload) else { continue };
-                if event.version != Some(version) {
-                    continue;
-                }
-                if event.outcome == BundleOutcome::Applied && until_kept {
-                    eprintln!("{gateway}: applied, watching: {}", event.message);
-                }
-                let settled = outcomes.get(gateway).is_some_and(|e| final_outcome(e.outcome));
-                if !settled {
-                    outcomes.insert(gateway.clone(), event);
                 }
             }
             _ => {}
         }
     }
+}
+
+/// What a subscribed topic tells.
+#[derive(Clone, Copy)]
+enum Heard {
+    Event,
+    Health,
+    Retained,
 }

@@ -268,6 +268,8 @@ pub fn open(
     let bundle: Bundle = serde_json::from_slice(payload)
         .map_err(|e| (malformed(format!("not a bundle: {e}")), claimed.clone()))?;
     claimed.key_id = Some(bundle.key_id.chars().take(MAX_NAME_BYTES).collect());
+    // What it claims, for the refusal's record only: nothing is trusted before the signature.
+    claimed.version = bundle.manifest().ok().map(|m| m.version);
     if bundle.bundle != FORMAT {
         let m = format!("bundle format {}; this gateway reads {FORMAT}", bundle.bundle);
         return Err((malformed(m), claimed));

@@ -20,7 +20,10 @@
 //!    it is given (at least [`EVIDENCE`] of them, none decoded), and at the end if a sink
 //!    that was connected is not, or the concentrator that was running is not.
 //!
-//! Each outcome (`applied`, `refused`, `rolled_back`, `kept`) is an audit entry (command
+//! A bundle that fails authentication (malformed, unknown key, bad signature) is refused
+//! at the door as an unsigned command is: counted (`berrygw_commands_unauthenticated_total`)
+//! and logged, never audited nor answered. Each outcome of an authenticated bundle
+//! (`applied`, `refused`, `rolled_back`, `kept`) is an audit entry (command
 //! `apply_bundle`, target `bundle`) and an event on `<prefix>/<gateway_id>/event/bundle`,
 //! both through the app journal (kept through outages). A daemon that cannot start on the
 //! version on probation rolls back before its next start ([`recover`]).
@@ -172,6 +175,14 @@ impl BundleRuntime {
                 if r.reason == reason::NOT_NEWER && self.store.received(v, &digest) =>
             {
                 // The retained copy of a bundle taken before (in force, or rolled back): said already.
+                return None;
+            }
+            // Unauthenticated: counted and logged at the door, never audited nor answered,
+            // so that unsigned traffic cannot fill the audit log (as for commands).
+            Err((r, _))
+                if [reason::MALFORMED, reason::UNKNOWN_KEY, reason::BAD_SIGNATURE].contains(&r.reason) =>
+            {
+                self.actuation.unauthenticated_bundle(r.reason, &format!("bundle: {}", r.message));
                 return None;
             }
             Err((r, claimed)) => {

@@ -94,6 +94,12 @@ impl Actuation {
         }
     }
 
+    /// A configuration bundle that failed authentication (`crate::bundle`): refused at the
+    /// same door as commands, counted and logged the same way, never audited.
+    pub fn unauthenticated_bundle(&self, reason: &'static str, message: &str) {
+        self.unauthenticated(reason, None, message);
+    }
+
     /// A refusal at the door: counted, logged at most once per reason every few seconds.
     fn unauthenticated(&self, reason: &'static str, envelope: Option<&CommandEnvelope>, message: &str) {
         self.inner.counters.unauthenticated.get_or_create(&[("reason", reason)]).inc();
