@@ -182,14 +182,17 @@ fn wait_bundle_event(
 }
 
 /// The version in force, from `berrygw status --json`.
+/// (Asked again while the daemon restarts its pipeline, which closes its API a moment.)
 fn config_version(dir: &Path) -> serde_json::Value {
-    let out = berrygw_command()
-        .args(["status", "--json", "--config"])
-        .arg(dir.join("berrygw.toml"))
-        .output()
-        .expect("status");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
-    v["config_version"].clone()
+    wait_for(Duration::from_secs(30), "berrygw status to answer", || {
+        let out = berrygw_command()
+            .args(["status", "--json", "--config"])
+            .arg(dir.join("berrygw.toml"))
+            .output()
+            .expect("status");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(v["config_version"].clone())
+    })
 }
 
 /// Neither device key in any message the broker carried.
@@ -281,7 +284,7 @@ fn bundles_are_applied_refused_and_rolled_back_and_no_device_key_crosses_the_bro
     daemon.wait_log(Duration::from_secs(30), "bundle: not a bundle");
     assert!(bundle_events(&sub).iter().all(|e| e["reason"] != "bad_signature" && e["reason"] != "malformed"));
     // A site folder with a file a bundle does not carry: refused by the tool (exit 3).
-    let stray = site(dir.path(), "stray", &[("berrygw.toml", "[gateway]\n")]);
+    let stray = site(dir.path(), "stray", &[("notes.txt", "to do\n")]);
     assert_eq!(centre.build(&stray, 7, ("config", &config_key), &[GW]).0.status.code(), Some(3));
 
     // Version 2 breaks decoding: applied, then rolled back by the gateway itself.
@@ -376,5 +379,69 @@ fn a_gateway_off_when_pushed_takes_the_bundle_back_and_keys_rotate_by_bundle() {
     // (No reading to look at: the simulated meter restarts its frame counter with the
     // daemon, so the decoder rightly refuses its next frames as replays.)
     assert_eq!(config_version(dir.path()), 2);
+    assert_no_key_crossed(&sub);
+}
+
+#[test]
+fn a_bundle_whose_broker_settings_fail_is_rolled_back_by_the_gateway_and_good_ones_stay() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let sub = Subscriber::connect(broker.port, "#", None);
+    let daemon = Berrygw::start(dir.path(), &gateway_config(dir.path(), &broker, 4));
+    let centre = Centre {
+        dir: dir.path().to_path_buf(),
+        url: broker.url(false),
+        pins: dir.path().join("known_gateways"),
+    };
+    let settings_key = key_file(dir.path(), "settings", 9);
+    sub.wait_uplinks(1, Duration::from_secs(30));
+    // The site's keys file gets a key for settings first (by the root key).
+    let keys = [
+        bundle_key("config", 5, "[\"devices\", \"codecs\"]"),
+        bundle_key("root", 6, "[\"authorized_keys\"]"),
+        bundle_key("settings", 9, "[\"settings\"]"),
+    ]
+    .concat();
+    let root_key = key_file(dir.path(), "root", 6);
+    let rotation = site(dir.path(), "keys", &[("authorized_keys", &keys)]);
+    let (code, event) = centre.push(&centre.built(&rotation, 1, ("root", &root_key)), &["--until", "kept"]);
+    assert_eq!((code, event["outcome"].as_str()), (Some(0), Some("kept")), "{event}");
+
+    // Settings a bundle may not change: refused before anything is staged.
+    let identity =
+        site(dir.path(), "identity", &[("berrygw.toml", "[gateway]\nid = \"0016c001ff10a299\"\n")]);
+    let (code, event) = centre.push(&centre.built(&identity, 2, ("settings", &settings_key)), &[]);
+    assert_eq!((code, event["event"]["reason"].as_str()), (Some(1), Some("check_failed")), "{event}");
+    assert!(event["event"]["message"].as_str().unwrap_or("").contains("may not change remotely"), "{event}");
+
+    // The network server's broker moved to a port where nobody listens: applied, the
+    // pipeline restarts on it, the chirpstack sink never connects, rolled back, reconnected.
+    let dead = free_port();
+    let moved = format!(
+        "[sinks.chirpstack]\nserver = \"mqtt://127.0.0.1:{dead}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n"
+    );
+    let bad = site(dir.path(), "bad-broker", &[("berrygw.toml", &moved)]);
+    let (code, event) =
+        centre.push(&centre.built(&bad, 3, ("settings", &settings_key)), &["--until", "kept"]);
+    assert_eq!((code, event["outcome"].as_str()), (Some(1), Some("rolled_back")), "{event}");
+    assert!(event["event"]["message"].as_str().unwrap_or("").contains("chirpstack sink"), "{event}");
+    daemon.wait_log(Duration::from_secs(30), "restarting the pipeline on the settings");
+    assert_eq!(config_version(dir.path()), 1);
+    // Back on the right broker: uplinks flow to the network server again.
+    let before = sub.on_topic("/up").len();
+    wait_for(Duration::from_secs(30), "uplinks after the roll-back", || {
+        (sub.on_topic("/up").len() > before + 2).then_some(())
+    });
+
+    // A good change (the same broker, a shorter keep-alive): kept after its watch.
+    let good = format!(
+        "[sinks.chirpstack]\nserver = \"{}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\nkeep_alive_secs = 10\n",
+        broker.url(false)
+    );
+    let good = site(dir.path(), "good-broker", &[("berrygw.toml", &good)]);
+    let (code, event) =
+        centre.push(&centre.built(&good, 4, ("settings", &settings_key)), &["--until", "kept"]);
+    assert_eq!((code, event["outcome"].as_str()), (Some(0), Some("kept")), "{event}");
+    assert_eq!(config_version(dir.path()), 4);
     assert_no_key_crossed(&sub);
 }

@@ -135,26 +135,6 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
 }
 
-/// The site `run` starts on: with `[bundles]`, read through the bundle in force (the store
-/// seeded at the first start); a bundle on probation that does not resolve is rolled back
-/// and the site read again.
-fn load_site(path: &std::path::Path) -> Result<Site, ConfigError> {
-    let loaded = berrygw::config::load(path)?;
-    if let Err(e) = berrygw::bundle::prepare(&loaded) {
-        return Err(ConfigError::whole(path, format!("[bundles]: {e:#}")));
-    }
-    match Site::resolve(loaded) {
-        Ok(site) => Ok(site),
-        Err(e) => {
-            let loaded = berrygw::config::load(path)?;
-            match berrygw::bundle::recover(&loaded, &e.to_string()) {
-                Some(_) => Site::resolve(loaded),
-                None => Err(e),
-            }
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -174,7 +154,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => {
             init_logging("info");
-            let site = match load_site(&config) {
+            let site = match berrygw::daemon::load_site(&config) {
                 Ok(site) => site,
                 Err(e) => {
                     tracing::error!("refusing to start: {e}");
@@ -183,7 +163,7 @@ fn main() -> ExitCode {
             };
             let result = runtime()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(berrygw::daemon::run_until_signal(&site)));
+                .and_then(|rt| rt.block_on(berrygw::daemon::run_until_signal(site)));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 // A file found bad only as it is put to use (a codec that does not compile).

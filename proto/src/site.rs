@@ -18,10 +18,35 @@ pub enum Kind {
     Rules,
     /// `authorized_keys`: who may sign commands and bundles (key rotation).
     AuthorizedKeys,
+    /// `berrygw.toml`: the sections of the gateway's configuration that may change remotely
+    /// ([`SETTINGS_SECTIONS`]); they replace the same sections of the local file. Sealed:
+    /// it may hold broker credentials.
+    Settings,
+}
+
+/// The top-level sections of berrygw.toml a bundle may set: where the gateway forwards
+/// (`sinks`: servers, credentials, topics) and what it forwards (`filters`). Never its
+/// identity, radio, state, local access, field equipment or bundle settings.
+pub const SETTINGS_SECTIONS: [&str; 2] = ["sinks", "filters"];
+
+/// Check a bundle's `berrygw.toml`: TOML with only [`SETTINGS_SECTIONS`] at the top.
+pub fn check_settings(text: &str) -> Result<toml::Table, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| format!("berrygw.toml: {}", e.message()))?;
+    if let Some(other) = table.keys().find(|k| !SETTINGS_SECTIONS.contains(&k.as_str())) {
+        return Err(format!(
+            "berrygw.toml: `{other}` may not change remotely; a bundle sets only [{}]",
+            SETTINGS_SECTIONS.join("], [")
+        ));
+    }
+    if table.is_empty() {
+        return Err("berrygw.toml: empty; a bundle that changes no setting carries no berrygw.toml".into());
+    }
+    Ok(table)
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Devices, Kind::Codecs, Kind::Rules, Kind::AuthorizedKeys];
+    pub const ALL: [Kind; 5] =
+        [Kind::Devices, Kind::Codecs, Kind::Rules, Kind::AuthorizedKeys, Kind::Settings];
 
     /// The snake_case label (as in the manifest and in `authorized_keys`' `bundles`).
     pub fn as_str(self) -> &'static str {
@@ -30,6 +55,7 @@ impl Kind {
             Kind::Codecs => "codecs",
             Kind::Rules => "rules",
             Kind::AuthorizedKeys => "authorized_keys",
+            Kind::Settings => "settings",
         }
     }
 
@@ -39,13 +65,14 @@ impl Kind {
     }
 
     /// The kind of the file at `path` in a bundle (and so in a site directory), if the path
-    /// is one a bundle may carry: `devices.toml`, `rules.toml`, `authorized_keys`,
+    /// is one a bundle may carry: `devices.toml`, `rules.toml`, `authorized_keys`, `berrygw.toml`,
     /// `codecs/<name>.js` with a name of letters, digits, `-`, `_` and `.`.
     pub fn of_path(path: &str) -> Option<Kind> {
         match path {
             "devices.toml" => Some(Kind::Devices),
             "rules.toml" => Some(Kind::Rules),
             "authorized_keys" => Some(Kind::AuthorizedKeys),
+            "berrygw.toml" => Some(Kind::Settings),
             _ => {
                 let name = path.strip_prefix("codecs/")?;
                 let ok = name.len() > 3
@@ -60,6 +87,22 @@ impl Kind {
 
     /// Whether files of this kind hold secrets, and so travel sealed.
     pub fn is_secret(self) -> bool {
-        self == Kind::Devices
+        matches!(self, Kind::Devices | Kind::Settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_remote_sections_of_berrygw_toml_pass() {
+        assert!(check_settings("[sinks.app]\nserver = \"mqtts://broker:8883\"\n").is_ok());
+        assert!(check_settings("[filters]\nnet_ids = [\"000013\"]\n").is_ok());
+        for bad in ["[gateway]\nid = \"x\"\n", "[bundles]\nwatch_secs = 1\n", "[http]\n", "", "not toml ["] {
+            assert!(check_settings(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Kind::of_path("berrygw.toml"), Some(Kind::Settings));
+        assert!(Kind::Settings.is_secret());
     }
 }

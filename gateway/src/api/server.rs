@@ -42,10 +42,14 @@ pub struct Served {
 }
 
 impl Served {
-    /// Stop listening and remove the API socket.
-    pub fn stop(self) {
-        for t in self.tasks {
+    /// Stop listening and remove the API socket; the listeners are closed on return (so a
+    /// new `serve` may bind the same address at once).
+    pub async fn stop(self) {
+        for t in &self.tasks {
             t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
         }
         if let Some(path) = self.socket {
             let _ = std::fs::remove_file(path);

@@ -16,8 +16,10 @@
 //!    rules against the profiles, keys);
 //! 4. put in force (`config::bundles::Store::commit`: one rename of `current`) and reloaded, as
 //!    SIGHUP reloads: the radio, the journals and the sinks never stop;
-//! 5. watched for `watch_secs`: rolled back at once if the decoder refuses every uplink
-//!    it is given (at least [`EVIDENCE`] of them, none decoded), and at the end if a sink
+//! 5. watched for `watch_secs`: rolled back at once if the decoder fails every uplink it
+//!    is given (at least [`EVIDENCE`] of them, none decoded: codecs that fail, MICs that
+//!    do not check with the registry's keys; replays are no registry's fault), and at the
+//!    end if a sink
 //!    that was connected is not, or the concentrator that was running is not.
 //!
 //! A bundle that fails authentication (malformed, unknown key, bad signature) is refused
@@ -111,6 +113,8 @@ pub struct BundleRuntime {
     pub app: (Journal, AppTopics),
     /// The version in force, for the status and health records.
     pub version: watch::Sender<Option<u64>>,
+    /// Asks the daemon to restart the pipeline (a version that changes settings).
+    pub restart: watch::Sender<bool>,
 }
 
 /// Bundles as received by the app sink: the latest payload (a retained message comes again
@@ -127,7 +131,10 @@ impl BundleRuntime {
         // A daemon restarted during a watch (crash, power cut) watches the version again.
         if let Ok(Some(p)) = self.store.probation() {
             info!(version = p.version, "bundle {} is still on probation: watching it again", p.version);
-            self.watch_and_settle(p.version, &p.key_id, &mut shutdown).await;
+            self.watch_and_settle(&p, &mut shutdown).await;
+            if *self.restart.borrow() {
+                return;
+            }
         }
         let mut last: Option<Arc<Vec<u8>>> = None;
         loop {
@@ -141,15 +148,20 @@ impl BundleRuntime {
                 continue;
             }
             last = Some(payload.clone());
-            if let Some((version, key_id)) = self.take(&payload).await {
-                self.watch_and_settle(version, &key_id, &mut shutdown).await;
+            if let Some(p) = self.take(&payload).await {
+                self.watch_and_settle(&p, &mut shutdown).await;
+            }
+            if *self.restart.borrow() {
+                // The daemon stops this pipeline and starts one on the new settings.
+                return;
             }
         }
     }
 
-    /// Verify, stage, check and apply one bundle: the version and signer on probation, or
-    /// `None` if it was refused (or is the version already in force).
-    async fn take(&self, payload: &[u8]) -> Option<(u64, String)> {
+    /// Verify, stage, check and apply one bundle: the version on probation, to watch; or
+    /// `None` if it was refused, is the version already in force, or changes settings (the
+    /// pipeline then restarts, and the next one watches it).
+    async fn take(&self, payload: &[u8]) -> Option<store::Probation> {
         let in_force = self.store.in_force().ok().flatten().unwrap_or(0);
         let highest = match self.store.highest() {
             Ok(h) => h,
@@ -197,12 +209,30 @@ impl BundleRuntime {
         let key_id = opened.key_id.clone();
         let files: Vec<&str> = opened.files.iter().map(|(p, _)| p.as_str()).collect();
         let summary = files.join(", ");
-        let staged =
-            tokio::task::spawn_blocking(move || stage_and_check(&store, &path, source, &opened, &digest))
-                .await
-                .unwrap_or_else(|e| Err(Refusal::new(reason::APPLY_FAILED, e.to_string())));
-        if let Err(r) = staged {
-            self.refused(r, claimed, in_force).await;
+        let connected_before = connected_sinks(&self.view);
+        let before = connected_before.clone();
+        let staged = tokio::task::spawn_blocking(move || {
+            stage_and_check(&store, &path, source, &opened, &digest, before)
+        })
+        .await
+        .unwrap_or_else(|e| Err(Refusal::new(reason::APPLY_FAILED, e.to_string())));
+        let restart = match staged {
+            Ok(restart) => restart,
+            Err(r) => {
+                self.refused(r, claimed, in_force).await;
+                return None;
+            }
+        };
+        let probation =
+            store::Probation { version, previous: in_force, key_id: key_id.clone(), connected_before };
+        if restart {
+            self.version.send_replace(Some(version));
+            let message = format!(
+                "in force: {summary}; it changes settings, so the pipeline restarts on them, then it is watched for {} s",
+                self.watch.as_secs()
+            );
+            self.outcome(version, in_force, &key_id, BundleOutcome::Applied, None, message).await;
+            self.restart.send_replace(true);
             return None;
         }
         match crate::view::reload(&self.view).await {
@@ -210,7 +240,7 @@ impl BundleRuntime {
                 self.version.send_replace(Some(version));
                 let message = format!("in force, watched for {} s: {summary} ({r})", self.watch.as_secs());
                 self.outcome(version, in_force, &key_id, BundleOutcome::Applied, None, message).await;
-                Some((version, key_id))
+                Some(probation)
             }
             Err(e) => {
                 // Checked, yet not taken by the running parts: back at once.
@@ -221,7 +251,8 @@ impl BundleRuntime {
     }
 
     /// Watch the version on probation; keep it or roll it back.
-    async fn watch_and_settle(&self, version: u64, key_id: &str, shutdown: &mut watch::Receiver<bool>) {
+    async fn watch_and_settle(&self, p: &store::Probation, shutdown: &mut watch::Receiver<bool>) {
+        let (version, key_id) = (p.version, p.key_id.as_str());
         let before = Health::of(&self.view);
         let deadline = tokio::time::Instant::now() + self.watch;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -236,7 +267,7 @@ impl BundleRuntime {
                 return self.roll_back(version, key_id, why).await;
             }
             if tokio::time::Instant::now() >= deadline {
-                if let Some(why) = now.fell_since(&before) {
+                if let Some(why) = now.fell_since(&before, &p.connected_before) {
                     return self.roll_back(version, key_id, why).await;
                 }
                 if let Err(e) = self.store.keep() {
@@ -258,8 +289,11 @@ impl BundleRuntime {
                 return;
             }
         };
-        if let Err(e) = crate::view::reload(&self.view).await {
-            error!("bundles: after rolling back to version {in_force}, the reload refused: {e}");
+        let restart = self.store.settings_differ(version, in_force);
+        if !restart {
+            if let Err(e) = crate::view::reload(&self.view).await {
+                error!("bundles: after rolling back to version {in_force}, the reload refused: {e}");
+            }
         }
         self.version.send_replace(Some(in_force));
         let message = format!("{why}; back to version {in_force}");
@@ -272,6 +306,9 @@ impl BundleRuntime {
             message,
         )
         .await;
+        if restart {
+            self.restart.send_replace(true);
+        }
     }
 
     async fn refused(&self, r: Refusal, claimed: Claimed, in_force: u64) {
@@ -361,10 +398,11 @@ fn stage_and_check(
     source: String,
     opened: &Opened,
     payload_sha256: &str,
-) -> Result<(), Refusal> {
+    connected_before: Vec<String>,
+) -> Result<bool, Refusal> {
     let version = opened.manifest.version;
     let check = |m: String| Refusal::new(reason::CHECK_FAILED, m);
-    let mut loaded = config::parse(config_path, source).map_err(|e| check(e.to_string()))?;
+    let mut loaded = config::parse(config_path, source.clone()).map_err(|e| check(e.to_string()))?;
     if let Some(kind) = opened.manifest.kinds().into_iter().find(|k| !store::accepts(&loaded.config, *k)) {
         return Err(check(format!(
             "it carries {} files, but berrygw.toml does not configure the part that reads them",
@@ -373,15 +411,29 @@ fn stage_and_check(
     }
     let apply = |e: anyhow::Error| Refusal::new(reason::APPLY_FAILED, format!("{e:#}"));
     let staged = store.stage(version, &opened.files).map_err(apply)?;
+    let settings = staged.join("berrygw.toml");
+    if let Ok(text) = std::fs::read_to_string(&settings) {
+        loaded = config::merged(config_path, source, &settings, &text).map_err(|e| check(e.to_string()))?;
+    }
     store::overlay(&mut loaded.config, &staged);
     let checked = Site::resolve_as_is(loaded).and_then(|site| site.compile_codecs());
     if let Err(e) = checked {
         let _ = std::fs::remove_dir_all(&staged);
         return Err(check(e.to_string()));
     }
-    store.commit(&staged, version, &opened.key_id, payload_sha256).map_err(apply)?;
+    let previous = store.in_force().map_err(apply)?.unwrap_or(0);
+    store.commit(&staged, version, &opened.key_id, payload_sha256, connected_before).map_err(apply)?;
     info!(version, key = opened.key_id, "bundle {version} staged, checked and put in force");
-    Ok(())
+    Ok(store.settings_differ(previous, version))
+}
+
+/// The names of the sinks connected now.
+fn connected_sinks(view: &GatewayView) -> Vec<String> {
+    view.sinks
+        .iter()
+        .filter(|s| s.counters.connected.load(Ordering::Relaxed))
+        .map(|s| s.name.to_string())
+        .collect()
 }
 
 /// What the watch compares: before the new version, and each second after.
@@ -401,7 +453,7 @@ impl Health {
             let c = &d.counters;
             let codec_failures = c.codec_failures.load(Ordering::Relaxed);
             let readings = c.readings.load(Ordering::Relaxed);
-            (readings.saturating_sub(codec_failures), codec_failures + c.refused.load(Ordering::Relaxed))
+            (readings.saturating_sub(codec_failures), codec_failures + c.bad_mic.load(Ordering::Relaxed))
         });
         Health { connected, radio_running, decoded, failed }
     }
@@ -410,14 +462,16 @@ impl Health {
         let failed = self.failed.saturating_sub(before.failed);
         let decoded = self.decoded.saturating_sub(before.decoded);
         (decoded == 0 && failed >= EVIDENCE).then(|| {
-            format!("the decoder refused or failed all {failed} uplinks it was given, decoding none")
+            format!("the decoder failed all {failed} uplinks it was given (codec failures, MICs that do not check), decoding none")
         })
     }
 
-    fn fell_since(&self, before: &Health) -> Option<String> {
-        for ((name, was), (_, is)) in before.connected.iter().zip(&self.connected) {
-            if *was && !is {
-                return Some(format!("the {name} sink was connected and is not"));
+    /// Health fell: a sink connected before the new version (`connected_before`) is not now,
+    /// or the concentrator running at the start of the watch is not.
+    fn fell_since(&self, before: &Health, connected_before: &[String]) -> Option<String> {
+        for (name, is) in &self.connected {
+            if connected_before.iter().any(|n| n == name) && !is {
+                return Some(format!("the {name} sink was connected before this version and is not"));
             }
         }
         if before.radio_running == Some(true) && self.radio_running == Some(false) {

@@ -73,6 +73,10 @@ pub struct Probation {
     pub previous: u64,
     /// Who signed it (for the audit entry of a roll-back after a restart).
     pub key_id: String,
+    /// The sinks connected when it was applied: each must be connected when the watch ends
+    /// (across a restart of the pipeline, which starts with every sink disconnected).
+    #[serde(default)]
+    pub connected_before: Vec<String>,
 }
 
 /// The bundles folder of one gateway.
@@ -224,6 +228,7 @@ impl Store {
         version: u64,
         key_id: &str,
         payload_sha256: &str,
+        connected_before: Vec<String>,
     ) -> anyhow::Result<()> {
         let Some(previous) = self.in_force()? else { bail!("{} is not seeded", self.dir.display()) };
         write_synced(&staged.join(RECEIVED), payload_sha256.as_bytes())?;
@@ -232,7 +237,7 @@ impl Store {
             std::fs::remove_dir_all(&target)?;
         }
         std::fs::rename(staged, &target)?;
-        let probation = Probation { version, previous, key_id: key_id.to_string() };
+        let probation = Probation { version, previous, key_id: key_id.to_string(), connected_before };
         write_synced(&self.dir.join("probation"), &serde_json::to_vec(&probation)?)?;
         write_synced(&self.dir.join("highest"), format!("{}\n", version.max(self.highest()?)).as_bytes())?;
         self.point("previous", previous)?;
@@ -245,6 +250,13 @@ impl Store {
     /// Whether `payload_sha256` is the bundle that made `version` (in force, kept or rolled back).
     pub fn received(&self, version: u64, payload_sha256: &str) -> bool {
         std::fs::read_to_string(self.version_dir(version).join(RECEIVED)).is_ok_and(|s| s == payload_sha256)
+    }
+
+    /// Whether versions `a` and `b` set different settings (then going from one to the
+    /// other restarts the pipeline rather than reloading).
+    pub fn settings_differ(&self, a: u64, b: u64) -> bool {
+        let read = |v: u64| std::fs::read(self.version_dir(v).join(kind_file(Kind::Settings))).ok();
+        read(a) != read(b)
     }
 
     /// The version on probation passed its watch: it stays.
@@ -305,6 +317,7 @@ fn kind_file(kind: Kind) -> &'static str {
         Kind::Codecs => "codecs",
         Kind::Rules => "rules.toml",
         Kind::AuthorizedKeys => "authorized_keys",
+        Kind::Settings => "berrygw.toml",
     }
 }
 
@@ -330,8 +343,16 @@ pub fn configured(config: &Config) -> Vec<(Kind, PathBuf)> {
 pub fn accepts(config: &Config, kind: Kind) -> bool {
     match kind {
         Kind::Codecs => config.decode.is_some(),
+        Kind::Settings => true,
         _ => configured(config).iter().any(|(k, _)| *k == kind),
     }
+}
+
+/// The settings of the bundle in force (its `berrygw.toml`), if bundles are on and it has some.
+pub fn settings_in_force(config: &Config) -> Option<PathBuf> {
+    config.bundles.as_ref()?;
+    let path = Store::new(&config.gateway.state_dir).current().join(kind_file(Kind::Settings));
+    path.exists().then_some(path)
 }
 
 /// Make `config` read its site files from `dir` (a version folder, or `current`): the
@@ -417,7 +438,7 @@ mod tests {
         ];
         let staged = store.stage(3, &files).expect("stage");
         assert_eq!(store.in_force().expect("read"), Some(0), "staged is not in force");
-        store.commit(&staged, 3, "config", "abc").expect("commit");
+        store.commit(&staged, 3, "config", "abc", Vec::new()).expect("commit");
         assert_eq!(store.in_force().expect("read"), Some(3));
         assert_eq!(store.highest().expect("highest"), 3);
         assert!(store.received(3, "abc") && !store.received(3, "abd"));
@@ -434,7 +455,7 @@ mod tests {
         store.keep().expect("keep");
         assert_eq!(store.probation().expect("p"), None);
         let staged = store.stage(4, &[("authorized_keys".into(), b"# v4 keys\n".to_vec())]).expect("stage");
-        store.commit(&staged, 4, "root", "def").expect("commit");
+        store.commit(&staged, 4, "root", "def", Vec::new()).expect("commit");
         assert_eq!(read(store.current().join("codecs/meter.js")), "function decodeUplink() {}");
         assert_eq!(read(store.current().join("devices.toml")), "# v3 registry\n");
 
@@ -470,7 +491,7 @@ mod tests {
         for v in 1..=8 {
             let staged =
                 store.stage(v, &[("devices.toml".into(), format!("# {v}").into_bytes())]).expect("stage");
-            store.commit(&staged, v, "config", "x").expect("commit");
+            store.commit(&staged, v, "config", "x", Vec::new()).expect("commit");
             store.keep().expect("keep");
         }
         let mut left: Vec<String> = std::fs::read_dir(store.dir())

@@ -118,6 +118,8 @@ pub struct LoadedConfig {
     pub path: PathBuf,
     pub source: String,
     pub config: Config,
+    /// The file's own text when `source` is it merged with a bundle's settings.
+    pub base_source: Option<String>,
 }
 
 impl LoadedConfig {
@@ -146,16 +148,28 @@ impl LoadedConfig {
 pub const SECRET_FORBIDDEN_MODE: u32 = 0o007;
 
 /// Read, parse and check a configuration file. A file holding a secret (an MQTT
-/// password) must not be readable by others, nor may a TLS private key it names.
+/// password) must not be readable by others, nor may a TLS private key it names. With
+/// `[bundles]`, the sections a bundle in force sets (its `berrygw.toml`) replace the
+/// file's own ([`merged`]).
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    let loaded = parse(path, read_file(path, 0, |_| String::new())?)?;
-    let c = &loaded.config;
+    let base = parse(path, read_file(path, 0, |_| String::new())?)?;
+    let c = &base.config;
     let sinks = [&c.sinks.chirpstack, &c.sinks.app];
     if sinks.iter().copied().flatten().any(|s| s.password.is_some()) {
         read_file(path, SECRET_FORBIDDEN_MODE, |mode| {
             secret_mode_message(path, "holds an MQTT password", mode)
         })?;
     }
+    let loaded = match bundles::settings_in_force(&base.config) {
+        Some(settings) => {
+            let text = std::fs::read_to_string(&settings)
+                .map_err(|e| ConfigError::whole(&settings, format!("cannot read: {e}")))?;
+            merged(path, base.source, &settings, &text)?
+        }
+        None => base,
+    };
+    let c = &loaded.config;
+    let sinks = [&c.sinks.chirpstack, &c.sinks.app];
     for key in sinks.iter().copied().flatten().filter_map(|s| s.client_key_file.as_ref()) {
         let key_path = key.get_ref();
         let mode = file_mode(key_path)
@@ -166,6 +180,37 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
             );
         }
     }
+    Ok(loaded)
+}
+
+/// The configuration `base` (the text of `path`) with the sections `settings` (a bundle's
+/// `berrygw.toml`, at `settings_path`) sets put in place of its own (`[filters]` whole,
+/// each `[sinks.<name>]` it names), parsed and checked.
+/// Errors name the bundle's file and the merged text's lines.
+pub fn merged(
+    path: &Path,
+    base: String,
+    settings_path: &Path,
+    settings: &str,
+) -> Result<LoadedConfig, ConfigError> {
+    let over =
+        berrygw_proto::site::check_settings(settings).map_err(|m| ConfigError::whole(settings_path, m))?;
+    let mut table: toml::Table =
+        toml::from_str(&base).map_err(|e| locate(path, &base, e.span(), e.message().to_string()))?;
+    for (section, value) in over {
+        // Each sink a bundle names replaces the local one; the others stay.
+        match (section.as_str(), value, table.get_mut("sinks")) {
+            ("sinks", toml::Value::Table(sinks), Some(toml::Value::Table(local))) => local.extend(sinks),
+            (_, value, _) => {
+                table.insert(section, value);
+            }
+        }
+    }
+    let text = toml::to_string(&table).map_err(|e| ConfigError::whole(settings_path, e.to_string()))?;
+    let label = PathBuf::from(format!("{} with {}", path.display(), settings_path.display()));
+    let mut loaded = parse(&label, text)?;
+    loaded.path = path.to_path_buf();
+    loaded.base_source = Some(base);
     Ok(loaded)
 }
 
@@ -188,7 +233,7 @@ fn secret_mode_message(path: &Path, what: &str, mode: u32) -> String {
 pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, ConfigError> {
     let config: Config =
         toml::from_str(&source).map_err(|e| locate(path, &source, e.span(), e.message().to_string()))?;
-    let loaded = LoadedConfig { path: path.to_path_buf(), source, config };
+    let loaded = LoadedConfig { path: path.to_path_buf(), source, config, base_source: None };
     check(&loaded)?;
     Ok(loaded)
 }

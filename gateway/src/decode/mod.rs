@@ -86,8 +86,9 @@ pub struct DecodeCounters {
     pub not_ours: AtomicU64,
     /// Readings whose codec failed (also in `readings` and, by reason, in `errors`).
     pub codec_failures: AtomicU64,
-    /// Uplinks of our devices that made no reading (also in `errors`, by reason).
-    pub refused: AtomicU64,
+    /// Uplinks of our devices whose MIC does not check with the registry's keys (also in
+    /// `errors`): what wrong keys look like, unlike replays, which no registry causes.
+    pub bad_mic: AtomicU64,
     /// Sessions started by a join this gateway relayed, or pushed.
     pub sessions_started: Family<[(&'static str, &'static str); 1], Counter>,
     /// Readings lost because the decoder's queue was full, or because the
@@ -121,7 +122,7 @@ impl Default for DecodeCounters {
             errors,
             not_ours: AtomicU64::new(0),
             codec_failures: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
+            bad_mic: AtomicU64::new(0),
             sessions_started,
             dropped: AtomicU64::new(0),
             devices: AtomicU64::new(0),
@@ -475,7 +476,9 @@ impl Worker {
                 self.counters.not_ours.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Refused { device, reason, detail } => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                if reason == "mic" {
+                    self.counters.bad_mic.fetch_add(1, Ordering::Relaxed);
+                }
                 self.counters.errors.get_or_create(&[("reason", reason)]).inc();
                 if let Some(held) = limiter.allow(reason) {
                     warn!(device, reason, held_back = held, "decoder: uplink not decoded: {detail}");

@@ -65,6 +65,8 @@ pub struct Gateway {
     /// Stops the sinks, stats, reports and watchdog.
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Set when a configuration bundle changed settings: the daemon restarts the pipeline.
+    restart: watch::Receiver<bool>,
 }
 
 impl Gateway {
@@ -240,6 +242,7 @@ impl Gateway {
             actuation_handle.clone().filter(Actuation::accepts_central).filter(|_| c.bundles.is_some());
         let (bundle_tx, bundle_rx) = watch::channel(None);
         let (config_version_tx, config_version_rx) = watch::channel(None);
+        let (restart_tx, restart) = watch::channel(false);
         if let (Some(_), Some(journal), Some(mut settings)) = (&c.sinks.app, app_journal, app_settings.take())
         {
             let accept_commands = actuation_handle.as_ref().is_some_and(Actuation::accepts_central);
@@ -358,11 +361,13 @@ impl Gateway {
                 store: crate::config::bundles::Store::new(&c.gateway.state_dir),
                 watch: Duration::from_secs(section.watch_secs),
                 config_path: cfg.path.clone(),
-                config_source: cfg.source.clone(),
+                // The file's own text: a staged version's settings are merged into it.
+                config_source: cfg.base_source.clone().unwrap_or_else(|| cfg.source.clone()),
                 actuation,
                 view: view.clone(),
                 app: (journal.journal.clone(), topics.clone()),
                 version: config_version_tx,
+                restart: restart_tx,
             };
             tasks.push(tokio::spawn(runtime.run(bundle_rx, shutdown_rx.clone())));
         }
@@ -382,7 +387,15 @@ impl Gateway {
         if let Some((_, rule_tasks)) = rules {
             tasks.extend(rule_tasks);
         }
-        Ok(Gateway { counters, sinks, decoder, view, intake_stop, radio, ingest, shutdown, tasks })
+        Ok(Gateway { counters, sinks, decoder, view, intake_stop, radio, ingest, shutdown, tasks, restart })
+    }
+
+    /// Ready once the pipeline must be restarted on new settings (a configuration bundle);
+    /// never ready otherwise.
+    pub async fn restart_requested(&mut self) {
+        if self.restart.wait_for(|r| *r).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Read-only handles for the metrics endpoint and the status page.
