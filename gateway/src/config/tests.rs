@@ -268,3 +268,17 @@ fn the_command_keys_are_loaded_when_the_site_is_resolved() {
     let site = resolve_str(&text).expect("an empty keys file is valid");
     assert!(site.keys.is_some());
 }
+
+#[test]
+fn bundles_need_the_app_sink_and_authorized_keys_and_a_sane_watch() {
+    let no_app = format!("{MINIMAL}\n[bundles]\n");
+    let err = parse_str(&no_app).expect_err("no app sink").to_string();
+    assert!(err.contains("[sinks.app]"), "{err}");
+    let no_keys = format!("{MINIMAL}\n[sinks.app]\nserver = \"mqtt://127.0.0.1:1883\"\n\n[bundles]\n");
+    let err = parse_str(&no_keys).expect_err("no keys").to_string();
+    assert!(err.contains("authorized_keys"), "{err}");
+    let zero =
+        format!("{MINIMAL}\n[sinks.app]\nserver = \"mqtt://127.0.0.1:1883\"\n\n[bundles]\nwatch_secs = 0\n");
+    let err = parse_str(&zero).expect_err("no watch").to_string();
+    assert!(err.contains("watch_secs"), "{err}");
+}
