@@ -93,11 +93,21 @@ impl Centre {
         let mut c = berryctl_command();
         c.args(["bundle", "build"]).arg(site).args(["--version", &version.to_string(), "--key-id", key.0]);
         c.arg("--key").arg(key.1).arg("--known-gateways").arg(&self.pins).arg("--out").arg(&out);
-        c.args(["--broker", &self.url]);
+
         for t in targets {
             c.args(["--target", t]);
         }
         (c.output().expect("berryctl bundle build"), out)
+    }
+
+    /// `berryctl pin` of this gateway (its announced identity key).
+    fn pin(&self) {
+        let out = berryctl_command()
+            .args(["pin", "--gateway", GW, "--broker", &self.url, "--known-gateways"])
+            .arg(&self.pins)
+            .output()
+            .expect("berryctl pin");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
     }
 
     /// Build, expecting success.
@@ -226,11 +236,12 @@ fn bundles_are_applied_refused_and_rolled_back_and_no_device_key_crosses_the_bro
         "v1",
         &[("devices.toml", &registry("site_meter.js")), ("codecs/site_meter.js", &codec(1))],
     );
-    let file = centre.built(&v1, 1, ("config", &config_key));
+    centre.pin();
     assert!(
         std::fs::read_to_string(&centre.pins).expect("pinned").starts_with(GW),
         "identity fetched and pinned"
     );
+    let file = centre.built(&v1, 1, ("config", &config_key));
     let (code, event) = centre.push(&file, &["--until", "kept"]);
     assert_eq!(code, Some(0), "{event}");
     assert_eq!(event["outcome"], "kept", "{event}");
@@ -325,6 +336,7 @@ fn a_gateway_off_when_pushed_takes_the_bundle_back_and_keys_rotate_by_bundle() {
     let root_key = key_file(dir.path(), "root", 6);
     let new_key = key_file(dir.path(), "config2", 8);
     sub.wait_uplinks(1, Duration::from_secs(30));
+    centre.pin();
     let v1 = site(
         dir.path(),
         "v1",
@@ -395,6 +407,7 @@ fn a_bundle_whose_broker_settings_fail_is_rolled_back_by_the_gateway_and_good_on
     };
     let settings_key = key_file(dir.path(), "settings", 9);
     sub.wait_uplinks(1, Duration::from_secs(30));
+    centre.pin();
     // The site's keys file gets a key for settings first (by the root key).
     let keys = [
         bundle_key("config", 5, "[\"devices\", \"codecs\"]"),

@@ -19,14 +19,13 @@ use std::time::Duration;
 
 use berrygw_proto::bundle::{self, Bundle, BundleEvent, BundleOutcome, Kind, Source};
 use berrygw_proto::health::Health;
-use berrygw_proto::sealed::Recipient;
 use chrono::{SecondsFormat, Utc};
 use rumqttc::{Event, Packet, QoS};
 
 use crate::broker::BrokerArgs;
 use crate::command::usage;
 use crate::keygen::read_private;
-use crate::known::{self, Pin};
+use crate::known;
 use crate::Exit;
 
 #[derive(clap::Args)]
@@ -60,12 +59,10 @@ pub struct BuildArgs {
     /// The key's id in the gateways' authorized_keys.
     #[arg(long)]
     key_id: String,
-    /// Pinned gateway keys (default ~/.config/berryctl/known_gateways).
+    /// Pinned gateway keys (default ~/.config/berryctl/known_gateways; `berryctl pin`
+    /// learns them). Building needs no broker: it may run on a machine kept offline.
     #[arg(long)]
     known_gateways: Option<PathBuf>,
-    /// Fetch (and pin) the identity of targets not pinned yet from this broker.
-    #[command(flatten)]
-    broker: Option<BrokerArgs>,
     /// Where to write the bundle.
     #[arg(long)]
     out: PathBuf,
@@ -112,10 +109,11 @@ fn build(a: BuildArgs) -> Exit {
     for gateway in &a.targets {
         let recipient = match known::pinned(&pins, gateway) {
             Ok(Some(r)) => r,
-            Ok(None) => match fetch_identity(a.broker.as_ref(), gateway, &pins) {
-                Ok(r) => r,
-                Err(exit) => return exit,
-            },
+            Ok(None) => return usage(&format!(
+                "gateway {gateway} is not pinned in {}: run `berryctl pin --gateway {gateway} --broker …`, \
+                     or add `{gateway} <key>` (what `berrygw identity show` prints there)",
+                pins.display()
+            )),
             Err(e) => return usage(&e),
         };
         targets.push((gateway.clone(), recipient));
@@ -186,32 +184,6 @@ pub fn site_files(dir: &Path) -> Result<Vec<Source>, String> {
             Ok(Source { path: rel, content })
         })
         .collect()
-}
-
-/// The identity announced by `gateway` on the broker, pinned; exit 3 without a broker.
-fn fetch_identity(broker: Option<&BrokerArgs>, gateway: &str, pins: &Path) -> Result<Recipient, Exit> {
-    let Some(broker) = broker else {
-        return Err(usage(&format!(
-            "gateway {gateway} is not in {}; give --broker to fetch its announced identity, or add \
-             `{gateway} <key>` (berrygw identity show) there",
-            pins.display()
-        )));
-    };
-    let runtime = crate::runtime()?;
-    let recipient =
-        match runtime.block_on(crate::session::announced_key(broker, gateway, Duration::from_secs(30))) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                return Err(usage(&format!("gateway {gateway} announced no identity key within 30 s")))
-            }
-            Err(e) => return Err(usage(&format!("{e:#}"))),
-        };
-    match known::check_or_pin(pins, gateway, &recipient) {
-        Ok(Pin::Known) => {}
-        Ok(Pin::Added) => eprintln!("gateway {gateway} key {recipient} pinned in {}", pins.display()),
-        Err(e) => return Err(usage(&e)),
-    }
-    Ok(recipient)
 }
 
 fn push(a: PushArgs) -> Exit {

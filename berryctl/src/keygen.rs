@@ -1,6 +1,7 @@
-//! `berryctl keygen`: an Ed25519 signing key for commands, written 0600 (never over an
-//! existing file), and the `[[key]]` entry a gateway's `authorized_keys` needs to accept
-//! it, with the targets and commands it may use.
+//! `berryctl keygen`: an Ed25519 signing key for commands or configuration bundles,
+//! written 0600 (never over an existing file), and the `[[key]]` entry a gateway's
+//! `authorized_keys` needs to accept it, with its scope: the targets and commands it may
+//! use, the kinds of bundle file it may sign.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,12 +21,17 @@ pub struct KeygenArgs {
     /// The key's id in authorized_keys and in every envelope it signs.
     #[arg(long)]
     id: String,
-    /// Field devices it may command (globs, `*` any run of characters); repeat or comma-separate.
-    #[arg(long, value_delimiter = ',', default_value = "*")]
+    /// Field devices it may command (globs, `*` any run of characters); repeat or
+    /// comma-separate. Default `*`, or none for a key given `--bundles` only.
+    #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
-    /// Commands it may send (globs); repeat or comma-separate.
-    #[arg(long, value_delimiter = ',', default_value = "*")]
+    /// Commands it may send (globs); repeat or comma-separate. Default as `--targets`.
+    #[arg(long, value_delimiter = ',')]
     commands: Vec<String>,
+    /// Kinds of file it may sign in configuration bundles: devices, codecs, rules,
+    /// authorized_keys, settings; repeat or comma-separate.
+    #[arg(long, value_delimiter = ',')]
+    bundles: Vec<String>,
     /// Print JSON (`{"key_id", "public_key", "file", "authorized_keys"}`).
     #[arg(long)]
     json: bool,
@@ -40,12 +46,17 @@ pub fn run(args: KeygenArgs) -> Exit {
     let public_key = BASE64.encode(key.verifying_key().as_bytes());
     let list =
         |l: &[String]| format!("[{}]", l.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "));
-    let entry = format!(
-        "[[key]]\nid = {:?}\npublic_key = \"{public_key}\"\ntargets = {}\ncommands = {}\n",
-        args.id,
-        list(&args.targets),
-        list(&args.commands)
-    );
+    let mut entry = format!("[[key]]\nid = {:?}\npublic_key = \"{public_key}\"\n", args.id);
+    let commands_too = args.bundles.is_empty() || !args.targets.is_empty() || !args.commands.is_empty();
+    if commands_too {
+        let all = || vec!["*".to_string()];
+        let targets = if args.targets.is_empty() { all() } else { args.targets.clone() };
+        let commands = if args.commands.is_empty() { all() } else { args.commands.clone() };
+        entry.push_str(&format!("targets = {}\ncommands = {}\n", list(&targets), list(&commands)));
+    }
+    if !args.bundles.is_empty() {
+        entry.push_str(&format!("bundles = {}\n", list(&args.bundles)));
+    }
     // The entry must be one the gateways accept: checked with their own parser.
     if let Err(e) = berrygw_proto::keys::AuthorizedKeys::parse(Path::new("authorized_keys"), &entry) {
         let _ = std::fs::remove_file(&args.out);

@@ -6,8 +6,64 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use berrygw_proto::identity::Announcement;
 use berrygw_proto::sealed::Recipient;
+use rumqttc::{Event, Packet, QoS};
+
+use crate::broker::BrokerArgs;
+use crate::Exit;
+
+/// `berryctl pin`: learn gateways' identity keys from their announcements and pin them.
+#[derive(clap::Args)]
+pub struct PinArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// A gateway id (repeat for each).
+    #[arg(long = "gateway", required = true)]
+    gateways: Vec<String>,
+    /// Pinned gateway keys (default ~/.config/berryctl/known_gateways).
+    #[arg(long)]
+    known_gateways: Option<PathBuf>,
+    /// Seconds to wait for each announcement.
+    #[arg(long, default_value_t = 30)]
+    wait: u64,
+}
+
+/// Pin each gateway's announced key: exit 0 all pinned (or pinned already, the same), 1 a
+/// gateway announces another key than its pin, 2 one announced nothing in time.
+pub fn pin(a: PinArgs) -> Exit {
+    let pins = a.known_gateways.clone().unwrap_or_else(default_path);
+    let runtime = match crate::runtime() {
+        Ok(r) => r,
+        Err(exit) => return exit,
+    };
+    let mut exit = Exit::Done;
+    for gateway in &a.gateways {
+        match runtime.block_on(announced_key(&a.broker, gateway, Duration::from_secs(a.wait))) {
+            Ok(Some(key)) => match check_or_pin(&pins, gateway, &key) {
+                Ok(Pin::Known) => println!("{gateway} {key} (pinned already)"),
+                Ok(Pin::Added) => println!("{gateway} {key} (pinned now in {})", pins.display()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit = Exit::Refused;
+                }
+            },
+            Ok(None) => {
+                eprintln!("error: gateway {gateway} announced no identity key within {} s", a.wait);
+                if !matches!(exit, Exit::Refused) {
+                    exit = Exit::NoAnswer;
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Exit::NoAnswer;
+            }
+        }
+    }
+    exit
+}
 
 /// Where the pins are when `--known-gateways` is not given.
 pub fn default_path() -> PathBuf {
@@ -86,6 +142,36 @@ pub fn check_or_pin(path: &Path, gateway: &str, key: &Recipient) -> Result<Pin, 
         .map_err(|e| format!("{}: {e}", path.display()))?;
     writeln!(file, "{gateway} {key}").map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Pin::Added)
+}
+
+/// The key in the gateway's retained identity announcement, if one comes within `wait`.
+pub async fn announced_key(
+    broker: &BrokerArgs,
+    gateway: &str,
+    wait: Duration,
+) -> anyhow::Result<Option<Recipient>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let (client, mut eventloop) = broker.connect(wait).await?;
+    let topic = broker.topics(gateway).identity();
+    client.subscribe(&topic, QoS::AtLeastOnce).await?;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(event) => event?,
+            Err(_) => return Ok(None),
+        };
+        if let Event::Incoming(Packet::Publish(p)) = event {
+            if p.topic != topic {
+                continue;
+            }
+            let (announcement, key) =
+                Announcement::parse(&p.payload).map_err(|e| anyhow::anyhow!("{topic}: {e}"))?;
+            if !announcement.gateway_id.eq_ignore_ascii_case(gateway) {
+                anyhow::bail!("{topic} announces gateway {}, not {gateway}", announcement.gateway_id);
+            }
+            let _ = client.disconnect().await;
+            return Ok(Some(key));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! - `fleet`: every gateway in one table (online, stale, offline since), from the
 //!   state and health records the gateways keep retained on the broker.
 //! - `exporter`: the same records as Prometheus metrics, for a central Prometheus.
+//! - `pin`: gateways' identity keys learnt from their announcements, pinned.
 //! - `bundle build` / `bundle push`: a site's configuration files, signed, sealed where
 //!   they hold device keys, published retained for the target gateways to take.
 //!
@@ -54,6 +55,8 @@ enum Action {
     /// Every gateway in one table, from the broker's retained state and health records
     /// (exit 0 all online and healthy, 1 one is not, 2 none heard).
     Fleet(fleet::FleetArgs),
+    /// Learn gateways' identity keys from their announcements and pin them (like known_hosts).
+    Pin(known::PinArgs),
     /// Signed configuration bundles: `build` a site's files, `push` them to the gateways
     /// (exit 0 applied, 1 refused or rolled back, 2 no answer).
     Bundle(bundle::BundleArgs),
@@ -106,5 +109,6 @@ fn main() -> ExitCode {
         Action::Fleet(args) => fleet::run(args).into(),
         Action::Exporter(args) => exporter::run(args).into(),
         Action::Bundle(args) => bundle::run(args).into(),
+        Action::Pin(args) => known::pin(args).into(),
     }
 }

@@ -8,12 +8,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berrygw_proto::identity::Announcement;
 use berrygw_proto::sealed::Recipient;
 use berrygw_proto::session::{SessionKeys, SEALED_KEYS};
-use rumqttc::{Event, Packet, QoS};
 
-use crate::broker::BrokerArgs;
 use crate::command::{usage, Signed};
 use crate::known::{self, Pin};
 use crate::Exit;
@@ -80,7 +77,7 @@ fn push(a: PushArgs) -> Exit {
     let (broker, gateway) = (&a.signed.broker, &a.signed.gateway);
     let recipient = match &a.recipient {
         Some(r) => r.clone(),
-        None => match runtime.block_on(announced_key(broker, gateway, Duration::from_secs(a.signed.wait))) {
+        None => match runtime.block_on(known::announced_key(broker, gateway, Duration::from_secs(a.signed.wait))) {
             Ok(Some(r)) => r,
             Ok(None) => {
                 return usage(&format!(
@@ -104,34 +101,4 @@ fn push(a: PushArgs) -> Exit {
     });
     let topic = broker.topics(gateway).session_set();
     a.signed.send(&runtime, &key, topic, &a.dev_eui, "set_session", args)
-}
-
-/// The key in the gateway's retained identity announcement, if one comes within `wait`.
-pub async fn announced_key(
-    broker: &BrokerArgs,
-    gateway: &str,
-    wait: Duration,
-) -> anyhow::Result<Option<Recipient>> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let (client, mut eventloop) = broker.connect(wait).await?;
-    let topic = broker.topics(gateway).identity();
-    client.subscribe(&topic, QoS::AtLeastOnce).await?;
-    loop {
-        let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(event) => event?,
-            Err(_) => return Ok(None),
-        };
-        if let Event::Incoming(Packet::Publish(p)) = event {
-            if p.topic != topic {
-                continue;
-            }
-            let (announcement, key) =
-                Announcement::parse(&p.payload).map_err(|e| anyhow::anyhow!("{topic}: {e}"))?;
-            if !announcement.gateway_id.eq_ignore_ascii_case(gateway) {
-                anyhow::bail!("{topic} announces gateway {}, not {gateway}", announcement.gateway_id);
-            }
-            let _ = client.disconnect().await;
-            return Ok(Some(key));
-        }
-    }
 }

@@ -57,6 +57,83 @@ fn keygen_writes_a_private_key_once_and_an_entry_gateways_accept() {
 }
 
 #[test]
+fn keygen_for_bundles_gives_no_command_scope_and_unknown_kinds_are_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = dir.path().join("config.key");
+    let out = berryctl()
+        .args(["keygen", "--json", "--id", "central-config", "--bundles", "devices,codecs", "--out"])
+        .arg(&key)
+        .output()
+        .expect("berryctl keygen");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let entry = v["authorized_keys"].as_str().expect("entry");
+    let keys =
+        berrygw_proto::keys::AuthorizedKeys::parse(Path::new("authorized_keys"), entry).expect("accepted");
+    let k = &keys.keys()[0];
+    assert!(k.targets.is_empty() && !k.allows("barrage-cher-1", "move_bay2"), "{entry}");
+    assert_eq!(k.bundles.len(), 2);
+    let bad = dir.path().join("bad.key");
+    let out = berryctl()
+        .args(["keygen", "--id", "b", "--bundles", "firmware", "--out"])
+        .arg(&bad)
+        .output()
+        .expect("keygen");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(!bad.exists(), "no key left behind for a refused entry");
+}
+
+#[test]
+fn bundle_build_refuses_a_stray_file_an_unpinned_target_and_a_missing_folder() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = dir.path().join("k");
+    let made = berryctl()
+        .args(["keygen", "--id", "k", "--bundles", "rules", "--out"])
+        .arg(&key)
+        .output()
+        .expect("keygen");
+    assert!(made.status.success(), "{made:?}");
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).expect("site");
+    std::fs::write(site.join("rules.toml"), "").expect("rules");
+    let pins = dir.path().join("known_gateways");
+    let build = |extra: &[&str]| {
+        berryctl()
+            .args(["bundle", "build"])
+            .arg(&site)
+            .args(["--version", "1", "--target", "0016c001ff10a235", "--key-id", "k", "--key"])
+            .arg(&key)
+            .arg("--known-gateways")
+            .arg(&pins)
+            .arg("--out")
+            .arg(dir.path().join("out.json"))
+            .args(extra)
+            .output()
+            .expect("berryctl bundle build")
+    };
+    // Not pinned: building needs no broker, so it says how to pin.
+    let out = build(&[]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("berryctl pin"), "{out:?}");
+    // Pinned: built.
+    let gateway = berrygw_proto::sealed::Identity::generate().recipient();
+    std::fs::write(&pins, format!("0016c001ff10a235 {gateway}\n")).expect("pins");
+    let out = build(&["--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!((v["version"].as_u64(), v["files"].as_u64()), (Some(1), Some(1)), "{v}");
+    // A file a bundle does not carry.
+    std::fs::write(site.join("README"), "notes").expect("stray");
+    assert_eq!(build(&[]).status.code(), Some(3));
+    let out = berryctl()
+        .args(["bundle", "push", "--broker", "mqtt://127.0.0.1:1"])
+        .arg(dir.path().join("none.json"))
+        .output()
+        .expect("push");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
+#[test]
 fn a_command_that_cannot_be_sent_exits_3_and_unknown_options_too() {
     let dir = tempfile::tempdir().expect("tmp");
     let missing = dir.path().join("none.key");

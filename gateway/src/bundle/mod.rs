@@ -162,6 +162,7 @@ impl BundleRuntime {
     /// `None` if it was refused, is the version already in force, or changes settings (the
     /// pipeline then restarts, and the next one watches it).
     async fn take(&self, payload: &[u8]) -> Option<store::Probation> {
+        let received = std::time::Instant::now();
         let in_force = self.store.in_force().ok().flatten().unwrap_or(0);
         let highest = match self.store.highest() {
             Ok(h) => h,
@@ -203,6 +204,7 @@ impl BundleRuntime {
             }
         };
         let version = opened.manifest.version;
+        let verified = received.elapsed();
         let claimed = Claimed { version: Some(version), key_id: Some(opened.key_id.clone()) };
         let (store, path, source) =
             (self.store.clone(), self.config_path.clone(), self.config_source.clone());
@@ -235,8 +237,17 @@ impl BundleRuntime {
             self.restart.send_replace(true);
             return None;
         }
+        let checked = received.elapsed();
         match crate::view::reload(&self.view).await {
             Ok(r) => {
+                info!(
+                    version,
+                    bytes = payload.len(),
+                    verify_ms = verified.as_millis() as u64,
+                    stage_check_commit_ms = (checked - verified).as_millis() as u64,
+                    reload_ms = (received.elapsed() - checked).as_millis() as u64,
+                    "bundle {version} applied"
+                );
                 self.version.send_replace(Some(version));
                 let message = format!("in force, watched for {} s: {summary} ({r})", self.watch.as_secs());
                 self.outcome(version, in_force, &key_id, BundleOutcome::Applied, None, message).await;
