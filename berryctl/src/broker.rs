@@ -57,8 +57,10 @@ impl BrokerArgs {
         let mut o = MqttOptions::new(client_id, url.host.clone(), url.port);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_clean_session(true);
-        // A configuration bundle may be megabytes (`bundle push`).
-        o.set_max_packet_size(1 << 20, berrygw_proto::bundle::MAX_BUNDLE_BYTES + 1024);
+        // A configuration bundle may be megabytes (`bundle push` sends one and reads the
+        // retained copy back).
+        let bundle = berrygw_proto::bundle::MAX_BUNDLE_BYTES + 1024;
+        o.set_max_packet_size(bundle, bundle);
         if let Some(user) = &self.username {
             let password = match &self.password_file {
                 Some(f) => std::fs::read_to_string(f)

@@ -109,11 +109,13 @@ fn build(a: BuildArgs) -> Exit {
     for gateway in &a.targets {
         let recipient = match known::pinned(&pins, gateway) {
             Ok(Some(r)) => r,
-            Ok(None) => return usage(&format!(
+            Ok(None) => {
+                return usage(&format!(
                 "gateway {gateway} is not pinned in {}: run `berryctl pin --gateway {gateway} --broker …`, \
                      or add `{gateway} <key>` (what `berrygw identity show` prints there)",
                 pins.display()
-            )),
+            ))
+            }
             Err(e) => return usage(&e),
         };
         targets.push((gateway.clone(), recipient));

@@ -164,6 +164,12 @@ fn encode(fleet: &Fleet, now_ms: i64) -> String {
     );
     family("healthy", "gauge", "1 when the gateway reports no problem.", per(&|h| Some(b(h.healthy))));
     family(
+        "config_version",
+        "gauge",
+        "The configuration bundle in force (0: the files berrygw.toml names), when bundles are on.",
+        per(&|h| h.config_version.map(|v| v as f64)),
+    );
+    family(
         "health_age_seconds",
         "gauge",
         "Age of the gateway's latest health record.",

@@ -157,11 +157,12 @@ fn human(secs: u64) -> String {
 /// The rows for a terminal.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<18} {:<8} {:<10} {:<9} {:<8} {:<9} {:<22} {:<6} {:<6} {}\n",
+        "{:<18} {:<8} {:<10} {:<9} {:<6} {:<8} {:<9} {:<22} {:<6} {:<6} {}\n",
         "GATEWAY",
         "STATUS",
         "RECORD",
         "VERSION",
+        "CONFIG",
         "UPTIME",
         "RADIO",
         "SINKS (backlog)",
@@ -186,12 +187,14 @@ pub fn table(rows: &[Row]) -> String {
             Some(false) => "NOSYNC",
             None => "?",
         };
+        let config = h.config_version.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<18} {:<8} {:<10} {:<9} {:<8} {:<9} {:<22} {:<6} {:<6} {}\n",
+            "{:<18} {:<8} {:<10} {:<9} {:<6} {:<8} {:<9} {:<22} {:<6} {:<6} {}\n",
             r.gateway_id,
             r.status,
             record,
             h.version,
+            config,
             human(h.uptime_secs),
             radio,
             sinks.join(" "),
