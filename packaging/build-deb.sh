@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Build the berrygw Debian package for one target:
+# Build the berrygw Debian package (or berryctl's) for one target:
 #
 #   packaging/build-deb.sh x86_64-unknown-linux-gnu        # -> ..._amd64.deb
 #   packaging/build-deb.sh aarch64-unknown-linux-gnu       # -> ..._arm64.deb
 #   packaging/build-deb.sh armv7-unknown-linux-gnueabihf   # -> ..._armhf.deb
+#   packaging/build-deb.sh x86_64-unknown-linux-gnu berryctl   # the central tool
 #
 # Builds the stripped release binary for TARGET (cross targets link with
 # Debian's cross gcc, named in .cargo/config.toml), checks it, then packages
 # it with cargo-deb (metadata in gateway/Cargo.toml, maintainer scripts in
-# packaging/debian/). The package lands in
-# ${CARGO_TARGET_DIR:-target}/TARGET/debian/berrygw_<version>-<revision>_<arch>.deb
+# packaging/debian/; berryctl's in berryctl/Cargo.toml). The package lands in
+# ${CARGO_TARGET_DIR:-target}/TARGET/debian/<package>_<version>-<revision>_<arch>.deb
 # and its path is the last line printed.
 #
 # Installs what is missing (on Debian, as root or with sudo): the cross gcc and
@@ -27,10 +28,19 @@ die() {
 }
 
 usage() {
-  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
 }
 
 target=${1:-}
+package=${2:-berrygw}
+case "$package" in
+  berrygw) manifest=gateway/Cargo.toml ;;
+  berryctl) manifest=berryctl/Cargo.toml ;;
+  *)
+    usage
+    die "unknown package '${package}' (berrygw or berryctl)"
+    ;;
+esac
 case "$target" in
   x86_64-unknown-linux-gnu)
     arch=amd64
@@ -97,10 +107,10 @@ start=$(date +%s)
 # The release profile keeps symbols (strip = "debuginfo") for local builds and
 # backtraces; the package ships a fully stripped binary.
 CARGO_PROFILE_RELEASE_STRIP=symbols \
-  cargo build --release --locked -p berrygw --target "$target" "${feature_args[@]}"
+  cargo build --release --locked -p "$package" --target "$target" "${feature_args[@]}"
 echo "build-deb: build took $(($(date +%s) - start)) s"
 
-bin="$target_dir/$target/release/berrygw"
+bin="$target_dir/$target/release/$package"
 [ -x "$bin" ] || die "$bin was not built"
 if readelf -S -W "$bin" | grep -q '\.symtab'; then
   die "$bin still has a symbol table: it should have been stripped"
@@ -114,12 +124,12 @@ glibc_needed=$(readelf -W -V "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIB
 echo "build-deb: $arch binary needs glibc >= ${glibc_needed:-?}, $(stat -c %s "$bin") bytes stripped"
 variant_args=()
 if [ "$cross" = yes ]; then
-  glibc_floor=$(sed -n '/^\[package\.metadata\.deb\.variants\.cross\]/,/^\[/p' gateway/Cargo.toml \
+  glibc_floor=$(sed -n '/^\[package\.metadata\.deb\.variants\.cross\]/,/^\[/p' "$manifest" \
     | sed -n 's/.*libc6 (>= \([0-9][0-9.]*\)).*/\1/p' | head -n 1)
-  [ -n "$glibc_floor" ] || die "no 'libc6 (>= X)' in [package.metadata.deb.variants.cross] of gateway/Cargo.toml"
+  [ -n "$glibc_floor" ] || die "no 'libc6 (>= X)' in [package.metadata.deb.variants.cross] of $manifest"
   if [ -n "$glibc_needed" ] \
     && [ "$(printf '%s\n%s\n' "$glibc_needed" "$glibc_floor" | sort -V | tail -n 1)" != "$glibc_floor" ]; then
-    die "the $arch binary needs glibc $glibc_needed but the package says libc6 (>= $glibc_floor): raise it in gateway/Cargo.toml"
+    die "the $arch binary needs glibc $glibc_needed but the package says libc6 (>= $glibc_floor): raise it in $manifest"
   fi
   variant_args=(--variant cross)
 fi
@@ -129,7 +139,7 @@ out_dir="$target_dir/$target/debian"
 mkdir -p "$out_dir"
 # --no-build: the binary above is the one packaged. --no-strip: it is stripped
 # already, and the host's strip cannot handle foreign binaries.
-deb=$(cargo deb -p berrygw --target "$target" --no-build --no-strip --locked \
+deb=$(cargo deb -p "$package" --target "$target" --no-build --no-strip --locked \
   "${variant_args[@]}" --output "$out_dir/" | tail -n 1)
 [ -f "$deb" ] || die "cargo deb did not produce a package (got '$deb')"
 echo "build-deb: $(basename "$deb"): $(stat -c %s "$deb") bytes"
