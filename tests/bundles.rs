@@ -4,8 +4,10 @@
 //! old version, another target; a bad signature and junk refused at the door unanswered;
 //! rolled back when its codec breaks
 //! decoding; taken by a gateway that was off when it was pushed; key rotation by bundle;
-//! a version that cannot start is rolled back at the next start. No device key ever
-//! crosses the broker in clear (every byte published is searched).
+//! a version that cannot start is rolled back at the next start; settings that break a
+//! sink are rolled back across a restart of the pipeline; one bundle for three gateways
+//! and a command round trip over TLS with per-client ACLs. No device key ever crosses
+//! the broker in clear (every byte published is searched).
 
 mod support;
 
@@ -457,4 +459,130 @@ fn a_bundle_whose_broker_settings_fail_is_rolled_back_by_the_gateway_and_good_on
     assert_eq!((code, event["outcome"].as_str()), (Some(0), Some("kept")), "{event}");
     assert_eq!(config_version(dir.path()), 4);
     assert_no_key_crossed(&sub);
+}
+
+/// Sink `name` on the TLS broker at `url`, with the client certificate `cert`.
+fn tls_sink(name: &str, url: &str, certs: &Certs, cert: &Path, key: &Path) -> String {
+    format!(
+        "[sinks.{name}]\nserver = \"{url}\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n\
+         reconnect_min_ms = 200\nreconnect_max_ms = 1000\n",
+        certs.ca.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
+#[test]
+fn over_tls_with_per_client_acls_one_bundle_reaches_three_gateways_and_a_command_comes_back() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = Certs::generate(dir.path(), "bundles");
+    let (central_cert, central_key) = certs.client("central");
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "user central\n\
+         topic read berrygw/+/state\ntopic read berrygw/+/health\ntopic read berrygw/+/identity\n\
+         topic read berrygw/+/event/#\ntopic write berrygw/+/command\ntopic write berrygw/+/session/set\n\
+         topic readwrite berrygw/+/bundle\n\n\
+         pattern readwrite berrygw/%u/#\npattern readwrite eu868/gateway/%u/#\n",
+    )
+    .expect("acl");
+    let tls = BrokerTls {
+        ca: certs.ca.clone(),
+        cert: certs.server_cert.clone(),
+        key: certs.server_key.clone(),
+        require_client_cert: true,
+    };
+    let conf = format!("use_identity_as_username true\nacl_file {}\n", acl.display());
+    let broker = Mosquitto::start_with(dir.path(), Some(tls), &conf);
+    let url = broker.url(true);
+    let ids = ["0016c001ff10b001", "0016c001ff10b002", "0016c001ff10b003"];
+    let keys_text = [bundle_key("config", 5, "[\"devices\", \"codecs\"]"), command_key("cmd", 7)].concat();
+    let mut daemons = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let gw_dir = dir.path().join(id);
+        std::fs::create_dir_all(&gw_dir).expect("dir");
+        let (cert, key) = certs.client(id);
+        let registry_path = gw_dir.join("devices.toml");
+        std::fs::write(&registry_path, registry("water_meter.js")).expect("registry");
+        std::fs::set_permissions(&registry_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let keys = gw_dir.join("authorized_keys");
+        std::fs::write(&keys, &keys_text).expect("keys");
+        let devices = sim_device("compteur", "water_meter", "26011001", 300 + 50 * n as u64, None);
+        let radio = format!("[radio]\nkind = \"sim\"\n\n[radio.sim]\nseed = {n}\n\n{devices}\n");
+        let sinks = format!(
+            "{}\n{}\n[decode]\ndevices = \"{}\"\ncodec_dirs = [\"{}\"]\n\n\
+             [field]\nauthorized_keys = \"{}\"\nrequire_clock_sync = false\n\n[bundles]\nwatch_secs = 3\n",
+            tls_sink("chirpstack", &url, &certs, &cert, &key),
+            tls_sink("app", &url, &certs, &cert, &key),
+            registry_path.display(),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/codecs/examples-js").display(),
+            keys.display(),
+        );
+        let config = config_with_radio(&gw_dir.join("s"), "log", &radio, &sinks).replace(GW, id);
+        daemons.push(Berrygw::start(&gw_dir, &config));
+    }
+    for d in &daemons {
+        d.wait_log(Duration::from_secs(60), "app sink: connected");
+    }
+    let central = |c: &mut std::process::Command| {
+        c.args(["--broker", &url, "--ca-file"])
+            .arg(&certs.ca)
+            .arg("--client-cert-file")
+            .arg(&central_cert)
+            .arg("--client-key-file")
+            .arg(&central_key);
+    };
+    let pins = dir.path().join("known_gateways");
+    let mut pin = berryctl_command();
+    pin.arg("pin").arg("--known-gateways").arg(&pins);
+    for id in ids {
+        pin.args(["--gateway", id]);
+    }
+    central(&mut pin);
+    let out = pin.output().expect("berryctl pin");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // One bundle for the three: each gets its own copy, sealed to it, on its own topic.
+    let v1 = site(
+        dir.path(),
+        "v1",
+        &[("devices.toml", &registry("site_meter.js")), ("codecs/site_meter.js", &codec(1))],
+    );
+    let config_key = key_file(dir.path(), "config", 5);
+    let file = dir.path().join("v1.bundle");
+    let mut build = berryctl_command();
+    build.args(["bundle", "build"]).arg(&v1).args(["--version", "1", "--key-id", "config", "--key"]);
+    build.arg(&config_key).arg("--known-gateways").arg(&pins).arg("--out").arg(&file);
+    for id in ids {
+        build.args(["--target", id]);
+    }
+    let out = build.output().expect("build");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut push = berryctl_command();
+    push.args(["bundle", "push", "--json", "--until", "kept"]).arg(&file);
+    central(&mut push);
+    let out = push.output().expect("push");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for id in ids {
+        assert_eq!(v["gateways"][id]["outcome"], "kept", "{v}");
+    }
+
+    // A command round trip through the same ACLs: refused by the gateway (no such
+    // device there), so exit 1 with the gateway's reason.
+    let cmd_key = key_file(dir.path(), "cmd", 7);
+    let mut command = berryctl_command();
+    command.args(["command", "--json", "--key-id", "cmd", "--gateway", ids[1], "--wait", "30", "--key"]);
+    command.arg(&cmd_key);
+    central(&mut command);
+    command.args(["barrage-absent", "stop_bay"]);
+    let out = command.output().expect("command");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (v["outcome"].as_str(), v["reason"].as_str()),
+        (Some("refused"), Some("unknown_target")),
+        "{v}"
+    );
 }
