@@ -105,11 +105,13 @@ impl Centre {
     /// `berryctl pin` of this gateway (its announced identity key).
     fn pin(&self) {
         let out = berryctl_command()
-            .args(["pin", "--gateway", GW, "--broker", &self.url, "--known-gateways"])
+            .args(["pin", "--json", "--gateway", GW, "--broker", &self.url, "--known-gateways"])
             .arg(&self.pins)
             .output()
             .expect("berryctl pin");
         assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert!(v[GW]["key"].is_string() && v[GW]["pinned"] == "now", "{v}");
     }
 
     /// Build, expecting success.

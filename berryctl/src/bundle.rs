@@ -50,8 +50,12 @@ pub struct BuildArgs {
     #[arg(long)]
     version: u64,
     /// A target gateway id (repeat for each).
-    #[arg(long = "target", required = true)]
+    #[arg(long = "target", required_unless_present = "group")]
     targets: Vec<String>,
+    /// A group of targets: a file of gateway ids, one per line (`#` comments), kept at the
+    /// centre (e.g. `groups/vallee-du-cher`). Adds to `--target`.
+    #[arg(long)]
+    group: Vec<PathBuf>,
     /// The signing key (`berryctl keygen --out`); its authorized_keys entry needs a
     /// `bundles` scope with every kind of file in DIR.
     #[arg(long)]
@@ -105,8 +109,25 @@ fn build(a: BuildArgs) -> Exit {
         Err(e) => return usage(&e),
     };
     let pins = a.known_gateways.clone().unwrap_or_else(known::default_path);
+    let mut ids = a.targets.clone();
+    for group in &a.group {
+        match std::fs::read_to_string(group) {
+            Ok(text) => ids.extend(
+                text.lines()
+                    .map(|l| l.split('#').next().unwrap_or("").trim())
+                    .filter(|l| !l.is_empty())
+                    .map(String::from),
+            ),
+            Err(e) => return usage(&format!("--group {}: {e}", group.display())),
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return usage("no target gateway (an empty --group?)");
+    }
     let mut targets = Vec::new();
-    for gateway in &a.targets {
+    for gateway in &ids {
         let recipient = match known::pinned(&pins, gateway) {
             Ok(Some(r)) => r,
             Ok(None) => {

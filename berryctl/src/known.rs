@@ -29,6 +29,9 @@ pub struct PinArgs {
     /// Seconds to wait for each announcement.
     #[arg(long, default_value_t = 30)]
     wait: u64,
+    /// Print `{"<gateway>": {"key": …, "pinned": "already"|"now"|null, "error": …}}`.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Pin each gateway's announced key: exit 0 all pinned (or pinned already, the same), 1 a
@@ -40,27 +43,46 @@ pub fn pin(a: PinArgs) -> Exit {
         Err(exit) => return exit,
     };
     let mut exit = Exit::Done;
+    let mut report = serde_json::Map::new();
     for gateway in &a.gateways {
-        match runtime.block_on(announced_key(&a.broker, gateway, Duration::from_secs(a.wait))) {
-            Ok(Some(key)) => match check_or_pin(&pins, gateway, &key) {
-                Ok(Pin::Known) => println!("{gateway} {key} (pinned already)"),
-                Ok(Pin::Added) => println!("{gateway} {key} (pinned now in {})", pins.display()),
+        let (key, pinned, error) =
+            match runtime.block_on(announced_key(&a.broker, gateway, Duration::from_secs(a.wait))) {
+                Ok(Some(key)) => match check_or_pin(&pins, gateway, &key) {
+                    Ok(Pin::Known) => (Some(key), Some("already"), None),
+                    Ok(Pin::Added) => (Some(key), Some("now"), None),
+                    Err(e) => {
+                        exit = Exit::Refused;
+                        (Some(key), None, Some(e))
+                    }
+                },
+                Ok(None) => {
+                    if !matches!(exit, Exit::Refused) {
+                        exit = Exit::NoAnswer;
+                    }
+                    (
+                        None,
+                        None,
+                        Some(format!("gateway {gateway} announced no identity key within {} s", a.wait)),
+                    )
+                }
                 Err(e) => {
-                    eprintln!("error: {e}");
-                    exit = Exit::Refused;
+                    eprintln!("error: {e:#}");
+                    return Exit::NoAnswer;
                 }
-            },
-            Ok(None) => {
-                eprintln!("error: gateway {gateway} announced no identity key within {} s", a.wait);
-                if !matches!(exit, Exit::Refused) {
-                    exit = Exit::NoAnswer;
-                }
+            };
+        match (&key, pinned, &error) {
+            (_, _, Some(e)) => eprintln!("error: {e}"),
+            (Some(k), Some("now"), None) if !a.json => {
+                println!("{gateway} {k} (pinned now in {})", pins.display())
             }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return Exit::NoAnswer;
-            }
+            (Some(k), _, None) if !a.json => println!("{gateway} {k} (pinned already)"),
+            _ => {}
         }
+        let key = key.map(|k| k.to_string());
+        report.insert(gateway.clone(), serde_json::json!({ "key": key, "pinned": pinned, "error": error }));
+    }
+    if a.json {
+        println!("{}", serde_json::Value::Object(report));
     }
     exit
 }

@@ -122,6 +122,28 @@ fn bundle_build_refuses_a_stray_file_an_unpinned_target_and_a_missing_folder() {
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!((v["version"].as_u64(), v["files"].as_u64()), (Some(1), Some(1)), "{v}");
+    // The same target through a group file (a comment, a blank line).
+    let group = dir.path().join("vallee-du-cher");
+    std::fs::write(&group, "# vallée du Cher\n\n0016c001ff10a235  # Vierzon\n").expect("group");
+    let out = berryctl()
+        .args(["bundle", "build"])
+        .arg(&site)
+        .args(["--version", "2", "--key-id", "k", "--json", "--key"])
+        .arg(&key)
+        .arg("--group")
+        .arg(&group)
+        .arg("--known-gateways")
+        .arg(&pins)
+        .arg("--out")
+        .arg(dir.path().join("group.json"))
+        .output()
+        .expect("build for a group");
+    assert!(out.status.success(), "{out:?}");
+    let built: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("group.json")).expect("bundle")).expect("json");
+    let manifest: serde_json::Value =
+        serde_json::from_str(built["manifest"].as_str().unwrap_or("")).expect("manifest");
+    assert_eq!(manifest["targets"], serde_json::json!(["0016c001ff10a235"]));
     // A file a bundle does not carry.
     std::fs::write(site.join("README"), "notes").expect("stray");
     assert_eq!(build(&[]).status.code(), Some(3));

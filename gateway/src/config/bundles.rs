@@ -483,6 +483,25 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_store_is_an_error_never_a_guess() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = config(dir.path());
+        let store = Store::new(&dir.path().join("s"));
+        store.seed(&c).expect("seed");
+        std::fs::write(store.dir().join("highest"), "lots\n").expect("damage");
+        let err = store.highest().expect_err("not a number").to_string();
+        assert!(err.contains("highest"), "{err}");
+        std::fs::write(store.dir().join("probation"), "{").expect("damage");
+        assert!(store.probation().is_err());
+        assert!(store.roll_back().is_err(), "nothing rolled back on a probation that does not read");
+        std::fs::remove_file(store.current()).expect("unlink");
+        std::os::unix::fs::symlink("elsewhere", store.current()).expect("link");
+        let err = store.in_force().expect_err("not a version").to_string();
+        assert!(err.contains("not a version"), "{err}");
+        assert!(store.stage(1, &[]).is_err(), "nothing staged over a store that does not read");
+    }
+
+    #[test]
     fn old_versions_are_pruned_but_current_and_previous_stay() {
         let dir = tempfile::tempdir().expect("tmp");
         let c = config(dir.path());
