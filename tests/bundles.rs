@@ -77,7 +77,9 @@ fn site(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let site = dir.join(name);
     std::fs::create_dir_all(site.join("codecs")).expect("site");
     for (path, content) in files {
-        std::fs::write(site.join(path), content).expect("site file");
+        let path = site.join(path);
+        std::fs::create_dir_all(path.parent().expect("in the site")).expect("site folder");
+        std::fs::write(path, content).expect("site file");
     }
     site
 }
@@ -416,7 +418,7 @@ fn a_bundle_whose_broker_settings_fail_is_rolled_back_by_the_gateway_and_good_on
     let keys = [
         bundle_key("config", 5, "[\"devices\", \"codecs\"]"),
         bundle_key("root", 6, "[\"authorized_keys\"]"),
-        bundle_key("settings", 9, "[\"settings\"]"),
+        bundle_key("settings", 9, "[\"settings\", \"profiles\"]"),
     ]
     .concat();
     let root_key = key_file(dir.path(), "root", 6);
@@ -460,6 +462,28 @@ fn a_bundle_whose_broker_settings_fail_is_rolled_back_by_the_gateway_and_good_on
         centre.push(&centre.built(&good, 4, ("settings", &settings_key)), &["--until", "kept"]);
     assert_eq!((code, event["outcome"].as_str()), (Some(0), Some("kept")), "{event}");
     assert_eq!(config_version(dir.path()), 4);
+
+    // A Modbus profile of the site: checked as check-config checks, then the pipeline
+    // restarts on it (profiles are read when the field devices start); kept. A broken one
+    // is refused with the profile parser's own words.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/profiles/energy-meter.toml");
+    let meter = std::fs::read_to_string(shipped)
+        .expect("profile")
+        .replace("name = \"energy-meter\"", "name = \"site-meter\"");
+    let profiles = site(dir.path(), "profiles", &[("profiles/site-meter.toml", &meter)]);
+    let (code, event) =
+        centre.push(&centre.built(&profiles, 5, ("settings", &settings_key)), &["--until", "kept"]);
+    assert_eq!((code, event["outcome"].as_str()), (Some(0), Some("kept")), "{event}");
+    assert!(dir.path().join("s/bundles/current/profiles/site-meter.toml").exists());
+    let broken = site(
+        dir.path(),
+        "broken-profile",
+        &[("profiles/site-meter.toml", "name = \"site-meter\"\n[[points]]\nkind = \"nonsense\"\n")],
+    );
+    let (code, event) = centre.push(&centre.built(&broken, 6, ("settings", &settings_key)), &[]);
+    assert_eq!((code, event["event"]["reason"].as_str()), (Some(1), Some("check_failed")), "{event}");
+    assert!(event["event"]["message"].as_str().unwrap_or("").contains("site-meter.toml"), "{event}");
+    assert_eq!(config_version(dir.path()), 5);
     assert_no_key_crossed(&sub);
 }
 

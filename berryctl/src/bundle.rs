@@ -2,10 +2,11 @@
 //! themselves (`berrygw_proto::bundle`).
 //!
 //! - `build DIR`: the files of DIR (`devices.toml`, `rules.toml`, `authorized_keys`,
-//!   `codecs/*.js`; anything else is refused, so nothing is left behind unnoticed) with
-//!   a version and the target gateways, signed; `devices.toml` is sealed to each target's
-//!   identity key (pinned in `known_gateways`, fetched from the broker's announcements
-//!   with `--broker` the first time). Written to `--out`; never published.
+//!   `berrygw.toml`, `codecs/*.js`, `profiles/*.toml`; anything else is refused, so
+//!   nothing is left behind unnoticed) with a version and the target gateways (`--target`,
+//!   `--group`), signed; `devices.toml` and `berrygw.toml` are sealed to each target's
+//!   identity key, pinned in `known_gateways` (`berryctl pin`). Needs no broker: it may
+//!   run on a signing machine kept offline. Written to `--out`; never published.
 //! - `push FILE`: each target's copy published retained on its `…/bundle` (a gateway
 //!   offline for days takes it when it is back), then each target's outcome awaited on
 //!   `…/event/bundle` (or its health record naming the version, for a gateway that had
@@ -44,7 +45,8 @@ enum Action {
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
-    /// The site's folder: devices.toml, rules.toml, authorized_keys, codecs/*.js.
+    /// The site's folder: devices.toml, rules.toml, authorized_keys, berrygw.toml,
+    /// codecs/*.js, profiles/*.toml.
     dir: PathBuf,
     /// The bundle's version: higher than any version the targets ever had.
     #[arg(long)]
@@ -184,11 +186,11 @@ pub fn site_files(dir: &Path) -> Result<Vec<Source>, String> {
         let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        if name == "codecs" && path.is_dir() {
+        if (name == "codecs" || name == "profiles") && path.is_dir() {
             let codecs = std::fs::read_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             for codec in codecs {
                 let codec = codec.map_err(|e| format!("{}: {e}", path.display()))?;
-                out.push(format!("codecs/{}", codec.file_name().to_string_lossy()));
+                out.push(format!("{name}/{}", codec.file_name().to_string_lossy()));
             }
         } else {
             out.push(name);
@@ -199,7 +201,7 @@ pub fn site_files(dir: &Path) -> Result<Vec<Source>, String> {
         .map(|rel| {
             if Kind::of_path(&rel).is_none() {
                 return Err(format!(
-                    "{}: a bundle carries only devices.toml, rules.toml, authorized_keys and codecs/<name>.js",
+                    "{}: a bundle carries only devices.toml, rules.toml, authorized_keys, berrygw.toml, codecs/<name>.js and profiles/<name>.toml",
                     dir.join(&rel).display()
                 ));
             }

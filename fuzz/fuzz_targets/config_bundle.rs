@@ -18,7 +18,7 @@ const GATEWAY: &str = "0016c001ff10a235";
 fuzz_target!(|bytes: &[u8]| {
     let signer = SigningKey::from_bytes(&[7; 32]);
     let keys = format!(
-        "[[key]]\nid = \"config\"\npublic_key = \"{}\"\nbundles = [\"devices\", \"codecs\", \"rules\", \"authorized_keys\", \"settings\"]\n",
+        "[[key]]\nid = \"config\"\npublic_key = \"{}\"\nbundles = [\"devices\", \"codecs\", \"rules\", \"authorized_keys\", \"profiles\", \"settings\"]\n",
         base64_encode(&signer.verifying_key().to_bytes())
     );
     let Ok(keys) = AuthorizedKeys::parse(Path::new("authorized_keys"), &keys) else { return };

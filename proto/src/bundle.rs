@@ -160,7 +160,7 @@ pub fn build(
     for f in files {
         let kind = Kind::of_path(&f.path).ok_or_else(|| {
             format!(
-                "{}: not a file a bundle carries (devices.toml, rules.toml, authorized_keys, codecs/<name>.js)",
+                "{}: not a file a bundle carries (devices.toml, rules.toml, authorized_keys, berrygw.toml, codecs/<name>.js, profiles/<name>.toml)",
                 f.path
             )
         })?;

@@ -18,6 +18,8 @@ pub enum Kind {
     Rules,
     /// `authorized_keys`: who may sign commands and bundles (key rotation).
     AuthorizedKeys,
+    /// `profiles/<name>.toml`: a Modbus device profile (its registers, commands, checks).
+    Profiles,
     /// `berrygw.toml`: the sections of the gateway's configuration that may change remotely
     /// ([`SETTINGS_SECTIONS`]); they replace the same sections of the local file. Sealed:
     /// it may hold broker credentials.
@@ -45,8 +47,8 @@ pub fn check_settings(text: &str) -> Result<toml::Table, String> {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] =
-        [Kind::Devices, Kind::Codecs, Kind::Rules, Kind::AuthorizedKeys, Kind::Settings];
+    pub const ALL: [Kind; 6] =
+        [Kind::Devices, Kind::Codecs, Kind::Rules, Kind::AuthorizedKeys, Kind::Profiles, Kind::Settings];
 
     /// The snake_case label (as in the manifest and in `authorized_keys`' `bundles`).
     pub fn as_str(self) -> &'static str {
@@ -55,6 +57,7 @@ impl Kind {
             Kind::Codecs => "codecs",
             Kind::Rules => "rules",
             Kind::AuthorizedKeys => "authorized_keys",
+            Kind::Profiles => "profiles",
             Kind::Settings => "settings",
         }
     }
@@ -66,7 +69,8 @@ impl Kind {
 
     /// The kind of the file at `path` in a bundle (and so in a site directory), if the path
     /// is one a bundle may carry: `devices.toml`, `rules.toml`, `authorized_keys`, `berrygw.toml`,
-    /// `codecs/<name>.js` with a name of letters, digits, `-`, `_` and `.`.
+    /// `codecs/<name>.js` and `profiles/<name>.toml` with a name of letters, digits, `-`, `_`
+    /// and `.`.
     pub fn of_path(path: &str) -> Option<Kind> {
         match path {
             "devices.toml" => Some(Kind::Devices),
@@ -74,13 +78,17 @@ impl Kind {
             "authorized_keys" => Some(Kind::AuthorizedKeys),
             "berrygw.toml" => Some(Kind::Settings),
             _ => {
-                let name = path.strip_prefix("codecs/")?;
-                let ok = name.len() > 3
+                let (kind, name, ext) = if let Some(name) = path.strip_prefix("codecs/") {
+                    (Kind::Codecs, name, ".js")
+                } else {
+                    (Kind::Profiles, path.strip_prefix("profiles/")?, ".toml")
+                };
+                let ok = name.len() > ext.len()
                     && name.len() <= MAX_NAME_BYTES
-                    && name.ends_with(".js")
+                    && name.ends_with(ext)
                     && !name.starts_with('.')
                     && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-                ok.then_some(Kind::Codecs)
+                ok.then_some(kind)
             }
         }
     }
@@ -103,6 +111,10 @@ mod tests {
             assert!(check_settings(bad).is_err(), "{bad}");
         }
         assert_eq!(Kind::of_path("berrygw.toml"), Some(Kind::Settings));
+        assert_eq!(Kind::of_path("profiles/pump.toml"), Some(Kind::Profiles));
+        assert_eq!(Kind::of_path("profiles/../pump.toml"), None);
+        assert_eq!(Kind::of_path("profiles/pump.js"), None);
+        assert_eq!(Kind::of_path("codecs/pump.toml"), None);
         assert!(Kind::Settings.is_secret());
     }
 }

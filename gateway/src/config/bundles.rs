@@ -4,7 +4,8 @@
 //! ```text
 //! bundles/
 //!   v0/            the files of berrygw.toml, copied at the first start (the seed)
-//!   v7/            a bundle's files: devices.toml, rules.toml, authorized_keys, codecs/
+//!   v7/            a bundle's files: devices.toml, rules.toml, authorized_keys, codecs/,
+//!                  profiles/, berrygw.toml (its [filters] and [sinks.<name>])
 //!   current -> v7  the version in force (a symlink, switched by one rename)
 //!   previous -> v0 what a roll-back returns to
 //!   highest        the highest version ever put in force: older or equal ones are refused
@@ -59,6 +60,9 @@ impl BundleSection {
 
 /// The folder of bundles under the state directory.
 pub const DIR: &str = "bundles";
+
+/// The kinds whose files are a folder of a version (each file a codec, a profile).
+const FOLDERS: [Kind; 2] = [Kind::Codecs, Kind::Profiles];
 
 /// In a version folder: the SHA-256 of the bundle message that made it.
 const RECEIVED: &str = ".bundle-sha256";
@@ -162,7 +166,9 @@ impl Store {
         }
         let stage = self.dir.join(".stage-0");
         create_private_dir(&stage)?;
-        create_private_dir(&stage.join("codecs"))?;
+        for folder in FOLDERS {
+            create_private_dir(&stage.join(kind_file(folder)))?;
+        }
         for (kind, path) in configured(config) {
             let name = kind_file(kind);
             let content = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -189,14 +195,25 @@ impl Store {
             std::fs::remove_dir_all(&stage)?;
         }
         create_private_dir(&stage)?;
-        create_private_dir(&stage.join("codecs"))?;
+        for folder in FOLDERS {
+            create_private_dir(&stage.join(kind_file(folder)))?;
+        }
         let carried: Vec<Kind> = files.iter().filter_map(|(p, _)| Kind::of_path(p)).collect();
         for kind in Kind::ALL.into_iter().filter(|k| !carried.contains(k)) {
-            if kind == Kind::Codecs {
-                for entry in std::fs::read_dir(from.join("codecs"))? {
+            if FOLDERS.contains(&kind) {
+                let folder = kind_file(kind);
+                let entries = match std::fs::read_dir(from.join(folder)) {
+                    Ok(entries) => entries,
+                    // A version made before this kind existed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("reading {}", from.join(folder).display()))
+                    }
+                };
+                for entry in entries {
                     let entry = entry?;
                     let content = std::fs::read(entry.path())?;
-                    write_synced(&stage.join("codecs").join(entry.file_name()), &content)?;
+                    write_synced(&stage.join(folder).join(entry.file_name()), &content)?;
                 }
             } else {
                 let name = kind_file(kind);
@@ -213,7 +230,9 @@ impl Store {
             // Paths were checked by `bundle::open` (Kind::of_path): no `..`, no absolute path.
             write_synced(&stage.join(path), content)?;
         }
-        sync_dir(&stage.join("codecs"))?;
+        for folder in FOLDERS {
+            sync_dir(&stage.join(kind_file(folder)))?;
+        }
         sync_dir(&stage)?;
         Ok(stage)
     }
@@ -256,7 +275,19 @@ impl Store {
     /// other restarts the pipeline rather than reloading).
     pub fn settings_differ(&self, a: u64, b: u64) -> bool {
         let read = |v: u64| std::fs::read(self.version_dir(v).join(kind_file(Kind::Settings))).ok();
-        read(a) != read(b)
+        // Profiles are read once, when the field devices start: a change restarts them too.
+        let profiles = |v: u64| -> Vec<(std::ffi::OsString, Vec<u8>)> {
+            let Ok(entries) = std::fs::read_dir(self.version_dir(v).join(kind_file(Kind::Profiles))) else {
+                return Vec::new();
+            };
+            let mut all: Vec<_> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| (e.file_name(), std::fs::read(e.path()).unwrap_or_default()))
+                .collect();
+            all.sort();
+            all
+        };
+        read(a) != read(b) || profiles(a) != profiles(b)
     }
 
     /// The version on probation passed its watch: it stays.
@@ -315,6 +346,7 @@ fn kind_file(kind: Kind) -> &'static str {
     match kind {
         Kind::Devices => "devices.toml",
         Kind::Codecs => "codecs",
+        Kind::Profiles => "profiles",
         Kind::Rules => "rules.toml",
         Kind::AuthorizedKeys => "authorized_keys",
         Kind::Settings => "berrygw.toml",
@@ -343,6 +375,7 @@ pub fn configured(config: &Config) -> Vec<(Kind, PathBuf)> {
 pub fn accepts(config: &Config, kind: Kind) -> bool {
     match kind {
         Kind::Codecs => config.decode.is_some(),
+        Kind::Profiles => config.field.is_some(),
         Kind::Settings => true,
         _ => configured(config).iter().any(|(k, _)| *k == kind),
     }
@@ -371,6 +404,8 @@ pub fn overlay(config: &mut Config, dir: &Path) {
         if let Some(k) = &mut f.authorized_keys {
             *k = toml::Spanned::new(k.span(), dir.join("authorized_keys"));
         }
+        // Last: a later folder's profile replaces an earlier one of the same name.
+        f.profile_dirs.push(dir.join("profiles"));
     }
 }
 
