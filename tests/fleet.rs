@@ -35,9 +35,20 @@ fn a_gateway_announces_the_identity_key_it_was_installed_with() {
     let mut gw = Berrygw::start(dir.path(), &config);
     gw.wait_log(Duration::from_secs(60), "app sink: connected");
 
-    // A subscriber that comes later still gets it: it is retained.
-    let sub = Subscriber::connect(broker.port, &format!("berrygw/{GW}/identity"), None);
-    let seen = wait_for(Duration::from_secs(30), "the identity announcement", || sub.seen().pop());
+    // A subscriber that comes later still gets it: it is retained. ("app sink: connected" is
+    // logged before the announcement is out: a subscriber that comes first gets the live
+    // copy, not flagged retained, so each try subscribes afresh until the retained one.)
+    let seen = wait_for(Duration::from_secs(30), "the retained identity announcement", || {
+        let sub = Subscriber::connect(broker.port, &format!("berrygw/{GW}/identity"), None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            if let Some(retained) = sub.seen().into_iter().find(|s| s.retain) {
+                return Some(retained);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    });
     assert!(seen.retain, "retained, so the centre learns it whenever it subscribes");
     let (announcement, key) = Announcement::parse(&seen.payload).expect("a well-formed announcement");
     assert_eq!(announcement.gateway_id, GW);
