@@ -43,3 +43,16 @@ pub fn create_with_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::OpenOptions::new().create(true).append(true).mode(mode).open(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
+
+/// Write `content` to a new file at `tmp` with mode 0600 from its creation, and sync it:
+/// the first half of a write that readers see whole (the caller renames `tmp` into place).
+/// A leftover `tmp` (a crash mid-write) is replaced.
+pub fn write_private_synced(tmp: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(tmp);
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(STATE_FILE_MODE).open(tmp)?;
+    file.write_all(content)?;
+    file.sync_all()
+}

@@ -5,12 +5,10 @@
 //! start; never replaced by berrygw once it exists (a new key means the centre must
 //! learn it again, so replacing it is a deliberate act: delete the file, then `init`).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use berrygw_core::files::{create_private_dir, STATE_FILE_MODE};
+use berrygw_core::files::{create_private_dir, write_private_synced};
 use berrygw_proto::sealed::Identity;
 
 /// The identity file's name in the state directory.
@@ -47,16 +45,8 @@ pub fn load_or_create(state_dir: &Path) -> anyhow::Result<(Identity, bool)> {
     // Written to a temporary file with its mode from the start, synced, then renamed:
     // never a half-written key, never one readable by others for a moment.
     let tmp = state_dir.join(format!("{FILE}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(STATE_FILE_MODE)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(format!("{}\n", identity.to_base64()).as_bytes())?;
-    file.sync_all()?;
-    drop(file);
+    write_private_synced(&tmp, format!("{}\n", identity.to_base64()).as_bytes())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     if path.exists() {
         // Another `init` won the race: keep its key.
         let _ = std::fs::remove_file(&tmp);

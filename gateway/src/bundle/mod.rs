@@ -302,7 +302,7 @@ impl BundleRuntime {
                 return;
             }
         };
-        let restart = self.store.settings_differ(version, in_force);
+        let restart = self.store.restart_needed(version, in_force);
         if !restart {
             if let Err(e) = crate::view::reload(&self.view).await {
                 error!("bundles: after rolling back to version {in_force}, the reload refused: {e}");
@@ -439,7 +439,7 @@ fn stage_and_check(
     let previous = store.in_force().map_err(apply)?.unwrap_or(0);
     store.commit(&staged, version, &opened.key_id, payload_sha256, connected_before).map_err(apply)?;
     info!(version, key = opened.key_id, "bundle {version} staged, checked and put in force");
-    Ok(store.settings_differ(previous, version))
+    Ok(store.restart_needed(previous, version))
 }
 
 /// Return freed heap pages to the system. The check compiles every codec once more beside

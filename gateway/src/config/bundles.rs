@@ -18,12 +18,10 @@
 //! force; a power cut at any point leaves either the old or the new link, never half a
 //! set (staging happens in `.stage-<version>`, synced, before the rename).
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use berrygw_core::files::{create_private_dir, STATE_FILE_MODE};
+use berrygw_core::files::{create_private_dir, write_private_synced};
 use berrygw_proto::bundle::Kind;
 use serde::{Deserialize, Serialize};
 
@@ -271,9 +269,9 @@ impl Store {
         std::fs::read_to_string(self.version_dir(version).join(RECEIVED)).is_ok_and(|s| s == payload_sha256)
     }
 
-    /// Whether versions `a` and `b` set different settings (then going from one to the
-    /// other restarts the pipeline rather than reloading).
-    pub fn settings_differ(&self, a: u64, b: u64) -> bool {
+    /// Whether versions `a` and `b` differ in what is read only at start (settings,
+    /// profiles): then going from one to the other restarts the pipeline, not a reload.
+    pub fn restart_needed(&self, a: u64, b: u64) -> bool {
         let read = |v: u64| std::fs::read(self.version_dir(v).join(kind_file(Kind::Settings))).ok();
         // Profiles are read once, when the field devices start: a change restarts them too.
         let profiles = |v: u64| -> Vec<(std::ffi::OsString, Vec<u8>)> {
@@ -412,17 +410,7 @@ pub fn overlay(config: &mut Config, dir: &Path) {
 /// Write `content` to `path` with mode 0600 through a synced temporary file and a rename.
 fn write_synced(path: &Path, content: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp-write");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(STATE_FILE_MODE)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(content).with_context(|| format!("writing {}", tmp.display()))?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(STATE_FILE_MODE))?;
+    write_private_synced(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
 }
@@ -433,6 +421,8 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use crate::config::parse;
 
