@@ -104,6 +104,16 @@ pub enum Pin {
 
 /// The key pinned for `gateway` in `path`, if any.
 pub fn pinned(path: &Path, gateway: &str) -> Result<Option<Recipient>, String> {
+    match find(path, gateway)? {
+        Some((line, pinned)) => {
+            pinned.parse().map(Some).map_err(|e| format!("{}:{line}: {e}", path.display()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The line number and key text of `gateway`'s pin in `path` (no file: none).
+fn find(path: &Path, gateway: &str) -> Result<Option<(usize, String)>, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -119,7 +129,7 @@ pub fn pinned(path: &Path, gateway: &str) -> Result<Option<Recipient>, String> {
             return Err(format!("{}:{}: expected `<gateway id> <public key>`", path.display(), n + 1));
         };
         if id.eq_ignore_ascii_case(gateway) {
-            return pinned.parse().map(Some).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1));
+            return Ok(Some((n + 1, pinned.to_string())));
         }
     }
     Ok(None)
@@ -127,32 +137,16 @@ pub fn pinned(path: &Path, gateway: &str) -> Result<Option<Recipient>, String> {
 
 /// Check `key` against the pin of `gateway` in `path`, pinning it if there is none.
 pub fn check_or_pin(path: &Path, gateway: &str, key: &Recipient) -> Result<Pin, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut words = line.split_whitespace();
-        let (Some(id), Some(pinned), None) = (words.next(), words.next(), words.next()) else {
-            return Err(format!("{}:{}: expected `<gateway id> <public key>`", path.display(), n + 1));
+    if let Some((line, pinned)) = find(path, gateway)? {
+        return if pinned == key.to_string() {
+            Ok(Pin::Known)
+        } else {
+            Err(format!(
+                "gateway {gateway} announces the key {key}, but {} pins {pinned} (line {line}): refused. If the \
+                 gateway's identity was made again on purpose, remove that line and run again",
+                path.display()
+            ))
         };
-        if id.eq_ignore_ascii_case(gateway) {
-            return if pinned == key.to_string() {
-                Ok(Pin::Known)
-            } else {
-                Err(format!(
-                    "gateway {gateway} announces the key {key}, but {} pins {pinned} (line {}): refused. If the \
-                     gateway's identity was made again on purpose, remove that line and run again",
-                    path.display(),
-                    n + 1
-                ))
-            };
-        }
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -214,5 +208,10 @@ mod tests {
         assert_eq!(check_or_pin(&path, "0016c001ff10a236", &other), Ok(Pin::Added));
         std::fs::write(&path, "garbage\n").expect("write");
         assert!(check_or_pin(&path, "x", &key).is_err());
+        assert!(pinned(&path, "x").is_err(), "a file that does not read is an error, not no pin");
+        std::fs::write(&path, "0016c001ff10a235 not-a-key\n").expect("write");
+        let err = pinned(&path, "0016c001ff10a235").expect_err("a pin that is not a key");
+        assert!(err.contains(":1:"), "{err}");
+        assert_eq!(pinned(&path, "0016c001ff10a236"), Ok(None));
     }
 }

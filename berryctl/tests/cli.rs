@@ -144,6 +144,23 @@ fn bundle_build_refuses_a_stray_file_an_unpinned_target_and_a_missing_folder() {
     let manifest: serde_json::Value =
         serde_json::from_str(built["manifest"].as_str().unwrap_or("")).expect("manifest");
     assert_eq!(manifest["targets"], serde_json::json!(["0016c001ff10a235"]));
+    // A group file that names nobody: no target, exit 3.
+    let empty = dir.path().join("empty-group");
+    std::fs::write(&empty, "# nobody yet\n").expect("group");
+    let out = berryctl()
+        .args(["bundle", "build"])
+        .arg(&site)
+        .args(["--version", "3", "--key-id", "k", "--key"])
+        .arg(&key)
+        .arg("--group")
+        .arg(&empty)
+        .arg("--known-gateways")
+        .arg(&pins)
+        .arg("--out")
+        .arg(dir.path().join("none.json"))
+        .output()
+        .expect("build for an empty group");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     // A file a bundle does not carry.
     std::fs::write(site.join("README"), "notes").expect("stray");
     assert_eq!(build(&[]).status.code(), Some(3));
