@@ -487,40 +487,20 @@ fn a_bundle_whose_broker_settings_fail_is_rolled_back_by_the_gateway_and_good_on
     assert_no_key_crossed(&sub);
 }
 
-/// Sink `name` on the TLS broker at `url`, with the client certificate `cert`.
-fn tls_sink(name: &str, url: &str, certs: &Certs, cert: &Path, key: &Path) -> String {
-    format!(
-        "[sinks.{name}]\nserver = \"{url}\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n\
-         reconnect_min_ms = 200\nreconnect_max_ms = 1000\n",
-        certs.ca.display(),
-        cert.display(),
-        key.display()
-    )
-}
-
 #[test]
 fn over_tls_with_per_client_acls_one_bundle_reaches_three_gateways_and_a_command_comes_back() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = Certs::generate(dir.path(), "bundles");
     let (central_cert, central_key) = certs.client("central");
-    let acl = dir.path().join("acl");
-    std::fs::write(
-        &acl,
+    let broker = acl_broker(
+        dir.path(),
+        &certs,
         "user central\n\
          topic read berrygw/+/state\ntopic read berrygw/+/health\ntopic read berrygw/+/identity\n\
          topic read berrygw/+/event/#\ntopic write berrygw/+/command\ntopic write berrygw/+/session/set\n\
          topic readwrite berrygw/+/bundle\n\n\
          pattern readwrite berrygw/%u/#\npattern readwrite eu868/gateway/%u/#\n",
-    )
-    .expect("acl");
-    let tls = BrokerTls {
-        ca: certs.ca.clone(),
-        cert: certs.server_cert.clone(),
-        key: certs.server_key.clone(),
-        require_client_cert: true,
-    };
-    let conf = format!("use_identity_as_username true\nacl_file {}\n", acl.display());
-    let broker = Mosquitto::start_with(dir.path(), Some(tls), &conf);
+    );
     let url = broker.url(true);
     let ids = ["0016c001ff10b001", "0016c001ff10b002", "0016c001ff10b003"];
     let keys_text = [bundle_key("config", 5, "[\"devices\", \"codecs\"]"), command_key("cmd", 7)].concat();

@@ -275,33 +275,16 @@ fn over_tls_with_per_client_acls_the_centre_reads_what_the_gateway_itself_publis
     let (gw_cert, gw_key) = certs.client(GW);
     let (central_cert, central_key) = certs.client("central");
     let (intruder_cert, intruder_key) = certs.client("intruder");
-    let acl = dir.path().join("acl");
-    std::fs::write(
-        &acl,
+    let broker = acl_broker(
+        dir.path(),
+        &certs,
         "user central\n\
          topic read berrygw/+/state\ntopic read berrygw/+/health\ntopic read berrygw/+/identity\n\
          topic read berrygw/+/event/#\ntopic write berrygw/+/command\ntopic write berrygw/+/session/set\n\n\
          pattern readwrite berrygw/%u/#\npattern readwrite eu868/gateway/%u/#\n",
-    )
-    .expect("acl");
-    let tls = BrokerTls {
-        ca: certs.ca.clone(),
-        cert: certs.server_cert.clone(),
-        key: certs.server_key.clone(),
-        require_client_cert: true,
-    };
-    let conf = format!("use_identity_as_username true\nacl_file {}\n", acl.display());
-    let broker = Mosquitto::start_with(dir.path(), Some(tls), &conf);
+    );
     let url = broker.url(true);
-    let sink = |name: &str| {
-        format!(
-            "[sinks.{name}]\nserver = \"{url}\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n\
-             reconnect_min_ms = 200\nreconnect_max_ms = 1000\n",
-            certs.ca.display(),
-            gw_cert.display(),
-            gw_key.display()
-        )
-    };
+    let sink = |name: &str| tls_sink(name, &url, &certs, &gw_cert, &gw_key);
     let radio = "[radio]\nkind = \"sim\"\n\n[radio.sim]\ndevices = []\n";
     let state = dir.path().join("s");
     let gw = Berrygw::start(

@@ -333,6 +333,32 @@ pub fn tls_broker(dir: &Path, certs: &Certs, require_client_cert: bool) -> Mosqu
     Mosquitto::start(dir, Some(tls))
 }
 
+/// A mosquitto requiring a client certificate of `certs`' CA, whose CN is the user name
+/// `acl` (mosquitto's acl_file syntax) gives rights to: the fleet's trust boundary.
+pub fn acl_broker(dir: &Path, certs: &Certs, acl: &str) -> Mosquitto {
+    let acl_file = dir.join("acl");
+    fs::write(&acl_file, acl).expect("acl");
+    let tls = BrokerTls {
+        ca: certs.ca.clone(),
+        cert: certs.server_cert.clone(),
+        key: certs.server_key.clone(),
+        require_client_cert: true,
+    };
+    let conf = format!("use_identity_as_username true\nacl_file {}\n", acl_file.display());
+    Mosquitto::start_with(dir, Some(tls), &conf)
+}
+
+/// Sink `name` of a gateway on the TLS broker at `url`, with the client certificate `cert`.
+pub fn tls_sink(name: &str, url: &str, certs: &Certs, cert: &Path, key: &Path) -> String {
+    format!(
+        "[sinks.{name}]\nserver = \"{url}\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n\
+         reconnect_min_ms = 200\nreconnect_max_ms = 1000\n",
+        certs.ca.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
 /// rumqttc TLS settings for the test subscriber, with or without the client certificate.
 pub fn client_tls(certs: &Certs, with_cert: bool) -> TlsConfiguration {
     let files = berrygw_proto::tls::TlsFiles {
