@@ -152,7 +152,10 @@ fn build(a: BuildArgs) -> Exit {
     if let Err(e) = std::fs::write(&a.out, &json) {
         return usage(&format!("--out {}: {e}", a.out.display()));
     }
-    let manifest = built.manifest().unwrap_or_else(|_| unreachable_manifest());
+    let manifest = match built.manifest() {
+        Ok(m) => m,
+        Err(e) => return usage(&e),
+    };
     let kinds: Vec<&str> = manifest.kinds().into_iter().map(Kind::as_str).collect();
     if a.json {
         let summary = serde_json::json!({
@@ -172,10 +175,6 @@ fn build(a: BuildArgs) -> Exit {
         );
     }
     Exit::Done
-}
-
-fn unreachable_manifest() -> bundle::Manifest {
-    bundle::Manifest { version: 0, created_at: String::new(), targets: Vec::new(), files: Vec::new() }
 }
 
 /// The files of a site folder a bundle carries; anything else in it is an error.

@@ -212,21 +212,18 @@ impl BundleRuntime {
         let files: Vec<&str> = opened.files.iter().map(|(p, _)| p.as_str()).collect();
         let summary = files.join(", ");
         let connected_before = connected_sinks(&self.view);
-        let before = connected_before.clone();
         let staged = tokio::task::spawn_blocking(move || {
-            stage_and_check(&store, &path, source, &opened, &digest, before)
+            stage_and_check(&store, &path, source, &opened, &digest, connected_before)
         })
         .await
         .unwrap_or_else(|e| Err(Refusal::new(reason::APPLY_FAILED, e.to_string())));
-        let restart = match staged {
-            Ok(restart) => restart,
+        let (probation, restart) = match staged {
+            Ok(committed) => committed,
             Err(r) => {
                 self.refused(r, claimed, in_force).await;
                 return None;
             }
         };
-        let probation =
-            store::Probation { version, previous: in_force, key_id: key_id.clone(), connected_before };
         if restart {
             self.version.send_replace(Some(version));
             let message = format!(
@@ -412,7 +409,7 @@ fn stage_and_check(
     opened: &Opened,
     payload_sha256: &str,
     connected_before: Vec<String>,
-) -> Result<bool, Refusal> {
+) -> Result<(store::Probation, bool), Refusal> {
     let version = opened.manifest.version;
     let check = |m: String| Refusal::new(reason::CHECK_FAILED, m);
     let mut loaded = config::parse(config_path, source.clone()).map_err(|e| check(e.to_string()))?;
@@ -436,10 +433,11 @@ fn stage_and_check(
         let _ = std::fs::remove_dir_all(&staged);
         return Err(check(e.to_string()));
     }
-    let previous = store.in_force().map_err(apply)?.unwrap_or(0);
-    store.commit(&staged, version, &opened.key_id, payload_sha256, connected_before).map_err(apply)?;
+    let probation =
+        store.commit(&staged, version, &opened.key_id, payload_sha256, connected_before).map_err(apply)?;
     info!(version, key = opened.key_id, "bundle {version} staged, checked and put in force");
-    Ok(store.restart_needed(previous, version))
+    let restart = store.restart_needed(probation.previous, version);
+    Ok((probation, restart))
 }
 
 /// Return freed heap pages to the system. The check compiles every codec once more beside

@@ -246,7 +246,7 @@ impl Store {
         key_id: &str,
         payload_sha256: &str,
         connected_before: Vec<String>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Probation> {
         let Some(previous) = self.in_force()? else { bail!("{} is not seeded", self.dir.display()) };
         write_synced(&staged.join(RECEIVED), payload_sha256.as_bytes())?;
         let target = self.version_dir(version);
@@ -261,7 +261,7 @@ impl Store {
         self.point("current", version)?;
         sync_dir(&self.dir)?;
         self.prune();
-        Ok(())
+        Ok(probation)
     }
 
     /// Whether `payload_sha256` is the bundle that made `version` (in force, kept or rolled back).
