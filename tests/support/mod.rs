@@ -225,43 +225,7 @@ impl Certs {
         ] {
             fs::write(d.join(format!("{who}.ext")), format!("{ext}\nbasicConstraints=CA:FALSE\n"))
                 .expect("ext");
-            openssl(
-                &d,
-                &[
-                    "req",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-nodes",
-                    "-keyout",
-                    &format!("{who}.key"),
-                    "-out",
-                    &format!("{who}.csr"),
-                    "-subj",
-                    &format!("/CN={who}"),
-                ],
-            );
-            openssl(
-                &d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{who}.csr"),
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-out",
-                    &format!("{who}.pem"),
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &format!("{who}.ext"),
-                ],
-            );
+            issue(&d, who, &format!("{who}.ext"));
         }
         Certs {
             dir: d.clone(),
@@ -279,47 +243,52 @@ impl Certs {
     /// certificates to users, `use_identity_as_username`, knows it by that name):
     /// `(certificate, key)`.
     pub fn client(&self, cn: &str) -> (PathBuf, PathBuf) {
-        let d = &self.dir;
-        let (key, csr, pem) = (format!("{cn}.key"), format!("{cn}.csr"), format!("{cn}.pem"));
-        openssl(
-            d,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                "client.ext",
-            ],
-        );
-        (d.join(pem), d.join(key))
+        issue(&self.dir, cn, "client.ext")
     }
+}
+
+/// A key and a certificate `<cn>.key`, `<cn>.pem` for common name `cn`, signed by the CA in
+/// `d` with the extensions of the file `ext`: `(certificate, key)`.
+fn issue(d: &Path, cn: &str, ext: &str) -> (PathBuf, PathBuf) {
+    let (key, csr, pem) = (format!("{cn}.key"), format!("{cn}.csr"), format!("{cn}.pem"));
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ],
+    );
+    (d.join(pem), d.join(key))
 }
 
 /// A mosquitto with a TLS listener using `certs`' server identity.
