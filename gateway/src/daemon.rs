@@ -7,9 +7,11 @@
 use std::path::Path;
 
 use anyhow::Context;
+use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::config::{self, ConfigError, Site};
+use crate::ledger::{Ledger, Now};
 use crate::pipeline::Gateway;
 use crate::service::{self};
 
@@ -38,6 +40,25 @@ pub fn load_site(path: &Path) -> Result<Site, ConfigError> {
     }
 }
 
+/// The availability ledger, when `[ledger]` is on. A ledger that cannot open is logged and
+/// left out: it never keeps the gateway from forwarding.
+fn open_ledger(site: &Site) -> Option<Ledger> {
+    let c = &site.loaded.config;
+    if !c.ledger.enabled {
+        return None;
+    }
+    let opened = tokio::task::block_in_place(|| {
+        Ledger::open(&c.ledger, &c.gateway.state_dir, &c.gateway.id.to_string(), Now::current())
+    });
+    match opened {
+        Ok(l) => Some(l),
+        Err(e) => {
+            error!("availability ledger not kept this run: {e:#}");
+            None
+        }
+    }
+}
+
 /// Roll back the version on probation, reading the file's own text (whatever a bundle
 /// set); whether there was one.
 fn recover_from_base(path: &Path, why: &str) -> bool {
@@ -54,6 +75,7 @@ pub async fn run_until_signal(site: Site) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut hup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
     let mut site = site;
+    let ledger = open_ledger(&site);
     loop {
         let mut gw = match Gateway::start(&site).await {
             Ok(gw) => gw,
@@ -67,7 +89,11 @@ pub async fn run_until_signal(site: Site) -> anyhow::Result<()> {
             }
         };
         let cfg = &site.loaded;
-        let served = crate::api::serve(&cfg.config.http, &cfg.config.api, gw.view()).await;
+        let served = crate::api::serve(&cfg.config.http, &cfg.config.api, gw.view(), ledger.clone()).await;
+        let (ledger_stop, stop_rx) = watch::channel(false);
+        let watcher = ledger.clone().map(|l| {
+            tokio::spawn(crate::ledger::watch::run(l, cfg.config.ledger.clone(), gw.view(), stop_rx))
+        });
         service::notify_ready();
         let restart = loop {
             tokio::select! {
@@ -84,9 +110,20 @@ pub async fn run_until_signal(site: Site) -> anyhow::Result<()> {
                 }
             }
         };
+        let _ = ledger_stop.send(true);
+        if let Some(w) = watcher {
+            let _ = w.await;
+        }
         if !restart {
             info!("stopping");
             service::notify_stopping();
+            if let Some(l) = &ledger {
+                // Open incidents end with the daemon; what that closes goes out before the sinks stop.
+                let up = tokio::task::block_in_place(|| l.stop(Now::current()));
+                let view = gw.view();
+                let app = crate::ledger::watch::app_of(&view);
+                crate::ledger::watch::send(app.as_ref(), up).await;
+            }
             served.stop().await;
             return gw.stop().await;
         }

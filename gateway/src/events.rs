@@ -17,6 +17,8 @@ use crate::journal::NewRecord;
 
 /// The journal record kind of app messages (the app journal holds nothing else).
 pub const RECORD_KIND: u8 = 16;
+/// The same, published retained (the availability ledger's month records).
+pub const RETAINED_RECORD_KIND: u8 = 17;
 
 /// The retained state message.
 pub fn state_message(gateway_id: &str, online: bool) -> Vec<u8> {
@@ -32,6 +34,11 @@ pub fn record(topic: &str, body: &[u8], received_at_ms: i64) -> NewRecord {
     NewRecord { kind: RECORD_KIND, received_at_ms, payload }
 }
 
+/// A journal record holding one message for `topic`, published retained.
+pub fn retained_record(topic: &str, body: &[u8], received_at_ms: i64) -> NewRecord {
+    NewRecord { kind: RETAINED_RECORD_KIND, ..record(topic, body, received_at_ms) }
+}
+
 /// Why a stored app record cannot be published.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AppRecordError {
@@ -45,7 +52,7 @@ pub enum AppRecordError {
 
 /// The topic and body of a stored app record.
 pub fn open_record(kind: u8, payload: &[u8]) -> Result<(&str, &[u8]), AppRecordError> {
-    if kind != RECORD_KIND {
+    if kind != RECORD_KIND && kind != RETAINED_RECORD_KIND {
         return Err(AppRecordError::Kind(kind));
     }
     let newline = payload.iter().position(|&b| b == b'\n').ok_or(AppRecordError::NoTopic)?;

@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::ledger::{Ledger, Now};
 use crate::view::{GatewayView, SinkView};
 
 /// The registry of a running gateway, ready to encode.
@@ -24,10 +25,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics over everything `view` can see.
-    pub fn new(view: GatewayView) -> Metrics {
+    /// Metrics over everything `view` can see, and the availability ledger's when there is one.
+    pub fn new(view: GatewayView, ledger: Option<Ledger>) -> Metrics {
         let mut registry = Registry::with_prefix("berrygw");
         registry.register_collector(Box::new(GatewayCollector { view }));
+        if let Some(ledger) = ledger {
+            registry.register_collector(Box::new(LedgerCollector { ledger }));
+        }
         Metrics { registry }
     }
 
@@ -469,4 +473,72 @@ fn encode_actuation(enc: &mut DescriptorEncoder, a: &crate::actuation::engine::A
         MetricType::Counter,
     )?;
     c.unauthenticated.encode(m)
+}
+
+/// The availability ledger: incidents opened, services down now, the last 30 days.
+struct LedgerCollector {
+    ledger: Ledger,
+}
+
+impl fmt::Debug for LedgerCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LedgerCollector").finish()
+    }
+}
+
+impl prometheus_client::collector::Collector for LedgerCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        // The last 30 days are read from the ledger's file (cached 10 s).
+        let recent = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+            .map_or_else(
+                || self.ledger.recent(Now::current()),
+                |_| tokio::task::block_in_place(|| self.ledger.recent(Now::current())),
+            );
+        let mut m = enc.encode_descriptor(
+            "incidents_opened",
+            "Availability incidents opened since the daemon started, by service and cause",
+            None,
+            MetricType::Counter,
+        )?;
+        for (service, cause, n) in &recent.opened {
+            ConstCounter::new(*n)
+                .encode(m.encode_family(&[("service", service.as_str()), ("cause", cause.as_str())])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "service_down",
+            "1 while the service has an open availability incident",
+            None,
+            MetricType::Gauge,
+        )?;
+        let services: Vec<&str> = recent
+            .figures
+            .iter()
+            .map(|f| f.service.as_str())
+            .filter(|s| *s != berrygw_proto::availability::OVERALL)
+            .collect();
+        for service in &services {
+            let down = recent.open.iter().any(|i| i.service == *service);
+            ConstGauge::new(i64::from(down)).encode(m.encode_family(&[("service", *service)])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "availability_30d_ratio",
+            "Time up over time observed in the last 30 days (planned maintenance excluded), by service and overall",
+            None,
+            MetricType::Gauge,
+        )?;
+        for f in &recent.figures {
+            if let Some(a) = f.availability {
+                ConstGauge::new(a).encode(m.encode_family(&[("service", f.service.as_str())])?)?;
+            }
+        }
+        single(
+            &mut enc,
+            "maintenance",
+            "1 while a declared planned maintenance is in progress",
+            None,
+            &ConstGauge::new(i64::from(recent.maintenance.is_some())),
+        )
+    }
 }

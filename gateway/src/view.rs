@@ -150,6 +150,8 @@ pub struct GatewayView {
     pub rules: Option<crate::automation::Rules>,
     /// The configuration bundle in force (`crate::bundle`), when `[bundles]` is on.
     pub config_version: Option<watch::Receiver<Option<u64>>>,
+    /// The app sink's topics, when `[sinks.app]` is on.
+    pub app_topics: Option<crate::events::AppTopics>,
 }
 
 /// One sink as seen from outside: its name, journal statistics and counters.

@@ -112,7 +112,7 @@ pub(super) fn parse(bytes: &[u8]) -> Parsed {
 }
 
 /// CRC-32C (Castagnoli), continuing from `crc` (0 to start).
-pub(super) fn crc32c(crc: u32, bytes: &[u8]) -> u32 {
+pub fn crc32c(crc: u32, bytes: &[u8]) -> u32 {
     let mut crc = !crc;
     for &byte in bytes {
         crc = CRC_TABLE[((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8);

@@ -29,6 +29,8 @@ pub mod state_db;
 #[cfg(test)]
 mod tests;
 
+/// The CRC of the record frame, for the small files beside the journal (the ledger's heartbeat).
+pub use frame::crc32c;
 pub use section::JournalSection;
 use std::fmt;
 use std::path::PathBuf;

@@ -10,6 +10,7 @@
 //! both ends reach the broker.
 
 pub mod audit;
+pub mod availability;
 pub mod broker;
 pub mod bundle;
 pub mod envelope;

@@ -58,6 +58,12 @@ impl AppTopics {
         format!("{}/event/{name}", self.base)
     }
 
+    /// `…/availability/<YYYY-MM>` (retained): the month's availability record
+    /// (`crate::availability::MonthRecord`).
+    pub fn availability(&self, month: &str) -> String {
+        format!("{}/availability/{month}", self.base)
+    }
+
     /// `…/field/<device>/state`: a field device's points.
     pub fn field_state(&self, device: &str) -> String {
         format!("{}/field/{device}/state", self.base)

@@ -86,7 +86,8 @@ mod cron;
 mod engine;
 mod file;
 mod sun;
-mod tz;
+// The TZif reader is the workspace's (berrygw-core): rules and the availability ledger share it.
+use berrygw_core::tz;
 
 #[cfg(test)]
 mod tests;

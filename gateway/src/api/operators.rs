@@ -33,6 +33,8 @@ pub struct Operator {
 
 /// The reload action's name in `commands`.
 pub const RELOAD: &str = "reload";
+/// The command name of `berrygw maintenance start|stop` (target `gateway`).
+pub const MAINTENANCE: &str = "maintenance";
 
 /// The caller on the socket, as the kernel told it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

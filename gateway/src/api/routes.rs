@@ -1,13 +1,14 @@
-//! What each path answers: `/`, `/metrics` and `/api/status` on both listeners;
-//! `GET /api/points/<device>`, `GET /api/audit` and the two actions, `POST
-//! /api/reload` and `POST /api/actuate`, on the local API socket only, the actions
-//! for `[api] operators` only (refusals audited).
+//! What each path answers: `/`, `/metrics`, `/api/status` and `/api/availability` on
+//! both listeners; `GET /api/points/<device>`, `GET /api/audit` and the three actions,
+//! `POST /api/reload`, `/api/actuate` and `/api/maintenance`, on the local API socket
+//! only, the actions for `[api] operators` only (refusals audited).
 
 use tokio::sync::watch;
 use tracing::{error, info};
 
 use super::http::{Request, Response};
-use super::operators::{authorize, Operator, Peer, RELOAD};
+use super::operators::{authorize, Operator, Peer, MAINTENANCE, RELOAD};
+use crate::ledger::{Ledger, Now};
 use crate::metrics::{self, Metrics};
 use crate::status::PAGE;
 use crate::status::{History, Status};
@@ -22,6 +23,8 @@ pub struct Routes {
     pub(super) allowed_hosts: Vec<String>,
     /// Who may act on the local API socket (besides root and the daemon's user).
     pub(super) operators: Vec<Operator>,
+    /// The availability ledger (`[ledger]`).
+    pub(super) ledger: Option<Ledger>,
 }
 
 /// Which listener a request came in on: changes are served on the local API socket only.
@@ -102,7 +105,54 @@ pub(super) async fn post(req: &Request, body: &[u8], routes: &Routes, listener: 
             let entry = actuation.local(uid, &ask.target, &ask.command, args).await;
             json_response(200, &serde_json::to_value(&entry).unwrap_or_default())
         }
-        _ => Response::error(404, "not found; POST /api/reload or /api/actuate"),
+        "/api/maintenance" => {
+            let Some(ledger) = &routes.ledger else {
+                return Response::error(404, "the availability ledger is off ([ledger] enabled = false)");
+            };
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Ask {
+                action: String,
+                #[serde(default)]
+                reason: String,
+            }
+            let ask: Ask = match serde_json::from_slice(body) {
+                Ok(a) => a,
+                Err(e) => {
+                    return Response::error(
+                        400,
+                        &format!("expected {{\"action\": \"start\"|\"stop\", \"reason\"}}: {e}"),
+                    )
+                }
+            };
+            if let Err(why) = authorize(&routes.operators, peer, "gateway", MAINTENANCE) {
+                return refuse("gateway".into(), MAINTENANCE.into(), why).await;
+            }
+            let reason = ask.reason.trim();
+            let done = match ask.action.as_str() {
+                "start" if reason.is_empty() || reason.len() > 500 => {
+                    return Response::error(400, "a maintenance needs a reason (1 to 500 bytes)")
+                }
+                "start" => tokio::task::block_in_place(|| ledger.start_maintenance(reason, Now::current())),
+                "stop" => tokio::task::block_in_place(|| ledger.stop_maintenance(Now::current())),
+                other => {
+                    return Response::error(400, &format!("action {other:?}: use \"start\" or \"stop\""))
+                }
+            };
+            match done {
+                Ok(m) => json_response(200, &serde_json::to_value(&m).unwrap_or_default()),
+                Err(e) => json_response(409, &serde_json::json!({ "error": format!("{e:#}") })),
+            }
+        }
+        _ => Response::error(404, "not found; POST /api/reload, /api/actuate or /api/maintenance"),
+    }
+}
+
+/// `month=YYYY-MM` from a query string: none, or the month, or why it is not one.
+fn query_month(query: &str) -> Result<Option<(i32, u32)>, String> {
+    match query.split('&').find_map(|kv| kv.strip_prefix("month=")) {
+        None | Some("") => Ok(None),
+        Some(m) => berrygw_proto::availability::parse_month(m).map(Some),
     }
 }
 
@@ -130,8 +180,23 @@ pub(super) fn route(req: &Request, routes: &Routes, listener: Listener) -> Respo
             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
         ),
         "/metrics" => Response::ok(metrics::CONTENT_TYPE, routes.metrics.encode().into_bytes()),
+        "/api/availability" => {
+            let Some(ledger) = &routes.ledger else {
+                return Response::error(404, "the availability ledger is off ([ledger] enabled = false)");
+            };
+            let month = match query_month(&req.query) {
+                Ok(m) => m,
+                Err(e) => return Response::error(400, &e),
+            };
+            match tokio::task::block_in_place(|| ledger.report(month, Now::current())) {
+                Ok(report) => json_response(200, &serde_json::to_value(&report).unwrap_or_default()),
+                Err(e) => Response::error(500, &format!("availability ledger: {e:#}")),
+            }
+        }
         "/api/status" => {
-            let status = Status::collect(&routes.view, &routes.history.borrow());
+            let mut status = Status::collect(&routes.view, &routes.history.borrow());
+            status.availability =
+                routes.ledger.as_ref().map(|l| tokio::task::block_in_place(|| l.recent(Now::current())));
             match serde_json::to_vec(&status) {
                 Ok(body) => Response::ok("application/json", body),
                 Err(e) => Response::error(500, &format!("status not encodable: {e}")),

@@ -20,6 +20,7 @@ use super::http::{foreign, head_end, parse_request, Method, Response, MAX_REQUES
 use super::operators::Peer;
 use super::routes::{post, route, Listener, Routes};
 use super::{ApiSection, HttpSection};
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::status::sample_history;
 use crate::status::History;
@@ -58,14 +59,25 @@ impl Served {
 }
 
 /// Open the HTTP listener and the API socket named in `cfg` over `view`.
-pub async fn serve(http: &HttpSection, api: &ApiSection, view: GatewayView) -> Served {
+pub async fn serve(
+    http: &HttpSection,
+    api: &ApiSection,
+    view: GatewayView,
+    ledger: Option<Ledger>,
+) -> Served {
     let (history_tx, history) = watch::channel(History::default());
     let mut tasks = vec![tokio::spawn(sample_history(view.clone(), history_tx))];
     let allowed_hosts =
         http.allowed_hosts.iter().map(|h| h.trim_end_matches('.').to_ascii_lowercase()).collect();
     let operators = api.operators.clone();
-    let routes =
-        Arc::new(Routes { metrics: Metrics::new(view.clone()), view, history, allowed_hosts, operators });
+    let routes = Arc::new(Routes {
+        metrics: Metrics::new(view.clone(), ledger.clone()),
+        view,
+        history,
+        allowed_hosts,
+        operators,
+        ledger,
+    });
 
     match TcpListener::bind(http.listen).await {
         Ok(listener) => {

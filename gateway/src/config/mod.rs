@@ -56,6 +56,9 @@ pub struct Config {
     pub field: Option<crate::actuation::field::FieldSection>,
     /// `[bundles]`: signed configuration bundles from the centre; off when absent.
     pub bundles: Option<bundles::BundleSection>,
+    /// `[ledger]`: the availability ledger; on unless `enabled = false`.
+    #[serde(default)]
+    pub ledger: crate::ledger::LedgerSection,
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its state.
@@ -248,6 +251,7 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
         ));
     }
     c.journal.check().map_err(whole)?;
+    c.ledger.check().map_err(whole)?;
     match c.radio.kind.get_ref() {
         RadioKind::Sim if c.radio.sim.is_none() => {
             return Err(loaded.error_at(

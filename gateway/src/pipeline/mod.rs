@@ -351,6 +351,7 @@ impl Gateway {
             actuation: actuation_handle,
             rules: rules_handle,
             config_version: c.bundles.as_ref().map(|_| config_version_rx),
+            app_topics: app_topics.clone(),
         };
         if let (Some(actuation), Some(section), Some(journal), Some(topics)) =
             (bundle_actuation, &c.bundles, sinks.iter().find(|s| s.name == "app"), &app_topics)

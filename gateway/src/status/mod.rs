@@ -52,6 +52,9 @@ pub struct Status {
     /// Whether the kernel says the clock is NTP-synchronized (central
     /// commands are refused while it is not, unless the site opts out).
     pub clock: ClockSync,
+    /// The availability ledger: the last 30 days and the open incidents (`[ledger]`).
+    #[serde(default)]
+    pub availability: Option<crate::ledger::Recent>,
 }
 
 /// A field device as polled.
@@ -490,6 +493,7 @@ impl Status {
             alarms,
             recent_commands,
             clock,
+            availability: None,
         }
     }
 }

@@ -110,8 +110,8 @@ impl Protocol {
         }
     }
 
-    /// Topic and wire payload of a journal record.
-    pub fn publication(&self, r: &Record) -> Result<(String, Vec<u8>), BadRecord> {
+    /// Topic and wire payload of a journal record, and whether the broker keeps it.
+    pub fn publication(&self, r: &Record) -> Result<(String, Vec<u8>, bool), BadRecord> {
         match self {
             Protocol::Chirpstack { topics, format } => {
                 let kind = RecordKind::from_u8(r.kind).ok_or_else(|| {
@@ -119,12 +119,12 @@ impl Protocol {
                 })?;
                 let payload = chirpstack::wire_payload(kind, &r.payload, *format)
                     .map_err(|e| BadRecord::new("undecodable", e))?;
-                Ok((topics.event(kind.event()), payload))
+                Ok((topics.event(kind.event()), payload, false))
             }
             Protocol::App { .. } => {
                 let (topic, body) = events::open_record(r.kind, &r.payload)
                     .map_err(|e| BadRecord::new("malformed app record", e))?;
-                Ok((topic.to_string(), body.to_vec()))
+                Ok((topic.to_string(), body.to_vec(), r.kind == events::RETAINED_RECORD_KIND))
             }
         }
     }
@@ -475,8 +475,8 @@ fn publish_record(
     r: Record,
 ) -> anyhow::Result<()> {
     match s.protocol.publication(&r) {
-        Ok((topic, payload)) => {
-            client.try_publish(topic, QoS::AtLeastOnce, false, payload).context("queueing publish")?;
+        Ok((topic, payload, retain)) => {
+            client.try_publish(topic, QoS::AtLeastOnce, retain, payload).context("queueing publish")?;
             flight.record_published(Some(r.seq.0));
         }
         Err(bad) => {

@@ -1,7 +1,8 @@
-//! Civil time for cron rules: UTC, a fixed offset, or a zone such as `Europe/Paris` read
-//! once from the system's TZif file (`/usr/share/zoneinfo`, Debian package `tzdata`).
+//! Civil time for cron rules and the availability ledger's days and months: UTC, a fixed
+//! offset, or a zone such as `Europe/Paris` read once from the system's TZif file
+//! (`/usr/share/zoneinfo`, Debian package `tzdata`).
 //!
-//! Only what cron needs: the UTC offset in force at an instant, and where a local wall-clock
+//! Only what they need: the UTC offset in force at an instant, and where a local wall-clock
 //! time falls (once, twice when the clocks go back, or in the gap when they go forward).
 //! Times past the file's last transition follow its POSIX TZ footer (`CET-1CEST,M3.5.0,M10.5.0/3`),
 //! so "slim" TZif files work as well as "fat" ones.
