@@ -1,5 +1,5 @@
 //! The `berrygw` command: the daemon (`run`), the field tools
-//! (`check-config`, `status`, `reload`, `actuate`, `points`, `audit`,
+//! (`check-config`, `status`, `reload`, `actuate`, `points`, `audit`, `availability`, `maintenance`,
 //! `identity`, `decode`), the self-contained `demo` and the `bench` harness.
 //! Argument parsing and logging set-up only; the work is in the library.
 
@@ -88,6 +88,26 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// The availability ledger's figures of a month: availability and time to restore per
+    /// service, the incidents and the planned maintenance.
+    Availability {
+        /// The local month, YYYY-MM; default: this month.
+        #[arg(long)]
+        month: Option<String>,
+        /// Print the daemon's JSON.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// One CSV line per service.
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Declare planned maintenance (excluded from the availability figures): `start --reason`, `stop`.
+    Maintenance {
+        #[command(subcommand)]
+        action: MaintenanceAction,
+    },
     /// This gateway's identity key: `init` makes it (never replaces it), `show` prints it.
     Identity(berrygw::cli::identity::IdentityArgs),
     /// Decode a payload with a codec, or a whole frame with a registered device's keys.
@@ -96,6 +116,23 @@ enum Command {
     Demo(berrygw::demo::DemoArgs),
     /// Measure journal and forwarding throughput against a running MQTT broker.
     Bench(berrygw::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum MaintenanceAction {
+    /// A maintenance window starts now.
+    Start {
+        /// Why (kept in the ledger and shown in the reports).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The maintenance window in progress ends now.
+    Stop {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 /// Logs to the systemd journal when started by systemd with its journal on
@@ -182,6 +219,15 @@ fn main() -> ExitCode {
         Command::Actuate { target, command, args, api } => commands::actuate(&target, &command, &args, api),
         Command::Points { target, json, api } => commands::points(&target, json, api),
         Command::Audit { limit, json, api } => commands::audit(limit, json, api),
+        Command::Availability { month, json, csv, api } => {
+            berrygw::cli::availability::availability(month.as_deref(), json, csv, api)
+        }
+        Command::Maintenance { action: MaintenanceAction::Start { reason, api } } => {
+            berrygw::cli::availability::maintenance(Some(&reason), api)
+        }
+        Command::Maintenance { action: MaintenanceAction::Stop { api } } => {
+            berrygw::cli::availability::maintenance(None, api)
+        }
         Command::Identity(args) => berrygw::cli::identity::run(args),
         Command::Decode(args) => {
             init_logging("warn");

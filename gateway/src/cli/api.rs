@@ -70,7 +70,12 @@ pub fn reload(socket: Option<PathBuf>, config: &Path) -> ExitCode {
 
 /// The body of a 200 answer from the local API; otherwise the exit code, said why
 /// (1: the daemon answered with an error, 3: no daemon).
-fn api_call(api: ApiArgs, method: &str, path: &str, body: Option<&str>) -> Result<String, ExitCode> {
+pub(super) fn api_call(
+    api: ApiArgs,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<String, ExitCode> {
     let socket = socket_or_exit(api.socket, &api.config)?;
     match client::request_with_body(&socket, method, path, body) {
         Ok((200, body)) => Ok(body),

@@ -205,6 +205,8 @@ impl Ledger {
     /// is recorded (see the module), and a first heartbeat written.
     pub fn open(cfg: &LedgerSection, state_dir: &Path, gateway_id: &str, now: Now) -> anyhow::Result<Ledger> {
         let tz = cfg.zone().map_err(|e| anyhow::anyhow!("ledger.timezone: {e}"))?;
+        crate::state_db::create_private_dir(state_dir)
+            .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
         let store = Store::open(&state_dir.join(STORE_FILE), cfg.max_incidents)?;
         let (heartbeat, last) = heartbeat::Heartbeat::open(&state_dir.join(HEARTBEAT_FILE))?;
         let first_start = store.meta("observed_since_ms")?.is_none();
