@@ -72,9 +72,8 @@ fn a_broker_cut_is_one_backhaul_incident_per_sink_sent_upstream_once_after_it() 
     let back_at = now_ms();
 
     // Both sinks' incidents, closed, reach the centre after the outage.
-    let seen = wait_for(Duration::from_secs(60), "both incidents on event/incident", || {
-        let seen = events.on_topic("/event/incident");
-        (seen.len() >= 2).then_some(seen)
+    wait_for(Duration::from_secs(60), "both incidents on event/incident", || {
+        (events.on_topic("/event/incident").len() >= 2).then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
     let seen = events.on_topic("/event/incident");
@@ -271,4 +270,103 @@ fn a_corrupt_ledger_is_moved_aside_and_the_gateway_forwards_on() {
     assert!(moved, "the damaged ledger is kept aside");
     let report = availability(&state.join("api.sock"), &[]);
     assert_eq!(report["incidents"].as_array().unwrap().len(), 0, "{report}");
+}
+
+#[test]
+fn the_fleet_report_of_three_daemons_matches_their_ledgers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut broker = Mosquitto::start(dir.path(), None);
+    let ids = ["0016c001ff10a301", "0016c001ff10a302", "0016c001ff10a303"];
+    let gws: Vec<(Berrygw, std::path::PathBuf)> = ids
+        .iter()
+        .map(|id| {
+            let home = dir.path().join(id);
+            std::fs::create_dir_all(&home).expect("home");
+            let state = home.join("s");
+            let t = text(&state, &broker.url(false)).replace("0016c001ff10a235", id);
+            (Berrygw::start(&home, &t), state)
+        })
+        .collect();
+    for (gw, _) in &gws {
+        gw.wait_log(Duration::from_secs(30), "app sink: connected");
+    }
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    broker.restart();
+    // Each gateway's incidents closed and its month record retained with them.
+    let month = availability(&gws[0].1.join("api.sock"), &[])["month"].as_str().unwrap().to_string();
+    let retained = Subscriber::connect(broker.port, &format!("berrygw/+/availability/{month}"), None);
+    wait_for(Duration::from_secs(60), "three month records with their incidents", || {
+        let mut latest = std::collections::BTreeMap::new();
+        for s in retained.seen() {
+            let v: serde_json::Value = serde_json::from_slice(&s.payload).unwrap_or_default();
+            latest.insert(s.topic.clone(), v["incidents"].as_array().map_or(0, Vec::len));
+        }
+        (latest.len() == 3 && latest.values().all(|n| *n >= 2)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+
+    let html = dir.path().join("report.html");
+    let out = berryctl_command()
+        .args([
+            "availability",
+            "--broker",
+            &broker.url(false),
+            "--month",
+            &month,
+            "--wait",
+            "2",
+            "--json",
+            "--html",
+        ])
+        .arg(&html)
+        .output()
+        .expect("run berryctl availability");
+    assert!(out.status.success(), "berryctl: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    let gateways = report["gateways"].as_array().expect("gateways");
+    assert_eq!(gateways.len(), 3, "{report}");
+    let mut fleet_incidents = 0;
+    for (_, state) in &gws {
+        let own = availability(&state.join("api.sock"), &["--month", &month]);
+        let id = own["gateway_id"].as_str().unwrap();
+        let central =
+            gateways.iter().find(|g| g["gateway_id"] == id).unwrap_or_else(|| panic!("{id} in the report"));
+        for service in ["overall", "sink:chirpstack", "sink:app", "radio", "gateway"] {
+            let (a, b) = (figures(&own, service), {
+                let f = central["figures"].as_array().unwrap().iter().find(|f| f["service"] == service);
+                f.cloned().unwrap_or_default()
+            });
+            // Every incident is closed: the same down time and counts on both sides (observed
+            // time differs by when each was computed).
+            for key in ["down_ms", "incidents", "open", "mean_restore_ms", "longest_ms", "over_gtr"] {
+                assert_eq!(a[key], b[key], "{id} {service} {key}: gateway {a} / centre {b}");
+            }
+        }
+        fleet_incidents += figures(&own, "overall")["incidents"].as_u64().unwrap();
+    }
+    let fleet = report["fleet"].as_array().unwrap().iter().find(|f| f["service"] == "overall").unwrap();
+    assert_eq!(fleet["incidents"].as_u64(), Some(fleet_incidents), "{fleet}");
+    let page = std::fs::read_to_string(&html).expect("html");
+    assert_eq!(page.matches("<svg").count(), 3, "a timeline per gateway");
+    // CSV: every gateway and the fleet.
+    let out = berryctl_command()
+        .args(["availability", "--broker", &broker.url(false), "--month", &month, "--wait", "2", "--csv"])
+        .output()
+        .expect("csv");
+    let csv = String::from_utf8_lossy(&out.stdout);
+    for id in ids.iter().chain(&["fleet"]) {
+        assert!(csv.lines().any(|l| l.contains(&format!(",{id},overall,"))), "{id}: {csv}");
+    }
+    // A bad month, and a month nobody reported.
+    let bad = berryctl_command()
+        .args(["availability", "--broker", &broker.url(false), "--month", "2026-1", "--wait", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(3));
+    let none = berryctl_command()
+        .args(["availability", "--broker", &broker.url(false), "--month", "2001-01", "--wait", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(2), "{}", String::from_utf8_lossy(&none.stderr));
 }

@@ -151,3 +151,22 @@ fn check_config_refuses_a_world_readable_file_holding_a_password() {
     let out = berrygw_command().arg("check-config").arg(&path).output().expect("run berrygw");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_bad_ledger_section_is_named() {
+    for (lines, key) in [
+        ("timezone = \"Mars/Olympus_Mons\"", "ledger.timezone"),
+        ("timezone = \"../../etc/passwd\"", "ledger.timezone"),
+        ("heartbeat_secs = 0", "ledger.heartbeat_secs"),
+        ("check_secs = 0", "ledger.check_secs"),
+        ("gtr_minutes = 0", "ledger.gtr_minutes"),
+        ("max_incidents = 10", "ledger.max_incidents"),
+        ("heartbeats = 3", "ledger.heartbeats"),
+    ] {
+        let (ok, out) = check_config(&format!("{}\n[ledger]\n{lines}\n", valid()));
+        assert!(!ok, "{lines} must be refused");
+        assert!(out.contains(key), "{lines}: {out}");
+    }
+    let (ok, out) = check_config(&format!("{}\n[ledger]\nenabled = false\nheartbeat_secs = 0\n", valid()));
+    assert!(ok, "a ledger that is off is not checked: {out}");
+}

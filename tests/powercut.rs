@@ -22,9 +22,11 @@
 //! cut, so no seq is ever given to two uplinks; the daemon starts after every cut with its
 //! stores opened as they were (no line about a corrupt or quarantined store in its log:
 //! the journals, `uplink-seq`, `sessions.sqlite` (`[decode]`), `replay.sqlite` and
-//! `audit.sqlite` (`[field]`, no devices)); and every audit entry the local API answered
-//! for (an `actuate` refused as `unknown_target`, written durably before the answer)
-//! survives the cut.
+//! `audit.sqlite` (`[field]`, no devices), `ledger.sqlite` and `ledger.heartbeat`); every
+//! audit entry the local API answered for (an `actuate` refused as `unknown_target`,
+//! written durably before the answer) survives the cut; and the availability ledger records
+//! each cut as a `crash` of the gateway (same boot) whose estimated start is at most
+//! [`LEDGER_BOUND_MS`] before the cut (its heartbeat interval and check, 1 s each here).
 //!
 //! Run: `cargo test -p berrygw --test e2e_powercut -- --nocapture` (about 25 s for the
 //! default 3 cycles). A longer run, as for BENCHMARKS.md:
@@ -248,6 +250,15 @@ fn audited_refusal(socket: &Path, target: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains("unknown_target")
 }
 
+/// What a power cut may take from the availability ledger: its heartbeat interval (1 s
+/// here), the check that writes it (1 s) and the filesystem's latency.
+const LEDGER_BOUND_MS: i64 = 3_000;
+
+fn ledger_report(socket: &Path) -> Option<serde_json::Value> {
+    let out = berrygw_command().args(["availability", "--json", "--socket"]).arg(socket).output().ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
 fn audit_targets(socket: &Path) -> Option<HashSet<String>> {
     let out = berrygw_command()
         .args(["audit", "--json", "--limit", "100000", "--socket"])
@@ -321,7 +332,8 @@ fn accepted_uplinks_survive_power_cuts_within_the_commit_window() {
          keep_alive_secs = 5\nreplay_gap_ms = 0\nreplay_rate = 0\n\n\
          [sinks.app]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
          [decode]\ndevices = \"{}\"\n\n\
-         [field]\nprofile_dirs = [\"{}\"]\nrequire_clock_sync = false\n",
+         [field]\nprofile_dirs = [\"{}\"]\nrequire_clock_sync = false\n\n\
+         [ledger]\nheartbeat_secs = 1\ncheck_secs = 1\nmin_outage_secs = 0\n",
         registry.display(),
         profiles.display()
     );
@@ -370,6 +382,7 @@ fn accepted_uplinks_survive_power_cuts_within_the_commit_window() {
     let mut cuts: Vec<Cut> = Vec::new();
     let mut audited: Vec<String> = Vec::new();
     let mut troubles: Vec<String> = Vec::new();
+    let mut ledger_bounds: Vec<i64> = Vec::new();
     for cycle in 1..=cycles {
         // Load, broker up; a couple of audited refusals.
         std::thread::sleep(Duration::from_millis(1500));
@@ -390,6 +403,7 @@ fn accepted_uplinks_survive_power_cuts_within_the_commit_window() {
         std::thread::sleep(Duration::from_millis(outage_ms - outage_ms / 2));
 
         let at_ms = ms();
+        let cut_wall_ms = now_ms();
         gw.kill9();
         let report = fs.cut();
         empty_dir(stage.path());
@@ -428,7 +442,14 @@ fn accepted_uplinks_survive_power_cuts_within_the_commit_window() {
         }
         let opened = started_log.iter().filter(|l| l.contains("journal opened")).count();
         assert_eq!(opened, 2, "cycle {cycle}: both journals (chirpstack, app) open after the cut");
-        for store in ["uplink-seq", "sessions.sqlite", "replay.sqlite", "audit.sqlite"] {
+        for store in [
+            "uplink-seq",
+            "sessions.sqlite",
+            "replay.sqlite",
+            "audit.sqlite",
+            "ledger.sqlite",
+            "ledger.heartbeat",
+        ] {
             assert!(state.join(store).exists(), "cycle {cycle}: {store} in the state dir after the cut");
         }
         let corrupt: Vec<String> = std::fs::read_dir(&state)
@@ -443,6 +464,32 @@ fn accepted_uplinks_survive_power_cuts_within_the_commit_window() {
             wait_for(Duration::from_secs(30), "the audit log over the local API", || audit_targets(&socket));
         let missing: Vec<&String> = audited.iter().filter(|t| !audit.contains(*t)).collect();
         assert!(missing.is_empty(), "cycle {cycle}: audit entries lost in the cut: {missing:?}");
+        // The availability ledger lost at most its last heartbeat interval (and the check
+        // that writes it): the gateway's outage starts no earlier than that before the cut.
+        let gateway_incidents =
+            wait_for(Duration::from_secs(30), "the availability ledger over the local API", || {
+                let report = ledger_report(&socket)?;
+                let gw: Vec<serde_json::Value> = report["incidents"]
+                    .as_array()?
+                    .iter()
+                    .filter(|i| i["service"] == "gateway")
+                    .cloned()
+                    .collect();
+                (gw.len() >= cycle).then_some(gw)
+            });
+        let last = gateway_incidents.iter().max_by_key(|i| i["id"].as_u64()).expect("one");
+        let start = last["start_ms"].as_i64().expect("start");
+        assert!(
+            start <= cut_wall_ms && start >= cut_wall_ms - LEDGER_BOUND_MS,
+            "cycle {cycle}: the ledger's last sign of life is {} ms before the cut (bound {LEDGER_BOUND_MS}): {last}",
+            cut_wall_ms - start
+        );
+        assert_eq!(
+            (last["cause"].as_str(), last["estimated"].as_bool()),
+            (Some("crash"), Some(true)),
+            "{last}"
+        );
+        ledger_bounds.push(cut_wall_ms - start);
         std::thread::sleep(Duration::from_millis(1000));
 
         // Broker back: drain what the journal kept.
@@ -600,6 +647,10 @@ fn accepted_uplinks_survive_power_cuts_within_the_commit_window() {
         stats.bytes_synced / 1024
     );
 
+    println!(
+        "availability ledger: the last sign of life before each cut was {:?} ms before it (bound {LEDGER_BOUND_MS} ms)",
+        ledger_bounds
+    );
     assert!(troubles.is_empty(), "stores did not open as they were after a cut:\n{}", troubles.join("\n"));
     assert!(
         lost_beyond.is_empty(),

@@ -281,6 +281,10 @@ const FAMILIES: &[&str] = &[
     "berrygw_field_device_online",
     "berrygw_commands",
     "berrygw_command_reasons",
+    "berrygw_incidents_opened",
+    "berrygw_service_down",
+    "berrygw_availability_30d_ratio",
+    "berrygw_maintenance",
 ];
 
 #[test]
@@ -500,6 +504,10 @@ fn status_page_renders_live_values_in_headless_chromium() {
     assert!(dom.contains(r#"<td class="good">connected</td>"#), "sink connected:\n{dom}");
     assert!(dom.contains(r#"<td class="device-name">sonde-niveau</td>"#), "latest readings rendered:\n{dom}");
     assert!(dom.contains(r#"<td class="field-name">barrage-cher-1</td>"#), "field devices rendered:\n{dom}");
+    assert!(
+        dom.contains(r#"<tr class="availability"><td>overall</td>"#),
+        "the last 30 days rendered:\n{dom}"
+    );
 }
 
 /// The text inside the element with `id="…"` (no nested elements).

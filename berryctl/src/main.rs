@@ -14,11 +14,14 @@
 //! - `pin`: gateways' identity keys learnt from their announcements, pinned.
 //! - `bundle build` / `bundle push`: a site's configuration files, signed, sealed where
 //!   they hold device keys, published retained for the target gateways to take.
+//! - `availability --month`: the fleet's monthly availability report for the maintenance
+//!   contract, joined from the month records the gateways keep retained.
 //!
 //! Exit codes scripts may rely on: 0 done (`command`: verified), 1 the gateway refused
 //! or the command failed, 2 no answer in time (or the broker could not be reached),
 //! 3 bad arguments or local files. `--json` prints one JSON object on stdout.
 
+mod availability;
 mod broker;
 mod bundle;
 mod command;
@@ -62,6 +65,9 @@ enum Action {
     Bundle(bundle::BundleArgs),
     /// Serve the fleet as Prometheus metrics (`berrygw_fleet_*`), from the broker.
     Exporter(exporter::ExporterArgs),
+    /// The fleet's monthly availability report for the maintenance contract, from every
+    /// gateway's retained month record (table, --csv, --json, --html page with timelines).
+    Availability(availability::AvailabilityArgs),
 }
 
 /// What a command-line run ends with.
@@ -110,5 +116,6 @@ fn main() -> ExitCode {
         Action::Exporter(args) => exporter::run(args).into(),
         Action::Bundle(args) => bundle::run(args).into(),
         Action::Pin(args) => known::pin(args).into(),
+        Action::Availability(args) => availability::run(args).into(),
     }
 }

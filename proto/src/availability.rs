@@ -24,7 +24,9 @@
 
 use std::collections::BTreeMap;
 
-use berrygw_core::tz::{LocalTime, TimeZone};
+use berrygw_core::tz::LocalTime;
+/// The zone of the contract's days and months (the TZif reader of `berrygw-core`).
+pub use berrygw_core::tz::TimeZone;
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 

@@ -22,12 +22,16 @@
 //!   the actuation engine (audit log and all) and through the poller alone, and the CPU
 //!   cost of polling needle dams every second, each on its own TCP connection.
 //!
+//! - `ledger`: bytes the availability ledger writes in a simulated day with a flapping
+//!   backhaul (an outage a minute) and a quiet one, real files and fsyncs (no broker).
+//!
 //! Results print as one JSON object per phase for BENCHMARKS.md. One file per phase.
 
 mod decode;
 mod drain;
 mod footprint;
 mod gwmp;
+mod ledger;
 mod modbus;
 mod throughput;
 
@@ -54,7 +58,7 @@ use crate::sink::SinkRadioIo;
 /// Options of `berrygw bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// `throughput`, `drain`, `gwmp`, `footprint`, `decode` or `modbus`.
+    /// `throughput`, `drain`, `gwmp`, `footprint`, `decode`, `modbus` or `ledger`.
     #[arg(long)]
     pub phase: String,
     /// Broker address, host:port (plain MQTT on loopback).
@@ -78,6 +82,12 @@ pub struct BenchArgs {
     /// modbus: commands timed per device kind, path and read-back interval.
     #[arg(long, default_value_t = 200)]
     pub commands: usize,
+    /// ledger: backhaul outages per hour (20 s each).
+    #[arg(long, default_value_t = 60)]
+    pub flaps_per_hour: u64,
+    /// ledger: simulated days.
+    #[arg(long, default_value_t = 1)]
+    pub days: u64,
 }
 
 /// Process counters read from /proc.
@@ -149,9 +159,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "footprint" => rt.block_on(footprint::footprint(&args))?,
         "decode" => decode::decode(&args)?,
         "modbus" => rt.block_on(modbus::modbus(&args))?,
+        "ledger" => ledger::ledger(&args)?,
         // The child of `modbus`: no result line of its own.
         "modbus-sims" => return rt.block_on(modbus::modbus_sims(&args)),
-        other => bail!("unknown phase `{other}`: use throughput, drain, gwmp, footprint, decode or modbus"),
+        other => {
+            bail!("unknown phase `{other}`: use throughput, drain, gwmp, footprint, decode, modbus or ledger")
+        }
     };
     println!("{result}");
     Ok(())
