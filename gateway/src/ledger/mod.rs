@@ -15,6 +15,12 @@
 //!   record, retained). The figures themselves are `berrygw_proto::availability`'s, which the
 //!   centre uses too.
 //!
+//! Incidents opened and closed are written together at the next heartbeat (one
+//! transaction, then the heartbeat, both synced), at a clean stop and with a maintenance
+//! change: a backhaul that flaps every minute then costs a few MB a day, not tens
+//! (BENCHMARKS.md "Availability ledger"). What a power cut takes is what happened after
+//! the last heartbeat, and the gateway's own incident covers exactly that time.
+//!
 //! Times are wall-clock Unix milliseconds as the incidents are read by people and joined
 //! across gateways; an incident's length is measured on the monotonic clock, so a clock
 //! step while it is open (NTP setting a clock that started wrong) does not change it.
@@ -157,6 +163,12 @@ pub struct Ledger {
 
 struct Inner {
     store: Store,
+    /// Incidents opened or closed since the last heartbeat, by id: written with the next one.
+    pending: BTreeMap<u64, Incident>,
+    next_id: u64,
+    /// Ids up to this one are reserved on disk (`id_reserved`): one not yet written when the
+    /// power went may have gone upstream, so the next run starts above it.
+    reserved_id: u64,
     heartbeat: heartbeat::Heartbeat,
     boot_id: String,
     cfg: LedgerSection,
@@ -182,6 +194,21 @@ struct Inner {
 /// Unix milliseconds as people read them.
 pub fn rfc3339(ms: i64) -> String {
     berrygw_core::rfc3339_ms(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// Ids are reserved on disk by blocks of this many (one write per block).
+const ID_BLOCK: u64 = 1_000;
+
+/// The next incident id, reserving a new block on disk when the last one is used up.
+fn new_id(store: &Store, next: &mut u64, reserved: &mut u64) -> anyhow::Result<u64> {
+    if *next > *reserved {
+        let up_to = *next + ID_BLOCK - 1;
+        store.set_meta("id_reserved", up_to as i64)?;
+        *reserved = up_to;
+    }
+    let id = *next;
+    *next += 1;
+    Ok(id)
 }
 
 /// The four ways berrygw can have been away, from the last heartbeat and the boot id.
@@ -217,8 +244,13 @@ impl Ledger {
                 now.ms
             }
         };
+        let reserved_id = store.meta("id_reserved")?.map_or(0, |n| n.max(0) as u64);
+        let next_id = store.max_id()?.max(reserved_id) + 1;
         let mut inner = Inner {
             store,
+            pending: BTreeMap::new(),
+            next_id,
+            reserved_id,
             heartbeat,
             boot_id: boot_id(),
             cfg: cfg.clone(),
@@ -266,11 +298,12 @@ impl Ledger {
     pub fn stop(&self, now: Now) -> Vec<Upstream> {
         let mut inner = self.lock();
         let open: Vec<(String, Down)> = std::mem::take(&mut inner.down).into_iter().collect();
-        for (_, d) in open {
+        for (service, d) in open {
             if let Some(id) = d.incident {
-                inner.close(id, &d, now, "stopped");
+                inner.close(&service, id, &d, now, "stopped");
             }
         }
+        inner.flush();
         inner.last_beat = None;
         let boot = inner.boot_id.clone();
         if let Err(e) = inner.heartbeat.beat(&boot, now.ms, true) {
@@ -284,6 +317,7 @@ impl Ledger {
     /// Start a planned maintenance window; refused while one is in progress.
     pub fn start_maintenance(&self, reason: &str, now: Now) -> anyhow::Result<Maintenance> {
         let mut inner = self.lock();
+        inner.flush();
         if let Some(m) = inner.store.open_maintenance()? {
             anyhow::bail!("maintenance {} is in progress since {} ({})", m.id, rfc3339(m.start_ms), m.reason);
         }
@@ -297,6 +331,7 @@ impl Ledger {
     /// End the maintenance window in progress.
     pub fn stop_maintenance(&self, now: Now) -> anyhow::Result<Maintenance> {
         let mut inner = self.lock();
+        inner.flush();
         let Some(m) = inner.store.open_maintenance()? else {
             anyhow::bail!("no maintenance is in progress");
         };
@@ -390,8 +425,15 @@ impl Inner {
         if end_ms - gap.start_ms < self.min_outage_ms() {
             return;
         }
+        let id = match self.new_id() {
+            Ok(id) => id,
+            Err(e) => {
+                error!("ledger: recording the gateway's outage failed: {e:#}");
+                return;
+            }
+        };
         let incident = Incident {
-            id: 0,
+            id,
             service: av::GATEWAY.into(),
             cause: gap.cause.into(),
             start_ms: gap.start_ms,
@@ -400,8 +442,9 @@ impl Inner {
             estimated: gap.estimated,
             detail: gap.detail,
         };
-        match self.store.insert(&incident) {
-            Ok(id) => {
+        // Rare and the first thing a start records: written at once.
+        match self.store.upsert(std::slice::from_ref(&incident)) {
+            Ok(()) => {
                 *self.opened.entry((av::GATEWAY.into(), gap.cause)).or_default() += 1;
                 info!(
                     id,
@@ -410,10 +453,14 @@ impl Inner {
                     estimated = gap.estimated,
                     "ledger: berrygw was away"
                 );
-                self.closed_upstream(id);
+                self.send_closed(incident);
             }
             Err(e) => error!("ledger: recording the gateway's outage failed: {e:#}"),
         }
+    }
+
+    fn new_id(&mut self) -> anyhow::Result<u64> {
+        new_id(&self.store, &mut self.next_id, &mut self.reserved_id)
     }
 
     fn min_outage_ms(&self) -> i64 {
@@ -445,7 +492,7 @@ impl Inner {
                 Seen::Up => {
                     if let Some(d) = self.down.remove(&service) {
                         if let Some(id) = d.incident {
-                            self.close(id, &d, now, "recovered");
+                            self.close(&service, id, &d, now, "recovered");
                         }
                     }
                 }
@@ -462,8 +509,9 @@ impl Inner {
                         }
                     });
                     if d.incident.is_none() && now.at.saturating_duration_since(d.since) >= min {
+                        let id = new_id(&self.store, &mut self.next_id, &mut self.reserved_id)?;
                         let incident = Incident {
-                            id: 0,
+                            id,
                             service: service.clone(),
                             cause: d.cause.into(),
                             start_ms: d.since_ms,
@@ -472,7 +520,7 @@ impl Inner {
                             estimated: false,
                             detail: d.detail.clone(),
                         };
-                        let id = self.store.insert(&incident)?;
+                        self.pending.insert(id, incident);
                         d.incident = Some(id);
                         *self.opened.entry((service.clone(), d.cause)).or_default() += 1;
                         self.dirty = true;
@@ -487,40 +535,91 @@ impl Inner {
         for service in gone {
             if let Some(d) = self.down.remove(&service) {
                 if let Some(id) = d.incident {
-                    self.close(id, &d, now, "removed");
+                    self.close(&service, id, &d, now, "removed");
                 }
             }
         }
         Ok(())
     }
 
-    /// Close incident `id` of `d`: its end is its start plus the monotonic time it lasted.
-    fn close(&mut self, id: u64, d: &Down, now: Now, ended: &str) {
+    /// Close incident `id` of `service` (`d`): its end is its start plus the monotonic time
+    /// it lasted. Written with the next heartbeat; sent upstream now.
+    fn close(&mut self, service: &str, id: u64, d: &Down, now: Now, ended: &str) {
         let lasted = i64::try_from(now.at.saturating_duration_since(d.since).as_millis()).unwrap_or(0);
-        let end_ms = d.since_ms + lasted;
-        match self.store.close(id, end_ms, ended, false) {
-            Ok(()) => {
-                info!(id, cause = d.cause, ended, secs = lasted / 1000, "ledger: incident closed");
-                self.closed_upstream(id);
+        let incident = Incident {
+            id,
+            service: service.to_string(),
+            cause: d.cause.into(),
+            start_ms: d.since_ms,
+            end_ms: Some(d.since_ms + lasted),
+            ended: Some(ended.into()),
+            estimated: false,
+            detail: d.detail.clone(),
+        };
+        info!(id, service, cause = d.cause, ended, secs = lasted / 1000, "ledger: incident closed");
+        self.pending.insert(id, incident.clone());
+        self.send_closed(incident);
+    }
+
+    /// Write what changed since the last heartbeat, in one transaction.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let rows: Vec<Incident> = self.pending.values().cloned().collect();
+        match self.store.upsert(&rows) {
+            Ok(()) => self.pending.clear(),
+            Err(e) => {
+                error!(rows = rows.len(), "ledger: writing incidents failed (kept for the next try): {e:#}")
             }
-            Err(e) => error!(id, "ledger: closing an incident failed: {e:#}"),
         }
     }
 
-    /// Queue the closed incident `id` for the app sink.
+    /// Queue the closed incident `id` (as stored) for the app sink.
     fn closed_upstream(&mut self, id: u64) {
-        self.dirty = true;
-        self.recent = None;
         match self.store.incident(id) {
-            Ok(Some(incident)) => {
-                let event = IncidentEvent { gateway_id: self.gateway_id.clone(), incident };
-                if let Ok(body) = serde_json::to_vec(&event) {
-                    self.push(Upstream { topic: UpTopic::Incident, body });
-                }
-            }
+            Ok(Some(incident)) => self.send_closed(incident),
             Ok(None) => {}
             Err(e) => warn!(id, "ledger: reading a closed incident back failed: {e:#}"),
         }
+    }
+
+    /// Queue a closed incident for the app sink.
+    fn send_closed(&mut self, incident: Incident) {
+        self.dirty = true;
+        self.recent = None;
+        let event = IncidentEvent { gateway_id: self.gateway_id.clone(), incident };
+        if let Ok(body) = serde_json::to_vec(&event) {
+            self.push(Upstream { topic: UpTopic::Incident, body });
+        }
+    }
+
+    /// The incidents and maintenance windows overlapping `span`, what is not written yet included.
+    fn overlapping(&self, span: Span) -> anyhow::Result<(Vec<Incident>, Vec<Maintenance>)> {
+        let (stored, maintenance) = self.store.overlapping(span)?;
+        let mut by_id: BTreeMap<u64, Incident> = stored.into_iter().map(|i| (i.id, i)).collect();
+        for (id, i) in &self.pending {
+            if i.start_ms < span.end_ms && i.end_ms.is_none_or(|e| e > span.start_ms) {
+                by_id.insert(*id, i.clone());
+            } else {
+                by_id.remove(id);
+            }
+        }
+        Ok((by_id.into_values().collect(), maintenance))
+    }
+
+    /// The incidents open now, what is not written yet included.
+    fn open_incidents(&self) -> anyhow::Result<Vec<Incident>> {
+        let mut by_id: BTreeMap<u64, Incident> =
+            self.store.open_incidents()?.into_iter().map(|i| (i.id, i)).collect();
+        for (id, i) in &self.pending {
+            if i.end_ms.is_none() {
+                by_id.insert(*id, i.clone());
+            } else {
+                by_id.remove(id);
+            }
+        }
+        Ok(by_id.into_values().collect())
     }
 
     fn push(&mut self, up: Upstream) {
@@ -553,6 +652,8 @@ impl Inner {
             // The clock is behind the last heartbeat of the previous run.
             return;
         }
+        // What changed since the last beat first: the beat says everything before it is on disk.
+        self.flush();
         let boot = self.boot_id.clone();
         match self.heartbeat.beat(&boot, now.ms, false) {
             Ok(()) => {
@@ -583,7 +684,7 @@ impl Inner {
             for n in (sent + 1).max(today_n - 31)..today_n {
                 let Some(day) = NaiveDate::from_num_days_from_ce_opt(n as i32) else { continue };
                 let span = av::day_span(&self.tz, day);
-                let (incidents, maintenance) = self.store.overlapping(span)?;
+                let (incidents, maintenance) = self.overlapping(span)?;
                 let ledger = self.view(&incidents, &maintenance, now);
                 let event = DayEvent {
                     gateway_id: self.gateway_id.clone(),
@@ -637,7 +738,7 @@ impl Inner {
 
     fn month_record(&self, year: i32, month: u32, now: Now) -> anyhow::Result<MonthRecord> {
         let span = av::month_span(&self.tz, year, month);
-        let (mut incidents, maintenance) = self.store.overlapping(span)?;
+        let (mut incidents, maintenance) = self.overlapping(span)?;
         let figures = self.view(&incidents, &maintenance, now).all_figures(span);
         let omitted = incidents.len().saturating_sub(MONTH_RECORD_MAX_INCIDENTS);
         incidents.drain(..omitted);
@@ -664,7 +765,7 @@ impl Inner {
             }
         };
         let span = av::month_span(&self.tz, year, month);
-        let (incidents, maintenance) = self.store.overlapping(span)?;
+        let (incidents, maintenance) = self.overlapping(span)?;
         let ledger = self.view(&incidents, &maintenance, now);
         let mut days = Vec::new();
         let mut day = NaiveDate::from_ymd_opt(year, month, 1).context("no such month")?;
@@ -692,11 +793,11 @@ impl Inner {
 
     fn compute_recent(&self, now: Now) -> anyhow::Result<Recent> {
         let span = Span { start_ms: now.ms - 30 * 86_400_000, end_ms: now.ms };
-        let (incidents, maintenance) = self.store.overlapping(span)?;
+        let (incidents, maintenance) = self.overlapping(span)?;
         let figures = self.view(&incidents, &maintenance, now).all_figures(span);
         Ok(Recent {
             figures,
-            open: self.store.open_incidents()?,
+            open: self.open_incidents()?,
             maintenance: self.store.open_maintenance()?,
             opened: self.opened.iter().map(|((s, c), n)| (s.clone(), c.to_string(), *n)).collect(),
         })

@@ -128,6 +128,49 @@ impl Store {
         Ok(id as u64)
     }
 
+    /// Write `rows` in one transaction (each a new incident, or the new state of one: its
+    /// end), then keep the ledger within its bound.
+    pub fn upsert(&mut self, rows: &[Incident]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO incident (id, service, cause, start_ms, end_ms, ended, estimated, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT(id) DO UPDATE SET end_ms = excluded.end_ms, ended = excluded.ended, \
+                 estimated = excluded.estimated",
+            )?;
+            for i in rows {
+                st.execute(params![
+                    i.id as i64,
+                    i.service,
+                    i.cause,
+                    i.start_ms,
+                    i.end_ms.map(|e| e.max(i.start_ms)),
+                    i.ended,
+                    i.estimated as i64,
+                    i.detail
+                ])?;
+            }
+        }
+        let newest = rows.iter().map(|i| i.id).max().unwrap_or(0) as i64;
+        let n: i64 = tx.query_row("SELECT count(*) FROM incident", [], |r| r.get(0))?;
+        if n as u64 > self.max_incidents {
+            tx.execute(
+                "DELETE FROM incident WHERE id IN (SELECT id FROM incident WHERE end_ms IS NOT NULL AND id != ?1 \
+                 ORDER BY id LIMIT ?2)",
+                params![newest, n - self.max_incidents as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The highest incident id ever kept (the newest row is never deleted).
+    pub fn max_id(&self) -> anyhow::Result<u64> {
+        Ok(self.conn.query_row("SELECT coalesce(max(id), 0) FROM incident", [], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
     /// Close incident `id`; `estimated` marks the end as a bound, not an observation.
     pub fn close(&self, id: u64, end_ms: i64, ended: &str, estimated: bool) -> anyhow::Result<()> {
         self.conn.execute(

@@ -113,23 +113,50 @@ fn a_crash_closes_what_was_open_at_the_last_heartbeat_and_is_a_gateway_incident_
     let went_down = clock.advance(30).ms;
     ledger.tick(clock.now(), sink(down("cannot_connect")));
     ledger.tick(clock.advance(30), sink(down("cannot_connect")));
-    // Killed: no stop. 200 s later (less than a heartbeat interval) it starts again.
+    // The next heartbeat (300 s) writes the open incident with it.
+    let beat_at = clock.advance(250).ms;
+    ledger.tick(clock.now(), sink(down("cannot_connect")));
+    ledger.tick(clock.advance(30), sink(down("cannot_connect")));
+    // Killed: no stop. 200 s later it starts again.
     drop(ledger);
     clock.advance(200);
     let ledger = open(dir.path(), &clock);
     let i = all(&ledger, &clock);
     let sink_incident = i.iter().find(|i| i.service == "sink:chirpstack").unwrap();
-    // The last sign of life is the incident's own start (after the last heartbeat).
-    assert_eq!((sink_incident.end_ms, sink_incident.estimated), (Some(went_down), true), "{i:?}");
+    assert_eq!(sink_incident.start_ms, went_down);
+    // Open at the last heartbeat, the last sign of life: it lasted at least until then.
+    assert_eq!((sink_incident.end_ms, sink_incident.estimated), (Some(beat_at), true), "{i:?}");
     assert_eq!(sink_incident.ended.as_deref(), Some("crash"));
     let gw = i.iter().find(|i| i.service == "gateway").unwrap();
-    assert_eq!((gw.cause.as_str(), gw.start_ms, gw.end_ms), ("crash", went_down, Some(clock.now().ms)));
+    assert_eq!((gw.cause.as_str(), gw.start_ms, gw.end_ms), ("crash", beat_at, Some(clock.now().ms)));
     assert!(gw.estimated);
     // Both go upstream at the first tick.
     let up = ledger.tick(clock.advance(5), sink(Seen::Up));
     let mut sent: Vec<String> = incidents_in(&up).into_iter().map(|i| i.service).collect();
     sent.sort();
     assert_eq!(sent, vec!["gateway", "sink:chirpstack"], "{up:?}");
+}
+
+#[test]
+fn what_happened_after_the_last_heartbeat_is_the_gateways_outage_and_its_ids_are_never_given_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut clock = Clock::new(T0);
+    let ledger = open(dir.path(), &clock);
+    ledger.tick(clock.advance(30), sink(down("cannot_connect")));
+    ledger.tick(clock.advance(30), sink(down("cannot_connect")));
+    let up = ledger.tick(clock.advance(30), sink(Seen::Up));
+    // Closed and sent upstream, not yet written (no heartbeat since).
+    let sent = incidents_in(&up);
+    assert_eq!(sent.len(), 1);
+    drop(ledger);
+    clock.advance(60);
+    let ledger = open(dir.path(), &clock);
+    let i = all(&ledger, &clock);
+    // Lost with the crash, but inside the gateway's outage, which starts at the last heartbeat.
+    assert_eq!(i.iter().map(|i| i.service.as_str()).collect::<Vec<_>>(), vec!["gateway"], "{i:?}");
+    assert_eq!(i[0].start_ms, T0);
+    // The id that went upstream is not given to another incident.
+    assert!(i[0].id > sent[0].id, "{} after {}", i[0].id, sent[0].id);
 }
 
 #[test]
