@@ -126,8 +126,15 @@ fn a_broker_cut_is_one_backhaul_incident_per_sink_sent_upstream_once_after_it() 
         .output()
         .expect("csv");
     let csv = String::from_utf8_lossy(&out.stdout);
-    assert!(csv.starts_with("gateway_id,month,service,"), "{csv}");
-    assert!(csv.lines().any(|l| l.contains(",sink:chirpstack,")), "{csv}");
+    assert!(csv.starts_with("gateway_id,period,service,"), "{csv}");
+    let month_name = report["month"].as_str().unwrap();
+    assert!(csv.lines().any(|l| l.contains(&format!(",{month_name},sink:chirpstack,"))), "{csv}");
+    // And the day of the cut, per service.
+    let today = &report["days"].as_array().unwrap().last().unwrap()["day"];
+    assert!(
+        csv.lines().any(|l| l.contains(&format!(",{},sink:chirpstack,", today.as_str().unwrap()))),
+        "{csv}"
+    );
     let out = berrygw_command()
         .args(["availability", "--socket"])
         .arg(state.join("api.sock"))
@@ -176,8 +183,9 @@ fn sigkill_and_restart_is_a_gateway_incident_estimated_from_the_last_heartbeat()
     assert_eq!(i["estimated"], true);
     let start = i["start_ms"].as_i64().unwrap();
     let end = i["end_ms"].as_i64().unwrap();
-    // The heartbeat is 1 s: the start is within a beat (and the check's second) of the kill.
-    assert!(start <= killed_at && start >= killed_at - 2_500, "start {start}, killed {killed_at}");
+    // The heartbeat is 1 s: the start is within a beat and the check's second of the kill
+    // (and an fsync's latency: qemu-user runs this too).
+    assert!(start <= killed_at && start >= killed_at - 4_000, "start {start}, killed {killed_at}");
     assert!(end >= restarted_at && end <= now_ms(), "end {end}, restarted {restarted_at}");
 
     // A clean stop and start: `stopped`, its start exact.

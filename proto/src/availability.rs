@@ -67,7 +67,7 @@ pub struct Incident {
 impl Incident {
     /// Its duration up to `now_ms` if still open.
     pub fn duration_ms(&self, now_ms: i64) -> i64 {
-        (self.end_ms.unwrap_or(now_ms) - self.start_ms).max(0)
+        self.end_ms.unwrap_or(now_ms).saturating_sub(self.start_ms).max(0)
     }
 }
 
@@ -90,7 +90,7 @@ pub struct Span {
 
 impl Span {
     pub fn len(&self) -> i64 {
-        (self.end_ms - self.start_ms).max(0)
+        self.end_ms.saturating_sub(self.start_ms).max(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -235,14 +235,14 @@ fn union(mut spans: Vec<Span>) -> Vec<Span> {
 
 /// Total length of `spans` (merged) inside `within`, less what `minus` (merged) covers.
 fn covered(spans: &[Span], within: Span, minus: &[Span]) -> i64 {
-    let mut total = 0;
+    let mut total: i64 = 0;
     for s in spans {
         let c = s.clip(within);
         if c.is_empty() {
             continue;
         }
-        let taken: i64 = minus.iter().map(|m| m.clip(c).len()).sum();
-        total += c.len() - taken;
+        let taken = minus.iter().fold(0i64, |t, m| t.saturating_add(m.clip(c).len()));
+        total = total.saturating_add(c.len().saturating_sub(taken).max(0));
     }
     total
 }
@@ -324,7 +324,8 @@ impl Ledger<'_> {
             })
             .collect();
         let ended: Vec<i64> = counted.iter().filter(|(_, open)| !open).map(|(s, _)| s.len()).collect();
-        let mean_restore_ms = (!ended.is_empty()).then(|| ended.iter().sum::<i64>() / ended.len() as i64);
+        let mean_restore_ms = (!ended.is_empty())
+            .then(|| (ended.iter().map(|&e| i128::from(e)).sum::<i128>() / ended.len() as i128) as i64);
         Figures {
             service: service.to_string(),
             period,
@@ -397,19 +398,21 @@ pub fn fleet_figures(
                 };
                 (zero, 0)
             });
-            *restored += f.mean_restore_ms.unwrap_or(0) * i64::from(f.incidents - f.open);
-            sum.observed_ms += f.observed_ms;
-            sum.down_ms += f.down_ms;
-            sum.incidents += f.incidents;
-            sum.open += f.open;
-            sum.over_gtr += f.over_gtr;
+            *restored = restored.saturating_add(
+                f.mean_restore_ms.unwrap_or(0).saturating_mul(i64::from(f.incidents.saturating_sub(f.open))),
+            );
+            sum.observed_ms = sum.observed_ms.saturating_add(f.observed_ms);
+            sum.down_ms = sum.down_ms.saturating_add(f.down_ms);
+            sum.incidents = sum.incidents.saturating_add(f.incidents);
+            sum.open = sum.open.saturating_add(f.open);
+            sum.over_gtr = sum.over_gtr.saturating_add(f.over_gtr);
             sum.longest_ms = sum.longest_ms.max(f.longest_ms);
         }
     }
     lines
         .into_values()
         .map(|(mut f, restored)| {
-            let ended = i64::from(f.incidents - f.open);
+            let ended = i64::from(f.incidents.saturating_sub(f.open));
             f.mean_restore_ms = (ended > 0).then(|| restored / ended);
             f.availability =
                 (f.observed_ms > 0).then(|| (f.observed_ms - f.down_ms) as f64 / f.observed_ms as f64);

@@ -122,6 +122,21 @@ pub fn render(r: &Report) -> String {
         );
     }
     let _ = writeln!(out);
+    // The days, overall: a compact line of week-long rows.
+    if !r.days.is_empty() {
+        let _ = writeln!(out, "Days (overall):");
+        for week in r.days.chunks(7) {
+            let cells: Vec<String> = week
+                .iter()
+                .map(|d| {
+                    let pct = d.figures.iter().find(|f| f.service == "overall").map_or("–".into(), percent);
+                    format!("{} {:>9}", &d.day[8..], pct)
+                })
+                .collect();
+            let _ = writeln!(out, "  {}", cells.join("   "));
+        }
+        let _ = writeln!(out);
+    }
     if r.incidents.is_empty() {
         let _ = writeln!(out, "No incident this month.");
     } else {
@@ -159,13 +174,19 @@ fn incident_line(tz: &TimeZone, i: &Incident, now_ms: i64) -> String {
     )
 }
 
-/// One line per service, for a spreadsheet: the figures of the month.
+/// One line per service, for a spreadsheet: the figures of the month (`period` YYYY-MM),
+/// then of each day (`period` YYYY-MM-DD).
 pub fn render_csv(r: &Report) -> String {
     let mut out = String::from(
-        "gateway_id,month,service,observed_s,down_s,availability,incidents,open,mean_restore_s,longest_s,over_gtr\n",
+        "gateway_id,period,service,observed_s,down_s,availability,incidents,open,mean_restore_s,longest_s,over_gtr\n",
     );
     for f in &r.figures {
         let _ = writeln!(out, "{},{},{}", r.gateway_id, r.month, csv_figures(f));
+    }
+    for d in &r.days {
+        for f in &d.figures {
+            let _ = writeln!(out, "{},{},{}", r.gateway_id, d.day, csv_figures(f));
+        }
     }
     out
 }

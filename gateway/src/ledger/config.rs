@@ -122,7 +122,7 @@ fn default_min_outage_secs() -> u64 {
     10
 }
 fn default_check_secs() -> u64 {
-    5
+    10
 }
 fn default_no_ack_secs() -> u64 {
     120

@@ -136,10 +136,18 @@ pub struct Report {
     pub now_ms: i64,
     /// `overall` first, then each service.
     pub figures: Vec<Figures>,
-    /// Every day of the month so far, `overall` only.
-    pub days: Vec<Figures>,
+    /// Every local day of the month so far, each service and `overall`.
+    pub days: Vec<DayFigures>,
     pub incidents: Vec<Incident>,
     pub maintenance: Vec<Maintenance>,
+}
+
+/// One local day's figures.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DayFigures {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    pub figures: Vec<Figures>,
 }
 
 /// What the status page and the metrics show: the services down now and the last 30 days.
@@ -166,6 +174,8 @@ struct Inner {
     /// Incidents opened or closed since the last heartbeat, by id: written with the next one.
     pending: BTreeMap<u64, Incident>,
     next_id: u64,
+    /// The last local day sent upstream (days from the common era), as in `day_sent`.
+    day_sent: Option<i64>,
     /// Ids up to this one are reserved on disk (`id_reserved`): one not yet written when the
     /// power went may have gone upstream, so the next run starts above it.
     reserved_id: u64,
@@ -251,6 +261,7 @@ impl Ledger {
             pending: BTreeMap::new(),
             next_id,
             reserved_id,
+            day_sent: None,
             heartbeat,
             boot_id: boot_id(),
             cfg: cfg.clone(),
@@ -269,6 +280,13 @@ impl Ledger {
             recent: None,
             warned_clock_behind: false,
         };
+        inner.day_sent = inner.store.meta("day_sent")?;
+        // The first block of ids now, so that the first incident writes nothing.
+        let (mut next, mut reserved) = (inner.next_id, inner.reserved_id);
+        if next > reserved {
+            new_id(&inner.store, &mut next, &mut reserved)?;
+            inner.reserved_id = reserved;
+        }
         inner.reconcile(last, first_start, now)?;
         inner.beat(now, true);
         Ok(Ledger { inner: Arc::new(Mutex::new(inner)) })
@@ -292,6 +310,13 @@ impl Ledger {
             warn!("ledger: preparing the day's and month's records failed: {e:#}");
         }
         inner.upstream.drain(..).collect()
+    }
+
+    /// Whether the next [`Ledger::tick`] at `now` writes to disk (a heartbeat, a day's end,
+    /// the month's record): the watcher then runs it off the async worker. Most ticks only
+    /// look, in memory.
+    pub fn io_due(&self, now: Now) -> bool {
+        self.lock().io_due(now)
     }
 
     /// A clean stop: open incidents end now (`stopped`), and the heartbeat says so.
@@ -629,6 +654,22 @@ impl Inner {
         self.upstream.push_back(up);
     }
 
+    fn io_due(&self, now: Now) -> bool {
+        let beat =
+            self.last_beat.is_none_or(|(at, _)| now.at.saturating_duration_since(at) >= self.cfg.heartbeat());
+        let today = av::local_date(&self.tz, now.ms).map(|d| i64::from(d.num_days_from_ce()));
+        let new_day = match (self.day_sent, today) {
+            (Some(sent), Some(t)) => sent < t - 1,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        let month = self.dirty
+            && self.month_published.is_none_or(|at| {
+                now.at.saturating_duration_since(at) >= Duration::from_secs(self.cfg.publish_every_secs)
+            });
+        beat || new_day || month || self.gap.is_some() || self.next_id > self.reserved_id
+    }
+
     /// Write a heartbeat when one is due (or `force`); never one behind the last written,
     /// so a clock that starts wrong does not move the record back.
     fn beat(&mut self, now: Now, force: bool) {
@@ -672,10 +713,11 @@ impl Inner {
         }
         let Some(today) = av::local_date(&self.tz, now.ms) else { return Ok(()) };
         let today_n = i64::from(today.num_days_from_ce());
-        let sent = match self.store.meta("day_sent")? {
+        let sent = match self.day_sent {
             Some(n) => n,
             None => {
                 self.store.set_meta("day_sent", today_n - 1)?;
+                self.day_sent = Some(today_n - 1);
                 today_n - 1
             }
         };
@@ -701,6 +743,7 @@ impl Inner {
                 self.push_month(y, m, now)?;
             }
             self.store.set_meta("day_sent", today_n - 1)?;
+            self.day_sent = Some(today_n - 1);
             self.dirty = true;
         }
         let due = self.month_published.is_none_or(|at| {
@@ -774,7 +817,7 @@ impl Inner {
             if d.start_ms > now.ms {
                 break;
             }
-            days.push(ledger.figures(av::OVERALL, d));
+            days.push(DayFigures { day: day.format("%Y-%m-%d").to_string(), figures: ledger.all_figures(d) });
             day = day.succ_opt().context("calendar overflow")?;
         }
         Ok(Report {

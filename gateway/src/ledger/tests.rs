@@ -299,3 +299,21 @@ fn each_finished_local_day_goes_upstream_once_with_the_months_record_retained() 
     // Once: the next tick has nothing new.
     assert!(ledger.tick(clock.advance(5), sink(Seen::Up)).is_empty());
 }
+
+#[test]
+fn most_ticks_write_nothing_and_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut clock = Clock::new(T0);
+    let ledger = open(dir.path(), &clock);
+    // The first tick sends the month's record; after it, a tick only looks.
+    assert!(ledger.io_due(clock.advance(1)));
+    ledger.tick(clock.now(), sink(Seen::Up));
+    assert!(!ledger.io_due(clock.advance(5)));
+    // An incident opened and closed is written with the heartbeat, not at once.
+    ledger.tick(clock.now(), sink(down("cannot_connect")));
+    ledger.tick(clock.advance(30), sink(down("cannot_connect")));
+    ledger.tick(clock.advance(30), sink(Seen::Up));
+    assert!(!ledger.io_due(clock.advance(5)));
+    // The heartbeat is due 300 s after the last.
+    assert!(ledger.io_due(clock.advance(300)));
+}

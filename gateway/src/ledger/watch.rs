@@ -47,8 +47,18 @@ impl Moved {
     }
 }
 
+/// A down state is dated back at most this far (a wall clock stepped since is not believed).
+const MAX_BACKDATE: Duration = Duration::from_secs(3600);
+
+/// The time since `ms` (Unix ms), at most [`MAX_BACKDATE`].
+fn since_ms(ms: i64) -> Duration {
+    let now = berrygw_core::unix_ms(std::time::SystemTime::now());
+    Duration::from_millis(now.saturating_sub(ms).clamp(0, MAX_BACKDATE.as_millis() as i64) as u64)
+}
+
 /// What the watcher remembers between looks: which counters moved when.
 pub struct Observer {
+    started: Instant,
     datagrams: Moved,
     received: Moved,
     forwarded: HashMap<&'static str, Moved>,
@@ -59,6 +69,7 @@ impl Observer {
     pub fn new(view: &GatewayView, now: Instant) -> Observer {
         let datagrams = view.gwmp.as_ref().map_or(0, |g| g.stats().datagrams.load(Ordering::Relaxed));
         Observer {
+            started: now,
             datagrams: Moved::new(datagrams, now),
             received: Moved::new(view.counters.received.load(Ordering::Relaxed), now),
             forwarded: view
@@ -84,11 +95,11 @@ impl Observer {
                 *moved = Moved::new(forwarded, now);
             }
             let s = if !connected {
-                Seen::Down {
-                    cause: "cannot_connect",
-                    detail: "not connected to its server".into(),
-                    for_: Duration::ZERO,
-                }
+                // Since the sink lost its server (never: since the pipeline started).
+                let changed = sink.counters.connected_changed_ms.load(Ordering::Relaxed);
+                let for_ =
+                    if changed > 0 { since_ms(changed) } else { now.saturating_duration_since(self.started) };
+                Seen::Down { cause: "cannot_connect", detail: "not connected to its server".into(), for_ }
             } else if waiting > 0 && still >= Duration::from_secs(cfg.no_ack_secs) {
                 Seen::Down {
                     cause: "no_ack",
@@ -109,10 +120,15 @@ impl Observer {
                 let s = if st.online {
                     Seen::Up
                 } else {
+                    // Since its last good answer (never: since the pipeline started).
+                    let for_ = st
+                        .last_ok
+                        .and_then(|t| t.elapsed().ok())
+                        .unwrap_or_else(|| now.saturating_duration_since(self.started));
                     Seen::Down {
                         cause: "not_answering",
                         detail: st.last_error.unwrap_or_else(|| "not answering its polls".into()),
-                        for_: Duration::ZERO,
+                        for_: for_.min(MAX_BACKDATE),
                     }
                 };
                 seen.push((format!("field:{name}"), s));
@@ -173,7 +189,13 @@ pub async fn run(ledger: Ledger, cfg: LedgerSection, view: GatewayView, mut stop
         }
         let now = Now::current();
         let seen = observer.look(&view, &cfg, now.at);
-        let up = tokio::task::block_in_place(|| ledger.tick(now, seen));
+        // block_in_place hands the worker's core to another thread (wake-ups): only when the
+        // tick writes (a heartbeat every 300 s, a day's end, the month's record).
+        let up = if ledger.io_due(now) {
+            tokio::task::block_in_place(|| ledger.tick(now, seen))
+        } else {
+            ledger.tick(now, seen)
+        };
         send(app.as_ref(), up).await;
     }
 }

@@ -16,7 +16,7 @@ pub mod read_ahead;
 pub mod reconnect;
 pub mod semtech_udp;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use berrygw_lora::{DownlinkFrame, TxAck};
@@ -37,6 +37,9 @@ pub struct SinkCounters {
     pub bad_commands: AtomicU64,
     /// Whether the far side answers; set through [`SinkCounters::set_connected`].
     pub connected: AtomicBool,
+    /// When `connected` last changed (Unix ms; 0: never): the availability ledger dates a
+    /// backhaul incident from it.
+    pub connected_changed_ms: AtomicI64,
     /// Told when `connected` changes (the health record's news; shared by every sink).
     pub news: Arc<Notify>,
     /// Seconds from publishing a record to the far side's acknowledgement (MQTT: PUBACK).
@@ -53,6 +56,7 @@ impl Default for SinkCounters {
             tx_acks: AtomicU64::new(0),
             bad_commands: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            connected_changed_ms: AtomicI64::new(0),
             news: Arc::new(Notify::new()),
             // 5 ms .. about 20 s.
             publish_ack_latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -71,6 +75,8 @@ impl SinkCounters {
     /// The far side answers (or stopped answering); `news` is told of a change.
     pub fn set_connected(&self, connected: bool) {
         if self.connected.swap(connected, Ordering::Relaxed) != connected {
+            self.connected_changed_ms
+                .store(berrygw_core::unix_ms(std::time::SystemTime::now()), Ordering::Relaxed);
             self.news.notify_one();
         }
     }
