@@ -378,3 +378,57 @@ fn the_fleet_report_of_three_daemons_matches_their_ledgers() {
         .unwrap();
     assert_eq!(none.status.code(), Some(2), "{}", String::from_utf8_lossy(&none.stderr));
 }
+
+#[test]
+fn a_silent_packet_forwarder_and_a_field_device_that_does_not_answer_are_incidents() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let state = dir.path().join("s");
+    let url = broker.url(false);
+    // A GWMP radio that no packet forwarder ever talks to, and a needle dam at an address
+    // where nothing listens.
+    let radio = format!("[radio]\nkind = \"gwmp\"\n\n[radio.gwmp]\nbind = \"127.0.0.1:{}\"\n", free_port());
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/profiles");
+    let sinks = format!(
+        "[sinks.chirpstack]\nserver = \"{url}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\n\
+         [field]\nprofile_dirs = [\"{}\"]\nrequire_clock_sync = false\n\n\
+         [[field.device]]\nname = \"barrage-test\"\nprofile = \"needle-dam\"\npoll_interval_ms = 200\ntimeout_ms = 200\n\
+         link = {{ transport = \"tcp\", address = \"127.0.0.1:{}\" }}\n\n\
+         [ledger]\ncheck_secs = 1\nmin_outage_secs = 2\nheartbeat_secs = 1\nforwarder_silence_secs = 2\n",
+        profiles.display(),
+        free_port()
+    );
+    let gw = Berrygw::start(dir.path(), &config_with_radio(&state, "log", &radio, &sinks));
+    gw.wait_log(Duration::from_secs(30), "chirpstack sink: connected");
+    let socket = state.join("api.sock");
+    let report = wait_for(Duration::from_secs(30), "both incidents open", || {
+        let out =
+            berrygw_command().args(["availability", "--json", "--socket"]).arg(&socket).output().ok()?;
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (!incidents(&r, "radio").is_empty() && !incidents(&r, "field:barrage-test").is_empty()).then_some(r)
+    });
+    let radio = &incidents(&report, "radio")[0];
+    assert_eq!(
+        (radio["cause"].as_str(), radio["end_ms"].as_i64()),
+        (Some("forwarder_silent"), None),
+        "{radio}"
+    );
+    let field = &incidents(&report, "field:barrage-test")[0];
+    assert_eq!(field["cause"], "not_answering", "{field}");
+    // Both count against their service; the field device not against the gateway's overall.
+    assert_eq!(figures(&report, "radio")["open"], 1);
+    assert_eq!(figures(&report, "field:barrage-test")["open"], 1);
+    assert_eq!(figures(&report, "overall")["open"], 1, "the radio's outage is the gateway's");
+    // The status page's view and the metrics say the same.
+    let status: serde_json::Value = serde_json::from_slice(
+        &berrygw_command()
+            .args(["status", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .expect("status")
+            .stdout,
+    )
+    .expect("status JSON");
+    let open = status["availability"]["open"].as_array().expect("open incidents");
+    assert!(open.iter().any(|i| i["service"] == "field:barrage-test"), "{status}");
+}
