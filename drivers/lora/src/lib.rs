@@ -13,6 +13,7 @@ pub mod phy;
 pub mod radio;
 pub mod security;
 pub mod sim;
+pub mod station;
 
 pub use filter::{FilterConfig, Rejection, UplinkFilter};
 pub use frame::{
