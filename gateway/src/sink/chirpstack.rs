@@ -160,6 +160,56 @@ pub fn uplink_message(gateway_id: &str, frame: &UplinkFrame, seq: u64, uplink_id
     }
 }
 
+/// A stored uplink record back as the frame the radio gave and its sequence number: what a
+/// sink speaking another protocol than ChirpStack's (Basics Station) sends from the same
+/// journal. `None` for another kind of record or one that does not decode.
+pub fn frame_of_record(r: &Record) -> Option<(UplinkFrame, u64)> {
+    if RecordKind::from_u8(r.kind)? != RecordKind::Uplink {
+        return None;
+    }
+    let up = gw::UplinkFrame::decode(r.payload.as_slice()).ok()?;
+    let tx = up.tx_info?;
+    let rx = up.rx_info?;
+    let modulation = match tx.modulation?.parameters? {
+        gw::modulation::Parameters::Lora(l) => Modulation::Lora {
+            spreading_factor: u8::try_from(l.spreading_factor).ok()?,
+            bandwidth: l.bandwidth,
+            code_rate: match gw::CodeRate::try_from(l.code_rate).ok()? {
+                gw::CodeRate::Cr46 => CodeRate::Cr4_6,
+                gw::CodeRate::Cr47 => CodeRate::Cr4_7,
+                gw::CodeRate::Cr48 => CodeRate::Cr4_8,
+                _ => CodeRate::Cr4_5,
+            },
+        },
+        gw::modulation::Parameters::Fsk(f) => {
+            Modulation::Fsk { datarate: f.datarate, frequency_deviation: f.frequency_deviation }
+        }
+        _ => return None,
+    };
+    let seq = rx.metadata.get(META_SEQ)?.parse().ok()?;
+    let received_ms: i64 =
+        rx.metadata.get(META_RECEIVED_MS).and_then(|m| m.parse().ok()).unwrap_or(r.received_at_ms);
+    let counter_us = rx.context.get(..4).and_then(|c| c.try_into().ok()).map_or(0, u32::from_be_bytes);
+    let frame = UplinkFrame {
+        phy_payload: up.phy_payload,
+        frequency: Frequency(tx.frequency),
+        modulation,
+        rssi: i16::try_from(rx.rssi).ok()?,
+        snr: rx.snr,
+        crc: match gw::CrcStatus::try_from(rx.crc_status).ok()? {
+            gw::CrcStatus::CrcOk => CrcStatus::Ok,
+            gw::CrcStatus::BadCrc => CrcStatus::Bad,
+            gw::CrcStatus::NoCrc => CrcStatus::Missing,
+        },
+        channel: u8::try_from(rx.channel).ok()?,
+        rf_chain: u8::try_from(rx.rf_chain).ok()?,
+        board: u8::try_from(rx.board).ok()?,
+        counter_us,
+        received_at: UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(received_ms).ok()?),
+    };
+    Some((frame, seq))
+}
+
 /// The one field of a stored `gw::UplinkFrame` that pacing reads (prost skips the rest).
 #[derive(Clone, PartialEq, prost::Message)]
 struct PhyPayloadOnly {
@@ -638,6 +688,31 @@ mod tests {
                 .expect("ack");
         assert!(msg.items.iter().all(|i| i.status() == gw::TxAckStatus::TooLate), "{msg:?}");
         assert_eq!(msg.items.len(), 2);
+    }
+
+    #[test]
+    fn a_stored_uplink_reads_back_as_the_frame_the_radio_gave() {
+        let mut f = frame();
+        f.received_at = UNIX_EPOCH + std::time::Duration::from_millis(1_765_000_000_123);
+        f.counter_us = 4_000_000_123;
+        f.rssi = -112;
+        f.snr = -7.5;
+        f.channel = 3;
+        f.rf_chain = 1;
+        let record = Record {
+            seq: crate::journal::Seq(42),
+            kind: RecordKind::Uplink as u8,
+            received_at_ms: 0,
+            payload: uplink_message("0016c001ff10a235", &f, 42, 7).encode_to_vec(),
+        };
+        assert_eq!(frame_of_record(&record), Some((f.clone(), 42)));
+        let mut fsk = f;
+        fsk.modulation = Modulation::Fsk { datarate: 50_000, frequency_deviation: 25_000 };
+        let record = Record { payload: uplink_message("gw", &fsk, 43, 8).encode_to_vec(), ..record };
+        assert_eq!(frame_of_record(&record).map(|(f, s)| (f.modulation, s)), Some((fsk.modulation, 43)));
+        // Stats, junk: not a frame.
+        assert_eq!(frame_of_record(&Record { kind: RecordKind::Stats as u8, ..record.clone() }), None);
+        assert_eq!(frame_of_record(&Record { payload: vec![0xff, 0xff], ..record }), None);
     }
 
     #[test]

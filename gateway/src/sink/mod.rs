@@ -9,6 +9,7 @@
 //! its backoff, `pace` the per-device pacing of a replayed backlog (TLS and the
 //! broker URL are `berrygw_proto`'s: the central tool connects the same way).
 
+pub mod basic_station;
 pub mod chirpstack;
 pub mod mqtt;
 pub mod pace;
