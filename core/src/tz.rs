@@ -92,16 +92,17 @@ impl TimeZone {
         TimeZone::from_config_in(spec, Path::new(ZONEINFO))
     }
 
-    /// As [`TimeZone::from_config`], with zone files looked up in `dir`.
-    pub fn from_config_in(spec: &str, dir: &Path) -> Result<TimeZone, String> {
+    /// Whether `spec` is written as a zone can be (`UTC`, a fixed offset, a zone name), without
+    /// reading any file: a missing zone file is a matter of the machine (tzdata), not of the
+    /// configuration.
+    pub fn check_spec(spec: &str) -> Result<(), String> {
         if spec == "UTC" || spec == "Z" {
-            return Ok(TimeZone::utc());
+            return Ok(());
         }
         if spec.starts_with(['+', '-']) {
-            let offset = parse_fixed_offset(spec).ok_or_else(|| {
-                format!("`{spec}`: a fixed offset is written like \"+01:00\" or \"-03:30\"")
-            })?;
-            return Ok(TimeZone { name: spec.into(), rules: ZoneRules::Fixed(offset) });
+            return parse_fixed_offset(spec)
+                .map(|_| ())
+                .ok_or_else(|| format!("`{spec}`: a fixed offset is written like \"+01:00\" or \"-03:30\""));
         }
         let plausible = !spec.is_empty()
             && spec.split('/').all(|part| {
@@ -114,6 +115,18 @@ impl TimeZone {
                 "`{spec}` is not a time zone: use \"UTC\", a fixed offset like \"+01:00\", \
                  or a zone name like \"Europe/Paris\""
             ));
+        }
+        Ok(())
+    }
+
+    /// As [`TimeZone::from_config`], with zone files looked up in `dir`.
+    pub fn from_config_in(spec: &str, dir: &Path) -> Result<TimeZone, String> {
+        TimeZone::check_spec(spec)?;
+        if spec == "UTC" || spec == "Z" {
+            return Ok(TimeZone::utc());
+        }
+        if let Some(offset) = spec.starts_with(['+', '-']).then(|| parse_fixed_offset(spec)).flatten() {
+            return Ok(TimeZone { name: spec.into(), rules: ZoneRules::Fixed(offset) });
         }
         let path = dir.join(spec);
         let bytes = std::fs::read(&path).map_err(|e| {

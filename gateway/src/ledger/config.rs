@@ -91,7 +91,9 @@ impl LedgerSection {
         if self.publish_every_secs == 0 {
             return Err("ledger.publish_every_secs must be at least 1".into());
         }
-        self.zone().map(|_| ()).map_err(|e| format!("ledger.timezone: {e}"))
+        // A zone file missing on this machine (no tzdata) does not stop the gateway: the
+        // ledger then counts days in UTC and says so (Ledger::open).
+        TimeZone::check_spec(&self.timezone).map_err(|e| format!("ledger.timezone: {e}"))
     }
 
     /// The zone of the days and months.

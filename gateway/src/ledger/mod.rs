@@ -241,7 +241,10 @@ impl Ledger {
     /// Open the ledger in `state_dir` at start: what happened while berrygw was not running
     /// is recorded (see the module), and a first heartbeat written.
     pub fn open(cfg: &LedgerSection, state_dir: &Path, gateway_id: &str, now: Now) -> anyhow::Result<Ledger> {
-        let tz = cfg.zone().map_err(|e| anyhow::anyhow!("ledger.timezone: {e}"))?;
+        let tz = cfg.zone().unwrap_or_else(|e| {
+            error!("ledger.timezone: {e}; the ledger's days and months are UTC until it can be read");
+            TimeZone::utc()
+        });
         crate::state_db::create_private_dir(state_dir)
             .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
         let store = Store::open(&state_dir.join(STORE_FILE), cfg.max_incidents)?;

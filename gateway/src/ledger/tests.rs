@@ -317,3 +317,13 @@ fn most_ticks_write_nothing_and_say_so() {
     // The heartbeat is due 300 s after the last.
     assert!(ledger.io_due(clock.advance(300)));
 }
+
+#[test]
+fn a_zone_this_machine_cannot_read_leaves_the_ledger_in_utc_not_the_gateway_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::new(T0);
+    let cfg = LedgerSection { timezone: "Mars/Olympus_Mons".into(), ..LedgerSection::default() };
+    assert!(cfg.check().is_ok(), "written like a zone");
+    let ledger = Ledger::open(&cfg, dir.path(), "0016c001ff10a235", clock.now()).expect("opens");
+    assert_eq!(ledger.report(None, clock.now()).unwrap().timezone, "UTC");
+}
