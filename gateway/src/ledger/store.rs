@@ -1,8 +1,9 @@
-//! `<state_dir>/ledger.sqlite`: the incidents and maintenance windows of this gateway
-//! (`berrygw_proto::availability`), written with the audit log's care (WAL,
-//! `synchronous=FULL`: an incident is on disk when `open`/`close` return; a corrupt file is
-//! moved aside and a fresh ledger started, loudly). Small pages (1 KiB) and no
-//! AUTOINCREMENT table, so that opening or closing an incident writes about two pages.
+//! `<state_dir>/ledger.sqlite` (0600, like the rest of the state): the incidents and
+//! maintenance windows of this gateway (`berrygw_proto::availability`). WAL and
+//! `synchronous=FULL` like the audit log: what a transaction wrote is on disk when it
+//! returns (the ledger batches its incidents into one transaction per heartbeat, see
+//! `ledger/mod.rs`). A corrupt file is moved aside and a fresh ledger started, loudly.
+//! Small pages (1 KiB) and no AUTOINCREMENT table: a transaction writes few pages.
 //!
 //! Bounded: at most `max_incidents` incidents; the oldest closed ones are deleted first.
 //! Ids only grow (the newest row is never deleted). Blocking I/O: call it from
@@ -78,7 +79,7 @@ impl Store {
             path,
             "AVAILABILITY LEDGER IS CORRUPT",
             "earlier incidents are only in the moved file (and in the incident events and month records already forwarded)",
-            |p| open_sqlite_paged(p, 0o640, Some(1024), SCHEMA),
+            |p| open_sqlite_paged(p, 0o600, Some(1024), SCHEMA),
         )?;
         Ok(Store { conn, path: path.to_path_buf(), max_incidents: max_incidents.max(1) })
     }
