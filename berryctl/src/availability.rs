@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berrygw_proto::availability::{
-    self as av, fleet_figures, month_span, parse_month, Figures, Incident, Ledger, MonthRecord, Span,
-    TimeZone,
+    self as av, fleet_figures, length_text as length, month_span, parse_month, Figures, Incident, Ledger,
+    MonthRecord, Span, TimeZone, CSV_COLUMNS,
 };
 use rumqttc::{Event, Packet, QoS};
 use serde::Serialize;
@@ -240,18 +240,7 @@ pub fn build(
 }
 
 fn percent(f: Option<&Figures>) -> String {
-    f.and_then(|f| f.availability).map_or("–".to_string(), |a| format!("{:.3} %", a * 100.0))
-}
-
-/// A length as a person reads it.
-fn length(ms: i64) -> String {
-    let s = ms.max(0) / 1000;
-    match s {
-        0..=119 => format!("{s} s"),
-        120..=5_999 => format!("{} min", s / 60),
-        6_000..=172_799 => format!("{} h {:02}", s / 3600, (s % 3600) / 60),
-        _ => format!("{} d {} h", s / 86_400, (s % 86_400) / 3600),
-    }
+    f.map_or("–".to_string(), Figures::percent)
 }
 
 fn overall(figures: &[Figures]) -> Option<&Figures> {
@@ -304,27 +293,11 @@ pub fn table(r: &Report) -> String {
 
 /// One CSV line per gateway and service, then the fleet's (gateway `fleet`).
 pub fn csv(r: &Report) -> String {
-    let mut out = String::from(
-        "month,gateway_id,service,observed_s,down_s,availability,incidents,open,mean_restore_s,longest_s,over_gtr\n",
-    );
+    let mut out = format!("month,gateway_id,{CSV_COLUMNS}\n");
     let rows = r.gateways.iter().map(|g| (g.gateway_id.as_str(), &g.figures)).chain([("fleet", &r.fleet)]);
     for (gw, figures) in rows {
         for f in figures {
-            let _ = writeln!(
-                out,
-                "{},{},{},{},{},{},{},{},{},{},{}",
-                r.month,
-                gw,
-                f.service,
-                f.observed_ms / 1000,
-                f.down_ms / 1000,
-                f.availability.map_or(String::new(), |a| format!("{a:.6}")),
-                f.incidents,
-                f.open,
-                f.mean_restore_ms.map_or(String::new(), |m| (m / 1000).to_string()),
-                f.longest_ms.map_or(String::new(), |m| (m / 1000).to_string()),
-                f.over_gtr
-            );
+            let _ = writeln!(out, "{},{},{}", r.month, gw, f.csv());
         }
     }
     out

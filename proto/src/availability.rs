@@ -358,6 +358,44 @@ impl Ledger<'_> {
     }
 }
 
+/// A length as a person reads it: `42 s`, `12 min`, `3 h 05`, `2 d 4 h`.
+pub fn length_text(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=5_999 => format!("{} min", s / 60),
+        6_000..=172_799 => format!("{} h {:02}", s / 3600, (s % 3600) / 60),
+        _ => format!("{} d {} h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// The columns [`Figures::csv`] writes, from `service`.
+pub const CSV_COLUMNS: &str =
+    "service,observed_s,down_s,availability,incidents,open,mean_restore_s,longest_s,over_gtr";
+
+impl Figures {
+    /// Availability as a person reads it: `99.979 %`, `–` when nothing was observed.
+    pub fn percent(&self) -> String {
+        self.availability.map_or("–".to_string(), |a| format!("{:.3} %", a * 100.0))
+    }
+
+    /// The figures as CSV fields, in the order of [`CSV_COLUMNS`].
+    pub fn csv(&self) -> String {
+        format!(
+            "{},{},{},{},{},{},{},{},{}",
+            self.service,
+            self.observed_ms / 1000,
+            self.down_ms / 1000,
+            self.availability.map_or(String::new(), |a| format!("{a:.6}")),
+            self.incidents,
+            self.open,
+            self.mean_restore_ms.map_or(String::new(), |m| (m / 1000).to_string()),
+            self.longest_ms.map_or(String::new(), |m| (m / 1000).to_string()),
+            self.over_gtr
+        )
+    }
+}
+
 /// The fleet's figures for a month from every gateway's month record, each recomputed from its
 /// incidents: observed and down time summed (so availability is weighted by observed time),
 /// incidents counted, restore times averaged over every ended incident. Field devices are

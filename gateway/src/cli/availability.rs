@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use berrygw_proto::availability::{Figures, Incident, Maintenance};
+use berrygw_proto::availability::{length_text as length, Figures, Incident, Maintenance, CSV_COLUMNS};
 
 use super::api::{api_call, ApiArgs};
 use crate::ledger::Report;
@@ -68,21 +68,6 @@ pub fn maintenance(start_reason: Option<&str>, api: ApiArgs) -> ExitCode {
     }
 }
 
-/// A length as a person reads it: `42 s`, `12 min`, `3 h 05`, `2 d 4 h`.
-pub fn length(ms: i64) -> String {
-    let s = ms.max(0) / 1000;
-    match s {
-        0..=119 => format!("{s} s"),
-        120..=5_999 => format!("{} min", s / 60),
-        6_000..=172_799 => format!("{} h {:02}", s / 3600, (s % 3600) / 60),
-        _ => format!("{} d {} h", s / 86_400, (s % 86_400) / 3600),
-    }
-}
-
-fn percent(f: &Figures) -> String {
-    f.availability.map_or("–".to_string(), |a| format!("{:.3} %", a * 100.0))
-}
-
 fn local(tz: &TimeZone, ms: i64) -> String {
     tz.to_local(ms.div_euclid(1000))
         .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -112,7 +97,7 @@ pub fn render(r: &Report) -> String {
             out,
             "{:<24} {:>12} {:>10} {:>9} {:>5} {:>10} {:>10} {:>8}",
             f.service,
-            percent(f),
+            f.percent(),
             length(f.down_ms),
             f.incidents,
             f.open,
@@ -129,7 +114,11 @@ pub fn render(r: &Report) -> String {
             let cells: Vec<String> = week
                 .iter()
                 .map(|d| {
-                    let pct = d.figures.iter().find(|f| f.service == "overall").map_or("–".into(), percent);
+                    let pct = d
+                        .figures
+                        .iter()
+                        .find(|f| f.service == "overall")
+                        .map_or("–".into(), Figures::percent);
                     format!("{} {:>9}", &d.day[8..], pct)
                 })
                 .collect();
@@ -177,34 +166,16 @@ fn incident_line(tz: &TimeZone, i: &Incident, now_ms: i64) -> String {
 /// One line per service, for a spreadsheet: the figures of the month (`period` YYYY-MM),
 /// then of each day (`period` YYYY-MM-DD).
 pub fn render_csv(r: &Report) -> String {
-    let mut out = String::from(
-        "gateway_id,period,service,observed_s,down_s,availability,incidents,open,mean_restore_s,longest_s,over_gtr\n",
-    );
+    let mut out = format!("gateway_id,period,{CSV_COLUMNS}\n");
     for f in &r.figures {
-        let _ = writeln!(out, "{},{},{}", r.gateway_id, r.month, csv_figures(f));
+        let _ = writeln!(out, "{},{},{}", r.gateway_id, r.month, f.csv());
     }
     for d in &r.days {
         for f in &d.figures {
-            let _ = writeln!(out, "{},{},{}", r.gateway_id, d.day, csv_figures(f));
+            let _ = writeln!(out, "{},{},{}", r.gateway_id, d.day, f.csv());
         }
     }
     out
-}
-
-/// The figures' columns of a CSV line (from `service`).
-pub fn csv_figures(f: &Figures) -> String {
-    format!(
-        "{},{},{},{},{},{},{},{},{}",
-        f.service,
-        f.observed_ms / 1000,
-        f.down_ms / 1000,
-        f.availability.map_or(String::new(), |a| format!("{a:.6}")),
-        f.incidents,
-        f.open,
-        f.mean_restore_ms.map_or(String::new(), |m| (m / 1000).to_string()),
-        f.longest_ms.map_or(String::new(), |m| (m / 1000).to_string()),
-        f.over_gtr
-    )
 }
 
 #[cfg(test)]
