@@ -24,7 +24,6 @@ use berrygw_proto::availability::{
     self as av, fleet_figures, length_text as length, month_span, parse_month, Figures, Incident, Ledger,
     MonthRecord, Span, TimeZone, CSV_COLUMNS,
 };
-use rumqttc::{Event, Packet, QoS};
 use serde::Serialize;
 
 use crate::broker::BrokerArgs;
@@ -133,27 +132,7 @@ pub fn run(a: AvailabilityArgs) -> Exit {
 
 /// The retained month records under the prefix: (topic, payload).
 async fn collect(broker: &BrokerArgs, month: &str, wait: Duration) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let (client, mut eventloop) = broker.connect(wait.max(Duration::from_secs(5))).await?;
-    let prefix = broker.prefix.trim_matches('/');
-    let filter = if prefix.is_empty() {
-        format!("+/availability/{month}")
-    } else {
-        format!("{prefix}/+/availability/{month}")
-    };
-    client.subscribe(filter, QoS::AtLeastOnce).await?;
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(event) => event?,
-            Err(_) => break,
-        };
-        if let Event::Incoming(Packet::Publish(p)) = event {
-            out.push((p.topic.clone(), p.payload.to_vec()));
-        }
-    }
-    let _ = client.disconnect().await;
-    Ok(out)
+    broker.retained(&[broker.topics("+").availability(month)], wait).await
 }
 
 /// The gateway a topic `<prefix>/<gateway>/availability/<month>` names.

@@ -11,7 +11,7 @@ use berrygw_proto::broker::BrokerUrl;
 use berrygw_proto::tls::{client_config, TlsFiles};
 use berrygw_proto::topics::AppTopics;
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
 
 #[derive(clap::Args)]
@@ -45,6 +45,32 @@ impl BrokerArgs {
     /// The app topics of gateway `gateway_id`.
     pub fn topics(&self, gateway_id: &str) -> AppTopics {
         AppTopics::new(&self.prefix, gateway_id)
+    }
+
+    /// Every message the broker delivers on `filters` within `wait` (the retained ones, and
+    /// whatever is published meanwhile), as (topic, payload).
+    pub async fn retained(
+        &self,
+        filters: &[String],
+        wait: Duration,
+    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let (client, mut eventloop) = self.connect(wait.max(Duration::from_secs(5))).await?;
+        for filter in filters {
+            client.subscribe(filter, QoS::AtLeastOnce).await?;
+        }
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                Ok(event) => event?,
+                Err(_) => break,
+            };
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                out.push((p.topic.clone(), p.payload.to_vec()));
+            }
+        }
+        let _ = client.disconnect().await;
+        Ok(out)
     }
 
     /// Connected (CONNACK received) within `within`.

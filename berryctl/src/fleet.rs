@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berrygw_proto::health::Health;
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 
 use crate::broker::BrokerArgs;
@@ -114,20 +114,11 @@ pub fn take(fleet: &mut BTreeMap<String, Known>, prefix: &str, topic: &str, payl
 
 /// The retained state and health of every gateway under the prefix.
 async fn collect(broker: &BrokerArgs, wait: Duration) -> anyhow::Result<Vec<Row>> {
-    let (client, mut eventloop) = broker.connect(wait.max(Duration::from_secs(5))).await?;
-    subscribe(&client, &broker.prefix).await?;
+    let all = broker.topics("+");
     let mut fleet = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let event = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-            Ok(event) => event?,
-            Err(_) => break,
-        };
-        if let Event::Incoming(Packet::Publish(p)) = event {
-            take(&mut fleet, &broker.prefix, &p.topic, &p.payload);
-        }
+    for (topic, payload) in broker.retained(&[all.state(), all.health()], wait).await? {
+        take(&mut fleet, &broker.prefix, &topic, &payload);
     }
-    let _ = client.disconnect().await;
     let now_ms = chrono::Utc::now().timestamp_millis();
     Ok(fleet
         .into_iter()
