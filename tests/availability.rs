@@ -168,14 +168,8 @@ fn sigkill_and_restart_is_a_gateway_incident_estimated_from_the_last_heartbeat()
     let restarted_at = now_ms();
     gw.restart();
     gw.wait_log(Duration::from_secs(30), "ledger: berrygw was away");
-    let report = wait_for(Duration::from_secs(30), "the local API", || {
-        let out = berrygw_command()
-            .args(["availability", "--json", "--socket"])
-            .arg(state.join("api.sock"))
-            .output()
-            .ok()?;
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
-    });
+    let report =
+        wait_for(Duration::from_secs(30), "the local API", || availability_report(&state.join("api.sock")));
     let gws = incidents(&report, "gateway");
     assert_eq!(gws.len(), 1, "{report}");
     let i = &gws[0];
@@ -195,14 +189,8 @@ fn sigkill_and_restart_is_a_gateway_incident_estimated_from_the_last_heartbeat()
     std::thread::sleep(Duration::from_secs(3));
     gw.restart();
     gw.wait_log(Duration::from_secs(30), "ledger: berrygw was away");
-    let report = wait_for(Duration::from_secs(30), "the local API", || {
-        let out = berrygw_command()
-            .args(["availability", "--json", "--socket"])
-            .arg(state.join("api.sock"))
-            .output()
-            .ok()?;
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
-    });
+    let report =
+        wait_for(Duration::from_secs(30), "the local API", || availability_report(&state.join("api.sock")));
     let stopped =
         incidents(&report, "gateway").into_iter().find(|i| i["cause"] == "stopped").expect("stopped");
     assert!(stopped["estimated"].is_null() || stopped["estimated"] == false, "{stopped}");
@@ -402,9 +390,7 @@ fn a_silent_packet_forwarder_and_a_field_device_that_does_not_answer_are_inciden
     gw.wait_log(Duration::from_secs(30), "chirpstack sink: connected");
     let socket = state.join("api.sock");
     let report = wait_for(Duration::from_secs(30), "both incidents open", || {
-        let out =
-            berrygw_command().args(["availability", "--json", "--socket"]).arg(&socket).output().ok()?;
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let r = availability_report(&socket)?;
         (!incidents(&r, "radio").is_empty() && !incidents(&r, "field:barrage-test").is_empty()).then_some(r)
     });
     let radio = &incidents(&report, "radio")[0];

@@ -256,11 +256,6 @@ fn audited_refusal(socket: &Path, target: &str) -> bool {
 /// FUSE, under qemu-user too).
 const LEDGER_BOUND_MS: i64 = 4_000;
 
-fn ledger_report(socket: &Path) -> Option<serde_json::Value> {
-    let out = berrygw_command().args(["availability", "--json", "--socket"]).arg(socket).output().ok()?;
-    serde_json::from_slice(&out.stdout).ok()
-}
-
 fn audit_targets(socket: &Path) -> Option<HashSet<String>> {
     let out = berrygw_command()
         .args(["audit", "--json", "--limit", "100000", "--socket"])
@@ -470,7 +465,7 @@ fn accepted_uplinks_survive_power_cuts_within_the_commit_window() {
         // that writes it): the gateway's outage starts no earlier than that before the cut.
         let gateway_incidents =
             wait_for(Duration::from_secs(30), "the availability ledger over the local API", || {
-                let report = ledger_report(&socket)?;
+                let report = availability_report(&socket)?;
                 let gw: Vec<serde_json::Value> = report["incidents"]
                     .as_array()?
                     .iter()

@@ -715,3 +715,10 @@ pub fn registry_with_a_broken_codec(dir: &Path) -> (PathBuf, PathBuf) {
     fs::set_permissions(&registry, fs::Permissions::from_mode(0o600)).expect("chmod");
     (registry, codecs)
 }
+
+/// `berrygw availability --json` over the daemon's local API socket; `None` while it does not
+/// answer (starting, or not running).
+pub fn availability_report(socket: &Path) -> Option<serde_json::Value> {
+    let out = berrygw_command().args(["availability", "--json", "--socket"]).arg(socket).output().ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
