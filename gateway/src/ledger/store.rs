@@ -9,11 +9,10 @@
 //! Ids only grow (the newest row is never deleted). Blocking I/O: call it from
 //! `block_in_place` or `spawn_blocking`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::Context;
 use berrygw_proto::availability::{Incident, Maintenance, Span};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::state_db::{open_or_move_aside, open_sqlite_paged};
 
@@ -44,7 +43,6 @@ CREATE TABLE IF NOT EXISTS meta (
 /// The ledger's file.
 pub struct Store {
     conn: Connection,
-    path: PathBuf,
     max_incidents: u64,
 }
 
@@ -81,18 +79,7 @@ impl Store {
             "earlier incidents are only in the moved file (and in the incident events and month records already forwarded)",
             |p| open_sqlite_paged(p, 0o600, Some(1024), SCHEMA),
         )?;
-        Ok(Store { conn, path: path.to_path_buf(), max_incidents: max_incidents.max(1) })
-    }
-
-    /// Open an existing ledger without writing to it.
-    pub fn open_read_only(path: &Path) -> anyhow::Result<Store> {
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Store { conn, path: path.to_path_buf(), max_incidents: u64::MAX })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Store { conn, max_incidents: max_incidents.max(1) })
     }
 
     /// A number kept beside the incidents (`observed_since_ms`, `day_sent`...).
@@ -106,27 +93,6 @@ impl Store {
             params![key, value],
         )?;
         Ok(())
-    }
-
-    /// Record a new open incident (or a closed one, when `end_ms` is set); its id.
-    pub fn insert(&mut self, i: &Incident) -> anyhow::Result<u64> {
-        let tx = self.conn.transaction()?;
-        let id: i64 = tx.query_row("SELECT coalesce(max(id), 0) + 1 FROM incident", [], |r| r.get(0))?;
-        tx.execute(
-            "INSERT INTO incident (id, service, cause, start_ms, end_ms, ended, estimated, detail) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![id, i.service, i.cause, i.start_ms, i.end_ms, i.ended, i.estimated as i64, i.detail],
-        )?;
-        let n: i64 = tx.query_row("SELECT count(*) FROM incident", [], |r| r.get(0))?;
-        if n as u64 > self.max_incidents {
-            tx.execute(
-                "DELETE FROM incident WHERE id IN (SELECT id FROM incident WHERE end_ms IS NOT NULL AND id != ?1 \
-                 ORDER BY id LIMIT ?2)",
-                params![id, n - self.max_incidents as i64],
-            )?;
-        }
-        tx.commit()?;
-        Ok(id as u64)
     }
 
     /// Write `rows` in one transaction (each a new incident, or the new state of one: its
@@ -261,11 +227,6 @@ impl Store {
         )
         .map(|ms| (ms >= 0).then_some(ms))?)
     }
-
-    /// How many incidents are kept.
-    pub fn count(&self) -> anyhow::Result<u64> {
-        Ok(self.conn.query_row("SELECT count(*) FROM incident", [], |r| r.get::<_, i64>(0))? as u64)
-    }
 }
 
 #[cfg(test)]
@@ -285,13 +246,24 @@ mod tests {
         }
     }
 
+    /// A new incident with the next id, as the ledger writes one; its id.
+    fn insert(s: &mut Store, i: &Incident) -> anyhow::Result<u64> {
+        let id = s.max_id()? + 1;
+        s.upsert(&[Incident { id, ..i.clone() }])?;
+        Ok(id)
+    }
+
+    fn count(s: &Store) -> anyhow::Result<u64> {
+        Ok(s.conn.query_row("SELECT count(*) FROM incident", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     #[test]
     fn incidents_are_opened_closed_and_read_back_by_span() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("ledger.sqlite");
         let mut s = Store::open(&path, 100)?;
-        let a = s.insert(&open("sink:chirpstack", 1_000))?;
-        let b = s.insert(&open("radio", 5_000))?;
+        let a = insert(&mut s, &open("sink:chirpstack", 1_000))?;
+        let b = insert(&mut s, &open("radio", 5_000))?;
         assert_eq!((a, b), (1, 2));
         s.close(a, 3_000, "recovered", false)?;
         // Closing twice changes nothing; an end before the start is the start.
@@ -307,9 +279,9 @@ mod tests {
         assert_eq!(i.iter().map(|i| i.id).collect::<Vec<_>>(), vec![b]);
         assert_eq!(s.closed_after(1, 10)?.iter().map(|i| i.id).collect::<Vec<_>>(), vec![b]);
         drop(s);
-        // Read back after a reopen, and from a read-only handle.
-        let s = Store::open_read_only(&path)?;
-        assert_eq!(s.count()?, 2);
+        // Read back after a reopen.
+        let s = Store::open(&path, 100)?;
+        assert_eq!(count(&s)?, 2);
         Ok(())
     }
 
@@ -317,17 +289,17 @@ mod tests {
     fn the_ledger_is_bounded_oldest_closed_first_and_ids_keep_growing() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let mut s = Store::open(&dir.path().join("ledger.sqlite"), 3)?;
-        let long_open = s.insert(&open("field:dam", 0))?;
+        let long_open = insert(&mut s, &open("field:dam", 0))?;
         for n in 1..=5 {
-            let id = s.insert(&open("sink:app", n * 10))?;
+            let id = insert(&mut s, &open("sink:app", n * 10))?;
             s.close(id, n * 10 + 5, "recovered", false)?;
         }
-        assert_eq!(s.count()?, 3);
+        assert_eq!(count(&s)?, 3);
         let kept: Vec<u64> =
             s.overlapping(Span { start_ms: 0, end_ms: 1_000 })?.0.iter().map(|i| i.id).collect();
         // The open one is kept, the newest closed ones with it.
         assert_eq!(kept, vec![long_open, 5, 6]);
-        assert_eq!(s.insert(&open("radio", 100))?, 7);
+        assert_eq!(insert(&mut s, &open("radio", 100))?, 7);
         let page: i64 = s.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         assert_eq!(page, 1024);
         Ok(())
@@ -339,7 +311,7 @@ mod tests {
         let path = dir.path().join("ledger.sqlite");
         std::fs::write(&path, vec![0x5a; 8192])?;
         let mut s = Store::open(&path, 10)?;
-        assert_eq!(s.insert(&open("radio", 1))?, 1);
+        assert_eq!(insert(&mut s, &open("radio", 1))?, 1);
         let moved = std::fs::read_dir(dir.path())?
             .filter_map(Result::ok)
             .any(|e| e.file_name().to_string_lossy().starts_with("ledger.sqlite.corrupt-"));
