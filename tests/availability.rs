@@ -237,6 +237,31 @@ fn declared_maintenance_is_excluded_and_only_operators_may_declare_it() {
     assert_eq!(incidents(&report, "sink:chirpstack").len(), 1, "{report}");
     assert_eq!((chirp["incidents"].as_u64(), chirp["down_ms"].as_i64()), (Some(0), Some(0)), "{chirp}");
     assert_eq!(chirp["availability"].as_f64(), Some(1.0), "{chirp}");
+    // What the CLI never sends, straight on the socket: refused with why, nothing declared.
+    let post = |body: &str| {
+        let req = format!(
+            "POST /api/maintenance HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        local_api(&socket, req.as_bytes(), false).expect("an answer")
+    };
+    for (body, why) in [
+        ("{nope", "expected"),
+        (r#"{"action":"pause"}"#, "pause"),
+        (r#"{"action":"start","reason":"x","extra":1}"#, "expected"),
+        (&format!(r#"{{"action":"start","reason":"{}"}}"#, "r".repeat(501)), "reason"),
+    ] {
+        let (code, answer) = post(body);
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert!(answer.contains(why), "{body}: {answer}");
+    }
+    let get = local_api(
+        &socket,
+        b"GET /api/availability?month=2026-13 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        false,
+    );
+    assert_eq!(get.map(|(c, b)| (c, b.contains("YYYY-MM"))), Some((400, true)));
+    assert_eq!(availability_report(&socket).unwrap()["maintenance"].as_array().unwrap().len(), 1);
     // A bad month is a clear error.
     let bad = berrygw_command()
         .args(["availability", "--month", "2026-13", "--socket"])

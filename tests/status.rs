@@ -554,20 +554,6 @@ fn grafana_dashboard_only_uses_metrics_berrygw_exports() {
     }
 }
 
-/// One raw request on the local API socket; the status code and body.
-fn local(socket: &Path, request: &[u8], close_write: bool) -> Option<(u16, String)> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    s.write_all(request).ok()?;
-    if close_write {
-        s.shutdown(std::net::Shutdown::Write).ok()?;
-    }
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    Some((head.split(' ').nth(1)?.parse().ok()?, body.to_string()))
-}
-
 #[test]
 fn malformed_actions_on_the_local_api_are_refused() {
     let site = start_site();
@@ -581,12 +567,12 @@ fn malformed_actions_on_the_local_api_are_refused() {
         ("POST /api/frobnicate HTTP/1.1\r\n\r\n".to_string(), 404),
         ("GET /api/points/no-such-device HTTP/1.1\r\n\r\n".to_string(), 404),
     ] {
-        let answer = local(&site.socket, request.as_bytes(), false).expect("an answer");
+        let answer = local_api(&site.socket, request.as_bytes(), false).expect("an answer");
         assert_eq!(answer.0, code, "{request:?}: {answer:?}");
     }
     // A body shorter than its Content-Length, then the client stops writing.
     let short = "POST /api/actuate HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"target\"";
-    assert_eq!(local(&site.socket, short.as_bytes(), true).map(|a| a.0), Some(400));
+    assert_eq!(local_api(&site.socket, short.as_bytes(), true).map(|a| a.0), Some(400));
     // The field-tool routes are not served on the (possibly LAN-wide) HTTP listener.
     assert_eq!(site.get("/api/points/barrage-cher-1").map(|r| r.0), Some(404));
     assert_eq!(site.get("/api/audit").map(|r| r.0), Some(404));

@@ -722,3 +722,19 @@ pub fn availability_report(socket: &Path) -> Option<serde_json::Value> {
     let out = berrygw_command().args(["availability", "--json", "--socket"]).arg(socket).output().ok()?;
     serde_json::from_slice(&out.stdout).ok()
 }
+
+/// One raw request on the daemon's local API socket (`close_write`: then shut the writing
+/// side); the status code and body of the answer.
+pub fn local_api(socket: &Path, request: &[u8], close_write: bool) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    s.write_all(request).ok()?;
+    if close_write {
+        s.shutdown(std::net::Shutdown::Write).ok()?;
+    }
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    Some((head.split(' ').nth(1)?.parse().ok()?, body.to_string()))
+}
