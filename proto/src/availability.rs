@@ -379,6 +379,21 @@ impl Figures {
         self.availability.map_or("–".to_string(), |a| format!("{:.3} %", a * 100.0))
     }
 
+    /// The figures as a person reads them, a table row: service, availability, down time,
+    /// incidents, open, mean and longest time to restore, over the GTR.
+    pub fn cells(&self) -> [String; 8] {
+        [
+            self.service.clone(),
+            self.percent(),
+            length_text(self.down_ms),
+            self.incidents.to_string(),
+            self.open.to_string(),
+            self.mean_restore_ms.map_or("–".into(), length_text),
+            self.longest_ms.map_or("–".into(), length_text),
+            self.over_gtr.to_string(),
+        ]
+    }
+
     /// The figures as CSV fields, in the order of [`CSV_COLUMNS`].
     pub fn csv(&self) -> String {
         format!(

@@ -93,17 +93,10 @@ pub fn render(r: &Report) -> String {
         "service", "availability", "down", "incidents", "open", "mean TTR", "longest", "over GTR"
     );
     for f in &r.figures {
+        let [service, percent, down, incidents, open, mean, longest, over] = f.cells();
         let _ = writeln!(
             out,
-            "{:<24} {:>12} {:>10} {:>9} {:>5} {:>10} {:>10} {:>8}",
-            f.service,
-            f.percent(),
-            length(f.down_ms),
-            f.incidents,
-            f.open,
-            f.mean_restore_ms.map_or("–".into(), length),
-            f.longest_ms.map_or("–".into(), length),
-            f.over_gtr
+            "{service:<24} {percent:>12} {down:>10} {incidents:>9} {open:>5} {mean:>10} {longest:>10} {over:>8}"
         );
     }
     let _ = writeln!(out);
