@@ -1,16 +1,93 @@
 //! Periodic duties that ride on the uplinks' own wake-ups (the stats, the report, the
 //! availability ledger's checks) instead of waking the gateway for themselves.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
-use crate::journal::Seq;
+/// The uplinks' wake-ups, as the periodic duties see them: the ingest calls [`Beat::tick`]
+/// after each frame, and a duty's task is woken only once the duty is due, so an uplink
+/// wakes no task but the ones on its own path. (Waking every duty at every append, as a
+/// `watch` would, costs a task poll each per uplink: cold code at a field's 10/s.)
+#[derive(Clone, Debug)]
+pub struct Beat(Arc<BeatInner>);
+
+#[derive(Debug)]
+struct BeatInner {
+    /// Times are milliseconds since this.
+    base: Instant,
+    /// The earliest due time of any armed duty (`u64::MAX`: none): the only thing a tick reads
+    /// when nothing is due.
+    earliest: AtomicU64,
+    /// Every duty that rides on this beat; changed under the lock only.
+    duties: Mutex<Vec<Arc<Slot>>>,
+}
+
+/// One duty's due time (`u64::MAX`: not armed) and the wake-up of its task.
+#[derive(Debug)]
+struct Slot {
+    due: AtomicU64,
+    wake: Notify,
+}
+
+impl Default for Beat {
+    fn default() -> Beat {
+        Beat(Arc::new(BeatInner {
+            base: Instant::now(),
+            earliest: AtomicU64::new(u64::MAX),
+            duties: Mutex::new(Vec::new()),
+        }))
+    }
+}
+
+impl Beat {
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.0.base).as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// The thread is awake for an uplink: wake the duties that are due.
+    pub fn tick(&self) {
+        let now = self.ms(Instant::now());
+        if now < self.0.earliest.load(Ordering::Acquire) {
+            return;
+        }
+        let duties = self.0.duties.lock().unwrap_or_else(|p| p.into_inner());
+        let mut earliest = u64::MAX;
+        for slot in duties.iter() {
+            let due = slot.due.load(Ordering::Acquire);
+            if due <= now {
+                slot.due.store(u64::MAX, Ordering::Release);
+                slot.wake.notify_one();
+            } else {
+                earliest = earliest.min(due);
+            }
+        }
+        self.0.earliest.store(earliest, Ordering::Release);
+    }
+
+    fn join(&self) -> Arc<Slot> {
+        let slot = Arc::new(Slot { due: AtomicU64::new(u64::MAX), wake: Notify::new() });
+        self.0.duties.lock().unwrap_or_else(|p| p.into_inner()).push(slot.clone());
+        slot
+    }
+
+    /// Arm `slot` for `due` (`None`: disarm). Under the lock, so that a tick's recomputed
+    /// `earliest` never hides a due time armed meanwhile.
+    fn arm(&self, slot: &Slot, due: Option<Instant>) {
+        let _duties = self.0.duties.lock().unwrap_or_else(|p| p.into_inner());
+        let due = due.map_or(u64::MAX, |at| self.ms(at));
+        slot.due.store(due, Ordering::Release);
+        self.0.earliest.fetch_min(due, Ordering::AcqRel);
+    }
+}
 
 /// A periodic duty that rides on the uplinks' own wake-ups instead of waking the gateway for
-/// itself. It is due `every` after it last ran, and runs in the first wake-up after that in
-/// which a record is appended (an uplink came in: the thread is awake anyway). With no
-/// traffic a timer runs it `quiet_slack` later.
+/// itself. It is due `every` after it last ran, and runs in the first [`Beat::tick`] after
+/// that (an uplink came in: the thread is awake anyway). With no traffic a timer runs it
+/// `quiet_slack` later.
 ///
 /// Why not a plain interval: tokio's timer wheel keeps a 30 s timer in 4.096 s slots and moves
 /// it down a level at the start of its slot, then again 64 ms before it fires. Each move and
@@ -20,47 +97,48 @@ use crate::journal::Seq;
 /// before the wheel ever reaches it.
 pub struct Period {
     every: Duration,
-    due: tokio::time::Instant,
-    traffic: Option<watch::Receiver<Seq>>,
+    slack: Duration,
+    due: Instant,
+    beat: Option<(Beat, Arc<Slot>)>,
 }
 
 impl Period {
-    /// Due `every` from now; `traffic` changes at each append (`Journal::watch_appended`).
-    pub fn new(every: Duration, traffic: Option<watch::Receiver<Seq>>) -> Period {
-        Period { every, due: tokio::time::Instant::now() + every, traffic }
+    /// Due `every` from now, woken by `beat` once due (without one: a timer).
+    pub fn new(every: Duration, beat: Option<&Beat>) -> Period {
+        Period {
+            every,
+            // One 4.096 s slot of the wheel and a little, or half a short period.
+            slack: Duration::from_millis(4_200).min(every / 2),
+            due: Instant::now() + every,
+            beat: beat.map(|b| (b.clone(), b.join())),
+        }
     }
 
-    /// How long past its due time a duty waits for traffic: one 4.096 s slot of the wheel
-    /// and a little, or a quarter of a short period.
-    fn quiet_slack(&self) -> Duration {
-        Duration::from_millis(4_200).min(self.every / 4)
+    /// The same with a quiet timer `slack` past the due time, whatever the period.
+    pub fn with_slack(mut self, slack: Duration) -> Period {
+        self.slack = slack;
+        self
     }
 
     /// Resolves when the duty should run, and counts the next period from then.
     pub async fn wait(&mut self) {
-        let quiet = tokio::time::sleep_until(self.due + self.quiet_slack());
+        let quiet = tokio::time::sleep_until(self.due + self.slack);
         tokio::pin!(quiet);
-        loop {
-            tokio::select! {
-                () = &mut quiet => break,
-                appended = appended(&mut self.traffic) => {
-                    if !appended {
-                        self.traffic = None;
-                    } else if tokio::time::Instant::now() >= self.due {
-                        break;
+        match &self.beat {
+            None => quiet.await,
+            Some((beat, slot)) => {
+                beat.arm(slot, Some(self.due));
+                loop {
+                    tokio::select! {
+                        () = &mut quiet => break,
+                        // A wake-up left from an earlier period is passed over.
+                        () = slot.wake.notified() => if Instant::now() >= self.due { break },
                     }
                 }
+                beat.arm(slot, None);
             }
         }
-        self.due = tokio::time::Instant::now() + self.every;
-    }
-}
-
-/// Resolves at the next append: true, or false once the journal is gone. Never without one.
-async fn appended(traffic: &mut Option<watch::Receiver<Seq>>) -> bool {
-    match traffic {
-        Some(rx) => rx.changed().await.is_ok(),
-        None => std::future::pending().await,
+        self.due = Instant::now() + self.every;
     }
 }
 
@@ -69,29 +147,77 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn a_period_runs_at_the_first_append_once_due_and_on_its_own_when_quiet() {
+    async fn a_period_runs_at_the_first_tick_once_due_and_on_its_own_when_quiet() {
         let every = Duration::from_secs(30);
-        let (tx, rx) = watch::channel(Seq(0));
-        let mut period = Period::new(every, Some(rx));
-        let start = tokio::time::Instant::now();
-        // Appends before the due time do not run it.
+        let beat = Beat::default();
+        let mut period = Period::new(every, Some(&beat));
+        let start = Instant::now();
+        // Ticks before the due time do not run it.
         let waiting = tokio::spawn(async move {
             period.wait().await;
-            let first = tokio::time::Instant::now();
+            let first = Instant::now();
             period.wait().await;
-            (first, tokio::time::Instant::now())
+            (first, Instant::now())
         });
-        for n in 1..=5 {
+        for _ in 1..=5 {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            tx.send_replace(Seq(n));
+            beat.tick();
         }
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert!(!waiting.is_finished(), "ran before it was due");
-        tx.send_replace(Seq(6));
-        // Then nothing more is appended: the second period ends on the quiet timer.
+        beat.tick();
+        // Then no more ticks: the second period ends on the quiet timer.
         let (first, second) = waiting.await.unwrap();
         assert_eq!(first - start, Duration::from_secs(31));
         assert_eq!(second - first, every + Duration::from_millis(4_200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_wakes_only_the_duties_that_are_due() {
+        let beat = Beat::default();
+        let mut short =
+            Period::new(Duration::from_secs(10), Some(&beat)).with_slack(Duration::from_secs(100));
+        let mut long = Period::new(Duration::from_secs(60), Some(&beat)).with_slack(Duration::from_secs(100));
+        let start = Instant::now();
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let (r1, r2) = (runs.clone(), runs.clone());
+        let tasks = [
+            tokio::spawn(async move {
+                for _ in 0..6 {
+                    short.wait().await;
+                    r1.lock().unwrap().push(("short", Instant::now()));
+                }
+            }),
+            tokio::spawn(async move {
+                long.wait().await;
+                r2.lock().unwrap().push(("long", Instant::now()));
+            }),
+        ];
+        // A tick every 4 s: the short duty runs at the first tick 10 s after its last run.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            beat.tick();
+            tokio::task::yield_now().await;
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut runs: Vec<_> =
+            runs.lock().unwrap().iter().map(|(n, at)| ((*at - start).as_secs(), *n)).collect();
+        runs.sort();
+        assert_eq!(
+            runs,
+            [
+                (12, "short"),
+                (24, "short"),
+                (36, "short"),
+                (48, "short"),
+                (60, "long"),
+                (60, "short"),
+                (72, "short")
+            ]
+            .to_vec()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -99,6 +225,6 @@ mod tests {
         let mut period = Period::new(Duration::from_secs(2), None);
         let start = tokio::time::Instant::now();
         period.wait().await;
-        assert_eq!(tokio::time::Instant::now() - start, Duration::from_millis(2_500));
+        assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(3));
     }
 }

@@ -152,6 +152,8 @@ pub struct GatewayView {
     pub config_version: Option<watch::Receiver<Option<u64>>>,
     /// The app sink's topics, when `[sinks.app]` is on.
     pub app_topics: Option<crate::events::AppTopics>,
+    /// The uplinks' wake-ups, which periodic duties ride on (`crate::period`).
+    pub beat: crate::period::Beat,
 }
 
 /// One sink as seen from outside: its name, journal statistics and counters.

@@ -14,6 +14,7 @@ use tracing::error;
 
 use crate::decode::Decoder;
 use crate::journal::{Journal, NewRecord};
+use crate::period::Beat;
 use crate::seq::UplinkSeq;
 use crate::service::Heartbeat;
 use crate::sink::chirpstack::{self, RecordKind};
@@ -32,6 +33,8 @@ pub(super) struct Ingest {
     pub(super) decoder: Option<Decoder>,
     /// Uplinks settled so far (journaled, refused or failed); the radio acknowledges by it.
     pub(super) taken: watch::Sender<Taken>,
+    /// Told of every frame, so that periodic duties run in its wake-up when due.
+    pub(super) beat: Beat,
 }
 
 impl Ingest {
@@ -61,6 +64,7 @@ impl Ingest {
                             t.last_failed = t.handled;
                         }
                     });
+                    self.beat.tick();
                 }
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
@@ -146,6 +150,7 @@ mod tests {
             counters: counters.clone(),
             decoder: None,
             taken: watch::channel(Taken::default()).0,
+            beat: Beat::default(),
         };
         let key = AesKey([7; 16]);
         let good = build_data_uplink(

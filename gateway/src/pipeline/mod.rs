@@ -297,6 +297,7 @@ impl Gateway {
         for sink in &sinks {
             liveness.journal(sink.name, sink.journal.clone());
         }
+        let beat = crate::period::Beat::default();
         let ingest = Ingest {
             gateway_id: gateway_id.clone(),
             filter,
@@ -305,6 +306,7 @@ impl Gateway {
             counters: counters.clone(),
             decoder: decoder_handle.clone(),
             taken: taken_tx,
+            beat: beat.clone(),
         };
         let (intake_stop, intake_stop_rx) = watch::channel(false);
         let ingest = tokio::spawn(ingest.run(uplink_rx, liveness.heartbeat("ingest"), intake_stop_rx));
@@ -315,12 +317,14 @@ impl Gateway {
             stats_journals,
             concentrator.clone(),
             counters.clone(),
+            beat.clone(),
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(report_loop(
             Duration::from_secs(c.gateway.report_interval_secs),
             sinks.iter().map(|s| (s.name, s.journal.clone(), s.counters.clone())).collect(),
             counters.clone(),
+            beat.clone(),
             shutdown_rx.clone(),
         )));
 
@@ -352,6 +356,7 @@ impl Gateway {
             rules: rules_handle,
             config_version: c.bundles.as_ref().map(|_| config_version_rx),
             app_topics: app_topics.clone(),
+            beat,
         };
         if let (Some(actuation), Some(section), Some(journal), Some(topics)) =
             (bundle_actuation, &c.bundles, sinks.iter().find(|s| s.name == "app"), &app_topics)

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::journal::{Journal, NewRecord};
-use crate::period::Period;
+use crate::period::{Beat, Period};
 use crate::sink::chirpstack::{self, RecordKind, StatsSnapshot};
 
 use crate::sink::SinkCounters;
@@ -57,9 +57,10 @@ pub(super) async fn stats_loop(
     journals: Vec<(&'static str, Journal)>,
     concentrator: Option<watch::Receiver<ConcentratorStatus>>,
     counters: Arc<Counters>,
+    beat: Beat,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut period = Period::new(every, journals.first().map(|(_, j)| j.watch_appended()));
+    let mut period = Period::new(every, Some(&beat));
     let mut last = (0u64, 0u64);
     loop {
         tokio::select! {
@@ -102,9 +103,10 @@ pub(super) async fn report_loop(
     every: Duration,
     sinks: Vec<(&'static str, Journal, Arc<SinkCounters>)>,
     counters: Arc<Counters>,
+    beat: Beat,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut period = Period::new(every, sinks.first().map(|(_, j, _)| j.watch_appended()));
+    let mut period = Period::new(every, Some(&beat));
     loop {
         tokio::select! {
             () = period.wait() => {}
