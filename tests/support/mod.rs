@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod gwmp;
+pub mod station;
 
 use std::fs;
 use std::io::{BufRead, BufReader};

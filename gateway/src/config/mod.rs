@@ -31,6 +31,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::journal::{Backend, JournalSection};
+use crate::sink::basic_station::BasicStationSinkConfig;
 pub use crate::sink::chirpstack::PayloadFormat;
 pub use crate::sink::mqtt::{BrokerUrl, MqttSinkConfig, MqttSinkKind};
 use crate::sink::semtech_udp::SemtechUdpSinkConfig;
@@ -111,6 +112,8 @@ pub struct SinksConfig {
     pub chirpstack: Option<MqttSinkConfig>,
     /// `[sinks.semtech_udp]`: GWMP to any network server.
     pub semtech_udp: Option<SemtechUdpSinkConfig>,
+    /// `[sinks.basic_station]`: LoRa Basics Station's LNS protocol (TTS, AWS, ThingPark…).
+    pub basic_station: Option<BasicStationSinkConfig>,
     /// `[sinks.app]`: MQTT to the data platform (decoded readings as JSON).
     pub app: Option<MqttSinkConfig>,
 }
@@ -292,9 +295,19 @@ fn check(loaded: &LoadedConfig) -> Result<(), ConfigError> {
             message,
         })?;
     }
-    if c.sinks.chirpstack.is_none() && c.sinks.semtech_udp.is_none() {
+    if let Some(station) = &c.sinks.basic_station {
+        station.check().map_err(|message| ConfigError {
+            file: loaded.path.clone(),
+            line: None,
+            key: Some("sinks.basic_station".into()),
+            message,
+        })?;
+    }
+    if c.sinks.chirpstack.is_none() && c.sinks.semtech_udp.is_none() && c.sinks.basic_station.is_none() {
         return Err(whole(
-            "no network server sink configured: add [sinks.chirpstack] and/or [sinks.semtech_udp]".into(),
+            "no network server sink configured: add [sinks.chirpstack], [sinks.semtech_udp] or \
+             [sinks.basic_station]"
+                .into(),
         ));
     }
     for (kind, sink) in [(MqttSinkKind::Chirpstack, &c.sinks.chirpstack), (MqttSinkKind::App, &c.sinks.app)] {

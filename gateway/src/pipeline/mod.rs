@@ -33,6 +33,7 @@ use crate::events::AppTopics;
 use crate::journal::{Journal, JournalConfig};
 use crate::seq::UplinkSeq;
 use crate::service::{self, Liveness};
+use crate::sink::basic_station;
 use crate::sink::mqtt::MqttSinkKind;
 use crate::sink::mqtt::{self, Protocol, SinkInbound};
 use crate::sink::semtech_udp;
@@ -114,6 +115,15 @@ impl Gateway {
         };
         let semtech_journal = match &c.sinks.semtech_udp {
             Some(_) => Some(open_journal(cfg, "semtech_udp").await?),
+            None => None,
+        };
+        // The LNS's files are read (and their faults reported) before anything starts.
+        let station_settings = match &c.sinks.basic_station {
+            Some(station) => Some(station.settings(c.gateway.id).context("sinks.basic_station")?),
+            None => None,
+        };
+        let station_journal = match &c.sinks.basic_station {
+            Some(_) => Some(open_journal(cfg, "basic_station").await?),
             None => None,
         };
         let app_journal = match &c.sinks.app {
@@ -221,6 +231,17 @@ impl Gateway {
                 shutdown_rx.clone(),
             ));
             sinks.push(SinkRuntime { name: "semtech_udp", journal, counters: sink_counters, task });
+        }
+        if let (Some(settings), Some(journal)) = (station_settings, station_journal) {
+            let sink_counters = Arc::new(SinkCounters::telling(&news));
+            let task = tokio::spawn(basic_station::run(
+                settings,
+                journal.clone(),
+                sink_counters.clone(),
+                router.attach(),
+                shutdown_rx.clone(),
+            ));
+            sinks.push(SinkRuntime { name: "basic_station", journal, counters: sink_counters, task });
         }
         // Uplinks and gateway stats go to the network server sinks; the app sink gets readings.
         let journals: Vec<Journal> = sinks.iter().map(|s| s.journal.clone()).collect();

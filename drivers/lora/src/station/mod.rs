@@ -46,6 +46,18 @@ pub enum StationError {
     Field { msgtype: &'static str, why: String },
 }
 
+impl StationError {
+    /// What kind of fault, for a log limiter: one line per kind, not per message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StationError::Json(_) => "json",
+            StationError::NoMsgtype => "no msgtype",
+            StationError::UnknownMsgtype(_) => "unknown msgtype",
+            StationError::Field { msgtype, .. } => msgtype,
+        }
+    }
+}
+
 fn field(msgtype: &'static str, why: impl Into<String>) -> StationError {
     StationError::Field { msgtype, why: why.into() }
 }

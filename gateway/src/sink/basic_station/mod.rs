@@ -1,7 +1,411 @@
-//! The `basic_station` sink (issue 16): LoRa Basics Station's LNS protocol from the journal.
-//! Built so far: the protocol codec (`berrygw_lora::station`), a stored uplink read back as
-//! its frame (`sink::chirpstack::frame_of_record`) and, here, when a record sent to the LNS
-//! may leave the journal (`proof`). Not built yet: the WebSocket connection, discovery,
-//! CUPS, downlinks through the radio, the configuration section.
+//! The `basic_station` sink (issue 16): berrygw as a LoRa Basics Station towards an LNS
+//! (The Things Stack, AWS IoT Core for LoRaWAN, ThingPark, ChirpStack's gateway bridge),
+//! fed from the journal like every sink, so uplinks heard while the LNS is unreachable are
+//! sent when it is back, in order, with their original receive time.
+//!
+//! A session: ask router-info (`<tc_uri>/router-info`) where this router's muxs is, open
+//! it, send `version`, take the `router_config` (checked: `berrygw_lora::station`), then
+//! send uplinks as `jreq`/`updf`/`propdf` from the journal, each with `upinfo` (its
+//! `rxtime` the original receive time, `RefTime` on the LNS's clock when the LNS gave its
+//! `MuxTime`, and berrygw's seq as `upinfo.seq`). Records leave the journal once a
+//! `timesync` round trip sent after them has come back on the same socket (`proof`).
+//! `dnmsg` downlinks go to the radio (Class A RX1, RX2 if RX1 is refused; Class C at once;
+//! Class B at GPS time) and are answered `dntxed` when the radio says sent. `runcmd` and
+//! `rmtsh` are refused, always: the LNS gets no shell on a public network's gateway.
+//!
+//! Files: `ws.rs` (the WebSocket client), `config.rs` (`[sinks.basic_station]`),
+//! `proof.rs` (when a record may leave the journal). Not built yet: CUPS.
 
+pub mod config;
 pub mod proof;
+pub mod ws;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use berrygw_core::LogLimiter;
+use berrygw_lora::station::{self, Dnmsg, Downstream, RouterConfig, RouterInfo, UpContext, Window};
+use berrygw_lora::{TxAck, TxStatus};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::journal::{Journal, Seq};
+use crate::sink::chirpstack::{frame_of_record, RecordKind};
+use crate::sink::read_ahead::ReadAhead;
+use crate::sink::reconnect::{Backoff, Failure, Reconnect, Sink, Stopped};
+use crate::sink::{SinkCounters, SinkRadioIo};
+
+pub use config::{BasicStationSettings, BasicStationSinkConfig};
+use proof::Proof;
+use ws::{Message, WebSocket, WsUri};
+
+/// How long the LNS has to answer router-info, the upgrade, or with `router_config`.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// With nothing in flight, a `timesync` this often keeps the link checked.
+const IDLE_TIMESYNC: Duration = Duration::from_secs(30);
+/// A request unanswered this long: the LNS is gone; start over.
+const DEAD_AFTER: Duration = Duration::from_secs(60);
+/// Downlinks remembered for their `dntxed`.
+const DOWNLINKS_KEPT: usize = 256;
+
+/// State that outlives one socket.
+struct Carry {
+    /// Highest seq acknowledged to the journal by this task.
+    acked: Seq,
+    /// This process's radio session in `xtime` (1..=255): an xtime from another (a replayed
+    /// uplink heard before a restart) is never taken for a counter of this one.
+    session: u8,
+    started: SystemTime,
+    next_downlink_id: u32,
+    warn: LogLimiter,
+}
+
+/// The sink task: discover, connect, send, reconnect with backoff, until shutdown.
+pub async fn run(
+    settings: BasicStationSettings,
+    journal: Journal,
+    counters: Arc<SinkCounters>,
+    mut radio: SinkRadioIo,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut carry = Carry {
+        acked: journal.watch().borrow().acked,
+        session: rand::random::<u8>().max(1),
+        started: SystemTime::now(),
+        next_downlink_id: rand::random::<u32>() | 1,
+        warn: LogLimiter::default(),
+    };
+    let server = settings.tc_uri.to_string();
+    let sink = Sink { name: "basic_station", server: &server, counters: &counters, journal: &journal };
+    let backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let mut reconnect = Reconnect::new(sink, backoff, classify);
+    loop {
+        let ended = session(&settings, &journal, &counters, &mut radio, &mut shutdown, &mut carry).await;
+        if reconnect.after(ended, &mut shutdown).await.is_break() {
+            return;
+        }
+    }
+}
+
+/// Nothing answered (try again soon) or the LNS answered and refused (back off).
+fn classify(e: &anyhow::Error) -> Failure {
+    let text = format!("{e:#}");
+    if text.contains("refused the WebSocket")
+        || text.contains("router-info")
+        || text.contains("router_config")
+    {
+        Failure::Refused
+    } else {
+        Failure::Unreachable
+    }
+}
+
+/// Ask router-info where this router's traffic goes.
+async fn discover(s: &BasicStationSettings) -> anyhow::Result<WsUri> {
+    let uri = s.tc_uri.join("/router-info");
+    let mut ws = ws::connect(&uri, s.tls.as_ref(), &s.headers, ANSWER_TIMEOUT).await?;
+    ws.send_text(&station::router_info_request(s.router).to_string()).await?;
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        loop {
+            match ws.next().await? {
+                Message::Text(t) => return anyhow::Ok(t),
+                Message::Ping(p) => ws.pong(&p).await?,
+                Message::Close(code) => bail!("router-info closed the connection ({code:?})"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow!("router-info: no answer within {} s", ANSWER_TIMEOUT.as_secs()))??;
+    ws.close().await;
+    let info = RouterInfo::parse(&answer).context("router-info")?;
+    let muxs = WsUri::parse(&info.uri).context("router-info's uri")?;
+    if !muxs.tls && !s.allow_plaintext && !config::is_loopback(&muxs.host) {
+        bail!("router-info: {muxs} is ws:// to another host; refused without allow_plaintext");
+    }
+    if s.tc_uri.tls && !muxs.tls {
+        bail!("router-info: {muxs} would drop the TLS of {}", s.tc_uri);
+    }
+    Ok(muxs)
+}
+
+/// A downlink on the radio, waiting for its TxAck.
+struct OnAir {
+    dnmsg: Dnmsg,
+    window: Window,
+    xtime: i64,
+}
+
+/// One WebSocket's life.
+async fn session(
+    s: &BasicStationSettings,
+    journal: &Journal,
+    counters: &SinkCounters,
+    radio: &mut SinkRadioIo,
+    shutdown: &mut watch::Receiver<bool>,
+    carry: &mut Carry,
+) -> anyhow::Result<Stopped> {
+    let muxs = discover(s).await?;
+    let mut ws = ws::connect(&muxs, s.tls.as_ref(), &s.headers, ANSWER_TIMEOUT).await?;
+    let version = station::version_message(concat!("berrygw ", env!("CARGO_PKG_VERSION")), "berrygw", "");
+    ws.send_text(&version.to_string()).await?;
+    let mut plan = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        loop {
+            match ws.next().await? {
+                Message::Text(t) => match Downstream::parse(&t) {
+                    Ok(Downstream::RouterConfig(cfg)) => return anyhow::Ok(cfg),
+                    Ok(_) => debug!("basic station sink: a message before router_config, ignored"),
+                    Err(e) => {
+                        counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                        bail!("router_config: {e}");
+                    }
+                },
+                Message::Ping(p) => ws.pong(&p).await?,
+                Message::Close(code) => {
+                    bail!("the LNS closed the connection before router_config ({code:?})")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow!("no router_config within {} s", ANSWER_TIMEOUT.as_secs()))??;
+    // The LNS's clock against ours when it sent the plan: RefTime of each uplink.
+    let mut mux_offset = plan.mux_time.map(|t| t - unix_secs(SystemTime::now()));
+    info!(lns = %muxs, region = plan.region.name, "basic station sink: connected");
+    counters.set_connected(true);
+    journal.far_side(true);
+
+    let mut proof = Proof::default();
+    let mut reader = ReadAhead::new(journal, carry.acked);
+    let mut on_air: HashMap<u32, OnAir> = HashMap::new();
+    let mut last_probe = Instant::now();
+    let mut probe_sent: Option<Instant> = None;
+    loop {
+        // Send what the journal holds, in order, while the proof window allows.
+        let mut unsendable_up_to = None;
+        while proof.may_send() {
+            let Some(record) = reader.records.pop_front() else { break };
+            match uplink_text(&record, &plan, carry, mux_offset) {
+                Some(text) => {
+                    ws.send_text(&text).await?;
+                    proof.sent(record.seq);
+                }
+                // Stats and frames Station would not send (a CRC error, a DR outside the
+                // plan, filtered by the LNS's JoinEUI/NetID lists): nothing to prove, they
+                // leave the journal with the records around them.
+                None => {
+                    if proof.is_idle() {
+                        unsendable_up_to = Some(record.seq);
+                    } else {
+                        proof.sent(record.seq);
+                    }
+                }
+            }
+        }
+        if let Some(up_to) = unsendable_up_to.filter(|u| *u > carry.acked) {
+            carry.acked = up_to;
+            journal.ack(up_to);
+        }
+        let now = Instant::now();
+        let due = now >= last_probe + s.proof_interval || proof.in_flight() == 0;
+        if due {
+            if let Some(txtime) = proof.probe(unix_secs(SystemTime::now())) {
+                ws.send_text(&station::timesync_request(txtime).to_string()).await?;
+                last_probe = now;
+                probe_sent.get_or_insert(now);
+            }
+        }
+        if probe_sent.is_some_and(|at| at.elapsed() > DEAD_AFTER) {
+            bail!("no timesync answer for {} s", DEAD_AFTER.as_secs());
+        }
+        reader.refill();
+        let next_probe = last_probe + if proof.unproven() { s.proof_interval } else { IDLE_TIMESYNC };
+
+        tokio::select! {
+            ready = reader.ready() => ready?,
+            message = ws.next() => match message? {
+                Message::Text(text) => {
+                    match Downstream::parse(&text) {
+                        Ok(Downstream::Timesync { txtime: Some(txtime), .. }) => {
+                            if let Some(up_to) = proof.answered(txtime) {
+                                probe_sent = (proof.in_flight() > 0).then(Instant::now);
+                                if up_to > carry.acked {
+                                    let n = up_to.0 - carry.acked.0;
+                                    counters.forwarded.fetch_add(n, Ordering::Relaxed);
+                                    carry.acked = up_to;
+                                    journal.ack(up_to);
+                                }
+                            }
+                        }
+                        Ok(Downstream::Timesync { .. }) => {}
+                        Ok(Downstream::RouterConfig(cfg)) => {
+                            info!("basic station sink: a new router_config");
+                            mux_offset = cfg.mux_time.map(|t| t - unix_secs(SystemTime::now())).or(mux_offset);
+                            plan = cfg;
+                        }
+                        Ok(Downstream::Dnmsg(d)) => {
+                            counters.downlinks_received.fetch_add(1, Ordering::Relaxed);
+                            downlink(*d, &plan, radio, &mut on_air, carry, counters).await;
+                        }
+                        Ok(refused @ (Downstream::Runcmd | Downstream::Rmtsh | Downstream::Dnsched)) => {
+                            counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                            if let Some(held) = carry.warn.allow("refused") {
+                                warn!(held_back = held, "basic station sink: the LNS sent {refused:?}; refused (remote commands are never run)");
+                            }
+                        }
+                        Err(e) => {
+                            counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                            if let Some(held) = carry.warn.allow(e.kind()) {
+                                warn!(held_back = held, "basic station sink: a message from the LNS refused: {e}");
+                            }
+                        }
+                    }
+                }
+                Message::Ping(p) => ws.pong(&p).await?,
+                Message::Pong(_) => {}
+                Message::Binary(_) => {
+                    counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                    if let Some(held) = carry.warn.allow("binary") {
+                        warn!(held_back = held, "basic station sink: a binary message from the LNS refused");
+                    }
+                }
+                Message::Close(code) => bail!("the LNS closed the connection ({code:?})"),
+            },
+            Some(ack) = radio.tx_acks.recv() => {
+                counters.tx_acks.fetch_add(1, Ordering::Relaxed);
+                tx_ack(ack, &mut ws, radio, &mut on_air, &plan, carry).await?;
+            }
+            () = tokio::time::sleep_until(next_probe) => {
+                // The idle check: a timesync even with nothing to prove.
+                if !proof.unproven() {
+                    let txtime = proof.ping(unix_secs(SystemTime::now()));
+                    ws.send_text(&station::timesync_request(txtime).to_string()).await?;
+                    probe_sent.get_or_insert(Instant::now());
+                }
+                last_probe = Instant::now();
+            }
+            _ = shutdown.changed() => {
+                ws.close().await;
+                return Ok(Stopped);
+            }
+        }
+    }
+}
+
+fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The Station message of a journal record; `None` for one Station does not send.
+fn uplink_text(
+    record: &crate::journal::Record,
+    plan: &RouterConfig,
+    carry: &Carry,
+    mux_offset: Option<f64>,
+) -> Option<String> {
+    if RecordKind::from_u8(record.kind)? != RecordKind::Uplink {
+        return None;
+    }
+    let (frame, seq) = frame_of_record(record)?;
+    // Heard by this process's radio: its counter is good for a downlink. Heard before
+    // (replayed after a restart): session 0, which no downlink can use.
+    let session = if frame.received_at >= carry.started { carry.session } else { 0 };
+    let ctx = UpContext {
+        rctx: 0,
+        xtime: station::xtime(session, u64::from(frame.counter_us)),
+        gpstime: 0,
+        ref_time: mux_offset.map_or(0.0, |o| unix_secs(frame.received_at) + o),
+    };
+    let mut msg = station::uplink_message(&frame, plan, &ctx)?;
+    msg["upinfo"]["seq"] = seq.into();
+    Some(msg.to_string())
+}
+
+/// Hand a `dnmsg` to the radio in its first window; a refusal is logged and counted.
+async fn downlink(
+    d: Dnmsg,
+    plan: &RouterConfig,
+    radio: &mut SinkRadioIo,
+    on_air: &mut HashMap<u32, OnAir>,
+    carry: &mut Carry,
+    counters: &SinkCounters,
+) {
+    let Some(&window) = d.windows().first() else {
+        counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+        warn!(diid = d.diid, "basic station sink: a dnmsg with no window the radio can use; dropped");
+        return;
+    };
+    if let Err(e) = send_in(d, window, plan, radio, on_air, carry).await {
+        counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+        if let Some(held) = carry.warn.allow("dnmsg") {
+            warn!(held_back = held, "basic station sink: downlink refused: {e:#}");
+        }
+    }
+}
+
+async fn send_in(
+    d: Dnmsg,
+    window: Window,
+    plan: &RouterConfig,
+    radio: &mut SinkRadioIo,
+    on_air: &mut HashMap<u32, OnAir>,
+    carry: &mut Carry,
+) -> anyhow::Result<()> {
+    let session = carry.session;
+    let id = carry.next_downlink_id;
+    carry.next_downlink_id = carry.next_downlink_id.wrapping_add(1).max(1);
+    let frame = d.to_frame(window, plan, id, |xtime| {
+        station::xtime_parts(xtime).filter(|(s, _)| *s == session).map(|(_, counter)| counter)
+    })?;
+    let xtime = d.xtime.unwrap_or(0);
+    radio.downlinks.send(frame).await.map_err(|_| anyhow!("the radio is gone"))?;
+    if on_air.len() >= DOWNLINKS_KEPT {
+        on_air.clear();
+    }
+    on_air.insert(id, OnAir { dnmsg: d, window, xtime });
+    Ok(())
+}
+
+/// The radio's answer: `dntxed` when sent; RX2 after a refused RX1.
+async fn tx_ack(
+    ack: TxAck,
+    ws: &mut WebSocket,
+    radio: &mut SinkRadioIo,
+    on_air: &mut HashMap<u32, OnAir>,
+    plan: &RouterConfig,
+    carry: &mut Carry,
+) -> anyhow::Result<()> {
+    let Some(sent) = on_air.remove(&ack.downlink_id) else { return Ok(()) };
+    match ack.status {
+        TxStatus::Ok | TxStatus::Unconfirmed => {
+            let msg = station::dntxed_message(&sent.dnmsg, sent.xtime, SystemTime::now(), 0);
+            ws.send_text(&msg.to_string()).await?;
+        }
+        status if sent.window == Window::Rx1 && sent.dnmsg.rx2.is_some() => {
+            debug!(
+                diid = sent.dnmsg.diid,
+                ?status,
+                "basic station sink: RX1 refused by the radio; trying RX2"
+            );
+            if let Err(e) = send_in(sent.dnmsg, Window::Rx2, plan, radio, on_air, carry).await {
+                warn!("basic station sink: downlink refused in RX2 too: {e:#}");
+            }
+        }
+        status => {
+            if let Some(held) = carry.warn.allow("tx") {
+                warn!(
+                    held_back = held,
+                    diid = sent.dnmsg.diid,
+                    ?status,
+                    "basic station sink: the radio did not send a downlink"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -27,12 +27,38 @@ pub struct Proof {
     /// Requests in flight: their `txtime` and the highest seq sent before them.
     probes: VecDeque<(f64, Seq)>,
     last_txtime: f64,
+    /// The highest seq an answer proved read.
+    proven: Option<Seq>,
 }
 
 impl Proof {
     /// `seq` went out on the socket.
     pub fn sent(&mut self, seq: Seq) {
         self.sent = Some(self.sent.map_or(seq, |s| s.max(seq)));
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.probes.len()
+    }
+
+    /// Whether something sent is not proven read yet.
+    pub fn unproven(&self) -> bool {
+        self.sent.is_some_and(|s| self.proven.is_none_or(|p| p < s))
+    }
+
+    /// Nothing unproven and nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        !self.unproven() && self.probes.is_empty()
+    }
+
+    /// The `txtime` of a request that only checks the link (it proves nothing new).
+    pub fn ping(&mut self, now: f64) -> f64 {
+        let txtime = now.max(self.last_txtime + 0.001);
+        self.last_txtime = txtime;
+        let up_to = self.covered.or(self.proven).unwrap_or(Seq(0));
+        self.probes.push_back((txtime, up_to));
+        txtime
     }
 
     /// Whether more may be sent before an answer comes.
@@ -60,6 +86,7 @@ impl Proof {
         let i = self.probes.iter().position(|(t, _)| (t - txtime).abs() < 0.0005)?;
         // Answers come in order; one lost means the ones before are proven by this one too.
         let (_, up_to) = self.probes.drain(..=i).next_back()?;
+        self.proven = Some(self.proven.map_or(up_to, |p| p.max(up_to)));
         Some(up_to)
     }
 

@@ -1,0 +1,225 @@
+//! End to end over LoRa Basics Station's LNS protocol: the real `berrygw` with the sim
+//! radio and the `basic_station` sink against an LNS in Python on python3-websockets
+//! (`support/station_lns.py`: router-info and muxs written from Semtech's description,
+//! someone else's WebSocket). Uplinks arrive with their seq, downlinks go out and come
+//! back as `dntxed`, outages lose nothing, bad input from the LNS changes nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::station::StationLns;
+use support::*;
+
+fn station_sink(lns: &StationLns, extra: &str) -> String {
+    format!(
+        "[sinks.basic_station]\ntc_uri = \"{}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n{extra}\n",
+        lns.uri()
+    )
+}
+
+fn sim_radio(devices: &str) -> String {
+    format!("[radio]\nkind = \"sim\"\n\n[radio.sim]\nseed = 7\n\n{devices}\n")
+}
+
+/// Each seq's first arrival, in arrival order.
+fn first_arrivals(seqs: &[u64]) -> Vec<u64> {
+    let mut seen = std::collections::HashSet::new();
+    seqs.iter().copied().filter(|s| seen.insert(*s)).collect()
+}
+
+#[test]
+fn uplinks_reach_the_lns_and_downlinks_come_back_as_dntxed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut lns = StationLns::start(dir.path(), &[]);
+    let devices = sim_device("sonde-niveau", "river_level", "26011002", 200, None);
+    let text =
+        config_with_radio(&dir.path().join("state"), "log", &sim_radio(&devices), &station_sink(&lns, ""));
+    let _daemon = Berrygw::start(dir.path(), &text);
+
+    let seqs = lns.wait_uplinks(5, Duration::from_secs(20));
+    assert_eq!(first_arrivals(&seqs), seqs, "once each, in order");
+    let info = lns.entries().into_iter().find(|e| e["path"] == "/router-info" && e.get("msg").is_some());
+    assert_eq!(info.expect("router-info asked")["msg"]["router"], "00-16-C0-01-FF-10-A2-35");
+    let version = &lns.messages("version")[0];
+    assert!(version["station"].as_str().unwrap_or_default().starts_with("berrygw"), "{version}");
+    let up = lns.messages("updf").pop().expect("an updf");
+    assert_eq!(up["DevAddr"], json!(0x2601_1002), "{up}");
+    assert_eq!(up["DR"], json!(5), "SF7/125 kHz is DR5 in the plan: {up}");
+    let rxtime = up["upinfo"]["rxtime"].as_f64().expect("rxtime");
+    assert!((rxtime - now_ms() as f64 / 1000.0).abs() < 10.0, "{up}");
+    assert!(up["RefTime"].as_f64().unwrap_or(0.0) > 1.0e9, "RefTime on the LNS's clock: {up}");
+    assert!(!lns.messages("timesync").is_empty(), "records are proven by timesync");
+
+    // Class C: at once, in RX2.
+    lns.send(
+        &json!({"msgtype": "dnmsg", "DevEui": "00-00-00-00-00-00-00-01", "dC": 2, "diid": 77,
+                "pdu": "600210012600010001a1b2c3d4", "RxDelay": 1, "RX2DR": 0, "RX2Freq": 869525000,
+                "priority": 0})
+        .to_string(),
+    );
+    let sent = wait_for(Duration::from_secs(10), "dntxed for diid 77", || {
+        lns.messages("dntxed").into_iter().find(|m| m["diid"] == 77)
+    });
+    assert_eq!(sent["DevEui"], "00-00-00-00-00-00-00-01");
+
+    // Class A: RX1 one second after the latest uplink, from its xtime.
+    let up = lns.messages("updf").pop().expect("an updf");
+    lns.send(
+        &json!({"msgtype": "dnmsg", "DevEui": "00-00-00-00-00-00-00-02", "dC": 0, "diid": 78,
+                "pdu": "600210012600010001a1b2c3d4", "RxDelay": 1, "RX1DR": 5, "RX1Freq": 868100000,
+                "RX2DR": 0, "RX2Freq": 869525000, "xtime": up["upinfo"]["xtime"], "rctx": 0, "priority": 0})
+        .to_string(),
+    );
+    let sent = wait_for(Duration::from_secs(10), "dntxed for diid 78", || {
+        lns.messages("dntxed").into_iter().find(|m| m["diid"] == 78)
+    });
+    assert_eq!(sent["xtime"], up["upinfo"]["xtime"]);
+}
+
+#[test]
+fn an_lns_outage_under_load_and_a_kill_mid_drain_lose_nothing_and_keep_order() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut lns = StationLns::start(dir.path(), &[]);
+    // 50 uplinks/s for 32 s: the radio has heard all 1,600 when the gateway is killed.
+    const HEARD: u64 = 1_600;
+    let devices = sim_device("compteur-eau", "water_meter", "26011001", 20, Some(HEARD));
+    let text =
+        config_with_radio(&dir.path().join("state"), "log", &sim_radio(&devices), &station_sink(&lns, ""));
+    let started = std::time::Instant::now();
+    let mut daemon = Berrygw::start(dir.path(), &text);
+    lns.wait_uplinks(50, Duration::from_secs(20));
+
+    // The LNS is gone for 30 s; the gateway keeps hearing 50 uplinks/s. It comes back
+    // slow (5 ms per message), so that the drain takes seconds and can be cut.
+    lns.stop();
+    std::thread::sleep(Duration::from_secs(30));
+    lns.set_args(&["--read-delay-ms", "5"]);
+    lns.restart();
+    // Killed mid-drain (after the radio's last uplink), started again.
+    lns.wait_uplinks(lns.uplink_seqs().len() + 200, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(34).saturating_sub(started.elapsed()));
+    let delivered_before_kill = first_arrivals(&lns.uplink_seqs()).len() as u64;
+    assert!(delivered_before_kill < HEARD, "killed mid-drain ({delivered_before_kill} of {HEARD} delivered)");
+    daemon.kill9();
+    daemon.restart();
+    // Everything heard before the kill arrives, in order; then what the restarted
+    // radio hears (its seqs from the next reserved block).
+    let firsts = wait_for(Duration::from_secs(90), "the backlog drained", || {
+        let firsts = first_arrivals(&lns.uplink_seqs());
+        (firsts.iter().filter(|s| **s <= HEARD).count() as u64 == HEARD && firsts.iter().any(|s| *s > HEARD))
+            .then_some(firsts)
+    });
+    let mut sorted = firsts.clone();
+    sorted.sort_unstable();
+    assert_eq!(firsts, sorted, "first arrivals in seq order");
+    assert_eq!(firsts[..HEARD as usize].to_vec(), (1..=HEARD).collect::<Vec<_>>(), "none lost");
+}
+
+#[test]
+fn records_sent_on_a_socket_that_dies_before_their_proof_are_sent_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // This LNS reads everything and answers no timesync: nothing is ever proven.
+    let mut lns = StationLns::start(dir.path(), &["--mode", "mute"]);
+    let devices = sim_device("conteneur-verre", "waste_fill", "26011003", 50, Some(20));
+    let text =
+        config_with_radio(&dir.path().join("state"), "log", &sim_radio(&devices), &station_sink(&lns, ""));
+    let _daemon = Berrygw::start(dir.path(), &text);
+    let seqs = lns.wait_uplinks(20, Duration::from_secs(20));
+    assert_eq!(first_arrivals(&seqs), (1..=20).collect::<Vec<_>>());
+    lns.stop();
+    lns.set_args(&[]);
+    lns.restart();
+    let seqs = wait_for(Duration::from_secs(30), "the 20 uplinks sent again", || {
+        let seqs = lns.uplink_seqs();
+        (seqs.len() >= 40).then_some(seqs)
+    });
+    assert_eq!(seqs[20..40].to_vec(), (1..=20).collect::<Vec<_>>(), "sent again, in order");
+}
+
+#[test]
+fn bad_input_from_the_lns_is_refused_with_why_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut lns = StationLns::start(dir.path(), &[]);
+    let devices = sim_device("armoire-ep", "lighting_cabinet", "26011004", 100, None);
+    let text =
+        config_with_radio(&dir.path().join("state"), "log", &sim_radio(&devices), &station_sink(&lns, ""));
+    let daemon = Berrygw::start(dir.path(), &text);
+    lns.wait_uplinks(3, Duration::from_secs(20));
+    for bad in [
+        "this is not json".to_string(),
+        json!({"msgtype": "launch_missiles"}).to_string(),
+        json!({"msgtype": "runcmd", "command": "rm", "arguments": ["-rf", "/"]}).to_string(),
+        json!({"msgtype": "rmtsh", "user": "root"}).to_string(),
+        json!({"msgtype": "router_config", "region": "US915"}).to_string(),
+        // 915 MHz is not in EU868.
+        json!({"msgtype": "dnmsg", "DevEui": "00-00-00-00-00-00-00-03", "dC": 2, "diid": 90,
+               "pdu": "600210012600010001a1b2c3d4", "RX2DR": 0, "RX2Freq": 915000000})
+        .to_string(),
+        // DR12 is not in the plan.
+        json!({"msgtype": "dnmsg", "DevEui": "00-00-00-00-00-00-00-03", "dC": 2, "diid": 91,
+               "pdu": "600210012600010001a1b2c3d4", "RX2DR": 12, "RX2Freq": 869525000})
+        .to_string(),
+    ] {
+        lns.send(&bad);
+    }
+    daemon.wait_log(Duration::from_secs(10), "launch_missiles");
+    daemon.wait_log(Duration::from_secs(10), "Runcmd; refused");
+    daemon.wait_log(Duration::from_secs(10), "915000000");
+    // Still connected on the same socket (one connection to the muxs), still sending.
+    let before = lns.uplink_seqs().len();
+    lns.wait_uplinks(before + 10, Duration::from_secs(20));
+    let connects =
+        lns.entries().into_iter().filter(|e| e["event"] == "connect" && e["path"] != "/router-info").count();
+    assert_eq!(connects, 1, "the bad messages did not cost the connection");
+    assert!(lns.messages("dntxed").is_empty(), "nothing refused was transmitted");
+    // A good downlink after them still goes out.
+    lns.send(
+        &json!({"msgtype": "dnmsg", "DevEui": "00-00-00-00-00-00-00-03", "dC": 2, "diid": 92,
+                "pdu": "600210012600010001a1b2c3d4", "RX2DR": 0, "RX2Freq": 869525000})
+        .to_string(),
+    );
+    wait_for(Duration::from_secs(10), "dntxed for diid 92", || {
+        lns.messages("dntxed").into_iter().find(|m| m["diid"] == 92)
+    });
+}
+
+#[test]
+fn wss_with_a_client_certificate_and_stations_file_layout_with_a_token() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = Certs::generate(dir.path(), "lns");
+    let (crt, key) = certs.client("0016c001ff10a235");
+    let (server_crt, server_key) = (certs.server_cert.to_str().unwrap(), certs.server_key.to_str().unwrap());
+    let lns = StationLns::start(
+        dir.path(),
+        &["--tls", server_crt, server_key, "--client-ca", certs.ca.to_str().unwrap()],
+    );
+    let extra = format!("tc_trust = {:?}\ntc_crt = {crt:?}\ntc_key = {key:?}", certs.ca);
+    let devices = sim_device("sonde-niveau", "river_level", "26011002", 100, None);
+    let text = config_with_radio(
+        &dir.path().join("state"),
+        "log",
+        &sim_radio(&devices),
+        &station_sink(&lns, &extra),
+    );
+    let mut daemon = Berrygw::start(dir.path(), &text);
+    lns.wait_uplinks(3, Duration::from_secs(20));
+    daemon.stop();
+
+    // Station's own layout: tc.uri, tc.trust, and a tc.key holding a token header.
+    let station = dir.path().join("station");
+    std::fs::create_dir_all(&station).unwrap();
+    std::fs::write(station.join("tc.uri"), format!("{}\n", lns.uri())).unwrap();
+    std::fs::copy(&certs.ca, station.join("tc.trust")).unwrap();
+    std::fs::write(station.join("tc.key"), "Authorization: Bearer NNSXS.TESTTOKEN\r\n").unwrap();
+    let plain = StationLns::start(dir.path(), &[]);
+    std::fs::write(station.join("tc.uri"), format!("{}\n", plain.uri())).unwrap();
+    let sink = format!("[sinks.basic_station]\nstation_dir = {station:?}\nreconnect_min_ms = 200\n");
+    let text = config_with_radio(&dir.path().join("state2"), "log", &sim_radio(&devices), &sink);
+    let _daemon = Berrygw::start(dir.path(), &text);
+    plain.wait_uplinks(3, Duration::from_secs(20));
+    let connect = plain.entries().into_iter().find(|e| e["event"] == "connect").expect("a connection");
+    // python3-websockets gives the header names in lower case.
+    assert_eq!(connect["headers"]["authorization"], "Bearer NNSXS.TESTTOKEN", "{connect}");
+}
