@@ -213,6 +213,9 @@ fn wss_with_a_client_certificate_and_stations_file_layout_with_a_token() {
     std::fs::write(station.join("tc.uri"), format!("{}\n", lns.uri())).unwrap();
     std::fs::copy(&certs.ca, station.join("tc.trust")).unwrap();
     std::fs::write(station.join("tc.key"), "Authorization: Bearer NNSXS.TESTTOKEN\r\n").unwrap();
+    // A secret: refused if others may read it.
+    std::fs::set_permissions(station.join("tc.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
     let plain = StationLns::start(dir.path(), &[]);
     std::fs::write(station.join("tc.uri"), format!("{}\n", plain.uri())).unwrap();
     let sink = format!("[sinks.basic_station]\nstation_dir = {station:?}\nreconnect_min_ms = 200\n");

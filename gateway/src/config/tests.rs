@@ -103,6 +103,26 @@ fn a_tls_private_key_must_not_be_readable_by_others() {
 }
 
 #[test]
+fn the_lns_key_or_token_must_not_be_readable_by_others() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let station = dir.path().join("station");
+    std::fs::create_dir(&station).expect("dir");
+    write_mode(&station.join("tc.uri"), "ws://127.0.0.1:6090", 0o644);
+    write_mode(&station.join("tc.key"), "Authorization: Bearer NNSXS.X\n", 0o644);
+    let path = dir.path().join("berrygw.toml");
+    let text = MINIMAL.replace(
+        "[sinks.chirpstack]\nserver = \"mqtt://127.0.0.1:1883\"",
+        &format!("[sinks.basic_station]\nstation_dir = {:?}", station.display().to_string()),
+    );
+    write_mode(&path, &text, 0o640);
+    let err = load(&path).expect_err("a world-readable token");
+    assert_eq!(err.key.as_deref(), Some("sinks.basic_station.tc_key"), "{err}");
+    assert!(err.message.contains("tc.key"), "{err}");
+    write_mode(&station.join("tc.key"), "Authorization: Bearer NNSXS.X\n", 0o640);
+    load(&path).expect("a private token");
+}
+
+#[test]
 fn field_devices_are_checked_against_their_profiles() {
     resolve_str(&with_field(DAM, "")).expect("a dam on the shipped profile");
     let cases = [

@@ -100,6 +100,13 @@ impl BasicStationSinkConfig {
         Ok(())
     }
 
+    /// The private key or token file, if one is configured or in `station_dir`.
+    pub fn key_file(&self) -> Option<PathBuf> {
+        self.tc_key
+            .clone()
+            .or_else(|| self.station_dir.as_ref().map(|d| d.join("tc.key")).filter(|p| p.exists()))
+    }
+
     /// Read the files and resolve the settings; an error names the file and what is wrong.
     pub fn settings(&self, gateway_id: Eui64) -> anyhow::Result<BasicStationSettings> {
         self.check().map_err(anyhow::Error::msg)?;
