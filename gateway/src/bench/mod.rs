@@ -33,6 +33,7 @@ mod footprint;
 mod gwmp;
 mod ledger;
 mod modbus;
+mod station;
 mod throughput;
 
 use std::path::{Path, PathBuf};
@@ -58,7 +59,7 @@ use crate::sink::SinkRadioIo;
 /// Options of `berrygw bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// `throughput`, `drain`, `gwmp`, `footprint`, `decode`, `modbus` or `ledger`.
+    /// `throughput`, `drain`, `gwmp`, `footprint`, `decode`, `modbus`, `ledger` or `station`.
     #[arg(long)]
     pub phase: String,
     /// Broker address, host:port (plain MQTT on loopback).
@@ -112,6 +113,22 @@ const SIM_NO_DEVICES: &str = "kind = \"sim\"\n[radio.sim]\ndevices = []";
 /// A gateway config for a phase: state in `dir`, the given `[radio]` body, a
 /// roomy journal, the ChirpStack sink to the bench broker, listeners out of the way.
 fn bench_config(args: &BenchArgs, dir: &Path, radio: &str) -> anyhow::Result<config::LoadedConfig> {
+    let sink = format!(
+        "[sinks.chirpstack]\nserver = \"mqtt://{}\"\nmax_inflight = 500\n\
+         # Devices every 2 ms, far faster than any real one: replay pacing would only measure itself.\n\
+         replay_gap_ms = 0\nreplay_rate = 0\n",
+        args.broker
+    );
+    bench_config_with(args, dir, radio, &sink)
+}
+
+/// The same with the given `[sinks...]` sections.
+fn bench_config_with(
+    args: &BenchArgs,
+    dir: &Path,
+    radio: &str,
+    sinks: &str,
+) -> anyhow::Result<config::LoadedConfig> {
     let text = format!(
         r#"
 [gateway]
@@ -130,16 +147,10 @@ stage_dir = "/dev/shm/berrygw-bench-{pid}"
 listen = "127.0.0.1:0"
 [api]
 socket = "{dir}/api.sock"
-[sinks.chirpstack]
-server = "mqtt://{broker}"
-max_inflight = 500
-# Devices every 2 ms, far faster than any real one: replay pacing would only measure itself.
-replay_gap_ms = 0
-replay_rate = 0
+{sinks}
 "#,
         dir = dir.display(),
         backend = args.backend,
-        broker = args.broker,
         pid = std::process::id()
     );
     config::parse(Path::new("<bench>"), text).map_err(|e| anyhow::anyhow!("{e}"))
@@ -162,8 +173,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "ledger" => ledger::ledger(&args)?,
         // The child of `modbus`: no result line of its own.
         "modbus-sims" => return rt.block_on(modbus::modbus_sims(&args)),
+        "station" => rt.block_on(station::station(&args))?,
+        // The child of `station`: the LNS.
+        "station-lns" => return rt.block_on(station::station_lns()),
         other => {
-            bail!("unknown phase `{other}`: use throughput, drain, gwmp, footprint, decode, modbus or ledger")
+            bail!(
+                "unknown phase `{other}`: use throughput, drain, gwmp, footprint, decode, modbus, ledger or station"
+            )
         }
     };
     println!("{result}");
