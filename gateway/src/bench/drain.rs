@@ -78,19 +78,7 @@ pub(super) async fn drain(args: &BenchArgs) -> anyhow::Result<serde_json::Value>
         SinkInbound::Radio(SinkRadioIo { downlinks: _down_tx, tx_acks: ack_rx }),
         stop_rx,
     ));
-    let mut watch = journal.watch();
-    let target = Seq(args.uplinks);
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let stats = watch.borrow_and_update().clone();
-        if stats.acked >= target && stats.records == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("drain incomplete after 900 s: acked {}", stats.acked);
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(200), watch.changed()).await;
-    }
+    wait_drained(&journal, Seq(args.uplinks)).await?;
     let drain_elapsed = drain_start.elapsed();
     let drain_after = sample();
     let _ = stop_tx.send(true);

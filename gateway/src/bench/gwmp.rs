@@ -68,16 +68,7 @@ pub(super) async fn gwmp(args: &BenchArgs) -> anyhow::Result<serde_json::Value> 
         .await?
         .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
     let received = gateway.counters.received.load(Ordering::Relaxed);
-    let deadline = start + Duration::from_secs(600);
-    while sink.counters.forwarded.load(Ordering::Relaxed) < received {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {received} forwarded after 600 s",
-                sink.counters.forwarded.load(Ordering::Relaxed)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_forwarded(sink, received, start).await?;
     let elapsed = start.elapsed();
     let after = sample();
     gateway.stop().await?;

@@ -186,6 +186,62 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The throughput load on `cfg`'s sim radio: 40 devices every 2 ms (20,000 uplinks/s offered,
+/// four times the target: the pipeline, not the simulator, sets the pace), `uplinks` in all
+/// (rounded up to a multiple of 40); the total.
+fn offer_throughput_load(cfg: &mut config::LoadedConfig, uplinks: u64) -> anyhow::Result<u64> {
+    let devices = 40u64;
+    let per_device = uplinks.div_ceil(devices);
+    let sim = cfg.config.radio.sim.as_mut().context("bench config has [radio.sim]")?;
+    let template = berrygw_lora::sim::example_devices();
+    sim.devices = (0..devices)
+        .map(|i| {
+            let mut d = template[(i as usize) % template.len()].clone();
+            d.name = format!("bench-{i}");
+            d.dev_addr = Some(berrygw_lora::phy::DevAddr::from_u32(0x2600_0000 + i as u32));
+            d.interval_ms = 2;
+            d.count = Some(per_device);
+            d
+        })
+        .collect();
+    Ok(per_device * devices)
+}
+
+/// Wait until `sink` has forwarded `total` (at most 600 s after `start`).
+async fn wait_forwarded(
+    sink: &crate::pipeline::SinkRuntime,
+    total: u64,
+    start: Instant,
+) -> anyhow::Result<()> {
+    let deadline = start + Duration::from_secs(600);
+    while sink.counters.forwarded.load(Ordering::Relaxed) < total {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {total} forwarded after 600 s",
+                sink.counters.forwarded.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Wait until `journal` has every record up to `target` acknowledged and deleted (at most 900 s).
+async fn wait_drained(journal: &Journal, target: Seq) -> anyhow::Result<()> {
+    let mut watch = journal.watch();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let stats = watch.borrow_and_update().clone();
+        if stats.acked >= target && stats.records == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("drain incomplete after 900 s: acked {}", stats.acked);
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), watch.changed()).await;
+    }
+}
+
 /// Current resident set size in KiB (VmRSS).
 fn rss_kib() -> u64 {
     proc::self_field("status", "VmRSS:")

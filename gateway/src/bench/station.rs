@@ -52,37 +52,14 @@ pub(super) async fn station(args: &BenchArgs) -> anyhow::Result<serde_json::Valu
     let lns = start_lns(args)?;
 
     // Live: the throughput phase's load through the Station sink.
-    let devices = 40u64;
-    let per_device = args.uplinks.div_ceil(devices);
-    let total = per_device * devices;
     let sinks = format!("[sinks.basic_station]\ntc_uri = \"ws://127.0.0.1:{}\"\n", lns.1);
     let mut cfg = bench_config_with(args, &args.dir.join("live"), SIM_NO_DEVICES, &sinks)?;
-    let sim = cfg.config.radio.sim.as_mut().context("bench config has [radio.sim]")?;
-    let template = berrygw_lora::sim::example_devices();
-    sim.devices = (0..devices)
-        .map(|i| {
-            let mut d = template[(i as usize) % template.len()].clone();
-            d.name = format!("bench-{i}");
-            d.dev_addr = Some(berrygw_lora::phy::DevAddr::from_u32(0x2600_0000 + i as u32));
-            d.interval_ms = 2;
-            d.count = Some(per_device);
-            d
-        })
-        .collect();
+    let total = offer_throughput_load(&mut cfg, args.uplinks)?;
     let before = sample();
     let start = Instant::now();
     let gateway = Gateway::start(&Site::resolve(cfg)?).await?;
     let sink = gateway.sink("basic_station").context("the bench config has the basic_station sink")?;
-    let deadline = start + Duration::from_secs(600);
-    while sink.counters.forwarded.load(Ordering::Relaxed) < total {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {total} forwarded after 600 s",
-                sink.counters.forwarded.load(Ordering::Relaxed)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_forwarded(sink, total, start).await?;
     let elapsed = start.elapsed();
     let after = sample();
     gateway.stop().await?;
@@ -112,19 +89,7 @@ pub(super) async fn station(args: &BenchArgs) -> anyhow::Result<serde_json::Valu
         SinkRadioIo { downlinks: down_tx, tx_acks: ack_rx },
         stop_rx,
     ));
-    let mut watch = journal.watch();
-    let target = Seq(args.uplinks);
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let stats = watch.borrow_and_update().clone();
-        if stats.acked >= target && stats.records == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("drain incomplete after 900 s: acked {}", stats.acked);
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(200), watch.changed()).await;
-    }
+    wait_drained(&journal, Seq(args.uplinks)).await?;
     let drain_elapsed = drain_start.elapsed();
     let drain_after = sample();
     let _ = stop_tx.send(true);

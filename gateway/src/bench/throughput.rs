@@ -3,38 +3,13 @@
 use super::*;
 
 pub(super) async fn throughput(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
-    // 40 devices every 2 ms offer 20,000 uplinks/s, four times the target: the
-    // pipeline, not the simulator, sets the pace.
-    let devices = 40u64;
-    let per_device = args.uplinks.div_ceil(devices);
-    let total = per_device * devices;
     let mut cfg = bench_config(args, &args.dir, SIM_NO_DEVICES)?;
-    let sim = cfg.config.radio.sim.as_mut().context("bench config has [radio.sim]")?;
-    let template = berrygw_lora::sim::example_devices();
-    sim.devices = (0..devices)
-        .map(|i| {
-            let mut d = template[(i as usize) % template.len()].clone();
-            d.name = format!("bench-{i}");
-            d.dev_addr = Some(berrygw_lora::phy::DevAddr::from_u32(0x2600_0000 + i as u32));
-            d.interval_ms = 2;
-            d.count = Some(per_device);
-            d
-        })
-        .collect();
+    let total = offer_throughput_load(&mut cfg, args.uplinks)?;
     let before = sample();
     let start = Instant::now();
     let gateway = Gateway::start(&Site::resolve(cfg)?).await?;
     let sink = gateway.sink("chirpstack").context("bench config has the chirpstack sink")?;
-    let deadline = start + Duration::from_secs(600);
-    while sink.counters.forwarded.load(Ordering::Relaxed) < total {
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {total} forwarded after 600 s",
-                sink.counters.forwarded.load(Ordering::Relaxed)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_forwarded(sink, total, start).await?;
     let elapsed = start.elapsed();
     let after = sample();
     let commits = sink.journal.watch().borrow().commits;
