@@ -113,15 +113,21 @@ pub enum Message {
 /// An open WebSocket.
 pub struct WebSocket {
     io: Pin<Box<dyn Stream>>,
-    buf: Vec<u8>,
-    /// A fragmented message being put together: its opcode and what came so far.
-    partial: Option<(u8, Vec<u8>)>,
+    reader: Reader,
 }
 
 impl fmt::Debug for WebSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WebSocket").field("buffered", &self.buf.len()).finish()
+        f.debug_struct("WebSocket").field("buffered", &self.reader.buf.len()).finish()
     }
+}
+
+/// What the server sent and was not taken yet: bytes, and a fragmented message being put
+/// together (its opcode and what came so far). Pure: the fuzz target feeds it bytes.
+#[derive(Debug, Default)]
+pub struct Reader {
+    buf: Vec<u8>,
+    partial: Option<(u8, Vec<u8>)>,
 }
 
 /// Open a WebSocket to `uri`: TCP, TLS when `wss://` (with `tls`), the upgrade with
@@ -227,7 +233,7 @@ pub async fn handshake(
         bail!("{uri}: wrong Sec-WebSocket-Accept");
     }
     let rest = buf.split_off(end);
-    Ok(WebSocket { io, buf: rest, partial: None })
+    Ok(WebSocket { io, reader: Reader { buf: rest, partial: None } })
 }
 
 /// `Sec-WebSocket-Accept` for a key: base64 of the SHA-1 of key and GUID.
@@ -307,16 +313,31 @@ impl WebSocket {
     /// Cancel-safe.
     pub async fn next(&mut self) -> anyhow::Result<Message> {
         loop {
-            while let Some(frame) = take_frame(&mut self.buf)? {
-                if let Some(message) = self.assemble(frame)? {
-                    return Ok(message);
-                }
+            if let Some(message) = self.reader.next_message()? {
+                return Ok(message);
             }
-            let n = self.io.read_buf(&mut self.buf).await.context("reading the WebSocket")?;
+            let n = self.io.read_buf(&mut self.reader.buf).await.context("reading the WebSocket")?;
             if n == 0 {
                 bail!("the server closed the connection without a close frame");
             }
         }
+    }
+}
+
+impl Reader {
+    /// Bytes from the server.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message in what was pushed; `None` until one is whole.
+    pub fn next_message(&mut self) -> anyhow::Result<Option<Message>> {
+        while let Some(frame) = take_frame(&mut self.buf)? {
+            if let Some(message) = self.assemble(frame)? {
+                return Ok(Some(message));
+            }
+        }
+        Ok(None)
     }
 
     fn assemble(&mut self, frame: Frame) -> anyhow::Result<Option<Message>> {
@@ -359,7 +380,9 @@ impl WebSocket {
             Message::Binary(payload)
         }))
     }
+}
 
+impl WebSocket {
     async fn send(&mut self, opcode: u8, payload: &[u8]) -> anyhow::Result<()> {
         let frame = client_frame(opcode, payload, rand::random());
         self.io.write_all(&frame).await.context("writing to the WebSocket")?;
@@ -435,8 +458,7 @@ mod tests {
             let e = take_frame(&mut buf).unwrap_err().to_string();
             assert!(e.contains(why), "{e}");
         }
-        let (client, _server) = tokio::io::duplex(64);
-        let mut ws = WebSocket { io: Box::pin(client), buf: Vec::new(), partial: None };
+        let mut ws = Reader::default();
         let e = ws.assemble(Frame { fin: true, opcode: 0, payload: vec![] }).unwrap_err();
         assert!(e.to_string().contains("continuation"), "{e}");
         let e = ws.assemble(Frame { fin: false, opcode: 9, payload: vec![] }).unwrap_err();
