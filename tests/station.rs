@@ -23,6 +23,20 @@ fn sim_radio(devices: &str) -> String {
     format!("[radio]\nkind = \"sim\"\n\n[radio.sim]\nseed = 7\n\n{devices}\n")
 }
 
+/// The value of `family{sink="basic_station"}` on the daemon's /metrics (`config`: its text).
+fn station_metric(config: &str, family: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let listen = config.lines().find_map(|l| l.strip_prefix("listen = \""))?.trim_end_matches('"');
+    let mut s = std::net::TcpStream::connect(listen).ok()?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.starts_with(&format!("{family}{{")) && l.contains("sink=\"basic_station\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Each seq's first arrival, in arrival order.
 fn first_arrivals(seqs: &[u64]) -> Vec<u64> {
     let mut seen = std::collections::HashSet::new();
@@ -51,6 +65,9 @@ fn uplinks_reach_the_lns_and_downlinks_come_back_as_dntxed() {
     assert!((rxtime - now_ms() as f64 / 1000.0).abs() < 10.0, "{up}");
     assert!(up["RefTime"].as_f64().unwrap_or(0.0) > 1.0e9, "RefTime on the LNS's clock: {up}");
     assert!(!lns.messages("timesync").is_empty(), "records are proven by timesync");
+    // Shown like every sink: connected, forwarding.
+    assert_eq!(station_metric(&text, "berrygw_sink_connected"), Some(1.0));
+    assert!(station_metric(&text, "berrygw_sink_forwarded_total").unwrap_or(0.0) >= 1.0);
 
     // Class C: at once, in RX2.
     lns.send(
@@ -174,6 +191,8 @@ fn bad_input_from_the_lns_is_refused_with_why_and_changes_nothing() {
         lns.entries().into_iter().filter(|e| e["event"] == "connect" && e["path"] != "/router-info").count();
     assert_eq!(connects, 1, "the bad messages did not cost the connection");
     assert!(lns.messages("dntxed").is_empty(), "nothing refused was transmitted");
+    // Each of the seven counted.
+    assert_eq!(station_metric(&text, "berrygw_sink_bad_commands_total"), Some(7.0));
     // A good downlink after them still goes out.
     lns.send(
         &json!({"msgtype": "dnmsg", "DevEui": "00-00-00-00-00-00-00-03", "dC": 2, "diid": 92,
