@@ -1,5 +1,6 @@
 //! Periodic duties that ride on the uplinks' own wake-ups (the stats, the report, the
-//! availability ledger's checks) instead of waking the gateway for themselves.
+//! availability ledger's checks, the status page's history) instead of waking the gateway
+//! for themselves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,6 +8,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// One 4.096 s slot of tokio's timer wheel and a little: a quiet timer this far past its due
+/// time is dropped, whenever uplinks come, before the wheel moves it (a wake-up of its own).
+pub const WHEEL_SLACK: Duration = Duration::from_millis(4_200);
 
 /// The uplinks' wake-ups, as the periodic duties see them: the ingest calls [`Beat::tick`]
 /// after each frame, and a duty's task is woken only once the duty is due, so an uplink
@@ -87,7 +92,7 @@ impl Beat {
 /// A periodic duty that rides on the uplinks' own wake-ups instead of waking the gateway for
 /// itself. It is due `every` after it last ran, and runs in the first [`Beat::tick`] after
 /// that (an uplink came in: the thread is awake anyway). With no traffic a timer runs it
-/// `quiet_slack` later.
+/// `slack` later.
 ///
 /// Why not a plain interval: tokio's timer wheel keeps a 30 s timer in 4.096 s slots and moves
 /// it down a level at the start of its slot, then again 64 ms before it fires. Each move and
@@ -99,18 +104,20 @@ pub struct Period {
     every: Duration,
     slack: Duration,
     due: Instant,
-    beat: Option<(Beat, Arc<Slot>)>,
+    beat: Beat,
+    slot: Arc<Slot>,
 }
 
 impl Period {
-    /// Due `every` from now, woken by `beat` once due (without one: a timer).
-    pub fn new(every: Duration, beat: Option<&Beat>) -> Period {
+    /// Due `every` from now, woken by `beat` once due.
+    pub fn new(every: Duration, beat: &Beat) -> Period {
         Period {
             every,
-            // One 4.096 s slot of the wheel and a little, or half a short period.
-            slack: Duration::from_millis(4_200).min(every / 2),
+            // Past a slot of the wheel, or half a short period.
+            slack: WHEEL_SLACK.min(every / 2),
             due: Instant::now() + every,
-            beat: beat.map(|b| (b.clone(), b.join())),
+            beat: beat.clone(),
+            slot: beat.join(),
         }
     }
 
@@ -124,20 +131,15 @@ impl Period {
     pub async fn wait(&mut self) {
         let quiet = tokio::time::sleep_until(self.due + self.slack);
         tokio::pin!(quiet);
-        match &self.beat {
-            None => quiet.await,
-            Some((beat, slot)) => {
-                beat.arm(slot, Some(self.due));
-                loop {
-                    tokio::select! {
-                        () = &mut quiet => break,
-                        // A wake-up left from an earlier period is passed over.
-                        () = slot.wake.notified() => if Instant::now() >= self.due { break },
-                    }
-                }
-                beat.arm(slot, None);
+        self.beat.arm(&self.slot, Some(self.due));
+        loop {
+            tokio::select! {
+                () = &mut quiet => break,
+                // A wake-up left from an earlier period is passed over.
+                () = self.slot.wake.notified() => if Instant::now() >= self.due { break },
             }
         }
+        self.beat.arm(&self.slot, None);
         self.due = Instant::now() + self.every;
     }
 }
@@ -150,7 +152,7 @@ mod tests {
     async fn a_period_runs_at_the_first_tick_once_due_and_on_its_own_when_quiet() {
         let every = Duration::from_secs(30);
         let beat = Beat::default();
-        let mut period = Period::new(every, Some(&beat));
+        let mut period = Period::new(every, &beat);
         let start = Instant::now();
         // Ticks before the due time do not run it.
         let waiting = tokio::spawn(async move {
@@ -175,9 +177,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_tick_wakes_only_the_duties_that_are_due() {
         let beat = Beat::default();
-        let mut short =
-            Period::new(Duration::from_secs(10), Some(&beat)).with_slack(Duration::from_secs(100));
-        let mut long = Period::new(Duration::from_secs(60), Some(&beat)).with_slack(Duration::from_secs(100));
+        let mut short = Period::new(Duration::from_secs(10), &beat).with_slack(Duration::from_secs(100));
+        let mut long = Period::new(Duration::from_secs(60), &beat).with_slack(Duration::from_secs(100));
         let start = Instant::now();
         let runs = Arc::new(Mutex::new(Vec::new()));
         let (r1, r2) = (runs.clone(), runs.clone());
@@ -221,8 +222,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_period_without_a_journal_is_a_timer() {
-        let mut period = Period::new(Duration::from_secs(2), None);
+    async fn a_period_without_ticks_runs_on_its_quiet_timer() {
+        let mut period = Period::new(Duration::from_secs(2), &Beat::default());
         let start = tokio::time::Instant::now();
         period.wait().await;
         assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(3));

@@ -178,7 +178,7 @@ fn waiting(journal: &Journal) -> u64 {
 
 /// Watch `view` for `ledger` until `stop` says so; then hand the app journal what is left.
 pub async fn run(ledger: Ledger, cfg: LedgerSection, view: GatewayView, mut stop: watch::Receiver<bool>) {
-    let mut period = Period::new(Duration::from_secs(cfg.check_secs), Some(&view.beat));
+    let mut period = Period::new(Duration::from_secs(cfg.check_secs), &view.beat);
     let mut observer = Observer::new(&view, Instant::now());
     let app = app_of(&view);
     loop {

@@ -60,7 +60,7 @@ pub(super) async fn stats_loop(
     beat: Beat,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut period = Period::new(every, Some(&beat));
+    let mut period = Period::new(every, &beat);
     let mut last = (0u64, 0u64);
     loop {
         tokio::select! {
@@ -106,7 +106,7 @@ pub(super) async fn report_loop(
     beat: Beat,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut period = Period::new(every, Some(&beat));
+    let mut period = Period::new(every, &beat);
     loop {
         tokio::select! {
             () = period.wait() => {}

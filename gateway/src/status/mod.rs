@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::clock::{self, ClockSync};
-use crate::period::Period;
+use crate::period::{Period, WHEEL_SLACK};
 pub use crate::rules::AlarmView;
 use crate::view::GatewayView;
 
@@ -188,12 +188,9 @@ const STALE_BACKLOG: Duration = Duration::from_secs(120);
 /// the last one (`crate::period`: it runs in that uplink's wake-up, so under traffic it never
 /// wakes the gateway itself; a 5 s timer cost 0.02 context switches per uplink at 10/s,
 /// BENCHMARKS.md "Field rates"). Without uplinks (a backlog draining after an outage) at the
-/// first journal change `QUIET_SLACK` after that; none while all are still (nothing to learn).
+/// first journal change `WHEEL_SLACK` after that; none while all are still (nothing to learn).
 /// The samples of the last `WINDOW` are kept, and the last one before it as the baseline.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
-/// Past one 4.096 s slot of tokio's timer wheel, so that the quiet timer is dropped before
-/// the wheel moves it whenever uplinks come.
-const QUIET_SLACK: Duration = Duration::from_millis(4_200);
 const WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug)]
@@ -245,7 +242,7 @@ impl History {
 /// Keeps `History` of every sink, for drain estimates; runs until aborted or a journal closes.
 pub async fn sample_history(view: GatewayView, history: watch::Sender<History>) {
     let mut journals: Vec<_> = view.sinks.iter().map(|sink| sink.journal.watch()).collect();
-    let mut period = Period::new(SAMPLE_EVERY, Some(&view.beat)).with_slack(QUIET_SLACK);
+    let mut period = Period::new(SAMPLE_EVERY, &view.beat).with_slack(WHEEL_SLACK);
     loop {
         for journal in &mut journals {
             journal.borrow_and_update();
