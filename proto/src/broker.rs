@@ -18,16 +18,19 @@ pub struct BrokerUrl {
 impl BrokerUrl {
     /// Whether the host is this machine (plaintext is acceptable there).
     pub fn is_loopback(&self) -> bool {
-        if self.host.eq_ignore_ascii_case("localhost") {
-            return true;
-        }
-        self.host
+        is_loopback_host(&self.host)
+    }
+}
+
+/// Whether `host` (a name, an address, an IPv6 address with or without brackets) is this
+/// machine: the one place a connection may go without TLS unless the operator allows it.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse::<IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
-    }
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl fmt::Display for BrokerUrl {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use berrygw_lora::Eui64;
+use berrygw_proto::broker::is_loopback_host;
 use berrygw_proto::tls::{self, TlsFiles};
 use serde::Deserialize;
 
@@ -120,7 +121,7 @@ impl BasicStationSinkConfig {
             (None, None) => bail!("no tc_uri"),
         };
         let tc_uri = WsUri::parse(&uri_text).context("tc.uri")?;
-        if !tc_uri.tls && !self.allow_plaintext && !is_loopback(&tc_uri.host) {
+        if !tc_uri.tls && !self.allow_plaintext && !is_loopback_host(&tc_uri.host) {
             bail!(
                 "{tc_uri}: ws:// to another host sends uplinks and credentials in clear; use wss:// or set \
                  allow_plaintext = true"
@@ -157,11 +158,6 @@ impl BasicStationSinkConfig {
             proof_interval: Duration::from_millis(self.proof_interval_ms),
         })
     }
-}
-
-/// Whether `host` is this machine.
-pub fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn is_pem_key(path: &Path) -> anyhow::Result<bool> {
