@@ -124,7 +124,7 @@ async fn discover(s: &BasicStationSettings) -> anyhow::Result<WsUri> {
     ws.close().await;
     let info = RouterInfo::parse(&answer).context("router-info")?;
     let muxs = WsUri::parse(&info.uri).context("router-info's uri")?;
-    if !muxs.tls && !s.allow_plaintext && !config::is_loopback(&muxs.host) {
+    if !muxs.tls && !s.allow_plaintext && !berrygw_proto::broker::is_loopback_host(&muxs.host) {
         bail!("router-info: {muxs} is ws:// to another host; refused without allow_plaintext");
     }
     if s.tc_uri.tls && !muxs.tls {
@@ -184,7 +184,6 @@ async fn session(
     let mut reader = ReadAhead::new(journal, carry.acked);
     let mut on_air: HashMap<u32, OnAir> = HashMap::new();
     let mut last_probe = Instant::now();
-    let mut probe_sent: Option<Instant> = None;
     loop {
         // Send what the journal holds, in order, while the proof window allows.
         let mut unsendable_up_to = None;
@@ -217,10 +216,9 @@ async fn session(
             if let Some(txtime) = proof.probe(unix_secs(SystemTime::now())) {
                 ws.send_text(&station::timesync_request(txtime).to_string()).await?;
                 last_probe = now;
-                probe_sent.get_or_insert(now);
             }
         }
-        if probe_sent.is_some_and(|at| at.elapsed() > DEAD_AFTER) {
+        if proof.waiting_since().is_some_and(|at| at.elapsed() > DEAD_AFTER) {
             bail!("no timesync answer for {} s", DEAD_AFTER.as_secs());
         }
         reader.refill();
@@ -233,7 +231,6 @@ async fn session(
                     match Downstream::parse(&text) {
                         Ok(Downstream::Timesync { txtime: Some(txtime), .. }) => {
                             if let Some(up_to) = proof.answered(txtime) {
-                                probe_sent = (proof.in_flight() > 0).then(Instant::now);
                                 if up_to > carry.acked {
                                     let n = up_to.0 - carry.acked.0;
                                     counters.forwarded.fetch_add(n, Ordering::Relaxed);
@@ -285,7 +282,6 @@ async fn session(
                 if !proof.unproven() {
                     let txtime = proof.ping(unix_secs(SystemTime::now()));
                     ws.send_text(&station::timesync_request(txtime).to_string()).await?;
-                    probe_sent.get_or_insert(Instant::now());
                 }
                 last_probe = Instant::now();
             }

@@ -11,6 +11,7 @@
 //! after the one before, and an answer matches the request within half a millisecond.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use crate::journal::Seq;
 
@@ -24,8 +25,8 @@ pub struct Proof {
     sent: Option<Seq>,
     /// The highest seq a request in flight or answered covers.
     covered: Option<Seq>,
-    /// Requests in flight: their `txtime` and the highest seq sent before them.
-    probes: VecDeque<(f64, Seq)>,
+    /// Requests in flight: their `txtime`, the highest seq sent before them, when sent.
+    probes: VecDeque<(f64, Seq, Instant)>,
     last_txtime: f64,
     /// The highest seq an answer proved read.
     proven: Option<Seq>,
@@ -47,6 +48,11 @@ impl Proof {
         self.sent.is_some_and(|s| self.proven.is_none_or(|p| p < s))
     }
 
+    /// When the oldest request still unanswered was sent.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.probes.front().map(|(_, _, at)| *at)
+    }
+
     /// Nothing unproven and nothing in flight.
     pub fn is_idle(&self) -> bool {
         !self.unproven() && self.probes.is_empty()
@@ -57,7 +63,7 @@ impl Proof {
         let txtime = now.max(self.last_txtime + 0.001);
         self.last_txtime = txtime;
         let up_to = self.covered.or(self.proven).unwrap_or(Seq(0));
-        self.probes.push_back((txtime, up_to));
+        self.probes.push_back((txtime, up_to, Instant::now()));
         txtime
     }
 
@@ -75,7 +81,7 @@ impl Proof {
         }
         let txtime = now.max(self.last_txtime + 0.001);
         self.last_txtime = txtime;
-        self.probes.push_back((txtime, sent));
+        self.probes.push_back((txtime, sent, Instant::now()));
         self.covered = Some(sent);
         Some(txtime)
     }
@@ -83,9 +89,9 @@ impl Proof {
     /// The LNS answered the request sent at `txtime`: the seq every record up to which may
     /// leave the journal (`None`: not a request of this socket).
     pub fn answered(&mut self, txtime: f64) -> Option<Seq> {
-        let i = self.probes.iter().position(|(t, _)| (t - txtime).abs() < 0.0005)?;
+        let i = self.probes.iter().position(|(t, _, _)| (t - txtime).abs() < 0.0005)?;
         // Answers come in order; one lost means the ones before are proven by this one too.
-        let (_, up_to) = self.probes.drain(..=i).next_back()?;
+        let (_, up_to, _) = self.probes.drain(..=i).next_back()?;
         self.proven = Some(self.proven.map_or(up_to, |p| p.max(up_to)));
         Some(up_to)
     }
