@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::station::StationLns;
+use support::station::{StationCups, StationLns};
 use support::*;
 
 fn station_sink(lns: &StationLns, extra: &str) -> String {
@@ -244,4 +244,149 @@ fn wss_with_a_client_certificate_and_stations_file_layout_with_a_token() {
     let connect = plain.entries().into_iter().find(|e| e["event"] == "connect").expect("a connection");
     // python3-websockets gives the header names in lower case.
     assert_eq!(connect["headers"]["authorization"], "Bearer NNSXS.TESTTOKEN", "{connect}");
+}
+
+/// The value of a counter on /metrics for the sink (0 when absent).
+fn bad_commands(config: &str) -> f64 {
+    station_metric(config, "berrygw_sink_bad_commands_total").unwrap_or(0.0)
+}
+
+/// CUPS against the Python CUPS server (`support/station_cups.py`, aiohttp, signatures by
+/// python3-cryptography): the LNS set comes from CUPS over https with a token; a signed
+/// update is kept and a tampered or foreign one refused; CUPS's own token is rotated; an
+/// LNS set that does not work is dropped for the one in use; one that works is kept and
+/// is what the gateway reports after a restart.
+#[test]
+fn cups_hands_over_the_lns_rotates_credentials_and_keeps_only_signed_updates() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let certs = Certs::generate(d, "pki");
+    let (server_crt, server_key) = (certs.server_cert.as_path(), certs.server_key.as_path());
+    let lns_b = StationLns::start(
+        d,
+        &[
+            "--tls",
+            server_crt.to_str().unwrap(),
+            server_key.to_str().unwrap(),
+            "--require",
+            "Authorization: Bearer LNS-B",
+        ],
+    );
+    let lns_c = StationLns::start(d, &["--require", "Authorization: Bearer LNS-C"]);
+    let station = d.join("station");
+    std::fs::create_dir_all(&station).unwrap();
+    StationCups::make_sig_key(&d.join("sig-0.pem"), &station.join("sig-0.key"));
+    StationCups::make_sig_key(&d.join("foreign.pem"), &d.join("foreign.key"));
+    let update_v2 = d.join("v2.bin");
+    std::fs::write(&update_v2, b"berrygw 9.9.9 package, as CUPS would hand it over".repeat(100)).unwrap();
+    let ca = certs.ca.to_str().unwrap();
+    let tc_b = json!({"uri": lns_b.uri(), "trust": ca, "token": "Authorization: Bearer LNS-B"});
+    let state = |tc: &serde_json::Value,
+                 cups: serde_json::Value,
+                 require: serde_json::Value,
+                 update: serde_json::Value| {
+        json!({"require": require, "tc": tc, "cups": cups, "update": update})
+    };
+    let signed = json!({"file": update_v2, "version": "9.9.9", "sign_with": d.join("sig-0.pem")});
+    let cups = StationCups::start(
+        d,
+        Some((server_crt, server_key)),
+        &state(&tc_b, json!(null), json!("Authorization: Bearer CUPS-1"), signed),
+    );
+    std::fs::write(station.join("cups.uri"), format!("{}\n", cups.uri())).unwrap();
+    std::fs::copy(&certs.ca, station.join("cups.trust")).unwrap();
+    std::fs::write(station.join("cups.key"), "Authorization: Bearer CUPS-1\n").unwrap();
+    std::fs::set_permissions(station.join("cups.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
+    let sink = format!(
+        "[sinks.basic_station]\nstation_dir = {station:?}\ncups_interval_s = 2\nreconnect_min_ms = 200\n\
+         reconnect_max_ms = 1000\n"
+    );
+    let devices = sim_device("sonde-niveau", "river_level", "26011002", 200, None);
+    let state_dir = d.join("state");
+    let text = config_with_radio(&state_dir, "log", &sim_radio(&devices), &sink);
+    let mut daemon = Berrygw::start(d, &text);
+
+    // The LNS set from CUPS (wss, a trust in DER, a token) works; the signed update is kept.
+    lns_b.wait_uplinks(3, Duration::from_secs(30));
+    let first = cups.requests().into_iter().next().expect("CUPS asked");
+    assert_eq!(first["req"]["router"], "00-16-C0-01-FF-10-A2-35", "{first}");
+    assert_eq!(first["req"]["tcCredCrc"], 0, "no LNS set yet: {first}");
+    assert_eq!(first["req"]["keys"].as_array().map(Vec::len), Some(1), "{first}");
+    assert_eq!(first["headers"]["Authorization"], "Bearer CUPS-1", "{first}");
+    let kept = state_dir.join("basic_station");
+    wait_for(Duration::from_secs(10), "the LNS set kept", || kept.join("tc.set").exists().then_some(()));
+    assert_eq!(std::fs::read(kept.join("update.bin")).unwrap(), std::fs::read(&update_v2).unwrap());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kept.join("update.json")).unwrap()).unwrap();
+    assert!(meta["signing_key"].as_str().unwrap().ends_with("sig-0.key"), "{meta}");
+    let refused_before = bad_commands(&text);
+
+    // Updates that do not verify are refused and counted; the kept one stays.
+    let update_v3 = d.join("v3.bin");
+    std::fs::write(&update_v3, b"another package").unwrap();
+    for bad in [
+        json!({"file": update_v3, "version": "9.9.10", "sign_with": d.join("sig-0.pem"), "tamper": true}),
+        json!({"file": update_v3, "version": "9.9.10", "sign_with": d.join("foreign.pem")}),
+        json!({"file": update_v3, "version": "9.9.10"}),
+    ] {
+        let asked = cups.requests().len();
+        cups.set(&state(&tc_b, json!(null), json!("Authorization: Bearer CUPS-1"), bad.clone()));
+        wait_for(Duration::from_secs(15), "CUPS asked twice more", || {
+            (cups.requests().len() >= asked + 2).then_some(())
+        });
+    }
+    wait_for(Duration::from_secs(10), "3 updates refused", || {
+        (bad_commands(&text) >= refused_before + 3.0).then_some(())
+    });
+    assert_eq!(std::fs::read(kept.join("update.bin")).unwrap(), std::fs::read(&update_v2).unwrap());
+
+    // CUPS's own token rotated: tried at once, kept, used from then on.
+    cups.set(&state(
+        &tc_b,
+        json!({"uri": cups.uri(), "trust": ca, "token": "Authorization: Bearer CUPS-2"}),
+        json!(["Authorization: Bearer CUPS-1", "Authorization: Bearer CUPS-2"]),
+        json!(null),
+    ));
+    wait_for(Duration::from_secs(15), "the CUPS set kept", || kept.join("cups.set").exists().then_some(()));
+    cups.set(&state(&tc_b, json!(null), json!("Authorization: Bearer CUPS-2"), json!(null)));
+    let asked = cups.requests().len();
+    let later = wait_for(Duration::from_secs(15), "a request on the new token", || {
+        cups.requests().get(asked).cloned()
+    });
+    assert_eq!(later["headers"]["Authorization"], "Bearer CUPS-2", "{later}");
+    assert!(later.get("refused").is_none(), "{later}");
+
+    // An LNS set that does not work (a wrong token) is tried, dropped, and the set in use
+    // goes on: uplinks still reach B, tc.set still names B.
+    let cups_2 = json!("Authorization: Bearer CUPS-2");
+    let wrong = json!({"uri": lns_c.uri(), "token": "Authorization: Bearer WRONG"});
+    let tc_set_b = std::fs::read(kept.join("tc.set")).unwrap();
+    cups.set(&state(&wrong, json!(null), cups_2.clone(), json!(null)));
+    wait_for(Duration::from_secs(15), "C refusing the wrong token", || {
+        lns_c.entries().into_iter().find(|e| e["event"] == "refused")
+    });
+    let at_b = lns_b.uplink_seqs().len();
+    lns_b.wait_uplinks(at_b + 3, Duration::from_secs(20));
+    assert_eq!(std::fs::read(kept.join("tc.set")).unwrap(), tc_set_b, "the set in use is kept");
+
+    // A set that works is kept: C from now on, and after a restart too.
+    let tc_c = json!({"uri": lns_c.uri(), "token": "Authorization: Bearer LNS-C"});
+    cups.set(&state(&tc_c, json!(null), cups_2.clone(), json!(null)));
+    lns_c.wait_uplinks(3, Duration::from_secs(30));
+    wait_for(Duration::from_secs(10), "tc.set naming C", || {
+        (std::fs::read(kept.join("tc.set")).unwrap() != tc_set_b).then_some(())
+    });
+    daemon.stop();
+    let asked = cups.requests().len();
+    let mut daemon = Berrygw::start(d, &text);
+    let after = wait_for(Duration::from_secs(15), "CUPS asked after the restart", || {
+        cups.requests().get(asked).cloned()
+    });
+    assert_eq!(after["req"]["tcUri"], lns_c.uri(), "{after}");
+    assert_ne!(after["req"]["tcCredCrc"], 0, "{after}");
+    assert!(after["sent"].as_array().unwrap().is_empty(), "nothing new to hand over: {after}");
+    let at_c = lns_c.uplink_seqs().len();
+    lns_c.wait_uplinks(at_c + 3, Duration::from_secs(20));
+    daemon.stop();
 }

@@ -38,10 +38,26 @@ pub struct TlsFiles<'a> {
 
 /// Build the rustls client configuration for one sink.
 pub fn client_config(files: &TlsFiles<'_>) -> Result<Arc<ClientConfig>, TlsError> {
+    let trust = files.ca_file.map(|path| read_certs("ca_file", path)).transpose()?;
+    let identity = match (files.client_cert_file, files.client_key_file) {
+        (Some(cert), Some(key)) => {
+            Some((read_certs("client_cert_file", cert)?, read_key("client_key_file", key)?))
+        }
+        _ => None,
+    };
+    client_config_der(trust, identity)
+}
+
+/// The same from certificates and a key already in DER (LoRa Basics Station's credential
+/// sets): `trust` or the system roots, and the identity presented when given.
+pub fn client_config_der(
+    trust: Option<Vec<CertificateDer<'static>>>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
-    match files.ca_file {
-        Some(path) => {
-            for cert in read_certs("ca_file", path)? {
+    match trust {
+        Some(certs) => {
+            for cert in certs {
                 roots.add(cert).map_err(TlsError::Setup)?;
             }
         }
@@ -61,13 +77,9 @@ pub fn client_config(files: &TlsFiles<'_>) -> Result<Arc<ClientConfig>, TlsError
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Setup)?
         .with_root_certificates(roots);
-    let config = match (files.client_cert_file, files.client_key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = read_certs("client_cert_file", cert)?;
-            let key = read_key("client_key_file", key)?;
-            builder.with_client_auth_cert(chain, key).map_err(TlsError::Identity)?
-        }
-        _ => builder.with_no_client_auth(),
+    let config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(TlsError::Identity)?,
+        None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
 }

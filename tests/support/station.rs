@@ -129,3 +129,91 @@ fn rand_suffix() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
+
+/// A CUPS server for the tests (`station_cups.py`, on python3-aiohttp, update signatures by
+/// python3-cryptography). What it hands over is its state file, which `set` replaces.
+pub struct StationCups {
+    pub port: u16,
+    pub log: PathBuf,
+    state: PathBuf,
+    tls: bool,
+    child: Child,
+}
+
+impl StationCups {
+    /// Start it on a free port, over TLS with `tls` (certificate and key files).
+    pub fn start(dir: &Path, tls: Option<(&Path, &Path)>, state: &serde_json::Value) -> StationCups {
+        let suffix = rand_suffix();
+        let log = dir.join(format!("cups-{suffix}.jsonl"));
+        let state_path = dir.join(format!("cups-{suffix}.json"));
+        fs::write(&state_path, state.to_string()).expect("state");
+        let port = free_port();
+        let mut command = Command::new("/usr/bin/python3");
+        command.arg(cups_script()).args([
+            "--port",
+            &port.to_string(),
+            "--log",
+            log.to_str().expect("utf-8"),
+            "--state",
+            state_path.to_str().expect("utf-8"),
+        ]);
+        if let Some((cert, key)) = tls {
+            command.arg("--tls").arg(cert).arg(key);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 with python3-aiohttp and python3-cryptography (scripts/test installs them)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("CUPS says it listens");
+        assert!(line.starts_with("listening"), "station_cups.py: {line:?}");
+        StationCups { port, log, state: state_path, tls: tls.is_some(), child }
+    }
+
+    /// What it hands over from the next request on.
+    pub fn set(&self, state: &serde_json::Value) {
+        let tmp = self.state.with_extension("tmp");
+        fs::write(&tmp, state.to_string()).expect("state");
+        fs::rename(&tmp, &self.state).expect("state");
+    }
+
+    pub fn uri(&self) -> String {
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.port)
+    }
+
+    /// Every request so far: {"headers", "req", "sent", "refused"?}.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// A new P-256 signing key made by python3-cryptography: its private key (PEM) at
+    /// `private`, Station's `sig-N.key` (the 64 bytes of the public point) at `public`.
+    pub fn make_sig_key(private: &Path, public: &Path) {
+        let status = Command::new("/usr/bin/python3")
+            .arg(cups_script())
+            .arg("--make-sig-key")
+            .arg(private)
+            .arg(public)
+            .status()
+            .expect("python3");
+        assert!(status.success(), "station_cups.py --make-sig-key");
+    }
+}
+
+impl Drop for StationCups {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cups_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/support/station_cups.py")
+}

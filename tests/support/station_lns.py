@@ -15,10 +15,13 @@ written from Semtech's public description of the LNS protocol (doc.sm.tc/station
 - Each line written to stdin is sent as is, as one text message, to the newest
   /traffic connection (dnmsg, malformed JSON, unknown msgtypes...).
 - --read-delay-ms N: a slow LNS or link, N ms after each message read.
+- --require "Name: value": an upgrade without this header is refused (401), as an
+  LNS refuses a wrong token.
 - Prints "listening <port>" once it listens.
 """
 import argparse
 import asyncio
+import http
 import json
 import os
 import ssl
@@ -56,6 +59,7 @@ def main():
     ap.add_argument("--client-ca")
     ap.add_argument("--read-delay-ms", type=int, default=0,
                     help="a slow LNS (or link): wait this long after each message read")
+    ap.add_argument("--require", help="refuse upgrades without this header (Name: value)")
     args = ap.parse_args()
     log = open(args.log, "a", buffering=1)
     scheme = "wss" if args.tls else "ws"
@@ -110,6 +114,16 @@ def main():
         except websockets.ConnectionClosed:
             pass
 
+    async def check_header(path, request_headers):
+        # websockets' legacy server (Debian 12's 10.x): None lets the upgrade go on.
+        if not args.require:
+            return None
+        name, value = [p.strip() for p in args.require.split(":", 1)]
+        if request_headers.get(name) == value:
+            return None
+        record({"path": path, "event": "refused", "headers": dict(request_headers)})
+        return (http.HTTPStatus.UNAUTHORIZED, [], b"unauthorized\n")
+
     pending = [b""]
 
     def from_stdin():
@@ -135,7 +149,8 @@ def main():
                 context.load_verify_locations(args.client_ca)
                 context.verify_mode = ssl.CERT_REQUIRED
         asyncio.get_event_loop().add_reader(sys.stdin.fileno(), from_stdin)
-        async with websockets.serve(handler, "127.0.0.1", args.port, ssl=context):
+        async with websockets.serve(handler, "127.0.0.1", args.port, ssl=context,
+                                    process_request=check_header):
             print("listening %d" % args.port, flush=True)
             await asyncio.Future()
 

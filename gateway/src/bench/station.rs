@@ -45,7 +45,8 @@ fn station_sink(port: u16) -> anyhow::Result<basic_station::BasicStationSettings
     let cfg: BasicStationSinkConfig = toml::from_str(&format!(
         "tc_uri = \"ws://127.0.0.1:{port}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 2000\n"
     ))?;
-    cfg.settings(berrygw_lora::Eui64::from_u64(0x0016_c001_ffbe_0001))
+    // No CUPS: nothing is kept in the state directory.
+    cfg.settings(berrygw_lora::Eui64::from_u64(0x0016_c001_ffbe_0001), std::path::Path::new("/nonexistent"))
 }
 
 pub(super) async fn station(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {

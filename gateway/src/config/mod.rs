@@ -186,14 +186,14 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
             );
         }
     }
-    if let Some(key) = c.sinks.basic_station.as_ref().and_then(|s| s.key_file()) {
+    for (name, key) in c.sinks.basic_station.as_ref().map(|s| s.key_files()).unwrap_or_default() {
         let mode = file_mode(&key).map_err(|e| ConfigError::whole(&key, format!("cannot read: {e}")))?;
         if mode & SECRET_FORBIDDEN_MODE != 0 {
             return Err(ConfigError {
                 file: loaded.path.clone(),
                 line: None,
-                key: Some("sinks.basic_station.tc_key".into()),
-                message: secret_mode_message(&key, "is the LNS's private key or token (tc.key)", mode),
+                key: Some(name.into()),
+                message: secret_mode_message(&key, "is a private key or token (tc.key, cups.key)", mode),
             });
         }
     }

@@ -119,7 +119,9 @@ impl Gateway {
         };
         // The LNS's files are read (and their faults reported) before anything starts.
         let station_settings = match &c.sinks.basic_station {
-            Some(station) => Some(station.settings(c.gateway.id).context("sinks.basic_station")?),
+            Some(station) => {
+                Some(station.settings(c.gateway.id, &c.gateway.state_dir).context("sinks.basic_station")?)
+            }
             None => None,
         };
         let station_journal = match &c.sinks.basic_station {

@@ -1,10 +1,11 @@
-//! `[sinks.basic_station]`: where the LNS is, the credentials, and their checks.
+//! `[sinks.basic_station]`: where the LNS and CUPS are, the credentials, and their checks.
 //!
-//! Either the files are named one by one (`tc_uri`, `tc_trust`, `tc_crt`, `tc_key`), or
-//! `station_dir` names a directory in LoRa Basics Station's own layout (`tc.uri`,
-//! `tc.trust`, `tc.crt`, `tc.key`), so that an operator's existing credentials drop in; a
-//! key named one by one wins over the directory's. As in Station, a `tc.key` that is not a
-//! PEM private key holds HTTP header lines sent with the upgrade (The Things Stack's
+//! Either the files are named one by one (`tc_uri`, `tc_trust`, `tc_crt`, `tc_key`, and
+//! `cups_*` alike, `sig_keys`), or `station_dir` names a directory in LoRa Basics Station's
+//! own layout (`tc.uri`, `tc.trust`, `tc.crt`, `tc.key`, `cups.*`, `sig-*.key`), so that an
+//! operator's existing credentials drop in; a file named one by one wins over the
+//! directory's. Files are PEM or DER. As in Station, a key file that is not a private key
+//! holds HTTP header lines sent with each request (The Things Stack's
 //! `Authorization: Bearer …`).
 
 use std::path::{Path, PathBuf};
@@ -14,9 +15,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use berrygw_lora::Eui64;
 use berrygw_proto::broker::is_loopback_host;
-use berrygw_proto::tls::{self, TlsFiles};
 use serde::Deserialize;
 
+use super::creds::Credentials;
+use super::cups::{CupsUri, SigKey};
 use super::ws::WsUri;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -24,17 +26,30 @@ use super::ws::WsUri;
 pub struct BasicStationSinkConfig {
     /// The LNS's router-info address (Station's `tc.uri`), e.g. `wss://lns.example.org:8887`.
     pub tc_uri: Option<String>,
-    /// A directory in Station's layout (`tc.uri`, `tc.trust`, `tc.crt`, `tc.key`).
+    /// A directory in Station's layout (`tc.uri`, `tc.trust`, `tc.crt`, `tc.key`, `cups.uri`,
+    /// `cups.trust`, `cups.crt`, `cups.key`, `sig-*.key`).
     pub station_dir: Option<PathBuf>,
-    /// The CA (PEM) the LNS's certificate chains to; the system's roots when absent.
+    /// The CA (PEM or DER) the LNS's certificate chains to; the system's roots when absent.
     pub tc_trust: Option<PathBuf>,
-    /// This gateway's certificate (PEM), for client-certificate authentication.
+    /// This gateway's certificate (PEM or DER), for client-certificate authentication.
     pub tc_crt: Option<PathBuf>,
-    /// Its private key (PEM), or HTTP header lines (a token).
+    /// Its private key (PEM or DER), or HTTP header lines (a token).
     pub tc_key: Option<PathBuf>,
-    /// A CUPS server: not built yet, refused with a clear error.
+    /// A CUPS server (`https://…`): it hands over the LNS's address and credentials, its
+    /// own new ones, and signed updates.
     pub cups_uri: Option<String>,
-    /// `ws://` to a host that is not this machine (no TLS: the token and uplinks in clear).
+    pub cups_trust: Option<PathBuf>,
+    pub cups_crt: Option<PathBuf>,
+    pub cups_key: Option<PathBuf>,
+    /// Station's `sig-N.key` files: the keys an update must be signed with to be kept.
+    #[serde(default)]
+    pub sig_keys: Vec<PathBuf>,
+    /// How often CUPS is asked while all is well (it is also asked at start and after the
+    /// LNS failed three times in a row).
+    #[serde(default = "default_cups_interval_s")]
+    pub cups_interval_s: u64,
+    /// `ws://` or `http://` to a host that is not this machine (no TLS: the token and
+    /// uplinks in clear).
     #[serde(default)]
     pub allow_plaintext: bool,
     /// The router's EUI the LNS knows this gateway by; the gateway's id when absent.
@@ -58,15 +73,55 @@ fn default_reconnect_max_ms() -> u64 {
 fn default_proof_interval_ms() -> u64 {
     200
 }
+fn default_cups_interval_s() -> u64 {
+    86_400
+}
+
+/// A server and the credentials used with it.
+#[derive(Clone, Debug)]
+pub struct Endpoint<U> {
+    pub uri: U,
+    /// The URI as it was given (what `update-info` reports back).
+    pub text: String,
+    pub creds: Credentials,
+    /// Built from `creds` when the URI asks for TLS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl<U: AsRef<WsUri> + std::fmt::Display> Endpoint<U> {
+    /// Checked: TLS built when the URI asks for it, plaintext to another host refused
+    /// unless allowed.
+    pub fn new(uri: U, text: &str, creds: Credentials, allow_plaintext: bool) -> anyhow::Result<Endpoint<U>> {
+        let ws = uri.as_ref();
+        if !ws.tls && !allow_plaintext && !is_loopback_host(&ws.host) {
+            bail!(
+                "{uri}: no TLS to another host sends uplinks and credentials in clear; use TLS or set \
+                 allow_plaintext = true"
+            );
+        }
+        let tls =
+            if ws.tls { Some(creds.tls_config().with_context(|| format!("{uri}: TLS"))?) } else { None };
+        Ok(Endpoint { uri, text: text.trim().to_string(), creds, tls })
+    }
+}
+
+/// Everything CUPS needs beyond its endpoint.
+#[derive(Clone, Debug)]
+pub struct CupsSettings {
+    /// From configuration (Station's boot set): used until CUPS hands over another.
+    pub boot: Endpoint<CupsUri>,
+    pub sig_keys: Vec<SigKey>,
+    pub interval: Duration,
+}
 
 /// Everything the sink needs, resolved from configuration.
 #[derive(Clone, Debug)]
 pub struct BasicStationSettings {
-    /// Where router-info is asked (`<tc_uri>/router-info`).
-    pub tc_uri: WsUri,
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    /// Sent with every upgrade (a token from `tc.key`).
-    pub headers: Vec<(String, String)>,
+    /// The LNS from configuration; `None` when only CUPS gives it.
+    pub tc: Option<Endpoint<WsUri>>,
+    pub cups: Option<CupsSettings>,
+    /// The sets CUPS handed over (`tc.set`, `cups.set`) and kept updates.
+    pub dir: PathBuf,
     pub router: Eui64,
     pub allow_plaintext: bool,
     pub reconnect_min: Duration,
@@ -77,16 +132,14 @@ pub struct BasicStationSettings {
 impl BasicStationSinkConfig {
     /// The checks that need no file read.
     pub fn check(&self) -> Result<(), String> {
-        if self.cups_uri.is_some() {
-            return Err("cups_uri: CUPS is not supported yet; give the LNS directly (tc_uri, or \
-                        station_dir with tc.uri)"
-                .into());
-        }
-        if self.tc_uri.is_none() && self.station_dir.is_none() {
-            return Err("give tc_uri, or station_dir holding Station's tc.uri".into());
+        if self.tc_uri.is_none() && self.cups_uri.is_none() && self.station_dir.is_none() {
+            return Err("give tc_uri or cups_uri, or station_dir holding Station's tc.uri or cups.uri".into());
         }
         if let Some(uri) = &self.tc_uri {
             WsUri::parse(uri).map_err(|e| format!("tc_uri: {e}"))?;
+        }
+        if let Some(uri) = &self.cups_uri {
+            CupsUri::parse(uri).map_err(|e| format!("cups_uri: {e}"))?;
         }
         if !(100..=600_000).contains(&self.reconnect_min_ms) || self.reconnect_max_ms < self.reconnect_min_ms
         {
@@ -98,59 +151,98 @@ impl BasicStationSinkConfig {
         if !(10..=60_000).contains(&self.proof_interval_ms) {
             return Err("proof_interval_ms must be 10 to 60000".into());
         }
+        if !(1..=30 * 86_400).contains(&self.cups_interval_s) {
+            return Err("cups_interval_s must be 1 to 2592000 (30 days)".into());
+        }
         Ok(())
     }
 
-    /// The private key or token file, if one is configured or in `station_dir`.
-    pub fn key_file(&self) -> Option<PathBuf> {
-        self.tc_key
-            .clone()
-            .or_else(|| self.station_dir.as_ref().map(|d| d.join("tc.key")).filter(|p| p.exists()))
+    fn in_dir(&self, name: &str) -> Option<PathBuf> {
+        self.station_dir.as_ref().map(|d| d.join(name)).filter(|p| p.exists())
+    }
+
+    /// The private key or token files configured or in `station_dir`, with their keys'
+    /// names: secrets, whose modes are checked.
+    pub fn key_files(&self) -> Vec<(&'static str, PathBuf)> {
+        let tc = self.tc_key.clone().or_else(|| self.in_dir("tc.key"));
+        let cups = self.cups_key.clone().or_else(|| self.in_dir("cups.key"));
+        [("sinks.basic_station.tc_key", tc), ("sinks.basic_station.cups_key", cups)]
+            .into_iter()
+            .filter_map(|(k, p)| Some((k, p?)))
+            .collect()
     }
 
     /// Read the files and resolve the settings; an error names the file and what is wrong.
-    pub fn settings(&self, gateway_id: Eui64) -> anyhow::Result<BasicStationSettings> {
+    /// `state_dir` is the gateway's: the sink keeps what CUPS sends in its `basic_station`.
+    pub fn settings(&self, gateway_id: Eui64, state_dir: &Path) -> anyhow::Result<BasicStationSettings> {
         self.check().map_err(anyhow::Error::msg)?;
-        let in_dir = |name: &str| self.station_dir.as_ref().map(|d| d.join(name)).filter(|p| p.exists());
-        let uri_text = match (&self.tc_uri, &self.station_dir) {
-            (Some(uri), _) => uri.clone(),
-            (None, Some(dir)) => {
-                let path = dir.join("tc.uri");
-                std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
+        let read_uri = |name: &str| -> anyhow::Result<Option<String>> {
+            self.in_dir(name)
+                .map(|p| std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display())))
+                .transpose()
+                .map(|t| t.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+        };
+        let tc_text = match &self.tc_uri {
+            Some(uri) => Some(uri.clone()),
+            None => read_uri("tc.uri")?,
+        };
+        let cups_text = match &self.cups_uri {
+            Some(uri) => Some(uri.clone()),
+            None => read_uri("cups.uri")?,
+        };
+        if tc_text.is_none() && cups_text.is_none() {
+            bail!("neither an LNS (tc_uri, tc.uri) nor a CUPS server (cups_uri, cups.uri) is given");
+        }
+        let tc = match tc_text {
+            Some(text) => {
+                let uri = WsUri::parse(&text).context("tc.uri")?;
+                let creds = Credentials::from_files(
+                    self.tc_trust.clone().or_else(|| self.in_dir("tc.trust")).as_deref(),
+                    self.tc_crt.clone().or_else(|| self.in_dir("tc.crt")).as_deref(),
+                    self.tc_key.clone().or_else(|| self.in_dir("tc.key")).as_deref(),
+                )
+                .context("the LNS's credentials")?;
+                Some(Endpoint::new(uri, &text, creds, self.allow_plaintext)?)
             }
-            (None, None) => bail!("no tc_uri"),
+            None => None,
         };
-        let tc_uri = WsUri::parse(&uri_text).context("tc.uri")?;
-        if !tc_uri.tls && !self.allow_plaintext && !is_loopback_host(&tc_uri.host) {
-            bail!(
-                "{tc_uri}: ws:// to another host sends uplinks and credentials in clear; use wss:// or set \
-                 allow_plaintext = true"
-            );
-        }
-        let trust = self.tc_trust.clone().or_else(|| in_dir("tc.trust"));
-        let crt = self.tc_crt.clone().or_else(|| in_dir("tc.crt"));
-        let key = self.tc_key.clone().or_else(|| in_dir("tc.key"));
-        let (key_file, headers) = match &key {
-            Some(path) if !is_pem_key(path)? => (None, token_headers(path)?),
-            other => (other.clone(), Vec::new()),
-        };
-        if crt.is_some() != key_file.is_some() {
-            bail!("tc.crt and a PEM tc.key go together (client-certificate authentication needs both)");
-        }
-        let tls = if tc_uri.tls {
-            let files = TlsFiles {
-                ca_file: trust.as_deref(),
-                client_cert_file: crt.as_deref(),
-                client_key_file: key_file.as_deref(),
-            };
-            Some(tls::client_config(&files).context("the LNS's TLS files")?)
-        } else {
-            None
+        let cups = match cups_text {
+            Some(text) => {
+                let uri = CupsUri::parse(&text).context("cups.uri")?;
+                let creds = Credentials::from_files(
+                    self.cups_trust.clone().or_else(|| self.in_dir("cups.trust")).as_deref(),
+                    self.cups_crt.clone().or_else(|| self.in_dir("cups.crt")).as_deref(),
+                    self.cups_key.clone().or_else(|| self.in_dir("cups.key")).as_deref(),
+                )
+                .context("CUPS's credentials")?;
+                let mut key_paths = self.sig_keys.clone();
+                if let Some(dir) = &self.station_dir {
+                    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                        .with_context(|| format!("reading {}", dir.display()))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| {
+                            p.file_name()
+                                .and_then(|n| n.to_str())
+                                .is_some_and(|n| n.starts_with("sig-") && n.ends_with(".key"))
+                        })
+                        .collect();
+                    found.sort();
+                    key_paths.extend(found);
+                }
+                let sig_keys =
+                    key_paths.iter().map(|p| SigKey::read(p)).collect::<anyhow::Result<Vec<_>>>()?;
+                Some(CupsSettings {
+                    boot: Endpoint::new(uri, &text, creds, self.allow_plaintext)?,
+                    sig_keys,
+                    interval: Duration::from_secs(self.cups_interval_s),
+                })
+            }
+            None => None,
         };
         Ok(BasicStationSettings {
-            tc_uri,
-            tls,
-            headers,
+            tc,
+            cups,
+            dir: state_dir.join("basic_station"),
             router: self.router.unwrap_or(gateway_id),
             allow_plaintext: self.allow_plaintext,
             reconnect_min: Duration::from_millis(self.reconnect_min_ms),
@@ -158,31 +250,6 @@ impl BasicStationSinkConfig {
             proof_interval: Duration::from_millis(self.proof_interval_ms),
         })
     }
-}
-
-fn is_pem_key(path: &Path) -> anyhow::Result<bool> {
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.windows(11).any(|w| w == b"-----BEGIN "))
-}
-
-/// The header lines of a token `tc.key` (`Name: value`, CRLF or LF).
-fn token_headers(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut headers = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let Some((name, value)) = line.split_once(':') else {
-            bail!("{}: neither a PEM key nor `Header: value` lines", path.display());
-        };
-        let (name, value) = (name.trim(), value.trim());
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            bail!("{}: bad header name {name:?}", path.display());
-        }
-        headers.push((name.to_string(), value.to_string()));
-    }
-    if headers.is_empty() {
-        bail!("{}: empty", path.display());
-    }
-    Ok(headers)
 }
 
 #[cfg(test)]
@@ -199,31 +266,63 @@ mod tests {
         std::fs::write(dir.path().join("tc.uri"), "ws://127.0.0.1:6090\n").unwrap();
         std::fs::write(dir.path().join("tc.key"), "Authorization: Bearer NNSXS.ABC\r\n").unwrap();
         let c = config(&format!("station_dir = {:?}", dir.path()));
-        let s = c.settings(Eui64::from_u64(1)).unwrap();
-        assert_eq!(s.tc_uri.to_string(), "ws://127.0.0.1:6090/");
-        assert_eq!(s.headers, [("Authorization".to_string(), "Bearer NNSXS.ABC".to_string())]);
-        assert!(s.tls.is_none());
+        let s = c.settings(Eui64::from_u64(1), Path::new("/var/lib/berrygw")).unwrap();
+        let tc = s.tc.unwrap();
+        assert_eq!(tc.uri.to_string(), "ws://127.0.0.1:6090/");
+        assert_eq!(tc.creds.headers(), [("Authorization".to_string(), "Bearer NNSXS.ABC".to_string())]);
+        assert!(tc.tls.is_none() && s.cups.is_none());
         assert_eq!(s.router, Eui64::from_u64(1));
+        assert_eq!(s.dir, Path::new("/var/lib/berrygw/basic_station"));
+        assert_eq!(c.key_files(), [("sinks.basic_station.tc_key", dir.path().join("tc.key"))]);
+    }
+
+    #[test]
+    fn a_cups_layout_with_signing_keys_drops_in() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cups.uri"), "http://127.0.0.1:6040\n").unwrap();
+        std::fs::write(dir.path().join("cups.key"), "Authorization: Bearer C\n").unwrap();
+        // A point of P-256 (the generator), X then Y.
+        let g = hex::decode(
+            "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296\
+             4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("sig-0.key"), &g).unwrap();
+        let c = config(&format!("station_dir = {:?}\ncups_interval_s = 60", dir.path()));
+        let s = c.settings(Eui64::from_u64(1), Path::new("/tmp")).unwrap();
+        assert!(s.tc.is_none());
+        let cups = s.cups.unwrap();
+        assert_eq!(cups.boot.uri.to_string(), "http://127.0.0.1:6040/");
+        assert_eq!(cups.sig_keys.len(), 1);
+        assert_eq!(cups.sig_keys[0].crc, super::super::creds::crc32(&g));
+        assert_eq!(cups.interval, Duration::from_secs(60));
+        std::fs::write(dir.path().join("sig-1.key"), [0u8; 10]).unwrap();
+        let e = c.settings(Eui64::from_u64(1), Path::new("/tmp")).unwrap_err();
+        assert!(format!("{e:#}").contains("64 bytes"), "{e:#}");
     }
 
     #[test]
     fn what_cannot_work_is_refused_with_why() {
         for (text, why) in [
-            ("tc_uri = \"wss://lns.example\"\ncups_uri = \"https://cups\"", "CUPS"),
-            ("allow_plaintext = false", "tc_uri"),
+            ("allow_plaintext = false", "tc_uri or cups_uri"),
             ("tc_uri = \"http://lns\"", "ws://"),
+            ("cups_uri = \"wss://cups\"", "https://"),
             ("tc_uri = \"ws://lns\"\nreconnect_min_ms = 5", "reconnect_min_ms"),
             ("tc_uri = \"ws://lns\"\nproof_interval_ms = 0", "proof_interval_ms"),
+            ("cups_uri = \"https://cups\"\ncups_interval_s = 0", "cups_interval_s"),
         ] {
             let e = config(text).check().unwrap_err();
             assert!(e.contains(why), "{text}: {e}");
         }
-        let e = config("tc_uri = \"ws://lns.example.org:6090\"").settings(Eui64::from_u64(1)).unwrap_err();
-        assert!(e.to_string().contains("in clear"), "{e}");
+        let state = Path::new("/tmp");
+        for text in ["tc_uri = \"ws://lns.example.org:6090\"", "cups_uri = \"http://cups.example.org\""] {
+            let e = config(text).settings(Eui64::from_u64(1), state).unwrap_err();
+            assert!(e.to_string().contains("in clear"), "{e}");
+        }
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tc.key"), "not a header\n").unwrap();
         let c = config(&format!("tc_uri = \"ws://127.0.0.1:1\"\ntc_key = {:?}", dir.path().join("tc.key")));
-        let e = c.settings(Eui64::from_u64(1)).unwrap_err();
-        assert!(e.to_string().contains("neither a PEM key"), "{e}");
+        let e = c.settings(Eui64::from_u64(1), state).unwrap_err();
+        assert!(format!("{e:#}").contains("neither a PEM key"), "{e:#}");
     }
 }

@@ -13,10 +13,18 @@
 //! Class B at GPS time) and are answered `dntxed` when the radio says sent. `runcmd` and
 //! `rmtsh` are refused, always: the LNS gets no shell on a public network's gateway.
 //!
+//! With a CUPS server (`cups.rs`), the LNS's address and credentials come from CUPS, which
+//! is asked at start, every `cups_interval_s`, and after three failed sessions in a row; a
+//! set it hands over is tried and kept only once it has worked (`links.rs`).
+//!
 //! Files: `ws.rs` (the WebSocket client), `config.rs` (`[sinks.basic_station]`),
-//! `proof.rs` (when a record may leave the journal). Not built yet: CUPS.
+//! `creds.rs` (credential sets), `cups.rs` (the `update-info` exchange), `links.rs` (which
+//! sets are in use, pending, kept), `proof.rs` (when a record may leave the journal).
 
 pub mod config;
+pub mod creds;
+pub mod cups;
+pub mod links;
 pub mod proof;
 pub mod ws;
 
@@ -25,7 +33,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use berrygw_core::LogLimiter;
 use berrygw_lora::station::{self, Dnmsg, Downstream, RouterConfig, RouterInfo, UpContext, Window};
 use berrygw_lora::{TxAck, TxStatus};
@@ -39,7 +47,8 @@ use crate::sink::read_ahead::ReadAhead;
 use crate::sink::reconnect::{Backoff, Failure, Reconnect, Sink, Stopped};
 use crate::sink::{SinkCounters, SinkRadioIo};
 
-pub use config::{BasicStationSettings, BasicStationSinkConfig};
+pub use config::{BasicStationSettings, BasicStationSinkConfig, Endpoint};
+use links::Links;
 use proof::Proof;
 use ws::{Message, WebSocket, WsUri};
 
@@ -62,9 +71,14 @@ struct Carry {
     started: SystemTime,
     next_downlink_id: u32,
     warn: LogLimiter,
+    /// This session reached `router_config`: its LNS set works.
+    configured: bool,
+    /// When this session ends for CUPS to be asked.
+    cups_due: Option<Instant>,
 }
 
-/// The sink task: discover, connect, send, reconnect with backoff, until shutdown.
+/// The sink task: (ask CUPS,) discover, connect, send, reconnect with backoff, until
+/// shutdown.
 pub async fn run(
     settings: BasicStationSettings,
     journal: Journal,
@@ -78,26 +92,64 @@ pub async fn run(
         started: SystemTime::now(),
         next_downlink_id: rand::random::<u32>() | 1,
         warn: LogLimiter::default(),
+        configured: false,
+        cups_due: None,
     };
-    let server = settings.tc_uri.to_string();
+    let mut links = Links::open(&settings);
+    let server = links.describe();
     let sink = Sink { name: "basic_station", server: &server, counters: &counters, journal: &journal };
     let backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     let mut reconnect = Reconnect::new(sink, backoff, classify);
     loop {
-        let ended = session(&settings, &journal, &counters, &mut radio, &mut shutdown, &mut carry).await;
+        if let Err(e) = links.ask_cups_if_due(&settings, &counters).await {
+            if links.lns().is_none() {
+                // Nothing to connect to until CUPS answers.
+                if reconnect.after(Err(e), &mut shutdown).await.is_break() {
+                    return;
+                }
+                continue;
+            }
+            warn!("basic station sink: CUPS: {e:#}; the LNS set in use is kept");
+        }
+        let Some(lns) = links.lns().cloned() else {
+            let e = anyhow!("no LNS: CUPS gave none yet");
+            if reconnect.after(Err(e), &mut shutdown).await.is_break() {
+                return;
+            }
+            continue;
+        };
+        carry.configured = false;
+        carry.cups_due = links.cups_due();
+        let ended =
+            session(&lns, &settings, &journal, &counters, &mut radio, &mut shutdown, &mut carry).await;
+        links.session_ended(carry.configured);
+        if ended.as_ref().is_err_and(|e| e.is::<CupsDue>()) {
+            // As Station does: the LNS link is closed while CUPS is asked, then opened
+            // again (on the set CUPS handed over, if any). What was not proven is resent.
+            counters.set_connected(false);
+            journal.far_side(false);
+            continue;
+        }
         if reconnect.after(ended, &mut shutdown).await.is_break() {
             return;
         }
     }
 }
 
-/// Nothing answered (try again soon) or the LNS answered and refused (back off).
+/// An answer that says no (a status other than 101 or 200, router-info's error, a bad
+/// `router_config`): back off, rather than retry soon as after silence.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// A session ends when CUPS is due.
+#[derive(Debug, thiserror::Error)]
+#[error("CUPS is due")]
+struct CupsDue;
+
+/// Nothing answered (try again soon) or the far side answered and refused (back off).
 fn classify(e: &anyhow::Error) -> Failure {
-    let text = format!("{e:#}");
-    if text.contains("refused the WebSocket")
-        || text.contains("router-info")
-        || text.contains("router_config")
-    {
+    if e.chain().any(|c| c.is::<Refused>()) {
         Failure::Refused
     } else {
         Failure::Unreachable
@@ -105,9 +157,10 @@ fn classify(e: &anyhow::Error) -> Failure {
 }
 
 /// Ask router-info where this router's traffic goes.
-async fn discover(s: &BasicStationSettings) -> anyhow::Result<WsUri> {
-    let uri = s.tc_uri.join("/router-info");
-    let mut ws = ws::connect(&uri, s.tls.as_ref(), &s.headers, ANSWER_TIMEOUT).await?;
+async fn discover(lns: &Endpoint<WsUri>, s: &BasicStationSettings) -> anyhow::Result<WsUri> {
+    let uri = lns.uri.join("/router-info");
+    let headers = lns.creds.headers();
+    let mut ws = ws::connect(&uri, lns.tls.as_ref(), &headers, ANSWER_TIMEOUT).await?;
     ws.send_text(&station::router_info_request(s.router).to_string()).await?;
     let answer = tokio::time::timeout(ANSWER_TIMEOUT, async {
         loop {
@@ -122,13 +175,16 @@ async fn discover(s: &BasicStationSettings) -> anyhow::Result<WsUri> {
     .await
     .map_err(|_| anyhow!("router-info: no answer within {} s", ANSWER_TIMEOUT.as_secs()))??;
     ws.close().await;
-    let info = RouterInfo::parse(&answer).context("router-info")?;
-    let muxs = WsUri::parse(&info.uri).context("router-info's uri")?;
+    let refused = |why: String| anyhow::Error::new(Refused(why));
+    let info = RouterInfo::parse(&answer).map_err(|e| refused(format!("router-info: {e}")))?;
+    let muxs = WsUri::parse(&info.uri).map_err(|e| refused(format!("router-info's uri: {e:#}")))?;
     if !muxs.tls && !s.allow_plaintext && !berrygw_proto::broker::is_loopback_host(&muxs.host) {
-        bail!("router-info: {muxs} is ws:// to another host; refused without allow_plaintext");
+        return Err(refused(format!(
+            "router-info: {muxs} is ws:// to another host; refused without allow_plaintext"
+        )));
     }
-    if s.tc_uri.tls && !muxs.tls {
-        bail!("router-info: {muxs} would drop the TLS of {}", s.tc_uri);
+    if lns.uri.tls && !muxs.tls {
+        return Err(refused(format!("router-info: {muxs} would drop the TLS of {}", lns.uri)));
     }
     Ok(muxs)
 }
@@ -142,6 +198,7 @@ struct OnAir {
 
 /// One WebSocket's life.
 async fn session(
+    lns: &Endpoint<WsUri>,
     s: &BasicStationSettings,
     journal: &Journal,
     counters: &SinkCounters,
@@ -149,8 +206,8 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     carry: &mut Carry,
 ) -> anyhow::Result<Stopped> {
-    let muxs = discover(s).await?;
-    let mut ws = ws::connect(&muxs, s.tls.as_ref(), &s.headers, ANSWER_TIMEOUT).await?;
+    let muxs = discover(lns, s).await?;
+    let mut ws = ws::connect(&muxs, lns.tls.as_ref(), &lns.creds.headers(), ANSWER_TIMEOUT).await?;
     let version = station::version_message(concat!("berrygw ", env!("CARGO_PKG_VERSION")), "berrygw", "");
     ws.send_text(&version.to_string()).await?;
     let mut plan = tokio::time::timeout(ANSWER_TIMEOUT, async {
@@ -161,7 +218,7 @@ async fn session(
                     Ok(_) => debug!("basic station sink: a message before router_config, ignored"),
                     Err(e) => {
                         counters.bad_commands.fetch_add(1, Ordering::Relaxed);
-                        bail!("router_config: {e}");
+                        return Err(Refused(format!("router_config: {e}")).into());
                     }
                 },
                 Message::Ping(p) => ws.pong(&p).await?,
@@ -177,6 +234,7 @@ async fn session(
     // The LNS's clock against ours when it sent the plan: RefTime of each uplink.
     let mut mux_offset = plan.mux_time.map(|t| t - unix_secs(SystemTime::now()));
     info!(lns = %muxs, region = plan.region.name, "basic station sink: connected");
+    carry.configured = true;
     counters.set_connected(true);
     journal.far_side(true);
 
@@ -285,11 +343,23 @@ async fn session(
                 }
                 last_probe = Instant::now();
             }
+            () = sleep_until_some(carry.cups_due) => {
+                ws.close().await;
+                return Err(CupsDue.into());
+            }
             _ = shutdown.changed() => {
                 ws.close().await;
                 return Ok(Stopped);
             }
         }
+    }
+}
+
+/// Until `at`; forever when `None`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

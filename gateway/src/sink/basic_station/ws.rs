@@ -37,13 +37,18 @@ pub struct WsUri {
 
 impl WsUri {
     pub fn parse(text: &str) -> anyhow::Result<WsUri> {
+        WsUri::parse_with(text, "ws", "wss")
+    }
+
+    /// An address with other schemes for plain and TLS (CUPS's `http`, `https`).
+    pub fn parse_with(text: &str, plain: &str, secure: &str) -> anyhow::Result<WsUri> {
         let text = text.trim();
-        let (tls, rest) = if let Some(r) = text.strip_prefix("wss://") {
+        let (tls, rest) = if let Some(r) = text.strip_prefix(secure).and_then(|r| r.strip_prefix("://")) {
             (true, r)
-        } else if let Some(r) = text.strip_prefix("ws://") {
+        } else if let Some(r) = text.strip_prefix(plain).and_then(|r| r.strip_prefix("://")) {
             (false, r)
         } else {
-            bail!("`{text}` is not a ws:// or wss:// URI");
+            bail!("`{text}` is not a {plain}:// or {secure}:// URI");
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -80,6 +85,12 @@ impl WsUri {
     pub fn join(&self, suffix: &str) -> WsUri {
         let base = self.path.trim_end_matches('/');
         WsUri { path: format!("{base}{suffix}"), ..self.clone() }
+    }
+}
+
+impl AsRef<WsUri> for WsUri {
+    fn as_ref(&self) -> &WsUri {
+        self
     }
 }
 
@@ -148,6 +159,14 @@ async fn connect_inner(
     tls: Option<&Arc<rustls::ClientConfig>>,
     headers: &[(String, String)],
 ) -> anyhow::Result<WebSocket> {
+    handshake(open(uri, tls).await?, uri, headers).await
+}
+
+/// A byte stream to `uri`'s server: TCP, with TLS when the URI says so.
+pub async fn open(
+    uri: &WsUri,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<Pin<Box<dyn Stream>>> {
     let tcp = TcpStream::connect((uri.host.as_str(), uri.port))
         .await
         .with_context(|| format!("connecting to {}:{}", uri.host, uri.port))?;
@@ -164,7 +183,7 @@ async fn connect_inner(
     } else {
         Box::pin(tcp)
     };
-    handshake(io, uri, headers).await
+    Ok(io)
 }
 
 /// The HTTP upgrade on an open stream.
@@ -208,7 +227,11 @@ pub async fn handshake(
     let status = lines.next().unwrap_or_default();
     let code = status.split_whitespace().nth(1).unwrap_or_default();
     if code != "101" {
-        bail!("{uri}: the server refused the WebSocket: {}", status.chars().take(120).collect::<String>());
+        return Err(super::Refused(format!(
+            "{uri}: the server refused the WebSocket: {}",
+            status.chars().take(120).collect::<String>()
+        ))
+        .into());
     }
     let mut upgrade = false;
     let mut connection = false;

@@ -1,0 +1,258 @@
+//! Which credential sets the sink uses, with a CUPS server: the LNS set and the CUPS set
+//! in use, a set CUPS handed over that is pending until it has worked, and the kept ones.
+//!
+//! - In use: the set kept in the sink's directory (`tc.set`, `cups.set`, written only
+//!   once a set has worked), else the configured one (Station's boot set). Without CUPS
+//!   nothing is kept and the configured LNS is used as is.
+//! - A new LNS set is pending: the next session uses it; if that session reaches
+//!   `router_config` it is written to `tc.set` and used from then on, otherwise it is
+//!   dropped and the set in use before is used again. A new CUPS set is tried at once with
+//!   a second `update-info`, and kept only if that is answered.
+//! - CUPS is asked at start, every `cups_interval_s`, and after three sessions in a row
+//!   that did not reach `router_config` (the LNS or its credentials may have moved).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::config::{BasicStationSettings, Endpoint};
+use super::creds::Credentials;
+use super::cups::{self, CupsUri, StoredSet, UpdateInfo};
+use super::ws::WsUri;
+use crate::sink::SinkCounters;
+
+/// How long CUPS has to answer (an update may be a few MiB on 4G).
+const CUPS_TIMEOUT: Duration = Duration::from_secs(60);
+/// After CUPS failed while an LNS set is in use.
+const CUPS_RETRY: Duration = Duration::from_secs(60);
+/// Sessions in a row that did not reach `router_config` before CUPS is asked again.
+const FAILURES_BEFORE_CUPS: u32 = 3;
+
+pub struct Links {
+    dir: PathBuf,
+    lns: Option<Endpoint<WsUri>>,
+    pending: Option<(Endpoint<WsUri>, StoredSet)>,
+    cups: Option<Endpoint<CupsUri>>,
+    /// When CUPS is asked next; `None` without CUPS.
+    next_cups: Option<Instant>,
+    failed_sessions: u32,
+}
+
+impl Links {
+    pub fn open(s: &BasicStationSettings) -> Links {
+        let (lns, cups) = match &s.cups {
+            None => (s.tc.clone(), None),
+            Some(c) => (
+                kept(&s.dir.join("tc.set"), s.allow_plaintext, WsUri::parse).or_else(|| s.tc.clone()),
+                Some(
+                    kept(&s.dir.join("cups.set"), s.allow_plaintext, CupsUri::parse)
+                        .unwrap_or_else(|| c.boot.clone()),
+                ),
+            ),
+        };
+        let next_cups = cups.is_some().then(Instant::now);
+        Links { dir: s.dir.clone(), lns, pending: None, cups, next_cups, failed_sessions: 0 }
+    }
+
+    /// For logs: where the sink goes.
+    pub fn describe(&self) -> String {
+        match (&self.cups, &self.lns) {
+            (Some(c), Some(l)) => format!("{} (from CUPS {})", l.uri, c.uri),
+            (Some(c), None) => format!("CUPS {}", c.uri),
+            (None, Some(l)) => l.uri.to_string(),
+            (None, None) => "nowhere".into(),
+        }
+    }
+
+    /// The LNS set the next session uses: a pending one first.
+    pub fn lns(&self) -> Option<&Endpoint<WsUri>> {
+        self.pending.as_ref().map(|(e, _)| e).or(self.lns.as_ref())
+    }
+
+    /// When CUPS is asked next, if there is a CUPS.
+    pub fn cups_due(&self) -> Option<Instant> {
+        self.next_cups
+    }
+
+    /// After a session: a pending set that worked is kept, one that did not is dropped;
+    /// failures in a row send the sink to CUPS.
+    pub fn session_ended(&mut self, configured: bool) {
+        if let Some((endpoint, set)) = self.pending.take() {
+            if configured {
+                match self.keep(&set, "tc.set") {
+                    Ok(()) => {
+                        info!(lns = %endpoint.uri, "basic station sink: the LNS set from CUPS works; kept")
+                    }
+                    Err(e) => {
+                        warn!("basic station sink: the LNS set from CUPS works but was not kept: {e:#}")
+                    }
+                }
+                self.lns = Some(endpoint);
+            } else {
+                warn!(
+                    lns = %endpoint.uri,
+                    "basic station sink: the LNS set from CUPS did not work; back to the set in use"
+                );
+            }
+        }
+        if configured {
+            self.failed_sessions = 0;
+            return;
+        }
+        self.failed_sessions += 1;
+        if self.failed_sessions >= FAILURES_BEFORE_CUPS && self.cups.is_some() {
+            self.failed_sessions = 0;
+            self.next_cups = Some(Instant::now());
+        }
+    }
+
+    /// Ask CUPS when it is due, and take what it hands over.
+    pub async fn ask_cups_if_due(
+        &mut self,
+        s: &BasicStationSettings,
+        counters: &SinkCounters,
+    ) -> anyhow::Result<()> {
+        let (Some(due), Some(settings), Some(current)) = (self.next_cups, &s.cups, self.cups.clone()) else {
+            return Ok(());
+        };
+        if Instant::now() < due {
+            return Ok(());
+        }
+        let info = match self.update_info(&current, s).await {
+            Ok(info) => info,
+            Err(e) => {
+                // With no LNS the reconnect backoff paces the next try; with one in use,
+                // it goes on and CUPS is asked again a minute later.
+                let retry =
+                    if self.lns.is_some() { CUPS_RETRY.min(settings.interval) } else { Duration::ZERO };
+                self.next_cups = Some(Instant::now() + retry);
+                return Err(e);
+            }
+        };
+        self.next_cups = Some(Instant::now() + settings.interval);
+
+        if info.cups_uri.is_some() || info.cups_cred.is_some() {
+            let set = StoredSet {
+                uri: info.cups_uri.clone().unwrap_or_else(|| current.text.clone()),
+                cred: info.cups_cred.clone().unwrap_or_else(|| current.creds.blob().to_vec()),
+            };
+            match endpoint_of(&set, s.allow_plaintext, CupsUri::parse) {
+                Ok(endpoint) => match self.update_info(&endpoint, s).await {
+                    Ok(_) => {
+                        self.keep(&set, "cups.set")?;
+                        info!(cups = %endpoint.uri, "basic station sink: the CUPS set from CUPS works; kept");
+                        self.cups = Some(endpoint);
+                    }
+                    Err(e) => warn!(
+                        "basic station sink: the CUPS set from CUPS did not work ({e:#}); the set in use is kept"
+                    ),
+                },
+                Err(e) => {
+                    counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                    warn!("basic station sink: CUPS handed over an unusable CUPS set; refused: {e:#}");
+                }
+            }
+        }
+        if info.tc_uri.is_some() || info.tc_cred.is_some() {
+            let base = self.lns.as_ref();
+            let uri = info.tc_uri.clone().or_else(|| base.map(|l| l.text.clone()));
+            let cred = info
+                .tc_cred
+                .clone()
+                .or_else(|| base.map(|l| l.creds.blob().to_vec()))
+                .unwrap_or_else(|| Credentials::none().blob().to_vec());
+            let pending = uri
+                .context("credentials for an LNS but no LNS URI")
+                .map(|uri| StoredSet { uri, cred })
+                .and_then(|set| Ok((endpoint_of(&set, s.allow_plaintext, WsUri::parse)?, set)));
+            match pending {
+                Ok((endpoint, set)) => {
+                    info!(
+                        lns = %endpoint.uri,
+                        credentials = format_args!("{:08X}", endpoint.creds.crc()),
+                        "basic station sink: CUPS handed over an LNS set; trying it"
+                    );
+                    self.pending = Some((endpoint, set));
+                }
+                Err(e) => {
+                    counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                    warn!("basic station sink: CUPS handed over an unusable LNS set; refused: {e:#}");
+                }
+            }
+        }
+        if let Some(update) = &info.update {
+            match cups::verify(update, info.signature.as_ref(), &settings.sig_keys) {
+                Ok(key) => {
+                    std::fs::create_dir_all(&self.dir)
+                        .with_context(|| format!("creating {}", self.dir.display()))?;
+                    cups::keep_update(&self.dir, update, key, &current.uri)?;
+                }
+                Err(e) => {
+                    counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                    cups::refuse_update(&e, update.len());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One `update-info` exchange with `cups`, reporting the sets in use.
+    async fn update_info(
+        &self,
+        cups: &Endpoint<CupsUri>,
+        s: &BasicStationSettings,
+    ) -> anyhow::Result<UpdateInfo> {
+        let keys = s.cups.as_ref().map(|c| c.sig_keys.as_slice()).unwrap_or_default();
+        let lns = self.lns.as_ref();
+        let body = cups::request_body(
+            s.router,
+            &cups.text,
+            lns.map(|l| l.text.as_str()),
+            &cups.creds,
+            lns.map(|l| &l.creds),
+            keys,
+        );
+        let answer =
+            cups::post_update_info(&cups.uri, &cups.creds, cups.tls.as_ref(), &body, CUPS_TIMEOUT).await?;
+        UpdateInfo::parse(&answer)
+            .map_err(|e| super::Refused(format!("{}: update-info: {e}", cups.uri)).into())
+    }
+
+    fn keep(&self, set: &StoredSet, name: &str) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        set.store(&self.dir.join(name))
+    }
+}
+
+/// A set as an endpoint: its URI parsed, its credentials read, TLS built.
+fn endpoint_of<U: AsRef<WsUri> + std::fmt::Display>(
+    set: &StoredSet,
+    allow_plaintext: bool,
+    parse: fn(&str) -> anyhow::Result<U>,
+) -> anyhow::Result<Endpoint<U>> {
+    let uri = parse(&set.uri)?;
+    let creds = Credentials::from_blob(&set.cred).context("credentials")?;
+    Endpoint::new(uri, &set.uri, creds, allow_plaintext)
+}
+
+/// A kept set, if there is one that can be used; a damaged or unusable one is reported
+/// (and the configured set used).
+fn kept<U: AsRef<WsUri> + std::fmt::Display>(
+    path: &Path,
+    allow_plaintext: bool,
+    parse: fn(&str) -> anyhow::Result<U>,
+) -> Option<Endpoint<U>> {
+    let result = StoredSet::load(path)
+        .and_then(|set| set.map(|s| endpoint_of(&s, allow_plaintext, parse)).transpose());
+    match result {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            warn!("basic station sink: {}: {e:#}; the configured set is used", path.display());
+            None
+        }
+    }
+}
