@@ -78,30 +78,30 @@ impl Links {
         self.next_cups
     }
 
-    /// After a session: a pending set that worked is kept, one that did not is dropped;
+    /// A session on the set in `lns()` reached `router_config`: a pending set is kept
+    /// (written, then used from now on).
+    pub fn lns_works(&mut self) {
+        self.failed_sessions = 0;
+        if let Some((endpoint, set)) = self.pending.take() {
+            match self.keep(&set, "tc.set") {
+                Ok(()) => info!(lns = %endpoint.uri, "basic station sink: the LNS set from CUPS works; kept"),
+                Err(e) => warn!("basic station sink: the LNS set from CUPS works but was not kept: {e:#}"),
+            }
+            self.lns = Some(endpoint);
+        }
+    }
+
+    /// After a session: a pending set still pending did not work and is dropped;
     /// failures in a row send the sink to CUPS.
     pub fn session_ended(&mut self, configured: bool) {
-        if let Some((endpoint, set)) = self.pending.take() {
-            if configured {
-                match self.keep(&set, "tc.set") {
-                    Ok(()) => {
-                        info!(lns = %endpoint.uri, "basic station sink: the LNS set from CUPS works; kept")
-                    }
-                    Err(e) => {
-                        warn!("basic station sink: the LNS set from CUPS works but was not kept: {e:#}")
-                    }
-                }
-                self.lns = Some(endpoint);
-            } else {
-                warn!(
-                    lns = %endpoint.uri,
-                    "basic station sink: the LNS set from CUPS did not work; back to the set in use"
-                );
-            }
-        }
         if configured {
-            self.failed_sessions = 0;
             return;
+        }
+        if let Some((endpoint, _)) = self.pending.take() {
+            warn!(
+                lns = %endpoint.uri,
+                "basic station sink: the LNS set from CUPS did not work; back to the set in use"
+            );
         }
         self.failed_sessions += 1;
         if self.failed_sessions >= FAILURES_BEFORE_CUPS && self.cups.is_some() {

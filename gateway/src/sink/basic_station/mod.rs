@@ -75,6 +75,8 @@ struct Carry {
     configured: bool,
     /// When this session ends for CUPS to be asked.
     cups_due: Option<Instant>,
+    /// The credential sets (CUPS's, the LNS's).
+    links: Links,
 }
 
 /// The sink task: (ask CUPS,) discover, connect, send, reconnect with backoff, until
@@ -94,15 +96,15 @@ pub async fn run(
         warn: LogLimiter::default(),
         configured: false,
         cups_due: None,
+        links: Links::open(&settings),
     };
-    let mut links = Links::open(&settings);
-    let server = links.describe();
+    let server = carry.links.describe();
     let sink = Sink { name: "basic_station", server: &server, counters: &counters, journal: &journal };
     let backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     let mut reconnect = Reconnect::new(sink, backoff, classify);
     loop {
-        if let Err(e) = links.ask_cups_if_due(&settings, &counters).await {
-            if links.lns().is_none() {
+        if let Err(e) = carry.links.ask_cups_if_due(&settings, &counters).await {
+            if carry.links.lns().is_none() {
                 // Nothing to connect to until CUPS answers.
                 if reconnect.after(Err(e), &mut shutdown).await.is_break() {
                     return;
@@ -111,7 +113,7 @@ pub async fn run(
             }
             warn!("basic station sink: CUPS: {e:#}; the LNS set in use is kept");
         }
-        let Some(lns) = links.lns().cloned() else {
+        let Some(lns) = carry.links.lns().cloned() else {
             let e = anyhow!("no LNS: CUPS gave none yet");
             if reconnect.after(Err(e), &mut shutdown).await.is_break() {
                 return;
@@ -119,10 +121,10 @@ pub async fn run(
             continue;
         };
         carry.configured = false;
-        carry.cups_due = links.cups_due();
+        carry.cups_due = carry.links.cups_due();
         let ended =
             session(&lns, &settings, &journal, &counters, &mut radio, &mut shutdown, &mut carry).await;
-        links.session_ended(carry.configured);
+        carry.links.session_ended(carry.configured);
         if ended.as_ref().is_err_and(|e| e.is::<CupsDue>()) {
             // As Station does: the LNS link is closed while CUPS is asked, then opened
             // again (on the set CUPS handed over, if any). What was not proven is resent.
@@ -235,6 +237,8 @@ async fn session(
     let mut mux_offset = plan.mux_time.map(|t| t - unix_secs(SystemTime::now()));
     info!(lns = %muxs, region = plan.region.name, "basic station sink: connected");
     carry.configured = true;
+    // A set CUPS handed over has worked: kept now, not when this session ends.
+    carry.links.lns_works();
     counters.set_connected(true);
     journal.far_side(true);
 
