@@ -68,6 +68,21 @@ fn uplinks_reach_the_lns_and_downlinks_come_back_as_dntxed() {
     // Shown like every sink: connected, forwarding.
     assert_eq!(station_metric(&text, "berrygw_sink_connected"), Some(1.0));
     assert!(station_metric(&text, "berrygw_sink_forwarded_total").unwrap_or(0.0) >= 1.0);
+    // ... and in `berrygw status`, as JSON and as text.
+    let status = |json: bool| {
+        let mut c = berrygw_command();
+        c.arg("status");
+        if json {
+            c.arg("--json");
+        }
+        let out = c.arg("--config").arg(dir.path().join("berrygw.toml")).output().expect("berrygw status");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let v: serde_json::Value = serde_json::from_str(&status(true)).expect("status --json");
+    let sink = v["sinks"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "basic_station").cloned());
+    let sink = sink.unwrap_or_else(|| panic!("the sink in berrygw status: {v}"));
+    assert_eq!(sink["connected"], true, "{sink}");
+    assert!(status(false).contains("sink basic_station: connected"), "{}", status(false));
 
     // Class C: at once, in RX2.
     lns.send(
@@ -178,12 +193,15 @@ fn bad_input_from_the_lns_is_refused_with_why_and_changes_nothing() {
         json!({"msgtype": "dnmsg", "DevEui": "00-00-00-00-00-00-00-03", "dC": 2, "diid": 91,
                "pdu": "600210012600010001a1b2c3d4", "RX2DR": 12, "RX2Freq": 869525000})
         .to_string(),
+        // Station's protocol is text; a binary message is refused.
+        "BINARY:\u{1}\u{2}\u{3}".to_string(),
     ] {
         lns.send(&bad);
     }
     daemon.wait_log(Duration::from_secs(10), "launch_missiles");
     daemon.wait_log(Duration::from_secs(10), "Runcmd; refused");
     daemon.wait_log(Duration::from_secs(10), "915000000");
+    daemon.wait_log(Duration::from_secs(10), "a binary message from the LNS refused");
     // Still connected on the same socket (one connection to the muxs), still sending.
     let before = lns.uplink_seqs().len();
     lns.wait_uplinks(before + 10, Duration::from_secs(20));
@@ -191,8 +209,8 @@ fn bad_input_from_the_lns_is_refused_with_why_and_changes_nothing() {
         lns.entries().into_iter().filter(|e| e["event"] == "connect" && e["path"] != "/router-info").count();
     assert_eq!(connects, 1, "the bad messages did not cost the connection");
     assert!(lns.messages("dntxed").is_empty(), "nothing refused was transmitted");
-    // Each of the seven counted.
-    assert_eq!(station_metric(&text, "berrygw_sink_bad_commands_total"), Some(7.0));
+    // Each of the eight counted.
+    assert_eq!(station_metric(&text, "berrygw_sink_bad_commands_total"), Some(8.0));
     // A good downlink after them still goes out.
     lns.send(
         &json!({"msgtype": "dnmsg", "DevEui": "00-00-00-00-00-00-00-03", "dC": 2, "diid": 92,
@@ -389,4 +407,52 @@ fn cups_hands_over_the_lns_rotates_credentials_and_keeps_only_signed_updates() {
     let at_c = lns_c.uplink_seqs().len();
     lns_c.wait_uplinks(at_c + 3, Duration::from_secs(20));
     daemon.stop();
+}
+
+/// router-info is the LNS's word on where traffic goes, and it may be wrong or hostile:
+/// a `ws://` muxs on another host (uplinks and token in clear) and a `ws://` muxs from a
+/// `wss://` router-info (TLS dropped) are refused with why, and nothing connects there.
+#[test]
+fn a_router_info_that_would_send_traffic_in_clear_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = Certs::generate(dir.path(), "lns");
+    let devices = sim_device("sonde-niveau", "river_level", "26011002", 200, None);
+    let plain = StationLns::start(dir.path(), &[]);
+    let cases = [
+        (
+            StationLns::start(dir.path(), &["--muxs-uri", "ws://lns.example.org:6090/traffic/x"]),
+            "is ws:// to another host; refused without allow_plaintext",
+        ),
+        (
+            StationLns::start(
+                dir.path(),
+                &[
+                    "--tls",
+                    certs.server_cert.to_str().unwrap(),
+                    certs.server_key.to_str().unwrap(),
+                    "--muxs-uri",
+                    &format!("{}/traffic/x", plain.uri()),
+                ],
+            ),
+            "would drop the TLS of",
+        ),
+    ];
+    for (i, (lns, why)) in cases.iter().enumerate() {
+        let extra = format!("tc_trust = {:?}", certs.ca);
+        let text = config_with_radio(
+            &dir.path().join(format!("state{i}")),
+            "log",
+            &sim_radio(&devices),
+            &station_sink(lns, &extra),
+        );
+        let mut daemon = Berrygw::start(dir.path(), &text);
+        daemon.wait_log(Duration::from_secs(15), why);
+        assert_eq!(station_metric(&text, "berrygw_sink_connected"), Some(0.0));
+        daemon.stop();
+    }
+    assert!(
+        plain.entries().is_empty(),
+        "nothing connected to the muxs router-info named: {:?}",
+        plain.entries()
+    );
 }

@@ -13,7 +13,9 @@ written from Semtech's public description of the LNS protocol (doc.sm.tc/station
 - Every connection and every text message received is appended to --log as one
   JSON line: {"t", "path", "event": "connect", "headers"} or {"t", "path", "msg"}.
 - Each line written to stdin is sent as is, as one text message, to the newest
-  /traffic connection (dnmsg, malformed JSON, unknown msgtypes...).
+  /traffic connection (dnmsg, malformed JSON, unknown msgtypes...); a line
+  starting "BINARY:" sends the rest as a binary message.
+- --muxs-uri URI: router-info points there instead (another host, ws:// from wss://).
 - --read-delay-ms N: a slow LNS or link, N ms after each message read.
 - --require "Name: value": an upgrade without this header is refused (401), as an
   LNS refuses a wrong token.
@@ -60,6 +62,7 @@ def main():
     ap.add_argument("--read-delay-ms", type=int, default=0,
                     help="a slow LNS (or link): wait this long after each message read")
     ap.add_argument("--require", help="refuse upgrades without this header (Name: value)")
+    ap.add_argument("--muxs-uri", help="what router-info answers instead of this server's /traffic")
     args = ap.parse_args()
     log = open(args.log, "a", buffering=1)
     scheme = "wss" if args.tls else "ws"
@@ -77,7 +80,7 @@ def main():
         await ws.send(json.dumps({
             "router": eui,
             "muxs": "muxs-::0",
-            "uri": "%s://127.0.0.1:%d/traffic/%s" % (scheme, args.port, eui),
+            "uri": args.muxs_uri or "%s://127.0.0.1:%d/traffic/%s" % (scheme, args.port, eui),
         }))
 
     async def muxs(ws, path):
@@ -138,7 +141,10 @@ def main():
         for line in lines:
             if traffic and line:
                 # Sent in order: each send is queued behind the one before.
-                asyncio.ensure_future(traffic[-1].send(line.decode()))
+                if line.startswith(b"BINARY:"):
+                    asyncio.ensure_future(traffic[-1].send(line[len(b"BINARY:"):]))
+                else:
+                    asyncio.ensure_future(traffic[-1].send(line.decode()))
 
     async def serve():
         context = None
