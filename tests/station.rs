@@ -456,3 +456,44 @@ fn a_router_info_that_would_send_traffic_in_clear_is_refused() {
         plain.entries()
     );
 }
+
+/// An LNS whose channel plan is not the radio's: refused with the difference (devices would
+/// be sent where the radio does not listen), nothing forwarded, the uplinks kept; with the
+/// radio set to the LNS's plan, the same LNS is used and the kept uplinks arrive.
+#[test]
+fn an_lns_channel_plan_that_is_not_the_radios_is_refused_with_the_difference() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let six = "868100000,868300000,868500000,868850000,869050000,869525000";
+    let lns = StationLns::start(dir.path(), &["--upchannels", six]);
+    let devices = sim_device("sonde-niveau", "river_level", "26011002", 200, None);
+    let state = dir.path().join("state");
+    // The sim radio's default plan: ChirpStack's eight EU868 channels.
+    let text = config_with_radio(&state, "log", &sim_radio(&devices), &station_sink(&lns, ""));
+    let mut daemon = Berrygw::start(dir.path(), &text);
+    let line = daemon.wait_log(Duration::from_secs(15), "uplink channels are not the radio's");
+    assert!(line.contains("868.850, 869.050, 869.525 MHz, which the radio does not listen on"), "{line}");
+    assert!(line.contains("[radio.sim] frequencies"), "{line}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lns.uplink_seqs().is_empty(), "nothing forwarded on a plan that differs");
+    assert_eq!(station_metric(&text, "berrygw_sink_connected"), Some(0.0));
+    daemon.stop();
+
+    let radio =
+        format!("[radio]\nkind = \"sim\"\n\n[radio.sim]\nseed = 7\nfrequencies = [{six}]\n\n{devices}\n");
+    let text = config_with_radio(&state, "log", &radio, &station_sink(&lns, ""));
+    let restarted_s = now_ms() as f64 / 1000.0;
+    let _daemon = Berrygw::start(dir.path(), &text);
+    let seqs = lns.wait_uplinks(5, Duration::from_secs(30));
+    assert!(seqs[0] <= 1, "the uplinks kept while refused arrive first: {seqs:?}");
+    // Those were heard on the old plan; the ones heard since, on the LNS's.
+    let recent = wait_for(Duration::from_secs(30), "5 uplinks heard after the restart", || {
+        let freqs: Vec<u64> = lns
+            .messages("updf")
+            .iter()
+            .filter(|m| m["upinfo"]["rxtime"].as_f64().unwrap_or(0.0) > restarted_s)
+            .filter_map(|m| m["Freq"].as_u64())
+            .collect();
+        (freqs.len() >= 5).then_some(freqs)
+    });
+    assert!(recent.iter().all(|f| six.contains(&f.to_string())), "{recent:?}");
+}

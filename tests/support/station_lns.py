@@ -16,6 +16,7 @@ written from Semtech's public description of the LNS protocol (doc.sm.tc/station
   /traffic connection (dnmsg, malformed JSON, unknown msgtypes...); a line
   starting "BINARY:" sends the rest as a binary message.
 - --muxs-uri URI: router-info points there instead (another host, ws:// from wss://).
+- --upchannels HZ,HZ,...: the router_config carries this channel plan (`upchannels`).
 - --read-delay-ms N: a slow LNS or link, N ms after each message read.
 - --require "Name: value": an upgrade without this header is refused (401), as an
   LNS refuses a wrong token.
@@ -63,6 +64,7 @@ def main():
                     help="a slow LNS (or link): wait this long after each message read")
     ap.add_argument("--require", help="refuse upgrades without this header (Name: value)")
     ap.add_argument("--muxs-uri", help="what router-info answers instead of this server's /traffic")
+    ap.add_argument("--upchannels", help="a channel plan in router_config: Hz,Hz,...")
     args = ap.parse_args()
     log = open(args.log, "a", buffering=1)
     scheme = "wss" if args.tls else "ws"
@@ -97,6 +99,8 @@ def main():
                 kind = msg.get("msgtype")
                 if kind == "version":
                     cfg = dict(ROUTER_CONFIG, MuxTime=time.time())
+                    if args.upchannels:
+                        cfg["upchannels"] = [[int(f), 0, 5] for f in args.upchannels.split(",")]
                     await ws.send(json.dumps(cfg))
                 elif kind == "timesync" and args.mode == "normal":
                     gps_us = int((time.time() - GPS_EPOCH_UNIX + LEAP_SECONDS) * 1e6)

@@ -120,7 +120,10 @@ impl Gateway {
         // The LNS's files are read (and their faults reported) before anything starts.
         let station_settings = match &c.sinks.basic_station {
             Some(station) => {
-                Some(station.settings(c.gateway.id, &c.gateway.state_dir).context("sinks.basic_station")?)
+                let mut settings =
+                    station.settings(c.gateway.id, &c.gateway.state_dir).context("sinks.basic_station")?;
+                settings.radio_channels = radio_channels(&c.radio);
+                Some(settings)
             }
             None => None,
         };
@@ -488,6 +491,30 @@ impl Gateway {
 }
 
 /// Open (creating its folder) the journal of sink `name`.
+/// The LoRa uplink channels the radio listens on, where berrygw sets them: the sim's
+/// `frequencies`; the concentrator's multi-SF channels and LoRa service channel
+/// (configured, else its region's). A packet forwarder's are its own (`None`).
+fn radio_channels(radio: &crate::config::RadioConfig) -> Option<basic_station::RadioChannels> {
+    let (source, mut hz) = match radio.kind.get_ref() {
+        RadioKind::Sim => ("[radio.sim] frequencies", radio.sim.as_ref()?.frequencies.clone()),
+        RadioKind::Gwmp => return None,
+        RadioKind::Sx1302 => {
+            let sx = radio.sx1302.as_ref()?;
+            let region = berrygw_sx1302::regions::find(&sx.region)?;
+            let mut hz = sx.multi_sf_channels.clone().unwrap_or_else(|| region.multi_sf_channels.to_vec());
+            let service = match &sx.lora_service {
+                None => region.lora_service,
+                Some(setting) => setting.on().copied(),
+            };
+            hz.extend(service.map(|c| c.frequency));
+            ("[radio.sx1302] multi_sf_channels and lora_service", hz)
+        }
+    };
+    hz.sort_unstable();
+    hz.dedup();
+    Some(basic_station::RadioChannels { source, hz })
+}
+
 async fn open_journal(cfg: &LoadedConfig, name: &'static str) -> anyhow::Result<Journal> {
     let c = &cfg.config;
     let path = cfg.journal_path(name);

@@ -114,6 +114,69 @@ fn id6(s: &str) -> Option<Eui64> {
     Some(Eui64::from_u64(groups.iter().fold(0u64, |acc, g| (acc << 16) | u64::from(*g))))
 }
 
+/// The LoRa uplink channels of a `router_config`: `upchannels` (`[[Hz, minDR, maxDR],
+/// …]`) or, without it, `sx1301_conf` (one or more boards: `radio_0`/`radio_1` centres,
+/// `chan_multiSF_0..7` and `chan_Lora_std` with `radio` and `if` offsets). Every channel
+/// within `band`, at most 64; sorted, without repeats.
+fn upchannels(v: &Value, band: (u32, u32)) -> Result<Option<Vec<u32>>, String> {
+    let in_band = |f: i64| -> Result<u32, String> {
+        u32::try_from(f)
+            .ok()
+            .filter(|f| (band.0..=band.1).contains(f))
+            .ok_or_else(|| format!("an uplink channel at {f} Hz, outside the band {band:?}"))
+    };
+    let mut out = Vec::new();
+    match (v.get("upchannels"), v.get("sx1301_conf")) {
+        (Some(Value::Array(list)), _) => {
+            for ch in list {
+                let f = ch
+                    .get(0)
+                    .and_then(Value::as_i64)
+                    .ok_or_else(|| format!("upchannels entry {ch} is not [Hz, minDR, maxDR]"))?;
+                out.push(in_band(f)?);
+            }
+        }
+        (None | Some(Value::Null), Some(Value::Array(boards))) => {
+            for board in boards {
+                let centre = |r: &Value| -> Result<Option<i64>, String> {
+                    let radio = match r.as_i64() {
+                        Some(0) => "radio_0",
+                        Some(1) => "radio_1",
+                        _ => return Err(format!("a channel on radio {r}: there are radio 0 and 1")),
+                    };
+                    let conf = &board[radio];
+                    if conf["enable"] == Value::Bool(false) {
+                        return Ok(None);
+                    }
+                    conf["freq"].as_i64().map(Some).ok_or_else(|| format!("{radio} has no freq"))
+                };
+                let names = (0..8).map(|i| format!("chan_multiSF_{i}")).chain(["chan_Lora_std".to_string()]);
+                for name in names {
+                    let ch = &board[name.as_str()];
+                    if ch.is_null() || ch["enable"] != Value::Bool(true) {
+                        continue;
+                    }
+                    let offset = ch["if"]
+                        .as_i64()
+                        .filter(|o| o.abs() <= 1_000_000)
+                        .ok_or_else(|| format!("{name} has no if offset within ±1 MHz"))?;
+                    if let Some(c) = centre(&ch["radio"])? {
+                        out.push(in_band(c + offset)?);
+                    }
+                }
+            }
+        }
+        (None | Some(Value::Null), None | Some(Value::Null)) => return Ok(None),
+        _ => return Err("upchannels or sx1301_conf is not a list".into()),
+    }
+    if out.len() > 64 {
+        return Err(format!("{} uplink channels (at most 64)", out.len()));
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(Some(out))
+}
+
 /// The gateway's question to the router-info endpoint.
 pub fn router_info_request(gateway: Eui64) -> Value {
     json!({ "router": eui_text(gateway) })
@@ -215,6 +278,10 @@ pub struct RouterConfig {
     pub hwspec: Option<String>,
     /// `MuxTime` of the message: the LNS's clock, seconds.
     pub mux_time: Option<f64>,
+    /// The LoRa uplink channels of the LNS's plan, Hz, sorted: from `upchannels`, else
+    /// from `sx1301_conf` (each enabled multi-SF channel and the LoRa service channel,
+    /// its radio's centre plus its offset). `None` when the LNS gives neither.
+    pub upchannels: Option<Vec<u32>>,
 }
 
 impl RouterConfig {
@@ -306,6 +373,7 @@ impl RouterConfig {
                 })
                 .ok_or_else(|| field(M, "NetID is not a list of 24-bit NetIDs"))?,
         };
+        let upchannels = upchannels(v, region.band).map_err(|why| field(M, why))?;
         Ok(RouterConfig {
             region,
             freq_range,
@@ -315,7 +383,30 @@ impl RouterConfig {
             net_id,
             hwspec: v.get("hwspec").and_then(Value::as_str).map(str::to_string),
             mux_time: v.get("MuxTime").and_then(Value::as_f64),
+            upchannels,
         })
+    }
+
+    /// Why the radio's uplink channels (`radio`, Hz) are not the LNS's plan, if they are
+    /// not: the channels only one side has. `None` when they agree or the LNS gave no plan.
+    pub fn channel_mismatch(&self, radio: &[u32]) -> Option<String> {
+        let lns = self.upchannels.as_ref()?;
+        let mhz = |v: Vec<u32>| {
+            v.iter().map(|f| format!("{:.3}", f64::from(*f) / 1e6)).collect::<Vec<_>>().join(", ")
+        };
+        let only_lns: Vec<u32> = lns.iter().copied().filter(|f| !radio.contains(f)).collect();
+        let only_radio: Vec<u32> = radio.iter().copied().filter(|f| !lns.contains(f)).collect();
+        if only_lns.is_empty() && only_radio.is_empty() {
+            return None;
+        }
+        let mut why = Vec::new();
+        if !only_lns.is_empty() {
+            why.push(format!("the LNS's plan has {} MHz, which the radio does not listen on", mhz(only_lns)));
+        }
+        if !only_radio.is_empty() {
+            why.push(format!("the radio listens on {} MHz, which the LNS's plan lacks", mhz(only_radio)));
+        }
+        Some(why.join("; "))
     }
 
     /// The DR of a modulation, if the plan has it (for uplinks).

@@ -252,3 +252,67 @@ fn xtime_carries_the_radio_session_and_the_counter() {
     assert_eq!(xtime_parts(x), Some((7, 0x2345_6789)));
     assert_eq!(xtime_parts(-1), None);
 }
+
+/// Semtech's own test LNS sends this plan (EU863, six channels) both ways: as
+/// `sx1301_conf` (radio centres and offsets) and as `upchannels`. Each alone gives the
+/// same channels; a radio on another plan is told which channels differ.
+#[test]
+fn the_lns_channel_plan_is_read_from_sx1301_conf_or_upchannels_and_compared_with_the_radios() {
+    let conf = json!([{
+        "chan_FSK": {"enable": false}, "chan_Lora_std": {"enable": false},
+        "chan_multiSF_0": {"enable": true, "if": -375000, "radio": 0},
+        "chan_multiSF_1": {"enable": true, "if": -175000, "radio": 0},
+        "chan_multiSF_2": {"enable": true, "if": 25000, "radio": 0},
+        "chan_multiSF_3": {"enable": true, "if": 375000, "radio": 0},
+        "chan_multiSF_4": {"enable": true, "if": -237500, "radio": 1},
+        "chan_multiSF_5": {"enable": true, "if": 237500, "radio": 1},
+        "chan_multiSF_6": {"enable": false}, "chan_multiSF_7": {"enable": false},
+        "radio_0": {"enable": true, "freq": 868475000}, "radio_1": {"enable": true, "freq": 869287500}
+    }]);
+    let six = vec![868_100_000, 868_300_000, 868_500_000, 868_850_000, 869_050_000, 869_525_000];
+    let up: Vec<_> = six.iter().map(|f| json!([f, 0, 5])).collect();
+    for plan in [json!({"sx1301_conf": conf}), json!({"upchannels": up})] {
+        let mut v = json!({"msgtype": "router_config", "region": "EU863"});
+        v.as_object_mut().unwrap().extend(plan.as_object().unwrap().clone());
+        let c = RouterConfig::parse(&v).unwrap();
+        assert_eq!(c.upchannels.as_deref(), Some(six.as_slice()), "{plan}");
+        assert_eq!(c.channel_mismatch(&six), None);
+        let eight = [
+            868_100_000,
+            868_300_000,
+            868_500_000,
+            867_100_000,
+            867_300_000,
+            867_500_000,
+            867_700_000,
+            867_900_000,
+        ];
+        let why = c.channel_mismatch(&eight).unwrap();
+        assert!(why.contains("868.850, 869.050, 869.525 MHz, which the radio does not listen on"), "{why}");
+        assert!(why.contains("the radio listens on 867.100"), "{why}");
+    }
+    assert_eq!(cfg().upchannels, None);
+    assert_eq!(cfg().channel_mismatch(&[868_100_000]), None, "no plan from the LNS: nothing to compare");
+    for (plan, why) in [
+        (json!({"upchannels": [[915000000, 0, 5]]}), "outside the band"),
+        (json!({"upchannels": [["x"]]}), "not [Hz, minDR, maxDR]"),
+        (
+            json!({"upchannels": (0..65).map(|i| json!([863_000_000 + i * 100_000, 0, 5])).collect::<Vec<_>>()}),
+            "at most 64",
+        ),
+        (
+            json!({"sx1301_conf": [{"chan_multiSF_0": {"enable": true, "if": 0, "radio": 2}}]}),
+            "radio 0 and 1",
+        ),
+        (
+            json!({"sx1301_conf": [{"chan_multiSF_0": {"enable": true, "if": 9000000, "radio": 0}, "radio_0": {"freq": 868000000}}]}),
+            "±1 MHz",
+        ),
+        (json!({"sx1301_conf": {"radio_0": 1}}), "not a list"),
+    ] {
+        let mut v = json!({"msgtype": "router_config", "region": "EU863"});
+        v.as_object_mut().unwrap().extend(plan.as_object().unwrap().clone());
+        let e = RouterConfig::parse(&v).unwrap_err().to_string();
+        assert!(e.contains(why), "{plan}: {e}");
+    }
+}

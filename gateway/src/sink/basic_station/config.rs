@@ -114,6 +114,15 @@ pub struct CupsSettings {
     pub interval: Duration,
 }
 
+/// The radio's LoRa uplink channels and where they are set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RadioChannels {
+    /// The settings that give them (`[radio.sim] frequencies`).
+    pub source: &'static str,
+    /// Hz, sorted.
+    pub hz: Vec<u32>,
+}
+
 /// Everything the sink needs, resolved from configuration.
 #[derive(Clone, Debug)]
 pub struct BasicStationSettings {
@@ -123,6 +132,10 @@ pub struct BasicStationSettings {
     /// The sets CUPS handed over (`tc.set`, `cups.set`) and kept updates.
     pub dir: PathBuf,
     pub router: Eui64,
+    /// The LoRa uplink channels the radio listens on, when berrygw knows them (sim,
+    /// sx1302; not a packet forwarder's), and the settings they come from: a
+    /// `router_config` with another plan is refused with the difference.
+    pub radio_channels: Option<RadioChannels>,
     pub allow_plaintext: bool,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -244,6 +257,7 @@ impl BasicStationSinkConfig {
             cups,
             dir: state_dir.join("basic_station"),
             router: self.router.unwrap_or(gateway_id),
+            radio_channels: None,
             allow_plaintext: self.allow_plaintext,
             reconnect_min: Duration::from_millis(self.reconnect_min_ms),
             reconnect_max: Duration::from_millis(self.reconnect_max_ms),

@@ -47,7 +47,7 @@ use crate::sink::read_ahead::ReadAhead;
 use crate::sink::reconnect::{Backoff, Failure, Reconnect, Sink, Stopped};
 use crate::sink::{SinkCounters, SinkRadioIo};
 
-pub use config::{BasicStationSettings, BasicStationSinkConfig, Endpoint};
+pub use config::{BasicStationSettings, BasicStationSinkConfig, Endpoint, RadioChannels};
 use links::Links;
 use proof::Proof;
 use ws::{Message, WebSocket, WsUri};
@@ -77,6 +77,8 @@ struct Carry {
     cups_due: Option<Instant>,
     /// The credential sets (CUPS's, the LNS's).
     links: Links,
+    /// Uplink channels outside the LNS's plan, each warned about once.
+    off_plan: std::collections::HashSet<u32>,
 }
 
 /// The sink task: (ask CUPS,) discover, connect, send, reconnect with backoff, until
@@ -97,6 +99,7 @@ pub async fn run(
         configured: false,
         cups_due: None,
         links: Links::open(&settings),
+        off_plan: Default::default(),
     };
     let server = carry.links.describe();
     let sink = Sink { name: "basic_station", server: &server, counters: &counters, journal: &journal };
@@ -233,6 +236,7 @@ async fn session(
     })
     .await
     .map_err(|_| anyhow!("no router_config within {} s", ANSWER_TIMEOUT.as_secs()))??;
+    check_channels(&plan, s)?;
     // The LNS's clock against ours when it sent the plan: RefTime of each uplink.
     let mut mux_offset = plan.mux_time.map(|t| t - unix_secs(SystemTime::now()));
     info!(lns = %muxs, region = plan.region.name, "basic station sink: connected");
@@ -304,6 +308,7 @@ async fn session(
                         Ok(Downstream::Timesync { .. }) => {}
                         Ok(Downstream::RouterConfig(cfg)) => {
                             info!("basic station sink: a new router_config");
+                            check_channels(&cfg, s)?;
                             mux_offset = cfg.mux_time.map(|t| t - unix_secs(SystemTime::now())).or(mux_offset);
                             plan = cfg;
                         }
@@ -359,6 +364,23 @@ async fn session(
     }
 }
 
+/// The LNS's channel plan against the radio's, where berrygw knows the radio's: a
+/// mismatch is refused (the session ends, the sink backs off, status says why), since
+/// devices would be sent to channels the radio does not hear, or heard where the LNS does
+/// not expect them. berrygw does not retune the radio to the LNS's plan.
+fn check_channels(plan: &RouterConfig, s: &BasicStationSettings) -> anyhow::Result<()> {
+    let Some(radio) = &s.radio_channels else { return Ok(()) };
+    match plan.channel_mismatch(&radio.hz) {
+        None => Ok(()),
+        Some(why) => Err(Refused(format!(
+            "router_config: the LNS's uplink channels are not the radio's: {why}; make {} the LNS's \
+             plan, or the LNS's plan the radio's",
+            radio.source
+        ))
+        .into()),
+    }
+}
+
 /// Until `at`; forever when `None`.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -375,13 +397,23 @@ fn unix_secs(t: SystemTime) -> f64 {
 fn uplink_text(
     record: &crate::journal::Record,
     plan: &RouterConfig,
-    carry: &Carry,
+    carry: &mut Carry,
     mux_offset: Option<f64>,
 ) -> Option<String> {
     if RecordKind::from_u8(record.kind)? != RecordKind::Uplink {
         return None;
     }
     let (frame, seq) = frame_of_record(record)?;
+    if plan.upchannels.as_ref().is_some_and(|ch| !ch.contains(&frame.frequency.0))
+        && carry.off_plan.insert(frame.frequency.0)
+    {
+        // A packet forwarder's plan is not berrygw's to know: each such channel said once.
+        warn!(
+            frequency = frame.frequency.0,
+            "basic station sink: an uplink on a channel the LNS's router_config does not have; the \
+             radio's channel plan and the LNS's differ"
+        );
+    }
     // Heard by this process's radio: its counter is good for a downlink. Heard before
     // (replayed after a restart): session 0, which no downlink can use.
     let session = if frame.received_at >= carry.started { carry.session } else { 0 };
