@@ -174,6 +174,14 @@ impl BasicStationSinkConfig {
         self.station_dir.as_ref().map(|d| d.join(name)).filter(|p| p.exists())
     }
 
+    /// The `<prefix>.trust`, `.crt` and `.key` set: each file named one by one (`given`),
+    /// else `station_dir`'s.
+    fn credentials(&self, prefix: &str, given: [&Option<PathBuf>; 3]) -> anyhow::Result<Credentials> {
+        let [trust, crt, key] = [(given[0], "trust"), (given[1], "crt"), (given[2], "key")]
+            .map(|(path, ext)| path.clone().or_else(|| self.in_dir(&format!("{prefix}.{ext}"))));
+        Credentials::from_files(trust.as_deref(), crt.as_deref(), key.as_deref())
+    }
+
     /// The private key or token files configured or in `station_dir`, with their keys'
     /// names: secrets, whose modes are checked.
     pub fn key_files(&self) -> Vec<(&'static str, PathBuf)> {
@@ -209,12 +217,9 @@ impl BasicStationSinkConfig {
         let tc = match tc_text {
             Some(text) => {
                 let uri = WsUri::parse(&text).context("tc.uri")?;
-                let creds = Credentials::from_files(
-                    self.tc_trust.clone().or_else(|| self.in_dir("tc.trust")).as_deref(),
-                    self.tc_crt.clone().or_else(|| self.in_dir("tc.crt")).as_deref(),
-                    self.tc_key.clone().or_else(|| self.in_dir("tc.key")).as_deref(),
-                )
-                .context("the LNS's credentials")?;
+                let creds = self
+                    .credentials("tc", [&self.tc_trust, &self.tc_crt, &self.tc_key])
+                    .context("the LNS's credentials")?;
                 Some(Endpoint::new(uri, &text, creds, self.allow_plaintext)?)
             }
             None => None,
@@ -222,12 +227,9 @@ impl BasicStationSinkConfig {
         let cups = match cups_text {
             Some(text) => {
                 let uri = CupsUri::parse(&text).context("cups.uri")?;
-                let creds = Credentials::from_files(
-                    self.cups_trust.clone().or_else(|| self.in_dir("cups.trust")).as_deref(),
-                    self.cups_crt.clone().or_else(|| self.in_dir("cups.crt")).as_deref(),
-                    self.cups_key.clone().or_else(|| self.in_dir("cups.key")).as_deref(),
-                )
-                .context("CUPS's credentials")?;
+                let creds = self
+                    .credentials("cups", [&self.cups_trust, &self.cups_crt, &self.cups_key])
+                    .context("CUPS's credentials")?;
                 let mut key_paths = self.sig_keys.clone();
                 if let Some(dir) = &self.station_dir {
                     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)

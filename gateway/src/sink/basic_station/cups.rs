@@ -34,8 +34,6 @@ use super::ws::{self, WsUri};
 
 /// The longest answer taken (an update blob is the bulk of it).
 pub const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
-/// The longest head of an HTTP answer.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// An `http://` or `https://` CUPS address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -289,19 +287,7 @@ pub async fn post_update_info(
 
 /// An HTTP/1.1 answer: status 200, a body by Content-Length, chunks, or up to the close.
 async fn read_answer(io: &mut Pin<Box<dyn ws::Stream>>) -> anyhow::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(4096);
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > MAX_HEAD_BYTES {
-            bail!("an answer head longer than {MAX_HEAD_BYTES} bytes");
-        }
-        if io.read_buf(&mut buf).await.context("reading the answer")? == 0 {
-            bail!("the server closed the connection before answering");
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let (head, mut body) = ws::read_head(io).await.context("the answer's head")?;
     let status = head.lines().next().unwrap_or_default();
     if status.split_whitespace().nth(1) != Some("200") {
         return Err(super::Refused(format!(
@@ -324,7 +310,6 @@ async fn read_answer(io: &mut Pin<Box<dyn ws::Stream>>) -> anyhow::Result<Vec<u8
     if length.is_some_and(|n| n > MAX_ANSWER_BYTES) {
         bail!("an answer of more than {MAX_ANSWER_BYTES} bytes");
     }
-    let mut body = buf.split_off(end);
     loop {
         let done = match length {
             Some(n) => body.len() >= n,
@@ -334,7 +319,8 @@ async fn read_answer(io: &mut Pin<Box<dyn ws::Stream>>) -> anyhow::Result<Vec<u8
         if done {
             break;
         }
-        if body.len() > MAX_ANSWER_BYTES + MAX_HEAD_BYTES {
+        // Room for the chunks' framing on top of the body.
+        if body.len() > MAX_ANSWER_BYTES + 16 * 1024 {
             bail!("an answer of more than {MAX_ANSWER_BYTES} bytes");
         }
         if io.read_buf(&mut body).await.context("reading the answer")? == 0 {

@@ -209,20 +209,7 @@ pub async fn handshake(
     io.write_all(request.as_bytes()).await.context("sending the WebSocket upgrade")?;
     io.flush().await?;
 
-    let mut buf = Vec::with_capacity(1024);
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > MAX_HANDSHAKE_BYTES {
-            bail!("{uri}: the upgrade answer is longer than {MAX_HANDSHAKE_BYTES} bytes");
-        }
-        let n = io.read_buf(&mut buf).await.context("reading the upgrade answer")?;
-        if n == 0 {
-            bail!("{uri}: the server closed the connection during the upgrade");
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let (head, rest) = read_head(&mut io).await.with_context(|| format!("{uri}: the upgrade answer"))?;
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or_default();
     let code = status.split_whitespace().nth(1).unwrap_or_default();
@@ -255,8 +242,26 @@ pub async fn handshake(
     if accept.as_deref() != Some(accept_key(&key).as_str()) {
         bail!("{uri}: wrong Sec-WebSocket-Accept");
     }
-    let rest = buf.split_off(end);
     Ok(WebSocket { io, reader: Reader { buf: rest, partial: None } })
+}
+
+/// The head of an HTTP answer (status line and headers, as text) and the bytes read
+/// after it; at most `MAX_HANDSHAKE_BYTES` of head.
+pub async fn read_head(io: &mut Pin<Box<dyn Stream>>) -> anyhow::Result<(String, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(1024);
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > MAX_HANDSHAKE_BYTES {
+            bail!("longer than {MAX_HANDSHAKE_BYTES} bytes");
+        }
+        if io.read_buf(&mut buf).await.context("reading")? == 0 {
+            bail!("the server closed the connection before answering");
+        }
+    };
+    let rest = buf.split_off(end);
+    Ok((String::from_utf8_lossy(&buf).to_string(), rest))
 }
 
 /// `Sec-WebSocket-Accept` for a key: base64 of the SHA-1 of key and GUID.
