@@ -277,16 +277,8 @@ fn the_lns_channel_plan_is_read_from_sx1301_conf_or_upchannels_and_compared_with
         let c = RouterConfig::parse(&v).unwrap();
         assert_eq!(c.upchannels.as_deref(), Some(six.as_slice()), "{plan}");
         assert_eq!(c.channel_mismatch(&six), None);
-        let eight = [
-            868_100_000,
-            868_300_000,
-            868_500_000,
-            867_100_000,
-            867_300_000,
-            867_500_000,
-            867_700_000,
-            867_900_000,
-        ];
+        // The sim radio's default: ChirpStack's eight EU868 channels.
+        let eight = crate::sim::default_frequencies();
         let why = c.channel_mismatch(&eight).unwrap();
         assert!(why.contains("868.850, 869.050, 869.525 MHz, which the radio does not listen on"), "{why}");
         assert!(why.contains("the radio listens on 867.100"), "{why}");
