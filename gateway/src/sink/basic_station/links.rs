@@ -187,9 +187,12 @@ impl Links {
         if let Some(update) = &info.update {
             match cups::verify(update, info.signature.as_ref(), &settings.sig_keys) {
                 Ok(key) => {
-                    std::fs::create_dir_all(&self.dir)
-                        .with_context(|| format!("creating {}", self.dir.display()))?;
-                    cups::keep_update(&self.dir, update, key, &current.uri)?;
+                    // A few MiB written and synced: off the runtime's one worker.
+                    tokio::task::block_in_place(|| {
+                        std::fs::create_dir_all(&self.dir)
+                            .with_context(|| format!("creating {}", self.dir.display()))?;
+                        cups::keep_update(&self.dir, update, key, &current.uri)
+                    })?;
                 }
                 Err(e) => {
                     counters.bad_commands.fetch_add(1, Ordering::Relaxed);
@@ -222,9 +225,12 @@ impl Links {
             .map_err(|e| super::Refused(format!("{}: update-info: {e}", cups.uri)).into())
     }
 
+    /// Write a set that worked (synced: off the runtime's worker).
     fn keep(&self, set: &StoredSet, name: &str) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        set.store(&self.dir.join(name))
+        tokio::task::block_in_place(|| {
+            std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+            set.store(&self.dir.join(name))
+        })
     }
 }
 
