@@ -27,7 +27,7 @@ use crate::sink::SinkCounters;
 
 /// How long CUPS has to answer (an update may be a few MiB on 4G).
 const CUPS_TIMEOUT: Duration = Duration::from_secs(60);
-/// After CUPS failed while an LNS set is in use.
+/// After CUPS failed while an LNS set is in use: the first retry (doubling after).
 const CUPS_RETRY: Duration = Duration::from_secs(60);
 /// Sessions in a row that did not reach `router_config` before CUPS is asked again.
 const FAILURES_BEFORE_CUPS: u32 = 3;
@@ -39,6 +39,8 @@ pub struct Links {
     cups: Option<Endpoint<CupsUri>>,
     /// When CUPS is asked next; `None` without CUPS.
     next_cups: Option<Instant>,
+    /// CUPS exchanges in a row that failed.
+    cups_failures: u32,
     failed_sessions: u32,
 }
 
@@ -55,7 +57,15 @@ impl Links {
             ),
         };
         let next_cups = cups.is_some().then(Instant::now);
-        Links { dir: s.dir.clone(), lns, pending: None, cups, next_cups, failed_sessions: 0 }
+        Links {
+            dir: s.dir.clone(),
+            lns,
+            pending: None,
+            cups,
+            next_cups,
+            cups_failures: 0,
+            failed_sessions: 0,
+        }
     }
 
     /// For logs: where the sink goes.
@@ -125,14 +135,20 @@ impl Links {
         let info = match self.update_info(&current, s).await {
             Ok(info) => info,
             Err(e) => {
-                // With no LNS the reconnect backoff paces the next try; with one in use,
-                // it goes on and CUPS is asked again a minute later.
-                let retry =
-                    if self.lns.is_some() { CUPS_RETRY.min(settings.interval) } else { Duration::ZERO };
+                // With no LNS the reconnect backoff paces the next try. With one in use
+                // the sink goes on with it, and CUPS is asked again after 1, 2, 4…
+                // minutes, up to the interval (asking closes the LNS link a moment).
+                self.cups_failures = self.cups_failures.saturating_add(1);
+                let retry = if self.lns.is_some() {
+                    (CUPS_RETRY * 2u32.pow(self.cups_failures.min(12) - 1)).min(settings.interval)
+                } else {
+                    Duration::ZERO
+                };
                 self.next_cups = Some(Instant::now() + retry);
                 return Err(e);
             }
         };
+        self.cups_failures = 0;
         self.next_cups = Some(Instant::now() + settings.interval);
 
         if info.cups_uri.is_some() || info.cups_cred.is_some() {

@@ -106,7 +106,11 @@ pub async fn run(
     let backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     let mut reconnect = Reconnect::new(sink, backoff, classify);
     loop {
-        if let Err(e) = carry.links.ask_cups_if_due(&settings, &counters).await {
+        let asked = tokio::select! {
+            asked = carry.links.ask_cups_if_due(&settings, &counters) => asked,
+            _ = shutdown.changed() => return,
+        };
+        if let Err(e) = asked {
             if carry.links.lns().is_none() {
                 // Nothing to connect to until CUPS answers.
                 if reconnect.after(Err(e), &mut shutdown).await.is_break() {
