@@ -47,6 +47,13 @@ impl<'a> Reconnect<'a> {
         Reconnect { sink, backoff, classify, warn: LogLimiter::default(), started: Instant::now() }
     }
 
+    /// A session ended on purpose, to be opened again at once (Basics Station's sink
+    /// closes its LNS link while CUPS is asked): nobody acknowledges for now, no backoff.
+    pub fn paused(&mut self) {
+        self.sink.counters.set_connected(false);
+        self.sink.journal.far_side(false);
+    }
+
     /// After a session ended: `Break` when the sink stops (the session was told to, or
     /// shutdown came while waiting), `Continue` when the next session may start.
     pub async fn after(

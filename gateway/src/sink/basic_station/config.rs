@@ -174,19 +174,32 @@ impl BasicStationSinkConfig {
         self.station_dir.as_ref().map(|d| d.join(name)).filter(|p| p.exists())
     }
 
-    /// The `<prefix>.trust`, `.crt` and `.key` set: each file named one by one (`given`),
-    /// else `station_dir`'s.
-    fn credentials(&self, prefix: &str, given: [&Option<PathBuf>; 3]) -> anyhow::Result<Credentials> {
+    /// A file named one by one (`given`), else `station_dir`'s `name` if it is there.
+    fn file(&self, given: &Option<PathBuf>, name: &str) -> Option<PathBuf> {
+        given.clone().or_else(|| self.in_dir(name))
+    }
+
+    /// The server at `text` with the `<prefix>.trust`, `.crt` and `.key` set.
+    fn endpoint<U: AsRef<WsUri> + std::fmt::Display>(
+        &self,
+        text: &str,
+        parse: fn(&str) -> anyhow::Result<U>,
+        prefix: &str,
+        given: [&Option<PathBuf>; 3],
+    ) -> anyhow::Result<Endpoint<U>> {
+        let uri = parse(text).with_context(|| format!("{prefix}.uri"))?;
         let [trust, crt, key] = [(given[0], "trust"), (given[1], "crt"), (given[2], "key")]
-            .map(|(path, ext)| path.clone().or_else(|| self.in_dir(&format!("{prefix}.{ext}"))));
-        Credentials::from_files(trust.as_deref(), crt.as_deref(), key.as_deref())
+            .map(|(path, ext)| self.file(path, &format!("{prefix}.{ext}")));
+        let creds = Credentials::from_files(trust.as_deref(), crt.as_deref(), key.as_deref())
+            .with_context(|| format!("the {prefix}.* credentials"))?;
+        Endpoint::new(uri, text, creds, self.allow_plaintext)
     }
 
     /// The private key or token files configured or in `station_dir`, with their keys'
     /// names: secrets, whose modes are checked.
     pub fn key_files(&self) -> Vec<(&'static str, PathBuf)> {
-        let tc = self.tc_key.clone().or_else(|| self.in_dir("tc.key"));
-        let cups = self.cups_key.clone().or_else(|| self.in_dir("cups.key"));
+        let tc = self.file(&self.tc_key, "tc.key");
+        let cups = self.file(&self.cups_key, "cups.key");
         [("sinks.basic_station.tc_key", tc), ("sinks.basic_station.cups_key", cups)]
             .into_iter()
             .filter_map(|(k, p)| Some((k, p?)))
@@ -215,21 +228,22 @@ impl BasicStationSinkConfig {
             bail!("neither an LNS (tc_uri, tc.uri) nor a CUPS server (cups_uri, cups.uri) is given");
         }
         let tc = match tc_text {
-            Some(text) => {
-                let uri = WsUri::parse(&text).context("tc.uri")?;
-                let creds = self
-                    .credentials("tc", [&self.tc_trust, &self.tc_crt, &self.tc_key])
-                    .context("the LNS's credentials")?;
-                Some(Endpoint::new(uri, &text, creds, self.allow_plaintext)?)
-            }
+            Some(text) => Some(self.endpoint(
+                &text,
+                WsUri::parse,
+                "tc",
+                [&self.tc_trust, &self.tc_crt, &self.tc_key],
+            )?),
             None => None,
         };
         let cups = match cups_text {
             Some(text) => {
-                let uri = CupsUri::parse(&text).context("cups.uri")?;
-                let creds = self
-                    .credentials("cups", [&self.cups_trust, &self.cups_crt, &self.cups_key])
-                    .context("CUPS's credentials")?;
+                let boot = self.endpoint(
+                    &text,
+                    CupsUri::parse,
+                    "cups",
+                    [&self.cups_trust, &self.cups_crt, &self.cups_key],
+                )?;
                 let mut key_paths = self.sig_keys.clone();
                 if let Some(dir) = &self.station_dir {
                     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -246,11 +260,7 @@ impl BasicStationSinkConfig {
                 }
                 let sig_keys =
                     key_paths.iter().map(|p| SigKey::read(p)).collect::<anyhow::Result<Vec<_>>>()?;
-                Some(CupsSettings {
-                    boot: Endpoint::new(uri, &text, creds, self.allow_plaintext)?,
-                    sig_keys,
-                    interval: Duration::from_secs(self.cups_interval_s),
-                })
+                Some(CupsSettings { boot, sig_keys, interval: Duration::from_secs(self.cups_interval_s) })
             }
             None => None,
         };

@@ -92,20 +92,19 @@ impl Credentials {
         cert: Option<&Path>,
         key: Option<&Path>,
     ) -> anyhow::Result<Credentials> {
+        let read = |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
         let mut blob = Vec::new();
-        match trust {
-            Some(path) => blob.extend_from_slice(&first_der(path, Part::Cert)?),
-            None => blob.extend_from_slice(&ABSENT),
-        }
-        match cert {
-            Some(path) => blob.extend_from_slice(&first_der(path, Part::Cert)?),
-            None => blob.extend_from_slice(&ABSENT),
+        for path in [trust, cert] {
+            match path {
+                Some(path) => blob.extend_from_slice(&first_der(path, &read(path)?, Part::Cert)?),
+                None => blob.extend_from_slice(&ABSENT),
+            }
         }
         match key {
             Some(path) => {
-                let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let bytes = read(path)?;
                 if is_pem(&bytes) || bytes.first() == Some(&0x30) {
-                    blob.extend_from_slice(&first_der(path, Part::Key)?);
+                    blob.extend_from_slice(&first_der(path, &bytes, Part::Key)?);
                 } else {
                     let text =
                         std::str::from_utf8(&bytes).ok().filter(|t| header_lines(t).is_ok()).with_context(
@@ -193,38 +192,32 @@ fn is_pem(bytes: &[u8]) -> bool {
     bytes.windows(11).any(|w| w == b"-----BEGIN ")
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Part {
     Cert,
     Key,
 }
 
-/// The first certificate or private key of a PEM or DER file, as DER.
-fn first_der(path: &Path, part: Part) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if !is_pem(&bytes) {
+/// The first certificate or private key of a PEM or DER file's `bytes`, as DER.
+fn first_der(path: &Path, bytes: &[u8], part: Part) -> anyhow::Result<Vec<u8>> {
+    if !is_pem(bytes) {
         let (der, rest) =
-            der_or_absent(&bytes).with_context(|| format!("{}: neither PEM nor DER", path.display()))?;
-        if !rest.is_empty() && part_is_key(&part) {
+            der_or_absent(bytes).with_context(|| format!("{}: neither PEM nor DER", path.display()))?;
+        if !rest.is_empty() && part == Part::Key {
             bail!("{}: bytes after the DER key", path.display());
         }
         return der.map(<[u8]>::to_vec).with_context(|| format!("{}: empty", path.display()));
     }
-    let mut reader = std::io::Cursor::new(&bytes);
+    let mut reader = std::io::Cursor::new(bytes);
     let found = match part {
         Part::Cert => rustls_pemfile::certs(&mut reader).next().transpose()?.map(|c| c.to_vec()),
         Part::Key => rustls_pemfile::private_key(&mut reader)?.map(|k| k.secret_der().to_vec()),
     };
-    found.with_context(|| {
-        format!(
-            "{}: no PEM {}",
-            path.display(),
-            if part_is_key(&part) { "private key (PKCS#8, PKCS#1 or SEC1)" } else { "certificate" }
-        )
-    })
-}
-
-fn part_is_key(part: &Part) -> bool {
-    matches!(part, Part::Key)
+    let what = match part {
+        Part::Cert => "certificate",
+        Part::Key => "private key (PKCS#8, PKCS#1 or SEC1)",
+    };
+    found.with_context(|| format!("{}: no PEM {what}", path.display()))
 }
 
 /// `Name: value` lines (CRLF or LF), as a token `tc.key` holds them.

@@ -7,7 +7,7 @@
 //! little-endian), LNS credentials (2), signature (4: the signing key's CRC, then an ECDSA
 //! P-256 signature, DER, of the SHA-512 of the update), update (4).
 //!
-//! What berrygw does with it (`Cups::sync`): a new set is *pending* until it has worked
+//! What berrygw does with it (`links.rs`): a new set is *pending* until it has worked
 //! (the LNS set once a session on it reached `router_config`, the CUPS set once an
 //! `update-info` on it was answered); only then is it written (`tc.set`, `cups.set` in the
 //! sink's state directory, replaced atomically) and the old one dropped. A set that fails
@@ -27,7 +27,7 @@ use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use serde_json::json;
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::creds::{crc32, Credentials};
 use super::ws::{self, WsUri};
@@ -54,12 +54,7 @@ impl AsRef<WsUri> for CupsUri {
 impl fmt::Display for CupsUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let u = &self.0;
-        let scheme = if u.tls { "https" } else { "http" };
-        if u.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}{}", u.host, u.port, u.path)
-        } else {
-            write!(f, "{scheme}://{}:{}{}", u.host, u.port, u.path)
-        }
+        write!(f, "{}://{}{}", if u.tls { "https" } else { "http" }, u.authority(), u.path)
     }
 }
 
@@ -263,12 +258,11 @@ pub async fn post_update_info(
     let target = uri.0.join("/update-info");
     tokio::time::timeout(timeout, async {
         let mut io = ws::open(&target, tls).await?;
-        let host = if target.host.contains(':') { format!("[{}]", target.host) } else { target.host.clone() };
         let mut request = format!(
-            "POST {} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: application/json\r\nAccept: \
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: \
              application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n",
             target.path,
-            target.port,
+            target.authority(),
             body.len()
         );
         for (name, value) in creds.headers() {
@@ -410,13 +404,13 @@ impl StoredSet {
 
 /// Keep a verified update where the operator finds it: `update.bin` and `update.json`
 /// (its size, SHA-256, the key that signed it, when). The same update again is not
-/// rewritten. Returns whether it was new.
-pub fn keep_update(dir: &Path, update: &[u8], key: &SigKey, from: &CupsUri) -> anyhow::Result<bool> {
+/// rewritten.
+pub fn keep_update(dir: &Path, update: &[u8], key: &SigKey, from: &CupsUri) -> anyhow::Result<()> {
     let sha256 = hex::encode(sha2::Sha256::digest(update));
     let meta_path = dir.join("update.json");
     if let Ok(text) = std::fs::read_to_string(&meta_path) {
         if serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v["sha256"] == sha256.as_str()) {
-            return Ok(false);
+            return Ok(());
         }
     }
     berrygw_journal::seq::write_durably(&dir.join("update.bin"), update).context("writing update.bin")?;
@@ -438,12 +432,7 @@ pub fn keep_update(dir: &Path, update: &[u8], key: &SigKey, from: &CupsUri) -> a
         "basic station sink: CUPS sent a signed update; kept in {} (berrygw installs nothing: apt does)",
         dir.join("update.bin").display()
     );
-    Ok(true)
-}
-
-/// What a refused update leaves: a warning naming why.
-pub fn refuse_update(e: &CupsError, size: usize) {
-    warn!(size, "basic station sink: CUPS sent an update; refused: {e}");
+    Ok(())
 }
 
 #[cfg(test)]

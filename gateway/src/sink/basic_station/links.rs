@@ -35,8 +35,11 @@ const FAILURES_BEFORE_CUPS: u32 = 3;
 pub struct Links {
     dir: PathBuf,
     lns: Option<Endpoint<WsUri>>,
-    pending: Option<(Endpoint<WsUri>, StoredSet)>,
+    /// A set CUPS handed over, until a session on it reaches `router_config`.
+    pending: Option<Endpoint<WsUri>>,
     cups: Option<Endpoint<CupsUri>>,
+    /// The current session reached `router_config`.
+    worked: bool,
     /// When CUPS is asked next; `None` without CUPS.
     next_cups: Option<Instant>,
     /// CUPS exchanges in a row that failed.
@@ -62,6 +65,7 @@ impl Links {
             lns,
             pending: None,
             cups,
+            worked: false,
             next_cups,
             cups_failures: 0,
             failed_sessions: 0,
@@ -80,7 +84,7 @@ impl Links {
 
     /// The LNS set the next session uses: a pending one first.
     pub fn lns(&self) -> Option<&Endpoint<WsUri>> {
-        self.pending.as_ref().map(|(e, _)| e).or(self.lns.as_ref())
+        self.pending.as_ref().or(self.lns.as_ref())
     }
 
     /// When CUPS is asked next, if there is a CUPS.
@@ -91,9 +95,10 @@ impl Links {
     /// A session on the set in `lns()` reached `router_config`: a pending set is kept
     /// (written, then used from now on).
     pub fn lns_works(&mut self) {
+        self.worked = true;
         self.failed_sessions = 0;
-        if let Some((endpoint, set)) = self.pending.take() {
-            match self.keep(&set, "tc.set") {
+        if let Some(endpoint) = self.pending.take() {
+            match self.keep(&endpoint, "tc.set") {
                 Ok(()) => info!(lns = %endpoint.uri, "basic station sink: the LNS set from CUPS works; kept"),
                 Err(e) => warn!("basic station sink: the LNS set from CUPS works but was not kept: {e:#}"),
             }
@@ -103,11 +108,11 @@ impl Links {
 
     /// After a session: a pending set still pending did not work and is dropped;
     /// failures in a row send the sink to CUPS.
-    pub fn session_ended(&mut self, configured: bool) {
-        if configured {
+    pub fn session_ended(&mut self) {
+        if std::mem::take(&mut self.worked) {
             return;
         }
-        if let Some((endpoint, _)) = self.pending.take() {
+        if let Some(endpoint) = self.pending.take() {
             warn!(
                 lns = %endpoint.uri,
                 "basic station sink: the LNS set from CUPS did not work; back to the set in use"
@@ -150,73 +155,85 @@ impl Links {
         };
         self.cups_failures = 0;
         self.next_cups = Some(Instant::now() + settings.interval);
-
         if info.cups_uri.is_some() || info.cups_cred.is_some() {
-            let set = StoredSet {
-                uri: info.cups_uri.clone().unwrap_or_else(|| current.text.clone()),
-                cred: info.cups_cred.clone().unwrap_or_else(|| current.creds.blob().to_vec()),
-            };
-            match endpoint_of(&set, s.allow_plaintext, CupsUri::parse) {
-                Ok(endpoint) => match self.update_info(&endpoint, s).await {
-                    Ok(_) => {
-                        self.keep(&set, "cups.set")?;
-                        info!(cups = %endpoint.uri, "basic station sink: the CUPS set from CUPS works; kept");
-                        self.cups = Some(endpoint);
-                    }
-                    Err(e) => warn!(
-                        "basic station sink: the CUPS set from CUPS did not work ({e:#}); the set in use is kept"
-                    ),
-                },
-                Err(e) => {
-                    counters.bad_commands.fetch_add(1, Ordering::Relaxed);
-                    warn!("basic station sink: CUPS handed over an unusable CUPS set; refused: {e:#}");
-                }
-            }
+            self.take_cups_set(&info, &current, s, counters).await?;
         }
         if info.tc_uri.is_some() || info.tc_cred.is_some() {
-            let base = self.lns.as_ref();
-            let uri = info.tc_uri.clone().or_else(|| base.map(|l| l.text.clone()));
-            let cred = info
-                .tc_cred
-                .clone()
-                .or_else(|| base.map(|l| l.creds.blob().to_vec()))
-                .unwrap_or_else(|| Credentials::none().blob().to_vec());
-            let pending = uri
-                .context("credentials for an LNS but no LNS URI")
-                .map(|uri| StoredSet { uri, cred })
-                .and_then(|set| Ok((endpoint_of(&set, s.allow_plaintext, WsUri::parse)?, set)));
-            match pending {
-                Ok((endpoint, set)) => {
-                    info!(
-                        lns = %endpoint.uri,
-                        credentials = format_args!("{:08X}", endpoint.creds.crc()),
-                        "basic station sink: CUPS handed over an LNS set; trying it"
-                    );
-                    self.pending = Some((endpoint, set));
-                }
-                Err(e) => {
-                    counters.bad_commands.fetch_add(1, Ordering::Relaxed);
-                    warn!("basic station sink: CUPS handed over an unusable LNS set; refused: {e:#}");
-                }
-            }
+            self.take_lns_set(&info, s.allow_plaintext, counters);
         }
         if let Some(update) = &info.update {
             match cups::verify(update, info.signature.as_ref(), &settings.sig_keys) {
-                Ok(key) => {
-                    // A few MiB written and synced: off the runtime's one worker.
-                    tokio::task::block_in_place(|| {
-                        std::fs::create_dir_all(&self.dir)
-                            .with_context(|| format!("creating {}", self.dir.display()))?;
-                        cups::keep_update(&self.dir, update, key, &current.uri)
-                    })?;
-                }
+                Ok(key) => self.in_dir(|dir| cups::keep_update(dir, update, key, &current.uri))?,
                 Err(e) => {
                     counters.bad_commands.fetch_add(1, Ordering::Relaxed);
-                    cups::refuse_update(&e, update.len());
+                    warn!(size = update.len(), "basic station sink: CUPS sent an update; refused: {e}");
                 }
             }
         }
         Ok(())
+    }
+
+    /// A new CUPS set (URI, credentials or both): tried at once, kept if it is answered.
+    async fn take_cups_set(
+        &mut self,
+        info: &UpdateInfo,
+        current: &Endpoint<CupsUri>,
+        s: &BasicStationSettings,
+        counters: &SinkCounters,
+    ) -> anyhow::Result<()> {
+        let set = StoredSet {
+            uri: info.cups_uri.clone().unwrap_or_else(|| current.text.clone()),
+            cred: info.cups_cred.clone().unwrap_or_else(|| current.creds.blob().to_vec()),
+        };
+        let endpoint = match endpoint_of(&set, s.allow_plaintext, CupsUri::parse) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                warn!("basic station sink: CUPS handed over an unusable CUPS set; refused: {e:#}");
+                return Ok(());
+            }
+        };
+        match self.update_info(&endpoint, s).await {
+            Ok(_) => {
+                self.keep(&endpoint, "cups.set")?;
+                info!(cups = %endpoint.uri, "basic station sink: the CUPS set from CUPS works; kept");
+                self.cups = Some(endpoint);
+            }
+            Err(e) => {
+                warn!(
+                    "basic station sink: the CUPS set from CUPS did not work ({e:#}); the set in use is kept"
+                )
+            }
+        }
+        Ok(())
+    }
+
+    /// A new LNS set (URI, credentials or both): pending, tried by the next session.
+    fn take_lns_set(&mut self, info: &UpdateInfo, allow_plaintext: bool, counters: &SinkCounters) {
+        let base = self.lns.as_ref();
+        let uri = info.tc_uri.clone().or_else(|| base.map(|l| l.text.clone()));
+        let cred = info
+            .tc_cred
+            .clone()
+            .or_else(|| base.map(|l| l.creds.blob().to_vec()))
+            .unwrap_or_else(|| Credentials::none().blob().to_vec());
+        let pending = uri
+            .context("credentials for an LNS but no LNS URI")
+            .and_then(|uri| endpoint_of(&StoredSet { uri, cred }, allow_plaintext, WsUri::parse));
+        match pending {
+            Ok(endpoint) => {
+                info!(
+                    lns = %endpoint.uri,
+                    credentials = format_args!("{:08X}", endpoint.creds.crc()),
+                    "basic station sink: CUPS handed over an LNS set; trying it"
+                );
+                self.pending = Some(endpoint);
+            }
+            Err(e) => {
+                counters.bad_commands.fetch_add(1, Ordering::Relaxed);
+                warn!("basic station sink: CUPS handed over an unusable LNS set; refused: {e:#}");
+            }
+        }
     }
 
     /// One `update-info` exchange with `cups`, reporting the sets in use.
@@ -241,11 +258,18 @@ impl Links {
             .map_err(|e| super::Refused(format!("{}: update-info: {e}", cups.uri)).into())
     }
 
-    /// Write a set that worked (synced: off the runtime's worker).
-    fn keep(&self, set: &StoredSet, name: &str) -> anyhow::Result<()> {
+    /// Write a set that worked as `name`: its URI as given and its credential blob.
+    fn keep<U>(&self, endpoint: &Endpoint<U>, name: &str) -> anyhow::Result<()> {
+        let set = StoredSet { uri: endpoint.text.clone(), cred: endpoint.creds.blob().to_vec() };
+        self.in_dir(|dir| set.store(&dir.join(name)))
+    }
+
+    /// `write` in the sink's directory, made if missing. Files written there are synced:
+    /// off the runtime's one worker.
+    fn in_dir<T>(&self, write: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
         tokio::task::block_in_place(|| {
             std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-            set.store(&self.dir.join(name))
+            write(&self.dir)
         })
     }
 }
@@ -256,9 +280,8 @@ fn endpoint_of<U: AsRef<WsUri> + std::fmt::Display>(
     allow_plaintext: bool,
     parse: fn(&str) -> anyhow::Result<U>,
 ) -> anyhow::Result<Endpoint<U>> {
-    let uri = parse(&set.uri)?;
     let creds = Credentials::from_blob(&set.cred).context("credentials")?;
-    Endpoint::new(uri, &set.uri, creds, allow_plaintext)
+    Endpoint::new(parse(&set.uri)?, &set.uri, creds, allow_plaintext)
 }
 
 /// A kept set, if there is one that can be used; a damaged or unusable one is reported

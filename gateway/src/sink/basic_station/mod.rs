@@ -71,10 +71,6 @@ struct Carry {
     started: SystemTime,
     next_downlink_id: u32,
     warn: LogLimiter,
-    /// This session reached `router_config`: its LNS set works.
-    configured: bool,
-    /// When this session ends for CUPS to be asked.
-    cups_due: Option<Instant>,
     /// The credential sets (CUPS's, the LNS's).
     links: Links,
     /// Uplink channels outside the LNS's plan, each warned about once.
@@ -96,8 +92,6 @@ pub async fn run(
         started: SystemTime::now(),
         next_downlink_id: rand::random::<u32>() | 1,
         warn: LogLimiter::default(),
-        configured: false,
-        cups_due: None,
         links: Links::open(&settings),
         off_plan: Default::default(),
     };
@@ -110,33 +104,24 @@ pub async fn run(
             asked = carry.links.ask_cups_if_due(&settings, &counters) => asked,
             _ = shutdown.changed() => return,
         };
-        if let Err(e) = asked {
-            if carry.links.lns().is_none() {
-                // Nothing to connect to until CUPS answers.
-                if reconnect.after(Err(e), &mut shutdown).await.is_break() {
-                    return;
-                }
-                continue;
-            }
-            warn!("basic station sink: CUPS: {e:#}; the LNS set in use is kept");
-        }
         let Some(lns) = carry.links.lns().cloned() else {
-            let e = anyhow!("no LNS: CUPS gave none yet");
+            // Nothing to connect to until CUPS answers.
+            let e = asked.err().unwrap_or_else(|| anyhow!("no LNS: CUPS gave none yet"));
             if reconnect.after(Err(e), &mut shutdown).await.is_break() {
                 return;
             }
             continue;
         };
-        carry.configured = false;
-        carry.cups_due = carry.links.cups_due();
+        if let Err(e) = asked {
+            warn!("basic station sink: CUPS: {e:#}; the LNS set in use is kept");
+        }
         let ended =
             session(&lns, &settings, &journal, &counters, &mut radio, &mut shutdown, &mut carry).await;
-        carry.links.session_ended(carry.configured);
+        carry.links.session_ended();
         if ended.as_ref().is_err_and(|e| e.is::<CupsDue>()) {
             // As Station does: the LNS link is closed while CUPS is asked, then opened
             // again (on the set CUPS handed over, if any). What was not proven is resent.
-            counters.set_connected(false);
-            journal.far_side(false);
+            reconnect.paused();
             continue;
         }
         if reconnect.after(ended, &mut shutdown).await.is_break() {
@@ -244,7 +229,6 @@ async fn session(
     // The LNS's clock against ours when it sent the plan: RefTime of each uplink.
     let mut mux_offset = plan.mux_time.map(|t| t - unix_secs(SystemTime::now()));
     info!(lns = %muxs, region = plan.region.name, "basic station sink: connected");
-    carry.configured = true;
     // A set CUPS handed over has worked: kept now, not when this session ends.
     carry.links.lns_works();
     counters.set_connected(true);
@@ -356,7 +340,7 @@ async fn session(
                 }
                 last_probe = Instant::now();
             }
-            () = sleep_until_some(carry.cups_due) => {
+            () = sleep_until_some(carry.links.cups_due()) => {
                 ws.close().await;
                 return Err(CupsDue.into());
             }
@@ -408,7 +392,7 @@ fn uplink_text(
         return None;
     }
     let (frame, seq) = frame_of_record(record)?;
-    if plan.upchannels.as_ref().is_some_and(|ch| !ch.contains(&frame.frequency.0))
+    if plan.upchannels.as_ref().is_some_and(|ch| ch.binary_search(&frame.frequency.0).is_err())
         && carry.off_plan.insert(frame.frequency.0)
     {
         // A packet forwarder's plan is not berrygw's to know: each such channel said once.

@@ -81,6 +81,15 @@ impl WsUri {
         Ok(WsUri { tls, host: host.to_string(), port, path: path.to_string() })
     }
 
+    /// `host:port`, an IPv6 host in brackets: the `Host` header, and the URI's middle.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     /// The same server with `suffix` after the path (`/router-info`).
     pub fn join(&self, suffix: &str) -> WsUri {
         let base = self.path.trim_end_matches('/');
@@ -96,12 +105,7 @@ impl AsRef<WsUri> for WsUri {
 
 impl fmt::Display for WsUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "wss" } else { "ws" };
-        if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}{}", self.host, self.port, self.path)
-        } else {
-            write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.path)
-        }
+        write!(f, "{}://{}{}", if self.tls { "wss" } else { "ws" }, self.authority(), self.path)
     }
 }
 
@@ -193,11 +197,11 @@ pub async fn handshake(
     headers: &[(String, String)],
 ) -> anyhow::Result<WebSocket> {
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-    let host = if uri.host.contains(':') { format!("[{}]", uri.host) } else { uri.host.clone() };
     let mut request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
-        uri.path, uri.port
+        uri.path,
+        uri.authority()
     );
     for (name, value) in headers {
         if name.contains(|c: char| c == ':' || c.is_control()) || value.contains(|c: char| c.is_control()) {
