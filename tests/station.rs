@@ -497,3 +497,57 @@ fn an_lns_channel_plan_that_is_not_the_radios_is_refused_with_the_difference() {
     });
     assert!(recent.iter().all(|f| six.contains(&f.to_string())), "{recent:?}");
 }
+
+/// What a CUPS server (or anyone on an http:// path to it) may send wrong: an LNS set or a
+/// CUPS set whose credentials do not parse, an answer that is not CUPS's segments, a
+/// refusal (401); and a kept set damaged on disk. Each is refused with why (the sets
+/// counted), and the LNS set in use goes on.
+#[test]
+fn what_cups_sends_wrong_is_refused_and_the_lns_in_use_goes_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let lns = StationLns::start(d, &[]);
+    let good = json!({"tc": {"uri": lns.uri(), "token": "Authorization: Bearer A"}});
+    let cups = StationCups::start(d, None, &good);
+    let station = d.join("station");
+    std::fs::create_dir_all(&station).unwrap();
+    std::fs::write(station.join("cups.uri"), format!("{}\n", cups.uri())).unwrap();
+    let sink = format!(
+        "[sinks.basic_station]\nstation_dir = {station:?}\ncups_interval_s = 1\nreconnect_min_ms = 200\n\
+         reconnect_max_ms = 1000\n"
+    );
+    let devices = sim_device("sonde-niveau", "river_level", "26011002", 200, None);
+    let state_dir = d.join("state");
+    let text = config_with_radio(&state_dir, "log", &sim_radio(&devices), &sink);
+    let mut daemon = Berrygw::start(d, &text);
+    lns.wait_uplinks(3, Duration::from_secs(30));
+    let tc_set = state_dir.join("basic_station").join("tc.set");
+    wait_for(Duration::from_secs(10), "the LNS set kept", || tc_set.exists().then_some(()));
+
+    let goes_on = |daemon: &Berrygw, needle: &str| {
+        daemon.wait_log(Duration::from_secs(15), needle);
+        let at = lns.uplink_seqs().len();
+        lns.wait_uplinks(at + 3, Duration::from_secs(20));
+    };
+    // An LNS set whose credentials are four bytes of nothing in particular.
+    cups.set(&json!({"tc": {"uri": lns.uri(), "raw": "deadbeef"}}));
+    goes_on(&daemon, "CUPS handed over an unusable LNS set; refused");
+    // A CUPS set likewise.
+    cups.set(&json!({"tc": good["tc"], "cups": {"uri": cups.uri(), "raw": "3005"}}));
+    goes_on(&daemon, "CUPS handed over an unusable CUPS set; refused");
+    assert!(station_metric(&text, "berrygw_sink_bad_commands_total").unwrap_or(0.0) >= 2.0);
+    // Not CUPS's segments at all; then a refusal.
+    cups.set(&json!({"garbage": "05"}));
+    goes_on(&daemon, "update-info: the answer is cut short");
+    cups.set(&json!({"require": "Authorization: Bearer nobody-has-this"}));
+    goes_on(&daemon, "update-info refused: HTTP/1.1 401");
+    daemon.stop();
+
+    // The kept set damaged on disk: said, and CUPS is asked for one again.
+    std::fs::write(&tc_set, [9u8, 9, 9]).unwrap();
+    cups.set(&good);
+    let daemon = Berrygw::start(d, &text);
+    daemon.wait_log(Duration::from_secs(15), "the configured set is used");
+    let at = lns.uplink_seqs().len();
+    lns.wait_uplinks(at + 3, Duration::from_secs(30));
+}

@@ -17,7 +17,10 @@ it between requests:
    "cups": {"uri": ..., "trust": PEM, "crt": PEM, "key": PEM, "token": "Name: value"},
    "tc":   {"uri": ..., "trust": PEM, "crt": PEM, "key": PEM, "token": "Name: value"},
    "update": {"file": PATH, "version": "9.9.9", "sign_with": PRIVATE.pem,
-              "key_crc": N (default: the CRC of sign_with's public key), "tamper": false}}
+              "key_crc": N (default: the CRC of sign_with's public key), "tamper": false},
+   "garbage": HEX}                                # answered as is instead
+
+A set may also be {"uri": ..., "raw": HEX}: credential bytes as given (a broken set).
 
 A credential set is the DER of trust, certificate and key, each four zero bytes when
 absent, a token in the key's place (the line and CRLF); its CRC is zlib's CRC-32. Each
@@ -50,6 +53,8 @@ def der_of(pem_path, kind):
 
 
 def cred_blob(spec):
+    if spec.get("raw") is not None:  # bytes as given (hex): a broken set
+        return bytes.fromhex(spec["raw"])
     absent = b"\x00" * 4
     out = der_of(spec["trust"], "cert") if spec.get("trust") else absent
     out += der_of(spec["crt"], "cert") if spec.get("crt") else absent
@@ -99,6 +104,10 @@ def main():
                 entry["refused"] = 401
                 log.write(json.dumps(entry) + "\n")
                 return web.Response(status=401, text="unauthorized")
+        if state.get("garbage") is not None:  # an answer that is not CUPS's segments
+            entry["sent"].append("garbage")
+            log.write(json.dumps(entry) + "\n")
+            return web.Response(body=bytes.fromhex(state["garbage"]), content_type="application/octet-stream")
         segments = []
         for which, width in (("cups", 1), ("tc", 1)):
             spec = state.get(which)
@@ -108,7 +117,7 @@ def main():
             segments.append(struct.pack("<B", len(uri)) + uri)
         for which in ("cups", "tc"):
             spec = state.get(which)
-            has_cred = spec and any(spec.get(k) for k in ("trust", "crt", "key", "token"))
+            has_cred = spec and any(spec.get(k) for k in ("trust", "crt", "key", "token", "raw"))
             blob = cred_blob(spec) if has_cred else b""
             if blob and (zlib.crc32(blob) & 0xFFFFFFFF) == req.get(which + "CredCrc"):
                 blob = b""
