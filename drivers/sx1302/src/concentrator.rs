@@ -18,6 +18,7 @@ use crate::gpio::{reset_concentrator, Gpio};
 use crate::hal::Hal;
 use crate::health::{HealthMonitor, Wedged};
 use crate::jit::{Due, JitLimits};
+use crate::plan::{Applied, Retune};
 use crate::setup::ConcentratorSetup;
 use crate::status::ConcentratorStatus;
 
@@ -51,6 +52,10 @@ pub(crate) struct Owner {
     backoff: Duration,
     next_temperature: Instant,
     fsk_deviation: u32,
+    /// Channel plans from outside the configuration (`Tuner`).
+    retunes: Receiver<Retune>,
+    /// Who set the plan in use, when it is not the configuration's.
+    plan_from: Option<String>,
 }
 
 impl Owner {
@@ -60,6 +65,8 @@ impl Owner {
         setup: ConcentratorSetup,
         gpio: Box<dyn Gpio>,
         status: watch::Sender<ConcentratorStatus>,
+        retunes: Receiver<Retune>,
+        plan_from: Option<String>,
     ) -> Owner {
         let now = Instant::now();
         let scheduler = DownlinkScheduler::new(setup.region, setup.tx.clone(), JitLimits::default());
@@ -79,6 +86,8 @@ impl Owner {
             backoff: RESTART_BACKOFF_MIN,
             next_temperature: now,
             fsk_deviation,
+            retunes,
+            plan_from,
         }
     }
 
@@ -94,10 +103,14 @@ impl Owner {
         self.health.restarted(now);
         self.backoff = RESTART_BACKOFF_MIN;
         self.next_temperature = now + TEMPERATURE_EVERY;
+        let channels = self.setup.lora_channels();
+        let plan_from = self.plan_from.clone();
         self.status.send_modify(|s| {
             s.running = true;
             s.eui = eui;
             s.temperature_c = temperature;
+            s.channels_hz = channels;
+            s.plan_from = plan_from;
         });
         info!(
             board = self.setup.board.name,
@@ -151,6 +164,9 @@ impl Owner {
         loop {
             if uplinks.is_closed() || done.is_closed() {
                 return Ok(());
+            }
+            while let Ok(r) = self.retunes.try_recv() {
+                self.retune(r);
             }
             let now = Instant::now();
             if !self.running {
@@ -325,6 +341,55 @@ impl Owner {
         }
     }
 
+    /// Puts the concentrator on another channel plan: stopped, reconfigured, started.
+    /// If it does not start on it, it goes back to the plan it had.
+    fn retune(&mut self, r: Retune) {
+        if r.setup == self.setup && self.running {
+            self.plan_from = Some(r.from);
+            let from = self.plan_from.clone();
+            self.status.send_modify(|s| s.plan_from = from);
+            let _ = r.reply.send(Ok(Applied::Unchanged));
+            return;
+        }
+        info!(from = %r.from, channels = ?r.setup.lora_channels(), "concentrator retuned: restarting it on another channel plan");
+        if self.running {
+            if let Err(e) = self.hal.stop() {
+                debug!("{e} (stopping the concentrator to retune it)");
+            }
+            self.running = false;
+        }
+        self.void_queued("the retune");
+        let old = (std::mem::replace(&mut self.setup, r.setup), self.plan_from.replace(r.from));
+        self.fsk_deviation = self.setup.fsk.map(|(_, f)| f.frequency_deviation).unwrap_or(0);
+        let answer = match self.bring_up() {
+            Ok(()) => {
+                self.status.send_modify(|s| s.retunes += 1);
+                Ok(Applied::Retuned)
+            }
+            Err(e) => {
+                let _ = self.hal.stop();
+                self.running = false;
+                let why = format!("the concentrator did not start on that plan: {e}");
+                error!("{why}; back on the plan it had");
+                (self.setup, self.plan_from) = old;
+                self.fsk_deviation = self.setup.fsk.map(|(_, f)| f.frequency_deviation).unwrap_or(0);
+                self.try_restart();
+                Err(why)
+            }
+        };
+        let _ = r.reply.send(answer);
+    }
+
+    /// Queued downlinks are voided: a stop resets the counter their times are in.
+    fn void_queued(&mut self, by: &str) {
+        let voided = self.scheduler.clear();
+        if !voided.is_empty() {
+            warn!(count = voided.len(), "queued downlinks dropped: {by} voids their counter times");
+            let n = voided.len() as u64;
+            self.status.send_modify(|s| s.tx_failed += n);
+        }
+    }
+
     /// Stops the wedged concentrator and brings it back up.
     fn restart(&mut self, reason: Wedged) {
         error!("concentrator wedged ({reason}): resetting and restarting it");
@@ -337,12 +402,7 @@ impl Owner {
             debug!("{e} (stopping a wedged concentrator)");
         }
         self.running = false;
-        let voided = self.scheduler.clear();
-        if !voided.is_empty() {
-            warn!(count = voided.len(), "queued downlinks dropped: the restart voids their counter times");
-            let n = voided.len() as u64;
-            self.status.send_modify(|s| s.tx_failed += n);
-        }
+        self.void_queued("the restart");
         self.try_restart();
     }
 

@@ -4,7 +4,8 @@
 //!
 //! Where things live: `config` (the `[radio.sx1302]` TOML), `boards/` and
 //! `regions/` (data: one file per board model and per channel plan), `setup`
-//! (config + board + region → exactly what the HAL gets), `gpio` (reset and
+//! (config + board + region → exactly what the HAL gets), `plan` (a network
+//! server's channel plan over the configuration's, and the `Tuner` that applies it), `gpio` (reset and
 //! power lines), `airtime`, `jit`, `duty_cycle` and `downlink` (downlink
 //! admission and timing, pure Rust), `health` (when the concentrator is
 //! wedged), `hal` (the only FFI), `concentrator` (the one thread that owns the
@@ -27,6 +28,7 @@ pub mod error;
 pub mod gpio;
 pub mod health;
 pub mod jit;
+pub mod plan;
 pub mod radio;
 pub mod regions;
 pub mod setup;
@@ -41,6 +43,7 @@ pub mod double;
 pub use config::{GpioLine, HealthConfig, Sx1302Config};
 pub use error::{HalError, Sx1302Error};
 pub use gpio::{CdevGpio, Gpio, GpioError, GpioEvent, RecordingGpio};
+pub use plan::{Applied, ChannelPlan, Tuner};
 pub use radio::Sx1302Radio;
 pub use setup::{ConcentratorSetup, ConfigError};
 pub use status::ConcentratorStatus;

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::config::Sx1302Config;
 use crate::error::Sx1302Error;
 use crate::gpio::Gpio;
+use crate::plan::{ChannelPlan, Tuner};
 use crate::setup::ConcentratorSetup;
 use crate::status::ConcentratorStatus;
 
@@ -19,6 +20,7 @@ use crate::status::ConcentratorStatus;
 pub struct Sx1302Radio {
     inner: imp::Inner,
     status: watch::Receiver<ConcentratorStatus>,
+    tuner: Tuner,
 }
 
 impl Sx1302Radio {
@@ -33,10 +35,31 @@ impl Sx1302Radio {
     /// As `open`, driving the reset and power lines through `gpio` (tests pass a
     /// `RecordingGpio`).
     pub fn open_with_gpio(config: &Sx1302Config, gpio: Box<dyn Gpio>) -> Result<Sx1302Radio, Sx1302Error> {
-        let setup = ConcentratorSetup::resolve(config)?;
+        Sx1302Radio::open_on_plan(config, None, gpio)
+    }
+
+    /// As `open_with_gpio`, started on `plan` (set by the second member, for the
+    /// status) instead of the configuration's channels: a plan a network server gave
+    /// before a restart. `Tuner`s still put their plans over `config`.
+    pub fn open_on_plan(
+        config: &Sx1302Config,
+        plan: Option<(&ChannelPlan, &str)>,
+        gpio: Box<dyn Gpio>,
+    ) -> Result<Sx1302Radio, Sx1302Error> {
+        let setup = match plan {
+            Some((plan, _)) => plan.setup(config)?,
+            None => ConcentratorSetup::resolve(config)?,
+        };
+        let from = plan.map(|(_, from)| from.to_string());
         let (status_tx, status) = watch::channel(ConcentratorStatus::default());
-        let inner = imp::open(setup, gpio, status_tx)?;
-        Ok(Sx1302Radio { inner, status })
+        let (tune_tx, tune_rx) = std::sync::mpsc::channel();
+        let inner = imp::open(setup, from, tune_rx, gpio, status_tx)?;
+        Ok(Sx1302Radio { inner, status, tuner: Tuner::new(config.clone(), tune_tx) })
+    }
+
+    /// What puts another channel plan on this concentrator while it runs.
+    pub fn tuner(&self) -> Tuner {
+        self.tuner.clone()
     }
 
     /// The concentrator's status (EUI, temperature, running, restarts, last error,
@@ -68,6 +91,7 @@ mod imp {
     use crate::error::Sx1302Error;
     use crate::gpio::Gpio;
     use crate::hal::Hal;
+    use crate::plan::Retune;
     use crate::setup::ConcentratorSetup;
     use crate::status::ConcentratorStatus;
 
@@ -77,6 +101,8 @@ mod imp {
 
     pub(super) fn open(
         setup: ConcentratorSetup,
+        plan_from: Option<String>,
+        retunes: mpsc::Receiver<Retune>,
         gpio: Box<dyn Gpio>,
         status: watch::Sender<ConcentratorStatus>,
     ) -> Result<Inner, Sx1302Error> {
@@ -86,7 +112,7 @@ mod imp {
         std::thread::Builder::new()
             .name("sx1302-hal".into())
             .spawn(move || {
-                let mut owner = Owner::new(hal, setup, gpio, status);
+                let mut owner = Owner::new(hal, setup, gpio, status, retunes, plan_from);
                 match owner.bring_up() {
                     Ok(()) => {
                         let _ = ready_tx.send(Ok(()));
@@ -130,6 +156,7 @@ mod imp {
 
     use crate::error::Sx1302Error;
     use crate::gpio::Gpio;
+    use crate::plan::Retune;
     use crate::setup::ConcentratorSetup;
     use crate::status::ConcentratorStatus;
 
@@ -138,6 +165,8 @@ mod imp {
 
     pub(super) fn open(
         _setup: ConcentratorSetup,
+        _plan_from: Option<String>,
+        _retunes: std::sync::mpsc::Receiver<Retune>,
         _gpio: Box<dyn Gpio>,
         _status: watch::Sender<ConcentratorStatus>,
     ) -> Result<Inner, Sx1302Error> {

@@ -232,6 +232,21 @@ impl ConcentratorSetup {
     }
 }
 
+impl ConcentratorSetup {
+    /// The LoRa uplink channels it listens on (multi-SF and service), Hz, sorted.
+    pub fn lora_channels(&self) -> Vec<u32> {
+        let mut hz: Vec<u32> = self
+            .multi_sf
+            .iter()
+            .map(|c| c.frequency)
+            .chain(self.lora_service.map(|(c, _)| c.frequency))
+            .collect();
+        hz.sort_unstable();
+        hz.dedup();
+        hz
+    }
+}
+
 /// The receive bandwidth of an FSK channel, as Semtech's packet forwarder derives it.
 pub fn fsk_bandwidth_hz(c: &FskChannel) -> u32 {
     c.frequency_deviation.saturating_mul(2).saturating_add(c.datarate)

@@ -30,4 +30,10 @@ pub struct ConcentratorStatus {
     pub tx_failed: u64,
     /// Downlinks refused at admission (any `TxAck` status but Ok).
     pub tx_refused: u64,
+    /// The LoRa uplink channels it listens on, Hz, sorted (once started).
+    pub channels_hz: Vec<u32>,
+    /// Times the concentrator was restarted on another channel plan (`Tuner`).
+    pub retunes: u64,
+    /// Who set that channel plan, when it is not `[radio.sx1302]` (a Basics Station LNS).
+    pub plan_from: Option<String>,
 }

@@ -18,8 +18,8 @@ use berrygw_sx1302::config::{GpioLine, LineName, LineOffset, Off, RadioType, Set
 use berrygw_sx1302::double::{self, codes, DoubleGuard, RxPacket};
 use berrygw_sx1302::gpio::RESET_STEP;
 use berrygw_sx1302::{
-    ConcentratorStatus, GpioEvent, HalError, HealthConfig, RecordingGpio, Sx1302Config, Sx1302Error,
-    Sx1302Radio,
+    Applied, ChannelPlan, ConcentratorStatus, GpioEvent, HalError, HealthConfig, RecordingGpio, Sx1302Config,
+    Sx1302Error, Sx1302Radio, Tuner,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -32,6 +32,7 @@ struct Harness {
     tx_acks: mpsc::Receiver<TxAck>,
     status: watch::Receiver<ConcentratorStatus>,
     gpio: RecordingGpio,
+    tuner: Tuner,
     task: JoinHandle<Result<(), RadioError>>,
     // Last: released only after the radio above is gone.
     _guard: DoubleGuard,
@@ -45,7 +46,18 @@ fn open(guard: DoubleGuard, config: &Sx1302Config) -> Harness {
 fn open_with(guard: DoubleGuard, config: &Sx1302Config, taken: Option<watch::Receiver<Taken>>) -> Harness {
     let gpio = RecordingGpio::new();
     let radio = Sx1302Radio::open_with_gpio(config, Box::new(gpio.clone())).unwrap_or_else(|e| panic!("{e}"));
+    start(guard, radio, gpio, taken)
+}
+
+/// Runs an opened radio as the pipeline would.
+fn start(
+    guard: DoubleGuard,
+    radio: Sx1302Radio,
+    gpio: RecordingGpio,
+    taken: Option<watch::Receiver<Taken>>,
+) -> Harness {
     let status = radio.status();
+    let tuner = radio.tuner();
     assert_eq!(radio.kind(), "sx1302");
     let (up_tx, uplinks) = mpsc::channel(64);
     let (downlinks, down_rx) = mpsc::channel(64);
@@ -56,7 +68,7 @@ fn open_with(guard: DoubleGuard, config: &Sx1302Config, taken: Option<watch::Rec
         tx_acks: ack_tx,
         taken,
     }));
-    Harness { uplinks, downlinks, tx_acks, status, gpio, task, _guard: guard }
+    Harness { uplinks, downlinks, tx_acks, status, gpio, tuner, task, _guard: guard }
 }
 
 impl Harness {
@@ -670,4 +682,108 @@ fn a_configuration_error_is_reported_before_touching_the_hal() {
         Some("[radio.sx1302] unknown board `rak7248`; berrygw knows: corecell, rak2287, rak5146, wm1302")
     );
     assert_eq!(double::call_count("lgw_board_setconf"), 0);
+}
+
+/// Semtech's six-channel EU868 test plan, as its test LNS gives it in `upchannels`.
+fn six_channels() -> ChannelPlan {
+    ChannelPlan {
+        multi_sf: vec![868_100_000, 868_300_000, 868_500_000, 868_850_000, 869_050_000, 869_525_000],
+        ..ChannelPlan::default()
+    }
+}
+
+fn eu868_channels() -> Vec<u32> {
+    vec![
+        867_100_000,
+        867_300_000,
+        867_500_000,
+        867_700_000,
+        867_900_000,
+        868_100_000,
+        868_300_000,
+        868_500_000,
+    ]
+}
+
+#[tokio::test]
+async fn a_tuner_restarts_the_concentrator_on_another_plan_and_only_when_it_differs() {
+    let mut h = open(double::exclusive(), &Sx1302Config::for_board("rak2287"));
+    let s = h.status_when("running", |s| s.running).await;
+    assert_eq!((s.channels_hz, s.plan_from, s.retunes), (eu868_channels(), None, 0));
+    // A downlink queued for later is voided by the restart, as by any restart.
+    let at = double::peek_instcnt().wrapping_add(5_000_000);
+    assert_eq!(h.send(lora_downlink(1, 868_100_000, 7, 14, TxTiming::Counter(at), 12)).await, TxStatus::Ok);
+
+    let applied = h.tuner.apply(&six_channels(), "the LNS's router_config").await;
+    assert_eq!(applied, Ok(Applied::Retuned));
+    assert_eq!(double::call_count("lgw_start"), 2);
+    let one_reset = reset_sequence(&boards::rak2287::MODEL);
+    assert_eq!(h.gpio.events(), [one_reset.clone(), one_reset].concat(), "reset as at a start");
+    // Both radios centred on the six channels (868.0375–869.5875 MHz fit one radio's span).
+    let centre = 868_812_500;
+    assert_eq!(double::rf_conf(0).map(|r| (r.freq_hz, r.tx_enable)), Some((centre, true)));
+    for (chain, f) in (0u8..).zip(six_channels().multi_sf) {
+        let c = double::if_conf(chain).unwrap_or_else(|| panic!("if {chain}"));
+        assert_eq!((c.enable, c.rf_chain, c.freq_hz), (true, 0, f as i32 - centre as i32), "if {chain}");
+    }
+    for chain in [6, 7, 8, 9] {
+        assert_eq!(double::if_conf(chain).map(|c| c.enable), Some(false), "if {chain} off: not in the plan");
+    }
+    let s = h.status_when("the new plan", |s| s.retunes == 1 && s.running).await;
+    assert_eq!(s.channels_hz, six_channels().multi_sf);
+    assert_eq!(s.plan_from.as_deref(), Some("the LNS's router_config"));
+    assert_eq!((s.tx_failed, s.restarts), (1, 0), "the queued downlink voided; a retune is no wedge restart");
+
+    // The same plan again (every reconnection brings it): nothing restarts.
+    assert_eq!(h.tuner.apply(&six_channels(), "the LNS's router_config").await, Ok(Applied::Unchanged));
+    assert_eq!(double::call_count("lgw_start"), 2);
+    assert!(double::push_rx(RxPacket::lora(869_525_000, 9, codes::BW_125KHZ, &[0x40, 9])));
+    assert_eq!(h.uplink().await.phy_payload, vec![0x40, 9]);
+    assert!(h.shut_down().await.is_ok());
+}
+
+#[tokio::test]
+async fn a_plan_the_concentrator_cannot_take_leaves_it_on_the_one_it_had() {
+    let mut h = open(double::exclusive(), &Sx1302Config::for_board("rak2287"));
+    h.status_when("running", |s| s.running).await;
+    // Refused before anything stops: more channels than demodulators, and a span no
+    // two radios hear.
+    let nine =
+        ChannelPlan { multi_sf: (0..9).map(|i| 867_100_000 + i * 100_000).collect(), ..Default::default() };
+    let wide = ChannelPlan { multi_sf: vec![863_100_000, 866_100_000, 869_900_000], ..Default::default() };
+    for (plan, why) in [(nine, "9 channels given, the SX1302 has 8"), (wide, "the plan spans")] {
+        let e = h.tuner.apply(&plan, "LNS").await.err().unwrap_or_default();
+        assert!(e.contains(why), "{e}");
+    }
+    assert_eq!(double::call_count("lgw_stop"), 0);
+    assert_eq!(double::call_count("lgw_start"), 1);
+
+    // One that fails to start: back on the configuration's plan, running.
+    double::fail_next("lgw_start", 1);
+    let e = h.tuner.apply(&six_channels(), "LNS").await.err().unwrap_or_default();
+    assert!(e.contains("did not start on that plan") && e.contains("lgw_start failed"), "{e}");
+    let s = h.status_when("running again", |s| s.running).await;
+    assert_eq!((s.channels_hz, s.plan_from, s.retunes), (eu868_channels(), None, 0));
+    assert_eq!(double::rf_conf(0).map(|r| r.freq_hz), Some(867_500_000));
+    assert_eq!(double::if_conf(8).map(|c| c.enable), Some(true), "the service channel is back");
+    assert!(double::push_rx(RxPacket::lora(867_100_000, 7, codes::BW_125KHZ, &[0x40, 1])));
+    assert_eq!(h.uplink().await.phy_payload, vec![0x40, 1]);
+    assert!(h.shut_down().await.is_ok());
+}
+
+#[tokio::test]
+async fn a_concentrator_can_start_on_a_plan_kept_from_before() {
+    let guard = double::exclusive();
+    let gpio = RecordingGpio::new();
+    let config = Sx1302Config::for_board("wm1302");
+    let radio = Sx1302Radio::open_on_plan(&config, Some((&six_channels(), "kept")), Box::new(gpio.clone()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut h = start(guard, radio, gpio, None);
+    let s = h.status_when("running", |s| s.running).await;
+    assert_eq!((s.channels_hz, s.plan_from.as_deref()), (six_channels().multi_sf, Some("kept")));
+    assert_eq!(double::call_count("lgw_start"), 1, "started once, on the kept plan");
+    // The LNS's plan, the same: nothing to do.
+    assert_eq!(h.tuner.apply(&six_channels(), "LNS").await, Ok(Applied::Unchanged));
+    assert_eq!(h.status_when("told", |s| s.plan_from.as_deref() == Some("LNS")).await.retunes, 0);
+    assert!(h.shut_down().await.is_ok());
 }

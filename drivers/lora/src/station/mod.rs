@@ -114,26 +114,95 @@ fn id6(s: &str) -> Option<Eui64> {
     Some(Eui64::from_u64(groups.iter().fold(0u64, |acc, g| (acc << 16) | u64::from(*g))))
 }
 
-/// The LoRa uplink channels of a `router_config`: `upchannels` (`[[Hz, minDR, maxDR],
-/// …]`) or, without it, `sx1301_conf` (one or more boards: `radio_0`/`radio_1` centres,
-/// `chan_multiSF_0..7` and `chan_Lora_std` with `radio` and `if` offsets). Every channel
-/// within `band`, at most 64; sorted, without repeats.
-fn upchannels(v: &Value, band: (u32, u32)) -> Result<Option<Vec<u32>>, String> {
+/// The uplink channels of a `router_config`, as a radio must be set to hear them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UplinkPlan {
+    /// Multi-SF LoRa channels (125 kHz), Hz, sorted.
+    pub multi_sf: Vec<u32>,
+    /// Single-SF LoRa channels (250 or 500 kHz, or `chan_Lora_std`).
+    pub lora_std: Vec<LoraStd>,
+    /// FSK channels.
+    pub fsk: Vec<FskChannel>,
+    /// The radios' centres, Hz, where `sx1301_conf` gives them for one board.
+    pub centres: [Option<u32>; 2],
+}
+
+/// A single-SF LoRa uplink channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoraStd {
+    pub frequency: u32,
+    /// Hz.
+    pub bandwidth: u32,
+    pub spreading_factor: u8,
+}
+
+/// An FSK uplink channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FskChannel {
+    pub frequency: u32,
+    /// bit/s.
+    pub datarate: u32,
+    /// Hz.
+    pub frequency_deviation: u32,
+}
+
+impl UplinkPlan {
+    /// The LoRa channels (multi-SF and single-SF), Hz, sorted, without repeats.
+    pub fn lora_channels(&self) -> Vec<u32> {
+        let mut hz: Vec<u32> =
+            self.multi_sf.iter().copied().chain(self.lora_std.iter().map(|c| c.frequency)).collect();
+        hz.sort_unstable();
+        hz.dedup();
+        hz
+    }
+}
+
+/// The uplink channels of a `router_config`: `upchannels` (`[[Hz, minDR, maxDR], …]`,
+/// each channel's kind from its data rates in `drs`: all FSK, all LoRa wider than
+/// 125 kHz (single-SF), else multi-SF) or, without it, `sx1301_conf` (one or more
+/// boards: `radio_0`/`radio_1` centres, `chan_multiSF_0..7`, `chan_Lora_std` and
+/// `chan_FSK` with `radio` and `if` offsets). Every channel within `band`, at most 64.
+fn uplink_plan(v: &Value, band: (u32, u32), drs: &[Option<DataRate>]) -> Result<Option<UplinkPlan>, String> {
     let in_band = |f: i64| -> Result<u32, String> {
         u32::try_from(f)
             .ok()
             .filter(|f| (band.0..=band.1).contains(f))
             .ok_or_else(|| format!("an uplink channel at {f} Hz, outside the band {band:?}"))
     };
-    let mut out = Vec::new();
+    let mut plan = UplinkPlan::default();
+    let mut count = 0usize;
     match (v.get("upchannels"), v.get("sx1301_conf")) {
         (Some(Value::Array(list)), _) => {
+            count = list.len();
             for ch in list {
-                let f = ch
-                    .get(0)
-                    .and_then(Value::as_i64)
-                    .ok_or_else(|| format!("upchannels entry {ch} is not [Hz, minDR, maxDR]"))?;
-                out.push(in_band(f)?);
+                let entry = ch.as_array().filter(|a| a.len() == 3);
+                let nums = entry.and_then(|a| Some((a[0].as_i64()?, a[1].as_u64()?, a[2].as_u64()?)));
+                let (f, min, max) =
+                    nums.ok_or_else(|| format!("upchannels entry {ch} is not [Hz, minDR, maxDR]"))?;
+                let f = in_band(f)?;
+                let range: Vec<&Modulation> = usize::try_from(min)
+                    .ok()
+                    .zip(usize::try_from(max).ok())
+                    .filter(|(min, max)| min <= max && *max < 16)
+                    .ok_or_else(|| {
+                        format!("upchannels entry {ch}: DR{min}..DR{max} is no range of DR0..DR15")
+                    })
+                    .map(|(min, max)| drs[min..=max].iter().flatten().map(|d| &d.modulation).collect())?;
+                match range.first() {
+                    Some(&&Modulation::Fsk { datarate, frequency_deviation })
+                        if range.iter().all(|m| matches!(m, Modulation::Fsk { .. })) =>
+                    {
+                        plan.fsk.push(FskChannel { frequency: f, datarate, frequency_deviation });
+                    }
+                    Some(&&Modulation::Lora { spreading_factor, bandwidth, .. })
+                        if range
+                            .iter()
+                            .all(|m| matches!(m, Modulation::Lora { bandwidth: 250_000 | 500_000, .. })) =>
+                    {
+                        plan.lora_std.push(LoraStd { frequency: f, bandwidth, spreading_factor });
+                    }
+                    _ => plan.multi_sf.push(f),
+                }
             }
         }
         (None | Some(Value::Null), Some(Value::Array(boards))) => {
@@ -150,8 +219,8 @@ fn upchannels(v: &Value, band: (u32, u32)) -> Result<Option<Vec<u32>>, String> {
                     }
                     conf["freq"].as_i64().map(Some).ok_or_else(|| format!("{radio} has no freq"))
                 };
-                let names = (0..8).map(|i| format!("chan_multiSF_{i}")).chain(["chan_Lora_std".to_string()]);
-                for name in names {
+                let names = (0..8).map(|i| format!("chan_multiSF_{i}"));
+                for name in names.chain(["chan_Lora_std".into(), "chan_FSK".into()]) {
                     let ch = &board[name.as_str()];
                     if ch.is_null() || ch["enable"] != Value::Bool(true) {
                         continue;
@@ -160,8 +229,39 @@ fn upchannels(v: &Value, band: (u32, u32)) -> Result<Option<Vec<u32>>, String> {
                         .as_i64()
                         .filter(|o| o.abs() <= 1_000_000)
                         .ok_or_else(|| format!("{name} has no if offset within ±1 MHz"))?;
-                    if let Some(c) = centre(&ch["radio"])? {
-                        out.push(in_band(c + offset)?);
+                    let Some(c) = centre(&ch["radio"])? else { continue };
+                    let f = in_band(c + offset)?;
+                    count += 1;
+                    let number = |key: &str, ok: &dyn Fn(u64) -> bool| {
+                        ch[key]
+                            .as_u64()
+                            .filter(|x| ok(*x))
+                            .ok_or_else(|| format!("{name} has no valid {key}"))
+                    };
+                    match name.as_str() {
+                        "chan_Lora_std" => plan.lora_std.push(LoraStd {
+                            frequency: f,
+                            bandwidth: number("bandwidth", &|b| matches!(b, 125_000 | 250_000 | 500_000))?
+                                as u32,
+                            spreading_factor: number("spread_factor", &|sf| (5..=12).contains(&sf))? as u8,
+                        }),
+                        "chan_FSK" => {
+                            let datarate = number("datarate", &|d| (500..=250_000).contains(&d))? as u32;
+                            let frequency_deviation = match ch.get("freq_deviation") {
+                                None | Some(Value::Null) => datarate / 2,
+                                Some(_) => number("freq_deviation", &|d| d <= 250_000)? as u32,
+                            };
+                            plan.fsk.push(FskChannel { frequency: f, datarate, frequency_deviation });
+                        }
+                        _ => plan.multi_sf.push(f),
+                    }
+                }
+            }
+            if let [board] = boards.as_slice() {
+                for (i, radio) in ["radio_0", "radio_1"].iter().enumerate() {
+                    let r = &board[*radio];
+                    if r["enable"] != Value::Bool(false) {
+                        plan.centres[i] = r["freq"].as_u64().and_then(|f| u32::try_from(f).ok());
                     }
                 }
             }
@@ -169,12 +269,12 @@ fn upchannels(v: &Value, band: (u32, u32)) -> Result<Option<Vec<u32>>, String> {
         (None | Some(Value::Null), None | Some(Value::Null)) => return Ok(None),
         _ => return Err("upchannels or sx1301_conf is not a list".into()),
     }
-    if out.len() > 64 {
-        return Err(format!("{} uplink channels (at most 64)", out.len()));
+    if count > 64 {
+        return Err(format!("{count} uplink channels (at most 64)"));
     }
-    out.sort_unstable();
-    out.dedup();
-    Ok(Some(out))
+    plan.multi_sf.sort_unstable();
+    plan.multi_sf.dedup();
+    Ok(Some(plan))
 }
 
 /// The gateway's question to the router-info endpoint.
@@ -278,10 +378,11 @@ pub struct RouterConfig {
     pub hwspec: Option<String>,
     /// `MuxTime` of the message: the LNS's clock, seconds.
     pub mux_time: Option<f64>,
-    /// The LoRa uplink channels of the LNS's plan, Hz, sorted: from `upchannels`, else
-    /// from `sx1301_conf` (each enabled multi-SF channel and the LoRa service channel,
-    /// its radio's centre plus its offset). `None` when the LNS gives neither.
+    /// The LoRa uplink channels of the LNS's plan, Hz, sorted (multi-SF and single-SF
+    /// ones of `plan`). `None` when the LNS gives no plan.
     pub upchannels: Option<Vec<u32>>,
+    /// The LNS's uplink channels by kind: from `upchannels`, else from `sx1301_conf`.
+    pub plan: Option<UplinkPlan>,
 }
 
 impl RouterConfig {
@@ -373,7 +474,8 @@ impl RouterConfig {
                 })
                 .ok_or_else(|| field(M, "NetID is not a list of 24-bit NetIDs"))?,
         };
-        let upchannels = upchannels(v, region.band).map_err(|why| field(M, why))?;
+        let plan = uplink_plan(v, region.band, &drs).map_err(|why| field(M, why))?;
+        let upchannels = plan.as_ref().map(UplinkPlan::lora_channels);
         Ok(RouterConfig {
             region,
             freq_range,
@@ -384,6 +486,7 @@ impl RouterConfig {
             hwspec: v.get("hwspec").and_then(Value::as_str).map(str::to_string),
             mux_time: v.get("MuxTime").and_then(Value::as_f64),
             upchannels,
+            plan,
         })
     }
 

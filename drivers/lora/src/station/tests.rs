@@ -283,6 +283,12 @@ fn the_lns_channel_plan_is_read_from_sx1301_conf_or_upchannels_and_compared_with
         assert!(why.contains("868.850, 869.050, 869.525 MHz, which the radio does not listen on"), "{why}");
         assert!(why.contains("the radio listens on 867.100"), "{why}");
     }
+    let sx1301 =
+        RouterConfig::parse(&json!({"msgtype": "router_config", "region": "EU863", "sx1301_conf": conf}))
+            .unwrap();
+    let plan = sx1301.plan.unwrap();
+    assert_eq!(plan.centres, [Some(868_475_000), Some(869_287_500)], "one board: its radios' centres");
+    assert_eq!((plan.multi_sf, plan.lora_std, plan.fsk), (six.clone(), vec![], vec![]));
     assert_eq!(cfg().upchannels, None);
     assert_eq!(cfg().channel_mismatch(&[868_100_000]), None, "no plan from the LNS: nothing to compare");
     for (plan, why) in [
@@ -303,6 +309,71 @@ fn the_lns_channel_plan_is_read_from_sx1301_conf_or_upchannels_and_compared_with
         (json!({"sx1301_conf": {"radio_0": 1}}), "not a list"),
     ] {
         let mut v = json!({"msgtype": "router_config", "region": "EU863"});
+        v.as_object_mut().unwrap().extend(plan.as_object().unwrap().clone());
+        let e = RouterConfig::parse(&v).unwrap_err().to_string();
+        assert!(e.contains(why), "{plan}: {e}");
+    }
+}
+
+/// The Things Stack's EU868 plan in `upchannels`: eight multi-SF channels, DR6 (SF7 at
+/// 250 kHz) on 868.3 MHz and DR7 (FSK) on 868.8 MHz. Each channel's kind comes from its
+/// data rates; the FSK channel is no LoRa channel to compare.
+#[test]
+fn each_upchannel_is_multi_sf_single_sf_or_fsk_by_its_data_rates() {
+    let mut eight = crate::sim::default_frequencies();
+    eight.sort_unstable();
+    let mut up: Vec<_> = eight.iter().map(|f| json!([f, 0, 5])).collect();
+    up.push(json!([868_300_000, 6, 6]));
+    up.push(json!([868_800_000, 7, 7]));
+    let c = RouterConfig::parse(&json!({"msgtype": "router_config", "region": "EU868", "upchannels": up}))
+        .unwrap();
+    let plan = c.plan.clone().unwrap();
+    assert_eq!(plan.multi_sf, eight);
+    assert_eq!(
+        plan.lora_std,
+        vec![LoraStd { frequency: 868_300_000, bandwidth: 250_000, spreading_factor: 7 }]
+    );
+    assert_eq!(
+        plan.fsk,
+        vec![FskChannel { frequency: 868_800_000, datarate: 50_000, frequency_deviation: 25_000 }]
+    );
+    assert_eq!(plan.centres, [None, None]);
+    assert_eq!(c.upchannels.as_deref(), Some(eight.as_slice()), "868.3 MHz once; no FSK");
+    assert_eq!(c.channel_mismatch(&eight), None);
+
+    // The same as sx1301_conf, with the service and FSK channels' own fields.
+    let conf = json!([{
+        "radio_0": {"enable": true, "freq": 867500000}, "radio_1": {"enable": true, "freq": 868500000},
+        "chan_multiSF_0": {"enable": true, "radio": 0, "if": -400000},
+        "chan_Lora_std": {"enable": true, "radio": 1, "if": -200000, "bandwidth": 250000, "spread_factor": 7},
+        "chan_FSK": {"enable": true, "radio": 1, "if": 300000, "datarate": 50000}
+    }]);
+    let c = RouterConfig::parse(&json!({"msgtype": "router_config", "region": "EU868", "sx1301_conf": conf}))
+        .unwrap();
+    let plan = c.plan.clone().unwrap();
+    assert_eq!(
+        (plan.multi_sf, plan.lora_std.len(), plan.fsk),
+        (
+            vec![867_100_000],
+            1,
+            vec![FskChannel { frequency: 868_800_000, datarate: 50_000, frequency_deviation: 25_000 }]
+        )
+    );
+    assert_eq!(c.upchannels, Some(vec![867_100_000, 868_300_000]));
+
+    for (plan, why) in [
+        (json!({"upchannels": [[868_100_000, 5, 2]]}), "DR5..DR2 is no range"),
+        (json!({"upchannels": [[868_100_000, 0, 16]]}), "DR0..DR16 is no range"),
+        (
+            json!({"sx1301_conf": [{"radio_0": {"freq": 868000000}, "chan_Lora_std": {"enable": true, "radio": 0, "if": 300000}}]}),
+            "chan_Lora_std has no valid bandwidth",
+        ),
+        (
+            json!({"sx1301_conf": [{"radio_0": {"freq": 868000000}, "chan_FSK": {"enable": true, "radio": 0, "if": 300000, "datarate": 9000000}}]}),
+            "chan_FSK has no valid datarate",
+        ),
+    ] {
+        let mut v = json!({"msgtype": "router_config", "region": "EU868"});
         v.as_object_mut().unwrap().extend(plan.as_object().unwrap().clone());
         let e = RouterConfig::parse(&v).unwrap_err().to_string();
         assert!(e.contains(why), "{plan}: {e}");
