@@ -551,3 +551,84 @@ fn what_cups_sends_wrong_is_refused_and_the_lns_in_use_goes_on() {
     let at = lns.uplink_seqs().len();
     lns.wait_uplinks(at + 3, Duration::from_secs(30));
 }
+
+/// `berrygw status` of the daemon whose configuration is in `dir`: JSON, or text.
+#[cfg(feature = "hal-double")]
+fn status_of(dir: &std::path::Path, json: bool) -> String {
+    let mut c = berrygw_command();
+    c.arg("status");
+    if json {
+        c.arg("--json");
+    }
+    let out = c.arg("--config").arg(dir.join("berrygw.toml")).output().expect("berrygw status");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The concentrator in `berrygw status --json`, once it shows `ok`.
+#[cfg(feature = "hal-double")]
+fn concentrator_when(
+    dir: &std::path::Path,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_for(Duration::from_secs(30), what, || {
+        let v: serde_json::Value = serde_json::from_str(&status_of(dir, true)).ok()?;
+        ok(&v).then(|| v["radio"]["concentrator"].clone())
+    })
+}
+
+/// With an SX1302 (Semtech's HAL replaced by berrygw's C double: this test needs a
+/// berrygw built with `--features hal-double`, as scripts/test runs it), the LNS's
+/// `router_config` sets the concentrator's channels, as Station does; the plan is kept
+/// and a restart during an outage starts on it; a plan the SX1302 cannot take is refused
+/// with why and the concentrator stays on the one it had.
+#[cfg(feature = "hal-double")]
+#[test]
+fn the_concentrator_takes_the_lns_channel_plan_and_keeps_it_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let six = [868_100_000u32, 868_300_000, 868_500_000, 868_850_000, 869_050_000, 869_525_000];
+    let six_text = six.map(|f| f.to_string()).join(",");
+    let lns = StationLns::start(dir.path(), &["--upchannels", &six_text]);
+    let state = dir.path().join("state");
+    let radio = "[radio]\nkind = \"sx1302\"\n\n[radio.sx1302]\nboard = \"rak2287\"\n\n[radio.sx1302.gpio]\nreset = \"none\"\n";
+    let text = config_with_radio(&state, "log", radio, &station_sink(&lns, ""));
+    let mut daemon = Berrygw::start(dir.path(), &text);
+    let c = concentrator_when(dir.path(), "the LNS's plan on the concentrator, the sink connected", |v| {
+        v["radio"]["concentrator"]["channels_hz"] == json!(six)
+            && v["sinks"].as_array().is_some_and(|s| s.iter().any(|s| s["connected"] == true))
+    });
+    assert_eq!(c["plan_from"], "the Basics Station LNS's router_config", "{c}");
+    assert_eq!(c["running"], true, "{c}");
+    daemon.wait_log(Duration::from_secs(5), "now listens on the LNS's channel plan");
+    let text_status = status_of(dir.path(), false);
+    assert!(
+        text_status.contains(
+            "channels 868.100, 868.300, 868.500, 868.850, 869.050, 869.525 MHz, from the Basics Station LNS's router_config"
+        ),
+        "{text_status}"
+    );
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("basic_station/plan.json")).expect("plan.json"))
+            .expect("plan.json is JSON");
+    assert_eq!(kept["multi_sf"], json!(six), "{kept}");
+    daemon.stop();
+
+    // Restarted while the LNS is unreachable: on the kept plan from the start.
+    drop(lns);
+    let mut daemon = Berrygw::start(dir.path(), &text);
+    let c = concentrator_when(dir.path(), "the kept plan", |v| v["radio"]["concentrator"]["running"] == true);
+    assert_eq!(c["channels_hz"], json!(six), "{c}");
+    assert!(c["plan_from"].as_str().unwrap_or_default().contains("kept from before a restart"), "{c}");
+    daemon.stop();
+
+    // An LNS whose plan no SX1302 can hear (863.1 to 869.9 MHz): refused with why, the
+    // concentrator still on the plan it had, the sink not connected.
+    let wide = StationLns::start(dir.path(), &["--upchannels", "863100000,866100000,869900000"]);
+    let text = config_with_radio(&state, "log", radio, &station_sink(&wide, ""));
+    let daemon = Berrygw::start(dir.path(), &text);
+    let line = daemon.wait_log(Duration::from_secs(20), "cannot take the LNS's channel plan");
+    assert!(line.contains("the plan spans 863.038–869.96"), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&status_of(dir.path(), true)).expect("status --json");
+    assert_eq!(v["radio"]["concentrator"]["channels_hz"], json!(six), "{v}");
+    assert!(v["sinks"].as_array().is_some_and(|s| s.iter().all(|s| s["connected"] == false)), "{v}");
+}

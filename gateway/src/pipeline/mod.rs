@@ -23,7 +23,7 @@ use berrygw_lora::{RadioIo, RadioSource, Taken};
 use berrygw_sx1302::Sx1302Radio;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::actuation::engine::{Actuation, ActuationSettings};
 use crate::config::{LoadedConfig, RadioKind, Site};
@@ -33,7 +33,7 @@ use crate::events::AppTopics;
 use crate::journal::{Journal, JournalConfig};
 use crate::seq::UplinkSeq;
 use crate::service::{self, Liveness};
-use crate::sink::basic_station;
+use crate::sink::basic_station::{self, config::ChannelPlanFrom};
 use crate::sink::mqtt::MqttSinkKind;
 use crate::sink::mqtt::{self, Protocol, SinkInbound};
 use crate::sink::semtech_udp;
@@ -118,7 +118,7 @@ impl Gateway {
             None => None,
         };
         // The LNS's files are read (and their faults reported) before anything starts.
-        let station_settings = match &c.sinks.basic_station {
+        let mut station_settings = match &c.sinks.basic_station {
             Some(station) => {
                 let mut settings =
                     station.settings(c.gateway.id, &c.gateway.state_dir).context("sinks.basic_station")?;
@@ -172,12 +172,30 @@ impl Gateway {
             }
             RadioKind::Sx1302 => {
                 let sx = c.radio.sx1302.clone().context("[radio.sx1302] missing")?;
+                // The LNS's plan, where the Basics Station sink sets it: the one it set
+                // last, until it says it again.
+                let tuned = c.sinks.basic_station.as_ref().filter(|b| b.channel_plan == ChannelPlanFrom::Lns);
+                let kept =
+                    tuned.and_then(|_| basic_station::plan::kept(&c.gateway.state_dir.join("basic_station")));
+                let kept = kept.filter(|plan| match plan.setup(&sx) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        warn!("the kept LNS channel plan does not fit [radio.sx1302] ({e}); starting on its channels");
+                        false
+                    }
+                });
                 // Reset, configuration and lgw_start block for about a second.
-                let radio = tokio::task::spawn_blocking(move || Sx1302Radio::open(&sx))
-                    .await
-                    .context("concentrator start task")?
-                    .context("starting the SX1302 concentrator")?;
+                let radio = tokio::task::spawn_blocking(move || {
+                    let plan = kept.as_ref().map(|p| (p, basic_station::plan::FROM_KEPT));
+                    Sx1302Radio::open_on_plan(&sx, plan, Box::new(berrygw_sx1302::CdevGpio::new()))
+                })
+                .await
+                .context("concentrator start task")?
+                .context("starting the SX1302 concentrator")?;
                 concentrator = Some(radio.status());
+                if let (Some(settings), Some(_)) = (station_settings.as_mut(), tuned) {
+                    settings.tuner = Some(radio.tuner());
+                }
                 Box::new(radio)
             }
         };
@@ -499,15 +517,8 @@ fn radio_channels(radio: &crate::config::RadioConfig) -> Option<basic_station::R
         RadioKind::Sim => ("[radio.sim] frequencies", radio.sim.as_ref()?.frequencies.clone()),
         RadioKind::Gwmp => return None,
         RadioKind::Sx1302 => {
-            let sx = radio.sx1302.as_ref()?;
-            let region = berrygw_sx1302::regions::find(&sx.region)?;
-            let mut hz = sx.multi_sf_channels.clone().unwrap_or_else(|| region.multi_sf_channels.to_vec());
-            let service = match &sx.lora_service {
-                None => region.lora_service,
-                Some(setting) => setting.on().copied(),
-            };
-            hz.extend(service.map(|c| c.frequency));
-            ("[radio.sx1302] multi_sf_channels and lora_service", hz)
+            let setup = berrygw_sx1302::ConcentratorSetup::resolve(radio.sx1302.as_ref()?).ok()?;
+            ("[radio.sx1302] multi_sf_channels and lora_service", setup.lora_channels())
         }
     };
     hz.sort_unstable();

@@ -147,6 +147,12 @@ pub struct ConcentratorView {
     pub temperature_c: Option<f32>,
     pub restarts: u64,
     pub last_error: Option<String>,
+    /// The LoRa uplink channels it listens on, Hz.
+    #[serde(default)]
+    pub channels_hz: Vec<u32>,
+    /// Who set them when not `[radio.sx1302]` (a Basics Station LNS).
+    #[serde(default)]
+    pub plan_from: Option<String>,
 }
 
 /// One sink: its connection and its backlog.
@@ -337,6 +343,8 @@ impl Status {
                 temperature_c: s.temperature_c,
                 restarts: s.restarts,
                 last_error: s.last_error,
+                channels_hz: s.channels_hz,
+                plan_from: s.plan_from,
             }
         });
         if let Some(con) = &concentrator {

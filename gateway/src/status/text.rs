@@ -47,6 +47,12 @@ pub fn render(s: &Status) -> String {
             c.restarts,
             c.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()
         ));
+        let mhz: Vec<String> = c.channels_hz.iter().map(|f| format!("{:.3}", f64::from(*f) / 1e6)).collect();
+        line(format!(
+            "          channels {} MHz, from {}",
+            mhz.join(", "),
+            c.plan_from.as_deref().unwrap_or("[radio.sx1302]")
+        ));
     }
     for sink in &s.sinks {
         let b = &sink.backlog;

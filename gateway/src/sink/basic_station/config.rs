@@ -62,6 +62,21 @@ pub struct BasicStationSinkConfig {
     /// one request in flight is started per this interval while records wait for proof.
     #[serde(default = "default_proof_interval_ms")]
     pub proof_interval_ms: u64,
+    /// Whose uplink channels the radio uses: `"lns"` (the default: an SX1302 is retuned to
+    /// `router_config`'s plan, as Station does) or `"radio"` (`[radio.sx1302]`'s are kept
+    /// and an LNS plan that differs is refused). A sim radio is always compared, a packet
+    /// forwarder's plan is its own.
+    #[serde(default)]
+    pub channel_plan: ChannelPlanFrom,
+}
+
+/// `channel_plan`: who sets the radio's uplink channels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelPlanFrom {
+    #[default]
+    Lns,
+    Radio,
 }
 
 fn default_reconnect_min_ms() -> u64 {
@@ -136,6 +151,9 @@ pub struct BasicStationSettings {
     /// sx1302; not a packet forwarder's), and the settings they come from: a
     /// `router_config` with another plan is refused with the difference.
     pub radio_channels: Option<RadioChannels>,
+    /// Set (by the pipeline) when the radio is an SX1302 and `channel_plan = "lns"`: the
+    /// LNS's plan is put on it instead of compared.
+    pub tuner: Option<berrygw_sx1302::Tuner>,
     pub allow_plaintext: bool,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -270,6 +288,7 @@ impl BasicStationSinkConfig {
             dir: state_dir.join("basic_station"),
             router: self.router.unwrap_or(gateway_id),
             radio_channels: None,
+            tuner: None,
             allow_plaintext: self.allow_plaintext,
             reconnect_min: Duration::from_millis(self.reconnect_min_ms),
             reconnect_max: Duration::from_millis(self.reconnect_max_ms),

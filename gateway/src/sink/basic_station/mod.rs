@@ -19,12 +19,14 @@
 //!
 //! Files: `ws.rs` (the WebSocket client), `config.rs` (`[sinks.basic_station]`),
 //! `creds.rs` (credential sets), `cups.rs` (the `update-info` exchange), `links.rs` (which
-//! sets are in use, pending, kept), `proof.rs` (when a record may leave the journal).
+//! sets are in use, pending, kept), `plan.rs` (the LNS's channel plan on the concentrator),
+//! `proof.rs` (when a record may leave the journal).
 
 pub mod config;
 pub mod creds;
 pub mod cups;
 pub mod links;
+pub mod plan;
 pub mod proof;
 pub mod ws;
 
@@ -225,7 +227,7 @@ async fn session(
     })
     .await
     .map_err(|_| anyhow!("no router_config within {} s", ANSWER_TIMEOUT.as_secs()))??;
-    check_channels(&plan, s)?;
+    take_channel_plan(&plan, s).await?;
     // The LNS's clock against ours when it sent the plan: RefTime of each uplink.
     let mut mux_offset = plan.mux_time.map(|t| t - unix_secs(SystemTime::now()));
     info!(lns = %muxs, region = plan.region.name, "basic station sink: connected");
@@ -296,7 +298,7 @@ async fn session(
                         Ok(Downstream::Timesync { .. }) => {}
                         Ok(Downstream::RouterConfig(cfg)) => {
                             info!("basic station sink: a new router_config");
-                            check_channels(&cfg, s)?;
+                            take_channel_plan(&cfg, s).await?;
                             mux_offset = cfg.mux_time.map(|t| t - unix_secs(SystemTime::now())).or(mux_offset);
                             plan = cfg;
                         }
@@ -352,10 +354,19 @@ async fn session(
     }
 }
 
-/// The LNS's channel plan against the radio's, where berrygw knows the radio's: a
-/// mismatch is refused (the session ends, the sink backs off, status says why), since
-/// devices would be sent to channels the radio does not hear, or heard where the LNS does
-/// not expect them. berrygw does not retune the radio to the LNS's plan.
+/// The LNS's channel plan: put on the concentrator (`plan::retune`) when berrygw may
+/// tune it, else checked against the radio's.
+async fn take_channel_plan(plan: &RouterConfig, s: &BasicStationSettings) -> anyhow::Result<()> {
+    match &s.tuner {
+        Some(tuner) => plan::retune(tuner, plan, &s.dir).await,
+        None => check_channels(plan, s),
+    }
+}
+
+/// The LNS's channel plan against the radio's, where berrygw knows the radio's and does
+/// not tune it (sim; sx1302 with `channel_plan = "radio"`): a mismatch is refused (the
+/// session ends, the sink backs off, status says why), since devices would be sent to
+/// channels the radio does not hear, or heard where the LNS does not expect them.
 fn check_channels(plan: &RouterConfig, s: &BasicStationSettings) -> anyhow::Result<()> {
     let Some(radio) = &s.radio_channels else { return Ok(()) };
     match plan.channel_mismatch(&radio.hz) {
