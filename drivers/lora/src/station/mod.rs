@@ -239,6 +239,16 @@ fn uplink_plan(v: &Value, band: (u32, u32), drs: &[Option<DataRate>]) -> Result<
                             .ok_or_else(|| format!("{name} has no valid {key}"))
                     };
                     match name.as_str() {
+                        // Without its own fields (Semtech's test LNS sends it so), the
+                        // plan's single-SF uplink data rate (EU868: DR6, SF7 at 250 kHz).
+                        "chan_Lora_std"
+                            if ch.get("bandwidth").is_none() && ch.get("spread_factor").is_none() =>
+                        {
+                            let (spreading_factor, bandwidth) = single_sf_dr(drs).ok_or_else(|| {
+                                format!("{name} has no bandwidth and spread_factor, and the DRs no single-SF uplink rate")
+                            })?;
+                            plan.lora_std.push(LoraStd { frequency: f, bandwidth, spreading_factor });
+                        }
                         "chan_Lora_std" => plan.lora_std.push(LoraStd {
                             frequency: f,
                             bandwidth: number("bandwidth", &|b| matches!(b, 125_000 | 250_000 | 500_000))?
@@ -275,6 +285,16 @@ fn uplink_plan(v: &Value, band: (u32, u32), drs: &[Option<DataRate>]) -> Result<
     plan.multi_sf.sort_unstable();
     plan.multi_sf.dedup();
     Ok(Some(plan))
+}
+
+/// The spreading factor and bandwidth of the first uplink data rate wider than 125 kHz.
+fn single_sf_dr(drs: &[Option<DataRate>]) -> Option<(u8, u32)> {
+    drs.iter().flatten().filter(|d| !d.downlink_only).find_map(|d| match d.modulation {
+        Modulation::Lora { spreading_factor, bandwidth: bandwidth @ (250_000 | 500_000), .. } => {
+            Some((spreading_factor, bandwidth))
+        }
+        _ => None,
+    })
 }
 
 /// The gateway's question to the router-info endpoint.

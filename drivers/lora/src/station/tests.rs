@@ -360,13 +360,26 @@ fn each_upchannel_is_multi_sf_single_sf_or_fsk_by_its_data_rates() {
         )
     );
     assert_eq!(c.upchannels, Some(vec![867_100_000, 868_300_000]));
+    // chan_Lora_std without its own fields, as Semtech's test LNS sends it: the plan's
+    // single-SF data rate (EU868's DR6).
+    let bare = json!([{"radio_0": {"freq": 868000000}, "chan_Lora_std": {"enable": true, "radio": 0, "if": 300000}}]);
+    let c = RouterConfig::parse(&json!({"msgtype": "router_config", "region": "EU868", "sx1301_conf": bare}))
+        .unwrap();
+    assert_eq!(
+        c.plan.unwrap().lora_std,
+        vec![LoraStd { frequency: 868_300_000, bandwidth: 250_000, spreading_factor: 7 }]
+    );
 
     for (plan, why) in [
         (json!({"upchannels": [[868_100_000, 5, 2]]}), "DR5..DR2 is no range"),
         (json!({"upchannels": [[868_100_000, 0, 16]]}), "DR0..DR16 is no range"),
         (
-            json!({"sx1301_conf": [{"radio_0": {"freq": 868000000}, "chan_Lora_std": {"enable": true, "radio": 0, "if": 300000}}]}),
+            json!({"sx1301_conf": [{"radio_0": {"freq": 868000000}, "chan_Lora_std": {"enable": true, "radio": 0, "if": 300000, "bandwidth": 300000}}]}),
             "chan_Lora_std has no valid bandwidth",
+        ),
+        (
+            json!({"DRs": [[12, 125, 0]], "sx1301_conf": [{"radio_0": {"freq": 868000000}, "chan_Lora_std": {"enable": true, "radio": 0, "if": 300000}}]}),
+            "and the DRs no single-SF uplink rate",
         ),
         (
             json!({"sx1301_conf": [{"radio_0": {"freq": 868000000}, "chan_FSK": {"enable": true, "radio": 0, "if": 300000, "datarate": 9000000}}]}),
