@@ -67,9 +67,11 @@ const DOWNLINKS_KEPT: usize = 256;
 struct Carry {
     /// Highest seq acknowledged to the journal by this task.
     acked: Seq,
-    /// This process's radio session in `xtime` (1..=255): an xtime from another (a replayed
-    /// uplink heard before a restart) is never taken for a counter of this one.
+    /// The radio session in `xtime` (1..=255): an xtime from another (a replayed uplink
+    /// heard before berrygw or the concentrator restarted) is never taken for a counter of
+    /// this one. A new one when the concentrator is retuned (its counter starts again).
     session: u8,
+    /// Since when frames belong to `session`.
     started: SystemTime,
     next_downlink_id: u32,
     warn: LogLimiter,
@@ -227,7 +229,7 @@ async fn session(
     })
     .await
     .map_err(|_| anyhow!("no router_config within {} s", ANSWER_TIMEOUT.as_secs()))??;
-    take_channel_plan(&plan, s).await?;
+    take_channel_plan(&plan, s, carry).await?;
     // The LNS's clock against ours when it sent the plan: RefTime of each uplink.
     let mut mux_offset = plan.mux_time.map(|t| t - unix_secs(SystemTime::now()));
     info!(lns = %muxs, region = plan.region.name, "basic station sink: connected");
@@ -298,7 +300,7 @@ async fn session(
                         Ok(Downstream::Timesync { .. }) => {}
                         Ok(Downstream::RouterConfig(cfg)) => {
                             info!("basic station sink: a new router_config");
-                            take_channel_plan(&cfg, s).await?;
+                            take_channel_plan(&cfg, s, carry).await?;
                             mux_offset = cfg.mux_time.map(|t| t - unix_secs(SystemTime::now())).or(mux_offset);
                             plan = cfg;
                         }
@@ -355,12 +357,19 @@ async fn session(
 }
 
 /// The LNS's channel plan: put on the concentrator (`plan::retune`) when berrygw may
-/// tune it, else checked against the radio's.
-async fn take_channel_plan(plan: &RouterConfig, s: &BasicStationSettings) -> anyhow::Result<()> {
-    match &s.tuner {
-        Some(tuner) => plan::retune(tuner, plan, &s.dir).await,
-        None => check_channels(plan, s),
+/// tune it, else checked against the radio's. A retuned concentrator's counter starts
+/// again: frames heard before it keep no xtime a downlink could use.
+async fn take_channel_plan(
+    plan: &RouterConfig,
+    s: &BasicStationSettings,
+    carry: &mut Carry,
+) -> anyhow::Result<()> {
+    let Some(tuner) = &s.tuner else { return check_channels(plan, s) };
+    if plan::retune(tuner, plan, &s.dir).await? == berrygw_sx1302::Applied::Retuned {
+        carry.session = carry.session.wrapping_add(1).max(1);
+        carry.started = SystemTime::now();
     }
+    Ok(())
 }
 
 /// The LNS's channel plan against the radio's, where berrygw knows the radio's and does

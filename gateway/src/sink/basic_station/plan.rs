@@ -55,8 +55,8 @@ pub fn channel_plan(p: &UplinkPlan) -> Result<ChannelPlan, String> {
 /// Puts the LNS's plan on the concentrator, and keeps it once it runs. A plan the
 /// concentrator cannot take is refused (the session ends, status says why) and the
 /// concentrator stays on the plan it had. An LNS that gives no plan changes nothing.
-pub async fn retune(tuner: &Tuner, config: &RouterConfig, dir: &Path) -> anyhow::Result<()> {
-    let Some(plan) = &config.plan else { return Ok(()) };
+pub async fn retune(tuner: &Tuner, config: &RouterConfig, dir: &Path) -> anyhow::Result<Applied> {
+    let Some(plan) = &config.plan else { return Ok(Applied::Unchanged) };
     let refused = |why: String| {
         Refused(format!(
             "router_config: the concentrator cannot take the LNS's channel plan: {why}; it stays on the \
@@ -76,7 +76,7 @@ pub async fn retune(tuner: &Tuner, config: &RouterConfig, dir: &Path) -> anyhow:
     if kept(dir).as_ref() != Some(&plan) {
         keep(dir, &plan)?;
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// The plan kept by an earlier run, if any: a damaged file is said and left aside.
