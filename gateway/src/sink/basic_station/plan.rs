@@ -29,6 +29,9 @@ const RETUNE_WAIT: Duration = Duration::from_secs(30);
 
 /// The concentrator's plan from the LNS's: one single-SF and one FSK channel at most.
 pub fn channel_plan(p: &UplinkPlan) -> Result<ChannelPlan, String> {
+    if p.multi_sf.is_empty() && p.lora_std.is_empty() {
+        return Err("it has no LoRa uplink channel: the radio would hear nothing".into());
+    }
     if p.lora_std.len() > 1 || p.fsk.len() > 1 {
         return Err(format!(
             "{} single-SF LoRa and {} FSK channels; the SX1302 has one of each",
@@ -138,6 +141,9 @@ mod tests {
         two.lora_std.push(two.lora_std[0]);
         let e = channel_plan(&two).unwrap_err();
         assert!(e.contains("2 single-SF LoRa and 1 FSK channels"), "{e}");
+        let fsk_only = UplinkPlan { multi_sf: vec![], lora_std: vec![], ..lns_plan() };
+        let e = channel_plan(&fsk_only).unwrap_err();
+        assert!(e.contains("no LoRa uplink channel"), "{e}");
     }
 
     #[test]
