@@ -10,7 +10,11 @@
 //! acknowledged or durable in the store) it starts over: an ack mark is written at offset 0
 //! and the next record after it, over the old frames (no truncation: on tmpfs a truncate
 //! frees the page and the next write allocates and zeroes a new one, which cost more than the
-//! rest of the uplink's journal work). What lies after the live frames is older: seqs at or
+//! rest of the uplink's journal work). When an acknowledgement empties it (`start_over`), the
+//! mark waits for the next record and goes out in the same write, so an uplink at the
+//! field's rates costs one write here, not two: a crash in between gives back the records
+//! acknowledged since the last write, which are sent again (at least once, never lost); a
+//! clean close (the stage dropped) writes the mark. What lies after the live frames is older: seqs at or
 //! below the mark, or bytes that do not parse, so reading stops there. When the live part
 //! grows past [`REWRITE_BYTES`] the stage is rewritten with only the waiting records. On open,
 //! what a previous process left is read back: records after the last ack mark go to the store
@@ -34,6 +38,8 @@ pub(super) struct Stage {
     /// End of the live frames: the next frame is written here.
     len: u64,
     buf: Vec<u8>,
+    /// A start-over whose ack mark is not written yet: it goes in front of the next record.
+    start_over: Option<Seq>,
 }
 
 /// What a previous process left in the stage.
@@ -72,7 +78,7 @@ impl Stage {
         file.read_to_end(&mut bytes)?;
         let recovered = recover(&bytes);
         let len = bytes.len() as u64;
-        Ok((Stage { path: path.to_path_buf(), file, len, buf: Vec::new() }, recovered))
+        Ok((Stage { path: path.to_path_buf(), file, len, buf: Vec::new(), start_over: None }, recovered))
     }
 
     /// Where the stage lives.
@@ -83,6 +89,9 @@ impl Stage {
     /// Write one record; it is in the kernel when this returns.
     pub(super) fn append(&mut self, record: &Record) -> std::io::Result<()> {
         self.buf.clear();
+        if let Some(acked) = self.start_over.take() {
+            frame::encode_ack(&mut self.buf, acked);
+        }
         frame::encode_record(&mut self.buf, record);
         self.write_buf()
     }
@@ -95,10 +104,20 @@ impl Stage {
     }
 
     /// Nothing staged is waiting any more (everything up to `acked` acknowledged, the rest
-    /// durable in the store): start over at offset 0 with an ack mark.
+    /// durable in the store): start over at offset 0 with an ack mark, written now.
     pub(super) fn clear(&mut self, acked: Seq) -> std::io::Result<()> {
+        self.start_over = None;
         self.len = 0;
         self.ack(acked)
+    }
+
+    /// Every staged record is acknowledged (up to `acked`): start over at offset 0, the ack
+    /// mark written with the next record (or at a clean close). Only for acknowledgements:
+    /// records made durable in the store need their mark at once (`clear`), or a crash
+    /// would put them in the store twice.
+    pub(super) fn start_over(&mut self, acked: Seq) {
+        self.len = 0;
+        self.start_over = Some(acked);
     }
 
     /// Whether the stage has grown past [`REWRITE_BYTES`] and should be rewritten.
@@ -117,6 +136,7 @@ impl Stage {
         for record in waiting {
             frame::encode_record(&mut self.buf, record);
         }
+        self.start_over = None;
         let tmp = self.path.with_extension("stage.new");
         {
             let mut file =
@@ -133,6 +153,16 @@ impl Stage {
         self.file.write_all_at(&self.buf, self.len)?;
         self.len += self.buf.len() as u64;
         Ok(())
+    }
+}
+
+impl Drop for Stage {
+    /// A clean close: the start-over's mark is written (best effort), so the next start
+    /// sends nothing again.
+    fn drop(&mut self) {
+        if let Some(acked) = self.start_over.take() {
+            let _ = self.clear(acked);
+        }
     }
 }
 
@@ -212,6 +242,31 @@ mod tests {
         let (_, recovered) = Stage::open(&path)?;
         assert_eq!(recovered.records, vec![record(7)]);
         assert_eq!(recovered.damage, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_start_over_is_written_with_the_next_record_or_at_a_clean_close() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("s.stage");
+        let (mut stage, _) = Stage::open(&path)?;
+        stage.append(&record(1))?;
+        stage.start_over(Seq(1));
+        assert_eq!(std::fs::read(&path)?.len(), frame::HEADER_LEN + 10, "nothing written yet");
+        stage.append(&record(2))?;
+        assert_eq!(std::fs::read(&path)?.len(), 2 * frame::HEADER_LEN + 10, "the mark and record 2 at 0");
+        // A crash (no drop) before the next record: what was acknowledged since the last write
+        // comes back, to be sent again; nothing is lost.
+        stage.start_over(Seq(2));
+        std::mem::forget(stage);
+        let (mut stage, recovered) = Stage::open(&path)?;
+        assert_eq!((recovered.acked, recovered.records.clone()), (Seq(1), vec![record(2)]));
+        // A clean close writes the mark: nothing comes back.
+        stage.append(&record(3))?;
+        stage.start_over(Seq(3));
+        drop(stage);
+        let (_, recovered) = Stage::open(&path)?;
+        assert_eq!((recovered.acked, recovered.records), (Seq(3), vec![]));
         Ok(())
     }
 

@@ -105,7 +105,8 @@ impl Shared {
         let Hot { stage, pending, .. } = &mut *hot;
         if let Some(stage) = stage.as_mut() {
             let result = if pending.is_empty() {
-                stage.clear(up_to)
+                stage.start_over(up_to);
+                Ok(())
             } else if stage.wants_rewrite() {
                 stage.rewrite(pending.iter().map(|p| &p.record), up_to)
             } else {

@@ -29,12 +29,13 @@
 //! counters and the status page's view of the pinned forwarder), `server.rs` (the
 //! running ingest's state and its bookkeeping, one datagram or downlink at a time:
 //! pinning, PUSH_DATA to frames, PULL_DATA, PULL_RESP out and TX_ACK back, TX_ACK
-//! timeouts). This file holds the ingest, its handle and the socket loop: receive a
+//! timeouts), `socket.rs` (the UDP socket, registered for reading only). This file holds the ingest, its handle and the socket loop: receive a
 //! datagram, hand its frames to the pipeline, PUSH_ACK once they are stored; send
 //! downlinks; expire TX_ACK waits.
 
 mod config;
 mod server;
+mod socket;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -45,7 +46,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berrygw_core::LogLimiter;
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -105,7 +105,7 @@ impl GwmpIngest {
 
     async fn run(self, io: RadioIo) -> Result<(), RadioError> {
         let GwmpIngest { config, stats, bound } = self;
-        let socket = UdpSocket::bind(config.bind).await.map_err(|e| {
+        let socket = socket::IngestSocket::bind(config.bind).map_err(|e| {
             RadioError::Start(format!(
                 "gwmp ingest: cannot listen on udp {}: {e}; is another packet-forwarder server bound to it?",
                 config.bind

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use berrygw_core::LogLimiter;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -42,7 +41,7 @@ pub(super) struct PendingTx {
 
 /// The running ingest's state, owned by its task.
 pub(super) struct Server {
-    pub(super) socket: UdpSocket,
+    pub(super) socket: super::socket::IngestSocket,
     pub(super) tx_ack_timeout: Duration,
     pub(super) forwarder_timeout: Duration,
     /// The forwarder's IP, configured or first heard.

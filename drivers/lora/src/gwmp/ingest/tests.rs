@@ -15,6 +15,7 @@ use crate::frame::{
 };
 use crate::phy::Eui64;
 use crate::radio::Taken;
+use tokio::net::UdpSocket;
 
 /// Guard against a hung test, not a performance bound.
 const HANG_GUARD: Duration = Duration::from_secs(20);
