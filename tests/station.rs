@@ -69,15 +69,7 @@ fn uplinks_reach_the_lns_and_downlinks_come_back_as_dntxed() {
     assert_eq!(station_metric(&text, "berrygw_sink_connected"), Some(1.0));
     assert!(station_metric(&text, "berrygw_sink_forwarded_total").unwrap_or(0.0) >= 1.0);
     // ... and in `berrygw status`, as JSON and as text.
-    let status = |json: bool| {
-        let mut c = berrygw_command();
-        c.arg("status");
-        if json {
-            c.arg("--json");
-        }
-        let out = c.arg("--config").arg(dir.path().join("berrygw.toml")).output().expect("berrygw status");
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let status = |json: bool| status_of(dir.path(), json);
     let v: serde_json::Value = serde_json::from_str(&status(true)).expect("status --json");
     let sink = v["sinks"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "basic_station").cloned());
     let sink = sink.unwrap_or_else(|| panic!("the sink in berrygw status: {v}"));
@@ -553,7 +545,6 @@ fn what_cups_sends_wrong_is_refused_and_the_lns_in_use_goes_on() {
 }
 
 /// `berrygw status` of the daemon whose configuration is in `dir`: JSON, or text.
-#[cfg(feature = "hal-double")]
 fn status_of(dir: &std::path::Path, json: bool) -> String {
     let mut c = berrygw_command();
     c.arg("status");
@@ -620,6 +611,21 @@ fn the_concentrator_takes_the_lns_channel_plan_and_keeps_it_across_a_restart() {
     assert_eq!(c["channels_hz"], json!(six), "{c}");
     assert!(c["plan_from"].as_str().unwrap_or_default().contains("kept from before a restart"), "{c}");
     daemon.stop();
+
+    // A kept plan this board cannot run (nine channels): said, and the configuration's used.
+    let plan_file = state.join("basic_station/plan.json");
+    let kept_text = std::fs::read(&plan_file).expect("plan.json");
+    let nine: Vec<u32> = (0..9).map(|i| 867_100_000 + i * 100_000).collect();
+    std::fs::write(&plan_file, json!({"multi_sf": nine, "lora_service": null, "fsk": null}).to_string())
+        .expect("write plan.json");
+    let mut daemon = Berrygw::start(dir.path(), &text);
+    daemon.wait_log(Duration::from_secs(10), "the kept LNS channel plan does not fit [radio.sx1302]");
+    let c = concentrator_when(dir.path(), "the configuration's plan", |v| {
+        v["radio"]["concentrator"]["running"] == true
+    });
+    assert_eq!(c["plan_from"], json!(null), "{c}");
+    daemon.stop();
+    std::fs::write(&plan_file, kept_text).expect("restore plan.json");
 
     // An LNS whose plan no SX1302 can hear (863.1 to 869.9 MHz): refused with why, the
     // concentrator still on the plan it had, the sink not connected.

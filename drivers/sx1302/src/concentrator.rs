@@ -51,7 +51,6 @@ pub(crate) struct Owner {
     next_restart: Instant,
     backoff: Duration,
     next_temperature: Instant,
-    fsk_deviation: u32,
     /// Channel plans from outside the configuration (`Tuner`).
     retunes: Receiver<Retune>,
     /// Who set the plan in use, when it is not the configuration's.
@@ -71,7 +70,6 @@ impl Owner {
         let now = Instant::now();
         let scheduler = DownlinkScheduler::new(setup.region, setup.tx.clone(), JitLimits::default());
         let health = HealthMonitor::new(setup.health, now);
-        let fsk_deviation = setup.fsk.map(|(_, f)| f.frequency_deviation).unwrap_or(0);
         status.send_modify(|s| s.board = setup.board.name.to_string());
         Owner {
             hal,
@@ -85,7 +83,6 @@ impl Owner {
             next_restart: now,
             backoff: RESTART_BACKOFF_MIN,
             next_temperature: now,
-            fsk_deviation,
             retunes,
             plan_from,
         }
@@ -211,7 +208,7 @@ impl Owner {
             let fetch = settled || overdue;
             received.clear();
             let result =
-                fetch.then(|| self.hal.receive(self.fsk_deviation, SystemTime::now(), &mut received));
+                fetch.then(|| self.hal.receive(self.fsk_deviation(), SystemTime::now(), &mut received));
             match result {
                 None => {}
                 Some(Ok(())) => {
@@ -360,7 +357,6 @@ impl Owner {
         }
         self.void_queued("the retune");
         let old = (std::mem::replace(&mut self.setup, r.setup), self.plan_from.replace(r.from));
-        self.fsk_deviation = self.setup.fsk.map(|(_, f)| f.frequency_deviation).unwrap_or(0);
         let answer = match self.bring_up() {
             Ok(()) => {
                 self.status.send_modify(|s| s.retunes += 1);
@@ -372,7 +368,6 @@ impl Owner {
                 let why = format!("the concentrator did not start on that plan: {e}");
                 error!("{why}; back on the plan it had");
                 (self.setup, self.plan_from) = old;
-                self.fsk_deviation = self.setup.fsk.map(|(_, f)| f.frequency_deviation).unwrap_or(0);
                 self.try_restart();
                 Err(why)
             }
@@ -425,6 +420,11 @@ impl Owner {
                 self.backoff = (self.backoff * 2).min(max);
             }
         }
+    }
+
+    /// The FSK channel's deviation, which the HAL needs to convert what it receives.
+    fn fsk_deviation(&self) -> u32 {
+        self.setup.fsk.map_or(0, |(_, f)| f.frequency_deviation)
     }
 
     fn note_error(&mut self, text: &str) {
