@@ -297,6 +297,12 @@ impl Journal {
         self.handle.shared.ack(up_to);
     }
 
+    /// How long a record the far side has not acknowledged waits before it is written while a
+    /// far side is connected: a sink that reads acknowledgements late reads them before this.
+    pub fn commit_interval(&self) -> Duration {
+        self.handle.shared.commit_interval()
+    }
+
     /// Whether a far side is connected and acknowledging: while none is, records cannot leave
     /// soon, and the commit window grows to `outage_commit_interval` (fewer, larger writes).
     pub fn far_side(&self, connected: bool) {

@@ -40,6 +40,9 @@ pub(super) struct Stage {
     buf: Vec<u8>,
     /// A start-over whose ack mark is not written yet: it goes in front of the next record.
     start_over: Option<Seq>,
+    /// An ack mark not written yet (records still waiting after it): it goes in front of
+    /// the next record, or out at a clean close.
+    mark: Option<Seq>,
 }
 
 /// What a previous process left in the stage.
@@ -78,7 +81,10 @@ impl Stage {
         file.read_to_end(&mut bytes)?;
         let recovered = recover(&bytes);
         let len = bytes.len() as u64;
-        Ok((Stage { path: path.to_path_buf(), file, len, buf: Vec::new(), start_over: None }, recovered))
+        Ok((
+            Stage { path: path.to_path_buf(), file, len, buf: Vec::new(), start_over: None, mark: None },
+            recovered,
+        ))
     }
 
     /// Where the stage lives.
@@ -89,26 +95,29 @@ impl Stage {
     /// Write one record; it is in the kernel when this returns.
     pub(super) fn append(&mut self, record: &Record) -> std::io::Result<()> {
         self.buf.clear();
-        if let Some(acked) = self.start_over.take() {
+        if let Some(acked) = self.start_over.take().or(self.mark.take()) {
             frame::encode_ack(&mut self.buf, acked);
         }
         frame::encode_record(&mut self.buf, record);
         self.write_buf()
     }
 
-    /// Note that everything up to `up_to` was acknowledged.
-    pub(super) fn ack(&mut self, up_to: Seq) -> std::io::Result<()> {
-        self.buf.clear();
-        frame::encode_ack(&mut self.buf, up_to);
-        self.write_buf()
+    /// Note that everything up to `up_to` was acknowledged; the mark goes out with the next
+    /// record (or at a clean close), like a start-over's: a crash in between sends those
+    /// records again, never loses one.
+    pub(super) fn ack(&mut self, up_to: Seq) {
+        self.mark = Some(up_to);
     }
 
     /// Nothing staged is waiting any more (everything up to `acked` acknowledged, the rest
     /// durable in the store): start over at offset 0 with an ack mark, written now.
     pub(super) fn clear(&mut self, acked: Seq) -> std::io::Result<()> {
         self.start_over = None;
+        self.mark = None;
         self.len = 0;
-        self.ack(acked)
+        self.buf.clear();
+        frame::encode_ack(&mut self.buf, acked);
+        self.write_buf()
     }
 
     /// Every staged record is acknowledged (up to `acked`): start over at offset 0, the ack
@@ -117,6 +126,7 @@ impl Stage {
     /// would put them in the store twice.
     pub(super) fn start_over(&mut self, acked: Seq) {
         self.len = 0;
+        self.mark = None;
         self.start_over = Some(acked);
     }
 
@@ -137,6 +147,7 @@ impl Stage {
             frame::encode_record(&mut self.buf, record);
         }
         self.start_over = None;
+        self.mark = None;
         let tmp = self.path.with_extension("stage.new");
         {
             let mut file =
@@ -162,6 +173,10 @@ impl Drop for Stage {
     fn drop(&mut self) {
         if let Some(acked) = self.start_over.take() {
             let _ = self.clear(acked);
+        } else if let Some(acked) = self.mark.take() {
+            self.buf.clear();
+            frame::encode_ack(&mut self.buf, acked);
+            let _ = self.write_buf();
         }
     }
 }
@@ -218,7 +233,7 @@ mod tests {
         for seq in 1..=5 {
             stage.append(&record(seq))?;
         }
-        stage.ack(Seq(3))?;
+        stage.ack(Seq(3));
         drop(stage);
 
         let (mut stage, recovered) = Stage::open(&path)?;
@@ -267,6 +282,36 @@ mod tests {
         drop(stage);
         let (_, recovered) = Stage::open(&path)?;
         assert_eq!((recovered.acked, recovered.records), (Seq(3), vec![]));
+        Ok(())
+    }
+
+    #[test]
+    fn an_ack_mark_goes_out_with_the_next_record_or_at_a_clean_close() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("s.stage");
+        let (mut stage, _) = Stage::open(&path)?;
+        for seq in 1..=3 {
+            stage.append(&record(seq))?;
+        }
+        let written = std::fs::read(&path)?.len();
+        stage.ack(Seq(2));
+        assert_eq!(std::fs::read(&path)?.len(), written, "nothing written for the ack alone");
+        stage.append(&record(4))?;
+        assert_eq!(
+            std::fs::read(&path)?.len(),
+            written + 2 * frame::HEADER_LEN + 10,
+            "the mark and record 4"
+        );
+        // A crash before the next record: records acknowledged since come back (sent again).
+        stage.ack(Seq(3));
+        std::mem::forget(stage);
+        let (mut stage, recovered) = Stage::open(&path)?;
+        assert_eq!((recovered.acked, recovered.records), (Seq(2), vec![record(3), record(4)]));
+        // A clean close writes the mark: nothing comes back.
+        stage.ack(Seq(4));
+        drop(stage);
+        let (_, recovered) = Stage::open(&path)?;
+        assert_eq!((recovered.acked, recovered.records), (Seq(4), vec![]));
         Ok(())
     }
 

@@ -26,6 +26,11 @@ impl Shared {
         true
     }
 
+    /// The commit window while a far side is connected.
+    pub(crate) fn commit_interval(&self) -> std::time::Duration {
+        self.config.commit_interval
+    }
+
     /// When the open commit window (or the deletion of acknowledged stored records) is due.
     pub(super) fn next_deadline(&self, hot: &Hot) -> Option<Instant> {
         let window = if hot.far_side {

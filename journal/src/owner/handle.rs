@@ -110,7 +110,8 @@ impl Shared {
             } else if stage.wants_rewrite() {
                 stage.rewrite(pending.iter().map(|p| &p.record), up_to)
             } else {
-                stage.ack(up_to)
+                stage.ack(up_to);
+                Ok(())
             };
             if let Err(error) = result {
                 tracing::error!(journal = %self.name, path = %stage.path().display(), %error, "journal RAM stage write failed; running without it from now on");
@@ -126,7 +127,9 @@ impl Shared {
             raise
         });
         let mut wake = false;
-        let mut tell_clock = freed > 0 && hot.pending.is_empty();
+        // The window's oldest record changed: the clock moves its deadline now (a task poll
+        // on this wake-up), rather than waking at the old one to find it acknowledged.
+        let mut tell_clock = freed > 0;
         if hot.stored_first.is_some_and(|first| first <= up_to) && hot.ack_noticed.is_none() {
             hot.ack_noticed = Some(Instant::now());
             wake = hot.owner_idle;
