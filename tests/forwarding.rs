@@ -238,3 +238,51 @@ fn downlink_commands_reach_the_radio_and_are_acknowledged() {
     let rejected = daemon.wait_log(Duration::from_secs(5), "rejected command");
     assert!(rejected.contains("protobuf"), "the log says why: {rejected}");
 }
+
+/// At field rates a PUBACK waits for the sink's next publish (one wake-up per uplink, not
+/// two), and a downlink still wakes the sink at once: the socket's low-water mark lets a
+/// lone PUBACK wait and nothing else. When the downlink comes the uplinks have stopped and
+/// the keep-alive tick is 25 s away, so only that mark can bring it in within the wait.
+#[test]
+fn acknowledgements_wait_for_the_next_uplink_and_a_downlink_still_wakes_the_sink() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let broker = Mosquitto::start(dir.path(), None);
+    let sub = Subscriber::connect(broker.port, "eu868/gateway/+/event/#", None);
+    // 10 uplinks/s for 4 s, then nothing.
+    let devices = sim_device("d", "water_meter", "26011bda", 100, Some(40));
+    // The journal's window and the keep-alive as shipped (the suite's are shorter).
+    let text = config(&dir.path().join("s"), "sqlite", &broker.url(false), "", &devices)
+        .replace("commit_interval_ms = 50\n", "commit_interval_ms = 500\n")
+        .replace("keep_alive_secs = 5\n", "keep_alive_secs = 30\n");
+    assert!(text.contains("commit_interval_ms = 500\n") && text.contains("keep_alive_secs = 30\n"));
+    let _daemon = Berrygw::start(dir.path(), &text);
+    let late = "berrygw_sink_acks_read_late{sink=\"chirpstack\"} 1\n";
+    wait_for(Duration::from_secs(30), "the sink reading PUBACKs with its next publish", || {
+        http_get(&text, "/metrics").filter(|m| m.contains(late))
+    });
+    sub.wait_uplinks(40, Duration::from_secs(30));
+    // Every PUBACK was read (the last one at its deadline, with no publish after it), and
+    // the sink still reads late: nothing but the mark can wake it now.
+    let metrics = wait_for(Duration::from_secs(10), "all 40 acknowledged", || {
+        http_get(&text, "/metrics")
+            .filter(|m| m.contains("berrygw_sink_forwarded_total{sink=\"chirpstack\"} 40\n"))
+    });
+    assert!(metrics.contains(late), "{metrics}");
+
+    let (client, mut conn) = Client::new(MqttOptions::new("test-ns", "127.0.0.1", broker.port), 10);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    let down = downlink_command(77);
+    client
+        .publish(
+            "eu868/gateway/0016c001ff10a235/command/down",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            down.encode_to_vec(),
+        )
+        .expect("publish downlink");
+    let ack = wait_for(Duration::from_secs(5), "event/ack for the downlink", || {
+        sub.on_topic("/event/ack").first().and_then(|s| gw::DownlinkTxAck::decode(s.payload.as_slice()).ok())
+    });
+    assert_eq!(ack.downlink_id, 77);
+    assert_eq!(ack.items[0].status(), gw::TxAckStatus::Ok);
+}

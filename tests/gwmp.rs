@@ -225,22 +225,6 @@ fn semtech_udp_sink_forwards_in_order_and_retransmits_until_push_ack() {
 }
 
 /// `GET path` on berrygw's HTTP listener (port read from the daemon's config); the body.
-fn http_get(config_text: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let port: u16 = config_text
-        .lines()
-        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))?
-        .trim_end_matches('"')
-        .parse()
-        .ok()?;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
-}
-
 #[test]
 fn a_second_forwarder_and_oversized_frames_are_refused_counted_and_shown() {
     let dir = tempfile::tempdir().expect("tmp");

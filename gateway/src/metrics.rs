@@ -273,6 +273,15 @@ impl prometheus_client::collector::Collector for GatewayCollector {
         per_sink(
             &mut enc,
             sinks,
+            "sink_acks_read_late",
+            "1 while the MQTT sink reads PUBACKs with its next publish instead of waking for each",
+            None,
+            MetricType::Gauge,
+            |s| ConstGauge::new(flag(&s.counters.acks_read_late)),
+        )?;
+        per_sink(
+            &mut enc,
+            sinks,
             "sink_reconnects",
             "Connections lost and retried",
             None,
@@ -317,7 +326,7 @@ impl prometheus_client::collector::Collector for GatewayCollector {
         )?;
         let mut m = enc.encode_descriptor(
             "sink_publish_ack_latency",
-            "Publish to acknowledgement (MQTT PUBACK) of journal records",
+            "Publish of a journal record to reading its acknowledgement (MQTT PUBACK; read with the next publish at field rates, README \"Journal\")",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;

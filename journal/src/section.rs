@@ -94,7 +94,11 @@ fn default_max_bytes() -> u64 {
     256 * 1024 * 1024
 }
 fn default_commit_interval_ms() -> u64 {
-    100
+    // Long enough that at 5 uplinks/s and more each publish reads the one before's PUBACK
+    // (the sink reads acknowledgements late, 3/4 into the window: one wake-up per uplink,
+    // not two), and that a broker a slow 4G link away acknowledges before anything is
+    // written. A power cut while the broker is up but not acknowledging takes at most this.
+    500
 }
 fn default_commit_max_records() -> usize {
     1000

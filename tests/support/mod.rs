@@ -739,3 +739,20 @@ pub fn local_api(socket: &Path, request: &[u8], close_write: bool) -> Option<(u1
     let (head, body) = raw.split_once("\r\n\r\n")?;
     Some((head.split(' ').nth(1)?.parse().ok()?, body.to_string()))
 }
+
+/// GET `path` from the daemon's HTTP listener (`listen = "127.0.0.1:…"` in its config).
+pub fn http_get(config_text: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let port: u16 = config_text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))?
+        .trim_end_matches('"')
+        .parse()
+        .ok()?;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}

@@ -43,8 +43,11 @@ pub struct SinkCounters {
     pub connected_changed_ms: AtomicI64,
     /// Told when `connected` changes (the health record's news; shared by every sink).
     pub news: Arc<Notify>,
-    /// Seconds from publishing a record to the far side's acknowledgement (MQTT: PUBACK).
+    /// Seconds from publishing a record to the far side's acknowledgement (MQTT: PUBACK,
+    /// as read: late while `acks_read_late`).
     pub publish_ack_latency: Histogram,
+    /// MQTT: whether PUBACKs wait for the sink's next publish (README "Journal").
+    pub acks_read_late: AtomicBool,
 }
 
 impl Default for SinkCounters {
@@ -58,6 +61,7 @@ impl Default for SinkCounters {
             bad_commands: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             connected_changed_ms: AtomicI64::new(0),
+            acks_read_late: AtomicBool::new(false),
             news: Arc::new(Notify::new()),
             // 5 ms .. about 20 s.
             publish_ack_latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(

@@ -92,7 +92,7 @@ impl<'a> Reconnect<'a> {
 }
 
 /// The error and its causes on one line, without the repeats some libraries add
-/// (rumqttc's I/O errors print their source twice).
+/// (some libraries' I/O errors print their source twice).
 fn error_chain(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain().map(|c| c.to_string()) {

@@ -1,9 +1,10 @@
 //! The MQTT sinks (ChirpStack network server, app data platform): one
 //! connection to the broker at a time, fed from the sink's journal. Records are published at QoS 1 in
 //! journal order and acknowledged to the journal only once the broker's
-//! PUBACK for them (and for every older one) has arrived. The MQTT client's
-//! own queue is disposable: on any connection error the client is dropped
-//! whole and the next connection starts again from the journal's ack point.
+//! PUBACK for them (and for every older one) has arrived. The connection
+//! (`conn.rs`, driven by this task; PUBACKs read late at field rates) keeps
+//! nothing but packet ids: on any connection error it is dropped whole and the
+//! next connection starts again from the journal's ack point.
 //!
 //! Also here: the retained state message with its offline last will, and
 //! what comes back: ChirpStack's `command/down` downlinks go to the radio
@@ -13,22 +14,21 @@
 //! between the two.
 
 mod config;
+mod conn;
 #[cfg(test)]
 mod tests;
 mod window;
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use berrygw_core::LogLimiter;
 use berrygw_lora::{TxAck, TxStatus};
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
-};
+use rumqttc::{LastWill, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -46,6 +46,7 @@ use berrygw_proto::identity::Announcement;
 use berrygw_proto::sealed::Recipient;
 
 pub use config::{BrokerUrl, MqttSinkConfig, MqttSinkKind, MqttSinkSettings};
+use conn::{Broken, Conn};
 use window::{Acked, PubackWindow};
 
 /// What a sink speaks on its connection.
@@ -202,58 +203,31 @@ pub async fn run(
     let mut warn = LogLimiter::default();
     loop {
         let ended = session(&settings, &journal, &counters, &mut inbound, &mut shutdown, &mut warn).await;
+        counters.acks_read_late.store(false, Ordering::Relaxed);
         if reconnect.after(ended, &mut shutdown).await.is_break() {
             return;
         }
     }
 }
 
-/// Whether anything answered before the session failed: a broker that is down is tried
-/// again soon; one that refused us, or a session that broke, backs off.
+/// Whether anything answered before the session failed: a broker that cannot be reached,
+/// does not answer or drops the connection is tried again soon; one that refused us (or a
+/// TLS handshake that failed) backs off.
 fn failure_kind(e: &anyhow::Error) -> Failure {
-    if e.downcast_ref::<Unanswered>().is_some() {
-        return Failure::Unreachable;
-    }
-    match e.chain().find_map(|c| c.downcast_ref::<rumqttc::ConnectionError>()) {
-        Some(rumqttc::ConnectionError::Io(_) | rumqttc::ConnectionError::NetworkTimeout) => {
-            Failure::Unreachable
-        }
-        _ => Failure::Refused,
+    if e.chain().any(|c| c.downcast_ref::<Broken>().is_some()) {
+        Failure::Unreachable
+    } else {
+        Failure::Refused
     }
 }
 
-/// A connection attempt nothing answered (no CONNACK in time, or no TCP connection at all).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Unanswered(String);
-
-fn options(s: &MqttSinkSettings) -> MqttOptions {
-    let mut o = MqttOptions::new(s.client_id.clone(), s.server.host.clone(), s.server.port);
-    o.set_keep_alive(s.keep_alive.max(Duration::from_secs(5)));
-    // A sink that takes commands keeps its session, so that commands published while
-    // the gateway was away are delivered when it is back (and refused there if stale).
-    o.set_clean_session(!matches!(s.protocol, Protocol::App { accept_commands: true, .. }));
-    // Headroom over our window so state, ack and subscribe packets never collide.
-    o.set_inflight(s.max_inflight.saturating_add(16));
-    // A configuration bundle may be megabytes; nothing else that comes in is more than 8 KiB.
-    let incoming = match s.protocol {
+/// The largest packet taken from the broker: a configuration bundle may be megabytes;
+/// nothing else that comes in is more than 8 KiB.
+fn max_incoming(s: &MqttSinkSettings) -> usize {
+    match s.protocol {
         Protocol::App { accept_bundles: true, .. } => berrygw_proto::bundle::MAX_BUNDLE_BYTES + 1024,
         _ => 256 * 1024,
-    };
-    o.set_max_packet_size(incoming, 256 * 1024);
-    o.set_last_will(LastWill::new(
-        s.protocol.state_topic(),
-        s.protocol.state_message(&s.gateway_id, false),
-        QoS::AtLeastOnce,
-        true,
-    ));
-    if let Some((user, pass)) = &s.credentials {
-        o.set_credentials(user.clone(), pass.clone());
     }
-    if let Some(tls) = &s.tls {
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
-    }
-    o
 }
 
 async fn session(
@@ -269,37 +243,39 @@ async fn session(
         warn!(server = %s.server, "{name} sink: connecting WITHOUT TLS (allow_plaintext = true): data and credentials cross the network in clear");
     }
     let window = usize::from(s.max_inflight);
-    let (client, mut eventloop) = AsyncClient::new(options(s), window + 64);
-    connect(&mut eventloop, s).await?;
+    // A sink that takes commands keeps its session, so that commands published while
+    // the gateway was away are delivered when it is back (and refused there if stale).
+    let clean_session = !matches!(s.protocol, Protocol::App { accept_commands: true, .. });
+    let will = LastWill::new(
+        s.protocol.state_topic(),
+        s.protocol.state_message(&s.gateway_id, false),
+        QoS::AtLeastOnce,
+        true,
+    );
+    let keep_alive = s.keep_alive.max(Duration::from_secs(5));
+    let mut conn =
+        Conn::open(s, keep_alive, clean_session, will, max_incoming(s), Duration::from_secs(15)).await?;
     counters.set_connected(true);
     journal.far_side(true);
     info!(server = %s.server, "{name} sink: connected");
 
     let mut flight = PubackWindow::default();
-    client
-        .try_publish(
-            s.protocol.state_topic(),
-            QoS::AtLeastOnce,
-            true,
-            s.protocol.state_message(&s.gateway_id, true),
-        )
-        .context("queueing the state message")?;
-    flight.record_published(None);
+    send(&mut conn, &mut flight, &s.protocol.state_topic(), &s.protocol.state_message(&s.gateway_id, true))?;
     for (topic, payload) in s.protocol.announcements(&s.gateway_id) {
-        client.try_publish(topic, QoS::AtLeastOnce, true, payload).context("queueing an announcement")?;
-        flight.record_published(None);
+        send(&mut conn, &mut flight, &topic, &payload)?;
     }
     if let (SinkInbound::App { health: Some(rx), .. }, Protocol::App { topics, .. }) =
         (&mut *inbound, &s.protocol)
     {
         if let Some(record) = rx.borrow_and_update().clone() {
-            client.try_publish(topics.health(), QoS::AtLeastOnce, true, record).context("queueing health")?;
-            flight.record_published(None);
+            send(&mut conn, &mut flight, &topics.health(), &record)?;
         }
     }
-    for topic in s.protocol.subscriptions() {
-        client.try_subscribe(topic, QoS::AtLeastOnce).context("queueing subscribe")?;
-    }
+    let subscriptions = s.protocol.subscriptions();
+    let mut subscribing = match subscriptions.is_empty() {
+        true => None,
+        false => Some(conn.subscribe(&subscriptions)?),
+    };
 
     let mut acked = journal.watch().borrow().acked;
     flight.resume_after(acked);
@@ -307,7 +283,69 @@ async fn session(
     let mut reader = ReadAhead::new(journal, acked);
     let mut pacer = Pacer::new(s.pace, s.protocol.sender_of());
 
+    // Acknowledgements read late are read before the journal's commit window would write
+    // their records; the keep-alive tick pings, and finds a broker that stopped answering.
+    let ack_wait = journal.commit_interval() * 3 / 4;
+    let mut pace = Spacing::default();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick_due = false;
+    let mut ping_out = false;
+    // A new timer whenever the deadline moves: tokio keeps a timer reset to later in its
+    // old slot and wakes there for nothing.
+    let mut collect: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)> = None;
+    let mut collect_due = false;
+
     loop {
+        // What the broker sent while the sink was awake for something else: read before
+        // publishing new records, at the deadline and at the keep-alive tick.
+        let due = std::mem::take(&mut collect_due) || tick_due;
+        if ping_out || (flight.in_flight() > 0 && (due || !reader.records.is_empty())) {
+            conn.collect()?;
+        }
+        while let Some(packet) = conn.next_packet()? {
+            match packet {
+                Packet::PubAck(ack) => {
+                    if let Some(Acked { up_to, latency }) = flight.acked(ack.pkid) {
+                        counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                        counters.publish_ack_latency.observe(latency.as_secs_f64());
+                        let up_to = ack_point(up_to, None, pacer.unsent(&reader.records));
+                        if up_to > acked {
+                            acked = up_to;
+                            journal.ack(acked);
+                        }
+                    }
+                }
+                Packet::Publish(p) => {
+                    if let Some(refused) =
+                        incoming(s, counters, inbound, &mut downlink_items, &p.topic, &p.payload)
+                    {
+                        answer_downlink(s, &mut conn, &mut flight, &mut downlink_items, &refused)?;
+                    }
+                }
+                // Info: from here on the broker delivers what is published to us (commands,
+                // downlinks); tests and operators wait for this line, not for "connected".
+                Packet::SubAck(ack) if Some(ack.pkid) == subscribing => {
+                    info!(codes = ?ack.return_codes, "{name} sink: subscribed");
+                    subscribing = None;
+                }
+                Packet::PingResp => ping_out = false,
+                _ => {}
+            }
+        }
+        if std::mem::take(&mut tick_due) {
+            if ping_out {
+                return Err(Broken(format!(
+                    "no PINGRESP from {} within {} s",
+                    s.server,
+                    keep_alive.as_secs()
+                ))
+                .into());
+            }
+            conn.ping();
+            ping_out = true;
+        }
+
         let mut wake = None;
         while flight.waiting() < window {
             pacer.fill(&mut reader.records);
@@ -315,7 +353,8 @@ async fn session(
             match pacer.next(now, berrygw_core::unix_ms(std::time::SystemTime::now())) {
                 Next::Ready(i) => {
                     if let Some(r) = pacer.take(i, now) {
-                        publish_record(s, &client, counters, &mut flight, warn, r)?;
+                        publish_record(s, &mut conn, counters, &mut flight, warn, r);
+                        pace.publish(std::time::Instant::now());
                     }
                 }
                 Next::Wait(at) => {
@@ -333,57 +372,105 @@ async fn session(
         }
         reader.refill();
 
+        // Read late once subscribed and while records come closer together than half the
+        // wait (each publish then reads the one before's PUBACK); otherwise as they come: a
+        // timer per record would cost more wake-ups than the PUBACK (tokio's wheel wakes on
+        // the way to a timer hundreds of milliseconds out). A record unacknowledged at its
+        // deadline (a slow broker) has its acknowledgements read as they come.
+        let deadline = flight.oldest_sent_at().map(|at| tokio::time::Instant::from_std(at + ack_wait));
+        let overdue = deadline.is_some_and(|at| at <= tokio::time::Instant::now());
+        conn.read_late(subscribing.is_none() && !overdue && pace.close(ack_wait / 2));
+        counters.acks_read_late.store(conn.reads_late(), Ordering::Relaxed);
+        let deadline = deadline.filter(|_| conn.reads_late());
+        if deadline != collect.as_ref().map(|(at, _)| *at) {
+            collect = deadline.map(|at| (at, Box::pin(tokio::time::sleep_until(at))));
+        }
+        if conn.wants_flush() {
+            tokio::time::timeout(keep_alive, conn.flush())
+                .await
+                .map_err(|_| Broken(format!("{} took nothing for {} s", s.server, keep_alive.as_secs())))??;
+        }
+
         tokio::select! {
             ready = reader.ready() => ready?,
             () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
-            event = eventloop.poll() => match event.context("connection")? {
-                Event::Outgoing(Outgoing::Publish(pkid)) => flight.assign(pkid),
-                Event::Incoming(Packet::PubAck(ack)) => {
-                    if let Some(Acked { up_to, latency }) = flight.acked(ack.pkid) {
-                        counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                        counters.publish_ack_latency.observe(latency.as_secs_f64());
-                        let up_to = ack_point(up_to, None, pacer.unsent(&reader.records));
-                        if up_to > acked {
-                            acked = up_to;
-                            journal.ack(acked);
-                        }
-                    }
+            () = async {
+                match collect.as_mut() {
+                    Some((_, timer)) => timer.as_mut().await,
+                    None => std::future::pending().await,
                 }
-                Event::Incoming(Packet::Publish(p)) => {
-                    if let Some(refused) = incoming(s, counters, inbound, &mut downlink_items, &p.topic, &p.payload) {
-                        answer_downlink(s, &client, &mut flight, &mut downlink_items, &refused)?;
-                    }
-                }
-                // Info: from here on the broker delivers what is published to us (commands,
-                // downlinks); tests and operators wait for this line, not for "connected".
-                Event::Incoming(Packet::SubAck(ack)) => info!(codes = ?ack.return_codes, "{name} sink: subscribed"),
-                _ => {}
-            },
+            } => {
+                collect = None;
+                collect_due = true;
+            }
+            read = conn.readable() => read?,
+            _ = tick.tick() => tick_due = true,
             out = inbound.next_out() => match out {
                 Besides::TxAck(ack) => {
                     counters.tx_acks.fetch_add(1, Ordering::Relaxed);
-                    answer_downlink(s, &client, &mut flight, &mut downlink_items, &ack)?;
+                    answer_downlink(s, &mut conn, &mut flight, &mut downlink_items, &ack)?;
                 }
                 Besides::Health(record) => {
                     if let Protocol::App { topics, .. } = &s.protocol {
-                        client.try_publish(topics.health(), QoS::AtLeastOnce, true, record).context("queueing health")?;
-                        flight.record_published(None);
+                        send(&mut conn, &mut flight, &topics.health(), &record)?;
                     }
                 }
             },
             _ = shutdown.changed() => {
-                drain_before_shutdown(s, &client, &mut eventloop, journal, &mut flight, &mut acked).await;
+                counters.acks_read_late.store(false, Ordering::Relaxed);
+                drain_before_shutdown(s, &mut conn, journal, &mut flight, &mut acked).await;
                 return Ok(Stopped);
             }
         }
     }
 }
 
+/// How far apart records are published: a moving average of the gaps, so that one long
+/// gap in busy traffic (or one short one in quiet traffic) does not flip the reading mode.
+#[derive(Default)]
+struct Spacing {
+    last: Option<std::time::Instant>,
+    /// Average gap, in microseconds; `None` until two records were published.
+    gap_us: Option<u64>,
+}
+
+impl Spacing {
+    fn publish(&mut self, now: std::time::Instant) {
+        if let Some(last) = self.last.replace(now) {
+            let gap = u64::try_from(now.saturating_duration_since(last).as_micros()).unwrap_or(u64::MAX);
+            self.gap_us = Some(match self.gap_us {
+                None => gap,
+                Some(avg) => avg - avg / 8 + gap / 8,
+            });
+        }
+    }
+
+    /// Whether records come, on average, at most `gap` apart, and the last one came within
+    /// four times that (traffic that stopped is not close).
+    fn close(&self, gap: Duration) -> bool {
+        let gap_us = u64::try_from(gap.as_micros()).unwrap_or(u64::MAX);
+        match (self.gap_us, self.last) {
+            (Some(avg), Some(last)) => avg <= gap_us && last.elapsed() <= gap * 4,
+            _ => false,
+        }
+    }
+}
+
+/// Publish at QoS 1, retained, something that is not a journal record (state, identity,
+/// health).
+fn send(conn: &mut Conn, flight: &mut PubackWindow, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+    let pkid = conn
+        .publish(topic, payload, QoS::AtLeastOnce, true)
+        .with_context(|| format!("publishing on {topic}"))?;
+    flight.sent(pkid, None);
+    Ok(())
+}
+
 /// Answer a downlink on `event/ack` (ChirpStack) and forget it: the radio's
 /// `TxAck`, or the sink's own refusal when the radio could not take it.
 fn answer_downlink(
     s: &MqttSinkSettings,
-    client: &AsyncClient,
+    conn: &mut Conn,
     flight: &mut PubackWindow,
     downlink_items: &mut HashMap<u32, AckShape>,
     ack: &TxAck,
@@ -391,8 +478,10 @@ fn answer_downlink(
     let shape = downlink_items.remove(&ack.downlink_id).unwrap_or(AckShape::ONE);
     if let Protocol::Chirpstack { topics, format } = &s.protocol {
         let payload = chirpstack::tx_ack_message(&s.gateway_id, ack, shape, *format);
-        client.try_publish(topics.event("ack"), QoS::AtLeastOnce, false, payload).context("queueing ack")?;
-        flight.record_published(None);
+        let pkid = conn
+            .publish(&topics.event("ack"), &payload, QoS::AtLeastOnce, false)
+            .context("publishing ack")?;
+        flight.sent(pkid, None);
     }
     Ok(())
 }
@@ -465,71 +554,48 @@ fn incoming(
     None
 }
 
-/// Publish one journal record at QoS 1, or set it aside if it cannot be encoded.
+/// Publish one journal record at QoS 1, or set it aside if it cannot be encoded or sent.
 fn publish_record(
     s: &MqttSinkSettings,
-    client: &AsyncClient,
+    conn: &mut Conn,
     counters: &SinkCounters,
     flight: &mut PubackWindow,
     warn: &mut LogLimiter,
     r: Record,
-) -> anyhow::Result<()> {
-    match s.protocol.publication(&r) {
-        Ok((topic, payload, retain)) => {
-            client.try_publish(topic, QoS::AtLeastOnce, retain, payload).context("queueing publish")?;
-            flight.record_published(Some(r.seq.0));
-        }
+) {
+    let published = s.protocol.publication(&r).and_then(|(topic, payload, retain)| {
+        conn.publish(&topic, &payload, QoS::AtLeastOnce, retain).map_err(|e| BadRecord::new("too large", e))
+    });
+    match published {
+        Ok(pkid) => flight.sent(pkid, Some(r.seq.0)),
         Err(bad) => {
             set_aside(s.name, r.seq, &bad, counters, warn);
             flight.skipped(r.seq);
         }
     }
-    Ok(())
-}
-
-/// Wait for the CONNACK; a refusal names its reason.
-async fn connect(eventloop: &mut EventLoop, s: &MqttSinkSettings) -> anyhow::Result<()> {
-    let wait = async {
-        loop {
-            match eventloop.poll().await.with_context(|| format!("connecting to {}", s.server))? {
-                Event::Incoming(Packet::ConnAck(ack)) => {
-                    return match ack.code {
-                        ConnectReturnCode::Success => Ok(()),
-                        code => Err(anyhow!("broker refused the connection: {code:?}")),
-                    }
-                }
-                _ => continue,
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(15), wait)
-        .await
-        .map_err(|_| anyhow::Error::new(Unanswered(format!("no CONNACK from {} within 15 s", s.server))))?
 }
 
 /// On shutdown: give in-flight publishes a moment to be acknowledged, then say goodbye.
 async fn drain_before_shutdown(
     s: &MqttSinkSettings,
-    client: &AsyncClient,
-    eventloop: &mut EventLoop,
+    conn: &mut Conn,
     journal: &Journal,
     flight: &mut PubackWindow,
     acked: &mut Seq,
 ) {
-    let _ = client.try_publish(
-        s.protocol.state_topic(),
+    let _ = conn.publish(
+        &s.protocol.state_topic(),
+        &s.protocol.state_message(&s.gateway_id, false),
         QoS::AtMostOnce,
         true,
-        s.protocol.state_message(&s.gateway_id, false),
     );
-    let deadline = tokio::time::sleep(Duration::from_secs(2));
-    tokio::pin!(deadline);
-    while flight.waiting() > 0 {
-        tokio::select! {
-            _ = &mut deadline => break,
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flight.assign(pkid),
-                Ok(Event::Incoming(Packet::PubAck(a))) => {
+    conn.read_late(false);
+    let draining = async {
+        conn.flush().await?;
+        loop {
+            conn.collect()?;
+            while let Some(packet) = conn.next_packet()? {
+                if let Packet::PubAck(a) = packet {
                     if let Some(Acked { up_to, .. }) = flight.acked(a.pkid) {
                         if up_to > *acked {
                             *acked = up_to;
@@ -537,11 +603,14 @@ async fn drain_before_shutdown(
                         }
                     }
                 }
-                Ok(_) => {}
-                Err(_) => break,
             }
+            if flight.waiting() == 0 {
+                return anyhow::Ok(());
+            }
+            conn.readable().await?;
         }
-    }
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), draining).await;
+    conn.disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), conn.flush()).await;
 }

@@ -3,7 +3,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use berrygw_lora::{TxAck, TxStatus};
-use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 
 use crate::journal::Seq;
@@ -83,10 +82,10 @@ async fn a_downlink_the_radio_cannot_take_is_answered_queue_full_and_forgotten()
     assert_eq!(refused, TxAck { downlink_id: 2, status: TxStatus::QueueFull });
 
     // The answer goes out on event/ack and the downlink is forgotten.
-    let (client, _eventloop) = AsyncClient::new(options(&s), 16);
+    let mut conn = conn::Conn::loopback().await;
     let mut flight = PubackWindow::default();
-    answer_downlink(&s, &client, &mut flight, &mut items, &refused).expect("queued");
-    assert_eq!(flight.unassigned.len(), 1, "the ack was published");
+    answer_downlink(&s, &mut conn, &mut flight, &mut items, &refused).expect("queued");
+    assert_eq!(flight.in_flight(), 1, "the ack was published");
     assert!(!items.contains_key(&2), "no entry left behind for the refused downlink");
     assert!(items.contains_key(&1), "the accepted downlink waits for its TxAck");
 
@@ -100,13 +99,11 @@ async fn a_downlink_the_radio_cannot_take_is_answered_queue_full_and_forgotten()
 #[test]
 fn ack_point_waits_for_the_oldest_publish() {
     let mut f = PubackWindow::default();
-    f.record_published(None); // state/conn
+    f.sent(1, None); // state/conn
     for seq in 1..=3 {
-        f.record_published(Some(seq));
+        f.sent(seq as u16 + 1, Some(seq));
     }
-    for pkid in 1..=4 {
-        f.assign(pkid);
-    }
+    assert_eq!(f.in_flight(), 4);
     let mut up_to = |pkid| f.acked(pkid).map(|a| a.up_to);
     assert_eq!(up_to(1), None, "state message moves nothing");
     assert_eq!(up_to(3), Some(Seq(0)), "seq 2 acked but seq 1 still out");

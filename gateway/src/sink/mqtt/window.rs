@@ -1,7 +1,7 @@
 //! The publishes of one connection that wait for their PUBACK, and how far the
 //! journal may be acknowledged.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::journal::Seq;
@@ -10,8 +10,8 @@ use crate::sink::pace::ack_point;
 /// Publishes of this connection that wait for their PUBACK.
 #[derive(Default)]
 pub(super) struct PubackWindow {
-    /// Journal seqs (or None for state/ack messages) in publish order, awaiting a packet id.
-    pub(super) unassigned: VecDeque<Option<u64>>,
+    /// Every publish awaiting its PUBACK, by packet id: its journal seq, or None for
+    /// state, identity, health and downlink answers.
     by_pkid: HashMap<u16, Option<u64>>,
     /// Journal seqs awaiting PUBACK, with when they were published.
     seqs: BTreeMap<u64, Instant>,
@@ -54,17 +54,22 @@ impl PubackWindow {
         self.seqs.first_key_value().map(|(seq, _)| Seq(*seq))
     }
 
-    pub(super) fn record_published(&mut self, tag: Option<u64>) {
-        self.unassigned.push_back(tag);
+    /// Publishes of any kind awaiting their PUBACK.
+    pub(super) fn in_flight(&self) -> usize {
+        self.by_pkid.len()
+    }
+
+    /// When the oldest journal record awaiting its PUBACK was published.
+    pub(super) fn oldest_sent_at(&self) -> Option<Instant> {
+        self.seqs.first_key_value().map(|(_, at)| *at)
+    }
+
+    /// Published with packet id `pkid`: journal record `tag`, or something else (None).
+    pub(super) fn sent(&mut self, pkid: u16, tag: Option<u64>) {
+        self.by_pkid.insert(pkid, tag);
         if let Some(seq) = tag {
             self.seqs.insert(seq, Instant::now());
             self.highest_sent = self.highest_sent.max(seq);
-        }
-    }
-
-    pub(super) fn assign(&mut self, pkid: u16) {
-        if let Some(tag) = self.unassigned.pop_front() {
-            self.by_pkid.insert(pkid, tag);
         }
     }
 
