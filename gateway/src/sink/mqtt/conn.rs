@@ -110,8 +110,9 @@ impl Conn {
             connect.last_will = Some(will);
             connect.login = s.credentials.as_ref().map(|(user, pass)| Login::new(user.clone(), pass.clone()));
             Packet::Connect(connect).write(&mut conn.out, MAX_OUTGOING).context("encoding CONNECT")?;
-            conn.flush().await?;
             loop {
+                // Also what TLS itself has to answer while we wait.
+                conn.flush().await?;
                 conn.readable().await?;
                 while let Some(packet) = conn.next_packet()? {
                     if let Packet::ConnAck(ack) = packet {

@@ -591,8 +591,8 @@ async fn drain_before_shutdown(
     );
     conn.read_late(false);
     let draining = async {
-        conn.flush().await?;
         loop {
+            conn.flush().await?;
             conn.collect()?;
             while let Some(packet) = conn.next_packet()? {
                 if let Packet::PubAck(a) = packet {
