@@ -115,6 +115,11 @@ impl Stage {
         self.start_over = None;
         self.mark = None;
         self.len = 0;
+        self.write_mark(acked)
+    }
+
+    /// Write an ack mark alone, at the end of the live frames.
+    fn write_mark(&mut self, acked: Seq) -> std::io::Result<()> {
         self.buf.clear();
         frame::encode_ack(&mut self.buf, acked);
         self.write_buf()
@@ -174,9 +179,7 @@ impl Drop for Stage {
         if let Some(acked) = self.start_over.take() {
             let _ = self.clear(acked);
         } else if let Some(acked) = self.mark.take() {
-            self.buf.clear();
-            frame::encode_ack(&mut self.buf, acked);
-            let _ = self.write_buf();
+            let _ = self.write_mark(acked);
         }
     }
 }

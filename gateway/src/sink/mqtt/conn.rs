@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use super::config::MqttSinkSettings;
 
 /// Nothing larger is sent (a record this large is set aside, not published).
-pub(super) const MAX_OUTGOING: usize = 256 * 1024;
+const MAX_OUTGOING: usize = 256 * 1024;
 
 /// The fewest bytes TLS adds to a record: header and AEAD tag (TLS 1.2 with
 /// ChaCha20-Poly1305; TLS 1.3 adds the content type, AES-GCM in 1.2 an explicit nonce).
@@ -96,14 +96,7 @@ impl Conn {
                     (tcp, Some(Box::new(tls)))
                 }
             };
-            let mut conn = Conn {
-                tcp,
-                rx: Rx { tls, inbox: BytesMut::with_capacity(4096), max_incoming, closed: false },
-                out: BytesMut::with_capacity(4096),
-                next_pkid: 0,
-                threshold: 1,
-                lazy: false,
-            };
+            let mut conn = Conn::new(tcp, tls, max_incoming);
             let mut connect = Connect::new(s.client_id.clone());
             connect.keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
             connect.clean_session = clean_session;
@@ -127,6 +120,17 @@ impl Conn {
         tokio::time::timeout(timeout, opening).await.map_err(|_| {
             anyhow::Error::new(Broken(format!("no CONNACK from {server} within {} s", timeout.as_secs())))
         })?
+    }
+
+    fn new(tcp: TcpStream, tls: Option<Box<rustls::ClientConnection>>, max_incoming: usize) -> Conn {
+        Conn {
+            tcp,
+            rx: Rx { tls, inbox: BytesMut::with_capacity(4096), max_incoming, closed: false },
+            out: BytesMut::with_capacity(4096),
+            next_pkid: 0,
+            threshold: 1,
+            lazy: false,
+        }
     }
 
     /// Queue a PUBLISH; its packet id (0 at QoS 0).
@@ -391,7 +395,7 @@ impl Write for Sending<'_> {
 /// of the smallest PUBLISH the broker can send on `filters` (fixed header, topic length and
 /// the shortest topic they match), as a TLS record when `tls`. Above a PUBACK's 4 bytes
 /// (25 or more as a TLS record) whatever the filters.
-pub(super) fn wake_threshold(filters: &[String], tls: bool) -> libc::c_int {
+fn wake_threshold(filters: &[String], tls: bool) -> libc::c_int {
     let shortest = filters.iter().map(|f| shortest_topic(f)).min();
     // Without subscriptions only acknowledgements and PINGRESPs come; the mark stays modest.
     let publish = 4 + shortest.unwrap_or(60);
@@ -414,14 +418,7 @@ impl Conn {
     pub(super) async fn loopback() -> Conn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let tcp = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
-        Conn {
-            tcp,
-            rx: Rx { tls: None, inbox: BytesMut::new(), max_incoming: 1024, closed: false },
-            out: BytesMut::new(),
-            next_pkid: 0,
-            threshold: 1,
-            lazy: false,
-        }
+        Conn::new(tcp, None, 1024)
     }
 }
 

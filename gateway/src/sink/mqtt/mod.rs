@@ -260,15 +260,21 @@ async fn session(
     info!(server = %s.server, "{name} sink: connected");
 
     let mut flight = PubackWindow::default();
-    send(&mut conn, &mut flight, &s.protocol.state_topic(), &s.protocol.state_message(&s.gateway_id, true))?;
+    send(
+        &mut conn,
+        &mut flight,
+        &s.protocol.state_topic(),
+        &s.protocol.state_message(&s.gateway_id, true),
+        true,
+    )?;
     for (topic, payload) in s.protocol.announcements(&s.gateway_id) {
-        send(&mut conn, &mut flight, &topic, &payload)?;
+        send(&mut conn, &mut flight, &topic, &payload, true)?;
     }
     if let (SinkInbound::App { health: Some(rx), .. }, Protocol::App { topics, .. }) =
         (&mut *inbound, &s.protocol)
     {
         if let Some(record) = rx.borrow_and_update().clone() {
-            send(&mut conn, &mut flight, &topics.health(), &record)?;
+            send(&mut conn, &mut flight, &topics.health(), &record, true)?;
         }
     }
     let subscriptions = s.protocol.subscriptions();
@@ -354,7 +360,7 @@ async fn session(
                 Next::Ready(i) => {
                     if let Some(r) = pacer.take(i, now) {
                         publish_record(s, &mut conn, counters, &mut flight, warn, r);
-                        pace.publish(std::time::Instant::now());
+                        pace.publish(now.into_std());
                     }
                 }
                 Next::Wait(at) => {
@@ -412,12 +418,11 @@ async fn session(
                 }
                 Besides::Health(record) => {
                     if let Protocol::App { topics, .. } = &s.protocol {
-                        send(&mut conn, &mut flight, &topics.health(), &record)?;
+                        send(&mut conn, &mut flight, &topics.health(), &record, true)?;
                     }
                 }
             },
             _ = shutdown.changed() => {
-                counters.acks_read_late.store(false, Ordering::Relaxed);
                 drain_before_shutdown(s, &mut conn, journal, &mut flight, &mut acked).await;
                 return Ok(Stopped);
             }
@@ -456,11 +461,17 @@ impl Spacing {
     }
 }
 
-/// Publish at QoS 1, retained, something that is not a journal record (state, identity,
-/// health).
-fn send(conn: &mut Conn, flight: &mut PubackWindow, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+/// Publish at QoS 1 something that is not a journal record (state, identity, health,
+/// downlink answers).
+fn send(
+    conn: &mut Conn,
+    flight: &mut PubackWindow,
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+) -> anyhow::Result<()> {
     let pkid = conn
-        .publish(topic, payload, QoS::AtLeastOnce, true)
+        .publish(topic, payload, QoS::AtLeastOnce, retain)
         .with_context(|| format!("publishing on {topic}"))?;
     flight.sent(pkid, None);
     Ok(())
@@ -478,10 +489,7 @@ fn answer_downlink(
     let shape = downlink_items.remove(&ack.downlink_id).unwrap_or(AckShape::ONE);
     if let Protocol::Chirpstack { topics, format } = &s.protocol {
         let payload = chirpstack::tx_ack_message(&s.gateway_id, ack, shape, *format);
-        let pkid = conn
-            .publish(&topics.event("ack"), &payload, QoS::AtLeastOnce, false)
-            .context("publishing ack")?;
-        flight.sent(pkid, None);
+        send(conn, flight, &topics.event("ack"), &payload, false)?;
     }
     Ok(())
 }

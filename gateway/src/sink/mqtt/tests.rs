@@ -111,3 +111,60 @@ fn ack_point_waits_for_the_oldest_publish() {
     assert_eq!(up_to(4), Some(Seq(3)));
     assert_eq!(up_to(4), None, "duplicate PUBACK ignored");
 }
+
+/// A fake broker on loopback: it answers the CONNECT with `connack`, then sends `after`
+/// and closes the connection.
+async fn fake_broker(connack: [u8; 4], after: &'static [u8]) -> MqttSinkSettings {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let mut buf = [0u8; 512];
+        let _ = tcp.read(&mut buf).await;
+        tcp.write_all(&connack).await.expect("connack");
+        tcp.write_all(after).await.expect("after");
+    });
+    MqttSinkSettings {
+        server: format!("mqtt://127.0.0.1:{port}").parse().expect("url"),
+        ..chirpstack_settings()
+    }
+}
+
+async fn open(s: &MqttSinkSettings) -> anyhow::Result<conn::Conn> {
+    let will = rumqttc::LastWill::new("t", "offline", rumqttc::QoS::AtLeastOnce, true);
+    conn::Conn::open(s, Duration::from_secs(5), true, will, 1024, Duration::from_secs(5)).await
+}
+
+/// Read until the connection fails; no packet is expected before.
+async fn first_error(conn: &mut conn::Conn) -> anyhow::Error {
+    loop {
+        conn.readable().await.expect("readable");
+        match conn.next_packet() {
+            Ok(None) => continue,
+            Ok(Some(p)) => panic!("no packet expected, got {p:?}"),
+            Err(e) => return e,
+        }
+    }
+}
+
+/// What a hostile or broken broker can send is an error of the session (the sink reconnects),
+/// never a panic: a refusal backs off, a malformed packet or a connection closed in the middle
+/// of a packet ends the session.
+#[tokio::test]
+async fn a_refusal_a_malformed_packet_and_a_cut_packet_end_the_session() {
+    let refused = open(&fake_broker([0x20, 2, 0, 5], b"").await).await.err().expect("refused");
+    assert!(refused.to_string().contains("refused"), "{refused}");
+    assert!(matches!(failure_kind(&refused), Failure::Refused), "a refusal backs off");
+
+    // A reserved packet type (0) after the CONNACK.
+    let mut conn = open(&fake_broker([0x20, 2, 0, 0], &[0x00, 0x00]).await).await.expect("connected");
+    let malformed = first_error(&mut conn).await;
+    assert!(malformed.to_string().contains("malformed"), "{malformed}");
+
+    // Half a PUBACK, then the connection closed: the broker is tried again soon.
+    let mut conn = open(&fake_broker([0x20, 2, 0, 0], &[0x40, 0x02, 0x00]).await).await.expect("connected");
+    let cut = first_error(&mut conn).await;
+    assert!(cut.to_string().contains("closed"), "{cut}");
+    assert!(matches!(failure_kind(&cut), Failure::Unreachable), "a dropped connection is retried soon");
+}
